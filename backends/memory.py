@@ -1,0 +1,309 @@
+"""The in-memory backend: the default, fast, and gone when the process ends.
+
+One process only, and one trio run at a time; several engines in that run may
+share it (they notice each other's work through :meth:`wait_for_work`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from errands import Backend, BackendError, Claim, Payload, Queue, Renewal, Store, StoredTask, TaskStatus
+from errands._status import check_transition
+
+__all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
+
+
+class _Waiting:
+    __slots__ = ("name", "not_before", "priority", "seq")
+
+    def __init__(self, name: str, priority: int, not_before: float, seq: int) -> None:
+        self.name = name
+        self.priority = priority
+        self.not_before = not_before
+        self.seq = seq
+
+
+class MemoryQueue(Queue):
+    """Per-name heaps of waiting ids (ready and delayed), and a table of claims."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, _Waiting] = {}
+        self._claimed: dict[str, Claim] = {}
+        self._cancel_flags: set[str] = set()
+        self._claim_priority: dict[str, int] = {}
+        # heap items: (-priority, seq, task_id); stale items are skipped on pop.
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}
+        # heap items: (not_before, seq, task_id)
+        self._delayed: dict[str, list[tuple[float, int, str]]] = {}
+        self._work = trio.Event()
+
+    def _notify(self) -> None:
+        self._work.set()
+        self._work = trio.Event()
+
+    def _push(self, task_id: str, entry: _Waiting) -> None:
+        self._waiting[task_id] = entry
+        if entry.not_before > 0.0:
+            heapq.heappush(self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id))
+        else:
+            heapq.heappush(self._ready.setdefault(entry.name, []), (-entry.priority, entry.seq, task_id))
+
+    def _live(self, task_id: str, seq: int) -> bool:
+        entry = self._waiting.get(task_id)
+        return entry is not None and entry.seq == seq
+
+    def _promote(self, name: str, now: float) -> None:
+        delayed = self._delayed.get(name)
+        if not delayed:
+            return
+        ready = self._ready.setdefault(name, [])
+        while delayed and delayed[0][0] <= now:
+            _, seq, task_id = heapq.heappop(delayed)
+            if self._live(task_id, seq):
+                heapq.heappush(ready, (-self._waiting[task_id].priority, seq, task_id))
+
+    def _head(self, name: str) -> tuple[int, int, str] | None:
+        ready = self._ready.get(name)
+        while ready:
+            item = ready[0]
+            if self._live(item[2], item[1]):
+                return item
+            heapq.heappop(ready)
+        return None
+
+    async def put(self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0) -> None:
+        await trio.lowlevel.checkpoint()
+        if task_id in self._waiting or task_id in self._claimed:
+            return
+        self._push(task_id, _Waiting(name, priority, not_before, next(self._seq)))
+        self._notify()
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[Claim]:
+        await trio.lowlevel.checkpoint()
+        left = {name: n for name, n in quotas.items() if n > 0}
+        for name in left:
+            self._promote(name, now)
+        claims: list[Claim] = []
+        while left and len(claims) < limit:
+            best: tuple[int, int, str] | None = None
+            best_name = ""
+            for name in left:
+                head = self._head(name)
+                if head is not None and (best is None or head < best):
+                    best, best_name = head, name
+            if best is None:
+                break
+            heapq.heappop(self._ready[best_name])
+            task_id = best[2]
+            self._claim_priority[task_id] = self._waiting.pop(task_id).priority
+            claim = Claim(
+                task_id=task_id,
+                name=best_name,
+                token=next(self._tokens),
+                owner=owner,
+                lease_until=lease_until,
+            )
+            self._claimed[task_id] = claim
+            claims.append(claim)
+            left[best_name] -= 1
+            if not left[best_name]:
+                del left[best_name]
+        return claims
+
+    def _held(self, task_id: str, token: int) -> Claim | None:
+        claim = self._claimed.get(task_id)
+        return claim if claim is not None and claim.token == token else None
+
+    async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
+        await trio.lowlevel.checkpoint()
+        claim = self._held(task_id, token)
+        if claim is None:
+            return Renewal.LOST
+        self._claimed[task_id] = Claim(
+            task_id=task_id, name=claim.name, token=token, owner=claim.owner, lease_until=lease_until
+        )
+        return Renewal.CANCEL_REQUESTED if task_id in self._cancel_flags else Renewal.RENEWED
+
+    async def ack(self, task_id: str, token: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        if self._held(task_id, token) is None:
+            return False
+        del self._claimed[task_id]
+        self._cancel_flags.discard(task_id)
+        self._claim_priority.pop(task_id, None)
+        return True
+
+    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
+        await trio.lowlevel.checkpoint()
+        claim = self._held(task_id, token)
+        if claim is None:
+            return False
+        del self._claimed[task_id]
+        self._cancel_flags.discard(task_id)
+        priority = self._claim_priority.pop(task_id, 0)
+        self._push(task_id, _Waiting(claim.name, priority, not_before, next(self._seq)))
+        self._notify()
+        return True
+
+    async def remove(self, task_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._waiting.pop(task_id, None) is not None
+
+    async def request_cancel(self, task_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        if task_id not in self._claimed:
+            return False
+        self._cancel_flags.add(task_id)
+        return True
+
+    async def expired(self, now: float) -> list[Claim]:
+        await trio.lowlevel.checkpoint()
+        return [c for c in self._claimed.values() if c.lease_until <= now]
+
+    async def contains(self, task_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return task_id in self._waiting or task_id in self._claimed
+
+    async def next_due(self, names: Sequence[str]) -> float | None:
+        await trio.lowlevel.checkpoint()
+        due: float | None = None
+        for name in names:
+            if self._head(name) is not None:
+                return 0.0
+            delayed = self._delayed.get(name)
+            while delayed and not self._live(delayed[0][2], delayed[0][1]):
+                heapq.heappop(delayed)
+            if delayed and (due is None or delayed[0][0] < due):
+                due = delayed[0][0]
+        return due
+
+    async def depth(self, name: str | None = None) -> int:
+        await trio.lowlevel.checkpoint()
+        if name is None:
+            return len(self._waiting)
+        return sum(1 for entry in self._waiting.values() if entry.name == name)
+
+    async def position(self, task_id: str) -> int | None:
+        await trio.lowlevel.checkpoint()
+        me = self._waiting.get(task_id)
+        if me is None:
+            return None
+        mine = (-me.priority, me.seq)
+        return sum(
+            1
+            for other in self._waiting.values()
+            if other.name == me.name and (-other.priority, other.seq) < mine
+        )
+
+    async def wait_for_work(self) -> None:
+        await self._work.wait()
+
+
+class MemoryStore(Store):
+    """Records and results in dicts, with a heap of expiry times for purging."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, StoredTask] = {}
+        self._results: dict[str, Payload] = {}
+        self._expiry: list[tuple[float, str]] = []
+
+    async def create(self, task: StoredTask) -> bool:
+        await trio.lowlevel.checkpoint()
+        if task.id in self._records:
+            return False
+        self._records[task.id] = task
+        return True
+
+    async def get(self, task_id: str) -> StoredTask | None:
+        await trio.lowlevel.checkpoint()
+        return self._records.get(task_id)
+
+    async def transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None = None,
+        result: Payload | None = None,
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        check_transition(expect, task.status)
+        current = self._records.get(task.id)
+        if current is None or current.status is not expect:
+            return False
+        if token is not None and current.token != token:
+            return False
+        self._records[task.id] = task
+        if result is not None:
+            self._results[task.id] = result
+        if task.expires_at is not None:
+            heapq.heappush(self._expiry, (task.expires_at, task.id))
+        return True
+
+    async def get_result(self, task_id: str) -> Payload | None:
+        await trio.lowlevel.checkpoint()
+        return self._results.get(task_id)
+
+    async def delete(self, task_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._results.pop(task_id, None)
+        return self._records.pop(task_id, None) is not None
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredTask]:
+        await trio.lowlevel.checkpoint()
+        rows = [
+            t
+            for t in self._records.values()
+            if (name is None or t.name == name) and (status is None or t.status is status)
+        ]
+        rows.sort(key=lambda t: t.created_at, reverse=True)
+        return rows[offset : offset + limit]
+
+    async def purge_expired(self, now: float) -> int:
+        await trio.lowlevel.checkpoint()
+        purged = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, task_id = heapq.heappop(self._expiry)
+            current = self._records.get(task_id)
+            if current is not None and current.expires_at is not None and current.expires_at <= now:
+                del self._records[task_id]
+                self._results.pop(task_id, None)
+                purged += 1
+        return purged
+
+
+class MemoryBackend(Backend):
+    """Queue and store in this process's memory.  Nothing survives the process."""
+
+    def __init__(self) -> None:
+        self.queue = MemoryQueue()
+        self.store = MemoryStore()
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBackend:
+        """``memory://`` (nothing may follow the scheme)."""
+        if url.rstrip("/") not in ("memory:", "memory:/"):
+            raise BackendError(f"memory backend URL takes no path or options: {url!r}")
+        return cls()

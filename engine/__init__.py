@@ -1,0 +1,92 @@
+"""errands: an embeddable async task queue for Python, built on trio.
+
+Define tasks on a :class:`Service` (or an ``@errands.service`` class), run an
+engine with :func:`open_engine` (trio code) or :func:`start` (scripts and
+notebooks), and use the client it gives: ``client.<task>.submit(...)``
+returns a task handle at once; check, wait for, cancel or retry it later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._backend import Backend, Queue, Renewal, Store
+from ._client import AsyncClient, AsyncEndpoint, AsyncTask
+from ._context import TaskContext, current_task
+from ._convert import Payload
+from ._define import Service, TaskDefinition, TaskOptions, service, task
+from ._engine import Engine, EngineStatistics, open_engine
+from ._errors import (
+    BackendError,
+    CannotCancel,
+    EngineClosed,
+    ErrandsError,
+    FieldError,
+    FinalError,
+    InvalidArguments,
+    InvalidTransition,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    TaskNotReady,
+)
+from ._model import Claim, StoredTask, TaskError, TaskInfo
+from ._status import TaskStatus
+from ._sync import SyncClient, SyncEndpoint, Task, start
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncEndpoint",
+    "AsyncTask",
+    "Backend",
+    "BackendError",
+    "CannotCancel",
+    "Claim",
+    "Engine",
+    "EngineClosed",
+    "EngineStatistics",
+    "ErrandsError",
+    "FieldError",
+    "FinalError",
+    "InvalidArguments",
+    "InvalidTransition",
+    "Payload",
+    "Queue",
+    "Renewal",
+    "Service",
+    "Store",
+    "StoredTask",
+    "SyncClient",
+    "SyncEndpoint",
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskError",
+    "TaskFailed",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskNotReady",
+    "TaskOptions",
+    "TaskStatus",
+    "current_task",
+    "open_engine",
+    "service",
+    "start",
+    "task",
+]
+
+_FROM_ADAPTERS = {"SyncHTTPClient", "AsyncHTTPClient"}
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP clients live in errands.adapters (they need httpx); they are the
+    # only names the core hands on from there, and only when asked for.
+    if name in _FROM_ADAPTERS:
+        import importlib
+
+        adapters = importlib.import_module("errands.adapters")
+        return getattr(adapters, name)
+    raise AttributeError(f"module 'errands' has no attribute {name!r}")

@@ -1,0 +1,215 @@
+"""The storage interfaces a backend implements: :class:`Queue` and :class:`Store`.
+
+The engine treats the **store as the truth** and the **queue as a to-do list
+it checks against the store**.  Every state change is a compare-and-set on the
+store, and every queue entry the engine claims is validated by such a
+compare-and-set before anything runs.  That is what makes crashes between two
+backend calls harmless: a queue entry whose record is no longer ``pending`` is
+dropped, and a ``pending`` record whose queue entry was lost is put back by
+the engine's reconciliation.  Backends therefore need atomicity only *within*
+each call, never across calls.
+
+All methods are async and must checkpoint on every path.  A call cancelled
+before it returns may or may not have taken effect, but never half: each call
+is atomic.  Backends raise :class:`~errands.BackendError` when their storage
+is unusable; they raise nothing for ordinary refusals (those return ``False``
+or ``None``).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from ._convert import Payload
+from ._model import Claim, StoredTask
+from ._status import TaskStatus
+
+__all__ = ["Backend", "Queue", "Renewal", "Store"]
+
+
+class Renewal(enum.Enum):
+    """The answer to :meth:`Queue.renew`."""
+
+    #: The claim is still ours and now lives until the new deadline.
+    RENEWED = "renewed"
+    #: The claim is gone or belongs to a newer token: stop, write nothing.
+    LOST = "lost"
+    #: Still ours, renewed, and somebody asked for the task to be cancelled.
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+class Queue(abc.ABC):
+    """The waiting line of task ids, with leased claims and fencing tokens.
+
+    An entry is *waiting* (put, not claimed) or *claimed* (held by an owner
+    until its lease runs out).  Ready means waiting with ``not_before <= now``.
+    Claim order among ready entries: higher ``priority`` first, then the order
+    of ``put`` (or ``release``).
+    """
+
+    @abc.abstractmethod
+    async def put(self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0) -> None:
+        """Add ``task_id`` as waiting.  Idempotent: no change if it is already queued
+        (waiting or claimed)."""
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` ready entries, at most ``quotas[name]`` of each
+        listed name (names not listed are not claimed), best first.
+
+        Each claim gets a fencing token larger than any token this queue gave
+        before.  Claimed entries stop being waiting; they are not removed.
+        """
+
+    @abc.abstractmethod
+    async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
+        """Extend the claim ``(task_id, token)``; see :class:`Renewal` for the answers."""
+
+    @abc.abstractmethod
+    async def ack(self, task_id: str, token: int) -> bool:
+        """Remove the claimed entry if it is still held with ``token``."""
+
+    @abc.abstractmethod
+    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
+        """Make the claimed entry waiting again (same priority), if still held with ``token``."""
+
+    @abc.abstractmethod
+    async def remove(self, task_id: str) -> bool:
+        """Remove a *waiting* entry.  False (and no change) if it is claimed or absent."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str) -> bool:
+        """Flag a *claimed* entry so its holder's next :meth:`renew` answers
+        ``CANCEL_REQUESTED``.  False if the entry is not claimed."""
+
+    @abc.abstractmethod
+    async def expired(self, now: float) -> list[Claim]:
+        """Claims whose lease ran out (``lease_until <= now``); they stay until
+        acked or released."""
+
+    @abc.abstractmethod
+    async def contains(self, task_id: str) -> bool:
+        """True if ``task_id`` is queued, waiting or claimed."""
+
+    @abc.abstractmethod
+    async def next_due(self, names: Sequence[str]) -> float | None:
+        """The smallest ``not_before`` among waiting entries of these names, or None."""
+
+    @abc.abstractmethod
+    async def depth(self, name: str | None = None) -> int:
+        """How many entries are waiting (of ``name``, or of all names)."""
+
+    @abc.abstractmethod
+    async def position(self, task_id: str) -> int | None:
+        """How many waiting entries of the same name would be claimed before this
+        one, or None if it is not waiting."""
+
+    async def wait_for_work(self) -> None:
+        """Block until another engine may have put or released work.
+
+        The default never returns (a queue only one engine uses needs no
+        notice); backends shared between processes return after a poll
+        interval or on a notification.  Cancellation is the only way out of
+        the default.
+        """
+        await trio.sleep_forever()
+
+
+class Store(abc.ABC):
+    """Task records and results, changed only by compare-and-set.
+
+    Reads never delete.  Expiry is the engine's business (an expired record
+    reads as not found before any purge runs); the store just deletes what
+    :meth:`purge_expired` is asked to.
+    """
+
+    @abc.abstractmethod
+    async def create(self, task: StoredTask) -> bool:
+        """Store a new record.  False (and no change) if the id exists."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> StoredTask | None:
+        """The record, or None."""
+
+    @abc.abstractmethod
+    async def transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None = None,
+        result: Payload | None = None,
+    ) -> bool:
+        """Replace the record of ``task.id`` with ``task``, atomically, if the stored
+        one is in status ``expect`` and (unless ``token`` is None) holds fencing
+        token ``token``.  ``result``, if given, is saved in the same step.
+
+        Returns False, changing nothing, when the record is missing or does not
+        match.  Raises :class:`~errands.InvalidTransition` when ``expect ->
+        task.status`` is not a move of the state machine.
+        """
+
+    @abc.abstractmethod
+    async def get_result(self, task_id: str) -> Payload | None:
+        """The stored result, or None."""
+
+    @abc.abstractmethod
+    async def delete(self, task_id: str) -> bool:
+        """Delete the record and its result.  False if there was none."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredTask]:
+        """Records, newest first, filtered by name and status."""
+
+    @abc.abstractmethod
+    async def purge_expired(self, now: float) -> int:
+        """Delete records (and results) with ``expires_at <= now``; return how many."""
+
+
+class Backend(abc.ABC):
+    """One queue and one store that share a storage, plus their lifecycle.
+
+    Attributes:
+        queue: the :class:`Queue`.
+        store: the :class:`Store`.
+        poll_interval: None when only the engine using this object changes
+            its storage; otherwise the seconds between the engine's looks for
+            changes it did not make (other processes' results, cancel
+            requests).
+    """
+
+    queue: Queue
+    store: Store
+    poll_interval: float | None = None
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources; called once by the engine before any other call."""
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; called once when the engine stops, even after errors."""
+        await trio.lowlevel.checkpoint()
+
+    @classmethod
+    def from_url(cls, url: str) -> Backend:
+        """Build a backend from its URL (``scheme://...``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a URL")

@@ -1,0 +1,322 @@
+"""The project's one cattrs converter: strict JSON in, typed values out.
+
+Arguments arrive as JSON (over HTTP) or as Python values (in-process); either
+way they are unstructured to JSON-able data, checked strictly against the
+task's annotations, and stored as JSON.  Results are stored as a
+:class:`Payload`: JSON, UTF-8 text, or raw bytes with a media type.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+import cattrs.cols
+from cattrs.errors import ClassValidationError, IterableValidationError
+
+from ._errors import FieldError
+
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "BYTES_MEDIA_TYPE",
+    "TEXT_MEDIA_TYPE",
+    "Payload",
+    "StrictTypeError",
+    "converter",
+    "decode_result",
+    "encode_result",
+    "field_errors",
+]
+
+JSON_MEDIA_TYPE = "application/json"
+TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"
+BYTES_MEDIA_TYPE = "application/octet-stream"
+PNG_MEDIA_TYPE = "image/png"
+
+
+@attrs.frozen(kw_only=True)
+class Payload:
+    """A stored result: its media type and its bytes."""
+
+    media_type: str
+    data: bytes
+
+
+class StrictTypeError(TypeError):
+    """A value of the wrong JSON type; its message is shown to the caller as is."""
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _structure_int(value: object, _: type) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise StrictTypeError(f"expected an integer, got {_kind(value)}")
+
+
+def _structure_float(value: object, _: type) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise StrictTypeError(f"expected a number, got {_kind(value)}")
+
+
+def _structure_str(value: object, _: type) -> str:
+    if isinstance(value, str):
+        return value
+    raise StrictTypeError(f"expected a string, got {_kind(value)}")
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise StrictTypeError(f"expected a boolean, got {_kind(value)}")
+
+
+def _structure_bytes(value: object, _: type) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise StrictTypeError("expected base64-encoded bytes") from None
+    raise StrictTypeError(f"expected base64-encoded bytes, got {_kind(value)}")
+
+
+def _unstructure_bytes(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _structure_datetime(value: object, _: type) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise StrictTypeError("expected an ISO 8601 date-time") from None
+    raise StrictTypeError(f"expected an ISO 8601 date-time, got {_kind(value)}")
+
+
+def _structure_date(value: object, _: type) -> dt.date:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise StrictTypeError("expected an ISO 8601 date") from None
+    raise StrictTypeError(f"expected an ISO 8601 date, got {_kind(value)}")
+
+
+def _is_pil_image(tp: Any) -> bool:
+    return isinstance(tp, type) and tp.__module__.startswith("PIL.") and tp.__name__ == "Image"
+
+
+def _structure_image(value: object, _: type) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        return value
+    data = _structure_bytes(value, bytes)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise StrictTypeError("expected an image file (PNG, JPEG, ...)") from None
+    return image
+
+
+def image_to_png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _strict_collection(
+    check: Callable[[object], bool], expected: str, factory: Callable[[Any, Any], Any]
+) -> Callable[[Any, cattrs.Converter], Callable[[object, Any], Any]]:
+    def make(tp: Any, conv: cattrs.Converter) -> Callable[[object, Any], Any]:
+        inner = factory(tp, conv)
+
+        def hook(value: object, t: Any) -> Any:
+            if not check(value):
+                raise StrictTypeError(f"expected {expected}, got {_kind(value)}")
+            return inner(value, t)
+
+        return hook
+
+    return make
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(bytes, _structure_bytes)
+    conv.register_unstructure_hook(bytes, _unstructure_bytes)
+    conv.register_structure_hook(dt.datetime, _structure_datetime)
+    conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    conv.register_structure_hook(dt.date, _structure_date)
+    conv.register_unstructure_hook(dt.date, dt.date.isoformat)
+    conv.register_structure_hook_func(_is_pil_image, _structure_image)
+    conv.register_unstructure_hook_func(
+        lambda tp: isinstance(tp, type) and tp.__module__.startswith("PIL."),
+        lambda image: _unstructure_bytes(image_to_png(image)),
+    )
+
+    def is_array(value: object) -> bool:
+        return isinstance(value, list | tuple)
+
+    def is_object(value: object) -> bool:
+        return isinstance(value, Mapping)
+
+    def is_set_source(value: object) -> bool:
+        return isinstance(value, list | tuple | set | frozenset)
+
+    conv.register_structure_hook_factory(
+        lambda tp: cattrs.cols.is_any_set(tp),
+        _strict_collection(is_set_source, "an array", _set_factory),
+    )
+    conv.register_structure_hook_factory(
+        lambda tp: cattrs.cols.is_sequence(tp) and not cattrs.cols.is_any_set(tp),
+        _strict_collection(is_array, "an array", _sequence_factory),
+    )
+    conv.register_structure_hook_factory(
+        cattrs.cols.is_mapping,
+        _strict_collection(is_object, "an object", cattrs.cols.mapping_structure_factory),
+    )
+    return conv
+
+
+def _sequence_factory(tp: Any, conv: cattrs.Converter) -> Any:
+    if getattr(tp, "__origin__", tp) is tuple:
+        return cattrs.cols.homogenous_tuple_structure_factory(tp, conv)
+    return cattrs.cols.list_structure_factory(tp, conv)
+
+
+def _set_factory(tp: Any, conv: cattrs.Converter) -> Any:
+    args = getattr(tp, "__args__", None) or (Any,)
+    as_list = cattrs.cols.list_structure_factory(list[args[0]], conv)  # type: ignore[valid-type]
+    make = frozenset if cattrs.cols.is_frozenset(tp) else set
+
+    def hook(value: object, _: Any) -> Any:
+        return make(as_list(list(value), list))  # type: ignore[call-overload]
+
+    return hook
+
+
+#: The one converter of the project; never use cattrs' global one.
+converter = _make_converter()
+
+
+def _format_exception(exc: BaseException, tp: type | None) -> str:
+    if isinstance(exc, StrictTypeError):
+        return str(exc)
+    if isinstance(exc, ValueError) and tp is not None and isinstance(tp, type) and tp.__module__:
+        # Enum lookups and attrs validators: name the allowed values when we can.
+        import enum
+
+        if issubclass(tp, enum.Enum):
+            allowed = ", ".join(json.dumps(m.value) for m in tp)
+            return f"expected one of {allowed}"
+    return cattrs.v.format_exception(exc, tp)
+
+
+def field_errors(exc: BaseException, path: str) -> list[FieldError]:
+    """Turn a cattrs structuring error into one :class:`FieldError` per bad field."""
+    if isinstance(exc, ClassValidationError | IterableValidationError) or isinstance(
+        exc, StrictTypeError | ValueError | TypeError | KeyError | AttributeError
+    ):
+        messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
+    else:  # pragma: no cover - defensive: cattrs raised something unexpected
+        messages = [f"{exc} @ {path}"]
+    out = []
+    for message in messages:
+        text, _, where = message.rpartition(" @ ")
+        out.append(FieldError(path=where or path, message=text or message))
+    return out
+
+
+def encode_result(value: Any, annotation: Any) -> Payload:
+    """Store a task's return value as JSON, text, raw bytes or PNG."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return Payload(media_type=BYTES_MEDIA_TYPE, data=bytes(value))
+    if isinstance(value, str) and annotation is str:
+        return Payload(media_type=TEXT_MEDIA_TYPE, data=value.encode("utf-8"))
+    if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
+        return Payload(media_type=PNG_MEDIA_TYPE, data=image_to_png(value))
+    data = json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
+    return Payload(media_type=JSON_MEDIA_TYPE, data=data.encode("utf-8"))
+
+
+def decode_result(payload: Payload, annotation: Any) -> Any:
+    """Give back a stored result as the task's annotated return type."""
+    media = payload.media_type.split(";", 1)[0].strip()
+    if media == "application/json":
+        value = json.loads(payload.data)
+        if annotation is None or annotation is Any:
+            return value
+        return converter.structure(value, annotation)
+    if media.startswith("text/"):
+        return payload.data.decode("utf-8")
+    if media.startswith("image/") and _is_pil_image(annotation):
+        return _structure_image(payload.data, annotation)
+    return payload.data
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, refusing NaN so every stored document is valid JSON."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _check_json(value: Any, path: str, errors: list[FieldError]) -> None:
+    """Name the first non-JSON value under ``path``, for values typed ``Any``."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            errors.append(FieldError(path=path, message="NaN and infinity are not valid JSON"))
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]", errors)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                errors.append(FieldError(path=path, message="object keys must be strings"))
+                return
+            _check_json(item, f"{path}.{key}", errors)
+        return
+    errors.append(FieldError(path=path, message=f"{type(value).__name__} is not JSON-serializable"))
+
+
+def check_json(value: Any, path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    _check_json(value, path, errors)
+    return errors
+

@@ -1,0 +1,370 @@
+"""Task definitions: ``@errands.service`` classes, ``errands.Service`` and ``@task``.
+
+A definition is inert: it records the function, its signature and options.
+Engines bind definitions to callables when they start (a service class is
+instantiated once per engine start, so a model loads once).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from ._convert import StrictTypeError, check_json, converter, field_errors
+from ._errors import FieldError, InvalidArguments
+
+__all__ = ["Param", "Service", "TaskDefinition", "TaskOptions", "as_service", "service", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+_MARK = "__errands_task__"
+_SERVICE = "__errands_service__"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MISSING = inspect.Parameter.empty
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _check_non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TaskOptions:
+    """Options of one task endpoint (``@errands.task(...)``).
+
+    Attributes:
+        name: the endpoint name (default: the function's name).
+        route: the HTTP route (default: ``/<name>``).
+        concurrency: how many may run at once in one engine (default: up to
+            the engine's ``workers``).
+        timeout: seconds a run may take; then it fails with ``TimeoutError``.
+        retries: automatic retries after an error (exponential backoff with
+            jitter); errors raised as :class:`~errands.FinalError` never retry.
+        retry_delay: the first backoff, in seconds; it doubles per retry.
+        ttl: seconds a finished task is kept (default: the engine's ``ttl``).
+        cancellable: a *sync* function that polls
+            ``errands.current_task().cancelled`` and can be cancelled running.
+        max_attempts: runs allowed when workers die (default: the engine's).
+    """
+
+    name: str | None = None
+    route: str | None = None
+    concurrency: int | None = attrs.field(default=None, validator=_check_positive)
+    timeout: float | None = attrs.field(default=None, validator=_check_positive)
+    retries: int = attrs.field(default=0, validator=_check_non_negative)
+    retry_delay: float = attrs.field(default=1.0, validator=_check_non_negative)
+    ttl: float | None = attrs.field(default=None, validator=_check_positive)
+    cancellable: bool = False
+    max_attempts: int | None = attrs.field(default=None, validator=_check_positive)
+
+
+@attrs.frozen(kw_only=True)
+class Param:
+    """One argument of a task: its name, type and default."""
+
+    name: str
+    annotation: Any
+    default: Any = _MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+_SIMPLE = {int, float, str, bool}
+
+
+def _simple_ok(value: object, annotation: type) -> bool:
+    if annotation is float:
+        return type(value) is float or type(value) is int
+    return type(value) is annotation
+
+
+class TaskDefinition:
+    """A task endpoint: the function, its signature, its options.
+
+    Attributes:
+        name: the endpoint name (also the attribute on clients).
+        route: the HTTP route.
+        func: the function (unbound, for a method of a service class).
+        is_method: True for a method of a service class.
+        is_async: True for an ``async def``.
+        options: the :class:`TaskOptions`.
+    """
+
+    def __init__(self, func: Callable[..., Any], options: TaskOptions, *, is_method: bool) -> None:
+        name = options.name or func.__name__
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"task name {name!r} must be a Python identifier")
+        self.name = name
+        self.route = options.route or f"/{name}"
+        if not self.route.startswith("/"):
+            self.route = "/" + self.route
+        self.func = func
+        self.is_method = is_method
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.options = options
+        if options.cancellable and self.is_async:
+            raise ValueError(
+                f"task {name!r}: cancellable=True is for sync functions; async tasks are "
+                "always cancellable"
+            )
+        self._signature = inspect.signature(func)
+        params = list(self._signature.parameters.values())
+        if is_method:
+            params = params[1:]
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+                raise TypeError(
+                    f"task {name!r}: argument {p.name!r} must be nameable "
+                    "(no *args, **kwargs or positional-only arguments)"
+                )
+        self._raw_params = params
+        self._params: tuple[Param, ...] | None = None
+        self._return: Any = None
+        self._by_name: dict[str, Param] = {}
+        try:
+            self._resolve()
+        except NameError:
+            pass  # a forward reference not defined yet; resolved on first use
+
+    def _resolve(self) -> tuple[Param, ...]:
+        if self._params is None:
+            hints = typing.get_type_hints(self.func)
+            self._return = hints.get("return", Any)
+            self._params = tuple(
+                Param(name=p.name, annotation=hints.get(p.name, Any), default=p.default)
+                for p in self._raw_params
+            )
+            self._by_name = {p.name: p for p in self._params}
+        return self._params
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """The arguments, in signature order, with resolved annotations."""
+        return self._resolve()
+
+    @property
+    def return_type(self) -> Any:
+        """The annotated return type (``Any`` when not annotated)."""
+        self._resolve()
+        return self._return
+
+    @property
+    def cancellable(self) -> bool:
+        """Whether a running task can be cancelled (async, or sync opting in)."""
+        return self.is_async or self.options.cancellable
+
+    def validate(self, arguments: Mapping[str, Any], *, from_json: bool = False) -> dict[str, Any]:
+        """Check arguments against the signature; return them as JSON-able data.
+
+        Args:
+            arguments: named arguments, as Python values or (``from_json``) as
+                data decoded from JSON.
+
+        Raises:
+            InvalidArguments: naming every unknown, missing or ill-typed field.
+        """
+        params = self._resolve()
+        out: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        for key in arguments:
+            if key not in self._by_name:
+                errors.append(FieldError(path=f"$.{key}", message="unknown argument"))
+        for p in params:
+            if p.name not in arguments:
+                if p.required:
+                    errors.append(FieldError(path=f"$.{p.name}", message="missing required argument"))
+                continue
+            value = arguments[p.name]
+            annotation = p.annotation
+            if annotation in _SIMPLE:
+                if not _simple_ok(value, annotation):
+                    try:
+                        converter.structure(value, annotation)
+                    except StrictTypeError as exc:
+                        errors.append(FieldError(path=f"$.{p.name}", message=str(exc)))
+                        continue
+                out[p.name] = value
+                continue
+            plain = value if from_json else converter.unstructure(value)
+            try:
+                converter.structure(plain, annotation)
+            except Exception as exc:
+                errors.extend(field_errors(exc, f"$.{p.name}"))
+                continue
+            errors.extend(check_json(plain, f"$.{p.name}"))
+            out[p.name] = plain
+        if errors:
+            raise InvalidArguments(self.name, errors)
+        return out
+
+    def structure(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn stored JSON arguments back into the typed values the function takes."""
+        self._resolve()
+        out: dict[str, Any] = {}
+        for key, value in arguments.items():
+            param = self._by_name.get(key)
+            if param is None:
+                raise InvalidArguments(self.name, [FieldError(path=f"$.{key}", message="unknown argument")])
+            if param.annotation in _SIMPLE and _simple_ok(value, param.annotation):
+                out[key] = value
+                continue
+            try:
+                out[key] = converter.structure(value, param.annotation)
+            except Exception as exc:
+                raise InvalidArguments(self.name, field_errors(exc, f"$.{key}")) from None
+        return out
+
+    def __repr__(self) -> str:
+        return f"<TaskDefinition {self.name} {'async' if self.is_async else 'sync'}>"
+
+
+class Service:
+    """A named group of task endpoints.
+
+    Use it directly for functions (scripts, notebooks)::
+
+        svc = errands.Service("scratch")
+
+        @svc.task
+        async def add(a: int, b: int) -> int:
+            return a + b
+
+    or through ``@errands.service`` on a class whose ``@errands.task`` methods
+    are the endpoints; the class is instantiated once per engine start.
+    """
+
+    def __init__(self, name: str, *, cls: type | None = None) -> None:
+        self.name = name
+        self.cls = cls
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    @property
+    def tasks(self) -> Mapping[str, TaskDefinition]:
+        """The endpoints by name."""
+        return dict(self._tasks)
+
+    def add(self, definition: TaskDefinition) -> None:
+        if definition.name in self._tasks:
+            raise ValueError(f"service {self.name!r} already has a task named {definition.name!r}")
+        routes = {d.route for d in self._tasks.values()}
+        if definition.route in routes:
+            raise ValueError(f"service {self.name!r} already has a task at route {definition.route!r}")
+        self._tasks[definition.name] = definition
+
+    @overload
+    def task(self, func: F, /) -> F: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        route: str | None = None,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 1.0,
+        ttl: float | None = None,
+        cancellable: bool = False,
+        max_attempts: int | None = None,
+    ) -> Callable[[F], F]: ...
+    def task(self, func: Any = None, /, **options: Any) -> Any:
+        """Register a function as a task endpoint (bare, or with options)."""
+        if self.cls is not None:
+            raise TypeError("use @errands.task on the methods of a service class")
+
+        def register(fn: F) -> F:
+            self.add(TaskDefinition(fn, TaskOptions(**options), is_method=False))
+            return fn
+
+        return register if func is None else register(func)
+
+    def instantiate(self) -> object | None:
+        """A new instance of the service class (None for a function service)."""
+        return None if self.cls is None else self.cls()
+
+    def bind(self, instance: object | None) -> dict[str, Callable[..., Any]]:
+        """The callables to run, by task name."""
+        bound: dict[str, Callable[..., Any]] = {}
+        for name, definition in self._tasks.items():
+            if definition.is_method:
+                bound[name] = getattr(instance, definition.func.__name__)
+            else:
+                bound[name] = definition.func
+        return bound
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name} tasks={sorted(self._tasks)}>"
+
+
+@overload
+def task(func: F, /) -> F: ...
+@overload
+def task(
+    *,
+    name: str | None = None,
+    route: str | None = None,
+    concurrency: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    ttl: float | None = None,
+    cancellable: bool = False,
+    max_attempts: int | None = None,
+) -> Callable[[F], F]: ...
+def task(func: Any = None, /, **options: Any) -> Any:
+    """Mark a method of an ``@errands.service`` class as a task endpoint."""
+    opts = TaskOptions(**options)
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, opts)
+        return fn
+
+    return mark if func is None else mark(func)
+
+
+@overload
+def service(cls: C, /) -> C: ...
+@overload
+def service(*, name: str | None = None) -> Callable[[C], C]: ...
+def service(cls: Any = None, /, *, name: str | None = None) -> Any:
+    """Make a class a service: its ``@errands.task`` methods become endpoints."""
+
+    def make(klass: C) -> C:
+        svc = Service(name or klass.__name__, cls=klass)
+        for attr, value in vars(klass).items():
+            options = getattr(value, _MARK, None)
+            if isinstance(options, TaskOptions):
+                if isinstance(value, staticmethod | classmethod):
+                    raise TypeError(f"task {attr!r} must be a plain method")
+                svc.add(TaskDefinition(value, options, is_method=True))
+        if not svc.tasks:
+            raise TypeError(f"service class {klass.__name__} has no @errands.task methods")
+        setattr(klass, _SERVICE, svc)
+        return klass
+
+    return make if cls is None else make(cls)
+
+
+def as_service(obj: object) -> Service:
+    """The :class:`Service` behind a ``Service`` or an ``@errands.service`` class."""
+    if isinstance(obj, Service):
+        return obj
+    svc = getattr(obj, _SERVICE, None)
+    if isinstance(obj, type) and isinstance(svc, Service):
+        return svc
+    raise TypeError(
+        f"expected an errands.Service or an @errands.service class, not {type(obj).__name__}"
+    )

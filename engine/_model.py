@@ -1,0 +1,208 @@
+"""Values that describe a task: its stored record, its public info, its id."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+from typing import Any
+
+import attrs
+
+from ._convert import converter, dumps
+from ._errors import BackendError
+from ._status import TaskStatus
+
+__all__ = [
+    "Claim",
+    "StoredTask",
+    "TaskError",
+    "TaskInfo",
+    "TaskRecord",
+    "is_task_id",
+    "new_task_id",
+]
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def new_task_id() -> str:
+    """128 random bits as 22 url-safe characters."""
+    return secrets.token_urlsafe(16)
+
+
+def is_task_id(value: object) -> bool:
+    """True when ``value`` has the shape of a task id (it may still be unknown)."""
+    return isinstance(value, str) and _ID_PATTERN.fullmatch(value) is not None
+
+
+@attrs.frozen(kw_only=True)
+class TaskError:
+    """Why a task failed: the exception's type name and its message (no traceback)."""
+
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@attrs.frozen(kw_only=True)
+class TaskRecord:
+    """Everything errands keeps about one task, apart from its result.
+
+    Times are seconds since the epoch (UTC), from the engine's wall clock.
+    ``token`` is the fencing token of the latest claim (0 before any).
+    """
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    status: TaskStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 0
+    max_attempts: int = 3
+    retries: int = 0
+    priority: int = 0
+    not_before: float | None = None
+    retry_of: str | None = None
+    ttl: float = 86400.0
+    expires_at: float | None = None
+    error: TaskError | None = None
+    progress: float | None = None
+    message: str | None = None
+    token: int = 0
+    result_type: str | None = None
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+def _utc(ts: float | None) -> dt.datetime | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+@attrs.frozen(kw_only=True)
+class TaskInfo:
+    """What a caller may know about a task (``Task.get_info()``)."""
+
+    id: str
+    name: str
+    status: TaskStatus
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    attempt: int
+    max_attempts: int
+    progress: float | None
+    message: str | None
+    error: TaskError | None
+    retry_of: str | None
+    expires_at: dt.datetime | None
+    position: int | None = None
+
+    @classmethod
+    def from_record(cls, record: TaskRecord, *, position: int | None = None) -> TaskInfo:
+        return cls(
+            id=record.id,
+            name=record.name,
+            status=record.status,
+            created_at=_utc(record.created_at),  # type: ignore[arg-type]
+            started_at=_utc(record.started_at),
+            finished_at=_utc(record.finished_at),
+            attempt=record.attempt,
+            max_attempts=record.max_attempts,
+            progress=record.progress,
+            message=record.message,
+            error=record.error,
+            retry_of=record.retry_of,
+            expires_at=_utc(record.expires_at),
+            position=position,
+        )
+
+
+class StoredTask:
+    """A task record as a backend holds it: the scalars it indexes, and JSON bytes.
+
+    Backends read ``id``, ``name``, ``status``, ``token``, ``created_at`` and
+    ``expires_at`` (to index, fence and purge) and persist ``data``; they never
+    look inside ``data``.  A backend that rebuilds a ``StoredTask`` from storage
+    calls the constructor with the bytes it saved.  Built by the engine from a
+    record, ``data`` is encoded only when first read, so a backend that keeps
+    objects in memory never pays for JSON.
+    """
+
+    __slots__ = ("_data", "_record", "created_at", "expires_at", "id", "name", "status", "token")
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        name: str,
+        status: TaskStatus,
+        token: int,
+        created_at: float,
+        expires_at: float | None,
+        data: bytes,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.status = TaskStatus(status)
+        self.token = token
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self._data: bytes | None = data
+        self._record: TaskRecord | None = None
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> StoredTask:
+        self = cls.__new__(cls)
+        self.id = record.id
+        self.name = record.name
+        self.status = record.status
+        self.token = record.token
+        self.created_at = record.created_at
+        self.expires_at = record.expires_at
+        self._data = None
+        self._record = record
+        return self
+
+    @property
+    def data(self) -> bytes:
+        """The whole record as UTF-8 JSON."""
+        if self._data is None:
+            assert self._record is not None
+            self._data = dumps(converter.unstructure(self._record)).encode("utf-8")
+        return self._data
+
+    @property
+    def record(self) -> TaskRecord:
+        """The record decoded (the engine's view); raises BackendError when unreadable."""
+        if self._record is None:
+            assert self._data is not None
+            try:
+                self._record = converter.structure(json.loads(self._data), TaskRecord)
+            except Exception as exc:
+                raise BackendError(f"stored record of task {self.id} is unreadable: {exc}") from exc
+        return self._record
+
+    def __repr__(self) -> str:
+        return f"StoredTask(id={self.id!r}, name={self.name!r}, status={self.status.value})"
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """A worker's hold on a queued task id, valid until ``lease_until``.
+
+    ``token`` is the fencing token: it grows with every claim of the queue, so a
+    newer claim of the same task always carries a larger token.
+    """
+
+    task_id: str
+    name: str
+    token: int
+    owner: str
+    lease_until: float

@@ -1,0 +1,308 @@
+"""``errands.start``: an engine in its own thread, for scripts and notebooks.
+
+The engine runs ``trio.run`` in a daemon thread; the sync client hands each
+call to it through ``trio.from_thread``.  Leaving the ``with`` block, calling
+``close()``, or the interpreter exiting shuts the engine down cleanly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from ._backend import Backend
+from ._client import AsyncClient, AsyncEndpoint, AsyncTask
+from ._engine import EngineStatistics, open_engine
+from ._errors import EngineClosed
+from ._model import TaskInfo
+from ._status import TaskStatus
+
+__all__ = ["SyncClient", "SyncEndpoint", "Task", "start"]
+
+T = TypeVar("T")
+
+
+class _Portal:
+    """Runs coroutine functions in the engine's trio thread and waits for them."""
+
+    def __init__(self) -> None:
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self.token is None:
+            raise EngineClosed("the engine is not running")
+        try:
+            return trio.from_thread.run(afn, *args, trio_token=self.token)
+        except trio.RunFinishedError:
+            raise EngineClosed("the engine has stopped") from None
+
+
+class Task:
+    """A handle on one task, for sync code (scripts, notebooks, threads).
+
+    Same members as :class:`~errands.AsyncTask`, without ``await``.
+    """
+
+    __slots__ = ("_handle", "_portal")
+
+    def __init__(self, portal: _Portal, handle: AsyncTask) -> None:
+        self._portal = portal
+        self._handle = handle
+
+    @property
+    def id(self) -> str:
+        return self._handle.id
+
+    @property
+    def name(self) -> str:
+        return self._handle.name
+
+    def get_status(self) -> TaskStatus:
+        """The current status.  Raises TaskNotFound for an unknown or expired id."""
+        return self._portal.run(self._handle.get_status)
+
+    def get_info(self) -> TaskInfo:
+        """Everything known about the task (times, attempt, progress, error, ...)."""
+        return self._portal.run(self._handle.get_info)
+
+    def get(self) -> Any:
+        """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound."""
+        return self._portal.run(self._handle.get)
+
+    def wait(self, timeout: float | None = None) -> TaskStatus:
+        """Block until final and return that status; TimeoutError after ``timeout`` s."""
+        return self._portal.run(self._handle.wait, timeout)
+
+    def cancel(self) -> TaskStatus:
+        """Cancel; returns the status once final or after a short grace.
+
+        Raises CannotCancel when too late.
+        """
+        return self._portal.run(self._handle.cancel)
+
+    def retry(self) -> Task:
+        """A new task with the same arguments.  Raises TaskNotReady while not final."""
+        return Task(self._portal, self._portal.run(self._handle.retry))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _repr_html_(self) -> str:
+        try:
+            info = self.get_info()
+        except Exception as exc:  # a notebook display must never raise
+            state, detail = "unknown", html.escape(str(exc))
+        else:
+            state = info.status.value
+            bits = []
+            if info.progress is not None:
+                bits.append(f"{info.progress:.0%}")
+            if info.message:
+                bits.append(html.escape(info.message))
+            if info.error is not None:
+                bits.append(html.escape(str(info.error)))
+            detail = " · ".join(bits)
+        return (
+            '<div class="errands-task">'
+            f"<b>errands task</b> <code>{html.escape(self.name)}</code> "
+            f"<code>{html.escape(self.id)}</code>: "
+            f'<span class="errands-status errands-{state}">{state}</span>'
+            + (f" <small>{detail}</small>" if detail else "")
+            + "</div>"
+        )
+
+
+class SyncEndpoint:
+    """One task endpoint: ``submit`` new tasks, ``get_task`` existing ones."""
+
+    def __init__(self, portal: _Portal, endpoint: AsyncEndpoint) -> None:
+        self._portal = portal
+        self._endpoint = endpoint
+        self.name = endpoint.name
+
+    def submit(self, **arguments: Any) -> Task:
+        """Validate and enqueue; returns the handle at once.  Raises InvalidArguments."""
+
+        async def submit() -> AsyncTask:
+            return await self._endpoint.submit(**arguments)
+
+        return Task(self._portal, self._portal.run(submit))
+
+    def options(self, *, priority: int = 0, delay: float | None = None) -> SyncEndpoint:
+        """This endpoint with queue options (see :meth:`AsyncEndpoint.options`)."""
+        return SyncEndpoint(self._portal, self._endpoint.options(priority=priority, delay=delay))
+
+    def get_task(self, task_id: str) -> Task:
+        """A handle for an existing task id."""
+        return Task(self._portal, self._endpoint.get_task(task_id))
+
+    def __repr__(self) -> str:
+        return f"<SyncEndpoint {self.name}>"
+
+
+class SyncClient:
+    """An engine running in a background thread, and its sync client.
+
+    Returned by :func:`start`; a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, service: object, options: Mapping[str, Any]) -> None:
+        self._portal = _Portal()
+        self._service = service
+        self._options = dict(options)
+        self._aclient: AsyncClient | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._endpoints: dict[str, SyncEndpoint] = {}
+        self._thread = threading.Thread(target=self._main, name="errands-engine", daemon=True)
+        self._closed = False
+
+    def _start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        assert self._aclient is not None
+        self._endpoints = {
+            name: SyncEndpoint(self._portal, endpoint)
+            for name, endpoint in self._aclient.endpoints.items()
+        }
+        atexit.register(self.close)
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._amain)
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._error = exc
+            else:  # pragma: no cover - an engine bug after start; surface it loudly
+                raise
+        finally:
+            self._portal.token = None
+            self._ready.set()
+
+    async def _amain(self) -> None:
+        async with open_engine(self._service, **self._options) as client:
+            self._aclient = client
+            self._stop = trio.Event()
+            self._portal.token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        """Stop the engine (running tasks get the ``grace`` period) and join its thread."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        token, stop = self._portal.token, self._stop
+        if token is not None and stop is not None:
+            try:
+                trio.from_thread.run_sync(stop.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def endpoints(self) -> Mapping[str, SyncEndpoint]:
+        return dict(self._endpoints)
+
+    def __getattr__(self, name: str) -> SyncEndpoint:
+        endpoints = self.__dict__.get("_endpoints", {})
+        try:
+            return endpoints[name]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(
+                f"no task endpoint {name!r} (endpoints: {', '.join(sorted(endpoints))})"
+            ) from None
+
+    def __getitem__(self, name: str) -> SyncEndpoint:
+        return self._endpoints[name]
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._endpoints))
+
+    def get_task(self, task_id: str) -> Task:
+        """A handle for any task id."""
+        assert self._aclient is not None
+        return Task(self._portal, self._aclient.get_task(task_id))
+
+    def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskInfo]:
+        """Tasks, newest first."""
+        assert self._aclient is not None
+        aclient = self._aclient
+
+        async def run() -> list[TaskInfo]:
+            return await aclient.list(name=name, status=status, limit=limit, offset=offset)
+
+        return self._portal.run(run)
+
+    def statistics(self) -> EngineStatistics:
+        assert self._aclient is not None
+        return self._aclient.statistics()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<SyncClient {state} tasks={sorted(self._endpoints)}>"
+
+
+def start(
+    service: object,
+    *,
+    backend: Backend | str | None = None,
+    ttl: float = 86400.0,
+    lease: float = 30.0,
+    workers: int = 32,
+    grace: float = 10.0,
+    max_attempts: int = 3,
+    sweep_interval: float = 60.0,
+) -> SyncClient:
+    """Start an engine in a background thread and return its sync client.
+
+    Use it as a context manager, or keep the client and call ``close()``
+    (interpreter exit closes it too).  Options are those of
+    :func:`errands.open_engine`.
+
+    Raises whatever starting the engine raised (bad backend URL, an exception
+    from the service class's ``__init__``, ...).
+    """
+    client = SyncClient(
+        service,
+        {
+            "backend": backend,
+            "ttl": ttl,
+            "lease": lease,
+            "workers": workers,
+            "grace": grace,
+            "max_attempts": max_attempts,
+            "sweep_interval": sweep_interval,
+        },
+    )
+    client._start()
+    return client
