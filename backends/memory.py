@@ -12,7 +12,17 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from errands import Backend, BackendError, Claim, Payload, Queue, Renewal, Store, StoredTask, TaskStatus
+from errands import (
+    Backend,
+    BackendError,
+    Claim,
+    Payload,
+    Queue,
+    Renewal,
+    Store,
+    StoredTask,
+    TaskStatus,
+)
 from errands._status import check_transition
 
 __all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
@@ -51,9 +61,13 @@ class MemoryQueue(Queue):
     def _push(self, task_id: str, entry: _Waiting) -> None:
         self._waiting[task_id] = entry
         if entry.not_before > 0.0:
-            heapq.heappush(self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id))
+            heapq.heappush(
+                self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id)
+            )
         else:
-            heapq.heappush(self._ready.setdefault(entry.name, []), (-entry.priority, entry.seq, task_id))
+            heapq.heappush(
+                self._ready.setdefault(entry.name, []), (-entry.priority, entry.seq, task_id)
+            )
 
     def _live(self, task_id: str, seq: int) -> bool:
         entry = self._waiting.get(task_id)
@@ -78,7 +92,9 @@ class MemoryQueue(Queue):
             heapq.heappop(ready)
         return None
 
-    async def put(self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0) -> None:
+    async def put(
+        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+    ) -> None:
         await trio.lowlevel.checkpoint()
         if task_id in self._waiting or task_id in self._claimed:
             return
@@ -135,7 +151,11 @@ class MemoryQueue(Queue):
         if claim is None:
             return Renewal.LOST
         self._claimed[task_id] = Claim(
-            task_id=task_id, name=claim.name, token=token, owner=claim.owner, lease_until=lease_until
+            task_id=task_id,
+            name=claim.name,
+            token=token,
+            owner=claim.owner,
+            lease_until=lease_until,
         )
         return Renewal.CANCEL_REQUESTED if task_id in self._cancel_flags else Renewal.RENEWED
 

@@ -52,7 +52,9 @@ class Queue(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def put(self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0) -> None:
+    async def put(
+        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+    ) -> None:
         """Add ``task_id`` as waiting.  Idempotent: no change if it is already queued
         (waiting or claimed)."""
 
@@ -201,11 +203,11 @@ class Backend(abc.ABC):
     store: Store
     poll_interval: float | None = None
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Acquire resources; called once by the engine before any other call."""
         await trio.lowlevel.checkpoint()
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release resources; called once when the engine stops, even after errors."""
         await trio.lowlevel.checkpoint()
 

@@ -79,7 +79,12 @@ class AsyncEndpoint:
     """One task endpoint of a client: ``submit`` new tasks, ``get_task`` old ones."""
 
     def __init__(
-        self, engine: Engine, definition: TaskDefinition, *, priority: int = 0, delay: float | None = None
+        self,
+        engine: Engine,
+        definition: TaskDefinition,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
     ) -> None:
         self._engine = engine
         self.definition = definition

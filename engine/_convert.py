@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -19,13 +20,13 @@ from typing import Any
 import attrs
 import cattrs
 import cattrs.cols
-from cattrs.errors import ClassValidationError, IterableValidationError
+import cattrs.gen
 
 from ._errors import FieldError
 
 __all__ = [
-    "JSON_MEDIA_TYPE",
     "BYTES_MEDIA_TYPE",
+    "JSON_MEDIA_TYPE",
     "TEXT_MEDIA_TYPE",
     "Payload",
     "StrictTypeError",
@@ -206,6 +207,10 @@ def _make_converter() -> cattrs.Converter:
         _strict_collection(is_array, "an array", _sequence_factory),
     )
     conv.register_structure_hook_factory(
+        lambda tp: attrs.has(tp) or dataclasses.is_dataclass(tp),
+        _strict_collection(is_object, "an object", _class_factory),
+    )
+    conv.register_structure_hook_factory(
         cattrs.cols.is_mapping,
         _strict_collection(is_object, "an object", cattrs.cols.mapping_structure_factory),
     )
@@ -216,6 +221,10 @@ def _sequence_factory(tp: Any, conv: cattrs.Converter) -> Any:
     if getattr(tp, "__origin__", tp) is tuple:
         return cattrs.cols.homogenous_tuple_structure_factory(tp, conv)
     return cattrs.cols.list_structure_factory(tp, conv)
+
+
+def _class_factory(tp: Any, conv: cattrs.Converter) -> Any:
+    return cattrs.gen.make_dict_structure_fn(tp, conv, _cattrs_forbid_extra_keys=True)
 
 
 def _set_factory(tp: Any, conv: cattrs.Converter) -> Any:
@@ -248,12 +257,7 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
 
 def field_errors(exc: BaseException, path: str) -> list[FieldError]:
     """Turn a cattrs structuring error into one :class:`FieldError` per bad field."""
-    if isinstance(exc, ClassValidationError | IterableValidationError) or isinstance(
-        exc, StrictTypeError | ValueError | TypeError | KeyError | AttributeError
-    ):
-        messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
-    else:  # pragma: no cover - defensive: cattrs raised something unexpected
-        messages = [f"{exc} @ {path}"]
+    messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
     out = []
     for message in messages:
         text, _, where = message.rpartition(" @ ")
@@ -319,4 +323,3 @@ def check_json(value: Any, path: str) -> list[FieldError]:
     errors: list[FieldError] = []
     _check_json(value, path, errors)
     return errors
-

@@ -185,7 +185,9 @@ class TaskDefinition:
         for p in params:
             if p.name not in arguments:
                 if p.required:
-                    errors.append(FieldError(path=f"$.{p.name}", message="missing required argument"))
+                    errors.append(
+                        FieldError(path=f"$.{p.name}", message="missing required argument")
+                    )
                 continue
             value = arguments[p.name]
             annotation = p.annotation
@@ -217,7 +219,9 @@ class TaskDefinition:
         for key, value in arguments.items():
             param = self._by_name.get(key)
             if param is None:
-                raise InvalidArguments(self.name, [FieldError(path=f"$.{key}", message="unknown argument")])
+                raise InvalidArguments(
+                    self.name, [FieldError(path=f"$.{key}", message="unknown argument")]
+                )
             if param.annotation in _SIMPLE and _simple_ok(value, param.annotation):
                 out[key] = value
                 continue
@@ -261,7 +265,9 @@ class Service:
             raise ValueError(f"service {self.name!r} already has a task named {definition.name!r}")
         routes = {d.route for d in self._tasks.values()}
         if definition.route in routes:
-            raise ValueError(f"service {self.name!r} already has a task at route {definition.route!r}")
+            raise ValueError(
+                f"service {self.name!r} already has a task at route {definition.route!r}"
+            )
         self._tasks[definition.name] = definition
 
     @overload
@@ -280,13 +286,16 @@ class Service:
         cancellable: bool = False,
         max_attempts: int | None = None,
     ) -> Callable[[F], F]: ...
-    def task(self, func: Any = None, /, **options: Any) -> Any:
+    def task(  # type: ignore[misc]  # mypy cannot match **options to the overloads
+        self, func: Any = None, /, **options: Any
+    ) -> Any:
         """Register a function as a task endpoint (bare, or with options)."""
         if self.cls is not None:
             raise TypeError("use @errands.task on the methods of a service class")
+        opts = TaskOptions(**options)
 
         def register(fn: F) -> F:
-            self.add(TaskDefinition(fn, TaskOptions(**options), is_method=False))
+            self.add(TaskDefinition(fn, opts, is_method=False))
             return fn
 
         return register if func is None else register(func)

@@ -132,7 +132,9 @@ class Engine:
         clock: Callable[[], float],
     ) -> None:
         if ttl <= 0 or lease <= 0 or workers < 1 or grace < 0 or max_attempts < 1:
-            raise ValueError("ttl, lease and max_attempts must be positive; workers >= 1; grace >= 0")
+            raise ValueError(
+                "ttl, lease and max_attempts must be positive; workers >= 1; grace >= 0"
+            )
         self.service = service
         self.backend = backend
         self.ttl = float(ttl)
@@ -150,7 +152,8 @@ class Engine:
         self._running: dict[str, _Run] = {}
         self._active = dict.fromkeys(self.definitions, 0)
         self._limits = {
-            name: min(d.options.concurrency or workers, workers) for name, d in self.definitions.items()
+            name: min(d.options.concurrency or workers, workers)
+            for name, d in self.definitions.items()
         }
         self._total = 0
         self._wake = trio.Event()
@@ -378,7 +381,9 @@ class Engine:
                 record = await self._load(task_id)
                 if record.status.is_final:
                     return record.status
-                raise TimeoutError(f"task {task_id} is still {record.status.value} after {timeout} s")
+                raise TimeoutError(
+                    f"task {task_id} is still {record.status.value} after {timeout} s"
+                )
 
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).
@@ -463,7 +468,11 @@ class Engine:
             if free > 0 and quotas:
                 now = self.clock()
                 claims = await self._queue.claim(
-                    owner=self.owner, quotas=quotas, limit=free, now=now, lease_until=now + self.lease
+                    owner=self.owner,
+                    quotas=quotas,
+                    limit=free,
+                    now=now,
+                    lease_until=now + self.lease,
                 )
                 for claim in claims:
                     self._active[claim.name] += 1
@@ -607,7 +616,9 @@ class Engine:
         claim, record = run.claim, run.record
         record = attrs.evolve(record, progress=run.context.progress, message=run.context.message)
         if run.stop is _Stop.LOST:
-            log.warning("task %s: claim taken over by another worker; result dropped", claim.task_id)
+            log.warning(
+                "task %s: claim taken over by another worker; result dropped", claim.task_id
+            )
             return
         if run.stop is _Stop.SHUTDOWN:
             await self._hand_back(claim, record)
@@ -624,7 +635,6 @@ class Engine:
             )
             await self._fail_or_retry(run, record, error, final=False)
             return
-        assert result is not None
         if isinstance(result, outcome.Error):
             exc = result.error
             error = TaskError(type=type(exc).__name__, message=str(exc))
@@ -633,6 +643,7 @@ class Engine:
                 log.debug("task %s raised %r", claim.task_id, exc)
             await self._fail_or_retry(run, record, error, final=final)
             return
+        assert isinstance(result, outcome.Value)
         try:
             payload = encode_result(result.value, run.definition.return_type)
         except (TypeError, ValueError) as exc:
@@ -661,14 +672,18 @@ class Engine:
             result_type=payload.media_type if payload is not None else None,
         )
         stored = StoredTask.from_record(done)
-        if await self._store.transition(stored, expect=IN_PROGRESS, token=claim.token, result=payload):
+        if await self._store.transition(
+            stored, expect=IN_PROGRESS, token=claim.token, result=payload
+        ):
             self._finished += 1
             if status is FAILURE:
                 log.error("task %s %s failed: %s", record.name, record.id, error)
             else:
                 log.debug("task %s %s", record.id, status.value)
         else:
-            log.warning("task %s: its record moved on; outcome %s not stored", record.id, status.value)
+            log.warning(
+                "task %s: its record moved on; outcome %s not stored", record.id, status.value
+            )
         await self._queue.ack(claim.task_id, claim.token)
         self._notify(claim.task_id)
 
@@ -689,7 +704,11 @@ class Engine:
             await self._queue.release(claim.task_id, claim.token, not_before=not_before)
             log.warning(
                 "task %s %s failed (attempt %d), retrying in %.1f s: %s",
-                record.name, record.id, record.attempt, delay, error,
+                record.name,
+                record.id,
+                record.attempt,
+                delay,
+                error,
             )
             self._wake.set()
         self._notify(claim.task_id)
@@ -778,7 +797,9 @@ class Engine:
                 ):
                     await self._queue.release(claim.task_id, claim.token)
                     log.warning(
-                        "task %s: worker lost, re-queued after attempt %d", record.id, record.attempt
+                        "task %s: worker lost, re-queued after attempt %d",
+                        record.id,
+                        record.attempt,
                     )
                     self._wake.set()
             else:
@@ -866,9 +887,17 @@ async def open_engine(
         sweep_interval=sweep_interval,
         clock=clock,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(engine.serve)
-        try:
-            yield AsyncClient(engine)
-        finally:
-            await engine.aclose()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.serve)
+            try:
+                yield AsyncClient(engine)
+            finally:
+                await engine.aclose()
+    except BaseExceptionGroup as group:
+        # One error (from the caller's block, or from starting the engine)
+        # comes out as itself, so ``except KeyError:`` around the block works.
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise

@@ -46,10 +46,14 @@ def resolve_backend(spec: object) -> Backend:
     if isinstance(spec, Backend):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"backend must be a Backend, a URL string or None, not {type(spec).__name__}")
+        raise TypeError(
+            f"backend must be a Backend, a URL string or None, not {type(spec).__name__}"
+        )
     scheme, sep, _ = spec.partition("://")
     if not sep:
-        raise BackendError(f"backend URL {spec!r} has no scheme (e.g. memory://, diskcache:///path)")
+        raise BackendError(
+            f"backend URL {spec!r} has no scheme (e.g. memory://, diskcache:///path)"
+        )
     target = _schemes().get(scheme.lower())
     if target is None:
         known = ", ".join(sorted(_schemes()))

@@ -9,7 +9,7 @@ from ._errors import InvalidTransition
 __all__ = ["FINAL_STATUSES", "TRANSITIONS", "TaskStatus", "check_transition"]
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. ``.value`` is the name used on the wire."""
 
     PENDING = "pending"
@@ -22,9 +22,6 @@ class TaskStatus(str, enum.Enum):
     def is_final(self) -> bool:
         """True for ``success``, ``failure`` and ``cancelled``: nothing moves it on."""
         return self in FINAL_STATUSES
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCELLED})

@@ -1,0 +1,38 @@
+# errands — the two commands of the README are `make serve` and `make test`.
+# Everything else here is a helper they use.
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test lint serve bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "errands needs Python 3.11 or newer on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,lint]" --config-settings editable_mode=strict
+	@touch $(STAMP)
+
+## Run the example service (until the HTTP adapter lands: the in-process quick start).
+serve: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+## Lint, type-check and run the whole test suite.
+test: lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine backends adapters tests examples benchmarks
+	$(BIN)/ruff format --check engine backends adapters tests examples benchmarks
+	$(BIN)/mypy -p errands
+
+## Benchmarks (not tests): each prints its figure beside a same-run reference.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/inprocess.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,403 @@
+"""The one conformance suite of the Queue and Store contracts (engine/_backend.py)."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+
+from errands import Backend, InvalidTransition, Payload, Renewal, StoredTask, TaskStatus
+from errands._model import TaskRecord, new_task_id
+
+P, R, S, F, C = (
+    TaskStatus.PENDING,
+    TaskStatus.IN_PROGRESS,
+    TaskStatus.SUCCESS,
+    TaskStatus.FAILURE,
+    TaskStatus.CANCELLED,
+)
+NOW = 1_800_000_000.0
+
+
+def record(name: str = "job", created_at: float = NOW, **changes: object) -> TaskRecord:
+    base = TaskRecord(id=new_task_id(), name=name, args={"x": 1}, status=P, created_at=created_at)
+    return attrs.evolve(base, **changes)
+
+
+def stored(rec: TaskRecord) -> StoredTask:
+    return StoredTask.from_record(rec)
+
+
+def reloaded(task: StoredTask) -> StoredTask:
+    """As another process would see it: rebuilt from bytes."""
+    return StoredTask(
+        id=task.id,
+        name=task.name,
+        status=task.status,
+        token=task.token,
+        created_at=task.created_at,
+        expires_at=task.expires_at,
+        data=task.data,
+    )
+
+
+async def claim_one(backend: Backend, name: str = "job", now: float = NOW, lease: float = 30):
+    claims = await backend.queue.claim(
+        owner="w1", quotas={name: 1}, limit=1, now=now, lease_until=now + lease
+    )
+    return claims[0] if claims else None
+
+
+# ---------------------------------------------------------------- store
+
+
+async def test_create_and_get(backend: Backend) -> None:
+    rec = record()
+    assert await backend.store.create(stored(rec))
+    got = await backend.store.get(rec.id)
+    assert got is not None
+    assert (got.id, got.name, got.status, got.token) == (rec.id, "job", P, 0)
+    assert reloaded(got).record == rec
+    assert await backend.store.get(new_task_id()) is None
+
+
+async def test_create_refuses_a_duplicate_id(backend: Backend) -> None:
+    rec = record()
+    assert await backend.store.create(stored(rec))
+    assert not await backend.store.create(stored(attrs.evolve(rec, name="other")))
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.name == "job"
+
+
+async def test_transition_is_compare_and_set(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    running = attrs.evolve(rec, status=R, attempt=1, token=7)
+    assert await backend.store.transition(stored(running), expect=P)
+    # The same move again finds the record no longer pending.
+    assert not await backend.store.transition(stored(running), expect=P)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is R and got.token == 7
+    assert reloaded(got).record == running
+
+
+async def test_transition_checks_the_fencing_token(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    await backend.store.transition(stored(attrs.evolve(rec, status=R, token=5)), expect=P)
+    done = stored(attrs.evolve(rec, status=S, token=5))
+    assert not await backend.store.transition(done, expect=R, token=4)
+    assert not await backend.store.transition(done, expect=R, token=6)
+    assert (await backend.store.get(rec.id)).status is R  # type: ignore[union-attr]
+    assert await backend.store.transition(done, expect=R, token=5)
+
+
+async def test_transition_refuses_moves_outside_the_state_machine(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    for expect, new in [(P, S), (P, F), (S, P), (F, R), (C, P), (S, F), (P, P)]:
+        with pytest.raises(InvalidTransition):
+            await backend.store.transition(stored(attrs.evolve(rec, status=new)), expect=expect)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+
+
+async def test_in_progress_update_in_place(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    running = attrs.evolve(rec, status=R, token=3)
+    await backend.store.transition(stored(running), expect=P)
+    progressed = attrs.evolve(running, progress=0.5, message="half")
+    assert await backend.store.transition(stored(progressed), expect=R, token=3)
+    got = await backend.store.get(rec.id)
+    assert got is not None and reloaded(got).record.progress == 0.5
+
+
+async def test_missing_record_transition_is_refused(backend: Backend) -> None:
+    rec = record()
+    assert not await backend.store.transition(stored(attrs.evolve(rec, status=C)), expect=P)
+    assert await backend.store.get(rec.id) is None
+
+
+async def test_result_is_saved_with_the_transition(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    await backend.store.transition(stored(attrs.evolve(rec, status=R, token=1)), expect=P)
+    blob = Payload(media_type="image/png", data=bytes(range(256)) * 4096)
+    refused = stored(attrs.evolve(rec, status=S, token=1))
+    assert not await backend.store.transition(refused, expect=R, token=2, result=blob)
+    assert await backend.store.get_result(rec.id) is None  # a refused move stores nothing
+    assert await backend.store.transition(refused, expect=R, token=1, result=blob)
+    assert await backend.store.get_result(rec.id) == blob
+    # Reading never deletes.
+    assert await backend.store.get_result(rec.id) == blob
+    assert await backend.store.get(rec.id) is not None
+
+
+async def test_delete(backend: Backend) -> None:
+    rec = record()
+    await backend.store.create(stored(rec))
+    await backend.store.transition(stored(attrs.evolve(rec, status=R, token=1)), expect=P)
+    payload = Payload(media_type="application/json", data=b"1")
+    await backend.store.transition(
+        stored(attrs.evolve(rec, status=S, token=1)), expect=R, token=1, result=payload
+    )
+    assert await backend.store.delete(rec.id)
+    assert await backend.store.get(rec.id) is None
+    assert await backend.store.get_result(rec.id) is None
+    assert not await backend.store.delete(rec.id)
+
+
+async def test_list_filters_orders_and_pages(backend: Backend) -> None:
+    recs = [record(name="a" if i % 2 else "b", created_at=NOW + i) for i in range(6)]
+    for rec in recs:
+        await backend.store.create(stored(rec))
+    await backend.store.transition(stored(attrs.evolve(recs[1], status=C)), expect=P)
+    ids = [t.id for t in await backend.store.list()]
+    assert ids == [r.id for r in reversed(recs)]
+    assert [t.id for t in await backend.store.list(name="a")] == [
+        recs[5].id,
+        recs[3].id,
+        recs[1].id,
+    ]
+    assert [t.id for t in await backend.store.list(status=C)] == [recs[1].id]
+    assert [t.id for t in await backend.store.list(name="a", status=P)] == [recs[5].id, recs[3].id]
+    assert [t.id for t in await backend.store.list(limit=2, offset=1)] == [recs[4].id, recs[3].id]
+    assert await backend.store.list(name="zzz") == []
+
+
+async def test_purge_expired(backend: Backend) -> None:
+    old, new, live = record(), record(), record()
+    for rec in (old, new, live):
+        await backend.store.create(stored(rec))
+    await backend.store.transition(
+        stored(attrs.evolve(old, status=C, expires_at=NOW + 10)), expect=P
+    )
+    await backend.store.transition(
+        stored(attrs.evolve(new, status=C, expires_at=NOW + 100)), expect=P
+    )
+    assert await backend.store.purge_expired(NOW + 5) == 0
+    assert await backend.store.purge_expired(NOW + 10) == 1
+    assert await backend.store.get(old.id) is None
+    assert await backend.store.get(new.id) is not None
+    assert await backend.store.get(live.id) is not None
+    assert await backend.store.purge_expired(NOW + 1000) == 1
+    assert await backend.store.get(live.id) is not None  # never expires while pending
+
+
+# ---------------------------------------------------------------- queue
+
+
+async def test_claim_order_is_priority_then_fifo(backend: Backend) -> None:
+    q = backend.queue
+    ids = [new_task_id() for _ in range(4)]
+    await q.put(ids[0], name="job")
+    await q.put(ids[1], name="job", priority=5)
+    await q.put(ids[2], name="job")
+    await q.put(ids[3], name="job", priority=5)
+    claims = await q.claim(owner="w", quotas={"job": 10}, limit=10, now=NOW, lease_until=NOW + 30)
+    assert [c.task_id for c in claims] == [ids[1], ids[3], ids[0], ids[2]]
+    tokens = [c.token for c in claims]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4
+    assert all(c.owner == "w" and c.lease_until == NOW + 30 and c.name == "job" for c in claims)
+
+
+async def test_put_is_idempotent(backend: Backend) -> None:
+    q = backend.queue
+    task_id = new_task_id()
+    await q.put(task_id, name="job")
+    await q.put(task_id, name="job", priority=9)
+    assert await q.depth() == 1
+    claim = await claim_one(backend)
+    assert claim is not None
+    await q.put(task_id, name="job")  # claimed: still a no-op
+    assert await q.depth() == 0
+    assert await claim_one(backend) is None
+
+
+async def test_quotas_and_limit(backend: Backend) -> None:
+    q = backend.queue
+    for name in ("a", "a", "a", "b", "b", "c"):
+        await q.put(new_task_id(), name=name)
+    claims = await q.claim(
+        owner="w", quotas={"a": 2, "b": 5}, limit=3, now=NOW, lease_until=NOW + 1
+    )
+    names = sorted(c.name for c in claims)
+    assert len(claims) == 3 and names.count("a") <= 2 and "c" not in names
+    rest = await q.claim(owner="w", quotas={"a": 5, "b": 5}, limit=9, now=NOW, lease_until=NOW + 1)
+    assert sorted(c.name for c in claims + rest) == ["a", "a", "a", "b", "b"]
+    assert await q.depth() == 1 and await q.depth("c") == 1 and await q.depth("a") == 0
+
+
+async def test_delayed_entries_wait_for_their_time(backend: Backend) -> None:
+    q = backend.queue
+    later, now_id = new_task_id(), new_task_id()
+    await q.put(later, name="job", not_before=NOW + 60, priority=10)
+    assert await q.next_due(["job"]) == NOW + 60
+    await q.put(now_id, name="job")
+    due = await q.next_due(["job"])
+    assert due is not None and due <= NOW
+    assert [
+        c.task_id
+        for c in await q.claim(owner="w", quotas={"job": 5}, limit=5, now=NOW, lease_until=NOW + 1)
+    ] == [now_id]
+    assert await q.next_due(["job"]) == NOW + 60
+    assert await q.next_due(["other"]) is None
+    assert await claim_one(backend, now=NOW + 59) is None
+    claim = await claim_one(backend, now=NOW + 60)
+    assert claim is not None and claim.task_id == later
+
+
+async def test_renew_ack_release_are_fenced(backend: Backend) -> None:
+    q = backend.queue
+    task_id = new_task_id()
+    await q.put(task_id, name="job", priority=3)
+    first = await claim_one(backend)
+    assert first is not None
+    assert await q.renew(task_id, first.token, lease_until=NOW + 100) is Renewal.RENEWED
+    assert await q.expired(NOW + 50) == []
+    assert await q.release(task_id, first.token)
+    assert not await q.release(task_id, first.token)  # no longer held
+    second = await claim_one(backend)
+    assert second is not None and second.token > first.token
+    # The old holder is fenced off everywhere.
+    assert await q.renew(task_id, first.token, lease_until=NOW + 100) is Renewal.LOST
+    assert not await q.ack(task_id, first.token)
+    assert not await q.release(task_id, first.token)
+    assert await q.contains(task_id)
+    assert await q.ack(task_id, second.token)
+    assert not await q.contains(task_id)
+    assert await q.renew(task_id, second.token, lease_until=NOW + 100) is Renewal.LOST
+
+
+async def test_release_keeps_priority_and_can_delay(backend: Backend) -> None:
+    q = backend.queue
+    urgent, plain = new_task_id(), new_task_id()
+    await q.put(urgent, name="job", priority=9)
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == urgent
+    await q.put(plain, name="job")
+    assert await q.release(urgent, claim.token)
+    again = await claim_one(backend)
+    assert again is not None and again.task_id == urgent  # priority kept
+    assert await q.release(urgent, again.token, not_before=NOW + 30)
+    nxt = await claim_one(backend)
+    assert nxt is not None and nxt.task_id == plain
+    assert await claim_one(backend, now=NOW + 29) is None
+    last = await claim_one(backend, now=NOW + 30)
+    assert last is not None and last.task_id == urgent
+
+
+async def test_expired_claims(backend: Backend) -> None:
+    q = backend.queue
+    a, b = new_task_id(), new_task_id()
+    await q.put(a, name="job")
+    await q.put(b, name="job")
+    ca = await claim_one(backend, lease=10)
+    cb = await claim_one(backend, lease=20)
+    assert ca is not None and cb is not None
+    assert await q.expired(NOW + 9) == []
+    assert [c.task_id for c in await q.expired(NOW + 10)] == [ca.task_id]
+    assert sorted(c.task_id for c in await q.expired(NOW + 25)) == sorted([a, b])
+    # Expired claims stay until acked or released.
+    assert await q.contains(a)
+    assert await q.renew(a, ca.token, lease_until=NOW + 100) is Renewal.RENEWED
+    assert [c.task_id for c in await q.expired(NOW + 25)] == [cb.task_id]
+
+
+async def test_remove_only_takes_waiting_entries(backend: Backend) -> None:
+    q = backend.queue
+    waiting, claimed = new_task_id(), new_task_id()
+    await q.put(claimed, name="job")
+    claim = await claim_one(backend)
+    assert claim is not None
+    await q.put(waiting, name="job")
+    assert not await q.remove(claimed)
+    assert await q.contains(claimed)
+    assert await q.remove(waiting)
+    assert not await q.remove(waiting)
+    assert not await q.contains(waiting)
+    assert await claim_one(backend) is None
+
+
+async def test_cancel_requests_reach_the_holder(backend: Backend) -> None:
+    q = backend.queue
+    task_id = new_task_id()
+    await q.put(task_id, name="job")
+    assert not await q.request_cancel(task_id)  # waiting: nothing to flag
+    claim = await claim_one(backend)
+    assert claim is not None
+    assert await q.request_cancel(task_id)
+    assert await q.renew(task_id, claim.token, lease_until=NOW + 60) is Renewal.CANCEL_REQUESTED
+    assert await q.release(task_id, claim.token)
+    again = await claim_one(backend)
+    assert again is not None  # a new claim starts without the old flag
+    assert await q.renew(task_id, again.token, lease_until=NOW + 60) is Renewal.RENEWED
+    assert not await q.request_cancel(new_task_id())
+
+
+async def test_depth_and_position(backend: Backend) -> None:
+    q = backend.queue
+    ids = [new_task_id() for _ in range(4)]
+    for task_id in ids[:3]:
+        await q.put(task_id, name="job")
+    await q.put(ids[3], name="job", priority=1)
+    await q.put(new_task_id(), name="other")
+    assert await q.depth() == 5 and await q.depth("job") == 4
+    assert [await q.position(i) for i in ids] == [1, 2, 3, 0]
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == ids[3]
+    assert await q.position(ids[3]) is None
+    assert [await q.position(i) for i in ids[:3]] == [0, 1, 2]
+    assert await q.position(new_task_id()) is None
+
+
+async def test_a_cancelled_call_changes_nothing_or_everything(backend: Backend) -> None:
+    """Each call is atomic: cancelled at any point, it has happened fully or not at all."""
+    rec = record()
+    await backend.store.create(stored(rec))
+    running = stored(attrs.evolve(rec, status=R, token=1))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await backend.store.transition(running, expect=P)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status in (P, R)
+    if got.status is P:
+        assert await backend.store.transition(running, expect=P)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await backend.queue.put(rec.id, name="job")
+    if not await backend.queue.contains(rec.id):
+        await backend.queue.put(rec.id, name="job")
+    assert await backend.queue.depth() == 1
+
+
+async def test_every_method_checkpoints(backend: Backend) -> None:
+    """A call made inside a cancelled scope raises Cancelled: it checkpoints."""
+    q, s = backend.queue, backend.store
+    task_id = new_task_id()
+    calls = [
+        lambda: q.put(task_id, name="job"),
+        lambda: q.claim(owner="w", quotas={"job": 1}, limit=1, now=NOW, lease_until=NOW),
+        lambda: q.renew(task_id, 1, lease_until=NOW),
+        lambda: q.ack(task_id, 1),
+        lambda: q.release(task_id, 1),
+        lambda: q.remove(task_id),
+        lambda: q.request_cancel(task_id),
+        lambda: q.expired(NOW),
+        lambda: q.contains(task_id),
+        lambda: q.next_due(["job"]),
+        lambda: q.depth(),
+        lambda: q.position(task_id),
+        lambda: s.create(stored(record())),
+        lambda: s.get(task_id),
+        lambda: s.get_result(task_id),
+        lambda: s.delete(task_id),
+        lambda: s.list(),
+        lambda: s.purge_expired(NOW),
+    ]
+    for call in calls:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await call()
+        assert scope.cancelled_caught, call

@@ -1,0 +1,260 @@
+"""Argument validation at submit: strict, complete, and naming every bad field."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import errands
+from errands import FieldError, InvalidArguments
+
+svc = errands.Service("validation")
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@attrs.frozen
+class Size:
+    width: int
+    height: int
+
+
+@dataclasses.dataclass
+class Job:
+    prompt: str
+    size: Size
+    tags: list[str]
+    seed: int | None = None
+
+
+@svc.task
+async def scalars(i: int, f: float, s: str, b: bool) -> None: ...
+
+
+@svc.task
+async def nested(job: Job, colours: list[Colour], weights: dict[str, float]) -> None: ...
+
+
+@svc.task
+async def special(when: dt.datetime, day: dt.date, blob: bytes, anything: Any = None) -> None: ...
+
+
+@svc.task
+async def optional(n: int = 3, name: str | None = None) -> None: ...
+
+
+def validate(name: str, /, **arguments: Any) -> dict[str, Any]:
+    return svc.tasks[name].validate(arguments)
+
+
+def errors_of(name: str, /, *, from_json: bool = False, **arguments: Any) -> dict[str, str]:
+    with pytest.raises(InvalidArguments) as caught:
+        svc.tasks[name].validate(arguments, from_json=from_json)
+    assert caught.value.task_name == name
+    return {e.path: e.message for e in caught.value.errors}
+
+
+def test_scalars_accept_their_types_and_int_for_float() -> None:
+    assert validate("scalars", i=1, f=2, s="x", b=True) == {"i": 1, "f": 2, "s": "x", "b": True}
+
+
+def test_no_string_number_coercion_and_every_field_named() -> None:
+    errors = errors_of("scalars", i="1", f="2.5", s=3, b=1)
+    assert errors == {
+        "$.i": "expected an integer, got string",
+        "$.f": "expected a number, got string",
+        "$.s": "expected a string, got number",
+        "$.b": "expected a boolean, got number",
+    }
+
+
+def test_bool_is_not_an_int_and_float_is_not_an_int() -> None:
+    errors = errors_of("scalars", i=True, f=1.5, s="", b=False)
+    assert errors == {"$.i": "expected an integer, got boolean"}
+    assert errors_of("scalars", i=1.0, f=1.5, s="", b=False) == {
+        "$.i": "expected an integer, got number"
+    }
+
+
+def test_unknown_and_missing_arguments() -> None:
+    errors = errors_of("scalars", i=1, f=1.0, extra=5, other="x")
+    assert errors == {
+        "$.extra": "unknown argument",
+        "$.other": "unknown argument",
+        "$.s": "missing required argument",
+        "$.b": "missing required argument",
+    }
+
+
+def test_nested_paths_name_the_exact_field() -> None:
+    job = {"prompt": 5, "size": {"width": "wide", "height": 2, "depth": 1}, "tags": ["a", 2]}
+    errors = errors_of(
+        "nested", from_json=True, job=job, colours=["red", "green"], weights={"a": "heavy"}
+    )
+    assert errors["$.job.prompt"] == "expected a string, got number"
+    assert errors["$.job.size.width"] == "expected an integer, got string"
+    assert "depth" in errors["$.job.size"]  # extra keys are refused, by name
+    assert errors["$.job.tags[1]"] == "expected a string, got number"
+    assert errors["$.colours[1]"] == 'expected one of "red", "blue"'
+    assert errors["$.weights['a']"] == "expected a number, got string"
+
+
+def test_nested_values_in_process_become_json() -> None:
+    job = Job(prompt="p", size=Size(2, 3), tags=["x"])
+    out = validate("nested", job=job, colours=[Colour.BLUE], weights={"a": 1})
+    assert out == {
+        "job": {"prompt": "p", "size": {"width": 2, "height": 3}, "tags": ["x"], "seed": None},
+        "colours": ["blue"],
+        "weights": {"a": 1},
+    }
+
+
+def test_a_string_is_not_a_list_and_a_list_is_not_an_object() -> None:
+    errors = errors_of(
+        "nested",
+        from_json=True,
+        job={"prompt": "p", "size": [1, 2], "tags": "abc"},
+        colours="red",
+        weights=[["a", 1]],
+    )
+    assert errors["$.job.size"] == "expected an object, got array"
+    assert errors["$.job.tags"] == "expected an array, got string"
+    assert errors["$.colours"] == "expected an array, got string"
+    assert errors["$.weights"] == "expected an object, got array"
+
+
+def test_datetimes_dates_bytes_and_any() -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    out = validate("special", when=when, day=dt.date(2026, 1, 2), blob=b"\x00\xff", anything=[1])
+    assert out == {
+        "when": "2026-01-02T03:04:05+00:00",
+        "day": "2026-01-02",
+        "blob": "AP8=",
+        "anything": [1],
+    }
+    definition = svc.tasks["special"]
+    typed = definition.structure(out)
+    assert typed == {"when": when, "day": dt.date(2026, 1, 2), "blob": b"\x00\xff", "anything": [1]}
+    errors = errors_of(
+        "special", from_json=True, when="yesterday", day=20260102, blob="not base64!", anything=None
+    )
+    assert errors == {
+        "$.when": "expected an ISO 8601 date-time",
+        "$.day": "expected an ISO 8601 date, got number",
+        "$.blob": "expected base64-encoded bytes",
+    }
+
+
+def test_any_must_still_be_json() -> None:
+    errors = errors_of(
+        "special", when="2026-01-01T00:00:00", day="2026-01-01", blob="", anything={"x": object()}
+    )
+    assert errors == {"$.anything.x": "object is not JSON-serializable"}
+    errors = errors_of(
+        "special", when="2026-01-01T00:00:00", day="2026-01-01", blob="", anything=float("nan")
+    )
+    assert errors == {"$.anything": "NaN and infinity are not valid JSON"}
+
+
+def test_defaults_and_optionals() -> None:
+    assert validate("optional") == {}
+    assert validate("optional", name=None) == {"name": None}
+    assert errors_of("optional", n=None) == {"$.n": "expected an integer, got null"}
+
+
+async def test_invalid_arguments_at_submit_enqueue_nothing() -> None:
+    async with errands.open_engine(svc) as client:
+        with pytest.raises(InvalidArguments) as caught:
+            await client.scalars.submit(i="x", f=1.0, s="s", b=True)
+        assert "$.i" in str(caught.value)
+        assert isinstance(caught.value, errands.ErrandsError)
+        assert await client.list() == []
+        assert client.statistics().submitted == 0
+
+
+def test_definition_errors_are_caught_early() -> None:
+    local = errands.Service("defs")
+    with pytest.raises(TypeError, match="nameable"):
+
+        @local.task
+        def star(*args: int) -> None: ...
+
+    with pytest.raises(ValueError, match="cancellable=True is for sync"):
+
+        @local.task(cancellable=True)
+        async def already() -> None: ...
+
+    with pytest.raises(ValueError, match="concurrency must be positive"):
+        local.task(concurrency=0)
+
+    @local.task
+    def dup() -> None: ...
+
+    with pytest.raises(ValueError, match="already has a task named 'dup'"):
+        local.task(name="dup")(lambda: None)
+
+    with pytest.raises(TypeError, match="no @errands.task methods"):
+
+        @errands.service
+        class Empty:
+            pass
+
+    with pytest.raises(TypeError, match="expected an errands.Service"):
+        errands._define.as_service(object())
+
+
+def test_field_error_text() -> None:
+    assert str(FieldError(path="$.a", message="bad")) == "$.a: bad"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    job=st.builds(
+        Job,
+        prompt=st.text(),
+        size=st.builds(Size, st.integers(), st.integers()),
+        tags=st.lists(st.text(), max_size=3),
+        seed=st.none() | st.integers(),
+    ),
+    colours=st.lists(st.sampled_from(Colour), max_size=3),
+    weights=st.dictionaries(
+        st.text(), st.floats(allow_nan=False, allow_infinity=False), max_size=3
+    ),
+)
+def test_arguments_round_trip_through_json(
+    job: Job, colours: list[Colour], weights: dict[str, float]
+) -> None:
+    import json
+
+    definition = svc.tasks["nested"]
+    stored = json.loads(
+        json.dumps(definition.validate({"job": job, "colours": colours, "weights": weights}))
+    )
+    back = definition.structure(stored)
+    assert back == {"job": job, "colours": colours, "weights": weights}
+
+
+@given(value=json_values)
+def test_any_accepts_every_json_value(value: Any) -> None:
+    out = validate("special", when="2026-01-01T00:00:00", day="2026-01-01", blob="", anything=value)
+    assert out["anything"] == value
