@@ -26,6 +26,8 @@ C = TypeVar("C", bound=type)
 _MARK = "__errands_task__"
 _SERVICE = "__errands_service__"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Attributes of clients; a task by one of these names would be hidden behind it.
+RESERVED_NAMES = frozenset({"close", "endpoints", "engine", "get_task", "list", "statistics"})
 _MISSING = inspect.Parameter.empty
 
 
@@ -105,8 +107,13 @@ class TaskDefinition:
 
     def __init__(self, func: Callable[..., Any], options: TaskOptions, *, is_method: bool) -> None:
         name = options.name or func.__name__
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"task name {name!r} must be a Python identifier")
+        if not _NAME.fullmatch(name) or name.startswith("_"):
+            raise ValueError(f"task name {name!r} must be a Python identifier not starting with _")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"task name {name!r} is taken by the client itself; pass name=... "
+                f"(reserved: {', '.join(sorted(RESERVED_NAMES))})"
+            )
         self.name = name
         self.route = options.route or f"/{name}"
         if not self.route.startswith("/"):

@@ -197,6 +197,14 @@ def test_definition_errors_are_caught_early() -> None:
     with pytest.raises(ValueError, match="concurrency must be positive"):
         local.task(concurrency=0)
 
+    with pytest.raises(ValueError, match="taken by the client"):
+
+        @local.task
+        def list() -> None: ...
+
+    with pytest.raises(ValueError, match="identifier"):
+        local.task(name="has space")(lambda: None)
+
     @local.task
     def dup() -> None: ...
 
