@@ -186,9 +186,6 @@ class TaskDefinition:
         params = self._resolve()
         out: dict[str, Any] = {}
         errors: list[FieldError] = []
-        for key in arguments:
-            if key not in self._by_name:
-                errors.append(FieldError(path=f"$.{key}", message="unknown argument"))
         for p in params:
             if p.name not in arguments:
                 if p.required:
@@ -215,6 +212,9 @@ class TaskDefinition:
                 continue
             errors.extend(check_json(plain, f"$.{p.name}"))
             out[p.name] = plain
+        for key in arguments:
+            if key not in self._by_name:
+                errors.append(FieldError(path=f"$.{key}", message="unknown argument"))
         if errors:
             raise InvalidArguments(self.name, errors)
         return out

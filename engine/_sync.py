@@ -102,9 +102,9 @@ class Task:
         try:
             info = self.get_info()
         except Exception as exc:  # a notebook display must never raise
-            state, detail = "unknown", html.escape(str(exc))
+            name, state, detail = self.name, "unknown", html.escape(str(exc))
         else:
-            state = info.status.value
+            name, state = info.name, info.status.value
             bits = []
             if info.progress is not None:
                 bits.append(f"{info.progress:.0%}")
@@ -115,7 +115,7 @@ class Task:
             detail = " · ".join(bits)
         return (
             '<div class="errands-task">'
-            f"<b>errands task</b> <code>{html.escape(self.name)}</code> "
+            f"<b>errands task</b> <code>{html.escape(name)}</code> "
             f"<code>{html.escape(self.id)}</code>: "
             f'<span class="errands-status errands-{state}">{state}</span>'
             + (f" <small>{detail}</small>" if detail else "")

@@ -78,7 +78,9 @@ def test_repr_html_shows_id_and_status() -> None:
         task = client.add.submit(a=1, b=1)
         task.wait(timeout=10)
         html = task._repr_html_()
-        assert task.id in html and "success" in html and "add" in html
+        assert task.id in html and "success" in html and "<code>add</code>" in html
+        # A handle made from a bare id shows the task's name too.
+        assert "<code>add</code>" in client.get_task(task.id)._repr_html_()
     # After close the display still renders (it must never raise in a notebook).
     assert "unknown" in task._repr_html_()
 
