@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: test lint serve bench clean
 
-$(STAMP): pyproject.toml
+# The strict editable install links each file, so adding or removing a module
+# (which changes its folder's mtime) must reinstall.
+$(STAMP): pyproject.toml engine backends adapters
 	@test -n "$(PYTHON)" || { echo "errands needs Python 3.11 or newer on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

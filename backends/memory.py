@@ -53,10 +53,13 @@ class MemoryQueue(Queue):
         # heap items: (not_before, seq, task_id)
         self._delayed: dict[str, list[tuple[float, int, str]]] = {}
         self._work = trio.Event()
+        self._engines = 0  # engines that opened the backend (see _notify)
 
     def _notify(self) -> None:
-        self._work.set()
-        self._work = trio.Event()
+        # Only other engines need telling: each engine wakes itself on its own puts.
+        if self._engines > 1:
+            self._work.set()
+            self._work = trio.Event()
 
     def _push(self, task_id: str, entry: _Waiting) -> None:
         self._waiting[task_id] = entry
@@ -95,7 +98,10 @@ class MemoryQueue(Queue):
     async def put(
         self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
     ) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._put(task_id, name, priority, not_before)
+
+    def _put(self, task_id: str, name: str, priority: int, not_before: float) -> None:
         if task_id in self._waiting or task_id in self._claimed:
             return
         self._push(task_id, _Waiting(name, priority, not_before, next(self._seq)))
@@ -110,7 +116,7 @@ class MemoryQueue(Queue):
         now: float,
         lease_until: float,
     ) -> list[Claim]:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         left = {name: n for name, n in quotas.items() if n > 0}
         for name in left:
             self._promote(name, now)
@@ -146,7 +152,7 @@ class MemoryQueue(Queue):
         return claim if claim is not None and claim.token == token else None
 
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         claim = self._held(task_id, token)
         if claim is None:
             return Renewal.LOST
@@ -160,7 +166,7 @@ class MemoryQueue(Queue):
         return Renewal.CANCEL_REQUESTED if task_id in self._cancel_flags else Renewal.RENEWED
 
     async def ack(self, task_id: str, token: int) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._held(task_id, token) is None:
             return False
         del self._claimed[task_id]
@@ -169,7 +175,7 @@ class MemoryQueue(Queue):
         return True
 
     async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         claim = self._held(task_id, token)
         if claim is None:
             return False
@@ -181,26 +187,26 @@ class MemoryQueue(Queue):
         return True
 
     async def remove(self, task_id: str) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._waiting.pop(task_id, None) is not None
 
     async def request_cancel(self, task_id: str) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if task_id not in self._claimed:
             return False
         self._cancel_flags.add(task_id)
         return True
 
     async def expired(self, now: float) -> list[Claim]:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return [c for c in self._claimed.values() if c.lease_until <= now]
 
     async def contains(self, task_id: str) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return task_id in self._waiting or task_id in self._claimed
 
     async def next_due(self, names: Sequence[str]) -> float | None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         due: float | None = None
         for name in names:
             if self._head(name) is not None:
@@ -213,13 +219,13 @@ class MemoryQueue(Queue):
         return due
 
     async def depth(self, name: str | None = None) -> int:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if name is None:
             return len(self._waiting)
         return sum(1 for entry in self._waiting.values() if entry.name == name)
 
     async def position(self, task_id: str) -> int | None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         me = self._waiting.get(task_id)
         if me is None:
             return None
@@ -243,14 +249,17 @@ class MemoryStore(Store):
         self._expiry: list[tuple[float, str]] = []
 
     async def create(self, task: StoredTask) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._create(task)
+
+    def _create(self, task: StoredTask) -> bool:
         if task.id in self._records:
             return False
         self._records[task.id] = task
         return True
 
     async def get(self, task_id: str) -> StoredTask | None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._records.get(task_id)
 
     async def transition(
@@ -261,7 +270,7 @@ class MemoryStore(Store):
         token: int | None = None,
         result: Payload | None = None,
     ) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         check_transition(expect, task.status)
         current = self._records.get(task.id)
         if current is None or current.status is not expect:
@@ -276,11 +285,11 @@ class MemoryStore(Store):
         return True
 
     async def get_result(self, task_id: str) -> Payload | None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return self._results.get(task_id)
 
     async def delete(self, task_id: str) -> bool:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._results.pop(task_id, None)
         return self._records.pop(task_id, None) is not None
 
@@ -292,7 +301,7 @@ class MemoryStore(Store):
         limit: int = 100,
         offset: int = 0,
     ) -> list[StoredTask]:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         rows = [
             t
             for t in self._records.values()
@@ -302,7 +311,7 @@ class MemoryStore(Store):
         return rows[offset : offset + limit]
 
     async def purge_expired(self, now: float) -> int:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         purged = 0
         while self._expiry and self._expiry[0][0] <= now:
             _, task_id = heapq.heappop(self._expiry)
@@ -317,9 +326,25 @@ class MemoryStore(Store):
 class MemoryBackend(Backend):
     """Queue and store in this process's memory.  Nothing survives the process."""
 
+    queue: MemoryQueue
+    store: MemoryStore
+
     def __init__(self) -> None:
         self.queue = MemoryQueue()
         self.store = MemoryStore()
+
+    async def open(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.queue._engines += 1
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.queue._engines -= 1
+
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.store._create(task):
+            self.queue._put(task.id, task.name, priority, not_before)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:

@@ -9,9 +9,12 @@ dropped, and a ``pending`` record whose queue entry was lost is put back by
 the engine's reconciliation.  Backends therefore need atomicity only *within*
 each call, never across calls.
 
-All methods are async and must checkpoint on every path.  A call cancelled
-before it returns may or may not have taken effect, but never half: each call
-is atomic.  Backends raise :class:`~errands.BackendError` when their storage
+All methods are async and must be cancel points on every path (at least
+``trio.lowlevel.checkpoint_if_cancelled()``); a backend that blocks or does
+I/O is a full checkpoint anyway.  The engine's public methods are full
+checkpoints themselves, so a backend that only touches memory need not yield.
+A call cancelled before it returns may or may not have taken effect, but
+never half: each call is atomic.  Backends raise :class:`~errands.BackendError` when their storage
 is unusable; they raise nothing for ordinary refusals (those return ``False``
 or ``None``).
 """
@@ -202,6 +205,21 @@ class Backend(abc.ABC):
     queue: Queue
     store: Store
     poll_interval: float | None = None
+
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
+        """Create the record and put its id on the queue (nothing is put if the id
+        already exists).
+
+        Cancelling the call never leaves the record without its entry.  The
+        default runs the two calls shielded, store first (a crash between them
+        leaves a pending record that the engine's reconciliation re-queues);
+        backends that can do both in one atomic step override it.
+        """
+        with trio.CancelScope(shield=True):
+            if await self.store.create(task):
+                await self.queue.put(
+                    task.id, name=task.name, priority=priority, not_before=not_before
+                )
 
     async def open(self) -> None:
         """Acquire resources; called once by the engine before any other call."""

@@ -265,8 +265,13 @@ def field_errors(exc: BaseException, path: str) -> list[FieldError]:
     return out
 
 
+_NULL = Payload(media_type=JSON_MEDIA_TYPE, data=b"null")
+
+
 def encode_result(value: Any, annotation: Any) -> Payload:
     """Store a task's return value as JSON, text, raw bytes or PNG."""
+    if value is None:
+        return _NULL
     if isinstance(value, bytes | bytearray | memoryview):
         return Payload(media_type=BYTES_MEDIA_TYPE, data=bytes(value))
     if isinstance(value, str) and annotation is str:

@@ -50,6 +50,7 @@ from ._errors import (
 from ._model import Claim, StoredTask, TaskError, TaskInfo, TaskRecord, is_task_id, new_task_id
 from ._registry import resolve_backend
 from ._status import TaskStatus
+from ._threads import WorkerThreads
 
 __all__ = ["Engine", "EngineStatistics", "open_engine"]
 
@@ -162,6 +163,7 @@ class Engine:
         self._dirty: dict[str, _Run] = {}
         self._progress_wake = trio.Event()
         self._runners: trio.Nursery | None = None
+        self._threads: WorkerThreads | None = None
         self._open = False
         self._accepting = False
         self._stopping = False
@@ -179,6 +181,7 @@ class Engine:
         """
         await self.backend.open()
         try:
+            self._threads = WorkerThreads()
             instance = None
             if self.service.cls is not None:
                 instance = await trio.to_thread.run_sync(self.service.instantiate)
@@ -187,29 +190,44 @@ class Engine:
                 keeper_nursery.start_soon(self._keep_leases)
                 keeper_nursery.start_soon(self._write_progress)
                 async with trio.open_nursery() as runners:
+                    # Runners are shielded as a group (not one scope per task): an
+                    # outside cancel reaches them only as a stop request, so their
+                    # final writes need no shield of their own.
+                    runners.cancel_scope.shield = True
                     self._runners = runners
-                    async with trio.open_nursery() as system:
-                        if self.backend.poll_interval is not None:
-                            await self._reconcile()
-                            await self._recover_expired(self.clock())
-                        system.start_soon(self._dispatch)
-                        system.start_soon(self._sweep)
-                        system.start_soon(self._watch_backend)
-                        self._open = self._accepting = True
-                        log.info("engine %s started for service %s", self.owner, self.service.name)
-                        task_status.started()
-                        await self._stop_requested.wait()
-                        self._accepting = False
-                        system.cancel_scope.cancel()
-                    await self._drain()
+                    try:
+                        await self._serve_system(task_status)
+                    finally:
+                        self._stopping = True
+                        for run in list(self._running.values()):
+                            run.request_stop(_Stop.SHUTDOWN)
+                        runners.cancel_scope.deadline = trio.current_time() + CLEANUP_SECONDS
                 keeper_nursery.cancel_scope.cancel()
         finally:
             self._open = self._accepting = False
+            if self._threads is not None:
+                self._threads.close()
             for event in self._watchers.values():
                 event.set()
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await self.backend.aclose()
             log.info("engine %s stopped", self.owner)
+
+    async def _serve_system(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as system:
+            if self.backend.poll_interval is not None:
+                await self._reconcile()
+                await self._recover_expired(self.clock())
+            system.start_soon(self._dispatch)
+            system.start_soon(self._sweep)
+            system.start_soon(self._watch_backend)
+            self._open = self._accepting = True
+            log.info("engine %s started for service %s", self.owner, self.service.name)
+            task_status.started()
+            await self._stop_requested.wait()
+            self._accepting = False
+            system.cancel_scope.cancel()
+        await self._drain()
 
     async def _drain(self) -> None:
         if self._running or self._total:
@@ -247,9 +265,9 @@ class Engine:
             event.set()
 
     async def _load(self, task_id: str) -> TaskRecord:
+        await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self._check_open()
         if not is_task_id(task_id):
-            await trio.lowlevel.checkpoint()
             raise TaskNotFound(task_id)
         stored = await self._store.get(task_id)
         if stored is None:
@@ -287,6 +305,7 @@ class Engine:
             InvalidArguments: naming every bad field (nothing is stored).
             EngineClosed: the engine is stopping or stopped.
         """
+        await trio.lowlevel.checkpoint()
         if not self._accepting:
             raise EngineClosed("the engine is not accepting tasks")
         definition = self.definition(name)
@@ -307,11 +326,9 @@ class Engine:
             retry_of=retry_of,
             ttl=options.ttl or self.ttl,
         )
-        with trio.CancelScope(shield=True):
-            await self._store.create(StoredTask.from_record(record))
-            await self._queue.put(
-                record.id, name=name, priority=priority, not_before=not_before or 0.0
-            )
+        await self.backend.enqueue(
+            StoredTask.from_record(record), priority=priority, not_before=not_before or 0.0
+        )
         self._submitted += 1
         self._wake.set()
         log.debug("submitted %s %s", name, record.id)
@@ -363,6 +380,15 @@ class Engine:
             TimeoutError: not final after ``timeout`` seconds.
             TaskNotFound: unknown or expired id.
         """
+        try:
+            return await self._wait(task_id, timeout)
+        finally:
+            # Drop the wake-up event unless another waiter is parked on it.
+            event = self._watchers.get(task_id)
+            if event is not None and not event.statistics().tasks_waiting:
+                del self._watchers[task_id]
+
+    async def _wait(self, task_id: str, timeout: float | None) -> TaskStatus:
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         poll = self.backend.poll_interval
         while True:
@@ -476,17 +502,24 @@ class Engine:
                 )
                 for claim in claims:
                     self._active[claim.name] += 1
+                    quotas[claim.name] -= 1
                     self._total += 1
                     self._runners.start_soon(self._run, claim)
-                if claims:
-                    continue
-                due = await self._queue.next_due(list(quotas))
+                if len(claims) >= free:
+                    continue  # there may be more ready
+                # Fewer than asked: nothing more is ready for the names with room
+                # left, so ask only when the next delayed one is due.
+                names = [n for n, q in quotas.items() if q > 0]
+                due = await self._queue.next_due(names) if names else None
                 if due is not None:
                     timeout = max(due - now, 0.001)
             if self._wake.is_set():
                 continue
-            with trio.move_on_after(timeout):
+            if timeout == math.inf:
                 await self._wake.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await self._wake.wait()
 
     async def _watch_backend(self) -> None:
         while True:
@@ -516,8 +549,7 @@ class Engine:
             await self._queue.ack(task_id, claim.token)  # stale entry: cancelled, gone or duplicate
             return
         now = self.clock()
-        running = attrs.evolve(
-            record,
+        running = record.replace(
             status=IN_PROGRESS,
             attempt=record.attempt + 1,
             started_at=now,
@@ -535,8 +567,7 @@ class Engine:
             await self._finish(claim, running, None, error=unknown)
             return
         if self._stopping:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
-                await self._hand_back(claim, running)
+            await self._hand_back(claim, running)
             return
         context = TaskContext(
             id=task_id, name=record.name, attempt=running.attempt, on_report=self._on_report
@@ -548,8 +579,7 @@ class Engine:
         finally:
             del self._running[task_id]
             self._dirty.pop(task_id, None)
-        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
-            await self._settle(run, result)
+        await self._settle(run, result)
 
     async def _call(self, run: _Run) -> outcome.Outcome[Any] | None:
         """Call the task function; None when the call was stopped (see ``run.stop``)."""
@@ -582,20 +612,17 @@ class Engine:
     ) -> outcome.Outcome[Any] | None:
         done = trio.Event()
         box: list[outcome.Outcome[Any]] = []
-        trio_token = trio.lowlevel.current_trio_token()
         context = contextvars.copy_context()
 
         def work() -> Any:
             return context.run(func, **kwargs)
 
         def deliver(result: outcome.Outcome[Any]) -> None:
-            box.append(result)
-            try:
-                trio_token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass  # the engine stopped and handed the task back already
+            box.append(result)  # on the trio thread
+            done.set()
 
-        trio.lowlevel.start_thread_soon(work, deliver)
+        assert self._threads is not None
+        self._threads.submit(work, deliver)
         with run.scope:
             if timeout is not None:
                 run.scope.deadline = trio.current_time() + timeout
@@ -614,7 +641,9 @@ class Engine:
 
     async def _settle(self, run: _Run, result: outcome.Outcome[Any] | None) -> None:
         claim, record = run.claim, run.record
-        record = attrs.evolve(record, progress=run.context.progress, message=run.context.message)
+        context = run.context
+        if context.progress != record.progress or context.message != record.message:
+            record = record.replace(progress=context.progress, message=context.message)
         if run.stop is _Stop.LOST:
             log.warning(
                 "task %s: claim taken over by another worker; result dropped", claim.task_id
@@ -663,8 +692,7 @@ class Engine:
     ) -> None:
         now = self.clock()
         status = CANCELLED if cancelled else (FAILURE if error is not None else SUCCESS)
-        done = attrs.evolve(
-            record,
+        done = record.replace(
             status=status,
             finished_at=now,
             expires_at=now + record.ttl,

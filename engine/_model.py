@@ -48,7 +48,7 @@ class TaskError:
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class TaskRecord:
     """Everything errands keeps about one task, apart from its result.
 
@@ -79,6 +79,14 @@ class TaskRecord:
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+    def replace(self, **changes: Any) -> TaskRecord:
+        """``attrs.evolve`` without its per-call introspection (the hot path uses it)."""
+        new = object.__new__(TaskRecord)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
 
 
 def _utc(ts: float | None) -> dt.datetime | None:

@@ -185,6 +185,22 @@ async def test_purge_expired(backend: Backend) -> None:
     assert await backend.store.get(live.id) is not None  # never expires while pending
 
 
+async def test_enqueue_creates_and_queues_together(backend: Backend) -> None:
+    rec = record(priority=2)
+    await backend.enqueue(stored(rec), priority=2, not_before=0.0)
+    got = await backend.store.get(rec.id)
+    assert got is not None and reloaded(got).record == rec
+    assert await backend.queue.contains(rec.id)
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == rec.id
+    # A duplicate id is neither stored again nor queued again.
+    await backend.queue.ack(rec.id, claim.token)
+    await backend.enqueue(stored(attrs.evolve(rec, name="other")), priority=0, not_before=0.0)
+    assert not await backend.queue.contains(rec.id)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.name == "job"
+
+
 # ---------------------------------------------------------------- queue
 
 
@@ -372,8 +388,8 @@ async def test_a_cancelled_call_changes_nothing_or_everything(backend: Backend) 
     assert await backend.queue.depth() == 1
 
 
-async def test_every_method_checkpoints(backend: Backend) -> None:
-    """A call made inside a cancelled scope raises Cancelled: it checkpoints."""
+async def test_every_method_is_a_cancel_point(backend: Backend) -> None:
+    """A call made inside a cancelled scope raises Cancelled and does nothing."""
     q, s = backend.queue, backend.store
     task_id = new_task_id()
     calls = [
@@ -395,9 +411,11 @@ async def test_every_method_checkpoints(backend: Backend) -> None:
         lambda: s.delete(task_id),
         lambda: s.list(),
         lambda: s.purge_expired(NOW),
+        lambda: backend.enqueue(stored(record()), priority=0, not_before=0.0),
     ]
     for call in calls:
         with trio.CancelScope() as scope:
             scope.cancel()
             await call()
         assert scope.cancelled_caught, call
+    assert await q.depth() == 0 and await s.list() == []

@@ -324,3 +324,20 @@ async def test_service_init_error_comes_out_as_itself() -> None:
     with pytest.raises(OSError, match="weights not found"):
         async with errands.open_engine(Broken):
             pass
+
+
+async def test_waiting_leaves_no_wakeup_events_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with engine() as client:
+        done = await client.add.submit(a=1, b=1)
+        await done.wait()
+        await done.wait()  # already final
+        slow = await client.sleepy.submit(seconds=50)
+        with pytest.raises(TimeoutError):
+            await slow.wait(timeout=1)
+        assert client.engine._watchers == {}
+        async with trio.open_nursery() as nursery:  # two waiters share one event
+            nursery.start_soon(slow.wait)
+            nursery.start_soon(slow.wait)
+        assert client.engine._watchers == {}

@@ -1,0 +1,33 @@
+"""The benchmark scripts run: a smoke test, not a speed test (no timing is checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.mark.realtime
+def test_inprocess_quick_runs() -> None:
+    script = BENCHMARKS / "inprocess.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for line in (
+        "ratio async errands / bare trio",
+        "ratio sync errands / bare trio",
+        "ratio sync errands / to_thread reference",
+    ):
+        assert line in out, out
+    assert "pickup latency" in out, out
+    assert "trio " in out and "errands " in out and "cores" in out, out
