@@ -1,0 +1,343 @@
+"""In-process throughput and pickup latency of errands, beside same-run references.
+
+Run it::
+
+    python benchmarks/inprocess.py [--n N] [--repeat R] [--workers W] [--sequential S]
+    python benchmarks/inprocess.py --quick        # seconds: a smoke run, figures meaningless
+
+What it measures, all in one process and one run:
+
+* **bare trio** (the reference): spawn N no-op coroutines in a nursery, each
+  setting its own ``trio.Event``; the main coroutine awaits every event.
+* **errands async no-op**: ``open_engine`` on the default memory backend,
+  submit N no-op ``async def`` tasks (all submitted before any wait, so many
+  are in flight), then ``await task.wait()`` on each.  Timed from the first
+  submit until every task is final (engine start and stop are not timed).
+* **errands sync no-op**: the same with a plain ``def`` (run in worker threads).
+* **to_thread** (a second reference, for the sync figure): N coroutines each
+  calling ``trio.to_thread.run_sync`` of a no-op under one ``CapacityLimiter``
+  as large as the engine's ``workers``.
+* **pickup latency**, submit -> start: ``time.perf_counter()`` just before each
+  submit, and again as the task's first statement (stored by
+  ``errands.current_task().id``), for tasks submitted one at a time on an idle
+  engine (submit, wait, next) and for a burst of N.
+
+Each measurement is warmed up once, then repeated R times in rounds (one of
+each per round, so a noisy moment hits all of them); the table shows the
+median and the min-max.  Ratios are taken within each round, then their median
+is shown: on a shared machine the absolute figures move a lot, the ratios much
+less.  Benchmarks are not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+import errands
+
+#: Default engine concurrency: large enough that the no-op tasks never wait for a slot.
+WORKERS = 256
+#: The issue's goal for async no-op throughput, as a share of bare trio.
+ASYNC_TARGET = 0.3
+
+perf_counter = time.perf_counter
+
+
+# ---------------------------------------------------------------------- the tasks
+
+noops = errands.Service("bench")
+
+
+@noops.task
+async def async_noop() -> None:
+    pass
+
+
+@noops.task
+def sync_noop() -> None:
+    pass
+
+
+#: Task id -> perf_counter() at the task's start (written by the stamping tasks;
+#: a dict item assignment is atomic, so worker threads may write it too).
+started: dict[str, float] = {}
+
+
+@noops.task
+async def async_stamp() -> None:
+    started[errands.current_task().id] = perf_counter()
+
+
+@noops.task
+def sync_stamp() -> None:
+    started[errands.current_task().id] = perf_counter()
+
+
+def _noop() -> None:
+    pass
+
+
+# ---------------------------------------------------------------------- measurements
+
+
+async def bare_trio(n: int) -> float:
+    """Seconds for N spawned coroutines that each set their own Event."""
+
+    async def one(event: trio.Event) -> None:
+        event.set()
+
+    begin = perf_counter()
+    events = [trio.Event() for _ in range(n)]
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(one, event)
+        for event in events:
+            await event.wait()
+    return perf_counter() - begin
+
+
+async def to_thread(n: int, workers: int) -> float:
+    """Seconds for N coroutines each running a no-op through ``to_thread.run_sync``."""
+    limiter = trio.CapacityLimiter(workers)
+
+    async def one() -> None:
+        await trio.to_thread.run_sync(_noop, limiter=limiter)
+
+    begin = perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return perf_counter() - begin
+
+
+def _check(statuses: Sequence[errands.TaskStatus]) -> None:
+    bad = [s for s in statuses if s is not errands.TaskStatus.SUCCESS]
+    if bad:
+        raise RuntimeError(f"{len(bad)} tasks did not succeed (first: {bad[0].value})")
+
+
+async def engine_burst(name: str, n: int, workers: int) -> float:
+    """Seconds from the first of N submits until all N tasks are final."""
+    async with errands.open_engine(noops, workers=workers) as client:
+        endpoint = client[name]
+        begin = perf_counter()
+        tasks = [await endpoint.submit() for _ in range(n)]
+        statuses = [await task.wait() for task in tasks]
+        elapsed = perf_counter() - begin
+    _check(statuses)
+    return elapsed
+
+
+async def pickup_sequential(name: str, n: int, workers: int) -> list[float]:
+    """Submit -> start delays (seconds) of N tasks submitted one at a time, idle engine."""
+    started.clear()
+    submitted: dict[str, float] = {}
+    async with errands.open_engine(noops, workers=workers) as client:
+        endpoint = client[name]
+        statuses = []
+        for _ in range(n):
+            t0 = perf_counter()
+            task = await endpoint.submit()
+            submitted[task.id] = t0
+            statuses.append(await task.wait())
+    _check(statuses)
+    return [started[task_id] - t0 for task_id, t0 in submitted.items()]
+
+
+async def pickup_burst(name: str, n: int, workers: int) -> list[float]:
+    """Submit -> start delays (seconds) of N tasks submitted back to back."""
+    started.clear()
+    submitted: dict[str, float] = {}
+    async with errands.open_engine(noops, workers=workers) as client:
+        endpoint = client[name]
+        tasks = []
+        for _ in range(n):
+            t0 = perf_counter()
+            task = await endpoint.submit()
+            submitted[task.id] = t0
+            tasks.append(task)
+        statuses = [await task.wait() for task in tasks]
+    _check(statuses)
+    return [started[task_id] - t0 for task_id, t0 in submitted.items()]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------------- running and reporting
+
+
+class Series:
+    """Values of one figure across the repeats."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def span(self, fmt: str) -> str:
+        if len(self.values) < 2:
+            return ""
+        return f"[{format(min(self.values), fmt)}-{format(max(self.values), fmt)}]"
+
+
+def _run(func: Callable[..., Any], *args: Any) -> Any:
+    gc.collect()
+    return trio.run(func, *args)
+
+
+def _versions() -> str:
+    try:
+        errands_version = importlib.metadata.version("errands")
+    except importlib.metadata.PackageNotFoundError:
+        errands_version = getattr(errands, "__version__", "?")
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return (
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"trio {trio.__version__}, errands {errands_version}, "
+        f"{cores} cores ({usable} usable), {platform.system()} {platform.machine()}"
+    )
+
+
+def _load() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="tasks per burst (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians shown (default 3)")
+    parser.add_argument(
+        "--workers", type=int, default=WORKERS, help=f"engine workers (default {WORKERS})"
+    )
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=2_000,
+        help="tasks submitted one at a time for the idle pickup latency (default 2000)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: n=500, 1 repeat, 100 sequential"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.repeat, args.sequential = 500, 1, 100
+    n, repeat, workers, seq = args.n, args.repeat, args.workers, args.sequential
+    if min(n, repeat, workers, seq) < 1:
+        parser.error("--n, --repeat, --workers and --sequential must be positive")
+
+    print("errands in-process benchmark")
+    print(_versions())
+    print(
+        f"N={n} tasks per burst, {seq} sequential, {repeat} repeat(s), engine workers={workers}, "
+        "memory backend; load average at start: " + _load()
+    )
+    print("(figures are noisy on a shared machine; the ratios are what count)")
+    print()
+
+    wall = perf_counter()
+    warm = max(n // 4, 100)
+    for func, fargs in (
+        (bare_trio, (warm,)),
+        (to_thread, (warm, workers)),
+        (engine_burst, ("async_noop", warm, workers)),
+        (engine_burst, ("sync_noop", warm, workers)),
+        (pickup_sequential, ("async_stamp", min(seq, 200), workers)),
+        (pickup_sequential, ("sync_stamp", min(seq, 200), workers)),
+    ):
+        _run(func, *fargs)
+
+    ref, async_rate, sync_rate, thread_rate = Series(), Series(), Series(), Series()
+    async_ratio, sync_ratio, sync_thread_ratio = Series(), Series(), Series()
+    keys = ("async seq", "sync seq", "async burst", "sync burst")
+    latency = {key: (Series(), Series()) for key in keys}
+    for _ in range(repeat):
+        r = n / _run(bare_trio, n)
+        a = n / _run(engine_burst, "async_noop", n, workers)
+        s = n / _run(engine_burst, "sync_noop", n, workers)
+        t = n / _run(to_thread, n, workers)
+        ref.add(r)
+        async_rate.add(a)
+        sync_rate.add(s)
+        thread_rate.add(t)
+        async_ratio.add(a / r)
+        sync_ratio.add(s / r)
+        sync_thread_ratio.add(s / t)
+        for key, delays in (
+            ("async seq", _run(pickup_sequential, "async_stamp", seq, workers)),
+            ("sync seq", _run(pickup_sequential, "sync_stamp", seq, workers)),
+            ("async burst", _run(pickup_burst, "async_stamp", n, workers)),
+            ("sync burst", _run(pickup_burst, "sync_stamp", n, workers)),
+        ):
+            p50, p99 = latency[key]
+            p50.add(percentile(delays, 50) * 1e6)
+            p99.add(percentile(delays, 99) * 1e6)
+    elapsed = perf_counter() - wall
+
+    def rate_row(label: str, series: Series) -> str:
+        return f"  {label:<44}{series.median:>11,.0f}  {series.span(',.0f')}".rstrip()
+
+    def ratio_row(label: str, series: Series, note: str = "") -> str:
+        return f"  {label:<44}{series.median:>11.2f}  {series.span('.2f'):<13} {note}".rstrip()
+
+    print(f"throughput, tasks/s (median of {repeat} [min-max])")
+    print(rate_row("reference: bare trio (spawn + Event)", ref))
+    print(rate_row("errands async no-op", async_rate))
+    print(rate_row("errands sync no-op", sync_rate))
+    print(rate_row(f"reference: to_thread.run_sync, limiter {workers}", thread_rate))
+    print()
+    met = "met" if async_ratio.median >= ASYNC_TARGET else "NOT met"
+    print(f"ratios (median of per-round ratios [min-max]; {workers} workers)")
+    print(
+        ratio_row(
+            "ratio async errands / bare trio",
+            async_ratio,
+            f"target >= {ASYNC_TARGET:.2f}: {met}",
+        )
+    )
+    print(ratio_row("ratio sync errands / bare trio", sync_ratio))
+    print(ratio_row("ratio sync errands / to_thread reference", sync_thread_ratio))
+    print()
+    print(f"pickup latency, submit -> start, microseconds (median of {repeat} [min-max])")
+    print(f"  {'':<30}{'p50':>11}  {'':<25}{'p99':>11}")
+    labels = {
+        "async seq": f"async, one at a time ({seq})",
+        "sync seq": f"sync, one at a time ({seq})",
+        "async burst": f"async, burst of {n}",
+        "sync burst": f"sync, burst of {n}",
+    }
+    for key, (p50, p99) in latency.items():
+        print(
+            f"  {labels[key]:<30}{p50.median:>11,.0f}  {p50.span(',.0f'):<25}"
+            f"{p99.median:>11,.0f}  {p99.span(',.0f')}".rstrip()
+        )
+    print()
+    print(f"took {elapsed:.1f} s; load average at end: {_load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
