@@ -98,6 +98,15 @@ class _Run:
             self.scope.cancel()
 
 
+@attrs.define(eq=False)
+class _Watch:
+    """Waiters of one task park on ``event``; ``record`` is the final record
+    when the engine that set it stored one."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    record: TaskRecord | None = None
+
+
 @attrs.frozen(kw_only=True)
 class EngineStatistics:
     """A snapshot of an engine (``client.statistics()``)."""
@@ -159,7 +168,7 @@ class Engine:
         self._total = 0
         self._wake = trio.Event()
         self._idle = trio.Event()
-        self._watchers: dict[str, trio.Event] = {}
+        self._watchers: dict[str, _Watch] = {}
         self._dirty: dict[str, _Run] = {}
         self._progress_wake = trio.Event()
         self._runners: trio.Nursery | None = None
@@ -207,8 +216,8 @@ class Engine:
             self._open = self._accepting = False
             if self._threads is not None:
                 self._threads.close()
-            for event in self._watchers.values():
-                event.set()
+            for watch in self._watchers.values():
+                watch.event.set()
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await self.backend.aclose()
             log.info("engine %s stopped", self.owner)
@@ -259,13 +268,17 @@ class Engine:
 
     # ------------------------------------------------------------------ records
 
-    def _notify(self, task_id: str) -> None:
-        event = self._watchers.pop(task_id, None)
-        if event is not None:
-            event.set()
+    def _notify(self, task_id: str, final: TaskRecord | None = None) -> None:
+        """Wake the waiters of a task that this engine moved on (``final``: the
+        final record it stored, handed to them so they need not read it back)."""
+        watch = self._watchers.pop(task_id, None)
+        if watch is not None:
+            watch.record = final
+            watch.event.set()
 
-    async def _load(self, task_id: str) -> TaskRecord:
-        await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
+    async def _load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
+        if schedule:
+            await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self._check_open()
         if not is_task_id(task_id):
             raise TaskNotFound(task_id)
@@ -384,32 +397,46 @@ class Engine:
             return await self._wait(task_id, timeout)
         finally:
             # Drop the wake-up event unless another waiter is parked on it.
-            event = self._watchers.get(task_id)
-            if event is not None and not event.statistics().tasks_waiting:
+            watch = self._watchers.get(task_id)
+            if watch is not None and not watch.event.statistics().tasks_waiting:
                 del self._watchers[task_id]
 
     async def _wait(self, task_id: str, timeout: float | None) -> TaskStatus:
+        # Exactly one schedule point on every path: the first read does not
+        # yield; either the task is final (then checkpoint) or we park.
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         poll = self.backend.poll_interval
+        watch = self._watch(task_id)  # before reading, so no change slips between
+        record = await self._load(task_id, schedule=False)
+        if record.status.is_final:
+            await trio.lowlevel.checkpoint()
+            return record.status
         while True:
-            event = self._watchers.get(task_id)
-            if event is None:
-                event = self._watchers[task_id] = trio.Event()
-            record = await self._load(task_id)
-            if record.status.is_final:
-                return record.status
             if not self._open:
                 raise EngineClosed("the engine stopped before the task finished")
             until = deadline if poll is None else min(deadline, trio.current_time() + poll)
-            with trio.move_on_at(until):
-                await event.wait()
+            if until == math.inf:
+                await watch.event.wait()
+            else:
+                with trio.move_on_at(until):
+                    await watch.event.wait()
+            final = watch.record
+            if final is not None and not final.is_expired(self.clock()):
+                return final.status
+            watch = self._watch(task_id)
+            record = await self._load(task_id, schedule=False)
+            if record.status.is_final:
+                return record.status
             if trio.current_time() >= deadline:
-                record = await self._load(task_id)
-                if record.status.is_final:
-                    return record.status
                 raise TimeoutError(
                     f"task {task_id} is still {record.status.value} after {timeout} s"
                 )
+
+    def _watch(self, task_id: str) -> _Watch:
+        watch = self._watchers.get(task_id)
+        if watch is None:
+            watch = self._watchers[task_id] = _Watch()
+        return watch
 
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).
@@ -428,7 +455,7 @@ class Engine:
             if await self._store.transition(StoredTask.from_record(cancelled), expect=PENDING):
                 await self._queue.remove(task_id)
                 self._finished += 1
-                self._notify(task_id)
+                self._notify(task_id, cancelled)
                 log.debug("cancelled pending %s", task_id)
                 return CANCELLED
             record = await self._load(task_id)  # it moved on meanwhile
@@ -558,7 +585,6 @@ class Engine:
         if not await self._store.transition(StoredTask.from_record(running), expect=PENDING):
             await self._queue.ack(task_id, claim.token)
             return
-        self._notify(task_id)
         definition = self.definitions.get(record.name)
         if definition is None:
             unknown = TaskError(
@@ -700,9 +726,10 @@ class Engine:
             result_type=payload.media_type if payload is not None else None,
         )
         stored = StoredTask.from_record(done)
-        if await self._store.transition(
+        stored_final = await self._store.transition(
             stored, expect=IN_PROGRESS, token=claim.token, result=payload
-        ):
+        )
+        if stored_final:
             self._finished += 1
             if status is FAILURE:
                 log.error("task %s %s failed: %s", record.name, record.id, error)
@@ -713,7 +740,7 @@ class Engine:
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
             )
         await self._queue.ack(claim.task_id, claim.token)
-        self._notify(claim.task_id)
+        self._notify(claim.task_id, done if stored_final else None)
 
     async def _fail_or_retry(
         self, run: _Run, record: TaskRecord, error: TaskError, *, final: bool
