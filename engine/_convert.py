@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import enum
 import io
 import json
 from collections.abc import Callable, Mapping
@@ -70,7 +71,9 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _structure_int(value: object, _: type) -> int:
+def _structure_int(value: object, tp: type) -> int:
+    if tp is not int and issubclass(tp, enum.Enum):  # an IntEnum reaches the int hook
+        return _structure_enum(value, tp)  # type: ignore[return-value]
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise StrictTypeError(f"expected an integer, got {_kind(value)}")
@@ -82,7 +85,9 @@ def _structure_float(value: object, _: type) -> float:
     raise StrictTypeError(f"expected a number, got {_kind(value)}")
 
 
-def _structure_str(value: object, _: type) -> str:
+def _structure_str(value: object, tp: type) -> str:
+    if tp is not str and issubclass(tp, enum.Enum):  # a StrEnum reaches the str hook
+        return _structure_enum(value, tp)  # type: ignore[return-value]
     if isinstance(value, str):
         return value
     raise StrictTypeError(f"expected a string, got {_kind(value)}")
@@ -129,6 +134,16 @@ def _structure_date(value: object, _: type) -> dt.date:
         except ValueError:
             raise StrictTypeError("expected an ISO 8601 date") from None
     raise StrictTypeError(f"expected an ISO 8601 date, got {_kind(value)}")
+
+
+def _structure_enum(value: object, tp: type[enum.Enum]) -> enum.Enum:
+    if isinstance(value, tp):
+        return value
+    try:
+        return tp(value)
+    except ValueError:
+        allowed = ", ".join(json.dumps(m.value) for m in tp)
+        raise StrictTypeError(f"expected one of {allowed}") from None
 
 
 def _is_pil_image(tp: Any) -> bool:
@@ -183,6 +198,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
     conv.register_structure_hook(dt.date, _structure_date)
     conv.register_unstructure_hook(dt.date, dt.date.isoformat)
+    conv.register_structure_hook_func(
+        lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), _structure_enum
+    )
     conv.register_structure_hook_func(_is_pil_image, _structure_image)
     conv.register_unstructure_hook_func(
         lambda tp: isinstance(tp, type) and tp.__module__.startswith("PIL."),
@@ -245,13 +263,6 @@ converter = _make_converter()
 def _format_exception(exc: BaseException, tp: type | None) -> str:
     if isinstance(exc, StrictTypeError):
         return str(exc)
-    if isinstance(exc, ValueError) and tp is not None and isinstance(tp, type) and tp.__module__:
-        # Enum lookups and attrs validators: name the allowed values when we can.
-        import enum
-
-        if issubclass(tp, enum.Enum):
-            allowed = ", ".join(json.dumps(m.value) for m in tp)
-            return f"expected one of {allowed}"
     return cattrs.v.format_exception(exc, tp)
 
 

@@ -58,6 +58,7 @@ async def test_create_and_get(backend: Backend) -> None:
     assert got is not None
     assert (got.id, got.name, got.status, got.token) == (rec.id, "job", P, 0)
     assert reloaded(got).record == rec
+    assert type(reloaded(got).record.status) is TaskStatus  # not a plain str
     assert await backend.store.get(new_task_id()) is None
 
 

@@ -23,6 +23,16 @@ class Colour(enum.Enum):
     BLUE = "blue"
 
 
+class Mode(enum.StrEnum):
+    FAST = "fast"
+    GOOD = "good"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
 @attrs.frozen
 class Size:
     width: int
@@ -51,6 +61,10 @@ async def special(when: dt.datetime, day: dt.date, blob: bytes, anything: Any = 
 
 @svc.task
 async def optional(n: int = 3, name: str | None = None) -> None: ...
+
+
+@svc.task
+async def enums(mode: Mode, level: Level) -> None: ...
 
 
 def validate(name: str, /, **arguments: Any) -> dict[str, Any]:
@@ -164,6 +178,15 @@ def test_any_must_still_be_json() -> None:
         "special", when="2026-01-01T00:00:00", day="2026-01-01", blob="", anything=float("nan")
     )
     assert errors == {"$.anything": "NaN and infinity are not valid JSON"}
+
+
+def test_str_and_int_enums_come_back_as_enums() -> None:
+    out = validate("enums", mode=Mode.GOOD, level=Level.HIGH)
+    assert out == {"mode": "good", "level": 2}
+    typed = svc.tasks["enums"].structure(out)
+    assert type(typed["mode"]) is Mode and type(typed["level"]) is Level
+    errors = errors_of("enums", from_json=True, mode="slow", level=3)
+    assert errors == {"$.mode": 'expected one of "fast", "good"', "$.level": "expected one of 1, 2"}
 
 
 def test_defaults_and_optionals() -> None:

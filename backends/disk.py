@@ -1,0 +1,584 @@
+"""The durable backend: one directory, shared safely by the processes of one machine.
+
+Layout of the directory::
+
+    errands.db     SQLite (WAL): task records and the queue, one transaction per
+                   batch of calls (group commit, see _database.py)
+    results/       a diskcache.Cache of result payloads; large ones (images)
+                   live in its files, not in SQLite rows
+
+Records and queue entries share one database, so ``enqueue`` (record + entry)
+and every claim are single transactions.  A result is written to diskcache
+first, under ``<task id>:<fencing token>``, and then the record is moved to
+``success`` by compare-and-set: a worker whose claim was taken over writes
+under its own token, its compare-and-set fails, and it can never overwrite
+the newer attempt's result.
+
+With the default ``synchronous="FULL"``, a committed write survives power
+loss (SQLite's WAL with full sync); ``"NORMAL"`` survives process crashes only.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import trio
+
+from errands import (
+    Backend,
+    BackendError,
+    Claim,
+    Payload,
+    Queue,
+    Renewal,
+    Store,
+    StoredTask,
+    TaskStatus,
+)
+from errands._status import check_transition
+
+from ._database import Database
+
+__all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
+
+#: Bumped when the on-disk layout changes incompatibly.
+FORMAT_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks (name, status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    owner TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    cancel INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_waiting ON queue (name, priority DESC, seq) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS queue_claims ON queue (lease_until) WHERE owner IS NOT NULL;
+"""
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):  # executescript would commit our transaction
+        if statement.strip():
+            conn.execute(statement)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    if row is None:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("format", FORMAT_VERSION), ("seq", "0"), ("token", "0")],
+        )
+    elif row[0] != FORMAT_VERSION:
+        raise BackendError(
+            f"this directory holds errands data in format {row[0]!r}, but this version "
+            f"of errands reads format {FORMAT_VERSION!r}; use another directory or the "
+            "matching errands version"
+        )
+
+
+def _next(conn: sqlite3.Connection, counter: str) -> int:
+    row = conn.execute(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ? RETURNING value",
+        (counter,),
+    ).fetchone()
+    return int(row[0])
+
+
+def _stored(row: tuple[Any, ...]) -> StoredTask:
+    task_id, name, status, token, created_at, expires_at, data = row
+    return StoredTask(
+        id=task_id,
+        name=name,
+        status=TaskStatus(status),
+        token=token,
+        created_at=created_at,
+        expires_at=expires_at,
+        data=bytes(data),
+    )
+
+
+_TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data"
+
+
+class DiskCacheQueue(Queue):
+    """The queue table of ``errands.db`` (see :class:`errands.Queue` for the contract)."""
+
+    def __init__(self, db: Database, poll_interval: float) -> None:
+        self._db = db
+        self._poll = poll_interval
+
+    async def put(
+        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+    ) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            _put(conn, task_id, name, priority, not_before)
+
+        await self._db.run(put)
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[Claim]:
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            found: list[tuple[int, int, str, str]] = []
+            for name, quota in quotas.items():
+                if quota <= 0:
+                    continue
+                found.extend(
+                    (-priority, seq, task_id, name)
+                    for task_id, priority, seq in conn.execute(
+                        "SELECT id, priority, seq FROM queue WHERE owner IS NULL AND name = ?"
+                        " AND not_before <= ? ORDER BY priority DESC, seq LIMIT ?",
+                        (name, now, min(quota, limit)),
+                    )
+                )
+            found.sort()
+            claims = []
+            for _, _, task_id, name in found[:limit]:
+                token = _next(conn, "token")
+                conn.execute(
+                    "UPDATE queue SET owner = ?, token = ?, lease_until = ?, cancel = 0"
+                    " WHERE id = ?",
+                    (owner, token, lease_until, task_id),
+                )
+                claims.append(
+                    Claim(
+                        task_id=task_id,
+                        name=name,
+                        token=token,
+                        owner=owner,
+                        lease_until=lease_until,
+                    )
+                )
+            return claims
+
+        return await self._db.run(claim)
+
+    async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
+        def renew(conn: sqlite3.Connection) -> Renewal:
+            row = conn.execute(
+                "SELECT cancel FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                (task_id, token),
+            ).fetchone()
+            if row is None:
+                return Renewal.LOST
+            conn.execute("UPDATE queue SET lease_until = ? WHERE id = ?", (lease_until, task_id))
+            return Renewal.CANCEL_REQUESTED if row[0] else Renewal.RENEWED
+
+        return await self._db.run(renew)
+
+    async def ack(self, task_id: str, token: int) -> bool:
+        def ack(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                (task_id, token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.run(ack)
+
+    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
+        def release(conn: sqlite3.Connection) -> bool:
+            held = conn.execute(
+                "SELECT 1 FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                (task_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            conn.execute(
+                "UPDATE queue SET owner = NULL, token = 0, lease_until = 0, cancel = 0,"
+                " not_before = ?, seq = ? WHERE id = ?",
+                (not_before, _next(conn, "seq"), task_id),
+            )
+            return True
+
+        return await self._db.run(release)
+
+    async def remove(self, task_id: str) -> bool:
+        def remove(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM queue WHERE id = ? AND owner IS NULL", (task_id,))
+            return cursor.rowcount == 1
+
+        return await self._db.run(remove)
+
+    async def request_cancel(self, task_id: str) -> bool:
+        def flag(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE queue SET cancel = 1 WHERE id = ? AND owner IS NOT NULL", (task_id,)
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.run(flag)
+
+    async def expired(self, now: float) -> list[Claim]:
+        def expired(conn: sqlite3.Connection) -> list[Claim]:
+            return [
+                Claim(task_id=i, name=n, token=t, owner=o, lease_until=u)
+                for i, n, t, o, u in conn.execute(
+                    "SELECT id, name, token, owner, lease_until FROM queue"
+                    " WHERE owner IS NOT NULL AND lease_until <= ? ORDER BY lease_until",
+                    (now,),
+                )
+            ]
+
+        return await self._db.run(expired, write=False)
+
+    async def contains(self, task_id: str) -> bool:
+        def contains(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("SELECT 1 FROM queue WHERE id = ?", (task_id,)).fetchone() is not None
+            )
+
+        return await self._db.run(contains, write=False)
+
+    async def next_due(self, names: Sequence[str]) -> float | None:
+        def next_due(conn: sqlite3.Connection) -> float | None:
+            marks = ",".join("?" * len(names))
+            row = conn.execute(
+                f"SELECT MIN(not_before) FROM queue WHERE owner IS NULL AND name IN ({marks})",
+                tuple(names),
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        if not names:
+            await trio.lowlevel.checkpoint()
+            return None
+        return await self._db.run(next_due, write=False)
+
+    async def depth(self, name: str | None = None) -> int:
+        def depth(conn: sqlite3.Connection) -> int:
+            if name is None:
+                row = conn.execute("SELECT COUNT(*) FROM queue WHERE owner IS NULL").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?", (name,)
+                ).fetchone()
+            return int(row[0])
+
+        return await self._db.run(depth, write=False)
+
+    async def position(self, task_id: str) -> int | None:
+        def position(conn: sqlite3.Connection) -> int | None:
+            me = conn.execute(
+                "SELECT name, priority, seq FROM queue WHERE id = ? AND owner IS NULL", (task_id,)
+            ).fetchone()
+            if me is None:
+                return None
+            name, priority, seq = me
+            row = conn.execute(
+                "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?"
+                " AND (priority > ? OR (priority = ? AND seq < ?))",
+                (name, priority, priority, seq),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._db.run(position, write=False)
+
+    async def wait_for_work(self) -> None:
+        await trio.sleep(self._poll)
+
+
+def _put(
+    conn: sqlite3.Connection, task_id: str, name: str, priority: int, not_before: float
+) -> None:
+    if conn.execute("SELECT 1 FROM queue WHERE id = ?", (task_id,)).fetchone() is not None:
+        return
+    conn.execute(
+        "INSERT INTO queue (id, name, priority, seq, not_before) VALUES (?, ?, ?, ?, ?)",
+        (task_id, name, priority, _next(conn, "seq"), not_before),
+    )
+
+
+def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
+    cursor = conn.execute(
+        f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            task.id,
+            task.name,
+            task.status.value,
+            task.token,
+            task.created_at,
+            task.expires_at,
+            task.data,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+class DiskCacheStore(Store):
+    """Records in ``errands.db``, results in the ``results/`` diskcache."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._results_cache: diskcache.Cache | None = None
+        self._limiter = trio.CapacityLimiter(4)
+
+    @property
+    def _results(self) -> diskcache.Cache:
+        if self._results_cache is None:
+            raise BackendError("the diskcache backend is not open")
+        return self._results_cache
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def create(self, task: StoredTask) -> bool:
+        def create(conn: sqlite3.Connection) -> bool:
+            return _create(conn, task)
+
+        return await self._db.run(create)
+
+    async def get(self, task_id: str) -> StoredTask | None:
+        def get(conn: sqlite3.Connection) -> StoredTask | None:
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            return None if row is None else _stored(row)
+
+        return await self._db.run(get, write=False)
+
+    async def transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None = None,
+        result: Payload | None = None,
+    ) -> bool:
+        check_transition(expect, task.status)
+        data = task.data
+        key = f"{task.id}:{task.token}"
+        if result is not None:
+            # The result goes in first, under this attempt's own token; only the
+            # compare-and-set below makes it the task's result.
+            keep = max((task.expires_at or 0.0) - time.time(), 0.0) + 3600.0
+            await self._in_thread(self._write_result, key, result, keep)
+
+        def transition(conn: sqlite3.Connection) -> bool:
+            sql = (
+                "UPDATE tasks SET name = ?, status = ?, token = ?, expires_at = ?, data = ?"
+                " WHERE id = ? AND status = ?"
+            )
+            params: tuple[Any, ...] = (
+                task.name,
+                task.status.value,
+                task.token,
+                task.expires_at,
+                data,
+                task.id,
+                expect.value,
+            )
+            if token is not None:
+                sql += " AND token = ?"
+                params += (token,)
+            return conn.execute(sql, params).rowcount == 1
+
+        moved = await self._db.run(transition)
+        if not moved and result is not None:
+            await self._in_thread(self._results.delete, key)
+        return moved
+
+    def _write_result(self, key: str, result: Payload, keep: float) -> None:
+        self._results.set(key, result.data, expire=keep, tag=result.media_type)
+
+    async def get_result(self, task_id: str) -> Payload | None:
+        def token_of(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT token FROM tasks WHERE id = ? AND status = ?",
+                (task_id, TaskStatus.SUCCESS.value),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        token = await self._db.run(token_of, write=False)
+        if token is None:
+            return None
+        found = await self._in_thread(self._read_result, f"{task_id}:{token}")
+        return found  # type: ignore[no-any-return]
+
+    def _read_result(self, key: str) -> Payload | None:
+        value, tag = self._results.get(key, default=None, tag=True)
+        if value is None:
+            return None
+        if not isinstance(value, bytes) or not isinstance(tag, str):
+            raise BackendError(f"stored result {key} is not errands data")
+        return Payload(media_type=tag, data=value)
+
+    async def delete(self, task_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT token FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            return int(row[0])
+
+        token = await self._db.run(delete)
+        if token is None:
+            return False
+        await self._in_thread(self._results.delete, f"{task_id}:{token}")
+        return True
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredTask]:
+        def rows(conn: sqlite3.Connection) -> list[StoredTask]:
+            where, params = [], []
+            if name is not None:
+                where.append("name = ?")
+                params.append(name)
+            if status is not None:
+                where.append("status = ?")
+                params.append(status.value)
+            sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+            return [_stored(r) for r in conn.execute(sql, (*params, limit, offset))]
+
+        return await self._db.run(rows, write=False)
+
+    async def purge_expired(self, now: float) -> int:
+        def purge(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            gone = conn.execute(
+                "SELECT id, token FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (now,),
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
+            return [(str(i), int(t)) for i, t in gone]
+
+        gone = await self._db.run(purge)
+
+        def drop_results() -> None:
+            for task_id, token in gone:
+                self._results.delete(f"{task_id}:{token}")
+            self._results.expire()  # results of attempts that lost their claim
+
+        await self._in_thread(drop_results)
+        return len(gone)
+
+
+class DiskCacheBackend(Backend):
+    """Tasks in a directory on this machine: durable, shared by its processes.
+
+    Args:
+        directory: where the data lives (created if missing).
+        poll_interval: seconds between looks for work and changes made by
+            other processes.
+        synchronous: ``"FULL"`` (default: committed writes survive power
+            loss) or ``"NORMAL"`` (they survive process crashes only).
+    """
+
+    queue: DiskCacheQueue
+    store: DiskCacheStore
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        poll_interval: float = 0.1,
+        synchronous: str = "FULL",
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError('synchronous must be "FULL" or "NORMAL"')
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.directory = Path(directory)
+        self.poll_interval = poll_interval
+        self._synchronous = synchronous
+        self._db = Database(self.directory / "errands.db", setup=_setup, synchronous=synchronous)
+        self.queue = DiskCacheQueue(self._db, poll_interval)
+        self.store = DiskCacheStore(self._db)
+        self._opened = 0
+
+    async def open(self) -> None:
+        """Create the directory if needed and open the database and result cache."""
+        self._opened += 1
+        if self._opened > 1:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await trio.to_thread.run_sync(self._prepare)
+            await self._db.open()
+        except BaseException:
+            self._opened -= 1
+            raise
+
+    def _prepare(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
+                raise BackendError(f"{self.directory} is not readable and writable")
+            self.store._results_cache = diskcache.Cache(
+                str(self.directory / "results"),
+                eviction_policy="none",
+                sqlite_synchronous=2 if self._synchronous == "FULL" else 1,
+            )
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise BackendError(f"cannot use {self.directory} for errands data: {exc}") from exc
+
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
+        def enqueue(conn: sqlite3.Connection) -> None:
+            if _create(conn, task):
+                _put(conn, task.id, task.name, priority, not_before)
+
+        await self._db.run(enqueue)
+
+    async def aclose(self) -> None:
+        """Close the database and the result cache (after the last engine using it)."""
+        self._opened -= 1
+        if self._opened > 0:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(shield=True):
+            await self._db.aclose()
+            cache, self.store._results_cache = self.store._results_cache, None
+            if cache is not None:
+                await trio.to_thread.run_sync(cache.close)
+
+    @classmethod
+    def from_url(cls, url: str) -> DiskCacheBackend:
+        """``diskcache:///absolute/path`` or ``diskcache://./relative/path``."""
+        _, _, rest = url.partition("://")
+        if rest.startswith("/") or rest.startswith("./") or rest.startswith("../"):
+            return cls(rest)
+        raise BackendError(
+            f"diskcache URL {url!r} needs a path: diskcache:///absolute/path or "
+            "diskcache://./relative/path"
+        )
+
+    def __repr__(self) -> str:
+        return f"DiskCacheBackend({str(self.directory)!r})"
