@@ -4,6 +4,7 @@ Layout of the directory::
 
     errands.db     SQLite (WAL): task records and the queue, one transaction per
                    batch of calls (group commit, see _database.py)
+    owners/        one lock file per live engine, to tell dead owners at once
     results/       a diskcache.Cache of result payloads; large ones (images)
                    live in its files, not in SQLite rows
 
@@ -44,6 +45,7 @@ from errands import (
 from errands._status import check_transition
 
 from ._database import Database
+from ._owners import OwnerLocks
 
 __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
 
@@ -126,9 +128,10 @@ _TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data"
 class DiskCacheQueue(Queue):
     """The queue table of ``errands.db`` (see :class:`errands.Queue` for the contract)."""
 
-    def __init__(self, db: Database, poll_interval: float) -> None:
+    def __init__(self, db: Database, poll_interval: float, owners: OwnerLocks) -> None:
         self._db = db
         self._poll = poll_interval
+        self._owners = owners
 
     async def put(
         self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
@@ -147,6 +150,9 @@ class DiskCacheQueue(Queue):
         now: float,
         lease_until: float,
     ) -> list[Claim]:
+        if not self._owners.holds(owner):
+            await trio.to_thread.run_sync(self._owners.hold, owner)  # proves we are alive
+
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             found: list[tuple[int, int, str, str]] = []
             for name, quota in quotas.items():
@@ -239,15 +245,31 @@ class DiskCacheQueue(Queue):
         return await self._db.run(flag)
 
     async def expired(self, now: float) -> list[Claim]:
+        """Claims whose lease ran out, and on this machine also the claims of
+        owners whose process is known to have died (see ``_owners.py``)."""
+
         def expired(conn: sqlite3.Connection) -> list[Claim]:
-            return [
+            dead = [
+                owner
+                for (owner,) in conn.execute(
+                    "SELECT DISTINCT owner FROM queue WHERE owner IS NOT NULL AND lease_until > ?",
+                    (now,),
+                )
+                if self._owners.is_dead(owner)
+            ]
+            marks = ",".join("?" * len(dead))
+            found = [
                 Claim(task_id=i, name=n, token=t, owner=o, lease_until=u)
                 for i, n, t, o, u in conn.execute(
                     "SELECT id, name, token, owner, lease_until FROM queue"
-                    " WHERE owner IS NOT NULL AND lease_until <= ? ORDER BY lease_until",
-                    (now,),
+                    f" WHERE owner IS NOT NULL AND (lease_until <= ? OR owner IN ({marks}))"
+                    " ORDER BY lease_until",
+                    (now, *dead),
                 )
             ]
+            for owner in dead:
+                self._owners.forget(owner)
+            return found
 
         return await self._db.run(expired, write=False)
 
@@ -520,7 +542,8 @@ class DiskCacheBackend(Backend):
         self.poll_interval = poll_interval
         self._synchronous = synchronous
         self._db = Database(self.directory / "errands.db", setup=_setup, synchronous=synchronous)
-        self.queue = DiskCacheQueue(self._db, poll_interval)
+        self._owners = OwnerLocks(self.directory / "owners")
+        self.queue = DiskCacheQueue(self._db, poll_interval, self._owners)
         self.store = DiskCacheStore(self._db)
         self._opened = 0
 
@@ -565,6 +588,7 @@ class DiskCacheBackend(Backend):
             return
         with trio.CancelScope(shield=True):
             await self._db.aclose()
+            await trio.to_thread.run_sync(self._owners.release_all)
             cache, self.store._results_cache = self.store._results_cache, None
             if cache is not None:
                 await trio.to_thread.run_sync(cache.close)

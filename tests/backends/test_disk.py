@@ -1,0 +1,215 @@
+"""The diskcache backend beyond the conformance suite: its directory, bad data
+on disk, restarts, and telling dead owners at once.  Real files, real
+processes, real clock (the backend's thread does real work)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+import errands
+from errands import TaskStatus
+from errands._registry import resolve_backend
+from errands.backends import DiskCacheBackend
+from errands.backends._owners import OwnerLocks
+
+pytestmark = pytest.mark.realtime
+
+svc = errands.Service("disk")
+
+
+@svc.task
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@svc.task(ttl=1)
+async def brief() -> bytes:
+    return b"\x89PNG" + bytes(200_000)  # large: kept in diskcache's files
+
+
+async def test_missing_directory_is_created(tmp_path: Path) -> None:
+    where = tmp_path / "a" / "b" / "c"
+    async with errands.open_engine(svc, backend=DiskCacheBackend(where)) as client:
+        task = await client.add.submit(a=1, b=2)
+        assert await task.wait(timeout=10) is TaskStatus.SUCCESS
+    assert (where / "errands.db").is_file()
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = resolve_backend(f"diskcache://{tmp_path}/x")
+    assert isinstance(backend, DiskCacheBackend) and backend.directory == tmp_path / "x"
+    monkeypatch.chdir(tmp_path)
+    backend = resolve_backend("diskcache://./rel/dir")
+    assert isinstance(backend, DiskCacheBackend) and backend.directory == Path("./rel/dir")
+    with pytest.raises(errands.BackendError, match="needs a path"):
+        resolve_backend("diskcache://nowhere")
+
+
+async def test_a_file_in_the_way_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    with pytest.raises(errands.BackendError, match="cannot use"):
+        async with errands.open_engine(svc, backend=DiskCacheBackend(blocker)):
+            pass
+    assert blocker.read_text() == "not a directory"  # left alone
+
+
+async def test_a_corrupt_database_is_a_clear_error_and_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "errands.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(errands.BackendError, match="not a usable errands database"):
+        async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)):
+            pass
+    assert (tmp_path / "errands.db").read_bytes().startswith(b"this is not sqlite")
+
+
+async def test_data_from_an_incompatible_version_is_refused(tmp_path: Path) -> None:
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        task = await client.add.submit(a=1, b=1)
+        await task.wait(timeout=10)
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    with pytest.raises(errands.BackendError, match="format '99'"):
+        async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)):
+            pass
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)  # nothing lost
+
+
+async def test_an_unreadable_record_is_an_error_not_a_loss(tmp_path: Path) -> None:
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        task = await client.add.submit(a=1, b=1)
+        await task.wait(timeout=10)
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", task.id))
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        with pytest.raises(errands.BackendError, match=f"record of task {task.id} is unreadable"):
+            await client.get_task(task.id).get_status()
+
+
+async def test_restart_resumes_pending_and_keeps_results(tmp_path: Path) -> None:
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        done = await client.add.submit(a=2, b=3)
+        await done.wait(timeout=10)
+        image = await client.brief.submit()
+        await image.wait(timeout=10)
+        later = await client.add.options(delay=0.5).submit(a=40, b=2)
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        assert await client.get_task(done.id).get() == 5
+        assert await client.get_task(later.id).wait(timeout=10) is TaskStatus.SUCCESS
+        assert await client.get_task(later.id).get() == 42
+    results = list((tmp_path / "results").rglob("*.val"))
+    assert results, "the large result should live in diskcache's files"
+    # brief has ttl=1: with the wall clock 5 s on it has expired, and the
+    # sweeper removes it and its file.
+    async with errands.open_engine(
+        svc,
+        backend=DiskCacheBackend(tmp_path),
+        sweep_interval=0.2,
+        clock=lambda: time.time() + 5,
+    ) as client:
+        with pytest.raises(errands.TaskNotFound):
+            await client.get_task(image.id).get()
+        await trio.sleep(0.6)
+        assert await client.get_task(done.id).get() == 5
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tasks WHERE id = ?", (image.id,)).fetchone() == (
+            0,
+        )
+    assert not list((tmp_path / "results").rglob("*.val"))
+
+
+def _hold_in_child(directory: Path, owner: str) -> subprocess.Popen[str]:
+    code = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from errands.backends._owners import OwnerLocks
+        OwnerLocks(Path({str(directory)!r})).hold({owner!r})
+        print("held", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_owner_locks_tell_a_dead_process_at_once(tmp_path: Path) -> None:
+    import socket
+
+    owner = f"{socket.gethostname()}:12345:abcdefgh"
+    locks = OwnerLocks(tmp_path)
+    assert not locks.is_dead(owner)  # no lock file: unknown, never judged dead
+    with _hold_in_child(tmp_path, owner) as child:
+        try:
+            assert not locks.is_dead(owner)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            assert locks.is_dead(owner)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    assert not locks.is_dead("another-host:1:x")
+
+
+async def test_claims_of_a_killed_engine_are_recovered_without_waiting(tmp_path: Path) -> None:
+    """kill -9 an engine holding a long task; a new engine with a 60 s lease
+    re-runs it at once, because the dead owner's lock is gone."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time, errands
+            svc = errands.Service("killme")
+
+            @svc.task
+            def slow(tag: str) -> str:
+                print("started", errands.current_task().attempt, flush=True)
+                if errands.current_task().attempt == 1:
+                    time.sleep(600)
+                return tag
+
+            if __name__ == "__main__":
+                client = errands.start(svc, backend="diskcache://" + sys.argv[1], lease=60)
+                task = client.slow.submit(tag="done")
+                print("id", task.id, flush=True)
+                time.sleep(600)
+            """
+        )
+    )
+    data = tmp_path / "data"
+    with subprocess.Popen(
+        [sys.executable, str(script), str(data)], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            lines = [child.stdout.readline().split() for _ in range(2)]
+            task_id = next(line[1] for line in lines if line[0] == "id")
+            assert ["started", "1"] in lines
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import worker  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    started = time.monotonic()
+    async with errands.open_engine(worker.svc, backend=DiskCacheBackend(data), lease=60) as client:
+        task = client.get_task(task_id)
+        assert await task.wait(timeout=20) is TaskStatus.SUCCESS
+        assert await task.get() == "done"
+        assert (await task.get_info()).attempt == 2
+    assert time.monotonic() - started < 20  # far less than the 60 s lease
