@@ -188,6 +188,23 @@ async def test_claims_of_a_killed_engine_are_recovered_without_waiting(tmp_path:
         )
     )
     data = tmp_path / "data"
+    task_id = _start_then_kill(script, data)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import worker  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    started = time.monotonic()
+    async with errands.open_engine(worker.svc, backend=DiskCacheBackend(data), lease=60) as client:
+        task = client.get_task(task_id)
+        assert await task.wait(timeout=20) is TaskStatus.SUCCESS
+        assert await task.get() == "done"
+        assert (await task.get_info()).attempt == 2
+    assert time.monotonic() - started < 20  # far less than the 60 s lease
+
+
+def _start_then_kill(script: Path, data: Path) -> str:
+    """Run the worker until its task started, then SIGKILL it; return the task id."""
     with subprocess.Popen(
         [sys.executable, str(script), str(data)], stdout=subprocess.PIPE, text=True
     ) as child:
@@ -201,15 +218,4 @@ async def test_claims_of_a_killed_engine_are_recovered_without_waiting(tmp_path:
         finally:
             if child.poll() is None:
                 child.kill()
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import worker  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(tmp_path))
-    started = time.monotonic()
-    async with errands.open_engine(worker.svc, backend=DiskCacheBackend(data), lease=60) as client:
-        task = client.get_task(task_id)
-        assert await task.wait(timeout=20) is TaskStatus.SUCCESS
-        assert await task.get() == "done"
-        assert (await task.get_info()).attempt == 2
-    assert time.monotonic() - started < 20  # far less than the 60 s lease
+    return task_id
