@@ -358,8 +358,9 @@ def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
 class DiskCacheStore(Store):
     """Records in ``errands.db``, results in the ``results/`` diskcache."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, durable_files: bool) -> None:
         self._db = db
+        self.durable_files = durable_files
         self._results_cache: diskcache.Cache | None = None
         self._limiter = trio.CapacityLimiter(4)
 
@@ -429,7 +430,20 @@ class DiskCacheStore(Store):
         return moved
 
     def _write_result(self, key: str, result: Payload, keep: float) -> None:
-        self._results.set(key, result.data, expire=keep, tag=result.media_type)
+        cache = self._results
+        cache.set(key, result.data, expire=keep, tag=result.media_type)
+        if self.durable_files and len(result.data) >= cache.disk_min_file_size:
+            # diskcache does not fsync the files of large values; do it, and
+            # their folder, before the record says the result exists.
+            handle = cache.get(key, read=True)
+            if handle is not None:
+                with handle:
+                    os.fsync(handle.fileno())
+                    folder = os.open(os.path.dirname(handle.name), os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
 
     async def get_result(self, task_id: str) -> Payload | None:
         def token_of(conn: sqlite3.Connection) -> int | None:
@@ -544,7 +558,7 @@ class DiskCacheBackend(Backend):
         self._db = Database(self.directory / "errands.db", setup=_setup, synchronous=synchronous)
         self._owners = OwnerLocks(self.directory / "owners")
         self.queue = DiskCacheQueue(self._db, poll_interval, self._owners)
-        self.store = DiskCacheStore(self._db)
+        self.store = DiskCacheStore(self._db, durable_files=synchronous == "FULL")
         self._opened = 0
 
     async def open(self) -> None:

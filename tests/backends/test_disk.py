@@ -219,3 +219,28 @@ def _start_then_kill(script: Path, data: Path) -> str:
             if child.poll() is None:
                 child.kill()
     return task_id
+
+
+async def test_large_results_are_fsynced_before_the_record_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        task = await client.brief.submit()
+        assert await task.wait(timeout=10) is TaskStatus.SUCCESS
+        assert len(await task.get()) == 200_004
+    assert len(synced) >= 2  # the value's file and its folder
+    synced.clear()
+    async with errands.open_engine(
+        svc, backend=DiskCacheBackend(tmp_path / "fast", synchronous="NORMAL")
+    ) as client:
+        task = await client.brief.submit()
+        await task.wait(timeout=10)
+    assert synced == []
