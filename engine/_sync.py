@@ -13,11 +13,12 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import outcome
 import trio
 
 from ._backend import Backend
 from ._client import AsyncClient, AsyncEndpoint, AsyncTask
-from ._engine import EngineStatistics, open_engine
+from ._engine import Engine, EngineStatistics, open_engine
 from ._errors import EngineClosed
 from ._model import TaskInfo
 from ._status import TaskStatus
@@ -162,6 +163,7 @@ class SyncClient:
         self._service = service
         self._options = dict(options)
         self._aclient: AsyncClient | None = None
+        self._calls: trio.Nursery | None = None
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
@@ -196,11 +198,67 @@ class SyncClient:
 
     async def _amain(self) -> None:
         async with open_engine(self._service, **self._options) as client:
-            self._aclient = client
-            self._stop = trio.Event()
-            self._portal.token = trio.lowlevel.current_trio_token()
-            self._ready.set()
-            await self._stop.wait()
+            async with trio.open_nursery() as calls:
+                self._calls = calls
+                self._aclient = client
+                self._stop = trio.Event()
+                self._portal.token = trio.lowlevel.current_trio_token()
+                self._ready.set()
+                await self._stop.wait()
+                calls.cancel_scope.cancel()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (it lives in the engine thread: call it only through
+        :meth:`call_soon` or this client's methods)."""
+        assert self._aclient is not None
+        return self._aclient.engine
+
+    def call_soon(
+        self,
+        afn: Callable[..., Awaitable[T]],
+        *args: Any,
+        deliver: Callable[[outcome.Outcome[T]], None],
+    ) -> Callable[[], None]:
+        """Start ``afn(*args)`` in the engine thread without waiting for it.
+
+        ``deliver(outcome)`` is called *in the engine thread* when it ends, so
+        it must only hand the outcome over (e.g. ``loop.call_soon_threadsafe``).
+        Returns a thread-safe function that cancels the call.  This is the
+        bridge that lets any event loop (asyncio, another trio run) use the
+        engine without blocking a thread per call.
+
+        Raises:
+            EngineClosed: the engine is not running.
+        """
+        token = self._portal.token
+        calls = self._calls
+        if token is None or calls is None:
+            raise EngineClosed("the engine is not running")
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                result = await outcome.acapture(afn, *args)
+            if scope.cancelled_caught:
+                result = outcome.Error(EngineClosed("the call was cancelled"))
+            deliver(result)
+
+        def start() -> None:
+            calls.start_soon(run)
+
+        try:
+            token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            raise EngineClosed("the engine has stopped") from None
+
+        def cancel() -> None:
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+
+        return cancel
 
     def close(self) -> None:
         """Stop the engine (running tasks get the ``grace`` period) and join its thread."""

@@ -1,0 +1,101 @@
+"""How the ASGI app reaches its engine, whatever loop the server runs.
+
+* Under a trio server (hypercorn's trio worker), the engine runs in the
+  server's own loop: calls are plain awaits (:class:`LocalEngine`).
+* Under an asyncio server (uvicorn, hypercorn's asyncio worker, a Starlette or
+  FastAPI host), the engine runs in its own trio thread (``errands.start``) and
+  each call crosses over without blocking a thread: it is started in the
+  engine thread, and its outcome comes back through the host loop's
+  thread-safe callback (:class:`ThreadedEngine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import outcome
+import sniffio
+import trio
+
+from errands import Engine, SyncClient
+
+__all__ = ["EngineAccess", "LocalEngine", "ThreadedEngine"]
+
+T = TypeVar("T")
+
+
+class EngineAccess(Protocol):
+    """The app's view of its engine."""
+
+    engine: Engine
+
+    async def call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``afn(*args)`` (a method of :attr:`engine`) where the engine lives."""
+        ...
+
+
+class LocalEngine:
+    """The engine runs in the caller's trio loop."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await afn(*args)
+
+
+class ThreadedEngine:
+    """The engine runs in its own trio thread; calls come from any loop."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = client
+        self.engine = client.engine
+
+    async def call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if sniffio.current_async_library() == "trio":
+            return await self._from_trio(afn, *args)
+        return await self._from_asyncio(afn, *args)
+
+    async def _from_asyncio(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[outcome.Outcome[T]] = loop.create_future()
+
+        def settle(result: outcome.Outcome[T]) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, result)
+            except RuntimeError:
+                pass  # the host loop is closed; nobody is waiting
+
+        cancel = self.client.call_soon(afn, *args, deliver=deliver)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            cancel()
+            raise
+        return result.unwrap()
+
+    async def _from_trio(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[outcome.Outcome[T]] = []
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            box.append(result)
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        cancel = self.client.call_soon(afn, *args, deliver=deliver)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            cancel()
+            raise
+        return box[0].unwrap()

@@ -1,0 +1,167 @@
+"""JSON Schemas of task arguments and results, from their annotations.
+
+They describe exactly what the engine's converter accepts (strict types, an
+int for a float, base64 text for bytes in JSON) and are used for
+``/schema.json`` (BentoML's shape) and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from errands import TaskDefinition
+
+__all__ = ["input_schema", "output_schema", "type_schema"]
+
+JSON = dict[str, Any]
+
+
+def _is_pil_image(tp: Any) -> bool:
+    return isinstance(tp, type) and tp.__module__.startswith("PIL.") and tp.__name__ == "Image"
+
+
+def type_schema(tp: Any, defs: dict[str, JSON] | None = None) -> JSON:
+    """The JSON Schema of values of type ``tp`` as the converter takes them.
+
+    Classes (attrs, dataclasses, enums) go to ``defs`` when it is given and
+    are referenced as ``#/$defs/<Name>``; otherwise they are inlined.
+    """
+    if tp is Any or tp is object:
+        return {}
+    if tp is type(None) or tp is None:
+        return {"type": "null"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if tp is bytes:
+        return {"type": "string", "contentEncoding": "base64"}
+    if tp is dt.datetime:
+        return {"type": "string", "format": "date-time"}
+    if tp is dt.date:
+        return {"type": "string", "format": "date"}
+    if _is_pil_image(tp):
+        return {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/*"}
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return {"anyOf": [type_schema(a, defs) for a in args]}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin is typing.Annotated:
+        return type_schema(args[0], defs)
+    if origin in (list, set, frozenset, Sequence, typing.Sequence) or (
+        origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    ):
+        item = args[0] if args else Any
+        out: JSON = {"type": "array", "items": type_schema(item, defs)}
+        if origin in (set, frozenset):
+            out["uniqueItems"] = True
+        return out
+    if origin is tuple:
+        return {
+            "type": "array",
+            "prefixItems": [type_schema(a, defs) for a in args],
+            "minItems": len(args),
+            "maxItems": len(args),
+        }
+    if origin in (dict, Mapping, typing.Mapping):
+        value = args[1] if len(args) == 2 else Any
+        return {"type": "object", "additionalProperties": type_schema(value, defs)}
+    if tp in (list, set, frozenset, tuple):
+        return {"type": "array"}
+    if tp is dict:
+        return {"type": "object"}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _named(tp, {"enum": [m.value for m in tp], "title": tp.__name__}, defs)
+    if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
+        return _named(tp, _class_schema(tp, defs), defs)
+    return {}
+
+
+def _named(tp: type, schema: JSON, defs: dict[str, JSON] | None) -> JSON:
+    if defs is None:
+        return schema
+    defs.setdefault(tp.__name__, schema)
+    return {"$ref": f"#/$defs/{tp.__name__}"}
+
+
+def _class_schema(tp: type, defs: dict[str, JSON] | None) -> JSON:
+    hints = typing.get_type_hints(tp)
+    properties: JSON = {}
+    required: list[str] = []
+    if attrs.has(tp):
+        for field in attrs.fields(tp):
+            properties[field.name] = type_schema(hints.get(field.name, Any), defs)
+            if field.default is attrs.NOTHING:
+                required.append(field.name)
+    else:
+        for f in dataclasses.fields(tp):
+            properties[f.name] = type_schema(hints.get(f.name, Any), defs)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+    out: JSON = {
+        "title": tp.__name__,
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = required
+    return out
+
+
+def input_schema(definition: TaskDefinition, defs: dict[str, JSON] | None = None) -> JSON:
+    """The request body of ``POST <route>/submit``: an object of named arguments."""
+    properties: JSON = {}
+    required = []
+    for param in definition.params:
+        schema = type_schema(param.annotation, defs)
+        schema = {"title": param.name.replace("_", " ").title(), **schema}
+        if not param.required and _json_default(param.default):
+            schema["default"] = param.default
+        properties[param.name] = schema
+        if param.required:
+            required.append(param.name)
+    out: JSON = {
+        "title": f"{definition.name}_input",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = required
+    return out
+
+
+def output_schema(definition: TaskDefinition, *, bentoml: bool = False) -> JSON:
+    """The body of ``GET <route>/get``.
+
+    With ``bentoml=True``, in the shape BentoML's clients read to pick their
+    decoder: bytes as ``{"type": "string", "format": "binary"}`` and a PIL
+    image as ``{"type": "file", "format": "image", "pil": true}``.
+    """
+    tp = definition.return_type
+    if tp is bytes:
+        return {"type": "string", "format": "binary"}
+    if _is_pil_image(tp):
+        return {"type": "file", "format": "image", "pil": True}
+    if tp is type(None) or tp is None:
+        return {"type": "null"}
+    return type_schema(tp, None)
+
+
+def _json_default(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

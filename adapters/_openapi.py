@@ -1,0 +1,259 @@
+"""The OpenAPI 3.1 document of an errands service, generated from its tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import errands
+from errands import Service, TaskStatus
+
+from ._jsonschema import JSON, input_schema, output_schema
+
+__all__ = ["openapi_document"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _response(
+    description: str, schema: JSON | None = None, media: str = "application/json"
+) -> JSON:
+    out: JSON = {"description": description}
+    if schema is not None:
+        out["content"] = {media: {"schema": schema}}
+    return out
+
+
+def _error(description: str) -> JSON:
+    return _response(description, _ERROR)
+
+
+_TASK_ID = {
+    "name": "task_id",
+    "in": "query",
+    "required": True,
+    "description": "The task id given by submit.",
+    "schema": {"type": "string"},
+}
+
+
+def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
+    """OpenAPI 3.1 for every route the ASGI app answers."""
+    defs: dict[str, JSON] = {}
+    statuses = (
+        ["pending", "in_progress", "completed", "failed", "canceled"]
+        if bentoml_compat
+        else [s.value for s in TaskStatus]
+    )
+    paths: JSON = {}
+    for d in service.tasks.values():
+        name = d.name
+        doc = (d.func.__doc__ or "").strip() or None
+        submit: JSON = {
+            "operationId": f"{name}_submit",
+            "summary": f"Submit a {name} task",
+            "tags": [name],
+            "parameters": [
+                {
+                    "name": "priority",
+                    "in": "query",
+                    "required": False,
+                    "description": "Higher runs first (default 0).",
+                    "schema": {"type": "integer"},
+                },
+                {
+                    "name": "delay",
+                    "in": "query",
+                    "required": False,
+                    "description": "Seconds before the task may start.",
+                    "schema": {"type": "number", "minimum": 0},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": input_schema(d, defs)}},
+            },
+            "responses": {
+                "200": _response("Accepted", {"$ref": "#/components/schemas/Submitted"}),
+                "400": _error("The body is not a JSON object"),
+                "413": _error("The body is too large"),
+                "422": _response(
+                    "Invalid arguments", {"$ref": "#/components/schemas/InvalidArguments"}
+                ),
+                "503": _error("The engine is not running"),
+            },
+        }
+        if doc:
+            submit["description"] = doc
+        output = output_schema(d)
+        media = _result_media(d.return_type)
+        paths[f"{d.route}/submit"] = {"post": submit}
+        paths[f"{d.route}/status"] = {
+            "get": {
+                "operationId": f"{name}_status",
+                "summary": "The status of a task",
+                "tags": [name],
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _response("The task", {"$ref": "#/components/schemas/TaskInfo"}),
+                    "400": _error("No task_id"),
+                    "404": _error("Unknown or expired task"),
+                },
+            }
+        }
+        paths[f"{d.route}/get"] = {
+            "get": {
+                "operationId": f"{name}_get",
+                "summary": "The result of a finished task",
+                "tags": [name],
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _response("The result", output, media),
+                    "400": _error("No task_id"),
+                    "404": _error("Unknown or expired task"),
+                    "409": _error("Not finished yet"),
+                    "410": _error("The task was cancelled"),
+                    "500": _error("The task failed"),
+                },
+            }
+        }
+        for action, methods, summary, ok in (
+            ("cancel", ("post", "put"), "Cancel a task", "Submitted"),
+            ("retry", ("put", "post"), "Run a finished task again", "Submitted"),
+        ):
+            operation = {
+                "summary": summary,
+                "tags": [name],
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _response("Done", {"$ref": f"#/components/schemas/{ok}"}),
+                    "400": _error("No task_id"),
+                    "404": _error("Unknown or expired task"),
+                    "409": _error("Too late, or not finished yet"),
+                },
+            }
+            paths[f"{d.route}/{action}"] = {
+                m: {**operation, "operationId": f"{name}_{action}_{m}"} for m in methods
+            }
+    paths["/readyz"] = {"get": _plain("readyz", "Ready to serve")}
+    paths["/livez"] = {"get": _plain("livez", "Alive")}
+    paths["/tasks"] = {
+        "get": {
+            "operationId": "list_tasks",
+            "summary": "Tasks, newest first",
+            "parameters": [
+                {"name": "name", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": statuses},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            ],
+            "responses": {
+                "200": _response("A page of tasks", {"$ref": "#/components/schemas/TaskList"}),
+                "400": _error("Bad filter"),
+            },
+        }
+    }
+    nullable_str = {"type": ["string", "null"]}
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    schemas: JSON = {
+        "Error": {
+            "type": "object",
+            "properties": {"error": {"type": "string"}},
+            "required": ["error"],
+        },
+        "InvalidArguments": {
+            "type": "object",
+            "properties": {
+                "error": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                        "required": ["path", "message"],
+                    },
+                },
+            },
+            "required": ["error", "errors"],
+        },
+        "Submitted": {
+            "type": "object",
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": statuses},
+            },
+            "required": ["task_id", "status"],
+        },
+        "TaskInfo": {
+            "type": "object",
+            "properties": {
+                "task_id": {"type": "string"},
+                "name": {"type": "string"},
+                "status": {"type": "string", "enum": statuses},
+                "created_at": {"type": "string", "format": "date-time"},
+                "executed_at": nullable_time,
+                "completed_at": nullable_time,
+                "attempt": {"type": "integer"},
+                "progress": {"type": ["number", "null"]},
+                "message": nullable_str,
+                "error": nullable_str,
+                "retry_of": nullable_str,
+                "position": {"type": ["integer", "null"]},
+            },
+            "required": ["task_id", "status", "created_at", "attempt"],
+        },
+        "TaskList": {
+            "type": "object",
+            "properties": {
+                "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TaskInfo"}},
+                "limit": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "next_offset": {"type": ["integer", "null"]},
+            },
+            "required": ["tasks", "limit", "offset"],
+        },
+        **defs,
+    }
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": service.name, "version": errands.__version__},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    # type_schema refers to named classes as #/$defs/...; here they live in components.
+    text = json.dumps(document).replace('"#/$defs/', '"#/components/schemas/')
+    result: JSON = json.loads(text)
+    return result
+
+
+def _plain(name: str, description: str) -> JSON:
+    return {
+        "operationId": name,
+        "summary": description,
+        "responses": {"200": _response(description, {"type": "object"})},
+    }
+
+
+def _result_media(tp: Any) -> str:
+    if tp is bytes:
+        return "application/octet-stream"
+    if tp is str:
+        return "text/plain"
+    if isinstance(tp, type) and tp.__module__.startswith("PIL."):
+        return "image/png"
+    return "application/json"

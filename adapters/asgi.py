@@ -1,0 +1,555 @@
+"""The ASGI app: every task endpoint over HTTP (submit / status / get / cancel / retry).
+
+A raw ASGI 3 application, no web framework.  Served alone it runs its engine
+through the ASGI ``lifespan`` protocol; mounted in a host that does not
+forward lifespan (Starlette's and FastAPI's ``Mount``), the host calls
+:meth:`ErrandsApp.running` from its own lifespan, or does nothing and the
+engine starts with the first request (in its own thread) and stops at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs
+
+import sniffio
+
+import errands
+from errands import (
+    Backend,
+    BackendError,
+    CannotCancel,
+    EngineClosed,
+    InvalidArguments,
+    TaskCancelled,
+    TaskDefinition,
+    TaskFailed,
+    TaskInfo,
+    TaskNotFound,
+    TaskNotReady,
+    TaskStatus,
+)
+from errands._define import as_service
+
+from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
+from ._jsonschema import input_schema, output_schema
+from ._openapi import openapi_document
+
+__all__ = ["BENTOML_STATUS", "ErrandsApp", "create_app"]
+
+log = logging.getLogger("errands.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Status names the stock BentoML clients understand (``bentoml_compat=True``).
+BENTOML_STATUS = {
+    TaskStatus.PENDING: "pending",
+    TaskStatus.IN_PROGRESS: "in_progress",
+    TaskStatus.SUCCESS: "completed",
+    TaskStatus.FAILURE: "failed",
+    TaskStatus.CANCELLED: "canceled",
+}
+ACTIONS = {
+    "submit": ("POST",),
+    "status": ("GET",),
+    "get": ("GET",),
+    "cancel": ("POST", "PUT"),
+    "retry": ("PUT", "POST"),
+}
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+class HTTPError(Exception):
+    """An answer other than 2xx, with a JSON body ``{"error": ..., **extra}``."""
+
+    def __init__(self, code: int, message: str, /, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = code
+        self.body = {"error": message, **extra}
+        self.headers: list[tuple[bytes, bytes]] = []
+
+
+class ErrandsApp:
+    """The ASGI application for one service (build it with :func:`create_app`)."""
+
+    def __init__(
+        self,
+        service: object,
+        *,
+        backend: Backend | str | None,
+        bentoml_compat: bool,
+        max_body_size: int,
+        engine_options: dict[str, Any],
+    ) -> None:
+        self.service = as_service(service)
+        self.definitions = self.service.tasks
+        self.routes = {d.route: d for d in self.definitions.values()}
+        self.bentoml_compat = bentoml_compat
+        self.max_body_size = max_body_size
+        self._backend = backend
+        self._engine_options = engine_options
+        self._access: EngineAccess | None = None
+        self._autostart_lock = threading.Lock()
+        self._autostarted: errands.SyncClient | None = None
+        self._schema: bytes | None = None
+        self._openapi: bytes | None = None
+
+    # ------------------------------------------------------------------ engine
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ErrandsApp]:
+        """Run the engine for the duration of the block (from a host's lifespan).
+
+        Under trio the engine runs in the current loop; under asyncio in its
+        own trio thread.  Leaving the block drains it (see ``grace``).
+        """
+        if sniffio.current_async_library() == "trio":
+            async with errands.open_engine(
+                self.service, backend=self._backend, **self._engine_options
+            ) as client:
+                self._access = LocalEngine(client.engine)
+                try:
+                    yield self
+                finally:
+                    self._access = None
+            return
+        import anyio.to_thread
+
+        sync_client = await anyio.to_thread.run_sync(self._start_thread_engine)
+        self._access = ThreadedEngine(sync_client)
+        try:
+            yield self
+        finally:
+            self._access = None
+            await anyio.to_thread.run_sync(sync_client.close)
+
+    def _start_thread_engine(self) -> errands.SyncClient:
+        return errands.start(self.service, backend=self._backend, **self._engine_options)
+
+    def _engine(self) -> EngineAccess:
+        if self._access is not None:
+            return self._access
+        # Mounted where nobody ran our lifespan: start the engine in its own
+        # thread on first use; interpreter exit stops it.
+        with self._autostart_lock:
+            if self._access is None:
+                log.info("no lifespan reached errands; starting its engine on first request")
+                self._autostarted = self._start_thread_engine()
+                self._access = ThreadedEngine(self._autostarted)
+        return self._access
+
+    def close(self) -> None:
+        """Stop an engine that was started by a first request (idempotent)."""
+        client, self._autostarted = self._autostarted, None
+        if client is not None:
+            self._access = None
+            client.close()
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        started = False
+        try:
+            async with self.running():
+                started = True
+                await send({"type": "lifespan.startup.complete"})
+                while (await receive())["type"] != "lifespan.shutdown":
+                    pass
+        except Exception as exc:
+            log.exception("errands engine failed")
+            if not started:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, headers, body = await self._dispatch(scope, receive)
+        except HTTPError as exc:
+            status, body = exc.status, _json_bytes(exc.body)
+            headers = [(b"content-type", b"application/json"), *exc.headers]
+        except Exception:
+            log.exception("internal error answering %s %s", scope["method"], scope["path"])
+            status, body = 500, _json_bytes({"error": "internal server error"})
+            headers = [(b"content-type", b"application/json")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        path: str = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        method: str = scope["method"]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if path in ("/readyz", "/livez"):
+            _allow(method, ("GET", "HEAD"))
+            return _json(200, {"status": "ok"})
+        if path == "/schema.json":
+            _allow(method, ("GET",))
+            return 200, [(b"content-type", b"application/json")], self._schema_json()
+        if path == "/openapi.json":
+            _allow(method, ("GET",))
+            return 200, [(b"content-type", b"application/json")], self._openapi_json()
+        if path == "/metrics":
+            _allow(method, ("GET",))
+            return self._metrics()
+        if path == "/tasks":
+            _allow(method, ("GET",))
+            return await self._list(query)
+        prefix, _, action = path.rpartition("/")
+        definition = self.routes.get(prefix or "/")
+        if definition is None or action not in ACTIONS:
+            raise HTTPError(404, f"no route {path}")
+        _allow(method, ACTIONS[action])
+        if action == "submit":
+            body = await self._read_body(scope, receive)
+            return await self._submit(definition, body, query)
+        task_id = _one(query, "task_id", required=True)
+        assert task_id is not None
+        if action == "status":
+            return await self._status(task_id)
+        if action == "get":
+            return await self._get(task_id)
+        if action == "cancel":
+            return await self._cancel(task_id)
+        return await self._retry(task_id)
+
+    # ------------------------------------------------------------------ routes
+
+    async def _submit(
+        self, definition: TaskDefinition, body: bytes, query: dict[str, list[str]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            arguments = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(arguments, dict):
+            raise HTTPError(400, "the body must be a JSON object of named arguments")
+        priority = _number(query, "priority", int, default=0)
+        delay = _number(query, "delay", float, default=None)
+        if delay is not None and (delay < 0 or not math.isfinite(delay)):
+            raise HTTPError(400, "delay must be a non-negative number of seconds")
+        access = self._engine()
+        record = await self._call(
+            access, _submit_call(access.engine, definition.name, arguments, priority, delay)
+        )
+        return _json(200, {"task_id": record.id, "status": self._status_name(record.status)})
+
+    async def _status(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        access = self._engine()
+        info = await self._call(access, access.engine.info, task_id)
+        return _json(200, self._info_json(info))
+
+    async def _get(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        access = self._engine()
+        record, payload = await self._call(access, access.engine.result_payload, task_id)
+        if record.status is TaskStatus.SUCCESS:
+            if payload is None:
+                raise HTTPError(404, str(TaskNotFound(task_id)))
+            return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
+        status = self._status_name(record.status)
+        if record.status is TaskStatus.FAILURE:
+            raise HTTPError(500, str(TaskFailed(task_id, str(record.error))), status=status)
+        if record.status is TaskStatus.CANCELLED:
+            raise HTTPError(410, str(TaskCancelled(task_id)), status=status)
+        raise HTTPError(409, str(TaskNotReady(task_id, record.status.value)), status=status)
+
+    async def _cancel(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        access = self._engine()
+        status = await self._call(access, access.engine.cancel, task_id)
+        return _json(200, {"task_id": task_id, "status": self._status_name(status)})
+
+    async def _retry(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        access = self._engine()
+        record = await self._call(access, access.engine.retry, task_id)
+        return _json(
+            200,
+            {
+                "task_id": record.id,
+                "status": self._status_name(record.status),
+                "retry_of": task_id,
+            },
+        )
+
+    async def _list(
+        self, query: dict[str, list[str]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        name = _one(query, "name")
+        if name is not None and name not in self.definitions:
+            raise HTTPError(400, f"unknown task name {name!r}")
+        status_text = _one(query, "status")
+        status = None
+        if status_text is not None:
+            status = _parse_status(status_text)
+        limit = _number(query, "limit", int, default=100)
+        offset = _number(query, "offset", int, default=0)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise HTTPError(400, "limit must be 1..1000 and offset >= 0")
+        access = self._engine()
+        infos = await self._call(access, _list_call(access.engine, name, status, limit, offset))
+        return _json(
+            200,
+            {
+                "tasks": [self._info_json(i) for i in infos],
+                "limit": limit,
+                "offset": offset,
+                "next_offset": offset + limit if len(infos) == limit else None,
+            },
+        )
+
+    def _metrics(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        lines = [
+            "# HELP errands_up Whether the errands engine is running.",
+            "# TYPE errands_up gauge",
+        ]
+        access = self._access
+        lines.append(f"errands_up {1 if access is not None else 0}")
+        if access is not None:
+            stats = access.engine.statistics()
+            lines += [
+                "# HELP errands_tasks_submitted_total Tasks accepted by this process.",
+                "# TYPE errands_tasks_submitted_total counter",
+                f"errands_tasks_submitted_total {stats.submitted}",
+                "# HELP errands_tasks_finished_total Tasks this process brought to a final state.",
+                "# TYPE errands_tasks_finished_total counter",
+                f"errands_tasks_finished_total {stats.finished}",
+                "# HELP errands_tasks_running Tasks running in this process now.",
+                "# TYPE errands_tasks_running gauge",
+                f"errands_tasks_running {stats.running}",
+                "# HELP errands_workers How many tasks this process may run at once.",
+                "# TYPE errands_workers gauge",
+                f"errands_workers {stats.workers}",
+            ]
+        body = ("\n".join(lines) + "\n").encode()
+        return 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], body
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _call(
+        self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> Any:
+        try:
+            return await access.call(afn, *args)
+        except InvalidArguments as exc:
+            errors = [{"path": e.path, "message": e.message} for e in exc.errors]
+            raise HTTPError(422, str(exc), errors=errors) from None
+        except TaskNotFound as exc:
+            raise HTTPError(404, str(exc)) from None
+        except TaskNotReady as exc:
+            raise HTTPError(
+                409, str(exc), status=self._status_name(TaskStatus(exc.status))
+            ) from None
+        except CannotCancel as exc:
+            raise HTTPError(
+                409, str(exc), status=self._status_name(TaskStatus(exc.status))
+            ) from None
+        except EngineClosed as exc:
+            raise HTTPError(503, str(exc)) from None
+        except BackendError as exc:
+            log.exception("backend error")
+            raise HTTPError(503, f"storage unavailable: {exc}") from None
+
+    def _status_name(self, status: TaskStatus) -> str:
+        return BENTOML_STATUS[status] if self.bentoml_compat else status.value
+
+    def _info_json(self, info: TaskInfo) -> dict[str, Any]:
+        def iso(value: Any) -> str | None:
+            return None if value is None else value.isoformat()
+
+        return {
+            "task_id": info.id,
+            "name": info.name,
+            "status": self._status_name(info.status),
+            "created_at": iso(info.created_at),
+            "executed_at": iso(info.started_at),
+            "completed_at": iso(info.finished_at),
+            "attempt": info.attempt,
+            "progress": info.progress,
+            "message": info.message,
+            "error": None if info.error is None else str(info.error),
+            "retry_of": info.retry_of,
+            "position": info.position,
+        }
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise HTTPError(400, "bad content-length header") from None
+                if declared > self.max_body_size:
+                    raise HTTPError(413, f"the body is larger than {self.max_body_size} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_size:
+                raise HTTPError(413, f"the body is larger than {self.max_body_size} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _schema_json(self) -> bytes:
+        if self._schema is None:
+            routes = [
+                {
+                    "name": d.name,
+                    "route": d.route,
+                    "input": input_schema(d),
+                    "output": output_schema(d, bentoml=True),
+                    "is_task": True,
+                    "is_stream": False,
+                    "doc": d.func.__doc__,
+                }
+                for d in self.definitions.values()
+            ]
+            self._schema = _json_bytes(
+                {"name": self.service.name, "type": "service", "routes": routes}
+            )
+        return self._schema
+
+    def _openapi_json(self) -> bytes:
+        if self._openapi is None:
+            self._openapi = _json_bytes(
+                openapi_document(self.service, bentoml_compat=self.bentoml_compat)
+            )
+        return self._openapi
+
+
+def _submit_call(
+    engine: errands.Engine,
+    name: str,
+    arguments: dict[str, Any],
+    priority: int,
+    delay: float | None,
+) -> Callable[[], Awaitable[Any]]:
+    async def submit() -> Any:
+        return await engine.submit(name, arguments, from_json=True, priority=priority, delay=delay)
+
+    return submit
+
+
+def _list_call(
+    engine: errands.Engine, name: str | None, status: TaskStatus | None, limit: int, offset: int
+) -> Callable[[], Awaitable[list[TaskInfo]]]:
+    async def list_tasks() -> list[TaskInfo]:
+        return await engine.list(name=name, status=status, limit=limit, offset=offset)
+
+    return list_tasks
+
+
+def _parse_status(text: str) -> TaskStatus:
+    for status, bento in BENTOML_STATUS.items():
+        if text in (status.value, bento):
+            return status
+    allowed = ", ".join(s.value for s in TaskStatus)
+    raise HTTPError(400, f"unknown status {text!r}; one of {allowed}")
+
+
+def _allow(method: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if method not in allowed:
+        error = HTTPError(405, f"method {method} not allowed here; use {', '.join(allowed)}")
+        error.headers.append((b"allow", ", ".join(allowed).encode()))
+        raise error
+
+
+def _one(query: dict[str, list[str]], name: str, *, required: bool = False) -> str | None:
+    values = query.get(name)
+    if not values:
+        if required:
+            raise HTTPError(400, f"the {name} query parameter is required")
+        return None
+    return values[-1]
+
+
+def _number(query: dict[str, list[str]], name: str, kind: type, *, default: Any) -> Any:
+    text = _one(query, name)
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _json(status: int, value: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return status, [(b"content-type", b"application/json")], _json_bytes(value)
+
+
+def create_app(
+    service: object,
+    *,
+    backend: Backend | str | None = None,
+    bentoml_compat: bool = False,
+    max_body_size: int = DEFAULT_MAX_BODY,
+    ttl: float = 86400.0,
+    lease: float = 30.0,
+    workers: int = 32,
+    grace: float = 10.0,
+    max_attempts: int = 3,
+    sweep_interval: float = 60.0,
+) -> ErrandsApp:
+    """The ASGI app serving ``service``'s tasks over HTTP.
+
+    Args:
+        service: an ``errands.Service`` or an ``@errands.service`` class.
+        backend: the engine's backend (object or URL; None: memory).
+        bentoml_compat: report statuses as BentoML's clients expect
+            (``completed``, ``failed``, ``canceled``).
+        max_body_size: the largest request body accepted, in bytes (413 above).
+        ttl, lease, workers, grace, max_attempts, sweep_interval: engine
+            options, as for :func:`errands.open_engine`.
+    """
+    if max_body_size < 1:
+        raise ValueError("max_body_size must be positive")
+    return ErrandsApp(
+        service,
+        backend=backend,
+        bentoml_compat=bentoml_compat,
+        max_body_size=max_body_size,
+        engine_options={
+            "ttl": ttl,
+            "lease": lease,
+            "workers": workers,
+            "grace": grace,
+            "max_attempts": max_attempts,
+            "sweep_interval": sweep_interval,
+        },
+    )
