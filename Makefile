@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml engine backends adapters
 	$(BIN)/python -m pip install -q -e ".[test,lint]" --config-settings editable_mode=strict
 	@touch $(STAMP)
 
-## Run the example service (until the HTTP adapter lands: the in-process quick start).
+## Serve the example image-generation service on http://127.0.0.1:3000
+## (durable backend in ./.errands; Ctrl-C drains and stops).
 serve: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/errands serve examples/image_generation.py:ImageGenerationService --port 3000
 
 ## Lint, type-check and run the whole test suite.
 test: lint

@@ -197,15 +197,17 @@ class SyncClient:
             self._ready.set()
 
     async def _amain(self) -> None:
-        async with open_engine(self._service, **self._options) as client:
-            async with trio.open_nursery() as calls:
-                self._calls = calls
-                self._aclient = client
-                self._stop = trio.Event()
-                self._portal.token = trio.lowlevel.current_trio_token()
-                self._ready.set()
-                await self._stop.wait()
-                calls.cancel_scope.cancel()
+        async with (
+            open_engine(self._service, **self._options) as client,
+            trio.open_nursery() as calls,
+        ):
+            self._calls = calls
+            self._aclient = client
+            self._stop = trio.Event()
+            self._portal.token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+            calls.cancel_scope.cancel()
 
     @property
     def engine(self) -> Engine:

@@ -1,0 +1,190 @@
+"""The ``errands`` command line: ``errands serve``, ``errands worker``.
+
+Exit codes: 0 success, 2 bad usage or arguments, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+import errands
+
+from ._target import TargetError, load_service
+from .asgi import DEFAULT_MAX_BODY
+
+__all__ = ["main"]
+
+log = logging.getLogger("errands.cli")
+
+DEFAULT_BACKEND = "diskcache://./.errands"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="errands", description="errands task queue")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve a service's tasks over HTTP")
+    serve.add_argument("target", metavar="MODULE:ATTR", help="e.g. app.py:svc or pkg.mod:Svc")
+    serve.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"backend URL (default {DEFAULT_BACKEND}: durable, in ./.errands)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--bentoml-compat",
+        action="store_true",
+        help="report statuses as BentoML's clients expect (completed, failed, canceled)",
+    )
+    serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    serve.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight requests may take",
+    )
+
+    worker = sub.add_parser("worker", help="run tasks from a shared backend, without HTTP")
+    worker.add_argument("target", metavar="MODULE:ATTR")
+    worker.add_argument("--backend", required=True, help="a shared backend URL")
+    worker.add_argument("--workers", type=int, default=32, help="tasks run at once")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _worker(args)
+    except TargetError as exc:
+        print(f"errands: {exc}", file=sys.stderr)
+        return 2
+    except errands.BackendError as exc:
+        print(f"errands: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("errands: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.backend.startswith("memory:"):
+        print(
+            "errands: --workers > 1 needs a shared backend (each process would have its own "
+            "memory, and tasks submitted to one would be invisible to the others); use e.g. "
+            f"--backend {DEFAULT_BACKEND}",
+            file=sys.stderr,
+        )
+        return 2
+    load_service(args.target)  # fail early, in this process, with a clear message
+    os.environ["ERRANDS_SERVE"] = json.dumps(
+        {
+            "target": args.target,
+            "backend": args.backend,
+            "bentoml_compat": args.bentoml_compat,
+            "max_body_size": args.max_body_size,
+        }
+    )
+    application = "errands.adapters._served:app"
+    log.info(
+        "serving %s on http://%s:%d with %s (backend %s)",
+        args.target,
+        args.host,
+        args.port,
+        args.server,
+        args.backend,
+    )
+    if args.server == "uvicorn":
+        try:
+            import uvicorn
+        except ImportError:
+            print(
+                "errands: --server uvicorn needs: pip install 'errands[uvicorn]'", file=sys.stderr
+            )
+            return 2
+        uvicorn.run(
+            application,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            lifespan="on",
+            timeout_graceful_shutdown=int(args.graceful_timeout),
+        )
+        return 0
+    from hypercorn.config import Config
+
+    config = Config()
+    config.application_path = application
+    config.bind = [f"{args.host}:{args.port}"]
+    config.worker_class = "trio"
+    config.graceful_timeout = args.graceful_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
+    if args.workers > 1:
+        from hypercorn.run import run
+
+        config.workers = args.workers  # the parent process turns SIGTERM into a drain
+        return run(config)
+    return _serve_here(args, config)
+
+
+def _serve_here(args: argparse.Namespace, config: Any) -> int:
+    """One process: hypercorn's trio worker, the engine in the same loop, and
+    SIGINT/SIGTERM turned into a graceful drain."""
+    import hypercorn.trio
+
+    from ._served import build_app
+
+    app = build_app()
+
+    async def until_signalled() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: draining", signal.Signals(signum).name)
+                return
+
+    async def serve() -> None:
+        await hypercorn.trio.serve(app, config, shutdown_trigger=until_signalled)  # type: ignore[arg-type]
+
+    trio.run(serve)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    service = load_service(args.target)
+    if args.backend.startswith("memory:"):
+        print("errands: a worker needs a shared backend, not memory://", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with errands.open_engine(service, backend=args.backend, workers=args.workers):
+                log.info(
+                    "worker for %s on %s; SIGINT or SIGTERM to stop", args.target, args.backend
+                )
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
+
+    trio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
