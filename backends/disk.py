@@ -2,18 +2,20 @@
 
 Layout of the directory::
 
-    errands.db     SQLite (WAL): task records and the queue, one transaction per
-                   batch of calls (group commit, see _database.py)
+    errands.db     SQLite (WAL): task records, the queue and small results, one
+                   transaction per batch of calls (group commit, see _database.py)
     owners/        one lock file per live engine, to tell dead owners at once
-    results/       a diskcache.Cache of result payloads; large ones (images)
-                   live in its files, not in SQLite rows
+    results/       a diskcache.Cache of large result payloads (32 KiB and up:
+                   images), kept in its files, not in SQLite rows
 
 Records and queue entries share one database, so ``enqueue`` (record + entry)
-and every claim are single transactions.  A result is written to diskcache
-first, under ``<task id>:<fencing token>``, and then the record is moved to
-``success`` by compare-and-set: a worker whose claim was taken over writes
-under its own token, its compare-and-set fails, and it can never overwrite
-the newer attempt's result.
+and every claim are single transactions.  A small result is written in the
+same transaction as the compare-and-set that moves the record to
+``success``.  A large one is written to diskcache first, under ``<task
+id>:<fencing token>``, and then the record is moved by compare-and-set: a
+worker whose claim was taken over writes under its own token, its
+compare-and-set fails, and it can never overwrite the newer attempt's
+result.
 
 With the default ``synchronous="FULL"``, a committed write survives power
 loss (SQLite's WAL with full sync); ``"NORMAL"`` survives process crashes only.
@@ -51,6 +53,9 @@ __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheSto
 
 #: Bumped when the on-disk layout changes incompatibly.
 FORMAT_VERSION = "1"
+#: Results smaller than this (bytes) are stored in errands.db with the status
+#: change that makes them the task's result; larger ones in diskcache's files.
+INLINE_RESULT_LIMIT = 32 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,6 +82,11 @@ CREATE TABLE IF NOT EXISTS queue (
     token INTEGER NOT NULL DEFAULT 0,
     lease_until REAL NOT NULL DEFAULT 0,
     cancel INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_waiting ON queue (name, priority DESC, seq) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS queue_claims ON queue (lease_until) WHERE owner IS NOT NULL;
@@ -189,15 +199,27 @@ class DiskCacheQueue(Queue):
         return await self._db.run(claim)
 
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
-        def renew(conn: sqlite3.Connection) -> Renewal:
-            row = conn.execute(
-                "SELECT cancel FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
-                (task_id, token),
-            ).fetchone()
-            if row is None:
-                return Renewal.LOST
-            conn.execute("UPDATE queue SET lease_until = ? WHERE id = ?", (lease_until, task_id))
-            return Renewal.CANCEL_REQUESTED if row[0] else Renewal.RENEWED
+        [answer] = await self.renew_many([(task_id, token)], lease_until=lease_until)
+        return answer
+
+    async def renew_many(
+        self, claims: Sequence[tuple[str, int]], *, lease_until: float
+    ) -> list[Renewal]:
+        def renew(conn: sqlite3.Connection) -> list[Renewal]:
+            answers = []
+            for task_id, token in claims:
+                row = conn.execute(
+                    "SELECT cancel FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                    (task_id, token),
+                ).fetchone()
+                if row is None:
+                    answers.append(Renewal.LOST)
+                    continue
+                conn.execute(
+                    "UPDATE queue SET lease_until = ? WHERE id = ?", (lease_until, task_id)
+                )
+                answers.append(Renewal.CANCEL_REQUESTED if row[0] else Renewal.RENEWED)
+            return answers
 
         return await self._db.run(renew)
 
@@ -399,9 +421,10 @@ class DiskCacheStore(Store):
         check_transition(expect, task.status)
         data = task.data
         key = f"{task.id}:{task.token}"
-        if result is not None:
-            # The result goes in first, under this attempt's own token; only the
-            # compare-and-set below makes it the task's result.
+        inline = result is not None and len(result.data) < INLINE_RESULT_LIMIT
+        if result is not None and not inline:
+            # A large result goes to diskcache first, under this attempt's own
+            # token; only the compare-and-set below makes it the task's result.
             keep = max((task.expires_at or 0.0) - time.time(), 0.0) + 3600.0
             await self._in_thread(self._write_result, key, result, keep)
 
@@ -422,10 +445,20 @@ class DiskCacheStore(Store):
             if token is not None:
                 sql += " AND token = ?"
                 params += (token,)
-            return conn.execute(sql, params).rowcount == 1
+            if conn.execute(sql, params).rowcount != 1:
+                return False
+            if inline:
+                assert result is not None
+                # Small results commit with the status change, in the same
+                # transaction (and the same group commit).
+                conn.execute(
+                    "INSERT OR REPLACE INTO results (id, media_type, data) VALUES (?, ?, ?)",
+                    (task.id, result.media_type, result.data),
+                )
+            return True
 
         moved = await self._db.run(transition)
-        if not moved and result is not None:
+        if not moved and result is not None and not inline:
             await self._in_thread(self._results.delete, key)
         return moved
 
@@ -446,18 +479,24 @@ class DiskCacheStore(Store):
                     os.close(folder)
 
     async def get_result(self, task_id: str) -> Payload | None:
-        def token_of(conn: sqlite3.Connection) -> int | None:
+        def find(conn: sqlite3.Connection) -> int | Payload | None:
             row = conn.execute(
-                "SELECT token FROM tasks WHERE id = ? AND status = ?",
+                "SELECT t.token, r.media_type, r.data FROM tasks t"
+                " LEFT JOIN results r ON r.id = t.id WHERE t.id = ? AND t.status = ?",
                 (task_id, TaskStatus.SUCCESS.value),
             ).fetchone()
-            return None if row is None else int(row[0])
+            if row is None:
+                return None
+            token, media_type, data = row
+            if media_type is not None:
+                return Payload(media_type=media_type, data=bytes(data))
+            return int(token)  # a large result, in diskcache
 
-        token = await self._db.run(token_of, write=False)
-        if token is None:
-            return None
-        found = await self._in_thread(self._read_result, f"{task_id}:{token}")
-        return found  # type: ignore[no-any-return]
+        found = await self._db.run(find, write=False)
+        if found is None or isinstance(found, Payload):
+            return found
+        large = await self._in_thread(self._read_result, f"{task_id}:{found}")
+        return large  # type: ignore[no-any-return]
 
     def _read_result(self, key: str) -> Payload | None:
         value, tag = self._results.get(key, default=None, tag=True)
@@ -473,6 +512,7 @@ class DiskCacheStore(Store):
             if row is None:
                 return None
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            conn.execute("DELETE FROM results WHERE id = ?", (task_id,))
             return int(row[0])
 
         token = await self._db.run(delete)
@@ -511,6 +551,7 @@ class DiskCacheStore(Store):
                 "SELECT id, token FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?",
                 (now,),
             ).fetchall()
+            conn.executemany("DELETE FROM results WHERE id = ?", [(i,) for i, _ in gone])
             conn.execute(
                 "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
             )

@@ -82,6 +82,16 @@ class Queue(abc.ABC):
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
         """Extend the claim ``(task_id, token)``; see :class:`Renewal` for the answers."""
 
+    async def renew_many(
+        self, claims: Sequence[tuple[str, int]], *, lease_until: float
+    ) -> list[Renewal]:
+        """:meth:`renew` for several ``(task_id, token)`` claims; answers in order.
+
+        The default calls :meth:`renew` once per claim; backends that can do
+        it in one step should.
+        """
+        return [await self.renew(i, t, lease_until=lease_until) for i, t in claims]
+
     @abc.abstractmethod
     async def ack(self, task_id: str, token: int) -> bool:
         """Remove the claimed entry if it is still held with ``token``."""

@@ -812,15 +812,19 @@ class Engine:
         while True:
             await trio.sleep(interval)
             now = self.clock()
-            for run in list(self._running.values()):
-                answer = await self._queue.renew(
-                    run.claim.task_id, run.claim.token, lease_until=now + self.lease
+            runs = list(self._running.values())
+            if runs:
+                answers = await self._queue.renew_many(
+                    [(r.claim.task_id, r.claim.token) for r in runs], lease_until=now + self.lease
                 )
-                if answer is Renewal.LOST:
-                    log.warning("task %s: lease lost", run.claim.task_id)
-                    run.request_stop(_Stop.LOST)
-                elif answer is Renewal.CANCEL_REQUESTED and run.definition.cancellable:
-                    run.request_stop(_Stop.CANCEL)
+                for run, answer in zip(runs, answers, strict=True):
+                    if self._running.get(run.claim.task_id) is not run:
+                        continue  # it finished (and was acked) while we renewed
+                    if answer is Renewal.LOST:
+                        log.warning("task %s: lease lost", run.claim.task_id)
+                        run.request_stop(_Stop.LOST)
+                    elif answer is Renewal.CANCEL_REQUESTED and run.definition.cancellable:
+                        run.request_stop(_Stop.CANCEL)
             await self._recover_expired(now)
 
     async def _recover_expired(self, now: float) -> None:

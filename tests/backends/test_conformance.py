@@ -135,6 +135,19 @@ async def test_result_is_saved_with_the_transition(backend: Backend) -> None:
     assert await backend.store.get(rec.id) is not None
 
 
+async def test_small_and_large_results_alike(backend: Backend) -> None:
+    for size in (0, 10, 40_000):
+        rec = record()
+        await backend.store.create(stored(rec))
+        await backend.store.transition(stored(attrs.evolve(rec, status=R, token=3)), expect=P)
+        blob = Payload(media_type="application/octet-stream", data=b"x" * size)
+        done = stored(attrs.evolve(rec, status=S, token=3))
+        assert not await backend.store.transition(done, expect=R, token=2, result=blob)
+        assert await backend.store.get_result(rec.id) is None
+        assert await backend.store.transition(done, expect=R, token=3, result=blob)
+        assert await backend.store.get_result(rec.id) == blob
+
+
 async def test_delete(backend: Backend) -> None:
     rec = record()
     await backend.store.create(stored(rec))
@@ -285,6 +298,24 @@ async def test_renew_ack_release_are_fenced(backend: Backend) -> None:
     assert await q.ack(task_id, second.token)
     assert not await q.contains(task_id)
     assert await q.renew(task_id, second.token, lease_until=NOW + 100) is Renewal.LOST
+
+
+async def test_renew_many_answers_in_order(backend: Backend) -> None:
+    q = backend.queue
+    ids = [new_task_id() for _ in range(3)]
+    for task_id in ids:
+        await q.put(task_id, name="job")
+    claims = await q.claim(owner="w", quotas={"job": 3}, limit=3, now=NOW, lease_until=NOW + 1)
+    by_id = {c.task_id: c for c in claims}
+    await q.request_cancel(ids[1])
+    await q.ack(ids[2], by_id[ids[2]].token)
+    answers = await q.renew_many(
+        [(i, by_id[i].token) for i in ids] + [(ids[0], by_id[ids[0]].token + 99)],
+        lease_until=NOW + 50,
+    )
+    assert answers == [Renewal.RENEWED, Renewal.CANCEL_REQUESTED, Renewal.LOST, Renewal.LOST]
+    assert await q.expired(NOW + 10) == []
+    assert await q.renew_many([], lease_until=NOW) == []
 
 
 async def test_release_keeps_priority_and_can_delay(backend: Backend) -> None:
