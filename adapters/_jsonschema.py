@@ -123,12 +123,24 @@ def _class_schema(tp: type, defs: dict[str, JSON] | None) -> JSON:
     return out
 
 
-def input_schema(definition: TaskDefinition, defs: dict[str, JSON] | None = None) -> JSON:
-    """The request body of ``POST <route>/submit``: an object of named arguments."""
+def input_schema(
+    definition: TaskDefinition, defs: dict[str, JSON] | None = None, *, bentoml: bool = False
+) -> JSON:
+    """The request body of ``POST <route>/submit``: an object of named arguments.
+
+    With ``bentoml=True``, file arguments (``bytes``, a PIL image) are
+    ``{"type": "file"}``, which makes BentoML's clients send them as
+    multipart parts; in JSON bodies they travel as base64 text.
+    """
     properties: JSON = {}
     required = []
     for param in definition.params:
-        schema = type_schema(param.annotation, defs)
+        if bentoml and param.annotation is bytes:
+            schema: JSON = {"type": "file"}
+        elif bentoml and _is_pil_image(param.annotation):
+            schema = {"type": "file", "format": "image"}
+        else:
+            schema = type_schema(param.annotation, defs)
         schema = {"title": param.name.replace("_", " ").title(), **schema}
         if not param.required and _json_default(param.default):
             schema["default"] = param.default

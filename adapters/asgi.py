@@ -39,6 +39,7 @@ from errands._define import as_service
 
 from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
+from ._multipart import MultipartError, parse_multipart
 from ._openapi import openapi_document
 
 __all__ = ["BENTOML_STATUS", "ErrandsApp", "create_app"]
@@ -230,7 +231,7 @@ class ErrandsApp:
         _allow(method, ACTIONS[action])
         if action == "submit":
             body = await self._read_body(scope, receive)
-            return await self._submit(definition, body, query)
+            return await self._submit(definition, body, query, _header(scope, b"content-type"))
         task_id = _one(query, "task_id", required=True)
         assert task_id is not None
         if action == "status":
@@ -244,12 +245,22 @@ class ErrandsApp:
     # ------------------------------------------------------------------ routes
 
     async def _submit(
-        self, definition: TaskDefinition, body: bytes, query: dict[str, list[str]]
+        self,
+        definition: TaskDefinition,
+        body: bytes,
+        query: dict[str, list[str]],
+        content_type: str,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        try:
-            arguments = json.loads(body) if body.strip() else {}
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+        if content_type.lower().startswith("multipart/form-data"):
+            try:
+                arguments: Any = parse_multipart(content_type, body)
+            except MultipartError as exc:
+                raise HTTPError(400, str(exc)) from None
+        else:
+            try:
+                arguments = json.loads(body) if body.strip() else {}
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(arguments, dict):
             raise HTTPError(400, "the body must be a JSON object of named arguments")
         priority = _number(query, "priority", int, default=0)
@@ -427,7 +438,7 @@ class ErrandsApp:
                 {
                     "name": d.name,
                     "route": d.route,
-                    "input": input_schema(d),
+                    "input": input_schema(d, bentoml=True),
                     "output": output_schema(d, bentoml=True),
                     "is_task": True,
                     "is_stream": False,
@@ -476,6 +487,13 @@ def _parse_status(text: str) -> TaskStatus:
             return status
     allowed = ", ".join(s.value for s in TaskStatus)
     raise HTTPError(400, f"unknown status {text!r}; one of {allowed}")
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
 
 
 def _allow(method: str, allowed: Iterable[str]) -> None:

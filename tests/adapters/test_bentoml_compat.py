@@ -47,6 +47,10 @@ SERVICE = textwrap.dedent(
     @svc.task
     async def boom() -> None:
         raise RuntimeError("kaput")
+
+    @svc.task
+    def measure(blob: bytes, label: str) -> list:
+        return [len(blob), blob[:4].hex(), label]
     """
 )
 
@@ -88,6 +92,11 @@ CLIENT = textwrap.dedent(
             task.get()
         except Exception as exc:
             out["boom_get"] = type(exc).__name__ + ": " + str(exc)
+        import pathlib
+        upload = pathlib.Path(sys.argv[2])
+        upload.write_bytes(bytes(range(256)) * 40)
+        task = client.measure.submit(blob=upload, label="file")
+        out["measure"] = [settle(task), task.get()]
 
     async def main():
         async with bentoml.AsyncHTTPClient(sys.argv[1]) as client:
@@ -117,7 +126,7 @@ def test_stock_bentoml_clients_work_against_errands(tmp_path: Path) -> None:
         base,
     ):
         done = subprocess.run(
-            [BENTOML_PYTHON, str(tmp_path / "client.py"), base],
+            [BENTOML_PYTHON, str(tmp_path / "client.py"), base, str(tmp_path / "upload.bin")],
             capture_output=True,
             text=True,
             timeout=180,
@@ -133,3 +142,4 @@ def test_stock_bentoml_clients_work_against_errands(tmp_path: Path) -> None:
     assert out["retry"] == [True, "failed"]
     assert "kaput" in out["boom_get"]
     assert out["async_add"] == ["completed", 42]
+    assert out["measure"] == ["completed", [10240, "00010203", "file"]]  # sent as multipart

@@ -1,0 +1,57 @@
+"""``multipart/form-data`` submit bodies, for arguments that are files.
+
+Parsed with python-multipart.  A file part becomes the argument's bytes (as
+base64 text, the form in which bytes are stored as JSON); several file parts
+with one name make a list.  Other parts hold JSON text (as BentoML's clients
+send them); a part that is not valid JSON is taken as a plain string.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+from python_multipart import parse_form
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import Field, File
+
+__all__ = ["MultipartError", "parse_multipart"]
+
+
+class MultipartError(ValueError):
+    """The body is not a well-formed multipart form."""
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    """The named arguments in a ``multipart/form-data`` body."""
+    fields: dict[str, Any] = {}
+    files: dict[str, list[str]] = {}
+
+    def on_field(field: Field) -> None:
+        name = field.field_name.decode("utf-8") if field.field_name else ""
+        raw = (field.value or b"").decode("utf-8")
+        try:
+            fields[name] = json.loads(raw)
+        except ValueError:
+            fields[name] = raw
+
+    def on_file(part: File) -> None:
+        name = part.field_name.decode("utf-8") if part.field_name else ""
+        handle = part.file_object
+        handle.seek(0)
+        files.setdefault(name, []).append(base64.b64encode(handle.read()).decode("ascii"))
+        part.close()
+
+    headers = {
+        "Content-Type": content_type.encode("latin-1"),
+        "Content-Length": str(len(body)).encode(),
+    }
+    try:
+        parse_form(headers, io.BytesIO(body), on_field, on_file)
+    except (FormParserError, ValueError) as exc:
+        raise MultipartError(f"the multipart body cannot be read: {exc}") from None
+    for name, parts in files.items():
+        fields[name] = parts[0] if len(parts) == 1 else parts
+    return fields
