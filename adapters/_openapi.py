@@ -77,6 +77,7 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
                 "200": _response("Accepted", {"$ref": "#/components/schemas/Submitted"}),
                 "400": _error("The body is not a JSON object"),
                 "413": _error("The body is too large"),
+                "429": _error("The queue is full; see Retry-After"),
                 "422": _response(
                     "Invalid arguments", {"$ref": "#/components/schemas/InvalidArguments"}
                 ),

@@ -89,6 +89,7 @@ class ErrandsApp:
         backend: Backend | str | None,
         bentoml_compat: bool,
         max_body_size: int,
+        max_pending: int | None,
         engine_options: dict[str, Any],
     ) -> None:
         self.service = as_service(service)
@@ -96,6 +97,7 @@ class ErrandsApp:
         self.routes = {d.route: d for d in self.definitions.values()}
         self.bentoml_compat = bentoml_compat
         self.max_body_size = max_body_size
+        self.max_pending = max_pending
         self._backend = backend
         self._engine_options = engine_options
         self._access: EngineAccess | None = None
@@ -268,6 +270,12 @@ class ErrandsApp:
         if delay is not None and (delay < 0 or not math.isfinite(delay)):
             raise HTTPError(400, "delay must be a non-negative number of seconds")
         access = self._engine()
+        if self.max_pending is not None:
+            waiting = await self._call(access, access.engine.backend.queue.depth)
+            if waiting >= self.max_pending:
+                full = HTTPError(429, f"the queue is full ({waiting} tasks waiting); retry later")
+                full.headers.append((b"retry-after", b"1"))
+                raise full
         record = await self._call(
             access, _submit_call(access.engine, definition.name, arguments, priority, delay)
         )
@@ -537,6 +545,7 @@ def create_app(
     backend: Backend | str | None = None,
     bentoml_compat: bool = False,
     max_body_size: int = DEFAULT_MAX_BODY,
+    max_pending: int | None = None,
     ttl: float = 86400.0,
     lease: float = 30.0,
     workers: int = 32,
@@ -552,16 +561,21 @@ def create_app(
         bentoml_compat: report statuses as BentoML's clients expect
             (``completed``, ``failed``, ``canceled``).
         max_body_size: the largest request body accepted, in bytes (413 above).
+        max_pending: refuse submits with 429 (and ``Retry-After``) while this
+            many tasks wait in the queue (None: no limit).
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, as for :func:`errands.open_engine`.
     """
     if max_body_size < 1:
         raise ValueError("max_body_size must be positive")
+    if max_pending is not None and max_pending < 1:
+        raise ValueError("max_pending must be positive")
     return ErrandsApp(
         service,
         backend=backend,
         bentoml_compat=bentoml_compat,
         max_body_size=max_body_size,
+        max_pending=max_pending,
         engine_options={
             "ttl": ttl,
             "lease": lease,
