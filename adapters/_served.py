@@ -24,6 +24,7 @@ def build_app() -> ErrandsApp:
         backend=settings["backend"],
         bentoml_compat=settings["bentoml_compat"],
         max_body_size=settings["max_body_size"],
+        max_pending=settings.get("max_pending"),
     )
 
 

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
     serve.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES")
     serve.add_argument(
+        "--max-pending",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer submits with 429 while N tasks wait (default: no limit)",
+    )
+    serve.add_argument(
         "--graceful-timeout",
         type=float,
         default=10.0,
@@ -99,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
             "backend": args.backend,
             "bentoml_compat": args.bentoml_compat,
             "max_body_size": args.max_body_size,
+            "max_pending": args.max_pending,
         }
     )
     application = "errands.adapters._served:app"
