@@ -233,7 +233,13 @@ class ErrandsApp:
         _allow(method, ACTIONS[action])
         if action == "submit":
             body = await self._read_body(scope, receive)
-            return await self._submit(definition, body, query, _header(scope, b"content-type"))
+            return await self._submit(
+                definition,
+                body,
+                query,
+                _header(scope, b"content-type"),
+                _header(scope, b"idempotency-key") or None,
+            )
         task_id = _one(query, "task_id", required=True)
         assert task_id is not None
         if action == "status":
@@ -252,6 +258,7 @@ class ErrandsApp:
         body: bytes,
         query: dict[str, list[str]],
         content_type: str,
+        idempotency_key: str | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if content_type.lower().startswith("multipart/form-data"):
             try:
@@ -277,7 +284,10 @@ class ErrandsApp:
                 full.headers.append((b"retry-after", b"1"))
                 raise full
         record = await self._call(
-            access, _submit_call(access.engine, definition.name, arguments, priority, delay)
+            access,
+            _submit_call(
+                access.engine, definition.name, arguments, priority, delay, idempotency_key
+            ),
         )
         return _json(200, {"task_id": record.id, "status": self._status_name(record.status)})
 
@@ -473,9 +483,17 @@ def _submit_call(
     arguments: dict[str, Any],
     priority: int,
     delay: float | None,
+    idempotency_key: str | None,
 ) -> Callable[[], Awaitable[Any]]:
     async def submit() -> Any:
-        return await engine.submit(name, arguments, from_json=True, priority=priority, delay=delay)
+        return await engine.submit(
+            name,
+            arguments,
+            from_json=True,
+            priority=priority,
+            delay=delay,
+            idempotency_key=idempotency_key,
+        )
 
     return submit
 

@@ -628,12 +628,17 @@ class DiskCacheBackend(Backend):
         except (OSError, sqlite3.DatabaseError) as exc:
             raise BackendError(f"cannot use {self.directory} for errands data: {exc}") from exc
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
-        def enqueue(conn: sqlite3.Connection) -> None:
-            if _create(conn, task):
-                _put(conn, task.id, task.name, priority, not_before)
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
+        def enqueue(conn: sqlite3.Connection) -> bool:
+            if not _create(conn, task):
+                return False
+            _put(conn, task.id, task.name, priority, not_before)
+            return True
 
-        await self._db.run(enqueue)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
+            created = await self._db.run(enqueue)
+        return created
 
     async def aclose(self) -> None:
         """Close the database and the result cache (after the last engine using it)."""

@@ -341,10 +341,12 @@ class MemoryBackend(Backend):
         await trio.lowlevel.checkpoint()
         self.queue._engines -= 1
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.store._create(task):
-            self.queue._put(task.id, task.name, priority, not_before)
+        if not self.store._create(task):
+            return False
+        self.queue._put(task.id, task.name, priority, not_before)
+        return True
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:

@@ -216,20 +216,22 @@ class Backend(abc.ABC):
     store: Store
     poll_interval: float | None = None
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> None:
-        """Create the record and put its id on the queue (nothing is put if the id
-        already exists).
+    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
+        """Create the record and put its id on the queue; False (and nothing done)
+        if the id already exists.
 
-        Cancelling the call never leaves the record without its entry.  The
-        default runs the two calls shielded, store first (a crash between them
-        leaves a pending record that the engine's reconciliation re-queues);
-        backends that can do both in one atomic step override it.
+        If it raises ``Cancelled``, nothing was created: once the write has
+        begun it finishes and the call returns.  The default runs the two calls
+        shielded, store first (a crash between them leaves a pending record
+        that the engine's reconciliation re-queues); backends that can do both
+        in one atomic step override it.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            if await self.store.create(task):
-                await self.queue.put(
-                    task.id, name=task.name, priority=priority, not_before=not_before
-                )
+            if not await self.store.create(task):
+                return False
+            await self.queue.put(task.id, name=task.name, priority=priority, not_before=not_before)
+        return True
 
     async def open(self) -> None:
         """Acquire resources; called once by the engine before any other call."""

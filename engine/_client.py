@@ -85,12 +85,14 @@ class AsyncEndpoint:
         *,
         priority: int = 0,
         delay: float | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         self._engine = engine
         self.definition = definition
         self.name = definition.name
         self._priority = priority
         self._delay = delay
+        self._idempotency_key = idempotency_key
 
     async def submit(self, **arguments: Any) -> AsyncTask:
         """Validate the arguments and enqueue a task; returns at once with its handle.
@@ -99,16 +101,33 @@ class AsyncEndpoint:
             InvalidArguments: naming every bad field; nothing is enqueued.
         """
         record = await self._engine.submit(
-            self.name, arguments, priority=self._priority, delay=self._delay
+            self.name,
+            arguments,
+            priority=self._priority,
+            delay=self._delay,
+            idempotency_key=self._idempotency_key,
         )
         return AsyncTask(self._engine, record.id, self.name)
 
-    def options(self, *, priority: int = 0, delay: float | None = None) -> AsyncEndpoint:
-        """This endpoint with queue options: higher ``priority`` runs first;
-        ``delay`` seconds before the task may start."""
+    def options(
+        self,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncEndpoint:
+        """This endpoint with submit options: higher ``priority`` runs first;
+        ``delay`` seconds before the task may start; a repeated
+        ``idempotency_key`` returns the first task instead of a new one."""
         if delay is not None and delay < 0:
             raise ValueError("delay must not be negative")
-        return AsyncEndpoint(self._engine, self.definition, priority=priority, delay=delay)
+        return AsyncEndpoint(
+            self._engine,
+            self.definition,
+            priority=priority,
+            delay=delay,
+            idempotency_key=idempotency_key,
+        )
 
     def get_task(self, task_id: str) -> AsyncTask:
         """A handle for an existing task id (checked when the handle is used)."""

@@ -16,8 +16,10 @@ Workers inside the engine (never "tasks": that word is the user's):
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import enum
+import hashlib
 import logging
 import math
 import os
@@ -38,6 +40,7 @@ from ._context import TaskContext, _reset_current, _set_current
 from ._convert import Payload, decode_result, encode_result
 from ._define import Service, TaskDefinition, as_service
 from ._errors import (
+    BackendError,
     CannotCancel,
     EngineClosed,
     FinalError,
@@ -115,6 +118,12 @@ class EngineStatistics:
     workers: int
     submitted: int
     finished: int
+
+
+def idempotent_id(service: str, name: str, key: str) -> str:
+    """The task id an idempotency key stands for (128 bits of its hash)."""
+    digest = hashlib.sha256(f"{service}\0{name}\0{key}".encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _default_owner() -> str:
@@ -307,12 +316,14 @@ class Engine:
         priority: int = 0,
         delay: float | None = None,
         retry_of: str | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Validate and enqueue; returns the new ``pending`` record.
 
-        The record and its queue entry are written shielded from cancellation,
-        so a submit either returns an id or leaves nothing behind that runs
-        unseen.
+        A submit either returns the task's record or created nothing (a
+        cancelled caller gets the record if the write had begun).  With an
+        ``idempotency_key``, a repeat of the same key on the same endpoint
+        returns the first task (while it is kept) instead of a new one.
 
         Raises:
             InvalidArguments: naming every bad field (nothing is stored).
@@ -326,8 +337,13 @@ class Engine:
         now = self.clock()
         not_before = now + delay if delay else None
         options = definition.options
+        task_id = (
+            new_task_id()
+            if idempotency_key is None
+            else idempotent_id(self.service.name, name, idempotency_key)
+        )
         record = TaskRecord(
-            id=new_task_id(),
+            id=task_id,
             name=name,
             args=args,
             status=PENDING,
@@ -339,9 +355,18 @@ class Engine:
             retry_of=retry_of,
             ttl=options.ttl or self.ttl,
         )
-        await self.backend.enqueue(
-            StoredTask.from_record(record), priority=priority, not_before=not_before or 0.0
-        )
+        stored = StoredTask.from_record(record)
+        while not await self.backend.enqueue(
+            stored, priority=priority, not_before=not_before or 0.0
+        ):
+            if idempotency_key is None:
+                raise BackendError(f"task id {task_id} already exists")  # 2**-128 odds
+            existing = await self._store.get(task_id)
+            if existing is not None and not existing.record.is_expired(self.clock()):
+                log.debug("idempotent repeat of %s %s", name, task_id)
+                return existing.record
+            if existing is not None:
+                await self._store.delete(task_id)  # expired: the key may be used anew
         self._submitted += 1
         self._wake.set()
         log.debug("submitted %s %s", name, record.id)

@@ -140,9 +140,18 @@ class SyncEndpoint:
 
         return Task(self._portal, self._portal.run(submit))
 
-    def options(self, *, priority: int = 0, delay: float | None = None) -> SyncEndpoint:
-        """This endpoint with queue options (see :meth:`AsyncEndpoint.options`)."""
-        return SyncEndpoint(self._portal, self._endpoint.options(priority=priority, delay=delay))
+    def options(
+        self,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> SyncEndpoint:
+        """This endpoint with submit options (see :meth:`AsyncEndpoint.options`)."""
+        return SyncEndpoint(
+            self._portal,
+            self._endpoint.options(priority=priority, delay=delay, idempotency_key=idempotency_key),
+        )
 
     def get_task(self, task_id: str) -> Task:
         """A handle for an existing task id."""

@@ -41,3 +41,27 @@ async def test_full_queue_answers_429_and_loses_nothing() -> None:
                 await app._engine().engine.wait(task_id, timeout=10)
             again = await client.post("/hold/submit", json={})
             assert again.status_code == 200
+
+
+idem = errands.Service("idem")
+
+
+@idem.task
+async def double(n: int) -> int:
+    return 2 * n
+
+
+async def test_idempotency_key_header_returns_the_first_task() -> None:
+    app = create_app(idem)
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            headers = {"Idempotency-Key": "abc-123"}
+            first = await client.post("/double/submit", json={"n": 2}, headers=headers)
+            again = await client.post("/double/submit", json={"n": 2}, headers=headers)
+            plain = await client.post("/double/submit", json={"n": 2})
+            assert first.status_code == again.status_code == plain.status_code == 200
+            assert first.json()["task_id"] == again.json()["task_id"]
+            assert plain.json()["task_id"] != first.json()["task_id"]
+            listed = (await client.get("/tasks")).json()["tasks"]
+            assert len(listed) == 2

@@ -201,7 +201,7 @@ async def test_purge_expired(backend: Backend) -> None:
 
 async def test_enqueue_creates_and_queues_together(backend: Backend) -> None:
     rec = record(priority=2)
-    await backend.enqueue(stored(rec), priority=2, not_before=0.0)
+    assert await backend.enqueue(stored(rec), priority=2, not_before=0.0)
     got = await backend.store.get(rec.id)
     assert got is not None and reloaded(got).record == rec
     assert await backend.queue.contains(rec.id)
@@ -209,7 +209,8 @@ async def test_enqueue_creates_and_queues_together(backend: Backend) -> None:
     assert claim is not None and claim.task_id == rec.id
     # A duplicate id is neither stored again nor queued again.
     await backend.queue.ack(rec.id, claim.token)
-    await backend.enqueue(stored(attrs.evolve(rec, name="other")), priority=0, not_before=0.0)
+    again = stored(attrs.evolve(rec, name="other"))
+    assert not await backend.enqueue(again, priority=0, not_before=0.0)
     assert not await backend.queue.contains(rec.id)
     got = await backend.store.get(rec.id)
     assert got is not None and got.name == "job"

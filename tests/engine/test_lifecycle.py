@@ -341,3 +341,27 @@ async def test_waiting_leaves_no_wakeup_events_behind(
             nursery.start_soon(slow.wait)
             nursery.start_soon(slow.wait)
         assert client.engine._watchers == {}
+
+
+async def test_idempotency_key_returns_the_first_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with engine(ttl=100) as client:
+        keyed = client.add.options(idempotency_key="order-17")
+        first = await keyed.submit(a=1, b=2)
+        again = await keyed.submit(a=5, b=5)  # same key: the first task, unchanged
+        assert again.id == first.id
+        assert await first.wait() is TaskStatus.SUCCESS
+        assert await (await keyed.submit(a=1, b=2)).get() == 3
+        other = await client.add.options(idempotency_key="order-18").submit(a=1, b=2)
+        assert other.id != first.id
+        assert client.statistics().submitted == 2
+        # Another endpoint with the same key is another task.
+        assert (await client.sleepy.options(idempotency_key="order-17").submit(seconds=1)).id != (
+            first.id
+        )
+        await trio.sleep(101)  # the first task expired: the key makes a new one
+        fresh = await keyed.submit(a=2, b=2)
+        assert fresh.id == first.id
+        assert await fresh.wait() is TaskStatus.SUCCESS
+        assert await fresh.get() == 4
