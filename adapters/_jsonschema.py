@@ -169,7 +169,9 @@ def output_schema(definition: TaskDefinition, *, bentoml: bool = False) -> JSON:
     if tp is bytes:
         return {"type": "string", "format": "binary"}
     if _is_pil_image(tp):
-        return {"type": "file", "format": "image", "pil": True}
+        if bentoml:
+            return {"type": "file", "format": "image", "pil": True}
+        return {"type": "string", "format": "binary", "contentMediaType": "image/png"}
     if tp is type(None) or tp is None:
         return {"type": "null"}
     return type_schema(tp, None)

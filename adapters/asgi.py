@@ -101,6 +101,7 @@ class ErrandsApp:
         self._backend = backend
         self._engine_options = engine_options
         self._access: EngineAccess | None = None
+        self._ended = False  # a running() block ended: no engine will come back
         self._autostart_lock = threading.Lock()
         self._autostarted: errands.SyncClient | None = None
         self._schema: bytes | None = None
@@ -124,6 +125,7 @@ class ErrandsApp:
                     yield self
                 finally:
                     self._access = None
+                    self._ended = True
             return
         import anyio.to_thread
 
@@ -133,6 +135,7 @@ class ErrandsApp:
             yield self
         finally:
             self._access = None
+            self._ended = True
             await anyio.to_thread.run_sync(sync_client.close)
 
     def _start_thread_engine(self) -> errands.SyncClient:
@@ -141,6 +144,8 @@ class ErrandsApp:
     def _engine(self) -> EngineAccess:
         if self._access is not None:
             return self._access
+        if self._ended:
+            raise HTTPError(503, "the engine has stopped")
         # Mounted where nobody ran our lifespan: start the engine in its own
         # thread on first use; interpreter exit stops it.
         with self._autostart_lock:
@@ -267,12 +272,16 @@ class ErrandsApp:
                 raise HTTPError(400, str(exc)) from None
         else:
             try:
-                arguments = json.loads(body) if body.strip() else {}
+                arguments = _loads(body) if body.strip() else {}
             except (ValueError, UnicodeDecodeError) as exc:
                 raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise HTTPError(400, "the body is nested too deeply") from None
         if not isinstance(arguments, dict):
             raise HTTPError(400, "the body must be a JSON object of named arguments")
         priority = _number(query, "priority", int, default=0)
+        if not -(2**31) <= priority < 2**31:
+            raise HTTPError(400, "priority must be between -2**31 and 2**31 - 1")
         delay = _number(query, "delay", float, default=None)
         if delay is not None and (delay < 0 or not math.isfinite(delay)):
             raise HTTPError(400, "delay must be a non-negative number of seconds")
@@ -339,8 +348,8 @@ class ErrandsApp:
             status = _parse_status(status_text)
         limit = _number(query, "limit", int, default=100)
         offset = _number(query, "offset", int, default=0)
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise HTTPError(400, "limit must be 1..1000 and offset >= 0")
+        if not 1 <= limit <= 1000 or not 0 <= offset < 2**62:
+            raise HTTPError(400, "limit must be 1..1000 and offset 0..2**62")
         access = self._engine()
         infos = await self._call(access, _list_call(access.engine, name, status, limit, offset))
         return _json(
@@ -547,6 +556,22 @@ def _number(query: dict[str, list[str]], name: str, kind: type, *, default: Any)
         return kind(text)
     except ValueError:
         raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:20]} is too large for a float")
+    return value
+
+
+def _loads(body: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
+    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -8,6 +8,7 @@ instantiated once per engine start, so a model loads once).
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -202,6 +203,13 @@ class TaskDefinition:
                     except StrictTypeError as exc:
                         errors.append(FieldError(path=f"$.{p.name}", message=str(exc)))
                         continue
+                if annotation is float and not math.isfinite(value):
+                    errors.append(
+                        FieldError(
+                            path=f"$.{p.name}", message="NaN and infinity are not valid JSON"
+                        )
+                    )
+                    continue
                 out[p.name] = value
                 continue
             plain = value if from_json else converter.unstructure(value)

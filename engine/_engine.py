@@ -185,6 +185,7 @@ class Engine:
         self._open = False
         self._accepting = False
         self._stopping = False
+        self._hard_stop = False
         self._stop_requested = trio.Event()
         self._submitted = 0
         self._finished = 0
@@ -205,6 +206,7 @@ class Engine:
                 instance = await trio.to_thread.run_sync(self.service.instantiate)
             self._bound = self.service.bind(instance)
             async with trio.open_nursery() as keeper_nursery:
+                keeper_nursery.start_soon(self._stop_if_cancelled)
                 keeper_nursery.start_soon(self._keep_leases)
                 keeper_nursery.start_soon(self._write_progress)
                 async with trio.open_nursery() as runners:
@@ -248,7 +250,7 @@ class Engine:
         await self._drain()
 
     async def _drain(self) -> None:
-        if self._running or self._total:
+        if (self._running or self._total) and not self._hard_stop:
             self._idle = trio.Event()
             with trio.move_on_after(self.grace):
                 await self._idle.wait()
@@ -256,11 +258,26 @@ class Engine:
         for run in list(self._running.values()):
             run.request_stop(_Stop.SHUTDOWN)
 
-    async def aclose(self) -> None:
-        """Ask the engine to stop; returns at once (``serve`` does the draining)."""
-        await trio.lowlevel.checkpoint()
+    def stop(self) -> None:
+        """Ask the engine to stop (``serve`` drains); never blocks, never fails."""
         self._accepting = False
         self._stop_requested.set()
+
+    async def aclose(self) -> None:
+        """Ask the engine to stop; returns at once (``serve`` does the draining)."""
+        self.stop()
+        await trio.lowlevel.checkpoint()
+
+    async def _stop_if_cancelled(self) -> None:
+        # The runners nursery is shielded, so cancelling the caller's block
+        # cannot reach serve() there; this unshielded sleeper can, and turns
+        # the cancellation into a stop without the grace period.
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not self._stop_requested.is_set():
+                self._hard_stop = True
+                self.stop()
 
     def statistics(self) -> EngineStatistics:
         """Counts for this engine since it started."""
@@ -980,7 +997,7 @@ async def open_engine(
             try:
                 yield AsyncClient(engine)
             finally:
-                await engine.aclose()
+                engine.stop()  # not aclose(): it must happen even when we are cancelled
     except BaseExceptionGroup as group:
         # One error (from the caller's block, or from starting the engine)
         # comes out as itself, so ``except KeyError:`` around the block works.

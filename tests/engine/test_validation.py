@@ -289,3 +289,9 @@ def test_arguments_round_trip_through_json(
 def test_any_accepts_every_json_value(value: Any) -> None:
     out = validate("special", when="2026-01-01T00:00:00", day="2026-01-01", blob="", anything=value)
     assert out["anything"] == value
+
+
+def test_non_finite_floats_are_refused() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        errors = errors_of("scalars", i=1, f=bad, s="", b=True)
+        assert errors == {"$.f": "NaN and infinity are not valid JSON"}
