@@ -50,6 +50,8 @@ lint: $(STAMP)
 ## Benchmarks (not tests): each prints its figure beside a same-run reference.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inprocess.py
+	$(BIN)/python benchmarks/disk.py
+	$(BIN)/python benchmarks/http.py
 
 clean:
 	rm -rf $(VENV) $(BENTO_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

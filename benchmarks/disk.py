@@ -53,27 +53,24 @@ is shown.  Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
-import importlib.metadata
-import inspect
 import os
-import platform
 import secrets
 import signal
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import _common
 import diskcache
 import trio
+from _common import NOISE_NOTE, Columns, Latency, Series, check_success, load, met, run, version
 
 import errands
 from errands.backends import DiskCacheBackend
@@ -115,19 +112,6 @@ def scratch(base: str | None) -> Iterator[str]:
     """A fresh temporary directory under ``base``, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="errands-bench-", dir=base) as path:
         yield path
-
-
-def _check(statuses: Sequence[errands.TaskStatus]) -> None:
-    bad = [s for s in statuses if s is not errands.TaskStatus.SUCCESS]
-    if bad:
-        raise RuntimeError(f"{len(bad)} tasks did not succeed (first: {bad[0].value})")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 class CommitMeter:
@@ -200,7 +184,7 @@ async def errands_burst(
                         nursery.start_soon(submitter, count)
             statuses = [await task.wait() for task in tasks]
             elapsed = perf_counter() - begin
-    _check(statuses)
+    check_success(statuses)
     return elapsed
 
 
@@ -222,7 +206,7 @@ async def errands_sequential(
                 t2 = perf_counter()
                 submit.append(t1 - t0)
                 round_trip.append(t2 - t0)
-    _check(statuses)
+    check_success(statuses)
     return submit, round_trip
 
 
@@ -353,49 +337,14 @@ def huey_enqueue_latency(huey: ModuleType, n: int, base: str | None) -> list[flo
 # ---------------------------------------------------------------------- running and reporting
 
 
-class Series:
-    """Values of one figure across the repeats."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-
-    def add(self, value: float) -> None:
-        self.values.append(value)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    def span(self, fmt: str) -> str:
-        if len(self.values) < 2:
-            return ""
-        return f"[{format(min(self.values), fmt)}-{format(max(self.values), fmt)}]"
-
-
-def _run(func: Callable[..., Any], *args: Any) -> Any:
-    gc.collect()
-    if inspect.iscoroutinefunction(func):
-        return trio.run(func, *args)
-    return func(*args)
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
 def _versions(huey: ModuleType | None) -> str:
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    huey_version = _version("huey") if huey is not None else "not installed"
-    return (
-        f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"trio {trio.__version__}, errands {_version('errands')}, "
-        f"diskcache {diskcache.__version__}, huey {huey_version}, "
-        f"SQLite {sqlite3.sqlite_version}, "
-        f"{cores} cores ({usable} usable), {platform.system()} {platform.machine()}"
+    huey_version = version("huey") if huey is not None else "not installed"
+    return _common.versions(
+        (
+            f"diskcache {diskcache.__version__}",
+            f"huey {huey_version}",
+            f"SQLite {sqlite3.sqlite_version}",
+        )
     )
 
 
@@ -414,12 +363,6 @@ def _filesystem(path: str) -> str:
             if inside and len(point) > len(best):
                 best, kind = point, fields[2]
     return kind
-
-
-def _load() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "n/a"
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -489,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"N={n} tasks per burst from {submitters} submitter coroutines, engine workers={workers}, "
         f"huey workers={huey_workers}, {seq} sequential, {repeat} repeat(s); "
-        f"temp dirs under {where} ({_filesystem(where)}); load average at start: {_load()}"
+        f"temp dirs under {where} ({_filesystem(where)}); load average at start: {load()}"
     )
     print(
         f"writes per task: {WRITES_PER_TASK} (enqueue, claim, start, result, finish, ack); "
@@ -497,19 +440,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{b} task(s) = {b * WRITES_PER_TASK} writes" for b in batches)
         + " per commit"
     )
-    print("(figures are noisy on a shared machine; the ratios are what count)")
+    print(NOISE_NOTE)
     if huey is None:
         print(HUEY_MISSING)
     print()
 
     wall = perf_counter()
     warm = max(n // 4, 100)
-    _run(errands_burst, warm, submitters, workers, base)
+    run(errands_burst, warm, submitters, workers, base)
     for size in batches:
-        _run(raw_diskcache, warm, size, base)
+        run(raw_diskcache, warm, size, base)
     if huey is not None:
-        _run(huey_burst, huey, warm, huey_workers, base)
-    _run(errands_sequential, min(seq, 50), workers, base)
+        run(huey_burst, huey, warm, huey_workers, base)
+    run(errands_sequential, min(seq, 50), workers, base)
 
     durable = Series()
     ceiling = {size: Series() for size in batches}
@@ -522,10 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Series(),
     )
     keys = ("submit", "round trip", "huey", "set")
-    latency = {key: (Series(), Series()) for key in keys}
+    latency = {key: Latency() for key in keys}
     for _ in range(repeat):
         meter = CommitMeter()
-        d = n / _run(errands_burst, n, submitters, workers, base, meter)
+        d = n / run(errands_burst, n, submitters, workers, base, meter)
         durable.add(d)
         if meter.attached and meter.write_commits:
             per_commit.add(meter.write_calls / meter.write_commits)
@@ -533,40 +476,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             calls_per_task.add(meter.write_calls / n)
             results_per_task.add(meter.results / n)
         for size in batches:
-            a = n / _run(raw_diskcache, n, size, base)
+            a = n / run(raw_diskcache, n, size, base)
             ceiling[size].add(a)
             ceiling_ratio[size].add(d / a)
         if huey is not None:
-            b = n / _run(huey_burst, huey, n, huey_workers, base)
+            b = n / run(huey_burst, huey, n, huey_workers, base)
             huey_rate.add(b)
             huey_ratio.add(d / b)
-        submit, round_trip = _run(errands_sequential, seq, workers, base)
+        submit, round_trip = run(errands_sequential, seq, workers, base)
         samples = {"submit": submit, "round trip": round_trip}
-        samples["set"] = _run(raw_set_latency, seq, base)
+        samples["set"] = run(raw_set_latency, seq, base)
         if huey is not None:
-            samples["huey"] = _run(huey_enqueue_latency, huey, seq, base)
+            samples["huey"] = run(huey_enqueue_latency, huey, seq, base)
         for key, values in samples.items():
-            p50, p99 = latency[key]
-            p50.add(percentile(values, 50) * 1e6)
-            p99.add(percentile(values, 99) * 1e6)
+            latency[key].add(values)
     elapsed = perf_counter() - wall
 
-    def rate_row(label: str, series: Series) -> str:
-        return f"  {label:<52}{series.median:>9,.0f}  {series.span(',.0f')}".rstrip()
-
-    def ratio_row(label: str, series: Series, note: str = "") -> str:
-        return f"  {label:<52}{series.median:>9.2f}  {series.span('.2f'):<13} {note}".rstrip()
-
-    def met(value: float, target: float) -> str:
-        return "met" if value >= target else "NOT met"
-
+    table = Columns(label=52, value=9)
     print(f"throughput, tasks/s (median of {repeat} [min-max])")
-    print(rate_row(f"errands durable, sync no-op, {workers} workers", durable))
+    print(table.rate(f"errands durable, sync no-op, {workers} workers", durable))
     for size in batches:
         label = f"(a) raw diskcache, {size} task(s) per commit"
-        print(rate_row(label, ceiling[size]))
+        print(table.rate(label, ceiling[size]))
     if huey is not None:
-        print(rate_row(f"(b) huey SqliteHuey, {huey_workers} worker threads", huey_rate))
+        print(table.rate(f"(b) huey SqliteHuey, {huey_workers} worker threads", huey_rate))
     else:
         print(f"  (b) {HUEY_MISSING}")
     print()
@@ -574,39 +507,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     for size in batches:
         series = ceiling_ratio[size]
         note = f"target >= {CEILING_TARGET:.2f}: {met(series.median, CEILING_TARGET)}"
-        print(ratio_row(f"ratio errands / (a) raw diskcache, {size} task(s)/commit", series, note))
+        print(
+            table.ratio(f"ratio errands / (a) raw diskcache, {size} task(s)/commit", series, note)
+        )
     if huey is not None:
         note = f"target >= {HUEY_TARGET:.2f}: {met(huey_ratio.median, HUEY_TARGET)}"
-        print(ratio_row("ratio errands / (b) huey", huey_ratio, note))
+        print(table.ratio("ratio errands / (b) huey", huey_ratio, note))
     else:
         print(f"  ratio errands / (b) huey: skipped, {HUEY_MISSING}")
     print()
     print(f"errands group commit in the burst (median of {repeat} [min-max])")
     if per_commit.values:
-        print(ratio_row("write calls per errands.db commit (mean)", per_commit))
-        print(ratio_row("write calls per task, errands.db", calls_per_task))
-        print(ratio_row("errands.db write commits per task", commits_per_task))
-        print(ratio_row("results-cache commits per task (not grouped)", results_per_task))
+        print(table.ratio("write calls per errands.db commit (mean)", per_commit))
+        print(table.ratio("write calls per task, errands.db", calls_per_task))
+        print(table.ratio("errands.db write commits per task", commits_per_task))
+        print(table.ratio("results-cache commits per task (not grouped)", results_per_task))
     else:
         print("  n/a: the backend's database thread could not be metered")
     print()
     print(f"sequential latency, microseconds (median of {repeat} [min-max])")
-    print(f"  {'':<44}{'p50':>9}  {'':<17}{'p99':>9}")
+    latency_table = Columns(label=44, value=9, span=17)
+    print(latency_table.latency_header())
     labels = {
         "submit": f"errands submit, idle engine ({seq})",
         "round trip": "errands submit -> final, idle engine",
         "huey": "reference: huey enqueue, one at a time",
         "set": "reference: diskcache set, one per commit",
     }
-    for key, (p50, p99) in latency.items():
-        if not p50.values:
-            continue
-        print(
-            f"  {labels[key]:<44}{p50.median:>9,.0f}  {p50.span(',.0f'):<17}"
-            f"{p99.median:>9,.0f}  {p99.span(',.0f')}".rstrip()
-        )
+    for key, figures in latency.items():
+        if figures.p50.values:
+            print(latency_table.latency(labels[key], figures))
     print()
-    print(f"took {elapsed:.1f} s; load average at end: {_load()}")
+    print(f"took {elapsed:.1f} s; load average at end: {load()}")
     return 0
 
 

@@ -32,17 +32,13 @@ less.  Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib.metadata
-import os
-import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+import _common
 import trio
+from _common import NOISE_NOTE, Columns, Latency, Series, check_success, load, met, run
 
 import errands
 
@@ -121,12 +117,6 @@ async def to_thread(n: int, workers: int) -> float:
     return perf_counter() - begin
 
 
-def _check(statuses: Sequence[errands.TaskStatus]) -> None:
-    bad = [s for s in statuses if s is not errands.TaskStatus.SUCCESS]
-    if bad:
-        raise RuntimeError(f"{len(bad)} tasks did not succeed (first: {bad[0].value})")
-
-
 async def engine_burst(name: str, n: int, workers: int) -> float:
     """Seconds from the first of N submits until all N tasks are final."""
     async with errands.open_engine(noops, workers=workers) as client:
@@ -135,7 +125,7 @@ async def engine_burst(name: str, n: int, workers: int) -> float:
         tasks = [await endpoint.submit() for _ in range(n)]
         statuses = [await task.wait() for task in tasks]
         elapsed = perf_counter() - begin
-    _check(statuses)
+    check_success(statuses)
     return elapsed
 
 
@@ -151,7 +141,7 @@ async def pickup_sequential(name: str, n: int, workers: int) -> list[float]:
             task = await endpoint.submit()
             submitted[task.id] = t0
             statuses.append(await task.wait())
-    _check(statuses)
+    check_success(statuses)
     return [started[task_id] - t0 for task_id, t0 in submitted.items()]
 
 
@@ -168,62 +158,11 @@ async def pickup_burst(name: str, n: int, workers: int) -> list[float]:
             submitted[task.id] = t0
             tasks.append(task)
         statuses = [await task.wait() for task in tasks]
-    _check(statuses)
+    check_success(statuses)
     return [started[task_id] - t0 for task_id, t0 in submitted.items()]
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
 # ---------------------------------------------------------------------- running and reporting
-
-
-class Series:
-    """Values of one figure across the repeats."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-
-    def add(self, value: float) -> None:
-        self.values.append(value)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    def span(self, fmt: str) -> str:
-        if len(self.values) < 2:
-            return ""
-        return f"[{format(min(self.values), fmt)}-{format(max(self.values), fmt)}]"
-
-
-def _run(func: Callable[..., Any], *args: Any) -> Any:
-    gc.collect()
-    return trio.run(func, *args)
-
-
-def _versions() -> str:
-    try:
-        errands_version = importlib.metadata.version("errands")
-    except importlib.metadata.PackageNotFoundError:
-        errands_version = getattr(errands, "__version__", "?")
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (
-        f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"trio {trio.__version__}, errands {errands_version}, "
-        f"{cores} cores ({usable} usable), {platform.system()} {platform.machine()}"
-    )
-
-
-def _load() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "n/a"
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,12 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--n, --repeat, --workers and --sequential must be positive")
 
     print("errands in-process benchmark")
-    print(_versions())
+    print(_common.versions())
     print(
         f"N={n} tasks per burst, {seq} sequential, {repeat} repeat(s), engine workers={workers}, "
-        "memory backend; load average at start: " + _load()
+        "memory backend; load average at start: " + load()
     )
-    print("(figures are noisy on a shared machine; the ratios are what count)")
+    print(NOISE_NOTE)
     print()
 
     wall = perf_counter()
@@ -268,17 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         (pickup_sequential, ("async_stamp", min(seq, 200), workers)),
         (pickup_sequential, ("sync_stamp", min(seq, 200), workers)),
     ):
-        _run(func, *fargs)
+        run(func, *fargs)
 
     ref, async_rate, sync_rate, thread_rate = Series(), Series(), Series(), Series()
     async_ratio, sync_ratio, sync_thread_ratio = Series(), Series(), Series()
     keys = ("async seq", "sync seq", "async burst", "sync burst")
-    latency = {key: (Series(), Series()) for key in keys}
+    latency = {key: Latency() for key in keys}
     for _ in range(repeat):
-        r = n / _run(bare_trio, n)
-        a = n / _run(engine_burst, "async_noop", n, workers)
-        s = n / _run(engine_burst, "sync_noop", n, workers)
-        t = n / _run(to_thread, n, workers)
+        r = n / run(bare_trio, n)
+        a = n / run(engine_burst, "async_noop", n, workers)
+        s = n / run(engine_burst, "sync_noop", n, workers)
+        t = n / run(to_thread, n, workers)
         ref.add(r)
         async_rate.add(a)
         sync_rate.add(s)
@@ -287,55 +226,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         sync_ratio.add(s / r)
         sync_thread_ratio.add(s / t)
         for key, delays in (
-            ("async seq", _run(pickup_sequential, "async_stamp", seq, workers)),
-            ("sync seq", _run(pickup_sequential, "sync_stamp", seq, workers)),
-            ("async burst", _run(pickup_burst, "async_stamp", n, workers)),
-            ("sync burst", _run(pickup_burst, "sync_stamp", n, workers)),
+            ("async seq", run(pickup_sequential, "async_stamp", seq, workers)),
+            ("sync seq", run(pickup_sequential, "sync_stamp", seq, workers)),
+            ("async burst", run(pickup_burst, "async_stamp", n, workers)),
+            ("sync burst", run(pickup_burst, "sync_stamp", n, workers)),
         ):
-            p50, p99 = latency[key]
-            p50.add(percentile(delays, 50) * 1e6)
-            p99.add(percentile(delays, 99) * 1e6)
+            latency[key].add(delays)
     elapsed = perf_counter() - wall
 
-    def rate_row(label: str, series: Series) -> str:
-        return f"  {label:<44}{series.median:>11,.0f}  {series.span(',.0f')}".rstrip()
-
-    def ratio_row(label: str, series: Series, note: str = "") -> str:
-        return f"  {label:<44}{series.median:>11.2f}  {series.span('.2f'):<13} {note}".rstrip()
-
+    table = Columns(label=44, value=11)
     print(f"throughput, tasks/s (median of {repeat} [min-max])")
-    print(rate_row("reference: bare trio (spawn + Event)", ref))
-    print(rate_row("errands async no-op", async_rate))
-    print(rate_row("errands sync no-op", sync_rate))
-    print(rate_row(f"reference: to_thread.run_sync, limiter {workers}", thread_rate))
+    print(table.rate("reference: bare trio (spawn + Event)", ref))
+    print(table.rate("errands async no-op", async_rate))
+    print(table.rate("errands sync no-op", sync_rate))
+    print(table.rate(f"reference: to_thread.run_sync, limiter {workers}", thread_rate))
     print()
-    met = "met" if async_ratio.median >= ASYNC_TARGET else "NOT met"
     print(f"ratios (median of per-round ratios [min-max]; {workers} workers)")
     print(
-        ratio_row(
+        table.ratio(
             "ratio async errands / bare trio",
             async_ratio,
-            f"target >= {ASYNC_TARGET:.2f}: {met}",
+            f"target >= {ASYNC_TARGET:.2f}: {met(async_ratio.median, ASYNC_TARGET)}",
         )
     )
-    print(ratio_row("ratio sync errands / bare trio", sync_ratio))
-    print(ratio_row("ratio sync errands / to_thread reference", sync_thread_ratio))
+    print(table.ratio("ratio sync errands / bare trio", sync_ratio))
+    print(table.ratio("ratio sync errands / to_thread reference", sync_thread_ratio))
     print()
     print(f"pickup latency, submit -> start, microseconds (median of {repeat} [min-max])")
-    print(f"  {'':<30}{'p50':>11}  {'':<25}{'p99':>11}")
+    latency_table = Columns(label=30, value=11, span=25)
+    print(latency_table.latency_header())
     labels = {
         "async seq": f"async, one at a time ({seq})",
         "sync seq": f"sync, one at a time ({seq})",
         "async burst": f"async, burst of {n}",
         "sync burst": f"sync, burst of {n}",
     }
-    for key, (p50, p99) in latency.items():
-        print(
-            f"  {labels[key]:<30}{p50.median:>11,.0f}  {p50.span(',.0f'):<25}"
-            f"{p99.median:>11,.0f}  {p99.span(',.0f')}".rstrip()
-        )
+    for key, figures in latency.items():
+        print(latency_table.latency(labels[key], figures))
     print()
-    print(f"took {elapsed:.1f} s; load average at end: {_load()}")
+    print(f"took {elapsed:.1f} s; load average at end: {load()}")
     return 0
 
 

@@ -12,10 +12,14 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "disk.py"
 HUEY_MISSING = "huey not installed: pip install huey"
 
-# Runs the script with ``import huey`` failing, as on a machine without it.
+# Runs the script with ``import huey`` failing, as on a machine without it, and
+# with the script's folder first on sys.path, as ``python benchmarks/disk.py``
+# has it (the scripts ``import _common`` from there).
 WITHOUT_HUEY = (
-    "import runpy, sys; sys.modules['huey'] = None; "
-    "sys.argv = [sys.argv[1], '--quick']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    "import os, runpy, sys; sys.modules['huey'] = None; "
+    "sys.argv = [sys.argv[1], '--quick']; "
+    "sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0]))); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
 

@@ -1,0 +1,164 @@
+"""What the benchmark scripts share: figures across rounds, running, printing.
+
+The scripts run as ``python benchmarks/NAME.py``, which puts this folder on
+``sys.path``, so they ``import _common``.  Conventions they all follow: a
+header with versions, cores and load; a warm-up; R rounds, one of each
+measurement per round; the median and the min-max of each figure; ratios
+taken within a round, then their median; nothing asserts a speed.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import inspect
+import os
+import platform
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+import errands
+
+__all__ = [
+    "NOISE_NOTE",
+    "Columns",
+    "Latency",
+    "Series",
+    "check_success",
+    "load",
+    "met",
+    "percentile",
+    "run",
+    "version",
+    "versions",
+]
+
+NOISE_NOTE = "(figures are noisy on a shared machine; the ratios are what count)"
+
+
+class Series:
+    """Values of one figure across the repeats."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def span(self, fmt: str) -> str:
+        if len(self.values) < 2:
+            return ""
+        return f"[{format(min(self.values), fmt)}-{format(max(self.values), fmt)}]"
+
+
+class Latency:
+    """The p50 and p99 of one latency figure across the repeats, in microseconds."""
+
+    def __init__(self) -> None:
+        self.p50 = Series()
+        self.p99 = Series()
+
+    def add(self, seconds: Sequence[float]) -> None:
+        """Add one round's samples (in seconds)."""
+        self.p50.add(percentile(seconds, 50) * 1e6)
+        self.p99.add(percentile(seconds, 99) * 1e6)
+
+
+@attrs.frozen
+class Columns:
+    """Column widths of one printed table: the label, each value, each [min-max]."""
+
+    label: int
+    value: int
+    span: int = 13
+
+    def rate(self, label: str, series: Series, note: str = "") -> str:
+        """A row of a rate (thousands separated, no decimals), with an optional note."""
+        value = f"{series.median:>{self.value},.0f}"
+        span = series.span(",.0f")
+        return f"  {label:<{self.label}}{value}  {span:<{self.span}} {note}".rstrip()
+
+    def ratio(self, label: str, series: Series, note: str = "") -> str:
+        """A row of a ratio (two decimals), with an optional note after the span."""
+        return (
+            f"  {label:<{self.label}}{series.median:>{self.value}.2f}  "
+            f"{series.span('.2f'):<{self.span}} {note}"
+        ).rstrip()
+
+    def latency_header(self) -> str:
+        return f"  {'':<{self.label}}{'p50':>{self.value}}  {'':<{self.span}}{'p99':>{self.value}}"
+
+    def latency(self, label: str, latency: Latency) -> str:
+        """A row of a latency: p50 and p99, each with its span."""
+        p50, p99 = latency.p50, latency.p99
+        return (
+            f"  {label:<{self.label}}{p50.median:>{self.value},.0f}  "
+            f"{p50.span(',.0f'):<{self.span}}{p99.median:>{self.value},.0f}  {p99.span(',.0f')}"
+        ).rstrip()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def check_success(statuses: Sequence[errands.TaskStatus]) -> None:
+    """Raise unless every task succeeded: a benchmark of failing tasks measures nothing."""
+    bad = [s for s in statuses if s is not errands.TaskStatus.SUCCESS]
+    if bad:
+        raise RuntimeError(f"{len(bad)} tasks did not succeed (first: {bad[0].value})")
+
+
+def met(value: float, target: float) -> str:
+    return "met" if value >= target else "NOT met"
+
+
+def run(func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)`` after a garbage collection; under ``trio.run`` when it is async."""
+    gc.collect()
+    if inspect.iscoroutinefunction(func):
+        return trio.run(func, *args)
+    return func(*args)
+
+
+def version(name: str) -> str:
+    """The installed version of distribution ``name``, or ``?``."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def versions(extra: Iterable[str] = ()) -> str:
+    """The header's platform line: Python, trio, errands, ``extra``, cores, system."""
+    errands_version = version("errands")
+    if errands_version == "?":
+        errands_version = getattr(errands, "__version__", "?")
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    parts = [
+        f"Python {platform.python_version()} ({platform.python_implementation()})",
+        f"trio {trio.__version__}",
+        f"errands {errands_version}",
+        *extra,
+        f"{cores} cores ({usable} usable)",
+        f"{platform.system()} {platform.machine()}",
+    ]
+    return ", ".join(parts)
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 minutes), or ``n/a``."""
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
