@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from python_multipart import parse_form
@@ -24,8 +25,14 @@ class MultipartError(ValueError):
     """The body is not a well-formed multipart form."""
 
 
-def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    """The named arguments in a ``multipart/form-data`` body."""
+def parse_multipart(
+    content_type: str, body: bytes, *, lists: Callable[[str], bool] = lambda name: False
+) -> dict[str, Any]:
+    """The named arguments in a ``multipart/form-data`` body.
+
+    ``lists(name)`` tells whether an argument takes a list of files, so that
+    one part still makes a list of one.
+    """
     fields: dict[str, Any] = {}
     files: dict[str, list[str]] = {}
 
@@ -36,6 +43,8 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
             fields[name] = json.loads(raw)
         except ValueError:
             fields[name] = raw
+        except RecursionError:
+            raise MultipartError(f"the field {name!r} is nested too deeply") from None
 
     def on_file(part: File) -> None:
         name = part.field_name.decode("utf-8") if part.field_name else ""
@@ -50,8 +59,10 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     }
     try:
         parse_form(headers, io.BytesIO(body), on_field, on_file)
+    except MultipartError:
+        raise
     except (FormParserError, ValueError) as exc:
         raise MultipartError(f"the multipart body cannot be read: {exc}") from None
     for name, parts in files.items():
-        fields[name] = parts[0] if len(parts) == 1 else parts
+        fields[name] = parts if len(parts) > 1 or lists(name) else parts[0]
     return fields

@@ -13,7 +13,15 @@ import json
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+import typing
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -36,6 +44,7 @@ from errands import (
     TaskStatus,
 )
 from errands._define import as_service
+from errands._engine import idempotent_id
 
 from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
@@ -116,6 +125,7 @@ class ErrandsApp:
         Under trio the engine runs in the current loop; under asyncio in its
         own trio thread.  Leaving the block drains it (see ``grace``).
         """
+        self._ended = False
         if sniffio.current_async_library() == "trio":
             async with errands.open_engine(
                 self.service, backend=self._backend, **self._engine_options
@@ -157,6 +167,7 @@ class ErrandsApp:
 
     def close(self) -> None:
         """Stop an engine that was started by a first request (idempotent)."""
+        self._ended = True
         client, self._autostarted = self._autostarted, None
         if client is not None:
             self._access = None
@@ -216,8 +227,13 @@ class ErrandsApp:
             path = path[len(root) :] or "/"
         method: str = scope["method"]
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if path in ("/readyz", "/livez"):
+        if path == "/livez":
             _allow(method, ("GET", "HEAD"))
+            return _json(200, {"status": "ok"})
+        if path == "/readyz":
+            _allow(method, ("GET", "HEAD"))
+            if self._ended:
+                raise HTTPError(503, "the engine has stopped")
             return _json(200, {"status": "ok"})
         if path == "/schema.json":
             _allow(method, ("GET",))
@@ -267,7 +283,9 @@ class ErrandsApp:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if content_type.lower().startswith("multipart/form-data"):
             try:
-                arguments: Any = parse_multipart(content_type, body)
+                arguments: Any = parse_multipart(
+                    content_type, body, lists=lambda name: _takes_list(definition, name)
+                )
             except MultipartError as exc:
                 raise HTTPError(400, str(exc)) from None
         else:
@@ -286,6 +304,15 @@ class ErrandsApp:
         if delay is not None and (delay < 0 or not math.isfinite(delay)):
             raise HTTPError(400, "delay must be a non-negative number of seconds")
         access = self._engine()
+        if self.max_pending is not None and idempotency_key is not None:
+            # A repeat of an accepted submit is answered even when the queue is full.
+            first = idempotent_id(self.service.name, definition.name, idempotency_key)
+            try:
+                status = await access.call(access.engine.status, first)
+            except TaskNotFound:
+                pass
+            else:
+                return _json(200, {"task_id": first, "status": self._status_name(status)})
         if self.max_pending is not None:
             waiting = await self._call(access, access.engine.backend.queue.depth)
             if waiting >= self.max_pending:
@@ -522,6 +549,14 @@ def _parse_status(text: str) -> TaskStatus:
             return status
     allowed = ", ".join(s.value for s in TaskStatus)
     raise HTTPError(400, f"unknown status {text!r}; one of {allowed}")
+
+
+def _takes_list(definition: TaskDefinition, name: str) -> bool:
+    for param in definition.params:
+        if param.name == name:
+            origin = typing.get_origin(param.annotation)
+            return origin in (list, tuple, set, frozenset, Sequence)
+    return False
 
 
 def _header(scope: Scope, name: bytes) -> str:

@@ -212,13 +212,16 @@ class TaskDefinition:
                     continue
                 out[p.name] = value
                 continue
-            plain = value if from_json else converter.unstructure(value)
             try:
+                plain = value if from_json else converter.unstructure(value)
                 converter.structure(plain, annotation)
+                errors.extend(check_json(plain, f"$.{p.name}"))
+            except RecursionError:
+                errors.append(FieldError(path=f"$.{p.name}", message="nested too deeply"))
+                continue
             except Exception as exc:
                 errors.extend(field_errors(exc, f"$.{p.name}"))
                 continue
-            errors.extend(check_json(plain, f"$.{p.name}"))
             out[p.name] = plain
         for key in arguments:
             if key not in self._by_name:

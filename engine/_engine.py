@@ -150,10 +150,8 @@ class Engine:
         sweep_interval: float,
         clock: Callable[[], float],
     ) -> None:
-        if ttl <= 0 or lease <= 0 or workers < 1 or grace < 0 or max_attempts < 1:
-            raise ValueError(
-                "ttl, lease and max_attempts must be positive; workers >= 1; grace >= 0"
-            )
+        if ttl <= 0 or lease <= 0 or workers < 0 or grace < 0 or max_attempts < 1:
+            raise ValueError("ttl, lease and max_attempts must be positive; workers and grace >= 0")
         self.service = service
         self.backend = backend
         self.ttl = float(ttl)
@@ -746,7 +744,7 @@ class Engine:
         assert isinstance(result, outcome.Value)
         try:
             payload = encode_result(result.value, run.definition.return_type)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             error = TaskError(type="InvalidResult", message=f"the result cannot be stored: {exc}")
             await self._fail_or_retry(run, record, error, final=True)
             return
@@ -972,7 +970,9 @@ async def open_engine(
         ttl: seconds a finished task is kept (tasks may set their own).
         lease: seconds a claim lives without renewal; a dead worker's task is
             re-run after this.
-        workers: how many tasks may run at once, all endpoints together.
+        workers: how many tasks may run at once, all endpoints together; 0
+            makes a pure client that submits and reads but runs nothing (for a
+            shared backend whose tasks other processes run).
         grace: seconds running tasks get to finish when the block exits;
             then async ones are cancelled and all unfinished ones go back to
             the queue.

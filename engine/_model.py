@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 import attrs
+import cattrs.gen
 
 from ._convert import converter, dumps
 from ._errors import BackendError
@@ -87,6 +88,29 @@ class TaskRecord:
         fields.update(self.__dict__)
         fields.update(changes)
         return new
+
+
+def _args_as_is(value: Any, _: Any = None) -> Any:
+    if not isinstance(value, dict):
+        raise TypeError("args must be an object")
+    return value
+
+
+# A record's args are JSON data already (validated at submit): they are
+# copied as they are, never walked by cattrs (which would recurse as deep as
+# the data is nested).
+converter.register_unstructure_hook(
+    TaskRecord,
+    cattrs.gen.make_dict_unstructure_fn(
+        TaskRecord, converter, args=cattrs.gen.override(unstruct_hook=_args_as_is)
+    ),
+)
+converter.register_structure_hook(
+    TaskRecord,
+    cattrs.gen.make_dict_structure_fn(
+        TaskRecord, converter, args=cattrs.gen.override(struct_hook=_args_as_is)
+    ),
+)
 
 
 def _utc(ts: float | None) -> dt.datetime | None:

@@ -210,12 +210,12 @@ WORKER_SERVICE = textwrap.dedent(
 def test_worker_runs_tasks_from_a_shared_backend(tmp_path: Path) -> None:
     (tmp_path / "jobs.py").write_text(WORKER_SERVICE)
     data = tmp_path / "data"
-    # Submit with a client that runs nothing itself (it is closed at once).
+    # Submit with a pure client: workers=0 runs nothing itself.
     submit = textwrap.dedent(
         f"""
         import json, errands, jobs
-        client = errands.start(jobs.svc, backend="diskcache://{data}", workers=1, grace=0)
-        ids = [client.job.options(delay=0.5).submit(n=i).id for i in range(20)]
+        client = errands.start(jobs.svc, backend="diskcache://{data}", workers=0)
+        ids = [client.job.submit(n=i).id for i in range(20)]
         client.close()
         print(json.dumps(ids))
         """
@@ -236,7 +236,7 @@ def test_worker_runs_tasks_from_a_shared_backend(tmp_path: Path) -> None:
             check = textwrap.dedent(
                 f"""
                 import json, errands, jobs
-                with errands.start(jobs.svc, backend="diskcache://{data}", workers=1) as c:
+                with errands.start(jobs.svc, backend="diskcache://{data}", workers=0) as c:
                     tasks = [c.get_task(i) for i in {ids!r}]
                     print(json.dumps([[t.wait(timeout=30).value, t.get()] for t in tasks]))
                 """
@@ -251,7 +251,7 @@ def test_worker_runs_tasks_from_a_shared_backend(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr
             rows = json.loads(result.stdout)
             assert all(status == "success" for status, _ in rows)
-            assert worker.pid in {pid for _, pid in rows}
+            assert {pid for _, pid in rows} == {worker.pid}  # all ran in the worker
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0
             assert worker.stderr is not None and "draining" in worker.stderr.read()

@@ -219,23 +219,12 @@ async def test_submit_refuses_non_json_numbers(client: httpx.AsyncClient, token:
     assert "$.x" in {e["path"] for e in form.json()["errors"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter bug: parse_multipart's json.loads of a field can raise RecursionError, "
-    "which is neither FormParserError nor ValueError: 500 instead of 400",
-)
 async def test_multipart_deeply_nested_field_is_400(client: httpx.AsyncClient) -> None:
     form = {"value": "[" * 100_000}
     response = await client.post("/echo/submit", data=form, files={"f": ("f", b"")})
     assert response.status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: encode_result catches TypeError/ValueError only; a RecursionError "
-    "from a deeply nested result escapes _settle and crashes the whole engine (one ~1 KB "
-    "request takes every task down); the adapter could also refuse deep JSON at parse time",
-)
 async def test_deeply_nested_value_does_not_crash_the_engine(client: httpx.AsyncClient) -> None:
     depth = 500
     body = b'{"value": ' + b"[" * depth + b"]" * depth + b"}"
@@ -460,11 +449,6 @@ async def test_multipart_over_max_body_size_is_413() -> None:
         assert big.status_code == 413
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: one file part for a list[bytes] argument becomes a single string "
-    "(parse_multipart ignores the annotation), so a one-file upload is a 422",
-)
 async def test_multipart_one_file_for_a_list(client: httpx.AsyncClient) -> None:
     response = await client.post("/count/submit", files=[("files", ("a", b"1"))])
     assert await result_of(client, "/count", response) == 1
@@ -515,11 +499,6 @@ async def test_idempotency_key_returns_the_first_task(client: httpx.AsyncClient)
     assert [t["task_id"] for t in listed].count(first["task_id"]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter bug: the max_pending check runs before the idempotency lookup, so the "
-    "repeat of an accepted submit is refused with 429 while the queue is full",
-)
 async def test_idempotent_repeat_while_the_queue_is_full() -> None:
     async with in_process(create_app(svc, max_pending=1)) as client:
         headers = {"idempotency-key": "k"}
@@ -1077,11 +1056,6 @@ async def test_lazy_autostart_when_no_lifespan_ran() -> None:
     assert not any(t.name == "errands-engine" and t.is_alive() for t in threading.enumerate())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter bug: close() does not mark the app ended, so a later request lazily "
-    "starts another engine thread (with an empty memory backend; stopped only at exit)",
-)
 async def test_no_lazy_restart_after_close() -> None:
     app = create_app(svc, grace=1)
     transport = httpx.ASGITransport(app=app)

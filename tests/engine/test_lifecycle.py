@@ -365,3 +365,13 @@ async def test_idempotency_key_returns_the_first_task(
         assert fresh.id == first.id
         assert await fresh.wait() is TaskStatus.SUCCESS
         assert await fresh.get() == 4
+
+
+async def test_workers_zero_is_a_pure_client(autojump_clock: trio.testing.MockClock) -> None:
+    backend = MemoryBackend()
+    async with engine(backend=backend, workers=0) as client:
+        task = await client.add.submit(a=1, b=1)
+        await trio.sleep(60)
+        assert await task.get_status() is TaskStatus.PENDING  # nothing runs here
+    async with engine(backend=backend) as client:
+        assert await client.get_task(task.id).wait() is TaskStatus.SUCCESS
