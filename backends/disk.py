@@ -196,7 +196,10 @@ class DiskCacheQueue(Queue):
                 )
             return claims
 
-        return await self._db.run(claim)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: the engine sees every claim
+            claims = await self._db.run(claim)
+        return claims
 
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
         [answer] = await self.renew_many([(task_id, token)], lease_until=lease_until)

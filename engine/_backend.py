@@ -76,6 +76,8 @@ class Queue(abc.ABC):
 
         Each claim gets a fencing token larger than any token this queue gave
         before.  Claimed entries stop being waiting; they are not removed.
+        If it raises ``Cancelled``, nothing was claimed (a claim nobody saw
+        would sit unrun until its lease ran out): once begun, it finishes.
         """
 
     @abc.abstractmethod

@@ -560,16 +560,13 @@ class Engine:
             timeout = math.inf
             if free > 0 and quotas:
                 now = self.clock()
-                # Shielded: a claim made but never seen would sit unrun until
-                # its lease ran out.  What it returns is run (or handed back).
-                with trio.CancelScope(shield=True):
-                    claims = await self._queue.claim(
-                        owner=self.owner,
-                        quotas=quotas,
-                        limit=free,
-                        now=now,
-                        lease_until=now + self.lease,
-                    )
+                claims = await self._queue.claim(
+                    owner=self.owner,
+                    quotas=quotas,
+                    limit=free,
+                    now=now,
+                    lease_until=now + self.lease,
+                )
                 for claim in claims:
                     self._active[claim.name] += 1
                     quotas[claim.name] -= 1
