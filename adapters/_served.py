@@ -2,7 +2,8 @@
 
 Servers that run several worker processes import the application by path in
 each process; the CLI puts its settings in ``ERRANDS_SERVE`` (JSON) and points
-the server at ``errands.adapters._served:app``.
+the server at ``errands.adapters._served:app``.  Importing this module builds
+the app, so only the CLI (after setting the variable) and servers import it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from ._target import load_service
 from .asgi import ErrandsApp, create_app
 
-__all__ = ["build_app"]  # and ``app``, built on first access
+__all__ = ["app", "build_app"]
 
 
 def build_app() -> ErrandsApp:
@@ -28,8 +29,6 @@ def build_app() -> ErrandsApp:
     )
 
 
-def __getattr__(name: str) -> ErrandsApp:
-    # Built when a server asks for it, not when the CLI imports build_app.
-    if name == "app":
-        return build_app()
-    raise AttributeError(name)
+#: A plain module attribute: hypercorn looks it up with ``eval`` in the
+#: module's namespace, which a module ``__getattr__`` would not serve.
+app = build_app()

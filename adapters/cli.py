@@ -159,9 +159,8 @@ def _serve_here(args: argparse.Namespace, config: Any) -> int:
 
     import hypercorn.trio
 
-    from ._served import build_app
+    from ._served import app
 
-    app = build_app()
     # A server makes many short-lived objects per request; collecting the
     # young generation less often measured 10% more submits/s under hypercorn.
     gc.set_threshold(50_000, 50, 100)

@@ -264,3 +264,17 @@ def test_python_dash_m_errands_shows_help() -> None:
     done = subprocess.run([*ERRANDS, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "serve" in done.stdout and "worker" in done.stdout
     assert os.path.exists(ROOT / "engine" / "__main__.py")
+
+
+def test_serve_with_several_worker_processes(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(WORKER_SERVICE)
+    args = ["jobs.py:svc", "--workers", "2", "--backend", "diskcache://./data"]
+    with serving(args, tmp_path) as (proc, base):
+        ids = [httpx.post(f"{base}/job/submit", json={"n": i}).json()["task_id"] for i in range(20)]
+        pids = set()
+        for task_id in ids:
+            assert wait_final(base, "job", task_id)["status"] == "success"
+            pids.add(httpx.get(f"{base}/job/get", params={"task_id": task_id}).json())
+        assert len(pids) >= 1 and proc.pid not in pids  # run by the worker processes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
