@@ -278,3 +278,14 @@ def test_serve_with_several_worker_processes(tmp_path: Path) -> None:
         assert len(pids) >= 1 and proc.pid not in pids  # run by the worker processes
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_serve_with_uvicorn(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(WORKER_SERVICE)
+    args = ["jobs.py:svc", "--server", "uvicorn", "--backend", "memory://"]
+    with serving(args, tmp_path) as (proc, base):
+        task_id = httpx.post(f"{base}/job/submit", json={"n": 1}).json()["task_id"]
+        assert wait_final(base, "job", task_id)["status"] == "success"
+        assert httpx.get(f"{base}/job/get", params={"task_id": task_id}).json() == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
