@@ -35,6 +35,13 @@ _TASK_ID = {
     "description": "The task id given by submit.",
     "schema": {"type": "string"},
 }
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Hold the request until the task is final or this many seconds pass.",
+    "schema": {"type": "number", "minimum": 0},
+}
 
 
 def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
@@ -94,7 +101,7 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
                 "operationId": f"{name}_status",
                 "summary": "The status of a task",
                 "tags": [name],
-                "parameters": [_TASK_ID],
+                "parameters": [_TASK_ID, _WAIT],
                 "responses": {
                     "200": _response("The task", {"$ref": "#/components/schemas/TaskInfo"}),
                     "400": _error("No task_id"),
@@ -107,7 +114,7 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
                 "operationId": f"{name}_get",
                 "summary": "The result of a finished task",
                 "tags": [name],
-                "parameters": [_TASK_ID],
+                "parameters": [_TASK_ID, _WAIT],
                 "responses": {
                     "200": _response("The result", output, media),
                     "400": _error("No task_id"),

@@ -99,6 +99,7 @@ class ErrandsApp:
         bentoml_compat: bool,
         max_body_size: int,
         max_pending: int | None,
+        max_wait: float,
         engine_options: dict[str, Any],
     ) -> None:
         self.service = as_service(service)
@@ -107,6 +108,7 @@ class ErrandsApp:
         self.bentoml_compat = bentoml_compat
         self.max_body_size = max_body_size
         self.max_pending = max_pending
+        self.max_wait = max_wait
         self._backend = backend
         self._engine_options = engine_options
         self._access: EngineAccess | None = None
@@ -263,9 +265,10 @@ class ErrandsApp:
             )
         task_id = _one(query, "task_id", required=True)
         assert task_id is not None
-        if action == "status":
-            return await self._status(task_id)
-        if action == "get":
+        if action in ("status", "get"):
+            await self._long_poll(task_id, query)
+            if action == "status":
+                return await self._status(task_id)
             return await self._get(task_id)
         if action == "cancel":
             return await self._cancel(task_id)
@@ -326,6 +329,22 @@ class ErrandsApp:
             ),
         )
         return _json(200, {"task_id": record.id, "status": self._status_name(record.status)})
+
+    async def _long_poll(self, task_id: str, query: dict[str, list[str]]) -> None:
+        """``?wait=S``: hold the request until the task is final or S seconds
+        pass (at most ``max_wait``); event-driven, no polling inside."""
+        wait = _number(query, "wait", float, default=None)
+        if wait is None:
+            return
+        if not (math.isfinite(wait) and wait >= 0):
+            raise HTTPError(400, "wait must be a non-negative number of seconds")
+        wait = min(wait, self.max_wait)
+        if wait > 0:
+            access = self._engine()
+            try:
+                await self._call(access, access.engine.wait, task_id, wait)
+            except TimeoutError:
+                pass  # answer with the state it is in now
 
     async def _status(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
@@ -624,6 +643,7 @@ def create_app(
     bentoml_compat: bool = False,
     max_body_size: int = DEFAULT_MAX_BODY,
     max_pending: int | None = None,
+    max_wait: float = 60.0,
     ttl: float = 86400.0,
     lease: float = 30.0,
     workers: int = 32,
@@ -641,6 +661,8 @@ def create_app(
         max_body_size: the largest request body accepted, in bytes (413 above).
         max_pending: refuse submits with 429 (and ``Retry-After``) while this
             many tasks wait in the queue (None: no limit).
+        max_wait: the longest a ``?wait=`` long poll on status/get is held,
+            in seconds.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, as for :func:`errands.open_engine`.
     """
@@ -654,6 +676,7 @@ def create_app(
         bentoml_compat=bentoml_compat,
         max_body_size=max_body_size,
         max_pending=max_pending,
+        max_wait=max_wait,
         engine_options={
             "ttl": ttl,
             "lease": lease,
