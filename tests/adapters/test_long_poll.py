@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 import trio
@@ -20,41 +22,45 @@ async def nap(seconds: float) -> str:
     return "rested"
 
 
-async def test_long_poll_returns_when_the_task_ends(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the memory backend; tests take autojump_clock (pytest-trio reads
+    the clock from the test's own arguments)."""
     app = create_app(svc, max_wait=30)
-    app._engine_options["clock"] = trio_wall
+    app._engine_options["clock"] = trio_wall  # stored times follow the mock clock
     async with app.running():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            task_id = (await client.post("/nap/submit", json={"seconds": 5})).json()["task_id"]
-            start = trio.current_time()
-            status = await client.get("/nap/status", params={"task_id": task_id, "wait": 20})
-            assert status.json()["status"] == "success"
-            assert trio.current_time() - start == pytest.approx(5)  # not 20: no polling
-            task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
-            got = await client.get("/nap/get", params={"task_id": task_id, "wait": 10})
-            assert got.status_code == 200 and got.text == "rested"
+            yield client
+
+
+async def test_long_poll_returns_when_the_task_ends(
+    autojump_clock: trio.testing.MockClock, client: httpx.AsyncClient
+) -> None:
+    task_id = (await client.post("/nap/submit", json={"seconds": 5})).json()["task_id"]
+    start = trio.current_time()
+    status = await client.get("/nap/status", params={"task_id": task_id, "wait": 20})
+    assert status.json()["status"] == "success"
+    assert trio.current_time() - start == pytest.approx(5)  # not 20: no polling
+    task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
+    got = await client.get("/nap/get", params={"task_id": task_id, "wait": 10})
+    assert got.status_code == 200 and got.text == "rested"
 
 
 async def test_long_poll_times_out_with_the_current_state(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, client: httpx.AsyncClient
 ) -> None:
-    app = create_app(svc, max_wait=30)
-    app._engine_options["clock"] = trio_wall
-    async with app.running():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            task_id = (await client.post("/nap/submit", json={"seconds": 500})).json()["task_id"]
-            start = trio.current_time()
-            status = await client.get("/nap/status", params={"task_id": task_id, "wait": 7})
-            assert status.json()["status"] == "in_progress"
-            assert trio.current_time() - start == pytest.approx(7)
-            start = trio.current_time()
-            got = await client.get("/nap/get", params={"task_id": task_id, "wait": 1000})
-            assert got.status_code == 409  # held at most max_wait
-            assert trio.current_time() - start == pytest.approx(30)
-            for bad in ("-1", "nan", "soon"):
-                answer = await client.get("/nap/status", params={"task_id": task_id, "wait": bad})
-                assert answer.status_code == 400
-            missing = await client.get("/nap/status", params={"task_id": "x" * 22, "wait": 5})
-            assert missing.status_code == 404
+    task_id = (await client.post("/nap/submit", json={"seconds": 500})).json()["task_id"]
+    start = trio.current_time()
+    status = await client.get("/nap/status", params={"task_id": task_id, "wait": 7})
+    assert status.json()["status"] == "in_progress"
+    assert trio.current_time() - start == pytest.approx(7)
+    start = trio.current_time()
+    got = await client.get("/nap/get", params={"task_id": task_id, "wait": 1000})
+    assert got.status_code == 409  # held at most max_wait
+    assert trio.current_time() - start == pytest.approx(30)
+    for bad in ("-1", "nan", "soon"):
+        answer = await client.get("/nap/status", params={"task_id": task_id, "wait": bad})
+        assert answer.status_code == 400
+    missing = await client.get("/nap/status", params={"task_id": "x" * 22, "wait": 5})
+    assert missing.status_code == 404
