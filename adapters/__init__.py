@@ -1,9 +1,25 @@
 """Adapters that put errands on the network: the ASGI app, HTTP clients, CLI.
 
-The HTTP clients (``SyncHTTPClient``, ``AsyncHTTPClient``) will live here and
-be re-exported lazily by ``errands``.
+The HTTP clients are re-exported lazily by ``errands`` as
+``errands.SyncHTTPClient`` and ``errands.AsyncHTTPClient``.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .client import (
+    AsyncHTTPClient,
+    AsyncHTTPEndpoint,
+    AsyncHTTPTask,
+    HTTPEndpoint,
+    HTTPTask,
+    SyncHTTPClient,
+)
+
+__all__ = [
+    "AsyncHTTPClient",
+    "AsyncHTTPEndpoint",
+    "AsyncHTTPTask",
+    "HTTPEndpoint",
+    "HTTPTask",
+    "SyncHTTPClient",
+]

@@ -475,11 +475,13 @@ class ErrandsApp:
             "executed_at": iso(info.started_at),
             "completed_at": iso(info.finished_at),
             "attempt": info.attempt,
+            "max_attempts": info.max_attempts,
             "progress": info.progress,
             "message": info.message,
             "error": None if info.error is None else str(info.error),
             "retry_of": info.retry_of,
             "position": info.position,
+            "expires_at": iso(info.expires_at),
         }
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -519,8 +521,11 @@ class ErrandsApp:
                 }
                 for d in self.definitions.values()
             ]
+            # "errands" tells errands' clients what this server offers beyond
+            # BentoML's protocol (BentoML's clients read only "routes").
+            extra = {"version": errands.__version__, "max_wait": self.max_wait}
             self._schema = _json_bytes(
-                {"name": self.service.name, "type": "service", "routes": routes}
+                {"name": self.service.name, "type": "service", "routes": routes, "errands": extra}
             )
         return self._schema
 

@@ -12,7 +12,9 @@ a subclass by what they do about it::
     ├── InvalidArguments      arguments rejected at submit (HTTP 422)
     ├── InvalidTransition     a state change the state machine forbids
     ├── BackendError          storage is unusable (bad URL, corrupt data, ...)
-    ├── EngineClosed          the engine is not running
+    ├── EngineClosed          the engine is not running (HTTP 503)
+    ├── RemoteError           an HTTP client got an answer no other error means,
+    │                         or could not reach the server
     └── FinalError            raised *by task code*: fail now, never retry
 
 ``TimeoutError`` (the builtin) is raised by ``wait(timeout=...)``.
@@ -33,6 +35,7 @@ __all__ = [
     "FinalError",
     "InvalidArguments",
     "InvalidTransition",
+    "RemoteError",
     "TaskCancelled",
     "TaskFailed",
     "TaskNotFound",
@@ -119,6 +122,18 @@ class BackendError(ErrandsError):
 
 class EngineClosed(ErrandsError, RuntimeError):
     """The engine is not running (not started yet, or shut down)."""
+
+
+class RemoteError(ErrandsError):
+    """An HTTP client could not reach the server, or got an answer that no
+    other error stands for (a 400, a 429 "queue full", a 500 of the server).
+
+    ``status_code`` is the HTTP status (None when there was no answer) and
+    ``retry_after`` the seconds the server asked to wait, if it did.
+    """
+
+    status_code: int | None = None
+    retry_after: float | None = None
 
 
 class FinalError(ErrandsError):

@@ -28,6 +28,32 @@ __all__ = ["SyncClient", "SyncEndpoint", "Task", "start"]
 T = TypeVar("T")
 
 
+def task_html(task: Any) -> str:
+    """A task handle as HTML for notebooks (``_repr_html_``); never raises."""
+    try:
+        info = task.get_info()
+    except Exception as exc:  # a notebook display must never raise
+        name, state, detail = task.name, "unknown", html.escape(str(exc))
+    else:
+        name, state = info.name, info.status.value
+        bits = []
+        if info.progress is not None:
+            bits.append(f"{info.progress:.0%}")
+        if info.message:
+            bits.append(html.escape(info.message))
+        if info.error is not None:
+            bits.append(html.escape(str(info.error)))
+        detail = " · ".join(bits)
+    return (
+        '<div class="errands-task">'
+        f"<b>errands task</b> <code>{html.escape(name)}</code> "
+        f"<code>{html.escape(task.id)}</code>: "
+        f'<span class="errands-status errands-{state}">{state}</span>'
+        + (f" <small>{detail}</small>" if detail else "")
+        + "</div>"
+    )
+
+
 class _Portal:
     """Runs coroutine functions in the engine's trio thread and waits for them."""
 
@@ -100,28 +126,7 @@ class Task:
         return hash(self.id)
 
     def _repr_html_(self) -> str:
-        try:
-            info = self.get_info()
-        except Exception as exc:  # a notebook display must never raise
-            name, state, detail = self.name, "unknown", html.escape(str(exc))
-        else:
-            name, state = info.name, info.status.value
-            bits = []
-            if info.progress is not None:
-                bits.append(f"{info.progress:.0%}")
-            if info.message:
-                bits.append(html.escape(info.message))
-            if info.error is not None:
-                bits.append(html.escape(str(info.error)))
-            detail = " · ".join(bits)
-        return (
-            '<div class="errands-task">'
-            f"<b>errands task</b> <code>{html.escape(name)}</code> "
-            f"<code>{html.escape(self.id)}</code>: "
-            f'<span class="errands-status errands-{state}">{state}</span>'
-            + (f" <small>{detail}</small>" if detail else "")
-            + "</div>"
-        )
+        return task_html(self)
 
 
 class SyncEndpoint:

@@ -1,0 +1,290 @@
+"""What each client call does on the wire, written once for both clients.
+
+Every operation is a generator that yields steps (:class:`Call` an HTTP
+request, :class:`Sleep`, :class:`Clock`) and gets back their results; the
+sync client drives it with httpx.Client and ``time``, the async one with
+httpx.AsyncClient and anyio (so it runs under trio and asyncio alike).
+Nothing here does I/O, which keeps the two clients identical by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Generator, Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from errands import (
+    CannotCancel,
+    RemoteError,
+    TaskCancelled,
+    TaskFailed,
+    TaskInfo,
+    TaskNotReady,
+    TaskStatus,
+)
+
+from ._wire import (
+    Endpoint,
+    ServerInfo,
+    decode_result,
+    error_for,
+    needs_status,
+    parse_info,
+    parse_schema,
+    parse_status,
+    submit_request,
+)
+
+__all__ = [
+    "Call",
+    "Clock",
+    "Flow",
+    "Sleep",
+    "cancel",
+    "get",
+    "info",
+    "list_tasks",
+    "retry",
+    "schema",
+    "submit",
+    "wait",
+    "wait_any",
+]
+
+#: Polling a server without long polls (BentoML) starts at this interval and
+#: doubles up to POLL_MAX.
+POLL_START = 0.05
+POLL_MAX = 1.0
+
+
+@attrs.frozen
+class Call:
+    """Send a request (``httpx.Client.request`` keyword arguments).
+
+    ``hold`` is how long the server may keep it (a long poll), added to the
+    read timeout.
+    """
+
+    request: Mapping[str, Any]
+    hold: float = 0.0
+
+
+@attrs.frozen
+class Sleep:
+    seconds: float
+
+
+@attrs.frozen
+class Clock:
+    """Ask for the current (monotonic) time."""
+
+
+Step = Call | Sleep | Clock
+Flow = Generator[Step, Any, Any]
+
+
+def _check(
+    response: httpx.Response, *, action: str, task_id: str | None = None, endpoint: str = ""
+) -> httpx.Response:
+    error = error_for(response, action=action, task_id=task_id, endpoint=endpoint)
+    if error is not None:
+        raise error
+    return response
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise RemoteError(
+            f"the server's answer to {response.request.url.path} is not JSON"
+        ) from None
+
+
+def schema() -> Flow:
+    response = yield Call({"method": "GET", "url": "/schema.json"})
+    return parse_schema(_json(_check(response, action="schema")))
+
+
+def submit(
+    endpoint: Endpoint,
+    arguments: Mapping[str, Any],
+    *,
+    priority: int,
+    delay: float | None,
+    idempotency_key: str | None,
+) -> Flow:
+    request = submit_request(
+        endpoint, arguments, priority=priority, delay=delay, idempotency_key=idempotency_key
+    )
+    response = yield Call(request)
+    body = _json(_check(response, action="submit", endpoint=endpoint.name))
+    if not isinstance(body, dict) or not isinstance(body.get("task_id"), str):
+        raise RemoteError("the server's answer to submit has no task_id")
+    return body["task_id"]
+
+
+def _status_call(route: Endpoint, task_id: str, hold: float = 0.0) -> Call:
+    params = {"task_id": task_id}
+    if hold > 0:
+        params["wait"] = f"{hold:.3f}"
+    return Call({"method": "GET", "url": route.path("status"), "params": params}, hold=hold)
+
+
+def info(route: Endpoint, task_id: str, name: str = "") -> Flow:
+    response = yield _status_call(route, task_id)
+    return parse_info(_json(_check(response, action="status", task_id=task_id)), name)
+
+
+def get(route: Endpoint, task_id: str, endpoint: Endpoint | None) -> Flow:
+    request = {"method": "GET", "url": route.path("get"), "params": {"task_id": task_id}}
+    response = yield Call(request)
+    if response.status_code < 300:
+        return decode_result(response, endpoint)
+    if needs_status(response, action="get"):
+        # A BentoML server: its answer does not say why; the status does.
+        current = yield from info(route, task_id)
+        if not current.status.is_final:
+            raise TaskNotReady(task_id, current.status.value)
+        if current.status is TaskStatus.FAILURE:
+            detail = str(current.error) if current.error else response.text[:500]
+            raise TaskFailed(task_id, detail or "the task failed")
+        if current.status is TaskStatus.CANCELLED:
+            raise TaskCancelled(task_id)
+    _check(response, action="get", task_id=task_id)
+    raise RemoteError(f"unexpected answer {response.status_code} to get")  # pragma: no cover
+
+
+def cancel(route: Endpoint, task_id: str) -> Flow:
+    # PUT as BentoML's server routes it; errands' server takes PUT and POST.
+    request = {"method": "PUT", "url": route.path("cancel"), "params": {"task_id": task_id}}
+    response = yield Call(request)
+    if response.status_code < 300:
+        body = _json(response)
+        if isinstance(body, dict) and "status" in body:
+            return parse_status(body["status"])
+        return (yield from info(route, task_id)).status
+    if needs_status(response, action="cancel"):
+        # BentoML's server answers 400 to every cancel, having cancelled a
+        # running task all the same; the status tells what happened.
+        current = yield from info(route, task_id)
+        if current.status is TaskStatus.CANCELLED:
+            return current.status
+        raise CannotCancel(task_id, current.status.value, _message(response))
+    _check(response, action="cancel", task_id=task_id)
+    raise RemoteError(f"unexpected answer {response.status_code} to cancel")  # pragma: no cover
+
+
+def retry(route: Endpoint, task_id: str) -> Flow:
+    # POST as BentoML's server routes it; errands' server takes POST and PUT.
+    request = {"method": "POST", "url": route.path("retry"), "params": {"task_id": task_id}}
+    response = yield Call(request)
+    if needs_status(response, action="retry"):
+        current = yield from info(route, task_id)
+        raise TaskNotReady(task_id, current.status.value)
+    body = _json(_check(response, action="retry", task_id=task_id))
+    if not isinstance(body, dict) or not isinstance(body.get("task_id"), str):
+        raise RemoteError("the server's answer to retry has no task_id")
+    return body["task_id"]
+
+
+def wait(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | None) -> Flow:
+    """Until the task is final: long polls where the server has them, else
+    polling with backoff.  Raises TimeoutError after ``timeout`` seconds."""
+    start = yield Clock()
+    deadline = math.inf if timeout is None else start + timeout
+    pause = POLL_START
+    while True:
+        asked = yield Clock()
+        hold = 0.0
+        if server.max_wait:
+            hold = max(0.0, min(deadline - asked, server.max_wait))
+        response = yield _status_call(route, task_id, hold)
+        current = parse_info(_json(_check(response, action="status", task_id=task_id)))
+        if current.status.is_final:
+            return current.status
+        now = yield Clock()
+        if now >= deadline:
+            raise TimeoutError(f"task {task_id} is still {current.status.value} after {timeout} s")
+        if now - asked < hold / 2 or hold == 0:
+            # No long poll, or the server let go early (it is draining): back off.
+            yield Sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
+        else:
+            pause = POLL_START
+
+
+def wait_any(
+    server: ServerInfo, route: Endpoint, task_ids: Collection[str], timeout: float | None
+) -> Flow:
+    """The tasks among ``task_ids`` that are final (id -> TaskInfo) or unknown
+    (id -> None), as soon as there is one; ``{}`` after ``timeout``."""
+    start = yield Clock()
+    deadline = math.inf if timeout is None else start + timeout
+    pause = POLL_START
+    ids = list(task_ids)
+    while True:
+        asked = yield Clock()
+        if server.wait_many:
+            hold = max(0.0, min(deadline - asked, server.max_wait or 0.0))
+            request = {
+                "method": "POST",
+                "url": "/tasks/wait",
+                "params": {"wait": f"{hold:.3f}"},
+                "content": json.dumps({"task_ids": ids}),
+                "headers": {"content-type": "application/json"},
+            }
+            response = yield Call(request, hold=hold)
+            body = _json(_check(response, action="wait"))
+            found: dict[str, TaskInfo | None] = {
+                i.id: i for i in (parse_info(d) for d in body.get("done") or ())
+            }
+            found.update(dict.fromkeys(body.get("missing") or ()))
+        else:
+            hold = 0.0
+            found = {}
+            for task_id in ids:
+                response = yield _status_call(route, task_id)
+                if response.status_code == 404:
+                    found[task_id] = None
+                    continue
+                current = parse_info(_json(_check(response, action="status", task_id=task_id)))
+                if current.status.is_final:
+                    found[task_id] = current
+        if found:
+            return found
+        now = yield Clock()
+        if now >= deadline:
+            return {}
+        if now - asked < hold / 2 or hold == 0:
+            yield Sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
+        else:
+            pause = POLL_START
+
+
+def list_tasks(*, name: str | None, status: TaskStatus | None, limit: int, offset: int) -> Flow:
+    params: dict[str, Any] = {"limit": str(limit), "offset": str(offset)}
+    if name is not None:
+        params["name"] = name
+    if status is not None:
+        params["status"] = status.value
+    response = yield Call({"method": "GET", "url": "/tasks", "params": params})
+    if response.status_code == 404:
+        raise RemoteError("this server does not list tasks (no /tasks route)")
+    body = _json(_check(response, action="list"))
+    return [parse_info(t) for t in body.get("tasks") or ()]
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return str(body)[:500]

@@ -1,0 +1,344 @@
+"""The HTTP clients' knowledge of the wire, without I/O.
+
+Both clients (sync and async) build their requests and read the answers here,
+so they cannot drift apart: the service schema (``/schema.json``), request
+bodies (JSON, or multipart when an argument is a file), status JSON to
+:class:`~errands.TaskInfo`, result bodies to Python values, and error answers
+to the ``errands`` exception tree.  The same code reads an errands server and
+a BentoML one (whose status names are ``completed``, ``failed``, ``canceled``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import mimetypes
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from errands import (
+    CannotCancel,
+    EngineClosed,
+    FieldError,
+    InvalidArguments,
+    RemoteError,
+    TaskCancelled,
+    TaskError,
+    TaskFailed,
+    TaskInfo,
+    TaskNotFound,
+    TaskNotReady,
+    TaskStatus,
+)
+from errands._convert import converter, image_to_png
+
+__all__ = [
+    "Endpoint",
+    "ServerInfo",
+    "decode_result",
+    "error_for",
+    "parse_info",
+    "parse_schema",
+    "parse_status",
+    "submit_request",
+]
+
+#: Our status names and BentoML's, to :class:`TaskStatus`.
+STATUS_NAMES: dict[str, TaskStatus] = {s.value: s for s in TaskStatus} | {
+    "completed": TaskStatus.SUCCESS,
+    "failed": TaskStatus.FAILURE,
+    "canceled": TaskStatus.CANCELLED,
+}
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    """One task endpoint as the server's schema describes it."""
+
+    name: str
+    route: str
+    input: Mapping[str, Any]
+    output: Mapping[str, Any]
+    doc: str | None = None
+
+    def path(self, action: str) -> str:
+        return f"{self.route.rstrip('/')}/{action}"
+
+    def file_fields(self) -> frozenset[str]:
+        """Arguments sent as multipart file parts (``{"type": "file"}``)."""
+        out = set()
+        for name, schema in (self.input.get("properties") or {}).items():
+            items = schema.get("items") or {}
+            if schema.get("type") == "file" or (
+                schema.get("type") == "array" and items.get("type") == "file"
+            ):
+                out.add(name)
+        return frozenset(out)
+
+
+@attrs.frozen(kw_only=True)
+class ServerInfo:
+    """What ``/schema.json`` says about a server."""
+
+    name: str
+    endpoints: Mapping[str, Endpoint]
+    #: Longest ``?wait=`` hold the server grants; None for servers without
+    #: long polls (BentoML), which the clients then poll with backoff.
+    max_wait: float | None
+    #: Whether ``POST /tasks/wait`` (waiting on many tasks) is served.
+    wait_many: bool
+
+
+def parse_schema(body: Any) -> ServerInfo:
+    """Read a ``/schema.json`` document (errands' or BentoML's)."""
+    if not isinstance(body, dict) or not isinstance(body.get("routes"), list):
+        raise RemoteError("the server's /schema.json has no list of routes")
+    endpoints = {}
+    for route in body["routes"]:
+        if not route.get("is_task", False):
+            continue  # plain (non-task) BentoML APIs: not ours to call
+        endpoints[route["name"]] = Endpoint(
+            name=route["name"],
+            route=route["route"],
+            input=route.get("input") or {},
+            output=route.get("output") or {},
+            doc=route.get("doc"),
+        )
+    extra = body.get("errands") or {}
+    max_wait = extra.get("max_wait")
+    return ServerInfo(
+        name=str(body.get("name", "")),
+        endpoints=endpoints,
+        max_wait=float(max_wait) if isinstance(max_wait, int | float) else None,
+        wait_many=bool(extra.get("wait_many", False)),
+    )
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def _encode(value: Any) -> Any:
+    return converter.unstructure(value)
+
+
+def _file_part(name: str, value: Any) -> tuple[str, bytes, str]:
+    """A multipart file part: (filename, content, media type)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return (name, bytes(value), "application/octet-stream")
+    if isinstance(value, str | pathlib.PurePath):
+        path = pathlib.Path(value)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return (path.name, path.read_bytes(), media)
+    if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
+        return (f"{name}.png", image_to_png(value), "image/png")
+    if isinstance(value, io.IOBase) or hasattr(value, "read"):
+        data = value.read()
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        filename = pathlib.Path(str(getattr(value, "name", name))).name
+        media = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return (filename, data, media)
+    raise TypeError(f"expected bytes, a path, a file or an image, got {type(value).__name__}")
+
+
+def submit_request(
+    endpoint: Endpoint,
+    arguments: Mapping[str, Any],
+    *,
+    priority: int = 0,
+    delay: float | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``httpx.Client.request`` for a submit.
+
+    Raises:
+        InvalidArguments: an argument cannot be sent at all (not JSON, not a
+            file); nothing is sent.
+    """
+    errors: list[FieldError] = []
+    files: list[tuple[str, tuple[str, bytes, str]]] = []
+    fields: dict[str, Any] = {}
+    file_fields = endpoint.file_fields()
+    for name, value in arguments.items():
+        try:
+            if name in file_fields and value is not None:
+                values = value if isinstance(value, list | tuple) else [value]
+                files.extend((name, _file_part(name, v)) for v in values)
+            else:
+                fields[name] = _encode(value)
+                json.dumps(fields[name], allow_nan=False)
+        except (TypeError, ValueError, OSError) as exc:
+            errors.append(FieldError(path=f"$.{name}", message=str(exc)))
+    if errors:
+        raise InvalidArguments(endpoint.name, errors)
+    params: dict[str, Any] = {}
+    if priority:
+        params["priority"] = str(priority)
+    if delay is not None:
+        params["delay"] = repr(float(delay))
+    headers = {"idempotency-key": idempotency_key} if idempotency_key is not None else {}
+    request: dict[str, Any] = {
+        "method": "POST",
+        "url": endpoint.path("submit"),
+        "params": params,
+        "headers": headers,
+    }
+    if files:
+        request["data"] = {k: json.dumps(v) for k, v in fields.items()}
+        request["files"] = files
+    else:
+        request["content"] = json.dumps(fields, separators=(",", ":"), allow_nan=False)
+        headers["content-type"] = "application/json"
+    return request
+
+
+# ---------------------------------------------------------------------- answers
+
+
+def parse_status(text: Any) -> TaskStatus:
+    try:
+        return STATUS_NAMES[text]
+    except (KeyError, TypeError):
+        raise RemoteError(f"the server sent an unknown task status {text!r}") from None
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    moment = dt.datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _error(value: Any) -> TaskError | None:
+    if not value:
+        return None
+    kind, sep, message = str(value).partition(": ")
+    return TaskError(type=kind, message=message) if sep else TaskError(type=kind, message="")
+
+
+def parse_info(body: Any, name: str = "") -> TaskInfo:
+    """A status answer (errands' fields or BentoML's fewer ones) as TaskInfo."""
+    if not isinstance(body, dict) or "task_id" not in body:
+        raise RemoteError("the server's status answer has no task_id")
+    attempt = body.get("attempt")
+    return TaskInfo(
+        id=body["task_id"],
+        name=body.get("name") or name,
+        status=parse_status(body.get("status")),
+        created_at=_time(body.get("created_at")) or dt.datetime.now(dt.UTC),
+        started_at=_time(body.get("executed_at")),
+        finished_at=_time(body.get("completed_at")),
+        attempt=attempt if isinstance(attempt, int) else 0,
+        max_attempts=body.get("max_attempts") or 1,
+        progress=body.get("progress"),
+        message=body.get("message"),
+        error=_error(body.get("error")),
+        retry_of=body.get("retry_of"),
+        expires_at=_time(body.get("expires_at")),
+        position=body.get("position"),
+    )
+
+
+def decode_result(response: httpx.Response, endpoint: Endpoint | None) -> Any:
+    """A ``GET .../get`` body as a value: by the output schema, else the media type.
+
+    JSON becomes JSON values (dicts, lists, ...); text a ``str``; an image a
+    PIL image when the schema says so and pillow is installed; other bytes
+    stay ``bytes``.
+    """
+    output = endpoint.output if endpoint is not None else {}
+    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if output.get("pil") or (media.startswith("image/") and output.get("format") == "image"):
+        try:
+            from PIL import Image
+        except ImportError:
+            return response.content
+        image = Image.open(io.BytesIO(response.content))
+        image.load()
+        return image
+    if output.get("type") == "string" and output.get("format") == "binary":
+        return response.content
+    if media == "application/json" or media.endswith("+json"):
+        return json.loads(response.content) if response.content else None
+    if media.startswith("text/") or output.get("type") == "string":
+        return response.content.decode(response.encoding or "utf-8")
+    return response.content
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"error": response.text[:500]}
+    return body if isinstance(body, dict) else {"error": str(body)[:500]}
+
+
+def error_for(
+    response: httpx.Response, *, action: str, task_id: str | None = None, endpoint: str = ""
+) -> Exception | None:
+    """The ``errands`` exception a non-2xx answer stands for (None for 2xx).
+
+    Returns None as well for the few answers whose meaning needs the task's
+    status to tell (a BentoML server's 400 on get or cancel); the caller asks
+    for the status then (see :func:`needs_status`).
+    """
+    code = response.status_code
+    if code < 400:
+        return None
+    body = _body(response)
+    message = str(body.get("error") or f"HTTP {code}")
+    status = body.get("status")
+    if code == 404 and task_id is not None:
+        return TaskNotFound(task_id)
+    if code == 422:
+        errors = [
+            FieldError(path=str(e.get("path", "$")), message=str(e.get("message", "")))
+            for e in body.get("errors") or ()
+            if isinstance(e, dict)
+        ] or [FieldError(path="$", message=message)]
+        return InvalidArguments(endpoint, errors)
+    if task_id is not None:
+        wire = STATUS_NAMES.get(status) if isinstance(status, str) else None
+        shown = wire.value if wire is not None else "unknown"
+        if code == 409 and action == "cancel":
+            return CannotCancel(task_id, shown, message)
+        if code == 409:
+            return TaskNotReady(task_id, shown)
+        if code == 410 and action == "get":
+            return TaskCancelled(task_id)
+        if code == 500 and action == "get" and wire is TaskStatus.FAILURE:
+            prefix = f"task {task_id} failed: "
+            return TaskFailed(task_id, message.removeprefix(prefix))
+    if code == 503:
+        return EngineClosed(f"the server is not running tasks: {message}")
+    error = RemoteError(f"HTTP {code} from {response.request.url.path}: {message}")
+    error.status_code = code
+    error.retry_after = _retry_after(response)
+    return error
+
+
+def needs_status(response: httpx.Response, *, action: str) -> bool:
+    """Whether the answer's meaning depends on the task's status.
+
+    BentoML's server answers 400 (not finished) or the task's own error to
+    ``get``, and 400 to every ``cancel``; errands' server is explicit.
+    """
+    code = response.status_code
+    if code < 400 or code in (404, 422, 503):
+        return False
+    if action == "get":
+        return "status" not in _body(response)
+    return action in ("cancel", "retry") and code == 400
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

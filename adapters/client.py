@@ -1,0 +1,566 @@
+"""HTTP clients: the in-process task-handle API, over the network.
+
+``SyncHTTPClient(url)`` for plain code and ``AsyncHTTPClient(url)`` for trio
+or asyncio code read the server's ``/schema.json`` and offer one attribute per
+task endpoint; ``client.<task>.submit(**arguments)`` returns a handle with the
+members of the in-process ones (``id``, ``get_status``, ``get_info``, ``get``,
+``wait``, ``cancel``, ``retry``).  Server errors come back as the same
+``errands`` exceptions.  They talk to errands servers and to BentoML servers.
+
+Both clients run the same request flows (``_flows``); only the drivers below
+differ (httpx.Client and ``time``, or httpx.AsyncClient and anyio).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+
+from errands import RemoteError, TaskInfo, TaskStatus
+from errands._sync import task_html
+
+from . import _flows
+from ._flows import Call, Clock, Flow, Sleep
+from ._wire import Endpoint, ServerInfo
+
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncHTTPClient",
+    "AsyncHTTPEndpoint",
+    "AsyncHTTPTask",
+    "HTTPEndpoint",
+    "HTTPTask",
+    "SyncHTTPClient",
+]
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+
+
+def _headers(token: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    out = {"user-agent": "errands-client", **(headers or {})}
+    if token is not None:
+        out["authorization"] = f"Bearer {token}"
+    return out
+
+
+def _timeout(default: float, call: Call) -> Any:
+    if call.hold:
+        return httpx.Timeout(default, read=default + call.hold)
+    return httpx.USE_CLIENT_DEFAULT
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> RemoteError:
+    return RemoteError(f"cannot reach the errands server at {url}: {exc!r}")
+
+
+@attrs.frozen(kw_only=True)
+class _Options:
+    """An endpoint's submit options (``endpoint.options(...)``)."""
+
+    priority: int = 0
+    delay: float | None = None
+    idempotency_key: str | None = None
+
+    def submit(self, endpoint: Endpoint, arguments: Mapping[str, Any]) -> Flow:
+        return _flows.submit(
+            endpoint,
+            arguments,
+            priority=self.priority,
+            delay=self.delay,
+            idempotency_key=self.idempotency_key,
+        )
+
+
+def _route(server: ServerInfo, name: str) -> Endpoint:
+    """The endpoint whose routes to use for a task: its own, or any (task
+    ids are global on errands' and BentoML's servers alike)."""
+    endpoint = server.endpoints.get(name)
+    if endpoint is not None:
+        return endpoint
+    for endpoint in server.endpoints.values():
+        return endpoint
+    raise RemoteError("the server has no task endpoints")
+
+
+def _unknown(server: ServerInfo, name: str) -> AttributeError:
+    known = ", ".join(sorted(server.endpoints)) or "none"
+    return AttributeError(f"no task endpoint {name!r} on the server (endpoints: {known})")
+
+
+# ====================================================================== async
+
+
+class AsyncHTTPTask:
+    """A handle on one task of an HTTP server, for async code (trio or asyncio)."""
+
+    __slots__ = ("_client", "id", "name")
+
+    def __init__(self, client: AsyncHTTPClient, task_id: str, name: str) -> None:
+        self._client = client
+        self.id = task_id
+        self.name = name
+
+    async def get_status(self) -> TaskStatus:
+        """The current status.  Raises TaskNotFound for an unknown or expired id."""
+        return (await self.get_info()).status
+
+    async def get_info(self) -> TaskInfo:
+        """Everything the server knows about the task (times, attempt, progress, ...)."""
+        server = await self._client.server_info()
+        return await self._client._run(_flows.info(_route(server, self.name), self.id, self.name))  # type: ignore[no-any-return]
+
+    async def get(self) -> Any:
+        """The result, decoded by the endpoint's output schema.
+
+        Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound.
+        """
+        server = await self._client.server_info()
+        endpoint = server.endpoints.get(self.name)
+        return await self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
+
+    async def wait(self, timeout: float | None = None) -> TaskStatus:
+        """Until the task is final; returns that status.
+
+        Long polls (``?wait=``) on an errands server, so the answer comes when
+        the task ends, not at the next poll; polls with backoff on a server
+        without long polls.  Raises TimeoutError after ``timeout`` seconds.
+        """
+        server = await self._client.server_info()
+        flow = _flows.wait(server, _route(server, self.name), self.id, timeout)
+        return await self._client._run(flow)  # type: ignore[no-any-return]
+
+    async def cancel(self) -> TaskStatus:
+        """Cancel; returns the status the server reports.  Raises CannotCancel."""
+        server = await self._client.server_info()
+        return await self._client._run(_flows.cancel(_route(server, self.name), self.id))  # type: ignore[no-any-return]
+
+    async def retry(self) -> AsyncHTTPTask:
+        """A new task with the same arguments.  Raises TaskNotReady while not final."""
+        server = await self._client.server_info()
+        new_id = await self._client._run(_flows.retry(_route(server, self.name), self.id))
+        return AsyncHTTPTask(self._client, new_id, self.name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncHTTPTask {self.name} {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncHTTPTask) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class AsyncHTTPEndpoint:
+    """One task endpoint of a server: ``submit`` new tasks, ``get_task`` old ones."""
+
+    def __init__(
+        self,
+        client: AsyncHTTPClient,
+        name: str,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._client = client
+        self.name = name
+        self._options = _Options(priority=priority, delay=delay, idempotency_key=idempotency_key)
+
+    async def submit(self, **arguments: Any) -> AsyncHTTPTask:
+        """Send the arguments; returns the new task's handle as soon as it is queued.
+
+        Raises:
+            InvalidArguments: naming every bad field (checked by the server).
+            AttributeError: the server has no such endpoint.
+        """
+        server = await self._client.server_info()
+        endpoint = server.endpoints.get(self.name)
+        if endpoint is None:
+            raise _unknown(server, self.name)
+        task_id = await self._client._run(self._options.submit(endpoint, arguments))
+        return AsyncHTTPTask(self._client, task_id, self.name)
+
+    def options(
+        self, *, priority: int = 0, delay: float | None = None, idempotency_key: str | None = None
+    ) -> AsyncHTTPEndpoint:
+        """This endpoint with submit options (as for the in-process client)."""
+        if delay is not None and delay < 0:
+            raise ValueError("delay must not be negative")
+        return AsyncHTTPEndpoint(
+            self._client,
+            self.name,
+            priority=priority,
+            delay=delay,
+            idempotency_key=idempotency_key,
+        )
+
+    def get_task(self, task_id: str) -> AsyncHTTPTask:
+        """A handle for an existing task id (checked when the handle is used)."""
+        return AsyncHTTPTask(self._client, task_id, self.name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncHTTPEndpoint {self.name}>"
+
+
+class AsyncHTTPClient:
+    """A client of an errands (or BentoML) server, for trio or asyncio code.
+
+    Use it as ``async with AsyncHTTPClient(url) as client:`` (reads the
+    schema on entry and closes the connections on exit), or call
+    :meth:`aclose` yourself.  ``token`` is sent as a bearer token.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=_headers(token, headers),
+            timeout=timeout,
+            transport=transport,
+        )
+        self._server: ServerInfo | None = None
+
+    async def _run(self, flow: Flow) -> Any:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Call):
+                    try:
+                        reply: Any = await self._http.request(
+                            **step.request, timeout=_timeout(self.timeout, step)
+                        )
+                    except httpx.TransportError as exc:
+                        raise _unreachable(self.url, exc) from exc
+                elif isinstance(step, Sleep):
+                    await anyio.sleep(step.seconds)
+                    reply = None
+                else:
+                    assert isinstance(step, Clock)
+                    reply = anyio.current_time()
+                step = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            flow.close()
+
+    async def server_info(self) -> ServerInfo:
+        """The server's task endpoints (read from ``/schema.json`` once)."""
+        if self._server is None:
+            self._server = await self._run(_flows.schema())
+        return self._server
+
+    async def is_ready(self) -> bool:
+        """Whether the server answers ``/readyz`` with 200."""
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    @property
+    def endpoints(self) -> Mapping[str, AsyncHTTPEndpoint]:
+        """The task endpoints (empty until the schema was read)."""
+        if self._server is None:
+            return {}
+        return {name: AsyncHTTPEndpoint(self, name) for name in self._server.endpoints}
+
+    def __getattr__(self, name: str) -> AsyncHTTPEndpoint:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        server = self.__dict__.get("_server")
+        if server is not None and name not in server.endpoints:
+            raise _unknown(server, name)
+        return AsyncHTTPEndpoint(self, name)
+
+    def __getitem__(self, name: str) -> AsyncHTTPEndpoint:
+        return AsyncHTTPEndpoint(self, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self.endpoints))
+
+    def get_task(self, task_id: str) -> AsyncHTTPTask:
+        """A handle for any task id on the server."""
+        return AsyncHTTPTask(self, task_id, "")
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskInfo]:
+        """Tasks, newest first (errands servers only)."""
+        flow = _flows.list_tasks(name=name, status=status, limit=limit, offset=offset)
+        return await self._run(flow)  # type: ignore[no-any-return]
+
+    async def _wait_any(
+        self, task_ids: Collection[str], timeout: float | None
+    ) -> dict[str, TaskInfo | None]:
+        server = await self.server_info()
+        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout)
+        return await self._run(flow)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncHTTPClient:
+        await self.server_info()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<AsyncHTTPClient {self.url}>"
+
+
+# ====================================================================== sync
+
+
+class HTTPTask:
+    """A handle on one task of an HTTP server, for sync code.
+
+    Same members as :class:`~errands.Task`.
+    """
+
+    __slots__ = ("_client", "id", "name")
+
+    def __init__(self, client: SyncHTTPClient, task_id: str, name: str) -> None:
+        self._client = client
+        self.id = task_id
+        self.name = name
+
+    def get_status(self) -> TaskStatus:
+        """The current status.  Raises TaskNotFound for an unknown or expired id."""
+        return self.get_info().status
+
+    def get_info(self) -> TaskInfo:
+        """Everything the server knows about the task (times, attempt, progress, ...)."""
+        server = self._client.server_info()
+        return self._client._run(_flows.info(_route(server, self.name), self.id, self.name))  # type: ignore[no-any-return]
+
+    def get(self) -> Any:
+        """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound."""
+        server = self._client.server_info()
+        endpoint = server.endpoints.get(self.name)
+        return self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
+
+    def wait(self, timeout: float | None = None) -> TaskStatus:
+        """Until the task is final (long polls); TimeoutError after ``timeout`` s."""
+        server = self._client.server_info()
+        flow = _flows.wait(server, _route(server, self.name), self.id, timeout)
+        return self._client._run(flow)  # type: ignore[no-any-return]
+
+    def cancel(self) -> TaskStatus:
+        """Cancel; returns the status the server reports.  Raises CannotCancel."""
+        server = self._client.server_info()
+        return self._client._run(_flows.cancel(_route(server, self.name), self.id))  # type: ignore[no-any-return]
+
+    def retry(self) -> HTTPTask:
+        """A new task with the same arguments.  Raises TaskNotReady while not final."""
+        server = self._client.server_info()
+        new_id = self._client._run(_flows.retry(_route(server, self.name), self.id))
+        return HTTPTask(self._client, new_id, self.name)
+
+    def __repr__(self) -> str:
+        return f"<HTTPTask {self.name} {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HTTPTask) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _repr_html_(self) -> str:
+        return task_html(self)
+
+
+class HTTPEndpoint:
+    """One task endpoint of a server, for sync code."""
+
+    def __init__(
+        self,
+        client: SyncHTTPClient,
+        endpoint: Endpoint,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._client = client
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self._options = _Options(priority=priority, delay=delay, idempotency_key=idempotency_key)
+
+    def submit(self, **arguments: Any) -> HTTPTask:
+        """Send the arguments; returns the new task's handle as soon as it is queued.
+
+        Raises InvalidArguments naming every bad field.
+        """
+        task_id = self._client._run(self._options.submit(self.endpoint, arguments))
+        return HTTPTask(self._client, task_id, self.name)
+
+    def options(
+        self, *, priority: int = 0, delay: float | None = None, idempotency_key: str | None = None
+    ) -> HTTPEndpoint:
+        """This endpoint with submit options (as for the in-process client)."""
+        if delay is not None and delay < 0:
+            raise ValueError("delay must not be negative")
+        return HTTPEndpoint(
+            self._client,
+            self.endpoint,
+            priority=priority,
+            delay=delay,
+            idempotency_key=idempotency_key,
+        )
+
+    def get_task(self, task_id: str) -> HTTPTask:
+        """A handle for an existing task id (checked when the handle is used)."""
+        return HTTPTask(self._client, task_id, self.name)
+
+    def __repr__(self) -> str:
+        return f"<HTTPEndpoint {self.name}>"
+
+
+class SyncHTTPClient:
+    """A client of an errands (or BentoML) server, for plain code.
+
+    The schema is read on first use of an endpoint; ``with SyncHTTPClient(url)
+    as client:`` closes the connections at the end (or call :meth:`close`).
+    ``token`` is sent as a bearer token.  One client may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=_headers(token, headers),
+            timeout=timeout,
+            transport=transport,
+        )
+        self._server: ServerInfo | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, flow: Flow) -> Any:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Call):
+                    try:
+                        reply: Any = self._http.request(
+                            **step.request, timeout=_timeout(self.timeout, step)
+                        )
+                    except httpx.TransportError as exc:
+                        raise _unreachable(self.url, exc) from exc
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    reply = None
+                else:
+                    assert isinstance(step, Clock)
+                    reply = time.monotonic()
+                step = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            flow.close()
+
+    def server_info(self) -> ServerInfo:
+        """The server's task endpoints (read from ``/schema.json`` once)."""
+        with self._lock:
+            if self._server is None:
+                self._server = self._run(_flows.schema())
+            return self._server
+
+    def is_ready(self) -> bool:
+        """Whether the server answers ``/readyz`` with 200."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    @property
+    def endpoints(self) -> Mapping[str, HTTPEndpoint]:
+        """The task endpoints (reads the schema if not read yet)."""
+        server = self.server_info()
+        return {name: HTTPEndpoint(self, e) for name, e in server.endpoints.items()}
+
+    def __getattr__(self, name: str) -> HTTPEndpoint:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, name: str) -> HTTPEndpoint:
+        server = self.server_info()
+        endpoint = server.endpoints.get(name)
+        if endpoint is None:
+            raise _unknown(server, name)
+        return HTTPEndpoint(self, endpoint)
+
+    def __dir__(self) -> list[str]:
+        names = set(super().__dir__())
+        try:
+            names |= set(self.server_info().endpoints)
+        except RemoteError:
+            pass  # tab completion must not raise
+        return sorted(names)
+
+    def get_task(self, task_id: str) -> HTTPTask:
+        """A handle for any task id on the server."""
+        return HTTPTask(self, task_id, "")
+
+    def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskInfo]:
+        """Tasks, newest first (errands servers only)."""
+        flow = _flows.list_tasks(name=name, status=status, limit=limit, offset=offset)
+        return self._run(flow)  # type: ignore[no-any-return]
+
+    def _wait_any(
+        self, task_ids: Collection[str], timeout: float | None
+    ) -> dict[str, TaskInfo | None]:
+        server = self.server_info()
+        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout)
+        return self._run(flow)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> SyncHTTPClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SyncHTTPClient {self.url}>"

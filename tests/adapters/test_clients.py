@@ -1,0 +1,390 @@
+"""The HTTP clients against a real ``errands serve`` on 127.0.0.1.
+
+Every handle member through ``SyncHTTPClient`` and through
+``AsyncHTTPClient`` under trio and under asyncio, results of each kind,
+the error mapping, long polls (one request per wait), bearer tokens and
+closing connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from PIL import Image
+
+import errands
+from errands.adapters import AsyncHTTPClient, SyncHTTPClient
+from tests.adapters.test_cli import free_port, serving
+
+pytestmark = [pytest.mark.realtime]
+
+SERVICE = textwrap.dedent(
+    """
+    import time
+    import trio
+    import errands
+    from PIL import Image
+
+    svc = errands.Service("clients")
+
+    @svc.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @svc.task
+    def shout(text: str) -> str:
+        return text.upper()
+
+    @svc.task
+    def blob(n: int) -> bytes:
+        return bytes(range(n))
+
+    @svc.task
+    def picture(size: int) -> Image.Image:
+        return Image.new("RGB", (size, size), (200, 30, 30))
+
+    @svc.task
+    def measure(data: bytes, label: str) -> list:
+        return [len(data), label]
+
+    @svc.task
+    async def nap(seconds: float) -> str:
+        errands.current_task().report(0.5, message="half way")
+        await trio.sleep(seconds)
+        return "rested"
+
+    @svc.task(concurrency=1)
+    async def queue(seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    @svc.task
+    def stubborn(seconds: float) -> None:
+        time.sleep(seconds)
+
+    @svc.task
+    def boom() -> None:
+        raise ValueError("kaput")
+    """
+)
+
+TOKEN_APP = textwrap.dedent(
+    """
+    import json
+    from service import svc
+    from errands.adapters.asgi import create_app
+
+    inner = create_app(svc)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization") != b"Bearer s3cret":
+                body = json.dumps({"error": "unauthorized"}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await inner(scope, receive, send)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    where = tmp_path_factory.mktemp("clients")
+    (where / "service.py").write_text(SERVICE)
+    with serving(["service.py:svc", "--backend", "memory://"], where) as (_, base):
+        yield base
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def test_sync_client_results_of_every_kind(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        task = client.add.submit(a=2, b=3)
+        assert isinstance(task, errands.adapters.HTTPTask) and task.name == "add"
+        assert task.wait(timeout=20) is errands.TaskStatus.SUCCESS
+        assert task.get_status() is errands.TaskStatus.SUCCESS
+        assert task.get() == 5
+        text = client.shout.submit(text="hey")
+        blob = client.blob.submit(n=5)
+        picture = client.picture.submit(size=4)
+        for each in (text, blob, picture):
+            each.wait(timeout=20)
+        assert text.get() == "HEY"
+        assert blob.get() == b"\x00\x01\x02\x03\x04"
+        image = picture.get()
+        assert isinstance(image, Image.Image) and image.size == (4, 4)
+        assert image.getpixel((0, 0)) == (200, 30, 30)
+
+
+def test_sync_client_uploads_files_as_multipart(server: str, tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 1000)
+    image = Image.new("RGB", (2, 2))
+    with SyncHTTPClient(server) as client:
+        tasks = [
+            client.measure.submit(data=b"abc", label="raw"),
+            client.measure.submit(data=path, label="path"),
+            client.measure.submit(data=io.BytesIO(b"12345"), label="file"),
+        ]
+        for task in tasks:
+            task.wait(timeout=20)
+        assert [t.get() for t in tasks] == [[3, "raw"], [1000, "path"], [5, "file"]]
+        png = client.measure.submit(data=image, label="image")
+        png.wait(timeout=20)
+        size, label = png.get()
+        assert label == "image" and size > 0
+
+
+def test_sync_client_info_progress_cancel_retry(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        napping = client.nap.submit(seconds=30)
+        info = napping.get_info()
+        assert info.id == napping.id and info.name == "nap"
+        assert info.status in (errands.TaskStatus.PENDING, errands.TaskStatus.IN_PROGRESS)
+        with pytest.raises(errands.TaskNotReady):
+            napping.get()
+        with pytest.raises(errands.TaskNotReady):
+            napping.retry()
+        assert napping.cancel() is errands.TaskStatus.CANCELLED
+        with pytest.raises(errands.TaskCancelled):
+            napping.get()
+        assert napping.cancel() is errands.TaskStatus.CANCELLED  # idempotent
+        again = napping.retry()
+        assert again.id != napping.id and again.name == "nap"
+        assert again.get_info().retry_of == napping.id
+        again.cancel()
+        quick = client.nap.submit(seconds=0)
+        quick.wait(timeout=20)
+        done = quick.get_info()
+        assert (done.progress, done.message) == (0.5, "half way")
+        assert done.started_at is not None and done.finished_at is not None
+        assert done.attempt == 1 and done.max_attempts >= 1
+        assert done.expires_at is not None and done.expires_at > done.finished_at
+        with pytest.raises(errands.CannotCancel, match="already finished"):
+            quick.cancel()
+
+
+def test_sync_client_errors_are_errands_errors(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        failing = client.boom.submit()
+        assert failing.wait(timeout=20) is errands.TaskStatus.FAILURE
+        with pytest.raises(errands.TaskFailed) as failed:
+            failing.get()
+        assert failed.value.error == "ValueError: kaput"
+        assert str(failing.get_info().error) == "ValueError: kaput"
+        with pytest.raises(errands.InvalidArguments) as invalid:
+            client.add.submit(a="two", c=1)
+        paths = {e.path for e in invalid.value.errors}
+        assert {"$.a", "$.b", "$.c"} <= paths, invalid.value.errors
+        with pytest.raises(errands.InvalidArguments) as unsendable:
+            client.add.submit(a=object(), b=1)
+        assert unsendable.value.errors[0].path == "$.a"
+        with pytest.raises(AttributeError, match="no task endpoint 'nope'.*add"):
+            client.nope.submit()
+        ghost = client.add.get_task("x" * 22)
+        for call in (ghost.get_status, ghost.get, ghost.cancel, ghost.retry, ghost.wait):
+            with pytest.raises(errands.TaskNotFound):
+                call()
+        running = client.stubborn.submit(seconds=1)
+        for _ in range(10_000):  # a few ms: the worker picks it up at once
+            if running.get_status() is errands.TaskStatus.IN_PROGRESS:
+                break
+        with pytest.raises(errands.CannotCancel, match="not cancellable|cancellable"):
+            running.cancel()
+        assert running.wait(timeout=20) is errands.TaskStatus.SUCCESS
+
+
+class Counting(httpx.HTTPTransport):
+    """A real transport that counts the requests to each path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+def test_sync_wait_is_one_long_poll_not_polling(server: str) -> None:
+    transport = Counting()
+    with SyncHTTPClient(server, transport=transport) as client:
+        task = client.nap.submit(seconds=1.5)
+        transport.paths.clear()
+        assert task.wait(timeout=30) is errands.TaskStatus.SUCCESS
+        # held by the server until the task ended: one request, not a loop
+        assert transport.paths == ["/nap/status"]
+        slow = client.nap.submit(seconds=30)
+        with pytest.raises(TimeoutError, match="still"):
+            slow.wait(timeout=0.5)
+        slow.cancel()
+
+
+def test_sync_handles_from_ids_and_listing(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        task = client.add.submit(a=1, b=1)
+        task.wait(timeout=20)
+        same = client.get_task(task.id)
+        assert same == task and same.get() == 2
+        assert client.add.get_task(task.id).get_status() is errands.TaskStatus.SUCCESS
+        listed = client.list(name="add", status=errands.TaskStatus.SUCCESS)
+        assert task.id in {i.id for i in listed}
+        assert "add" in dir(client) and set(client.endpoints) >= {"add", "nap", "boom"}
+        assert "<errands-status" not in task._repr_html_()
+        assert "success" in task._repr_html_()
+
+
+def test_idempotency_and_priority_options(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        first = client.add.options(idempotency_key="order-17").submit(a=1, b=2)
+        second = client.add.options(idempotency_key="order-17").submit(a=1, b=2)
+        assert first.id == second.id
+        later = client.add.options(delay=30, priority=5).submit(a=0, b=0)
+        assert later.get_status() is errands.TaskStatus.PENDING
+        later.cancel()
+        with pytest.raises(ValueError, match="delay"):
+            client.add.options(delay=-1)
+
+
+def test_closed_client_and_unreachable_server(server: str) -> None:
+    client = SyncHTTPClient(server)
+    with client:
+        assert client.is_ready()
+    assert client._http.is_closed
+    with SyncHTTPClient(f"http://127.0.0.1:{free_port()}", timeout=2) as dead:
+        assert not dead.is_ready()
+        with pytest.raises(errands.RemoteError, match="cannot reach"):
+            dead.add.submit(a=1, b=2)
+
+
+def test_full_queue_is_a_remote_error_with_retry_after(tmp_path: Path) -> None:
+    (tmp_path / "service.py").write_text(SERVICE)
+    args = ["service.py:svc", "--backend", "memory://", "--max-pending", "1"]
+    with serving(args, tmp_path) as (_, base), SyncHTTPClient(base) as client:
+        client.queue.submit(seconds=60)  # runs (concurrency 1)
+        client.queue.submit(seconds=60)  # waits: the queue now holds 1
+        with pytest.raises(errands.RemoteError) as full:
+            for _ in range(3):
+                client.queue.submit(seconds=60)
+        assert full.value.status_code == 429 and full.value.retry_after == 1
+
+
+def test_bearer_token_is_sent(tmp_path: Path) -> None:
+    (tmp_path / "service.py").write_text(SERVICE)
+    (tmp_path / "guarded.py").write_text(TOKEN_APP)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", "guarded:app"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/livez", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with SyncHTTPClient(base, token="s3cret") as client:
+            task = client.add.submit(a=20, b=22)
+            task.wait(timeout=20)
+            assert task.get() == 42
+        with SyncHTTPClient(base) as anonymous, pytest.raises(errands.RemoteError) as denied:
+            anonymous.add.submit(a=1, b=1)
+        assert denied.value.status_code == 401
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- async
+
+
+async def _async_round_trip(base: str) -> None:
+    async with AsyncHTTPClient(base) as client:
+        task = await client.add.submit(a=2, b=40)
+        assert isinstance(task, errands.adapters.AsyncHTTPTask)
+        assert await task.wait(timeout=20) is errands.TaskStatus.SUCCESS
+        assert await task.get_status() is errands.TaskStatus.SUCCESS
+        assert await task.get() == 42
+        assert (await task.get_info()).name == "add"
+        picture = await client.picture.submit(size=3)
+        await picture.wait(timeout=20)
+        assert (await picture.get()).size == (3, 3)
+        napping = await client.nap.submit(seconds=30)
+        with pytest.raises(errands.TaskNotReady):
+            await napping.get()
+        with pytest.raises(TimeoutError):
+            await napping.wait(timeout=0.3)
+        assert await napping.cancel() is errands.TaskStatus.CANCELLED
+        with pytest.raises(errands.TaskCancelled):
+            await napping.get()
+        again = await napping.retry()
+        assert (await again.get_info()).retry_of == napping.id
+        await again.cancel()
+        failing = await client.boom.submit()
+        await failing.wait(timeout=20)
+        with pytest.raises(errands.TaskFailed, match="kaput"):
+            await failing.get()
+        with pytest.raises(errands.InvalidArguments):
+            await client.add.submit(a=1)
+        with pytest.raises(AttributeError, match="no task endpoint"):
+            _ = client.nope
+        with pytest.raises(errands.TaskNotFound):
+            await client.get_task("y" * 22).get_status()
+        listed = await client.list(name="add")
+        assert task.id in {i.id for i in listed}
+    assert client._http.is_closed
+
+
+async def test_async_client_under_trio(server: str) -> None:
+    await _async_round_trip(server)
+
+
+def test_async_client_under_asyncio(server: str) -> None:
+    asyncio.run(_async_round_trip(server))
+
+
+async def test_async_lazy_endpoint_before_the_schema_is_read(server: str) -> None:
+    client = AsyncHTTPClient(server)
+    try:
+        endpoint = client.nope  # not known yet: checked at first use
+        with pytest.raises(AttributeError, match="no task endpoint 'nope'"):
+            await endpoint.submit()
+        task = await client.shout.submit(text="late")
+        await task.wait(timeout=20)
+        assert await task.get() == "LATE"
+    finally:
+        await client.aclose()
+
+
+async def test_async_wait_is_one_long_poll_under_trio(server: str) -> None:
+    seen: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        seen.append(request.url.path)
+
+    async with AsyncHTTPClient(server) as client:
+        client._http.event_hooks["request"].append(count)
+        task = await client.nap.submit(seconds=1.5)
+        seen.clear()
+        with trio.fail_after(30):
+            assert await task.wait() is errands.TaskStatus.SUCCESS
+        assert seen == ["/nap/status"]
