@@ -1,6 +1,22 @@
-"""The ``errands`` command line: ``errands serve``, ``errands worker``.
+"""The ``errands`` command line.
 
-Exit codes: 0 success, 2 bad usage or arguments, 1 anything else.
+``errands serve`` serves a service's tasks over HTTP and ``errands worker``
+runs them from a shared backend; ``errands submit``, ``status``, ``get``,
+``cancel``, ``retry``, ``ls`` and ``wait`` talk to a server from the shell
+(:mod:`errands.adapters._cli_client`).
+
+Exit codes, a contract for scripts (also in ``errands --help``)::
+
+    0    success (wait: every task succeeded; get: the result was written)
+    1    a task failed or was cancelled (wait, get, submit --wait);
+         serve and worker: any other failure
+    2    bad usage or invalid arguments (each bad field named on stderr)
+    3    no such task (unknown, expired or malformed id)
+    4    not ready (get or retry of an unfinished task), or cannot cancel
+    5    the server cannot be reached, or answered with an error
+    124  wait --timeout (or submit --wait --timeout) expired
+
+Messages go to stderr as ``errands: <message>``.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import trio
 
 import errands
 
+from . import _cli_client
 from ._target import TargetError, load_service
 from .asgi import DEFAULT_MAX_BODY
 
@@ -29,7 +46,12 @@ DEFAULT_BACKEND = "diskcache://./.errands"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="errands", description="errands task queue")
+    parser = argparse.ArgumentParser(
+        prog="errands",
+        description="errands task queue: serve tasks, run workers, and use a server",
+        epilog=_cli_client.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve a service's tasks over HTTP")
@@ -68,12 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("target", metavar="MODULE:ATTR")
     worker.add_argument("--backend", required=True, help="a shared backend URL")
     worker.add_argument("--workers", type=int, default=32, help="tasks run at once")
+
+    _cli_client.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in _cli_client.COMMANDS:
+        return _cli_client.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "serve":
