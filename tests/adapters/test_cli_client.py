@@ -9,10 +9,13 @@ or erring, 124 wait timed out.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import struct
 import subprocess
+import termios
 import textwrap
 import time
 from collections.abc import Iterator
@@ -265,6 +268,33 @@ def test_wait_on_several_tasks(server: str) -> None:
     unknown = run(server, "wait", good[0], UNKNOWN)
     assert unknown.returncode == 3
     assert f"{UNKNOWN} not_found" in unknown.stdout.splitlines()
+
+
+def test_wait_shows_a_progress_bar_on_a_terminal(server: str) -> None:
+    ids = [submit(server, "nap", f"seconds=0.{i}") for i in range(1, 4)]
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    try:
+        done = subprocess.run(
+            [*ERRANDS, "wait", *ids, "--url", server],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(secondary)
+    shown = b""
+    try:
+        while chunk := os.read(main, 65536):
+            shown += chunk
+    except OSError:  # EIO: the terminal's other side is closed and all was read
+        pass
+    finally:
+        os.close(main)
+    assert done.returncode == 0
+    assert sorted(done.stdout.splitlines()) == sorted(f"{i} success" for i in ids)
+    assert b"3/3" in shown and b"task/s" in shown, shown
 
 
 def test_timeouts_exit_124(server: str) -> None:
