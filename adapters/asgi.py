@@ -9,7 +9,6 @@ engine starts with the first request (in its own thread) and stops at exit.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -46,6 +45,12 @@ from errands import (
 from errands._define import as_service
 from errands._engine import idempotent_id
 
+from ._answers import HTTPError
+from ._answers import json_answer as _json
+from ._answers import json_bytes as _json_bytes
+from ._answers import loads as _loads
+from ._answers import number as _number
+from ._answers import one as _one
 from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
 from ._multipart import MultipartError, parse_multipart
@@ -76,16 +81,6 @@ ACTIONS = {
     "retry": ("PUT", "POST"),
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-class HTTPError(Exception):
-    """An answer other than 2xx, with a JSON body ``{"error": ..., **extra}``."""
-
-    def __init__(self, code: int, message: str, /, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = code
-        self.body = {"error": message, **extra}
-        self.headers: list[tuple[bytes, bytes]] = []
 
 
 class ErrandsApp:
@@ -591,49 +586,6 @@ def _allow(method: str, allowed: Iterable[str]) -> None:
         error = HTTPError(405, f"method {method} not allowed here; use {', '.join(allowed)}")
         error.headers.append((b"allow", ", ".join(allowed).encode()))
         raise error
-
-
-def _one(query: dict[str, list[str]], name: str, *, required: bool = False) -> str | None:
-    values = query.get(name)
-    if not values:
-        if required:
-            raise HTTPError(400, f"the {name} query parameter is required")
-        return None
-    return values[-1]
-
-
-def _number(query: dict[str, list[str]], name: str, kind: type, *, default: Any) -> Any:
-    text = _one(query, name)
-    if text is None:
-        return default
-    try:
-        return kind(text)
-    except ValueError:
-        raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:20]} is too large for a float")
-    return value
-
-
-def _loads(body: bytes) -> Any:
-    """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
-    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _json(status: int, value: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    return status, [(b"content-type", b"application/json")], _json_bytes(value)
 
 
 def create_app(
