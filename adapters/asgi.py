@@ -55,6 +55,7 @@ from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
 from ._multipart import MultipartError, parse_multipart
 from ._openapi import openapi_document
+from ._waiting import EventStream, Holds, wait_many
 
 __all__ = ["BENTOML_STATUS", "ErrandsApp", "create_app"]
 
@@ -79,6 +80,7 @@ ACTIONS = {
     "get": ("GET",),
     "cancel": ("POST", "PUT"),
     "retry": ("PUT", "POST"),
+    "events": ("GET",),
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
@@ -112,6 +114,7 @@ class ErrandsApp:
         self._autostarted: errands.SyncClient | None = None
         self._schema: bytes | None = None
         self._openapi: bytes | None = None
+        self._holds = Holds()
 
     # ------------------------------------------------------------------ engine
 
@@ -120,19 +123,25 @@ class ErrandsApp:
         """Run the engine for the duration of the block (from a host's lifespan).
 
         Under trio the engine runs in the current loop; under asyncio in its
-        own trio thread.  Leaving the block drains it (see ``grace``).
+        own trio thread.  Leaving the block first drains the app's held
+        requests (:meth:`drain`), then the engine (see ``grace``); while the
+        engine drains, reads are still answered (held requests answer with
+        the state of the moment) and ``/readyz`` says 503.
         """
         self._ended = False
+        self._holds.reopen()
         if sniffio.current_async_library() == "trio":
-            async with errands.open_engine(
-                self.service, backend=self._backend, **self._engine_options
-            ) as client:
-                self._access = LocalEngine(client.engine)
-                try:
-                    yield self
-                finally:
-                    self._access = None
-                    self._ended = True
+            try:
+                async with errands.open_engine(
+                    self.service, backend=self._backend, **self._engine_options
+                ) as client:
+                    self._access = LocalEngine(client.engine)
+                    try:
+                        yield self
+                    finally:
+                        self._stopping()
+            finally:
+                self._access = None
             return
         import anyio.to_thread
 
@@ -141,9 +150,15 @@ class ErrandsApp:
         try:
             yield self
         finally:
-            self._access = None
-            self._ended = True
-            await anyio.to_thread.run_sync(sync_client.close)
+            self._stopping()
+            try:
+                await anyio.to_thread.run_sync(sync_client.close)
+            finally:
+                self._access = None
+
+    def _stopping(self) -> None:
+        self.drain()
+        self._ended = True
 
     def _start_thread_engine(self) -> errands.SyncClient:
         return errands.start(self.service, backend=self._backend, **self._engine_options)
@@ -162,8 +177,21 @@ class ErrandsApp:
                 self._access = ThreadedEngine(self._autostarted)
         return self._access
 
+    def drain(self) -> None:
+        """Answer every held request now, and hold no new one; never blocks.
+
+        Held ``?wait=`` long polls and ``POST /tasks/wait`` answer at once
+        with the state of the moment, event streams end, and new ones do the
+        same without holding, until the app's engine is started again.  Call
+        it from the server's event loop (not another thread), e.g. when a
+        shutdown signal arrives: servers wait for in-flight requests before
+        they end the lifespan, which drains too.  Idempotent.
+        """
+        self._holds.drain()
+
     def close(self) -> None:
         """Stop an engine that was started by a first request (idempotent)."""
+        self.drain()
         self._ended = True
         client, self._autostarted = self._autostarted, None
         if client is not None:
@@ -203,7 +231,7 @@ class ErrandsApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            status, headers, body = await self._dispatch(scope, receive)
+            answer = await self._dispatch(scope, receive)
         except HTTPError as exc:
             status, body = exc.status, _json_bytes(exc.body)
             headers = [(b"content-type", b"application/json"), *exc.headers]
@@ -211,13 +239,18 @@ class ErrandsApp:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             status, body = 500, _json_bytes({"error": "internal server error"})
             headers = [(b"content-type", b"application/json")]
+        else:
+            if isinstance(answer, EventStream):
+                await answer.run(send, receive)  # its own errors: after the start, no 500
+                return
+            status, headers, body = answer
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _dispatch(
         self, scope: Scope, receive: Receive
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | EventStream:
         path: str = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
@@ -244,6 +277,10 @@ class ErrandsApp:
         if path == "/tasks":
             _allow(method, ("GET",))
             return await self._list(query)
+        if path == "/tasks/wait":
+            _allow(method, ("POST",))
+            body = await self._read_body(scope, receive)
+            return await wait_many(self, self._engine(), body, query)
         prefix, _, action = path.rpartition("/")
         definition = self.routes.get(prefix or "/")
         if definition is None or action not in ACTIONS:
@@ -265,6 +302,10 @@ class ErrandsApp:
             if action == "status":
                 return await self._status(task_id)
             return await self._get(task_id)
+        if action == "events":
+            access = self._engine()
+            first = await self._call(access, access.engine.info, task_id)
+            return EventStream(self, access, first)
         if action == "cancel":
             return await self._cancel(task_id)
         return await self._retry(task_id)
@@ -334,12 +375,13 @@ class ErrandsApp:
         if not (math.isfinite(wait) and wait >= 0):
             raise HTTPError(400, "wait must be a non-negative number of seconds")
         wait = min(wait, self.max_wait)
-        if wait > 0:
+        if wait > 0 and not self._holds.draining:
             access = self._engine()
-            try:
-                await self._call(access, access.engine.wait, task_id, wait)
-            except TimeoutError:
-                pass  # answer with the state it is in now
+            with self._holds.hold():  # a drain ends it early
+                try:
+                    await self._call(access, access.engine.wait, task_id, wait)
+                except TimeoutError:
+                    pass  # answer with the state it is in now
 
     async def _status(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
@@ -613,8 +655,8 @@ def create_app(
         max_body_size: the largest request body accepted, in bytes (413 above).
         max_pending: refuse submits with 429 (and ``Retry-After``) while this
             many tasks wait in the queue (None: no limit).
-        max_wait: the longest a ``?wait=`` long poll on status/get is held,
-            in seconds.
+        max_wait: the longest a ``?wait=`` long poll on status/get, or a
+            ``POST /tasks/wait``, is held, in seconds.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, as for :func:`errands.open_engine`.
     """
