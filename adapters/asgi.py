@@ -560,7 +560,12 @@ class ErrandsApp:
             ]
             # "errands" tells errands' clients what this server offers beyond
             # BentoML's protocol (BentoML's clients read only "routes").
-            extra = {"version": errands.__version__, "max_wait": self.max_wait}
+            extra = {
+                "version": errands.__version__,
+                "max_wait": self.max_wait,
+                "wait_many": True,  # POST /tasks/wait
+                "events": True,  # GET <route>/events
+            }
             self._schema = _json_bytes(
                 {"name": self.service.name, "type": "service", "routes": routes, "errands": extra}
             )
