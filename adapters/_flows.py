@@ -151,7 +151,7 @@ def get(route: Endpoint, task_id: str, endpoint: Endpoint | None) -> Flow:
         if not current.status.is_final:
             raise TaskNotReady(task_id, current.status.value)
         if current.status is TaskStatus.FAILURE:
-            detail = str(current.error) if current.error else response.text[:500]
+            detail = str(current.error) if current.error else _message(response)
             raise TaskFailed(task_id, detail or "the task failed")
         if current.status is TaskStatus.CANCELLED:
             raise TaskCancelled(task_id)

@@ -9,6 +9,7 @@ import errands
 from errands import Service, TaskStatus
 
 from ._jsonschema import JSON, input_schema, output_schema
+from ._waiting import MAX_WAIT_IDS
 
 __all__ = ["openapi_document"]
 
@@ -35,6 +36,13 @@ _TASK_ID = {
     "description": "The task id given by submit.",
     "schema": {"type": "string"},
 }
+_EVENTS_DOC = (
+    "A `text/event-stream`.  Each event is `event: status` with `data:` the JSON"
+    " object `GET status` answers (a TaskInfo): one at once with the current"
+    " state, then one on every change of status, progress, message or attempt."
+    "  The stream ends after the event of a final status (or when the server"
+    " drains).  A `: keepalive` comment comes after 15 s of silence."
+)
 _WAIT = {
     "name": "wait",
     "in": "query",
@@ -125,6 +133,23 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
                 },
             }
         }
+        paths[f"{d.route}/events"] = {
+            "get": {
+                "operationId": f"{name}_events",
+                "summary": "Follow a task: server-sent events until it is final",
+                "description": _EVENTS_DOC,
+                "tags": [name],
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _response(
+                        "A stream of status events", {"type": "string"}, "text/event-stream"
+                    ),
+                    "400": _error("No task_id"),
+                    "404": _error("Unknown or expired task"),
+                    "503": _error("The engine is not running"),
+                },
+            }
+        }
         for action, methods, summary, ok in (
             ("cancel", ("post", "put"), "Cancel a task", "Submitted"),
             ("retry", ("put", "post"), "Run a finished task again", "Submitted"),
@@ -173,6 +198,42 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
             "responses": {
                 "200": _response("A page of tasks", {"$ref": "#/components/schemas/TaskList"}),
                 "400": _error("Bad filter"),
+            },
+        }
+    }
+    paths["/tasks/wait"] = {
+        "post": {
+            "operationId": "wait_tasks",
+            "summary": "Wait until one of many tasks is final",
+            "description": (
+                "Answers as soon as one of the tasks is final, unknown or expired (all"
+                " such tasks are reported), or after `wait` seconds (at most the"
+                " server's maximum; default 0: at once), or at once when the server"
+                " drains.  Repeated ids count once; each list keeps the request's order."
+            ),
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "The longest to hold the request, in seconds (default 0).",
+                    "schema": {"type": "number", "minimum": 0},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/WaitRequest"}}
+                },
+            },
+            "responses": {
+                "200": _response(
+                    "Final tasks, missing ids and the rest",
+                    {"$ref": "#/components/schemas/WaitAnswer"},
+                ),
+                "400": _error("The body or wait is not valid"),
+                "413": _error("The body is too large"),
+                "503": _error("The engine is not running"),
             },
         }
     }
@@ -236,6 +297,28 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
                 "next_offset": {"type": ["integer", "null"]},
             },
             "required": ["tasks", "limit", "offset"],
+        },
+        "WaitRequest": {
+            "type": "object",
+            "properties": {
+                "task_ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "maxItems": MAX_WAIT_IDS,
+                }
+            },
+            "required": ["task_ids"],
+            "additionalProperties": False,
+        },
+        "WaitAnswer": {
+            "type": "object",
+            "properties": {
+                "done": {"type": "array", "items": {"$ref": "#/components/schemas/TaskInfo"}},
+                "missing": {"type": "array", "items": {"type": "string"}},
+                "pending": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["done", "missing", "pending"],
         },
         **defs,
     }

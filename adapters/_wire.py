@@ -326,14 +326,16 @@ def needs_status(response: httpx.Response, *, action: str) -> bool:
     """Whether the answer's meaning depends on the task's status.
 
     BentoML's server answers 400 (not finished) or the task's own error to
-    ``get``, and 400 to every ``cancel``; errands' server is explicit.
+    ``get``, 400 to a ``retry`` of an unfinished task, and 400 or 500 to
+    every ``cancel`` (its local server cannot cancel); errands' server is
+    explicit, with the status in its error body.
     """
     code = response.status_code
-    if code < 400 or code in (404, 422, 503):
+    if code < 400 or code in (404, 422, 503) or "status" in _body(response):
         return False
-    if action == "get":
-        return "status" not in _body(response)
-    return action in ("cancel", "retry") and code == 400
+    if action in ("get", "cancel"):
+        return True
+    return action == "retry" and code == 400
 
 
 def _retry_after(response: httpx.Response) -> float | None:

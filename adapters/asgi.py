@@ -9,7 +9,6 @@ engine starts with the first request (in its own thread) and stops at exit.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -46,10 +45,17 @@ from errands import (
 from errands._define import as_service
 from errands._engine import idempotent_id
 
+from ._answers import HTTPError
+from ._answers import json_answer as _json
+from ._answers import json_bytes as _json_bytes
+from ._answers import loads as _loads
+from ._answers import number as _number
+from ._answers import one as _one
 from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
 from ._multipart import MultipartError, parse_multipart
 from ._openapi import openapi_document
+from ._waiting import EventStream, Holds, wait_many
 
 __all__ = ["BENTOML_STATUS", "ErrandsApp", "create_app"]
 
@@ -74,18 +80,9 @@ ACTIONS = {
     "get": ("GET",),
     "cancel": ("POST", "PUT"),
     "retry": ("PUT", "POST"),
+    "events": ("GET",),
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-class HTTPError(Exception):
-    """An answer other than 2xx, with a JSON body ``{"error": ..., **extra}``."""
-
-    def __init__(self, code: int, message: str, /, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = code
-        self.body = {"error": message, **extra}
-        self.headers: list[tuple[bytes, bytes]] = []
 
 
 class ErrandsApp:
@@ -117,6 +114,7 @@ class ErrandsApp:
         self._autostarted: errands.SyncClient | None = None
         self._schema: bytes | None = None
         self._openapi: bytes | None = None
+        self._holds = Holds()
 
     # ------------------------------------------------------------------ engine
 
@@ -125,19 +123,25 @@ class ErrandsApp:
         """Run the engine for the duration of the block (from a host's lifespan).
 
         Under trio the engine runs in the current loop; under asyncio in its
-        own trio thread.  Leaving the block drains it (see ``grace``).
+        own trio thread.  Leaving the block first drains the app's held
+        requests (:meth:`drain`), then the engine (see ``grace``); while the
+        engine drains, reads are still answered (held requests answer with
+        the state of the moment) and ``/readyz`` says 503.
         """
         self._ended = False
+        self._holds.reopen()
         if sniffio.current_async_library() == "trio":
-            async with errands.open_engine(
-                self.service, backend=self._backend, **self._engine_options
-            ) as client:
-                self._access = LocalEngine(client.engine)
-                try:
-                    yield self
-                finally:
-                    self._access = None
-                    self._ended = True
+            try:
+                async with errands.open_engine(
+                    self.service, backend=self._backend, **self._engine_options
+                ) as client:
+                    self._access = LocalEngine(client.engine)
+                    try:
+                        yield self
+                    finally:
+                        self._stopping()
+            finally:
+                self._access = None
             return
         import anyio.to_thread
 
@@ -146,9 +150,15 @@ class ErrandsApp:
         try:
             yield self
         finally:
-            self._access = None
-            self._ended = True
-            await anyio.to_thread.run_sync(sync_client.close)
+            self._stopping()
+            try:
+                await anyio.to_thread.run_sync(sync_client.close)
+            finally:
+                self._access = None
+
+    def _stopping(self) -> None:
+        self.drain()
+        self._ended = True
 
     def _start_thread_engine(self) -> errands.SyncClient:
         return errands.start(self.service, backend=self._backend, **self._engine_options)
@@ -167,8 +177,21 @@ class ErrandsApp:
                 self._access = ThreadedEngine(self._autostarted)
         return self._access
 
+    def drain(self) -> None:
+        """Answer every held request now, and hold no new one; never blocks.
+
+        Held ``?wait=`` long polls and ``POST /tasks/wait`` answer at once
+        with the state of the moment, event streams end, and new ones do the
+        same without holding, until the app's engine is started again.  Call
+        it from the server's event loop (not another thread), e.g. when a
+        shutdown signal arrives: servers wait for in-flight requests before
+        they end the lifespan, which drains too.  Idempotent.
+        """
+        self._holds.drain()
+
     def close(self) -> None:
         """Stop an engine that was started by a first request (idempotent)."""
+        self.drain()
         self._ended = True
         client, self._autostarted = self._autostarted, None
         if client is not None:
@@ -208,7 +231,7 @@ class ErrandsApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            status, headers, body = await self._dispatch(scope, receive)
+            answer = await self._dispatch(scope, receive)
         except HTTPError as exc:
             status, body = exc.status, _json_bytes(exc.body)
             headers = [(b"content-type", b"application/json"), *exc.headers]
@@ -216,13 +239,18 @@ class ErrandsApp:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             status, body = 500, _json_bytes({"error": "internal server error"})
             headers = [(b"content-type", b"application/json")]
+        else:
+            if isinstance(answer, EventStream):
+                await answer.run(send, receive)  # its own errors: after the start, no 500
+                return
+            status, headers, body = answer
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _dispatch(
         self, scope: Scope, receive: Receive
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | EventStream:
         path: str = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
@@ -249,6 +277,10 @@ class ErrandsApp:
         if path == "/tasks":
             _allow(method, ("GET",))
             return await self._list(query)
+        if path == "/tasks/wait":
+            _allow(method, ("POST",))
+            body = await self._read_body(scope, receive)
+            return await wait_many(self, self._engine(), body, query)
         prefix, _, action = path.rpartition("/")
         definition = self.routes.get(prefix or "/")
         if definition is None or action not in ACTIONS:
@@ -270,6 +302,10 @@ class ErrandsApp:
             if action == "status":
                 return await self._status(task_id)
             return await self._get(task_id)
+        if action == "events":
+            access = self._engine()
+            first = await self._call(access, access.engine.info, task_id)
+            return EventStream(self, access, first)
         if action == "cancel":
             return await self._cancel(task_id)
         return await self._retry(task_id)
@@ -339,12 +375,13 @@ class ErrandsApp:
         if not (math.isfinite(wait) and wait >= 0):
             raise HTTPError(400, "wait must be a non-negative number of seconds")
         wait = min(wait, self.max_wait)
-        if wait > 0:
+        if wait > 0 and not self._holds.draining:
             access = self._engine()
-            try:
-                await self._call(access, access.engine.wait, task_id, wait)
-            except TimeoutError:
-                pass  # answer with the state it is in now
+            with self._holds.hold():  # a drain ends it early
+                try:
+                    await self._call(access, access.engine.wait, task_id, wait)
+                except TimeoutError:
+                    pass  # answer with the state it is in now
 
     async def _status(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
@@ -523,7 +560,12 @@ class ErrandsApp:
             ]
             # "errands" tells errands' clients what this server offers beyond
             # BentoML's protocol (BentoML's clients read only "routes").
-            extra = {"version": errands.__version__, "max_wait": self.max_wait}
+            extra = {
+                "version": errands.__version__,
+                "max_wait": self.max_wait,
+                "wait_many": True,  # POST /tasks/wait
+                "events": True,  # GET <route>/events
+            }
             self._schema = _json_bytes(
                 {"name": self.service.name, "type": "service", "routes": routes, "errands": extra}
             )
@@ -598,49 +640,6 @@ def _allow(method: str, allowed: Iterable[str]) -> None:
         raise error
 
 
-def _one(query: dict[str, list[str]], name: str, *, required: bool = False) -> str | None:
-    values = query.get(name)
-    if not values:
-        if required:
-            raise HTTPError(400, f"the {name} query parameter is required")
-        return None
-    return values[-1]
-
-
-def _number(query: dict[str, list[str]], name: str, kind: type, *, default: Any) -> Any:
-    text = _one(query, name)
-    if text is None:
-        return default
-    try:
-        return kind(text)
-    except ValueError:
-        raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:20]} is too large for a float")
-    return value
-
-
-def _loads(body: bytes) -> Any:
-    """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
-    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _json(status: int, value: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    return status, [(b"content-type", b"application/json")], _json_bytes(value)
-
-
 def create_app(
     service: object,
     *,
@@ -666,8 +665,8 @@ def create_app(
         max_body_size: the largest request body accepted, in bytes (413 above).
         max_pending: refuse submits with 429 (and ``Retry-After``) while this
             many tasks wait in the queue (None: no limit).
-        max_wait: the longest a ``?wait=`` long poll on status/get is held,
-            in seconds.
+        max_wait: the longest a ``?wait=`` long poll on status/get, or a
+            ``POST /tasks/wait``, is held, in seconds.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, as for :func:`errands.open_engine`.
     """

@@ -195,6 +195,9 @@ def _serve_here(args: argparse.Namespace, config: Any) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("received %s: draining", signal.Signals(signum).name)
+                # Held long polls and event streams answer now: hypercorn waits
+                # for in-flight requests before it ends the lifespan.
+                app.drain()
                 return
 
     async def serve() -> None:

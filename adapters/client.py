@@ -56,7 +56,9 @@ def _timeout(default: float, call: Call) -> Any:
 
 
 def _unreachable(url: str, exc: httpx.TransportError) -> RemoteError:
-    return RemoteError(f"cannot reach the errands server at {url}: {exc!r}")
+    if isinstance(exc, httpx.TimeoutException):
+        return RemoteError(f"the server at {url} did not answer in time ({exc!r})")
+    return RemoteError(f"cannot reach the server at {url}: {exc!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +93,40 @@ def _route(server: ServerInfo, name: str) -> Endpoint:
 def _unknown(server: ServerInfo, name: str) -> AttributeError:
     known = ", ".join(sorted(server.endpoints)) or "none"
     return AttributeError(f"no task endpoint {name!r} on the server (endpoints: {known})")
+
+
+class _AsyncWaiter:
+    """``errands.as_completed`` over AsyncHTTPTask handles of one client."""
+
+    is_async = True
+
+    def __init__(self, client: AsyncHTTPClient) -> None:
+        self.owner = client
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def wait_any(
+        self, task_ids: Collection[str], timeout: float | None
+    ) -> dict[str, TaskInfo | None]:
+        return await self.owner._wait_any(task_ids, timeout)
+
+
+class _SyncWaiter:
+    """``errands.as_completed`` over HTTPTask handles of one client."""
+
+    is_async = False
+
+    def __init__(self, client: SyncHTTPClient) -> None:
+        self.owner = client
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait_any(
+        self, task_ids: Collection[str], timeout: float | None
+    ) -> dict[str, TaskInfo | None]:
+        return self.owner._wait_any(task_ids, timeout)
 
 
 # ====================================================================== async
@@ -145,6 +181,9 @@ class AsyncHTTPTask:
         server = await self._client.server_info()
         new_id = await self._client._run(_flows.retry(_route(server, self.name), self.id))
         return AsyncHTTPTask(self._client, new_id, self.name)
+
+    def _completion_waiter(self) -> _AsyncWaiter:
+        return _AsyncWaiter(self._client)
 
     def __repr__(self) -> str:
         return f"<AsyncHTTPTask {self.name} {self.id}>"
@@ -377,6 +416,9 @@ class HTTPTask:
         server = self._client.server_info()
         new_id = self._client._run(_flows.retry(_route(server, self.name), self.id))
         return HTTPTask(self._client, new_id, self.name)
+
+    def _completion_waiter(self) -> _SyncWaiter:
+        return _SyncWaiter(self._client)
 
     def __repr__(self) -> str:
         return f"<HTTPTask {self.name} {self.id}>"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +412,23 @@ class DiskCacheStore(Store):
             return None if row is None else _stored(row)
 
         return await self._db.run(get, write=False)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+        ids = list(task_ids)
+
+        def get_many(conn: sqlite3.Connection) -> dict[str, StoredTask]:
+            found: dict[str, StoredTask] = {}
+            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+                )
+                for row in rows:
+                    found[row[0]] = _stored(row)
+            return found
+
+        return await self._db.run(get_many, write=False)
 
     async def transition(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import trio
 
@@ -261,6 +261,11 @@ class MemoryStore(Store):
     async def get(self, task_id: str) -> StoredTask | None:
         await trio.lowlevel.checkpoint_if_cancelled()
         return self._records.get(task_id)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        records = self._records
+        return {i: records[i] for i in task_ids if i in records}
 
     async def transition(
         self,

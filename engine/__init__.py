@@ -34,10 +34,12 @@ from ._errors import (
 from ._model import Claim, StoredTask, TaskError, TaskInfo
 from ._status import TaskStatus
 from ._sync import SyncClient, SyncEndpoint, Task, start
+from ._waiting import AsCompleted, as_completed
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AsCompleted",
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncTask",
@@ -73,6 +75,7 @@ __all__ = [
     "TaskNotReady",
     "TaskOptions",
     "TaskStatus",
+    "as_completed",
     "current_task",
     "open_engine",
     "service",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import trio
 
@@ -159,6 +159,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get(self, task_id: str) -> StoredTask | None:
         """The record, or None."""
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+        """The records of those ``task_ids`` that exist, by id (missing ones left out).
+
+        A read of many records for waiters on many tasks.  The default calls
+        :meth:`get` for each id; backends that can read them in one go
+        override it.  Records may be read at slightly different moments.
+        """
+        await trio.lowlevel.checkpoint()
+        found: dict[str, StoredTask] = {}
+        for task_id in task_ids:
+            task = await self.get(task_id)
+            if task is not None:
+                found[task_id] = task
+        return found
 
     @abc.abstractmethod
     async def transition(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._define import TaskDefinition
 from ._model import TaskInfo
 from ._status import TaskStatus
+from ._waiting import EngineWaiter
 
 if TYPE_CHECKING:
     from ._engine import Engine, EngineStatistics
@@ -64,6 +65,9 @@ class AsyncTask:
         """
         record = await self._engine.retry(self.id)
         return AsyncTask(self._engine, record.id, record.name)
+
+    def _completion_waiter(self) -> EngineWaiter:
+        return EngineWaiter(self._engine)
 
     def __repr__(self) -> str:
         return f"<AsyncTask {self.name} {self.id}>"

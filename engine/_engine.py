@@ -26,7 +26,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,6 +110,27 @@ class _Watch:
     record: TaskRecord | None = None
 
 
+@attrs.define(eq=False)
+class _Listener:
+    """One caller of :meth:`Engine.next_change` or :meth:`Engine.wait_any`,
+    listening on one or more task ids.
+
+    Unlike a :class:`_Watch` it is not dropped when it fires: its owner
+    re-arms ``event`` and removes itself when done.  ``fired`` collects the
+    ids that changed since the owner last looked.
+    """
+
+    changes: bool  # woken by every change (started, progress), not only final ones
+    event: trio.Event = attrs.field(factory=trio.Event)
+    fired: set[str] = attrs.field(factory=set)
+
+    def rearm(self) -> set[str]:
+        """A fresh event; returns (and forgets) the ids that fired before."""
+        fired, self.fired = self.fired, set()
+        self.event = trio.Event()
+        return fired
+
+
 @attrs.frozen(kw_only=True)
 class EngineStatistics:
     """A snapshot of an engine (``client.statistics()``)."""
@@ -124,6 +145,16 @@ def idempotent_id(service: str, name: str, key: str) -> str:
     """The task id an idempotency key stands for (128 bits of its hash)."""
     digest = hashlib.sha256(f"{service}\0{name}\0{key}".encode()).digest()[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
+    """Whether ``record`` changed in what :meth:`Engine.next_change` follows."""
+    return (
+        record.status is not seen.status
+        or record.attempt != seen.attempt
+        or record.progress != seen.progress
+        or record.message != seen.message
+    )
 
 
 def _default_owner() -> str:
@@ -176,6 +207,7 @@ class Engine:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._watchers: dict[str, _Watch] = {}
+        self._listeners: dict[str, set[_Listener]] = {}
         self._dirty: dict[str, _Run] = {}
         self._progress_wake = trio.Event()
         self._runners: trio.Nursery | None = None
@@ -227,6 +259,9 @@ class Engine:
                 self._threads.close()
             for watch in self._watchers.values():
                 watch.event.set()
+            for listeners in self._listeners.values():
+                for listener in listeners:
+                    listener.event.set()
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await self.backend.aclose()
             log.info("engine %s stopped", self.owner)
@@ -299,6 +334,33 @@ class Engine:
         if watch is not None:
             watch.record = final
             watch.event.set()
+        listeners = self._listeners.get(task_id)
+        if listeners is not None:
+            for listener in listeners:
+                listener.fired.add(task_id)
+                listener.event.set()
+
+    def _touch(self, task_id: str) -> None:
+        """A change that is not final (started, progress stored): wakes only the
+        listeners that follow every change, never :meth:`wait`'s waiters."""
+        listeners = self._listeners.get(task_id)
+        if listeners is not None:
+            for listener in listeners:
+                if listener.changes:
+                    listener.fired.add(task_id)
+                    listener.event.set()
+
+    def _listen(self, task_ids: Collection[str], listener: _Listener) -> None:
+        for task_id in task_ids:
+            self._listeners.setdefault(task_id, set()).add(listener)
+
+    def _unlisten(self, task_ids: Collection[str], listener: _Listener) -> None:
+        for task_id in task_ids:
+            listeners = self._listeners.get(task_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[task_id]
 
     async def _load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
         if schedule:
@@ -478,6 +540,141 @@ class Engine:
             watch = self._watchers[task_id] = _Watch()
         return watch
 
+    async def next_change(
+        self, task_id: str, since: TaskInfo | None = None, timeout: float | None = None
+    ) -> TaskInfo:
+        """Block until the task's status, progress, message or attempt differs
+        from ``since``; return its info then (with its queue position while
+        pending).  With ``since=None``, return the current info at once.
+
+        Event-driven for changes this engine makes (started, progress stored,
+        retried, final); for backends shared with other processes it also
+        looks every ``poll_interval`` seconds.  A final task does not change
+        again: called with a final ``since``, it waits for the timeout (or
+        the task's expiry, seen when polling).  Nothing is left registered
+        when it returns, raises or is cancelled.
+
+        Args:
+            task_id: the task to follow.
+            since: the info the caller has already seen (as returned before).
+            timeout: seconds to wait at most (None: no limit).
+
+        Returns:
+            The task's :class:`TaskInfo`, different from ``since``.
+
+        Raises:
+            TimeoutError: no change within ``timeout`` seconds.
+            TaskNotFound: unknown, expired or malformed id (also when it
+                expires while waited on).
+            EngineClosed: the engine stopped meanwhile.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        poll = self.backend.poll_interval
+        listener = _Listener(changes=True)
+        ids = (task_id,)
+        self._listen(ids, listener)  # before reading, so no change slips between
+        try:
+            record = await self._load(task_id)
+            while since is not None and not _differs(record, since):
+                if not self._open:
+                    raise EngineClosed("the engine stopped")
+                now = trio.current_time()
+                if now >= deadline:
+                    raise TimeoutError(f"task {task_id} did not change in {timeout} s")
+                until = deadline if poll is None else min(deadline, now + poll)
+                if until == math.inf:
+                    await listener.event.wait()
+                else:
+                    with trio.move_on_at(until):
+                        await listener.event.wait()
+                listener.rearm()
+                record = await self._load(task_id, schedule=False)
+            position = None
+            if record.status is PENDING:
+                try:
+                    position = await self._queue.position(task_id)
+                except BackendError:
+                    self._check_open()  # closed meanwhile: say so
+                    raise
+            return TaskInfo.from_record(record, position=position)
+        finally:
+            self._unlisten(ids, listener)
+
+    async def wait_any(
+        self, task_ids: Collection[str], timeout: float | None = None
+    ) -> dict[str, TaskInfo | None]:
+        """Block until at least one of ``task_ids`` is final, unknown or expired.
+
+        Returns then a dict of *every* such id at that moment: a final task's
+        id maps to its :class:`TaskInfo`, an unknown, expired or malformed id
+        to None.  Ids not in the dict are not final yet.  When ``timeout``
+        seconds pass first, returns ``{}`` (no ``TimeoutError``: this is a
+        building block; ``timeout=0`` looks once).  Repeated ids count once.
+
+        Event-driven for changes this engine makes (one event shared by all
+        the ids); for backends shared with other processes it also reads the
+        ids every ``poll_interval`` seconds.  It always passes a schedule
+        point, and leaves nothing registered when it returns, raises or is
+        cancelled.
+
+        Args:
+            task_ids: the tasks to wait on.
+            timeout: seconds to wait at most (None: no limit).
+
+        Raises:
+            EngineClosed: the engine stopped (or stops while waiting).
+        """
+        ids = [i for i in dict.fromkeys(task_ids) if is_task_id(i)]
+        done: dict[str, TaskInfo | None] = {
+            i: None for i in dict.fromkeys(task_ids) if not is_task_id(i)
+        }
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        poll = self.backend.poll_interval
+        listener = _Listener(changes=False)
+        self._listen(ids, listener)  # before reading, so no change slips between
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            next_poll = math.inf if poll is None else trio.current_time() + poll
+            done.update(await self._finals(ids))
+            while not done:
+                if not self._open:
+                    raise EngineClosed("the engine stopped")
+                if trio.current_time() >= deadline:
+                    return {}
+                until = min(deadline, next_poll)
+                if until == math.inf:
+                    await listener.event.wait()
+                else:
+                    with trio.move_on_at(until):
+                        await listener.event.wait()
+                fired = listener.rearm()
+                if trio.current_time() >= next_poll:
+                    assert poll is not None
+                    next_poll = trio.current_time() + poll
+                    done.update(await self._finals(ids))
+                elif fired:
+                    done.update(await self._finals([i for i in ids if i in fired]))
+            return done
+        finally:
+            self._unlisten(ids, listener)
+
+    async def _finals(self, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
+        """The final or missing ones among well-formed ``task_ids``, read in one go."""
+        if not task_ids:
+            return {}
+        stored = await self._store.get_many(task_ids)
+        now = self.clock()
+        found: dict[str, TaskInfo | None] = {}
+        for task_id in task_ids:
+            task = stored.get(task_id)
+            if task is None:
+                found[task_id] = None
+            elif task.status.is_final:
+                record = task.record
+                found[task_id] = None if record.is_expired(now) else TaskInfo.from_record(record)
+        return found
+
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).
 
@@ -625,6 +822,7 @@ class Engine:
         if not await self._store.transition(StoredTask.from_record(running), expect=PENDING):
             await self._queue.ack(task_id, claim.token)
             return
+        self._touch(task_id)
         definition = self.definitions.get(record.name)
         if definition is None:
             unknown = TaskError(
@@ -839,6 +1037,7 @@ class Engine:
                     StoredTask.from_record(updated), expect=IN_PROGRESS, token=run.claim.token
                 ):
                     run.record = updated
+                    self._touch(run.claim.task_id)
 
     # ------------------------------------------------------------------ leases
 

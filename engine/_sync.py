@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import html
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -69,6 +70,22 @@ class _Portal:
             raise EngineClosed("the engine has stopped") from None
 
 
+class _PortalWaiter:
+    """Waits through the engine thread (for ``as_completed`` over ``Task``)."""
+
+    is_async = False
+
+    def __init__(self, portal: _Portal, engine: Engine) -> None:
+        self._portal = portal
+        self.owner = engine
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait_any(self, task_ids: list[str], timeout: float | None) -> dict[str, Any]:
+        return self._portal.run(self.owner.wait_any, task_ids, timeout)
+
+
 class Task:
     """A handle on one task, for sync code (scripts, notebooks, threads).
 
@@ -115,6 +132,9 @@ class Task:
     def retry(self) -> Task:
         """A new task with the same arguments.  Raises TaskNotReady while not final."""
         return Task(self._portal, self._portal.run(self._handle.retry))
+
+    def _completion_waiter(self) -> _PortalWaiter:
+        return _PortalWaiter(self._portal, self._handle._engine)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {self.id}>"

@@ -32,9 +32,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(args: list[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``errands serve ARGS`` on a free port; stopped (by its PID) on exit."""
-    port = free_port()
+def serving(
+    args: list[str], cwd: Path, *, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``errands serve ARGS`` on ``port`` (default: a free one); stopped (by its
+    PID) on exit.  ``env`` is added to this process's environment."""
+    port = port or free_port()
     log = (cwd / "server.log").open("w")
     proc = subprocess.Popen(
         [*ERRANDS, "serve", *args, "--port", str(port)],
@@ -42,6 +45,7 @@ def serving(args: list[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
     try:

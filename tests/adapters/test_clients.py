@@ -388,3 +388,57 @@ async def test_async_wait_is_one_long_poll_under_trio(server: str) -> None:
         with trio.fail_after(30):
             assert await task.wait() is errands.TaskStatus.SUCCESS
         assert seen == ["/nap/status"]
+
+
+# --------------------------------------------------------------------------- many
+
+
+def test_sync_as_completed_yields_in_order_of_ending(server: str) -> None:
+    with SyncHTTPClient(server) as client:
+        slow = client.nap.submit(seconds=1.0)
+        quick = client.add.submit(a=1, b=1)
+        failing = client.boom.submit()
+        ghost = client.add.get_task("z" * 22)
+        order = list(errands.as_completed([slow, quick, failing, ghost], timeout=30))
+        assert order[-1] == slow and set(order[:3]) == {quick, failing, ghost}
+        assert slow.get() == "rested"
+        with pytest.raises(errands.TaskNotFound):
+            ghost.get()
+        stuck = client.nap.submit(seconds=60)
+        with pytest.raises(TimeoutError, match="1 tasks not finished"):
+            list(errands.as_completed([quick, stuck], timeout=0.5))
+        stuck.cancel()
+        with pytest.raises(TypeError, match="sync task handles"):
+            errands.as_completed([quick]).__aiter__().__anext__().send(None)
+
+
+async def _async_as_completed(base: str) -> None:
+    async with AsyncHTTPClient(base) as client:
+        slow = await client.nap.submit(seconds=1.0)
+        quick = await client.add.submit(a=1, b=1)
+        order = [t async for t in errands.as_completed([slow, quick], timeout=30)]
+        assert order == [quick, slow]
+        with pytest.raises(TypeError, match="async task handles"):
+            list(errands.as_completed([quick]))
+        with SyncHTTPClient(base) as other, pytest.raises(ValueError, match="one client"):
+            errands.as_completed([quick, other.get_task(quick.id)])
+
+
+async def test_async_as_completed_under_trio(server: str) -> None:
+    await _async_as_completed(server)
+
+
+def test_async_as_completed_under_asyncio(server: str) -> None:
+    asyncio.run(_async_as_completed(server))
+
+
+def test_as_completed_waits_on_many_in_one_request_per_ending(server: str) -> None:
+    transport = Counting()
+    with SyncHTTPClient(server, transport=transport) as client:
+        assert client.server_info().wait_many
+        tasks = [client.nap.submit(seconds=s) for s in (0.6, 1.2)]
+        transport.paths.clear()
+        order = list(errands.as_completed(tasks, timeout=30))
+        assert order == tasks
+        # held by the server until each ending: no polling of each task
+        assert transport.paths == ["/tasks/wait", "/tasks/wait"]

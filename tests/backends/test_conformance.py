@@ -62,6 +62,23 @@ async def test_create_and_get(backend: Backend) -> None:
     assert await backend.store.get(new_task_id()) is None
 
 
+async def test_get_many_reads_the_records_that_exist(backend: Backend) -> None:
+    records = [record() for _ in range(3)]
+    for rec in records:
+        assert await backend.store.create(stored(rec))
+    unknown = new_task_id()
+    ids = [records[0].id, unknown, records[2].id, records[0].id]
+    got = await backend.store.get_many(ids)
+    assert sorted(got) == sorted([records[0].id, records[2].id])
+    assert reloaded(got[records[2].id]).record == records[2]
+    assert await backend.store.get_many([]) == {}
+    many = [record() for _ in range(1200)]  # more than one SQL statement's worth
+    for rec in many:
+        await backend.store.create(stored(rec))
+    got = await backend.store.get_many([r.id for r in many] + [unknown])
+    assert len(got) == 1200 and unknown not in got
+
+
 async def test_create_refuses_a_duplicate_id(backend: Backend) -> None:
     rec = record()
     assert await backend.store.create(stored(rec))

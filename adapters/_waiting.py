@@ -1,0 +1,201 @@
+"""Waiting without polling over HTTP: held requests, server-sent events, many-task waits.
+
+* :class:`Holds` keeps the requests the app holds open (``?wait=`` long
+  polls, event streams, ``POST /tasks/wait``) so that a drain answers them
+  all at once: long polls and waits with the state of the moment, streams by
+  ending.  Scopes are anyio's, so this works under trio and asyncio servers.
+* :class:`EventStream` is ``GET /<route>/events?task_id=``: ``text/event-stream``
+  with one ``status`` event at once, then one per change, ending after the
+  final one.
+* :func:`wait_many` is ``POST /tasks/wait``.
+
+Every engine call goes through ``access.call`` (see ``_bridge``), so the engine
+may live in this loop or in its own thread; cancelling a held call cancels it
+where the engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound
+
+from ._answers import Answer, HTTPError, json_answer, json_bytes, loads, number
+
+if TYPE_CHECKING:
+    from ._bridge import EngineAccess
+    from .asgi import ErrandsApp
+
+__all__ = ["KEEPALIVE", "MAX_WAIT_IDS", "EventStream", "Holds", "wait_many"]
+
+log = logging.getLogger("errands.http")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Seconds of silence after which an event stream sends a ``: keepalive`` comment.
+KEEPALIVE = 15.0
+#: The most task ids one ``POST /tasks/wait`` may name.
+MAX_WAIT_IDS = 10_000
+
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # proxies such as nginx: pass each event on at once
+]
+_KEEPALIVE_LINE = b": keepalive\n\n"
+
+
+class Holds:
+    """The requests an app holds open, and its drain.
+
+    Used from the server's loop only (not thread-safe), like the app itself.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._scopes: set[anyio.CancelScope] = set()
+
+    def drain(self) -> None:
+        """End every hold now and refuse new ones until :meth:`reopen`; never blocks."""
+        self.draining = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def reopen(self) -> None:
+        """Holds may last again (a new engine run began)."""
+        self.draining = False
+
+    @contextmanager
+    def hold(self) -> Iterator[anyio.CancelScope]:
+        """A block that :meth:`drain` ends early (quietly: the code after the
+        block runs and answers).  While draining, the block is cancelled at once."""
+        scope = anyio.CancelScope()
+        if self.draining:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._scopes.discard(scope)
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    return b"event: status\ndata: " + json_bytes(body) + b"\n\n"
+
+
+class EventStream:
+    """``GET /<route>/events``: the answer after the task id was found.
+
+    The first event carries ``first`` (read before any byte was sent, so an
+    unknown id was a plain 404); then one event per change of status,
+    progress, message or attempt; the stream ends after the event of a final
+    status, on drain, when the client goes away, or if the task can no longer
+    be read (engine stopped, task expired).
+    """
+
+    def __init__(self, app: ErrandsApp, access: EngineAccess, first: TaskInfo) -> None:
+        self._app = app
+        self._access = access
+        self._first = first
+        self._gone = False
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Send the whole stream; returns when it has ended."""
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        info = self._first
+        await self._send(send, _event(self._app._info_json(info)))
+        if not info.status.is_final and not self._gone:
+            with self._app._holds.hold():
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                    await self._follow(send, info)
+                    group.cancel_scope.cancel()
+        if not self._gone:
+            await self._send(send, b"", more=False)
+
+    async def _follow(self, send: Send, info: TaskInfo) -> None:
+        engine = self._access.engine
+        while not info.status.is_final and not self._gone:
+            try:
+                info = await self._access.call(engine.next_change, info.id, info, KEEPALIVE)
+            except TimeoutError:
+                await self._send(send, _KEEPALIVE_LINE)
+                continue
+            except (TaskNotFound, EngineClosed):
+                return
+            except ErrandsError:
+                log.exception("event stream of task %s ended by an engine error", info.id)
+                return
+            await self._send(send, _event(self._app._info_json(info)))
+
+    async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
+        try:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+        except OSError:  # some servers raise once the client has gone
+            self._gone = True
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        scope.cancel()
+
+
+async def wait_many(
+    app: ErrandsApp, access: EngineAccess, body: bytes, query: dict[str, list[str]]
+) -> Answer:
+    """``POST /tasks/wait?wait=S`` with ``{"task_ids": [...]}``.
+
+    Answers ``{"done": [status objects of final tasks], "missing": [unknown
+    or expired ids], "pending": [ids not final yet]}`` as soon as ``done`` or
+    ``missing`` is not empty, or after ``min(S, max_wait)`` seconds (S
+    defaults to 0: answer at once), or at once on drain.  Repeated ids count
+    once; every list keeps the order of the request.
+    """
+    try:
+        request = loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "the body is nested too deeply") from None
+    if not isinstance(request, dict):
+        raise HTTPError(400, 'the body must be a JSON object: {"task_ids": [...]}')
+    unknown = sorted(set(request) - {"task_ids"})
+    if unknown:
+        raise HTTPError(400, f"unknown fields in the body: {', '.join(unknown)}")
+    ids = request.get("task_ids")
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= MAX_WAIT_IDS
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        raise HTTPError(400, f"task_ids must be a list of 1 to {MAX_WAIT_IDS} task ids (strings)")
+    wait = number(query, "wait", float, default=0.0)
+    if not (math.isfinite(wait) and wait >= 0):
+        raise HTTPError(400, "wait must be a non-negative number of seconds")
+    wait = min(wait, app.max_wait)
+    unique = list(dict.fromkeys(ids))
+    found: dict[str, TaskInfo | None] = {}
+    engine = access.engine
+    if wait > 0 and not app._holds.draining:
+        with app._holds.hold():
+            found = await app._call(access, engine.wait_any, unique, wait)
+    if not found:  # timed out, drained, or no wait asked: the state now
+        found = await app._call(access, engine.wait_any, unique, 0)
+    return json_answer(
+        200,
+        {
+            "done": [app._info_json(info) for i in unique if (info := found.get(i)) is not None],
+            "missing": [i for i in unique if i in found and found[i] is None],
+            "pending": [i for i in unique if i not in found],
+        },
+    )

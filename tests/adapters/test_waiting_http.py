@@ -1,0 +1,272 @@
+"""Waiting without polling over HTTP, in-process on MockClock: drain, events, /tasks/wait.
+
+(The event stream against real servers, reading it as it comes: test_events_served.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+import errands
+from errands.adapters.asgi import ErrandsApp, create_app
+from tests.adapters._http import BASE_URL, checking_client
+from tests.conftest import trio_wall
+
+svc = errands.Service("waits")
+
+
+@svc.task
+async def nap(seconds: float) -> str:
+    await trio.sleep(seconds)
+    return "rested"
+
+
+@svc.task
+async def halfway(seconds: float) -> str:
+    await trio.sleep(1)
+    errands.current_task().report(0.5, message="half")
+    await trio.sleep(seconds)
+    return "done"
+
+
+def make_app(**options: Any) -> ErrandsApp:
+    app = create_app(svc, max_wait=30, grace=0, **options)
+    app._engine_options["clock"] = trio_wall  # stored times follow the mock clock
+    return app
+
+
+@asynccontextmanager
+async def serving(app: ErrandsApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.running(), checking_client(httpx.ASGITransport(app=app), BASE_URL) as client:
+        yield client
+
+
+async def submit(client: httpx.AsyncClient, route: str, **query: Any) -> str:
+    body = {"seconds": query.pop("seconds")}
+    response = await client.post(f"/{route}/submit", json=body, params=query)
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+def parse_events(text: str) -> tuple[list[dict[str, Any]], int]:
+    """The ``status`` events of a stream, and how many keepalive comments it had."""
+    events: list[dict[str, Any]] = []
+    keepalives = 0
+    assert text.endswith("\n\n"), text
+    for block in text.split("\n\n")[:-1]:
+        if block == ": keepalive":
+            keepalives += 1
+            continue
+        kind, data = block.split("\n")
+        assert kind == "event: status", block
+        assert data.startswith("data: "), block
+        events.append(json.loads(data.removeprefix("data: ")))
+    return events, keepalives
+
+
+# ---------------------------------------------------------------- drain
+
+
+async def test_drain_answers_held_requests_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        task_id = await submit(client, "nap", seconds=500)
+        answers: dict[str, httpx.Response] = {}
+
+        async def ask(name: str, method: str, url: str, kwargs: dict[str, Any]) -> None:
+            answers[name] = await client.request(method, url, **kwargs)
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            query = {"task_id": task_id, "wait": 20}
+            many = {"params": {"wait": 20}, "json": {"task_ids": [task_id]}}
+            nursery.start_soon(ask, "status", "GET", "/nap/status", {"params": query})
+            nursery.start_soon(ask, "get", "GET", "/nap/get", {"params": query})
+            nursery.start_soon(ask, "many", "POST", "/tasks/wait", many)
+            nursery.start_soon(ask, "events", "GET", "/nap/events", {"params": query})
+            await trio.testing.wait_all_tasks_blocked()
+            assert not answers
+            app.drain()
+            app.drain()  # idempotent
+        assert trio.current_time() == start  # answered at once, not after 20 s
+        assert answers["status"].json()["status"] == "in_progress"
+        assert answers["get"].status_code == 409
+        assert answers["many"].json() == {"done": [], "missing": [], "pending": [task_id]}
+        events, _ = parse_events(answers["events"].text)
+        assert [e["status"] for e in events] == ["in_progress"]  # the state, then the end
+        # New ones do not hold either.
+        status = await client.get("/nap/status", params={"task_id": task_id, "wait": 20})
+        assert status.json()["status"] == "in_progress"
+        events, _ = parse_events((await client.get("/nap/events", params=query)).text)
+        assert len(events) == 1
+        assert trio.current_time() == start
+    # A new run of the engine holds again.
+    async with serving(app) as client:
+        task_id = await submit(client, "nap", seconds=5)
+        status = await client.get("/nap/status", params={"task_id": task_id, "wait": 20})
+        assert status.json()["status"] == "success"
+        assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_leaving_running_drains(autojump_clock: trio.testing.MockClock) -> None:
+    """The lifespan ending answers held requests (with the state they see) before
+    the engine stops."""
+    app = make_app()
+    answers: list[httpx.Response] = []
+    client = checking_client(httpx.ASGITransport(app=app), BASE_URL)
+    async with client, trio.open_nursery() as nursery, app.running():
+        task_id = await submit(client, "nap", seconds=500)
+        query = {"task_id": task_id, "wait": 25}
+
+        async def ask() -> None:
+            answers.append(await client.get("/nap/status", params=query))
+
+        nursery.start_soon(ask)
+        nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+    assert trio.current_time() == start
+    assert [a.status_code for a in answers] == [200, 200]
+    # In progress, or already handed back to the queue by the stopping engine.
+    assert {a.json()["status"] for a in answers} <= {"in_progress", "pending"}
+
+
+# ---------------------------------------------------------------- events
+
+
+async def test_events_from_first_to_final(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(make_app()) as client:
+        task_id = await submit(client, "halfway", seconds=2)
+        response = await client.get("/halfway/events", params={"task_id": task_id})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["cache-control"] == "no-cache"
+        events, keepalives = parse_events(response.text)
+        assert keepalives == 0
+        seen = [(e["status"], e["progress"], e["message"], e["attempt"]) for e in events]
+        assert seen == [
+            ("pending", None, None, 0),
+            ("in_progress", None, None, 1),
+            ("in_progress", 0.5, "half", 1),
+            ("success", 0.5, "half", 1),
+        ]
+        assert events[-1]["position"] is None
+        # Each event is what GET status says (the last one, at least, still holds).
+        status = await client.get("/halfway/status", params={"task_id": task_id})
+        assert events[-1] == status.json()
+        # A final task: one event, then the end.
+        again = await client.get("/nap/events", params={"task_id": task_id})
+        assert parse_events(again.text)[0] == [status.json()]
+
+
+async def test_events_keepalive_and_bentoml_names(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(make_app(bentoml_compat=True)) as client:
+        task_id = await submit(client, "nap", seconds=40)
+        start = trio.current_time()
+        response = await client.get("/nap/events", params={"task_id": task_id})
+        assert trio.current_time() - start == pytest.approx(40)
+        events, keepalives = parse_events(response.text)
+        assert keepalives == 2  # at 15 and 30 s of silence
+        assert [e["status"] for e in events] == ["pending", "in_progress", "completed"]
+
+
+async def test_events_errors_come_before_any_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with serving(make_app()) as client:
+        for bad in ("A" * 22, "nope"):
+            missing = await client.get("/nap/events", params={"task_id": bad})
+            assert missing.status_code == 404
+            assert missing.headers["content-type"] == "application/json"
+            assert bad in missing.json()["error"] or "not found" in missing.json()["error"]
+        assert (await client.get("/nap/events")).status_code == 400
+        wrong = await client.post("/nap/events", params={"task_id": "A" * 22})
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET")
+
+
+# ---------------------------------------------------------------- POST /tasks/wait
+
+
+async def test_wait_many_answers_when_one_ends(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(make_app()) as client:
+        slow = await submit(client, "nap", seconds=9)
+        fast = await submit(client, "nap", seconds=4)
+        start = trio.current_time()
+        now = await client.post("/tasks/wait", json={"task_ids": [slow, fast]})
+        assert now.json() == {"done": [], "missing": [], "pending": [slow, fast]}
+        assert trio.current_time() == start  # no wait asked: at once
+        ids = [slow, fast, slow]
+        answer = await client.post("/tasks/wait", params={"wait": 60}, json={"task_ids": ids})
+        assert trio.current_time() - start == pytest.approx(4)
+        body = answer.json()
+        assert body["pending"] == [slow] and body["missing"] == []
+        status = await client.get("/nap/status", params={"task_id": fast})
+        assert body["done"] == [status.json()]
+        # Unknown and malformed ids are answered at once, with the final ones.
+        ghost = "A" * 22
+        answer = await client.post(
+            "/tasks/wait", params={"wait": 60}, json={"task_ids": ["bad", slow, ghost, fast]}
+        )
+        body = answer.json()
+        assert trio.current_time() - start == pytest.approx(4)
+        assert body["missing"] == ["bad", ghost] and body["pending"] == [slow]
+        assert [d["task_id"] for d in body["done"]] == [fast]
+
+
+async def test_wait_many_is_held_at_most_max_wait(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(make_app()) as client:
+        task_id = await submit(client, "nap", seconds=500)
+        start = trio.current_time()
+        held = await client.post(
+            "/tasks/wait", params={"wait": "12.5"}, json={"task_ids": [task_id]}
+        )
+        assert held.json()["pending"] == [task_id]
+        assert trio.current_time() - start == pytest.approx(12.5)
+        held = await client.post("/tasks/wait", params={"wait": 999}, json={"task_ids": [task_id]})
+        assert held.json()["pending"] == [task_id]
+        assert trio.current_time() - start == pytest.approx(42.5)  # max_wait is 30
+
+
+@pytest.mark.parametrize(
+    ("body", "query", "says"),
+    [
+        (b"{", {}, "not valid JSON"),
+        (b"", {}, "JSON object"),
+        (b"[]", {}, "JSON object"),
+        (b'{"task_ids": []}', {}, "task_ids"),
+        (b'{"task_ids": "abc"}', {}, "task_ids"),
+        (b'{"task_ids": [1]}', {}, "task_ids"),
+        (b"{}", {}, "task_ids"),
+        (b'{"task_ids": ["a"], "mode": "all"}', {}, "mode"),
+        (json.dumps({"task_ids": ["a"] * 10_001}).encode(), {}, "task_ids"),
+        (b'{"task_ids": ["a"]}', {"wait": "-1"}, "wait"),
+        (b'{"task_ids": ["a"]}', {"wait": "inf"}, "wait"),
+        (b'{"task_ids": ["a"]}', {"wait": "soon"}, "wait"),
+    ],
+)
+async def test_wait_many_refuses_bad_requests(
+    autojump_clock: trio.testing.MockClock, body: bytes, query: dict[str, str], says: str
+) -> None:
+    async with serving(make_app()) as client:
+        answer = await client.post("/tasks/wait", content=body, params=query)
+        assert answer.status_code == 400, answer.text
+        assert says in answer.json()["error"]
+
+
+async def test_wait_many_takes_ten_thousand_ids(autojump_clock: trio.testing.MockClock) -> None:
+    async with serving(make_app()) as client:
+        ids = [f"{i:022d}" for i in range(10_000)]
+        answer = await client.post("/tasks/wait", json={"task_ids": ids})
+        assert answer.status_code == 200
+        assert answer.json()["missing"] == ids
+        wrong = await client.get("/tasks/wait")
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")

@@ -1,0 +1,340 @@
+"""Waiting without polling: ``Engine.next_change`` and ``Engine.wait_any``.
+
+On trio's MockClock, against the memory backend and the diskcache backend
+(changes made by the engine itself are event-driven on both; a second engine
+on the same diskcache directory sees them by polling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import errands
+from errands import Backend, Engine, TaskInfo, TaskStatus
+from errands._model import new_task_id
+from errands.backends import DiskCacheBackend, MemoryBackend
+from tests.conftest import trio_wall
+
+svc = errands.Service("waiting")
+
+
+@svc.task
+async def sleepy(seconds: float) -> str:
+    await trio.sleep(seconds)
+    return "awake"
+
+
+@svc.task
+async def stepper(steps: int) -> int:
+    """One step a second, reporting each; the first report after a second."""
+    for i in range(steps):
+        await trio.sleep(1)
+        errands.current_task().report((i + 1) / steps, f"step {i + 1}")
+    await trio.sleep(1)
+    return steps
+
+
+@svc.task(retries=1, retry_delay=1)
+async def flaky(seconds: float) -> None:
+    await trio.sleep(seconds)
+    if errands.current_task().attempt == 1:
+        raise RuntimeError("first time fails")
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "memory": lambda path: MemoryBackend(),
+    # NORMAL: no fsync per commit, so a disk write never outlasts the clock's threshold.
+    "diskcache": lambda path: DiskCacheBackend(path / "data", synchronous="NORMAL"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(kind: str) -> trio.testing.MockClock:
+    """Autojump, but for diskcache only after a short real pause: its calls run in a
+    thread, during which the trio side looks idle and would jump ahead at once.  A
+    late disk call still jumps, but only to the backend's next poll (0.1 s on)."""
+    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+
+
+@pytest.fixture
+def make_backend(kind: str, tmp_path: Path) -> Callable[[], Backend]:
+    return lambda: BACKENDS[kind](tmp_path)
+
+
+@asynccontextmanager
+async def engine(backend: Backend, **options: Any) -> AsyncIterator[Engine]:
+    async with errands.open_engine(svc, backend=backend, clock=trio_wall, **options) as client:
+        yield client.engine
+    await trio.lowlevel.checkpoint()
+
+
+def close_to(kind: str, expected: float) -> Any:
+    """Exact on memory; on diskcache the writer thread adds a little mock time."""
+    return pytest.approx(expected, abs=0 if kind == "memory" else 0.3)
+
+
+def seen(info: TaskInfo) -> tuple[str, float | None, str | None, int]:
+    return info.status.value, info.progress, info.message, info.attempt
+
+
+# ---------------------------------------------------------------- next_change
+
+
+async def test_next_change_follows_every_change(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        record = await eng.submit("stepper", {"steps": 2})
+        start = trio.current_time()
+        info = await eng.next_change(record.id)  # no since: the state now, at once
+        assert trio.current_time() == start
+        assert seen(info) == ("pending", None, None, 0)
+        assert info.position in (0, None)  # None: claimed, not yet started
+        history = []
+        while not info.status.is_final:
+            info = await eng.next_change(record.id, info, timeout=10)
+            history.append((seen(info), trio.current_time() - start))
+        assert [h[0] for h in history] == [
+            ("in_progress", None, None, 1),
+            ("in_progress", 0.5, "step 1", 1),
+            ("in_progress", 1.0, "step 2", 1),
+            ("success", 1.0, "step 2", 1),
+        ]
+        assert [h[1] for h in history] == [close_to(kind, t) for t in (0, 1, 2, 3)]
+        assert eng._listeners == {}
+
+
+async def test_next_change_sees_a_retry_as_a_change(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        record = await eng.submit("flaky", {"seconds": 1})
+        info = await eng.next_change(record.id)
+        statuses = []
+        while not info.status.is_final:
+            info = await eng.next_change(record.id, info, timeout=10)
+            statuses.append((info.status.value, info.attempt))
+        assert statuses == [
+            ("in_progress", 1),
+            ("pending", 1),
+            ("in_progress", 2),
+            ("success", 2),
+        ]
+
+
+async def test_next_change_times_out_and_refuses_unknown_ids(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        record = await eng.submit("sleepy", {"seconds": 100})
+        info = await eng.next_change(record.id)
+        info = await eng.next_change(record.id, info, timeout=5)
+        assert info.status is TaskStatus.IN_PROGRESS
+        start = trio.current_time()
+        with pytest.raises(TimeoutError):
+            await eng.next_change(record.id, info, timeout=7)
+        assert trio.current_time() - start == close_to(kind, 7)
+        with pytest.raises(TimeoutError), trio.testing.assert_checkpoints():
+            await eng.next_change(record.id, info, timeout=0)
+        for bad in (new_task_id(), "nope"):
+            with pytest.raises(errands.TaskNotFound), trio.testing.assert_checkpoints():
+                await eng.next_change(bad, info, timeout=5)
+        with trio.move_on_after(3):  # cancelled while parked
+            await eng.next_change(record.id, info)
+        assert eng._listeners == {}
+
+
+async def test_next_change_leaves_wait_alone(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """Progress and start wake followers of changes, never the waiters of wait()."""
+    async with engine(make_backend()) as eng, trio.open_nursery() as nursery:
+        record = await eng.submit("stepper", {"steps": 3})
+        nursery.start_soon(eng.wait, record.id)
+        await trio.testing.wait_all_tasks_blocked()
+        watch = eng._watchers[record.id]
+        info = await eng.next_change(record.id)
+        while info.progress is None or info.progress < 1:
+            info = await eng.next_change(record.id, info, timeout=10)
+            assert eng._watchers.get(record.id) is watch and not watch.event.is_set()
+        assert (await eng.wait(record.id)) is TaskStatus.SUCCESS
+    assert eng._listeners == {} and eng._watchers == {}
+
+
+async def test_next_change_raises_when_the_engine_stops(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    seen_after: list[str] = []
+    caught: list[BaseException] = []
+    async with engine(make_backend(), grace=0) as eng:
+        record = await eng.submit("sleepy", {"seconds": 100})
+        info = await eng.next_change(record.id)
+        info = await eng.next_change(record.id, info, timeout=5)
+        assert info.status is TaskStatus.IN_PROGRESS
+
+        async def follow(info: TaskInfo) -> None:
+            try:
+                while True:
+                    info = await eng.next_change(record.id, info)
+                    seen_after.append(info.status.value)
+            except errands.EngineClosed as exc:
+                caught.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow, info)
+            await trio.testing.wait_all_tasks_blocked()
+            eng.stop()
+    # The running task went back to the queue (a change), then the engine closed.
+    assert seen_after in ([], ["pending"]) and caught
+    assert eng._listeners == {}
+
+
+# ---------------------------------------------------------------- wait_any
+
+
+async def test_wait_any_answers_at_once_with_every_final_or_missing_id(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        done = await eng.submit("sleepy", {"seconds": 0})
+        assert await eng.wait(done.id) is TaskStatus.SUCCESS
+        running = await eng.submit("sleepy", {"seconds": 50})
+        unknown = new_task_id()
+        start = trio.current_time()
+        with trio.testing.assert_checkpoints():
+            got = await eng.wait_any([running.id, done.id, unknown, "bad id", done.id])
+        assert trio.current_time() == start
+        assert set(got) == {done.id, unknown, "bad id"}
+        info = got[done.id]
+        assert info is not None and info.status is TaskStatus.SUCCESS and info.id == done.id
+        assert got[unknown] is None and got["bad id"] is None
+        with trio.testing.assert_checkpoints():
+            assert await eng.wait_any(["bad id"], timeout=0) == {"bad id": None}
+        assert eng._listeners == {}
+
+
+async def test_wait_any_returns_when_the_first_one_ends(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        slow = await eng.submit("sleepy", {"seconds": 5})
+        fast = await eng.submit("sleepy", {"seconds": 3})
+        start = trio.current_time()
+        got = await eng.wait_any([slow.id, fast.id])
+        assert list(got) == [fast.id] and trio.current_time() - start == close_to(kind, 3)
+        got = await eng.wait_any([slow.id])
+        assert list(got) == [slow.id] and trio.current_time() - start == close_to(kind, 5)
+        info = got[slow.id]
+        assert info is not None and info.status is TaskStatus.SUCCESS
+        # A cancel wakes it too; a retry (back to pending) does not.
+        pending = await eng.submit("sleepy", {"seconds": 1}, delay=100)
+        flaky = await eng.submit("flaky", {"seconds": 1})
+        async with trio.open_nursery() as nursery:
+            results: list[dict[str, TaskInfo | None]] = []
+
+            async def wait_both() -> None:
+                results.append(await eng.wait_any([pending.id, flaky.id]))
+
+            nursery.start_soon(wait_both)
+            await trio.sleep(1.5)  # flaky failed once and is pending again
+            assert not results
+            await eng.cancel(pending.id)
+        cancelled = results[0][pending.id]
+        assert list(results[0]) == [pending.id]
+        assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+        assert eng._listeners == {}
+
+
+async def test_wait_any_times_out_with_nothing(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        record = await eng.submit("sleepy", {"seconds": 50})
+        start = trio.current_time()
+        with trio.testing.assert_checkpoints():
+            assert await eng.wait_any([record.id], timeout=0) == {}
+        assert trio.current_time() == start
+        assert await eng.wait_any([record.id], timeout=8) == {}
+        assert trio.current_time() - start == close_to(kind, 8)
+        with trio.move_on_after(2):  # cancelled while parked
+            await eng.wait_any([record.id])
+        assert eng._listeners == {}
+
+
+async def test_wait_any_raises_when_the_engine_stops(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    caught: list[BaseException] = []
+    async with engine(make_backend(), grace=0) as eng:
+        record = await eng.submit("sleepy", {"seconds": 100})
+
+        async def wait() -> None:
+            try:
+                await eng.wait_any([record.id])
+            except errands.EngineClosed as exc:
+                caught.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            eng.stop()
+    assert caught
+    with pytest.raises(errands.EngineClosed):
+        await eng.wait_any([record.id])
+    assert eng._listeners == {}
+
+
+async def test_wait_any_many_ids(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    async with engine(make_backend()) as eng:
+        ids = [(await eng.submit("sleepy", {"seconds": 10 + i})).id for i in range(20)]
+        others = [new_task_id() for _ in range(3000)]  # unknown, but well-formed
+        waiting = ids + others
+        assert set(await eng.wait_any(waiting, timeout=1)) == set(others)
+        start = trio.current_time()
+        got = await eng.wait_any(ids)
+        assert list(got) == [ids[0]] and trio.current_time() - start == close_to(kind, 10)
+        assert eng._listeners == {}
+
+
+# ---------------------------------------------------------------- another process
+
+
+@pytest.mark.parametrize("kind", ["diskcache"])
+async def test_changes_by_another_engine_are_seen_by_polling(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """Two engines on one directory: one runs the tasks, the other (a pure
+    client) follows them; it sees each change within a poll interval."""
+    async with engine(make_backend()) as runner, engine(make_backend(), workers=0) as watcher:
+        assert watcher.backend.poll_interval == pytest.approx(0.1)
+        record = await watcher.submit("stepper", {"steps": 2})
+        info = await watcher.next_change(record.id)
+        start = trio.current_time()
+        history = []
+        while not info.status.is_final:
+            info = await watcher.next_change(record.id, info, timeout=10)
+            history.append((seen(info), trio.current_time() - start))
+        changes = [h[0] for h in history]
+        assert changes[-1] == ("success", 1.0, "step 2", 1)
+        assert ("in_progress", 0.5, "step 1", 1) in changes
+        for (_, at), due in zip(history[-3:], (1, 2, 3), strict=True):
+            assert due - 0.05 <= at <= due + 0.4
+        other = await watcher.submit("sleepy", {"seconds": 2})
+        start = trio.current_time()
+        got = await watcher.wait_any([other.id])
+        assert list(got) == [other.id] and 2 <= trio.current_time() - start <= 2.4
+        assert runner._listeners == {} and watcher._listeners == {}
