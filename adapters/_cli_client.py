@@ -26,9 +26,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import errands
 from errands import (
     CannotCancel,
     EngineClosed,
@@ -346,7 +347,7 @@ def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
 
     with bar:
         try:
-            for task in _completed(tasks, args.timeout):
+            for task in errands.as_completed(tasks, timeout=args.timeout):
                 pending.pop(task.id, None)
                 report(task)
                 bar.update(1)
@@ -356,22 +357,6 @@ def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
             for task in pending.values():
                 report(task)
     return code
-
-
-def _completed(tasks: list[HTTPTask], timeout: float | None) -> Iterator[HTTPTask]:
-    # TEMPORARY until errands.as_completed lands on main.
-    import time
-
-    client = tasks[0]._client
-    left = {t.id: t for t in tasks}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while left:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        found = client._wait_any(list(left), remaining)
-        if not found:
-            raise TimeoutError("timed out")
-        for task_id in found:
-            yield left.pop(task_id)
 
 
 def _info_or_none(task: HTTPTask) -> TaskInfo | None:

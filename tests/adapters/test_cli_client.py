@@ -366,7 +366,7 @@ def test_unreachable_server_exits_5() -> None:
     for args in (["submit", "add", "a=1", "b=2"], ["status", UNKNOWN], ["ls"], ["wait", UNKNOWN]):
         done = run(url, *args)
         assert done.returncode == 5, (args, done.stderr)
-        assert done.stderr.startswith(f"errands: cannot reach the errands server at {url}")
+        assert done.stderr.startswith("errands: cannot reach") and url in done.stderr
 
 
 def test_ls_shows_a_table_or_json(server: str) -> None:
