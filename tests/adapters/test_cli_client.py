@@ -401,3 +401,19 @@ def test_help_documents_the_exit_codes() -> None:
         assert f"\n    {code} " in cli.__doc__
     sub = run(None, "wait", "--help")
     assert "124" in sub.stdout and "--timeout" in sub.stdout
+
+
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from errands.adapters.cli import _parser
+
+    monkeypatch.delenv("ERRANDS_URL", raising=False)
+    monkeypatch.delenv("ERRANDS_TOKEN", raising=False)
+    plain = _parser().parse_args(["status", "abc"])
+    assert (plain.url, plain.token) == ("http://127.0.0.1:3000", None)
+    monkeypatch.setenv("ERRANDS_URL", "http://queue.example:8000")
+    monkeypatch.setenv("ERRANDS_TOKEN", "s3cret")
+    for command in (["status", "abc"], ["submit", "add"], ["ls"], ["wait", "abc"]):
+        args = _parser().parse_args(command)
+        assert (args.url, args.token) == ("http://queue.example:8000", "s3cret")
+    given = _parser().parse_args(["get", "abc", "--url", "http://h:1", "--token", "t"])
+    assert (given.url, given.token) == ("http://h:1", "t")
