@@ -125,9 +125,13 @@ def add_commands(sub: Any) -> None:
         "or the file's text (parsed the same way)",
     )
     submit.add_argument("--wait", action="store_true", help="wait, then print the result")
-    submit.add_argument("--timeout", type=_seconds, help="with --wait: give up after S seconds")
+    submit.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds"
+    )
     submit.add_argument("-o", "--output", metavar="FILE", help="with --wait: write the result here")
-    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    submit.add_argument(
+        "--priority", type=int, default=0, metavar="N", help="higher runs first (default 0)"
+    )
     submit.add_argument("--delay", type=_seconds, metavar="S", help="run no sooner than S s")
     submit.add_argument("--idempotency-key", metavar="K", help="a repeat returns the first task")
     submit.add_argument("--json", action="store_true", help='print {"task_id", "status"}')
@@ -154,14 +158,16 @@ def add_commands(sub: Any) -> None:
 
     ls = add("ls", "list tasks, newest first")
     ls.add_argument("--status", choices=[s.value for s in TaskStatus])
-    ls.add_argument("--name", help="only this task endpoint's tasks")
-    ls.add_argument("--limit", type=int, default=20, help="at most N tasks (default 20)")
-    ls.add_argument("--offset", type=int, default=0, help="skip the first N")
+    ls.add_argument("--name", metavar="NAME", help="only this task endpoint's tasks")
+    ls.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    ls.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     ls.add_argument("--json", action="store_true", help="a JSON list of statuses")
 
     wait = add("wait", "wait for tasks to finish; prints 'ID status' as each does")
     wait.add_argument("task_ids", nargs="+", metavar="ID", help="task ids (- reads stdin)")
-    wait.add_argument("--timeout", type=_seconds, help="give up after S seconds (exit 124)")
+    wait.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 124)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

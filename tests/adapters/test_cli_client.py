@@ -135,6 +135,14 @@ def test_submit_prints_the_id_alone_then_status_get_and_wait(server: str) -> Non
     assert other.returncode == 0, other.stderr
 
 
+def test_submit_options(server: str) -> None:
+    first = submit(server, "add", "a=1", "b=2", "--idempotency-key", "order-17")
+    assert submit(server, "add", "a=1", "b=2", "--idempotency-key", "order-17") == first
+    later = submit(server, "add", "a=0", "b=0", "--delay", "30", "--priority", "5")
+    assert json.loads(run(server, "status", later, "--json").stdout)["status"] == "pending"
+    assert run(server, "cancel", later).stdout == "cancelled\n"
+
+
 def test_values_are_json_where_they_parse_else_strings(server: str, tmp_path: Path) -> None:
     done = run(
         server,
