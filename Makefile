@@ -38,8 +38,17 @@ $(BENTO_STAMP): Makefile
 	$(BENTO_VENV)/bin/python -m pip install -q "bentoml==1.4.29"
 	@touch $(BENTO_STAMP)
 
+# Debian's Chromium, for the browser test (Playwright drives it; Playwright's
+# own browser download is not used).  Installed once, as root or with sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
 ## Lint, type-check and run the whole test suite.
-test: lint $(BENTO_STAMP)
+test: lint $(BENTO_STAMP) $(CHROMIUM)
 	ERRANDS_BENTOML_PYTHON=$(CURDIR)/$(BENTO_VENV)/bin/python $(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -8,6 +8,10 @@ fastapi uvicorn``), then::
     curl -s "http://127.0.0.1:8000/jobs/build_report/status?task_id=<id>"
     curl -s "http://127.0.0.1:8000/jobs/build_report/get?task_id=<id>"
 
+and open http://127.0.0.1:8000/progress in a browser: the page submits a
+report and shows its progress live, from the task's server-sent events
+(``/jobs/build_report/events``), with no polling.
+
 Starlette's ``Mount`` does not pass lifespan on to the mounted app, so the host
 runs the errands engine from its own lifespan.  Under uvicorn (asyncio) the
 engine runs in its own trio thread; requests cross over without blocking.
@@ -21,6 +25,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 import errands
 from errands.adapters.asgi import create_app
@@ -29,11 +34,13 @@ svc = errands.Service("reports")
 
 
 @svc.task(concurrency=2)
-def build_report(customer: str, pages: int = 3) -> dict[str, object]:
+def build_report(
+    customer: str, pages: int = 3, seconds_per_page: float = 0.01
+) -> dict[str, object]:
     """Pretend to render a report, page by page."""
     me = errands.current_task()
     for page in range(pages):
-        time.sleep(0.01)
+        time.sleep(seconds_per_page)
         me.report((page + 1) / pages, f"page {page + 1} of {pages}")
     return {"customer": customer, "pages": pages}
 
@@ -54,6 +61,48 @@ app.mount("/jobs", jobs)
 @app.get("/")
 async def index() -> dict[str, str]:
     return {"service": "reports", "tasks": "/jobs/schema.json"}
+
+
+# A page that follows one task with EventSource: an event per change of
+# status or progress, and the stream ends with the final one.
+PROGRESS_PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Build a report</title>
+<form id="order">
+  <input id="customer" value="acme" aria-label="customer">
+  <button>Build report</button>
+</form>
+<p><progress id="bar" max="1" value="0"></progress> <span id="state">idle</span></p>
+<ol id="log"></ol>
+<script>
+const $ = (id) => document.getElementById(id);
+$("order").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const answer = await fetch("jobs/build_report/submit", {
+    method: "POST",
+    headers: {"content-type": "application/json"},
+    body: JSON.stringify({customer: $("customer").value, pages: 4, seconds_per_page: 0.3}),
+  });
+  const {task_id} = await answer.json();
+  const events = new EventSource(`jobs/build_report/events?task_id=${task_id}`);
+  events.addEventListener("status", (message) => {
+    const task = JSON.parse(message.data);
+    $("bar").value = task.progress ?? 0;
+    $("state").textContent = task.status;
+    const line = document.createElement("li");
+    const parts = [task.status, task.progress, task.message];
+    line.textContent = parts.filter((x) => x != null).join(" ");
+    $("log").append(line);
+    if (["success", "failure", "cancelled"].includes(task.status)) events.close();
+  });
+});
+</script>
+</html>
+"""
+
+
+@app.get("/progress", response_class=HTMLResponse)
+async def progress_page() -> str:
+    return PROGRESS_PAGE
 
 
 if __name__ == "__main__":

@@ -442,3 +442,17 @@ def test_as_completed_waits_on_many_in_one_request_per_ending(server: str) -> No
         assert order == tasks
         # held by the server until each ending: no polling of each task
         assert transport.paths == ["/tasks/wait", "/tasks/wait"]
+
+
+def test_images_stay_bytes_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    from errands.adapters._wire import Endpoint, decode_result
+
+    png = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(png, format="PNG")
+    endpoint = Endpoint(
+        name="picture", route="/picture", input={}, output={"type": "file", "pil": True}
+    )
+    answer = httpx.Response(200, headers={"content-type": "image/png"}, content=png.getvalue())
+    assert isinstance(decode_result(answer, endpoint), Image.Image)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if pillow were not installed
+    assert decode_result(answer, endpoint) == png.getvalue()

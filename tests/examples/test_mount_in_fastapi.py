@@ -1,4 +1,5 @@
-"""examples/mount_in_fastapi.py, run as a user would: a real uvicorn server."""
+"""examples/mount_in_fastapi.py, run as a user would: a real uvicorn server,
+called with httpx and, for its progress page, from real headless Chromium."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,14 +18,28 @@ from tests.adapters.test_cli import free_port
 pytestmark = pytest.mark.realtime
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mount_in_fastapi.py"
+CHROMIUM = "/usr/bin/chromium"
+# As this machine's notes advise: no background networking (its closed
+# network refuses it), a fresh profile, no sandbox when run as root.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
-def test_mounted_app_serves_tasks_under_its_prefix(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with subprocess.Popen(
         [sys.executable, str(EXAMPLE), str(port)],
-        cwd=tmp_path,
+        cwd=tmp_path_factory.mktemp("mounted"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -39,32 +55,57 @@ def test_mounted_app_serves_tasks_under_its_prefix(tmp_path: Path) -> None:
                     pass
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            schema = httpx.get(f"{base}/jobs/schema.json").json()
-            assert [r["route"] for r in schema["routes"]] == ["/build_report"]
-            submitted = httpx.post(f"{base}/jobs/build_report/submit", json={"customer": "acme"})
-            assert submitted.status_code == 200, submitted.text
-            task_id = submitted.json()["task_id"]
-            while True:
-                status = httpx.get(
-                    f"{base}/jobs/build_report/status", params={"task_id": task_id}
-                ).json()
-                if status["status"] == "success":
-                    break
-                assert time.monotonic() < deadline, status
-                time.sleep(0.02)
-            assert status["progress"] == 1.0 and status["message"] == "page 3 of 3"
-            result = httpx.get(f"{base}/jobs/build_report/get", params={"task_id": task_id})
-            assert result.json() == {"customer": "acme", "pages": 3}
-            bad = httpx.post(f"{base}/jobs/build_report/submit", json={"customer": 5})
-            assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "$.customer"
-            assert httpx.get(f"{base}/").json()["service"] == "reports"  # the host still works
-            server.send_signal(signal.SIGTERM)
-            # uvicorn drains, then re-raises the signal it caught: -15 is a clean exit.
-            assert server.wait(timeout=30) in (0, -signal.SIGTERM)
-            assert server.stdout is not None
-            log = server.stdout.read()
-            assert "Application shutdown complete" in log  # lifespan ran: engine stopped
-            assert "Traceback" not in log
+            yield base
         finally:
-            if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                output, _ = server.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
                 server.kill()
+                output, _ = server.communicate()
+    assert "Traceback" not in output, output
+
+
+def test_mounted_app_serves_tasks_under_its_prefix(example: str) -> None:
+    base = example
+    schema = httpx.get(f"{base}/jobs/schema.json").json()
+    assert [r["route"] for r in schema["routes"]] == ["/build_report"]
+    submitted = httpx.post(f"{base}/jobs/build_report/submit", json={"customer": "acme"})
+    assert submitted.status_code == 200, submitted.text
+    task_id = submitted.json()["task_id"]
+    status = httpx.get(  # a long poll: answered when the task ends
+        f"{base}/jobs/build_report/status", params={"task_id": task_id, "wait": 30}, timeout=40
+    ).json()
+    assert status["status"] == "success"
+    assert status["progress"] == 1.0 and status["message"] == "page 3 of 3"
+    result = httpx.get(f"{base}/jobs/build_report/get", params={"task_id": task_id})
+    assert result.json() == {"customer": "acme", "pages": 3}
+    bad = httpx.post(f"{base}/jobs/build_report/submit", json={"customer": 5})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "$.customer"
+    assert httpx.get(f"{base}/").json()["service"] == "reports"  # the host still works
+
+
+def test_progress_page_follows_the_task_live_in_chromium(example: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(f"{example}/progress")
+            page.fill("#customer", "globex")
+            page.click("button")
+            expect(page.locator("#state")).to_have_text("success", timeout=30_000)
+            lines = page.locator("#log li").all_inner_texts()
+            assert page.locator("#bar").evaluate("bar => bar.value") == 1
+        finally:
+            browser.close()
+    # Live: the page saw the task running and its pages' progress before the
+    # end, from events, not from polling.
+    assert lines[-1] == "success 1 page 4 of 4", lines
+    assert any(line.startswith("in_progress 0.") for line in lines), lines
+    events = [url for url in requests if "/events?" in url]
+    statuses = [url for url in requests if "/status?" in url]
+    assert len(events) == 1 and not statuses, requests
