@@ -188,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return NOT_FOUND
     except CannotCancel as exc:
-        # Over HTTP the reason is the server's whole message, which says it all.
-        _say(exc.reason if exc.reason.startswith("cannot cancel") else str(exc))
+        _say(str(exc))
         return NOT_READY
     except TaskNotReady as exc:
         _say(str(exc))

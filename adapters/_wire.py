@@ -15,6 +15,7 @@ import io
 import json
 import mimetypes
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,9 @@ STATUS_NAMES: dict[str, TaskStatus] = {s.value: s for s in TaskStatus} | {
     "failed": TaskStatus.FAILURE,
     "canceled": TaskStatus.CANCELLED,
 }
+
+
+_CANNOT_CANCEL = re.compile(r"^cannot cancel task \S+ \(status: [^)]*\): ")
 
 
 @attrs.frozen(kw_only=True)
@@ -306,7 +310,9 @@ def error_for(
         wire = STATUS_NAMES.get(status) if isinstance(status, str) else None
         shown = wire.value if wire is not None else "unknown"
         if code == 409 and action == "cancel":
-            return CannotCancel(task_id, shown, message)
+            # errands' message is CannotCancel's own text; keep its reason only.
+            reason = _CANNOT_CANCEL.sub("", message, count=1)
+            return CannotCancel(task_id, shown, reason)
         if code == 409:
             return TaskNotReady(task_id, shown)
         if code == 410 and action == "get":

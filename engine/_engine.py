@@ -16,7 +16,6 @@ Workers inside the engine (never "tasks": that word is the user's):
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import enum
 import hashlib
@@ -50,7 +49,16 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
-from ._model import Claim, StoredTask, TaskError, TaskInfo, TaskRecord, is_task_id, new_task_id
+from ._model import (
+    Claim,
+    StoredTask,
+    TaskError,
+    TaskInfo,
+    TaskRecord,
+    is_task_id,
+    new_task_id,
+    task_id_from_bytes,
+)
 from ._registry import resolve_backend
 from ._status import TaskStatus
 from ._threads import WorkerThreads
@@ -144,7 +152,7 @@ class EngineStatistics:
 def idempotent_id(service: str, name: str, key: str) -> str:
     """The task id an idempotency key stands for (128 bits of its hash)."""
     digest = hashlib.sha256(f"{service}\0{name}\0{key}".encode()).digest()[:16]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return task_id_from_bytes(digest)
 
 
 def _differs(record: TaskRecord, seen: TaskInfo) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
@@ -23,14 +24,22 @@ __all__ = [
     "TaskRecord",
     "is_task_id",
     "new_task_id",
+    "task_id_from_bytes",
 ]
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
+def task_id_from_bytes(raw: bytes) -> str:
+    """16 bytes as a task id: 22 url-safe characters, never starting with
+    ``-`` (a command line would take such an id for an option)."""
+    text = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return "x" + text[1:] if text.startswith("-") else text
+
+
 def new_task_id() -> str:
-    """128 random bits as 22 url-safe characters."""
-    return secrets.token_urlsafe(16)
+    """128 random bits as a task id (see :func:`task_id_from_bytes`)."""
+    return task_id_from_bytes(secrets.token_bytes(16))
 
 
 def is_task_id(value: object) -> bool:

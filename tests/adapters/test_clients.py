@@ -173,8 +173,9 @@ def test_sync_client_info_progress_cancel_retry(server: str) -> None:
         assert done.started_at is not None and done.finished_at is not None
         assert done.attempt == 1 and done.max_attempts >= 1
         assert done.expires_at is not None and done.expires_at > done.finished_at
-        with pytest.raises(errands.CannotCancel, match="already finished"):
+        with pytest.raises(errands.CannotCancel) as late:
             quick.cancel()
+        assert late.value.reason == "it has already finished" and late.value.status == "success"
 
 
 def test_sync_client_errors_are_errands_errors(server: str) -> None:

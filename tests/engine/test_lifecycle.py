@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import attrs
+import hypothesis
+import hypothesis.strategies
 import pytest
 import trio
 import trio.testing
@@ -375,3 +377,15 @@ async def test_workers_zero_is_a_pure_client(autojump_clock: trio.testing.MockCl
         assert await task.get_status() is TaskStatus.PENDING  # nothing runs here
     async with engine(backend=backend) as client:
         assert await client.get_task(task.id).wait() is TaskStatus.SUCCESS
+
+
+@hypothesis.given(raw=hypothesis.strategies.binary(min_size=16, max_size=16))
+def test_task_ids_never_look_like_command_line_options(raw: bytes) -> None:
+    from errands._engine import idempotent_id
+    from errands._model import is_task_id, task_id_from_bytes
+
+    for task_id in (task_id_from_bytes(raw), task_id_from_bytes(b"\xf8" + raw[1:])):
+        assert is_task_id(task_id) and not task_id.startswith("-")
+    key = raw.hex()
+    assert not idempotent_id("svc", "task", key).startswith("-")
+    assert task_id_from_bytes(b"\xfb" + bytes(15)).startswith("x")  # would be "-"
