@@ -63,6 +63,10 @@ class Holds:
         self.draining = False
         self._scopes: set[anyio.CancelScope] = set()
 
+    def __len__(self) -> int:
+        """How many requests are held now."""
+        return len(self._scopes)
+
     def drain(self) -> None:
         """End every hold now and refuse new ones until :meth:`reopen`; never blocks."""
         self.draining = True

@@ -452,6 +452,12 @@ class ErrandsApp:
         ]
         access = self._access
         lines.append(f"errands_up {1 if access is not None else 0}")
+        lines += [
+            "# HELP errands_http_held Requests held open now (long polls, event streams,"
+            " waits on many tasks).",
+            "# TYPE errands_http_held gauge",
+            f"errands_http_held {len(self._holds)}",
+        ]
         if access is not None:
             stats = access.engine.statistics()
             lines += [
