@@ -59,15 +59,16 @@ async def nap(seconds: float) -> str:
 async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """The ``status`` events of a stream as they arrive (comments skipped)."""
     block: list[str] = []
-    async for line in response.aiter_lines():
-        if line:
-            block.append(line)
-            continue
-        if block and not block[0].startswith(":"):
-            assert block[0] == "event: status", block
-            assert block[1].startswith("data: "), block
-            yield json.loads(block[1].removeprefix("data: "))
-        block = []
+    async with aclosing(response.aiter_lines()) as lines:
+        async for line in lines:
+            if line:
+                block.append(line)
+                continue
+            if block and not block[0].startswith(":"):
+                assert block[0] == "event: status", block
+                assert block[1].startswith("data: "), block
+                yield json.loads(block[1].removeprefix("data: "))
+            block = []
     assert not block, block  # the stream ends between events
 
 
@@ -124,6 +125,39 @@ async def wait_for_many(client: httpx.AsyncClient) -> None:
     await client.post("/nap/cancel", params={"task_id": slow})
 
 
+async def held(client: httpx.AsyncClient) -> int:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith("errands_http_held "):
+            return int(line.split()[1])
+    raise AssertionError("no errands_http_held in /metrics")
+
+
+async def client_goes_away(client: httpx.AsyncClient, app: ErrandsApp) -> None:
+    """A client that leaves mid-stream ends the stream and its engine listener.
+
+    (Over a raw socket: httpx, left mid-stream, leaves generators unfinished.)"""
+    task_id = await submit(client, "nap", {"seconds": 60})
+    url = client.base_url
+    assert url.port is not None
+    request = f"GET /nap/events?task_id={task_id} HTTP/1.1\r\nHost: {url.host}\r\n\r\n"
+    async with await trio.open_tcp_stream(url.host, url.port) as sock:
+        await sock.send_all(request.encode())
+        received = b""
+        while b"\ndata: " not in received:
+            chunk = await sock.receive_some()
+            assert chunk, received
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert await held(client) == 1
+    while await held(client):
+        await trio.sleep(0.01)
+    assert app._access is not None
+    engine = app._access.engine
+    while engine._listeners:  # read from another thread under uvicorn: a snapshot
+        await trio.sleep(0.01)
+    await client.post("/nap/cancel", params={"task_id": task_id})
+
+
 async def drain_ends_held_requests(client: httpx.AsyncClient, drain: Callable[[], Any]) -> None:
     """A long poll, a many-task wait and an event stream are held; drain answers all."""
     task_id = await submit(client, "nap", {"seconds": 120})
@@ -146,9 +180,9 @@ async def drain_ends_held_requests(client: httpx.AsyncClient, drain: Callable[[]
             answers["events"] = [e async for e in stream]
 
     async with trio.open_nursery() as nursery:
-        for held in (long_poll, many, stream):
-            nursery.start_soon(held)
-        while "\nerrands_http_held 3\n" not in (await client.get("/metrics")).text:
+        for request in (long_poll, many, stream):
+            nursery.start_soon(request)
+        while await held(client) != 3:
             await trio.sleep(0.01)
         assert not answers
         await drain()
@@ -160,12 +194,16 @@ async def drain_ends_held_requests(client: httpx.AsyncClient, drain: Callable[[]
     # New ones answer at once.
     again = await client.get("/nap/status", params={"task_id": task_id, "wait": 50})
     assert again.json()["status"] in ("pending", "in_progress")
+    async with client.stream("GET", "/nap/events", params={"task_id": task_id}) as response:
+        lines = [line async for line in response.aiter_lines()]
+    assert lines[0] == "event: status" and len(lines) == 3  # one event, then the end
 
 
-async def exercise(client: httpx.AsyncClient, drain: Callable[[], Any]) -> None:
+async def exercise(client: httpx.AsyncClient, app: ErrandsApp, drain: Callable[[], Any]) -> None:
     with trio.fail_after(TIMEOUT):
         await follow_a_task(client)
         await wait_for_many(client)
+        await client_goes_away(client, app)
         await drain_ends_held_requests(client, drain)
 
 
@@ -196,7 +234,7 @@ async def test_under_hypercorn_trio_worker() -> None:
     async def use(base_url: str) -> None:
         # Not _http.checking_client: its hook would read each stream to its end first.
         async with httpx.AsyncClient(base_url=base_url) as client:
-            await exercise(client, drain)
+            await exercise(client, app, drain)
 
     async with hypercorn_trio(app) as base_url:
         # Captured, not raised here: see test_servers.test_hypercorn_trio_worker...
@@ -220,6 +258,6 @@ async def test_under_uvicorn() -> None:
                 await trio.to_thread.run_sync(done.wait, TIMEOUT)
 
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                await exercise(client, drain)
+                await exercise(client, app, drain)
     finally:
         sock.close()
