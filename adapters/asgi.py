@@ -1,4 +1,4 @@
-"""The ASGI app: every task endpoint over HTTP (submit / status / get / cancel / retry).
+"""The ASGI app: every task endpoint over HTTP (submit, status, get, cancel, retry, events).
 
 A raw ASGI 3 application, no web framework.  Served alone it runs its engine
 through the ASGI ``lifespan`` protocol; mounted in a host that does not
