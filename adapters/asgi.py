@@ -183,9 +183,10 @@ class ErrandsApp:
         Held ``?wait=`` long polls and ``POST /tasks/wait`` answer at once
         with the state of the moment, event streams end, and new ones do the
         same without holding, until the app's engine is started again.  Call
-        it from the server's event loop (not another thread), e.g. when a
-        shutdown signal arrives: servers wait for in-flight requests before
-        they end the lifespan, which drains too.  Idempotent.
+        it when a shutdown begins (servers wait for in-flight requests before
+        they end the lifespan, which drains too).  Safe from any thread, but
+        not from a signal handler (schedule it on the loop from there).
+        Idempotent.
         """
         self._holds.drain()
 

@@ -119,6 +119,26 @@ async def test_drain_answers_held_requests_at_once(autojump_clock: trio.testing.
         assert trio.current_time() - start == pytest.approx(5)
 
 
+@pytest.mark.realtime
+async def test_drain_from_another_thread() -> None:
+    app = make_app()
+    async with serving(app) as client:
+        task_id = await submit(client, "nap", seconds=500)
+        answers: list[httpx.Response] = []
+
+        async def ask() -> None:
+            query = {"task_id": task_id, "wait": 25}
+            answers.append(await client.get("/nap/status", params=query))
+
+        with trio.fail_after(10):  # far less than the 25 s asked
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                while not len(app._holds):
+                    await trio.sleep(0.001)
+                await trio.to_thread.run_sync(app.drain)
+        assert answers[0].json()["status"] in ("pending", "in_progress")
+
+
 async def test_leaving_running_drains(autojump_clock: trio.testing.MockClock) -> None:
     """The lifespan ending answers held requests (with the state they see) before
     the engine stops."""
