@@ -16,13 +16,18 @@ where the engine runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import sniffio
+import trio
 
 from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound
 
@@ -56,18 +61,24 @@ _KEEPALIVE_LINE = b": keepalive\n\n"
 class Holds:
     """The requests an app holds open, and its drain.
 
-    Used from the server's loop only (not thread-safe), like the app itself.
+    :meth:`hold` is used from the server's loop; :meth:`drain` may be called
+    from any thread (a hold made in another loop is cancelled through that
+    loop's thread-safe callback).
     """
 
     def __init__(self) -> None:
         self.draining = False
-        self._scopes: set[anyio.CancelScope] = set()
+        self._holds: dict[anyio.CancelScope, Callable[[], None]] = {}
+
+    def __len__(self) -> int:
+        """How many requests are held now."""
+        return len(self._holds)
 
     def drain(self) -> None:
         """End every hold now and refuse new ones until :meth:`reopen`; never blocks."""
         self.draining = True
-        for scope in list(self._scopes):
-            scope.cancel()
+        for cancel in list(self._holds.values()):
+            cancel()
 
     def reopen(self) -> None:
         """Holds may last again (a new engine run began)."""
@@ -80,12 +91,38 @@ class Holds:
         scope = anyio.CancelScope()
         if self.draining:
             scope.cancel()
-        self._scopes.add(scope)
+        self._holds[scope] = _canceller(scope)
         try:
             with scope:
                 yield scope
         finally:
-            self._scopes.discard(scope)
+            del self._holds[scope]
+
+
+def _canceller(scope: anyio.CancelScope) -> Callable[[], None]:
+    """A function that cancels ``scope`` (made in the running loop) from any thread."""
+    home = threading.get_ident()
+    if sniffio.current_async_library() == "trio":
+        token = trio.lowlevel.current_trio_token()
+
+        def soon() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+    else:
+        loop = asyncio.get_running_loop()
+
+        def soon() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(scope.cancel)
+
+    def cancel() -> None:
+        if threading.get_ident() == home:
+            scope.cancel()
+        else:
+            soon()
+
+    return cancel
 
 
 def _event(body: dict[str, Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""The ASGI app: every task endpoint over HTTP (submit / status / get / cancel / retry).
+"""The ASGI app: every task endpoint over HTTP (submit, status, get, cancel, retry, events).
 
 A raw ASGI 3 application, no web framework.  Served alone it runs its engine
 through the ASGI ``lifespan`` protocol; mounted in a host that does not
@@ -183,9 +183,10 @@ class ErrandsApp:
         Held ``?wait=`` long polls and ``POST /tasks/wait`` answer at once
         with the state of the moment, event streams end, and new ones do the
         same without holding, until the app's engine is started again.  Call
-        it from the server's event loop (not another thread), e.g. when a
-        shutdown signal arrives: servers wait for in-flight requests before
-        they end the lifespan, which drains too.  Idempotent.
+        it when a shutdown begins (servers wait for in-flight requests before
+        they end the lifespan, which drains too).  Safe from any thread, but
+        not from a signal handler (schedule it on the loop from there).
+        Idempotent.
         """
         self._holds.drain()
 
@@ -452,6 +453,12 @@ class ErrandsApp:
         ]
         access = self._access
         lines.append(f"errands_up {1 if access is not None else 0}")
+        lines += [
+            "# HELP errands_http_held Requests held open now (long polls, event streams,"
+            " waits on many tasks).",
+            "# TYPE errands_http_held gauge",
+            f"errands_http_held {len(self._holds)}",
+        ]
         if access is not None:
             stats = access.engine.statistics()
             lines += [

@@ -152,15 +152,16 @@ def _serve(args: argparse.Namespace) -> int:
                 "errands: --server uvicorn needs: pip install 'errands[uvicorn]'", file=sys.stderr
             )
             return 2
-        uvicorn.run(
-            application,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            lifespan="on",
-            timeout_graceful_shutdown=int(args.graceful_timeout),
-        )
-        return 0
+        options: dict[str, Any] = {
+            "host": args.host,
+            "port": args.port,
+            "lifespan": "on",
+            "timeout_graceful_shutdown": int(args.graceful_timeout),
+        }
+        if args.workers > 1:
+            uvicorn.run(application, workers=args.workers, **options)
+            return 0
+        return _serve_uvicorn_here(uvicorn.Config(application, **options))
     from hypercorn.config import Config
 
     config = Config()
@@ -205,6 +206,34 @@ def _serve_here(args: argparse.Namespace, config: Any) -> int:
 
     trio.run(serve)
     return 0
+
+
+def _serve_uvicorn_here(config: Any) -> int:
+    """One uvicorn process whose SIGINT/SIGTERM also drains the app's held requests
+    (uvicorn waits for open requests before it ends the lifespan)."""
+    import asyncio
+    from types import FrameType
+
+    import uvicorn
+
+    from ._served import app
+
+    class DrainingServer(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self.loop is not None:
+                log.info("received %s: draining", signal.Signals(sig).name)
+                self.loop.call_soon_threadsafe(app.drain)  # on the loop, as drain() asks
+
+    server = DrainingServer(config)
+    server.run()
+    return 0 if server.started else 1
 
 
 def _worker(args: argparse.Namespace) -> int:

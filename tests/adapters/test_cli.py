@@ -180,6 +180,56 @@ def test_sigterm_answers_what_is_in_flight_and_loses_no_task(tmp_path: Path) -> 
         assert len(listed) - len(accepted) <= outcomes.count("unread")
 
 
+HELD_SERVICE = textwrap.dedent(
+    """
+    import errands
+
+    svc = errands.Service("held")
+
+    @svc.task
+    async def later() -> str:
+        return "done"
+    """
+)
+
+
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+def test_sigterm_answers_held_long_polls_at_once(tmp_path: Path, server: str) -> None:
+    """A long poll held for up to 50 s is answered on SIGTERM, and the server exits
+    without waiting for it (the graceful timeout is longer than the test allows)."""
+    (tmp_path / "held.py").write_text(HELD_SERVICE)
+    args = ["held.py:svc", "--backend", "memory://", "--graceful-timeout", "100"]
+    args += ["--server", server]
+    with serving(args, tmp_path) as (proc, base):
+        submitted = httpx.post(f"{base}/later/submit", params={"delay": 1000}, json={})
+        task_id = submitted.json()["task_id"]
+        answers: list[httpx.Response | BaseException] = []
+
+        def long_poll() -> None:
+            try:
+                query = {"task_id": task_id, "wait": 50}
+                answers.append(httpx.get(f"{base}/later/status", params=query, timeout=90))
+            except BaseException as exc:  # reported by the assertions below
+                answers.append(exc)
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        deadline = time.monotonic() + 20
+        while "\nerrands_http_held 1\n" not in httpx.get(f"{base}/metrics").text:
+            assert time.monotonic() < deadline, "the long poll was not held"
+            time.sleep(0.01)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        poller.join(timeout=60)
+        answered = time.monotonic() - signalled
+        assert not poller.is_alive()
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
+    assert answers[0].status_code == 200
+    assert answers[0].json()["status"] == "pending"
+    assert answered < 20  # not held to its 50 s, nor to the 100 s graceful timeout
+
+
 def test_bad_targets_and_options_exit_2(tmp_path: Path) -> None:
     for args, message in (
         (["serve", "missing.py:svc"], "no such file"),

@@ -894,6 +894,7 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     assert samples["errands_tasks_submitted_total"] == 2
     assert samples["errands_tasks_finished_total"] == 1
     assert samples["errands_workers"] == 32
+    assert samples["errands_http_held"] == 0  # this request is not held
     assert types["errands_tasks_submitted_total"] == "counter"
 
 
