@@ -41,6 +41,7 @@ from .asgi import DEFAULT_MAX_BODY
 __all__ = ["main"]
 
 log = logging.getLogger("errands.cli")
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 DEFAULT_BACKEND = "diskcache://./.errands"
 
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in _cli_client.COMMANDS:
         return _cli_client.run(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -172,11 +173,74 @@ def _serve(args: argparse.Namespace) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     if args.workers > 1:
-        from hypercorn.run import run
-
-        config.workers = args.workers  # the parent process turns SIGTERM into a drain
-        return run(config)
+        return _serve_processes(config, args.workers)
     return _serve_here(args, config)
+
+
+def _serve_processes(config: Any, workers: int) -> int:
+    """``--workers N``: N processes of hypercorn's trio worker on one listening
+    socket, as ``hypercorn.run`` starts them, except that each one drains the
+    app's held requests when told to stop (``hypercorn.run``'s workers cannot
+    be given a shutdown trigger of ours)."""
+    import multiprocessing
+    import multiprocessing.connection
+
+    sockets = config.create_sockets()
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the parent decides
+    processes = [
+        context.Process(target=_hypercorn_process, args=(config, sockets, stop))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    signal.signal(signal.SIGINT, previous)
+
+    def on_signal(signum: int, _: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        remaining = list(processes)
+        while remaining:
+            ended = multiprocessing.connection.wait([p.sentinel for p in remaining])
+            for process in [p for p in remaining if p.sentinel in ended]:
+                process.join()
+                remaining.remove(process)
+                if process.exitcode:
+                    code = code or 1
+                    stop.set()  # one worker failed: stop the others too
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+    return code
+
+
+def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
+    """One worker process of ``--workers N`` (started by :func:`_serve_processes`)."""
+    from functools import partial
+
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import check_multiprocess_shutdown_event, wrap_app
+
+    from ._served import app
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+
+    async def until_stopped() -> None:
+        await check_multiprocess_shutdown_event(stop, trio.sleep)
+        app.drain()  # held long polls and event streams answer now
+
+    wrapped = wrap_app(app, config.wsgi_max_body_size, mode="asgi")  # type: ignore[arg-type]
+    trio.run(
+        partial(worker_serve, wrapped, config, sockets=sockets, shutdown_trigger=until_stopped)
+    )
 
 
 def _serve_here(args: argparse.Namespace, config: Any) -> int:
