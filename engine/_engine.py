@@ -33,6 +33,7 @@ import attrs
 import outcome
 import trio
 
+from . import _watching
 from ._backend import Backend, Renewal
 from ._client import AsyncClient
 from ._context import TaskContext, _reset_current, _set_current
@@ -109,36 +110,6 @@ class _Run:
             self.scope.cancel()
 
 
-@attrs.define(eq=False)
-class _Watch:
-    """Waiters of one task park on ``event``; ``record`` is the final record
-    when the engine that set it stored one."""
-
-    event: trio.Event = attrs.field(factory=trio.Event)
-    record: TaskRecord | None = None
-
-
-@attrs.define(eq=False)
-class _Listener:
-    """One caller of :meth:`Engine.next_change` or :meth:`Engine.wait_any`,
-    listening on one or more task ids.
-
-    Unlike a :class:`_Watch` it is not dropped when it fires: its owner
-    re-arms ``event`` and removes itself when done.  ``fired`` collects the
-    ids that changed since the owner last looked.
-    """
-
-    changes: bool  # woken by every change (started, progress), not only final ones
-    event: trio.Event = attrs.field(factory=trio.Event)
-    fired: set[str] = attrs.field(factory=set)
-
-    def rearm(self) -> set[str]:
-        """A fresh event; returns (and forgets) the ids that fired before."""
-        fired, self.fired = self.fired, set()
-        self.event = trio.Event()
-        return fired
-
-
 @attrs.frozen(kw_only=True)
 class EngineStatistics:
     """A snapshot of an engine (``client.statistics()``)."""
@@ -153,16 +124,6 @@ def idempotent_id(service: str, name: str, key: str) -> str:
     """The task id an idempotency key stands for (128 bits of its hash)."""
     digest = hashlib.sha256(f"{service}\0{name}\0{key}".encode()).digest()[:16]
     return task_id_from_bytes(digest)
-
-
-def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
-    """Whether ``record`` changed in what :meth:`Engine.next_change` follows."""
-    return (
-        record.status is not seen.status
-        or record.attempt != seen.attempt
-        or record.progress != seen.progress
-        or record.message != seen.message
-    )
 
 
 def _default_owner() -> str:
@@ -214,8 +175,7 @@ class Engine:
         self._total = 0
         self._wake = trio.Event()
         self._idle = trio.Event()
-        self._watchers: dict[str, _Watch] = {}
-        self._listeners: dict[str, set[_Listener]] = {}
+        self._watching = _watching.Watchers()
         self._dirty: dict[str, _Run] = {}
         self._progress_wake = trio.Event()
         self._runners: trio.Nursery | None = None
@@ -265,11 +225,7 @@ class Engine:
             self._open = self._accepting = False
             if self._threads is not None:
                 self._threads.close()
-            for watch in self._watchers.values():
-                watch.event.set()
-            for listeners in self._listeners.values():
-                for listener in listeners:
-                    listener.event.set()
+            self._watching.wake_all()
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await self.backend.aclose()
             log.info("engine %s stopped", self.owner)
@@ -334,41 +290,6 @@ class Engine:
             raise EngineClosed("the engine is not running")
 
     # ------------------------------------------------------------------ records
-
-    def _notify(self, task_id: str, final: TaskRecord | None = None) -> None:
-        """Wake the waiters of a task that this engine moved on (``final``: the
-        final record it stored, handed to them so they need not read it back)."""
-        watch = self._watchers.pop(task_id, None)
-        if watch is not None:
-            watch.record = final
-            watch.event.set()
-        listeners = self._listeners.get(task_id)
-        if listeners is not None:
-            for listener in listeners:
-                listener.fired.add(task_id)
-                listener.event.set()
-
-    def _touch(self, task_id: str) -> None:
-        """A change that is not final (started, progress stored): wakes only the
-        listeners that follow every change, never :meth:`wait`'s waiters."""
-        listeners = self._listeners.get(task_id)
-        if listeners is not None:
-            for listener in listeners:
-                if listener.changes:
-                    listener.fired.add(task_id)
-                    listener.event.set()
-
-    def _listen(self, task_ids: Collection[str], listener: _Listener) -> None:
-        for task_id in task_ids:
-            self._listeners.setdefault(task_id, set()).add(listener)
-
-    def _unlisten(self, task_ids: Collection[str], listener: _Listener) -> None:
-        for task_id in task_ids:
-            listeners = self._listeners.get(task_id)
-            if listeners is not None:
-                listeners.discard(listener)
-                if not listeners:
-                    del self._listeners[task_id]
 
     async def _load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
         if schedule:
@@ -503,50 +424,7 @@ class Engine:
             TimeoutError: not final after ``timeout`` seconds.
             TaskNotFound: unknown or expired id.
         """
-        try:
-            return await self._wait(task_id, timeout)
-        finally:
-            # Drop the wake-up event unless another waiter is parked on it.
-            watch = self._watchers.get(task_id)
-            if watch is not None and not watch.event.statistics().tasks_waiting:
-                del self._watchers[task_id]
-
-    async def _wait(self, task_id: str, timeout: float | None) -> TaskStatus:
-        # Exactly one schedule point on every path: the first read does not
-        # yield; either the task is final (then checkpoint) or we park.
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        poll = self.backend.poll_interval
-        watch = self._watch(task_id)  # before reading, so no change slips between
-        record = await self._load(task_id, schedule=False)
-        if record.status.is_final:
-            await trio.lowlevel.checkpoint()
-            return record.status
-        while True:
-            if not self._open:
-                raise EngineClosed("the engine stopped before the task finished")
-            until = deadline if poll is None else min(deadline, trio.current_time() + poll)
-            if until == math.inf:
-                await watch.event.wait()
-            else:
-                with trio.move_on_at(until):
-                    await watch.event.wait()
-            final = watch.record
-            if final is not None and not final.is_expired(self.clock()):
-                return final.status
-            watch = self._watch(task_id)
-            record = await self._load(task_id, schedule=False)
-            if record.status.is_final:
-                return record.status
-            if trio.current_time() >= deadline:
-                raise TimeoutError(
-                    f"task {task_id} is still {record.status.value} after {timeout} s"
-                )
-
-    def _watch(self, task_id: str) -> _Watch:
-        watch = self._watchers.get(task_id)
-        if watch is None:
-            watch = self._watchers[task_id] = _Watch()
-        return watch
+        return await _watching.wait_final(self, task_id, timeout)
 
     async def next_change(
         self, task_id: str, since: TaskInfo | None = None, timeout: float | None = None
@@ -576,37 +454,7 @@ class Engine:
                 expires while waited on).
             EngineClosed: the engine stopped meanwhile.
         """
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        poll = self.backend.poll_interval
-        listener = _Listener(changes=True)
-        ids = (task_id,)
-        self._listen(ids, listener)  # before reading, so no change slips between
-        try:
-            record = await self._load(task_id)
-            while since is not None and not _differs(record, since):
-                if not self._open:
-                    raise EngineClosed("the engine stopped")
-                now = trio.current_time()
-                if now >= deadline:
-                    raise TimeoutError(f"task {task_id} did not change in {timeout} s")
-                until = deadline if poll is None else min(deadline, now + poll)
-                if until == math.inf:
-                    await listener.event.wait()
-                else:
-                    with trio.move_on_at(until):
-                        await listener.event.wait()
-                listener.rearm()
-                record = await self._load(task_id, schedule=False)
-            position = None
-            if record.status is PENDING:
-                try:
-                    position = await self._queue.position(task_id)
-                except BackendError:
-                    self._check_open()  # closed meanwhile: say so
-                    raise
-            return TaskInfo.from_record(record, position=position)
-        finally:
-            self._unlisten(ids, listener)
+        return await _watching.next_change(self, task_id, since, timeout)
 
     async def wait_any(
         self, task_ids: Collection[str], timeout: float | None = None
@@ -632,56 +480,7 @@ class Engine:
         Raises:
             EngineClosed: the engine stopped (or stops while waiting).
         """
-        ids = [i for i in dict.fromkeys(task_ids) if is_task_id(i)]
-        done: dict[str, TaskInfo | None] = {
-            i: None for i in dict.fromkeys(task_ids) if not is_task_id(i)
-        }
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        poll = self.backend.poll_interval
-        listener = _Listener(changes=False)
-        self._listen(ids, listener)  # before reading, so no change slips between
-        try:
-            await trio.lowlevel.checkpoint()
-            self._check_open()
-            next_poll = math.inf if poll is None else trio.current_time() + poll
-            done.update(await self._finals(ids))
-            while not done:
-                if not self._open:
-                    raise EngineClosed("the engine stopped")
-                if trio.current_time() >= deadline:
-                    return {}
-                until = min(deadline, next_poll)
-                if until == math.inf:
-                    await listener.event.wait()
-                else:
-                    with trio.move_on_at(until):
-                        await listener.event.wait()
-                fired = listener.rearm()
-                if trio.current_time() >= next_poll:
-                    assert poll is not None
-                    next_poll = trio.current_time() + poll
-                    done.update(await self._finals(ids))
-                elif fired:
-                    done.update(await self._finals([i for i in ids if i in fired]))
-            return done
-        finally:
-            self._unlisten(ids, listener)
-
-    async def _finals(self, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
-        """The final or missing ones among well-formed ``task_ids``, read in one go."""
-        if not task_ids:
-            return {}
-        stored = await self._store.get_many(task_ids)
-        now = self.clock()
-        found: dict[str, TaskInfo | None] = {}
-        for task_id in task_ids:
-            task = stored.get(task_id)
-            if task is None:
-                found[task_id] = None
-            elif task.status.is_final:
-                record = task.record
-                found[task_id] = None if record.is_expired(now) else TaskInfo.from_record(record)
-        return found
+        return await _watching.wait_any(self, task_ids, timeout)
 
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).
@@ -700,7 +499,7 @@ class Engine:
             if await self._store.transition(StoredTask.from_record(cancelled), expect=PENDING):
                 await self._queue.remove(task_id)
                 self._finished += 1
-                self._notify(task_id, cancelled)
+                self._watching.notify(task_id, cancelled)
                 log.debug("cancelled pending %s", task_id)
                 return CANCELLED
             record = await self._load(task_id)  # it moved on meanwhile
@@ -830,7 +629,7 @@ class Engine:
         if not await self._store.transition(StoredTask.from_record(running), expect=PENDING):
             await self._queue.ack(task_id, claim.token)
             return
-        self._touch(task_id)
+        self._watching.touch(task_id)
         definition = self.definitions.get(record.name)
         if definition is None:
             unknown = TaskError(
@@ -986,7 +785,7 @@ class Engine:
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
             )
         await self._queue.ack(claim.task_id, claim.token)
-        self._notify(claim.task_id, done if stored_final else None)
+        self._watching.notify(claim.task_id, done if stored_final else None)
 
     async def _fail_or_retry(
         self, run: _Run, record: TaskRecord, error: TaskError, *, final: bool
@@ -1012,7 +811,7 @@ class Engine:
                 error,
             )
             self._wake.set()
-        self._notify(claim.task_id)
+        self._watching.notify(claim.task_id)
 
     async def _hand_back(self, claim: Claim, record: TaskRecord) -> None:
         """Shutdown: the task goes back to pending; this attempt does not count."""
@@ -1022,7 +821,7 @@ class Engine:
         ):
             await self._queue.release(claim.task_id, claim.token)
             log.info("task %s handed back to the queue at shutdown", record.id)
-        self._notify(claim.task_id)
+        self._watching.notify(claim.task_id)
 
     # ------------------------------------------------------------------ progress
 
@@ -1045,7 +844,7 @@ class Engine:
                     StoredTask.from_record(updated), expect=IN_PROGRESS, token=run.claim.token
                 ):
                     run.record = updated
-                    self._touch(run.claim.task_id)
+                    self._watching.touch(run.claim.task_id)
 
     # ------------------------------------------------------------------ leases
 
@@ -1118,7 +917,7 @@ class Engine:
                     await self._queue.ack(claim.task_id, claim.token)
                     self._finished += 1
                     log.error("task %s: worker lost on its last attempt; failed", record.id)
-            self._notify(claim.task_id)
+            self._watching.notify(claim.task_id)
 
     # ------------------------------------------------------------------ sweeping
 

@@ -1,0 +1,273 @@
+"""How callers wait on an engine without polling it.
+
+Three ways to wait, each a function of the engine that its public method
+(:meth:`Engine.wait`, :meth:`Engine.next_change`, :meth:`Engine.wait_any`)
+calls:
+
+* :func:`wait_final`: one task, until it is final;
+* :func:`next_change`: one task, until its status, progress, message or
+  attempt changes;
+* :func:`wait_any`: many tasks, until the first of them ends.
+
+The engine reports what it changes to its :class:`Watchers`:
+:meth:`Watchers.notify` when a task became final or was handed back, and
+:meth:`Watchers.touch` for a change that is not final (started, progress
+stored).  ``wait_final``'s watches are woken by ``notify`` only, so waiting
+for the end costs no wake-up per progress report.  Changes made by other
+processes sharing a backend are seen by reading again every
+``backend.poll_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._errors import BackendError, EngineClosed
+from ._model import TaskInfo, TaskRecord, is_task_id
+from ._status import TaskStatus
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ["Watchers", "next_change", "wait_any", "wait_final"]
+
+
+@attrs.define(eq=False)
+class _Watch:
+    """Waiters of one task park on ``event``; ``record`` is the final record
+    when the engine that set it stored one."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    record: TaskRecord | None = None
+
+
+@attrs.define(eq=False)
+class _Listener:
+    """One caller of :func:`next_change` or :func:`wait_any`, listening on one
+    or more task ids.
+
+    Unlike a :class:`_Watch` it is not dropped when it fires: its owner
+    re-arms ``event`` and removes itself when done.  ``fired`` collects the
+    ids that changed since the owner last looked.
+    """
+
+    changes: bool  # woken by every change (started, progress), not only final ones
+    event: trio.Event = attrs.field(factory=trio.Event)
+    fired: set[str] = attrs.field(factory=set)
+
+    def rearm(self) -> set[str]:
+        """A fresh event; returns (and forgets) the ids that fired before."""
+        fired, self.fired = self.fired, set()
+        self.event = trio.Event()
+        return fired
+
+
+class Watchers:
+    """Who waits on which task, and waking them."""
+
+    def __init__(self) -> None:
+        self.watches: dict[str, _Watch] = {}
+        self.listeners: dict[str, set[_Listener]] = {}
+
+    def notify(self, task_id: str, final: TaskRecord | None = None) -> None:
+        """Wake the waiters of a task that the engine moved on (``final``: the
+        final record it stored, handed to them so they need not read it back)."""
+        watch = self.watches.pop(task_id, None)
+        if watch is not None:
+            watch.record = final
+            watch.event.set()
+        listeners = self.listeners.get(task_id)
+        if listeners is not None:
+            for listener in listeners:
+                listener.fired.add(task_id)
+                listener.event.set()
+
+    def touch(self, task_id: str) -> None:
+        """A change that is not final (started, progress stored): wakes only the
+        listeners that follow every change, never :func:`wait_final`'s waiters."""
+        listeners = self.listeners.get(task_id)
+        if listeners is not None:
+            for listener in listeners:
+                if listener.changes:
+                    listener.fired.add(task_id)
+                    listener.event.set()
+
+    def wake_all(self) -> None:
+        """Wake everyone (the engine stopped; they will see it is closed)."""
+        for watch in self.watches.values():
+            watch.event.set()
+        for listeners in self.listeners.values():
+            for listener in listeners:
+                listener.event.set()
+
+    def watch(self, task_id: str) -> _Watch:
+        watch = self.watches.get(task_id)
+        if watch is None:
+            watch = self.watches[task_id] = _Watch()
+        return watch
+
+    def drop_if_idle(self, task_id: str) -> None:
+        """Drop the task's watch unless another waiter is parked on it."""
+        watch = self.watches.get(task_id)
+        if watch is not None and not watch.event.statistics().tasks_waiting:
+            del self.watches[task_id]
+
+    def listen(self, task_ids: Collection[str], listener: _Listener) -> None:
+        for task_id in task_ids:
+            self.listeners.setdefault(task_id, set()).add(listener)
+
+    def unlisten(self, task_ids: Collection[str], listener: _Listener) -> None:
+        for task_id in task_ids:
+            listeners = self.listeners.get(task_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self.listeners[task_id]
+
+
+def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
+    """Whether ``record`` changed in what :func:`next_change` follows."""
+    return (
+        record.status is not seen.status
+        or record.attempt != seen.attempt
+        or record.progress != seen.progress
+        or record.message != seen.message
+    )
+
+
+async def wait_final(engine: Engine, task_id: str, timeout: float | None) -> TaskStatus:
+    """:meth:`Engine.wait`."""
+    try:
+        return await _wait_final(engine, task_id, timeout)
+    finally:
+        engine._watching.drop_if_idle(task_id)
+
+
+async def _wait_final(engine: Engine, task_id: str, timeout: float | None) -> TaskStatus:
+    # Exactly one schedule point on every path: the first read does not
+    # yield; either the task is final (then checkpoint) or we park.
+    deadline = math.inf if timeout is None else trio.current_time() + timeout
+    poll = engine.backend.poll_interval
+    watchers = engine._watching
+    watch = watchers.watch(task_id)  # before reading, so no change slips between
+    record = await engine._load(task_id, schedule=False)
+    if record.status.is_final:
+        await trio.lowlevel.checkpoint()
+        return record.status
+    while True:
+        if not engine._open:
+            raise EngineClosed("the engine stopped before the task finished")
+        until = deadline if poll is None else min(deadline, trio.current_time() + poll)
+        if until == math.inf:
+            await watch.event.wait()
+        else:
+            with trio.move_on_at(until):
+                await watch.event.wait()
+        final = watch.record
+        if final is not None and not final.is_expired(engine.clock()):
+            return final.status
+        watch = watchers.watch(task_id)
+        record = await engine._load(task_id, schedule=False)
+        if record.status.is_final:
+            return record.status
+        if trio.current_time() >= deadline:
+            raise TimeoutError(f"task {task_id} is still {record.status.value} after {timeout} s")
+
+
+async def next_change(
+    engine: Engine, task_id: str, since: TaskInfo | None, timeout: float | None
+) -> TaskInfo:
+    """:meth:`Engine.next_change`."""
+    deadline = math.inf if timeout is None else trio.current_time() + timeout
+    poll = engine.backend.poll_interval
+    listener = _Listener(changes=True)
+    ids = (task_id,)
+    engine._watching.listen(ids, listener)  # before reading, so no change slips between
+    try:
+        record = await engine._load(task_id)
+        while since is not None and not _differs(record, since):
+            if not engine._open:
+                raise EngineClosed("the engine stopped")
+            now = trio.current_time()
+            if now >= deadline:
+                raise TimeoutError(f"task {task_id} did not change in {timeout} s")
+            until = deadline if poll is None else min(deadline, now + poll)
+            if until == math.inf:
+                await listener.event.wait()
+            else:
+                with trio.move_on_at(until):
+                    await listener.event.wait()
+            listener.rearm()
+            record = await engine._load(task_id, schedule=False)
+        position = None
+        if record.status is TaskStatus.PENDING:
+            try:
+                position = await engine.backend.queue.position(task_id)
+            except BackendError:
+                engine._check_open()  # closed meanwhile: say so
+                raise
+        return TaskInfo.from_record(record, position=position)
+    finally:
+        engine._watching.unlisten(ids, listener)
+
+
+async def wait_any(
+    engine: Engine, task_ids: Collection[str], timeout: float | None
+) -> dict[str, TaskInfo | None]:
+    """:meth:`Engine.wait_any`."""
+    ids = [i for i in dict.fromkeys(task_ids) if is_task_id(i)]
+    done: dict[str, TaskInfo | None] = {
+        i: None for i in dict.fromkeys(task_ids) if not is_task_id(i)
+    }
+    deadline = math.inf if timeout is None else trio.current_time() + timeout
+    poll = engine.backend.poll_interval
+    listener = _Listener(changes=False)
+    engine._watching.listen(ids, listener)  # before reading, so no change slips between
+    try:
+        await trio.lowlevel.checkpoint()
+        engine._check_open()
+        next_poll = math.inf if poll is None else trio.current_time() + poll
+        done.update(await _finals(engine, ids))
+        while not done:
+            if not engine._open:
+                raise EngineClosed("the engine stopped")
+            if trio.current_time() >= deadline:
+                return {}
+            until = min(deadline, next_poll)
+            if until == math.inf:
+                await listener.event.wait()
+            else:
+                with trio.move_on_at(until):
+                    await listener.event.wait()
+            fired = listener.rearm()
+            if trio.current_time() >= next_poll:
+                assert poll is not None
+                next_poll = trio.current_time() + poll
+                done.update(await _finals(engine, ids))
+            elif fired:
+                done.update(await _finals(engine, [i for i in ids if i in fired]))
+        return done
+    finally:
+        engine._watching.unlisten(ids, listener)
+
+
+async def _finals(engine: Engine, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
+    """The final or missing ones among well-formed ``task_ids``, read in one go."""
+    if not task_ids:
+        return {}
+    stored = await engine.backend.store.get_many(task_ids)
+    now = engine.clock()
+    found: dict[str, TaskInfo | None] = {}
+    for task_id in task_ids:
+        task = stored.get(task_id)
+        if task is None:
+            found[task_id] = None
+        elif task.status.is_final:
+            record = task.record
+            found[task_id] = None if record.is_expired(now) else TaskInfo.from_record(record)
+    return found
