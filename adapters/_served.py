@@ -26,6 +26,7 @@ def build_app() -> ErrandsApp:
         bentoml_compat=settings["bentoml_compat"],
         max_body_size=settings["max_body_size"],
         max_pending=settings.get("max_pending"),
+        max_wait=settings.get("max_wait", 60.0),
     )
 
 

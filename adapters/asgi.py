@@ -681,6 +681,8 @@ def create_app(
         raise ValueError("max_body_size must be positive")
     if max_pending is not None and max_pending < 1:
         raise ValueError("max_pending must be positive")
+    if not 0 <= max_wait < math.inf:
+        raise ValueError("max_wait must be a number of seconds >= 0")
     return ErrandsApp(
         service,
         backend=backend,

@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         help="answer submits with 429 while N tasks wait (default: no limit)",
     )
     serve.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the longest a ?wait= long poll or POST /tasks/wait is held (default 60)",
+    )
+    serve.add_argument(
         "--graceful-timeout",
         type=float,
         default=10.0,
@@ -118,6 +125,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("errands: --workers must be at least 1", file=sys.stderr)
         return 2
+    if not 0 <= args.max_wait < float("inf"):
+        print("errands: --max-wait must be a number of seconds >= 0", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.backend.startswith("memory:"):
         print(
             "errands: --workers > 1 needs a shared backend (each process would have its own "
@@ -134,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
             "bentoml_compat": args.bentoml_compat,
             "max_body_size": args.max_body_size,
             "max_pending": args.max_pending,
+            "max_wait": args.max_wait,
         }
     )
     application = "errands.adapters._served:app"

@@ -245,6 +245,8 @@ def test_bad_targets_and_options_exit_2(tmp_path: Path) -> None:
         (["serve", f"{ROOT / 'examples' / 'quickstart.py'}:main"], "expected an errands.Service"),
         (["serve", IMAGE_TARGET, "--workers", "2", "--backend", "memory://"], "shared backend"),
         (["worker", IMAGE_TARGET, "--backend", "memory://"], "shared backend"),
+        (["serve", IMAGE_TARGET, "--max-wait", "-1"], "--max-wait"),
+        (["serve", IMAGE_TARGET, "--max-wait", "nan"], "--max-wait"),
     ):
         done = subprocess.run(
             [*ERRANDS, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
@@ -252,6 +254,17 @@ def test_bad_targets_and_options_exit_2(tmp_path: Path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_max_wait_bounds_long_polls(tmp_path: Path) -> None:
+    (tmp_path / "held.py").write_text(HELD_SERVICE)
+    args = ["held.py:svc", "--backend", "memory://", "--max-wait", "0.5"]
+    with serving(args, tmp_path) as (_, base):
+        assert httpx.get(f"{base}/schema.json").json()["errands"]["max_wait"] == 0.5
+        later = httpx.post(f"{base}/later/submit", params={"delay": 1000}, json={})
+        task_id = later.json()["task_id"]
+        held = httpx.get(f"{base}/later/status", params={"task_id": task_id, "wait": 50})
+        assert held.status_code == 200 and held.json()["status"] == "pending"
 
 
 WORKER_SERVICE = textwrap.dedent(
