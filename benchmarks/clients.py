@@ -17,6 +17,8 @@ is the client.  What it measures, in one run:
    ``AsyncHTTPClient`` under trio beside ``httpx.AsyncClient`` under trio.
    Submits/s, p50/p99 latency, this process's CPU time per submit, and the
    rate ratio client / raw httpx.  The server does the same work for both.
+   Section 2 also shows the part of the delay after the task's end (its
+   ``finished_at`` on the server, the same machine's clock).
 2. **waiting for one task**: K tasks ``nap(seconds=D)``, one after another,
    each submitted with the client; the *notice delay* is the time from the
    submit until the caller knows the task ended, minus D.  (a) ``task.wait()``
@@ -30,7 +32,11 @@ is the client.  What it measures, in one run:
    each in turn, (c) a loop polling every unfinished task's status every
    50 ms.  Timed from the end of the last submit until all are known final;
    also how long after the last task ended (the server's ``finished_at``, the
-   same machine's clock) that was known, and the requests made while waiting.
+   same machine's clock) that was known, the requests made while waiting, and
+   the CPU time spent meanwhile by this process and by the server (read from
+   ``/proc/PID/stat``).  The server runs 32 tasks at once (``errands serve``'s
+   default), so these naps keep it busy about as long whoever waits: the
+   delay after the last end, the requests and the CPU tell the ways apart.
 
 The server runs in its own process (started here, stopped at the end by its
 PID with SIGTERM, which drains it); client and server share the machine's
@@ -108,6 +114,7 @@ FINAL = {"success", "failure", "cancelled"}
 #: Seconds the server may take to start answering, and to stop after SIGTERM.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 perf_counter = time.perf_counter
 
@@ -172,6 +179,24 @@ class Server:
                 if perf_counter() > deadline:
                     raise RuntimeError(f"{self} did not answer within {START_TIMEOUT:.0f} s")
                 time.sleep(0.05)
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process so far, or None (no ``/proc``)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def workers(self) -> int | None:
+        """How many tasks the server runs at once (``errands_workers`` in ``/metrics``)."""
+        with httpx.Client(base_url=self.url) as client:
+            for line in client.get("/metrics").text.splitlines():
+                name, _, value = line.partition(" ")
+                if name == "errands_workers":
+                    return int(float(value))
+        return None
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it has not stopped within ``STOP_TIMEOUT``."""
@@ -407,21 +432,24 @@ class Many:
     elapsed: float  # from the end of the last submit until all are known final
     after_end: float  # from the last task's end (server clock) until that was known
     requests: int  # while waiting
+    client_cpu: float  # seconds, while waiting
+    server_cpu: float | None  # seconds, while waiting (None: no /proc)
 
 
 def _submit_many(client: SyncHTTPClient, n: int) -> list[HTTPTask]:
     return [client.nap.submit(seconds=(i % SPREAD) * STEP) for i in range(n)]
 
 
-def many_tasks(url: str, n: int, how: str) -> Many:
+def many_tasks(server: Server, n: int, how: str) -> Many:
     transport, polls = CountingTransport(), CountingTransport()
     with (
-        SyncHTTPClient(url, transport=transport) as client,
-        httpx.Client(base_url=url, transport=polls) as http,
+        SyncHTTPClient(server.url, transport=transport) as client,
+        httpx.Client(base_url=server.url, transport=polls) as http,
     ):
         client.server_info()
         _status(http.get("/readyz"))  # opens the polling loop's connection
         tasks = _submit_many(client, n)
+        server0, client0 = server.cpu_seconds(), time.process_time()
         t0 = perf_counter()
         before = transport.count + polls.count
         if how == "as_completed":
@@ -444,9 +472,18 @@ def many_tasks(url: str, n: int, how: str) -> Many:
                 time.sleep(MANY_POLL)
         elapsed = perf_counter() - t0
         known = time.time()
+        client_cpu = time.process_time() - client0
+        server1 = server.cpu_seconds()
         requests = transport.count + polls.count - before
         after_end = min(_after_end(tasks, [known] * n))  # not timed, not counted
-    return Many(elapsed=elapsed, after_end=after_end, requests=requests)
+    server_cpu = None if server0 is None or server1 is None else server1 - server0
+    return Many(
+        elapsed=elapsed,
+        after_end=after_end,
+        requests=requests,
+        client_cpu=client_cpu,
+        server_cpu=server_cpu,
+    )
 
 
 MANY_WAYS = ("as_completed", "wait each", "poll")
@@ -492,12 +529,15 @@ class Figures:
         self.many_ms = {key: Series() for key in MANY_WAYS}
         self.many_after_us = {key: Series() for key in MANY_WAYS}
         self.many_requests = {key: Series() for key in MANY_WAYS}
+        self.many_client_cpu = {key: Series() for key in MANY_WAYS}
+        self.many_server_cpu = {key: Series() for key in MANY_WAYS}
         self.many_time_ratio = {key: Series() for key in MANY_WAYS[1:]}
         self.many_request_ratio = {key: Series() for key in MANY_WAYS[1:]}
 
 
-def one_round(url: str, plan: Plan, fig: Figures | None) -> None:
+def one_round(server: Server, plan: Plan, fig: Figures | None) -> None:
     """One of each measurement (the reference just before what it is compared with)."""
+    url = server.url
     submits = {}
     for pair in SUBMIT_PAIRS.values():
         for key in (pair[1], pair[0]):
@@ -507,7 +547,7 @@ def one_round(url: str, plan: Plan, fig: Figures | None) -> None:
         waits[waiter] = measure_wait(url, waiter, plan.waits, plan.nap)
     many = {}
     for how in (*MANY_WAYS[1:], MANY_WAYS[0]):
-        many[how] = run(many_tasks, url, plan.many, how)
+        many[how] = run(many_tasks, server, plan.many, how)
     if fig is None:
         return  # the warm-up
     for key, result in submits.items():
@@ -529,13 +569,16 @@ def one_round(url: str, plan: Plan, fig: Figures | None) -> None:
         fig.many_ms[how].add(outcome.elapsed * 1000)
         fig.many_after_us[how].add(outcome.after_end * 1e6)
         fig.many_requests[how].add(outcome.requests)
+        fig.many_client_cpu[how].add(outcome.client_cpu * 1000)
+        if outcome.server_cpu is not None:
+            fig.many_server_cpu[how].add(outcome.server_cpu * 1000)
     first = many["as_completed"]
     for how in MANY_WAYS[1:]:
         fig.many_time_ratio[how].add(many[how].elapsed / first.elapsed)
         fig.many_request_ratio[how].add(many[how].requests / first.requests)
 
 
-def report(fig: Figures, plan: Plan) -> None:
+def report(fig: Figures, plan: Plan, workers: int | None) -> None:
     r = plan.rounds
     table = Columns(label=50, value=9)
     latency_table = Columns(label=50, value=9, span=17)
@@ -589,6 +632,14 @@ def report(fig: Figures, plan: Plan) -> None:
         f"3. many tasks: {plan.many} tasks nap(seconds=(i % {SPREAD}) * {STEP:g}) "
         f"(0-{longest:g} s), submitted one after another, then waited"
     )
+    if workers:
+        naps = sum((i % SPREAD) * STEP for i in range(plan.many))
+        print(
+            f"(the server runs {workers} tasks at once: these naps, {naps:.1f} s in all, keep it "
+            f"busy >= {naps / workers * 1000:.0f} ms from the first submit,\n"
+            " whoever waits; the delay after the last end, the requests and the CPU tell the "
+            "ways apart)"
+        )
     print(f"milliseconds from the last submit until all are known final (median of {r} [min-max])")
     for how in MANY_WAYS:
         print(table.rate(MANY_LABELS[how], fig.many_ms[how]))
@@ -601,6 +652,17 @@ def report(fig: Figures, plan: Plan) -> None:
     print(f"HTTP requests while waiting (median of {r} [min-max])")
     for how in MANY_WAYS:
         print(table.rate(MANY_LABELS[how], fig.many_requests[how]))
+    print(
+        f"CPU while waiting, milliseconds, client / server (the server's in /proc ticks of "
+        f"{1000 / CLOCK_TICKS:.0f} ms; median of {r} [min-max])"
+    )
+    for how in MANY_WAYS:
+        print(table.rate(f"client {MANY_LABELS[how]}", fig.many_client_cpu[how]))
+    for how in MANY_WAYS:
+        if fig.many_server_cpu[how].values:
+            print(table.rate(f"server {MANY_LABELS[how]}", fig.many_server_cpu[how]))
+        else:
+            print(f"  server {MANY_LABELS[how]}: n/a (no /proc)")
     print("ratios to (a) (median of per-round ratios [min-max])")
     print(table.ratio("ratio (b)/(a) time", fig.many_time_ratio["wait each"]))
     print(table.ratio("ratio (c)/(a) time", fig.many_time_ratio["poll"]))
@@ -671,14 +733,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = Server(Path(folder))
         try:
             server.wait_ready()
-            one_round(server.url, plan.warm_up(), None)
+            workers = server.workers()
+            one_round(server, plan.warm_up(), None)
             for _ in range(plan.rounds):
-                one_round(server.url, plan, figures)
+                one_round(server, plan, figures)
         finally:
             server.stop()
     elapsed = perf_counter() - wall
 
-    report(figures, plan)
+    report(figures, plan, workers)
     print(f"took {elapsed:.1f} s; load average at end: {load()}")
     return 0
 
