@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inprocess.py
 	$(BIN)/python benchmarks/disk.py
 	$(BIN)/python benchmarks/http.py
+	$(BIN)/python benchmarks/clients.py
 
 clean:
 	rm -rf $(VENV) $(BENTO_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
