@@ -186,12 +186,9 @@ def submit_request(
     if delay is not None:
         params["delay"] = repr(float(delay))
     headers = {"idempotency-key": idempotency_key} if idempotency_key is not None else {}
-    request: dict[str, Any] = {
-        "method": "POST",
-        "url": endpoint.path("submit"),
-        "params": params,
-        "headers": headers,
-    }
+    request: dict[str, Any] = {"method": "POST", "url": endpoint.path("submit"), "headers": headers}
+    if params:  # an empty mapping still costs httpx a re-parse of the URL
+        request["params"] = params
     if files:
         request["data"] = {k: json.dumps(v) for k, v in fields.items()}
         request["files"] = files

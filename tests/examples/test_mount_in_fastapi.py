@@ -109,3 +109,13 @@ def test_progress_page_follows_the_task_live_in_chromium(example: str, tmp_path:
     events = [url for url in requests if "/events?" in url]
     statuses = [url for url in requests if "/status?" in url]
     assert len(events) == 1 and not statuses, requests
+
+
+def test_http_client_under_the_mount_prefix(example: str) -> None:
+    import errands
+
+    with errands.SyncHTTPClient(f"{example}/jobs") as client:
+        task = client.build_report.submit(customer="initech", pages=2)
+        assert task.wait(timeout=30) is errands.TaskStatus.SUCCESS
+        assert task.get() == {"customer": "initech", "pages": 2}
+        assert task.get_info().message == "page 2 of 2"
