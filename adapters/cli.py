@@ -28,20 +28,19 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
 import errands
 
 from . import _cli_client
+from ._serving import LOG_FORMAT, serve_hypercorn, serve_uvicorn
 from ._target import TargetError, load_service
 from .asgi import DEFAULT_MAX_BODY
 
 __all__ = ["main"]
 
 log = logging.getLogger("errands.cli")
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 DEFAULT_BACKEND = "diskcache://./.errands"
 
@@ -157,158 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.backend,
     )
     if args.server == "uvicorn":
-        try:
-            import uvicorn
-        except ImportError:
-            print(
-                "errands: --server uvicorn needs: pip install 'errands[uvicorn]'", file=sys.stderr
-            )
-            return 2
-        options: dict[str, Any] = {
-            "host": args.host,
-            "port": args.port,
-            "lifespan": "on",
-            "timeout_graceful_shutdown": int(args.graceful_timeout),
-        }
-        if args.workers > 1:
-            uvicorn.run(application, workers=args.workers, **options)
-            return 0
-        return _serve_uvicorn_here(uvicorn.Config(application, **options))
-    from hypercorn.config import Config
-
-    config = Config()
-    config.application_path = application
-    config.bind = [f"{args.host}:{args.port}"]
-    config.worker_class = "trio"
-    config.graceful_timeout = args.graceful_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
-    if args.workers > 1:
-        return _serve_processes(config, args.workers)
-    return _serve_here(args, config)
-
-
-def _serve_processes(config: Any, workers: int) -> int:
-    """``--workers N``: N processes of hypercorn's trio worker on one listening
-    socket, as ``hypercorn.run`` starts them, except that each one drains the
-    app's held requests when told to stop (``hypercorn.run``'s workers cannot
-    be given a shutdown trigger of ours)."""
-    import multiprocessing
-    import multiprocessing.connection
-
-    sockets = config.create_sockets()
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the parent decides
-    processes = [
-        context.Process(target=_hypercorn_process, args=(config, sockets, stop))
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    signal.signal(signal.SIGINT, previous)
-
-    def on_signal(signum: int, _: object) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    code = 0
-    try:
-        remaining = list(processes)
-        while remaining:
-            ended = multiprocessing.connection.wait([p.sentinel for p in remaining])
-            for process in [p for p in remaining if p.sentinel in ended]:
-                process.join()
-                remaining.remove(process)
-                if process.exitcode:
-                    code = code or 1
-                    stop.set()  # one worker failed: stop the others too
-    finally:
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
-    return code
-
-
-def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
-    """One worker process of ``--workers N`` (started by :func:`_serve_processes`)."""
-    from functools import partial
-
-    from hypercorn.trio.run import worker_serve
-    from hypercorn.utils import check_multiprocess_shutdown_event, wrap_app
-
-    from ._served import app
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    for sock in sockets.insecure_sockets:
-        sock.listen(config.backlog)
-
-    async def until_stopped() -> None:
-        await check_multiprocess_shutdown_event(stop, trio.sleep)
-        app.drain()  # held long polls and event streams answer now
-
-    wrapped = wrap_app(app, config.wsgi_max_body_size, mode="asgi")  # type: ignore[arg-type]
-    trio.run(
-        partial(worker_serve, wrapped, config, sockets=sockets, shutdown_trigger=until_stopped)
-    )
-
-
-def _serve_here(args: argparse.Namespace, config: Any) -> int:
-    """One process: hypercorn's trio worker, the engine in the same loop, and
-    SIGINT/SIGTERM turned into a graceful drain."""
-    import gc
-
-    import hypercorn.trio
-
-    from ._served import app
-
-    # A server makes many short-lived objects per request; collecting the
-    # young generation less often measured 10% more submits/s under hypercorn.
-    gc.set_threshold(50_000, 50, 100)
-
-    async def until_signalled() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s: draining", signal.Signals(signum).name)
-                # Held long polls and event streams answer now: hypercorn waits
-                # for in-flight requests before it ends the lifespan.
-                app.drain()
-                return
-
-    async def serve() -> None:
-        await hypercorn.trio.serve(app, config, shutdown_trigger=until_signalled)  # type: ignore[arg-type]
-
-    trio.run(serve)
-    return 0
-
-
-def _serve_uvicorn_here(config: Any) -> int:
-    """One uvicorn process whose SIGINT/SIGTERM also drains the app's held requests
-    (uvicorn waits for open requests before it ends the lifespan)."""
-    import asyncio
-    from types import FrameType
-
-    import uvicorn
-
-    from ._served import app
-
-    class DrainingServer(uvicorn.Server):
-        loop: asyncio.AbstractEventLoop | None = None
-
-        async def serve(self, sockets: Any = None) -> None:
-            self.loop = asyncio.get_running_loop()
-            await super().serve(sockets)
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            if self.loop is not None:
-                log.info("received %s: draining", signal.Signals(sig).name)
-                self.loop.call_soon_threadsafe(app.drain)  # on the loop, as drain() asks
-
-    server = DrainingServer(config)
-    server.run()
-    return 0 if server.started else 1
+        return serve_uvicorn(args, application)
+    return serve_hypercorn(args, application)
 
 
 def _worker(args: argparse.Namespace) -> int:

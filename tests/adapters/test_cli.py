@@ -195,8 +195,13 @@ HELD_SERVICE = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "server",
-    [["--server", "hypercorn"], ["--server", "uvicorn"], ["--workers", "2"]],
-    ids=["hypercorn", "uvicorn", "hypercorn-2-processes"],
+    [
+        ["--server", "hypercorn"],
+        ["--server", "uvicorn"],
+        ["--workers", "2"],
+        ["--server", "uvicorn", "--workers", "2"],
+    ],
+    ids=["hypercorn", "uvicorn", "hypercorn-2-processes", "uvicorn-2-processes"],
 )
 def test_sigterm_answers_held_long_polls_at_once(tmp_path: Path, server: list[str]) -> None:
     """A long poll held for up to 50 s is answered on SIGTERM, and the server exits
