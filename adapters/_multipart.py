@@ -26,12 +26,19 @@ class MultipartError(ValueError):
 
 
 def parse_multipart(
-    content_type: str, body: bytes, *, lists: Callable[[str], bool] = lambda name: False
+    content_type: str,
+    body: bytes,
+    *,
+    lists: Callable[[str], bool] = lambda name: False,
+    texts: Callable[[str], bool] = lambda name: False,
 ) -> dict[str, Any]:
     """The named arguments in a ``multipart/form-data`` body.
 
     ``lists(name)`` tells whether an argument takes a list of files, so that
-    one part still makes a list of one.
+    one part still makes a list of one.  ``texts(name)`` tells whether it
+    takes a string: its field is then the text as sent (``-F label=42`` is
+    ``"42"``), unless the text is a JSON string literal, as BentoML's clients
+    send strings.
     """
     fields: dict[str, Any] = {}
     files: dict[str, list[str]] = {}
@@ -39,6 +46,9 @@ def parse_multipart(
     def on_field(field: Field) -> None:
         name = field.field_name.decode("utf-8") if field.field_name else ""
         raw = (field.value or b"").decode("utf-8")
+        if texts(name) and not raw.startswith('"'):
+            fields[name] = raw
+            return
         try:
             fields[name] = json.loads(raw)
         except ValueError:

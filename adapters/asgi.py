@@ -324,7 +324,10 @@ class ErrandsApp:
         if content_type.lower().startswith("multipart/form-data"):
             try:
                 arguments: Any = parse_multipart(
-                    content_type, body, lists=lambda name: _takes_list(definition, name)
+                    content_type,
+                    body,
+                    lists=lambda name: _takes_list(definition, name),
+                    texts=lambda name: _takes_str(definition, name),
                 )
             except MultipartError as exc:
                 raise HTTPError(400, str(exc)) from None
@@ -630,6 +633,10 @@ def _takes_list(definition: TaskDefinition, name: str) -> bool:
             origin = typing.get_origin(param.annotation)
             return origin in (list, tuple, set, frozenset, Sequence)
     return False
+
+
+def _takes_str(definition: TaskDefinition, name: str) -> bool:
+    return any(p.name == name and p.annotation is str for p in definition.params)
 
 
 def _header(scope: Scope, name: bytes) -> str:

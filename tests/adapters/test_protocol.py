@@ -399,6 +399,11 @@ async def test_multipart_file_arguments(client: httpx.AsyncClient) -> None:
     # A field that is not JSON text is taken as a plain string.
     response = await client.post("/checksum/submit", files=upload, data={"label": "hi there"})
     assert (await result_of(client, "/checksum", response))["label"] == "hi there"
+    # For a str argument, form text is the string even where it reads as
+    # other JSON (curl -F label=42); a JSON string literal is still decoded.
+    for text in ("42", "true", "null", "[1]", '{"a": 1}'):
+        response = await client.post("/checksum/submit", files=upload, data={"label": text})
+        assert (await result_of(client, "/checksum", response))["label"] == text
     # A PIL image argument from an uploaded PNG.
     image = {"image": ("p.png", png(7, 3), "image/png")}
     response = await client.post("/image_size/submit", files=image)
