@@ -347,16 +347,17 @@ class ErrandsApp:
         if delay is not None and (delay < 0 or not math.isfinite(delay)):
             raise HTTPError(400, "delay must be a non-negative number of seconds")
         access = self._engine()
+        repeat = False
         if self.max_pending is not None and idempotency_key is not None:
-            # A repeat of an accepted submit is answered even when the queue is full.
+            # A repeat of an accepted submit is answered even when the queue is
+            # full (the engine still checks that its arguments are the same).
             first = idempotent_id(self.service.name, definition.name, idempotency_key)
             try:
-                status = await access.call(access.engine.status, first)
+                await access.call(access.engine.status, first)
+                repeat = True
             except TaskNotFound:
                 pass
-            else:
-                return _json(200, {"task_id": first, "status": self._status_name(status)})
-        if self.max_pending is not None:
+        if self.max_pending is not None and not repeat:
             waiting = await self._call(access, access.engine.backend.queue.depth)
             if waiting >= self.max_pending:
                 full = HTTPError(429, f"the queue is full ({waiting} tasks waiting); retry later")

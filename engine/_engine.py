@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import hashlib
+import json
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from ._errors import (
     BackendError,
     CannotCancel,
     EngineClosed,
+    FieldError,
     FinalError,
     InvalidArguments,
     TaskCancelled,
@@ -124,6 +126,11 @@ def idempotent_id(service: str, name: str, key: str) -> str:
     """The task id an idempotency key stands for (128 bits of its hash)."""
     digest = hashlib.sha256(f"{service}\0{name}\0{key}".encode()).digest()[:16]
     return task_id_from_bytes(digest)
+
+
+def _canonical(arguments: Mapping[str, Any]) -> str:
+    """Arguments as JSON text that equal arguments share (key order, tuples)."""
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"))
 
 
 def _default_owner() -> str:
@@ -369,6 +376,12 @@ class Engine:
                 raise BackendError(f"task id {task_id} already exists")  # 2**-128 odds
             existing = await self._store.get(task_id)
             if existing is not None and not existing.record.is_expired(self.clock()):
+                if _canonical(existing.record.args) != _canonical(args):
+                    message = (
+                        f"the idempotency key {idempotency_key!r} was used for task "
+                        f"{task_id} with other arguments"
+                    )
+                    raise InvalidArguments(name, [FieldError(path="$", message=message)])
                 log.debug("idempotent repeat of %s %s", name, task_id)
                 return existing.record
             if existing is not None:

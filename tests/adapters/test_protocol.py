@@ -490,6 +490,10 @@ async def test_idempotency_key_returns_the_first_task(client: httpx.AsyncClient)
     first = await post("/add", "order-17", a=1, b=2)
     again = await post("/add", "order-17", a=1, b=2)
     assert again["task_id"] == first["task_id"]
+    headers = {"idempotency-key": "order-17"}
+    changed = await client.post("/add/submit", json={"a": 1, "b": 3}, headers=headers)
+    assert changed.status_code == 422, changed.text
+    assert "other arguments" in changed.json()["error"]
     await wait_final(client, first["task_id"])
     finished = await post("/add", "order-17", a=1, b=2)
     assert finished == {"task_id": first["task_id"], "status": "success"}
@@ -515,6 +519,10 @@ async def test_idempotent_repeat_while_the_queue_is_full() -> None:
             "/add/submit", params={"delay": 3600}, json={"a": 1, "b": 2}, headers=headers
         )
         assert (again.status_code, again.json()["task_id"]) == (200, first.json()["task_id"])
+        changed = await client.post(
+            "/add/submit", params={"delay": 3600}, json={"a": 2, "b": 2}, headers=headers
+        )
+        assert changed.status_code == 422, changed.text
 
 
 # --------------------------------------------------------------------------- status

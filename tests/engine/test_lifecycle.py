@@ -351,8 +351,11 @@ async def test_idempotency_key_returns_the_first_task(
     async with engine(ttl=100) as client:
         keyed = client.add.options(idempotency_key="order-17")
         first = await keyed.submit(a=1, b=2)
-        again = await keyed.submit(a=5, b=5)  # same key: the first task, unchanged
+        again = await keyed.submit(a=1, b=2)  # same key, same arguments: the first task
         assert again.id == first.id
+        with pytest.raises(errands.InvalidArguments, match="order-17.*other arguments") as bad:
+            await keyed.submit(a=5, b=5)  # same key, other arguments: refused
+        assert [e.path for e in bad.value.errors] == ["$"]
         assert await first.wait() is TaskStatus.SUCCESS
         assert await (await keyed.submit(a=1, b=2)).get() == 3
         other = await client.add.options(idempotency_key="order-18").submit(a=1, b=2)
