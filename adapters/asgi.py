@@ -113,6 +113,7 @@ class ErrandsApp:
         self._autostart_lock = threading.Lock()
         self._autostarted: errands.SyncClient | None = None
         self._schema: bytes | None = None
+        self._submitting = 0  # submits between their queue-depth check and their answer
         self._openapi: bytes | None = None
         self._holds = Holds()
 
@@ -357,18 +358,26 @@ class ErrandsApp:
                 repeat = True
             except TaskNotFound:
                 pass
-        if self.max_pending is not None and not repeat:
-            waiting = await self._call(access, access.engine.backend.queue.depth)
-            if waiting >= self.max_pending:
-                full = HTTPError(429, f"the queue is full ({waiting} tasks waiting); retry later")
-                full.headers.append((b"retry-after", b"1"))
-                raise full
-        record = await self._call(
-            access,
-            _submit_call(
-                access.engine, definition.name, arguments, priority, delay, idempotency_key
-            ),
-        )
+        # Submits under way count as waiting: without them, concurrent
+        # submits that all read the depth before any was stored would all pass.
+        self._submitting += 1
+        try:
+            if self.max_pending is not None and not repeat:
+                depth = await self._call(access, access.engine.backend.queue.depth)
+                waiting = depth + self._submitting - 1
+                if waiting >= self.max_pending:
+                    message = f"the queue is full ({waiting} tasks waiting); retry later"
+                    full = HTTPError(429, message)
+                    full.headers.append((b"retry-after", b"1"))
+                    raise full
+            record = await self._call(
+                access,
+                _submit_call(
+                    access.engine, definition.name, arguments, priority, delay, idempotency_key
+                ),
+            )
+        finally:
+            self._submitting -= 1
         return _json(200, {"task_id": record.id, "status": self._status_name(record.status)})
 
     async def _long_poll(self, task_id: str, query: dict[str, list[str]]) -> None:

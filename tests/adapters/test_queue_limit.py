@@ -65,3 +65,25 @@ async def test_idempotency_key_header_returns_the_first_task() -> None:
             assert plain.json()["task_id"] != first.json()["task_id"]
             listed = (await client.get("/tasks")).json()["tasks"]
             assert len(listed) == 2
+
+
+async def test_concurrent_submits_do_not_overshoot_the_limit() -> None:
+    """Many submits at once: the limit holds (no check-then-submit race)."""
+    app = create_app(idem, max_pending=5, grace=0)
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            codes: list[int] = []
+
+            async def submit() -> None:
+                response = await client.post(
+                    "/double/submit", params={"delay": 3600}, json={"n": 1}
+                )
+                codes.append(response.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(submit)
+            assert sorted(codes) == [200] * 5 + [429] * 15
+            waiting = (await client.get("/tasks", params={"status": "pending"})).json()["tasks"]
+            assert len(waiting) == 5
