@@ -339,9 +339,8 @@ def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
     code = OK
     pending = {t.id: t for t in tasks}
 
-    def report(task: HTTPTask) -> None:
+    def report(task: HTTPTask, info: TaskInfo | None) -> None:
         nonlocal code
-        info = _info_or_none(task)
         status = info.status if info is not None else None
         word = status.value if status is not None else NOT_FOUND_WORD
         tqdm.write(f"{task.id} {word}", file=sys.stdout)
@@ -352,15 +351,16 @@ def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
 
     with bar:
         try:
-            for task in errands.as_completed(tasks, timeout=args.timeout):
+            ended = errands.as_completed(tasks, timeout=args.timeout)
+            for task in ended:
                 pending.pop(task.id, None)
-                report(task)
+                report(task, ended.infos[task.id])  # as seen ending: no need to ask again
                 bar.update(1)
         except TimeoutError:
             bar.close()
             _say(f"timed out after {args.timeout} s: {len(pending)} of {len(tasks)} not finished")
             for task in pending.values():
-                report(task)
+                report(task, _info_or_none(task))
     return code
 
 

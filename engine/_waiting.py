@@ -56,11 +56,15 @@ class AsCompleted(Iterable[H]):
     """The handles given to :func:`as_completed`, in the order their tasks end.
 
     Iterate with ``for`` over sync handles and ``async for`` over async ones.
+    :attr:`infos` holds what was known of each task when it was yielded.
     """
 
     def __init__(self, tasks: Iterable[H], timeout: float | None) -> None:
         self._tasks = list(tasks)
         self._timeout = timeout
+        #: Task id -> its final :class:`~errands.TaskInfo` as seen when the task
+        #: was yielded, or None for an unknown or expired id (no need to ask again).
+        self.infos: dict[str, Any] = {}
         waiters = {}
         for task in self._tasks:
             source = getattr(task, "_completion_waiter", None)
@@ -92,6 +96,7 @@ class AsCompleted(Iterable[H]):
             done = waiter.wait_any(list(remaining), left)
             if not done:
                 raise TimeoutError(f"{len(remaining)} tasks not finished after {self._timeout} s")
+            self.infos.update(done)
             for task_id in list(remaining):
                 if task_id in done:
                     yield from remaining.pop(task_id)
@@ -109,6 +114,7 @@ class AsCompleted(Iterable[H]):
             done = await waiter.wait_any(list(remaining), left)
             if not done:
                 raise TimeoutError(f"{len(remaining)} tasks not finished after {self._timeout} s")
+            self.infos.update(done)
             for task_id in list(remaining):
                 if task_id in done:
                     for task in remaining.pop(task_id):

@@ -400,8 +400,11 @@ def test_sync_as_completed_yields_in_order_of_ending(server: str) -> None:
         quick = client.add.submit(a=1, b=1)
         failing = client.boom.submit()
         ghost = client.add.get_task("z" * 22)
-        order = list(errands.as_completed([slow, quick, failing, ghost], timeout=30))
+        ended = errands.as_completed([slow, quick, failing, ghost], timeout=30)
+        order = list(ended)
         assert order[-1] == slow and set(order[:3]) == {quick, failing, ghost}
+        assert ended.infos[failing.id].status is errands.TaskStatus.FAILURE
+        assert ended.infos[ghost.id] is None
         assert slow.get() == "rested"
         with pytest.raises(errands.TaskNotFound):
             ghost.get()

@@ -33,7 +33,8 @@ async def test_async_handles_come_in_order_of_ending(
         ghost = client.get_task("q" * 22)
         start = trio.current_time()
         ended = []
-        async for task in errands.as_completed([*tasks, failing, ghost]):
+        waiting = errands.as_completed([*tasks, failing, ghost])
+        async for task in waiting:
             ended.append((task, round(trio.current_time() - start)))
         assert {t for t, at in ended[:2]} == {failing, ghost}
         assert [(t.id, at) for t, at in ended[2:]] == [
@@ -42,6 +43,10 @@ async def test_async_handles_come_in_order_of_ending(
             (tasks[0].id, 30),
         ]
         assert await failing.get_status() is TaskStatus.FAILURE
+        assert waiting.infos[failing.id].status is TaskStatus.FAILURE
+        assert str(waiting.infos[failing.id].error) == "RuntimeError: no"
+        assert waiting.infos[ghost.id] is None
+        assert waiting.infos[tasks[0].id].finished_at is not None
         with pytest.raises(errands.TaskNotFound):
             await ghost.get()
 
