@@ -59,6 +59,9 @@ __all__ = [
 #: doubles up to POLL_MAX.
 POLL_START = 0.05
 POLL_MAX = 1.0
+#: How long a wait goes on trying a server that cannot be reached or has no
+#: engine running (503), as while it restarts, before it raises.
+OUTAGE_WINDOW = 60.0
 
 
 @attrs.frozen
@@ -103,6 +106,39 @@ def _json(response: httpx.Response) -> Any:
         raise RemoteError(
             f"the server's answer to {response.request.url.path} is not JSON"
         ) from None
+
+
+@attrs.define
+class _Outage:
+    """Since when a wait has found the server away, and its next pause."""
+
+    since: float | None = None
+    pause: float = POLL_START
+
+
+def _through_outages(call: Call, outage: _Outage, deadline: float) -> Flow:
+    """Send ``call``; while the server cannot be reached or answers 503 (it is
+    restarting), try again with backoff, for at most ``OUTAGE_WINDOW`` seconds
+    and never past ``deadline``.  For waits only: they change nothing."""
+    while True:
+        try:
+            response = yield call
+        except RemoteError as exc:
+            if exc.status_code is not None:
+                raise
+            error: Exception = exc
+        else:
+            if response.status_code != 503:
+                outage.since, outage.pause = None, POLL_START
+                return response
+            error = error_for(response, action="wait") or RemoteError("HTTP 503")
+        now = yield Clock()
+        if outage.since is None:
+            outage.since = now
+        if now - outage.since >= OUTAGE_WINDOW or now >= deadline:
+            raise error
+        yield Sleep(min(outage.pause, deadline - now))
+        outage.pause = min(outage.pause * 2, POLL_MAX)
 
 
 def schema() -> Flow:
@@ -198,12 +234,13 @@ def wait(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | Non
     start = yield Clock()
     deadline = math.inf if timeout is None else start + timeout
     pause = POLL_START
+    outage = _Outage()
     while True:
         asked = yield Clock()
         hold = 0.0
         if server.max_wait:
             hold = max(0.0, min(deadline - asked, server.max_wait))
-        response = yield _status_call(route, task_id, hold)
+        response = yield from _through_outages(_status_call(route, task_id, hold), outage, deadline)
         current = parse_info(_json(_check(response, action="status", task_id=task_id)))
         if current.status.is_final:
             return current.status
@@ -226,6 +263,7 @@ def wait_any(
     start = yield Clock()
     deadline = math.inf if timeout is None else start + timeout
     pause = POLL_START
+    outage = _Outage()
     ids = list(task_ids)
     while True:
         asked = yield Clock()
@@ -238,7 +276,7 @@ def wait_any(
                 "content": json.dumps({"task_ids": ids}),
                 "headers": {"content-type": "application/json"},
             }
-            response = yield Call(request, hold=hold)
+            response = yield from _through_outages(Call(request, hold=hold), outage, deadline)
             body = _json(_check(response, action="wait"))
             found: dict[str, TaskInfo | None] = {
                 i.id: i for i in (parse_info(d) for d in body.get("done") or ())
@@ -248,7 +286,9 @@ def wait_any(
             hold = 0.0
             found = {}
             for task_id in ids:
-                response = yield _status_call(route, task_id)
+                response = yield from _through_outages(
+                    _status_call(route, task_id), outage, deadline
+                )
                 if response.status_code == 404:
                     found[task_id] = None
                     continue

@@ -63,8 +63,11 @@ def _absolute(base: str, call: Call) -> dict[str, Any]:
 
 def _unreachable(url: str, exc: httpx.TransportError) -> RemoteError:
     if isinstance(exc, httpx.TimeoutException):
-        return RemoteError(f"the server at {url} did not answer in time ({exc!r})")
-    return RemoteError(f"cannot reach the server at {url}: {exc!r}")
+        error = RemoteError(f"the server at {url} did not answer in time ({exc!r})")
+    else:
+        error = RemoteError(f"cannot reach the server at {url}: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 @attrs.frozen(kw_only=True)
@@ -290,7 +293,9 @@ class AsyncHTTPClient:
                             **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
                         )
                     except httpx.TransportError as exc:
-                        raise _unreachable(self.url, exc) from exc
+                        # Into the flow: waits ride out a restart, others re-raise.
+                        step = flow.throw(_unreachable(self.url, exc))
+                        continue
                 elif isinstance(step, Sleep):
                     await anyio.sleep(step.seconds)
                     reply = None
@@ -524,7 +529,9 @@ class SyncHTTPClient:
                             **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
                         )
                     except httpx.TransportError as exc:
-                        raise _unreachable(self.url, exc) from exc
+                        # Into the flow: waits ride out a restart, others re-raise.
+                        step = flow.throw(_unreachable(self.url, exc))
+                        continue
                 elif isinstance(step, Sleep):
                     time.sleep(step.seconds)
                     reply = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -460,3 +462,36 @@ def test_images_stay_bytes_without_pillow(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(decode_result(answer, endpoint), Image.Image)
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if pillow were not installed
     assert decode_result(answer, endpoint) == png.getvalue()
+
+
+def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """A durable server restarts while a client waits: the wait goes on (the
+    drain answers the held poll, the client retries while the server is
+    down) and ends with the task's real end."""
+    (tmp_path / "service.py").write_text(SERVICE)
+    port = free_port()
+    args = ["service.py:svc", "--backend", "diskcache://./data"]
+    outcome: list[object] = []
+    with serving(args, tmp_path, port=port) as (proc, base):
+        client = SyncHTTPClient(base)
+        task = client.nap.submit(seconds=2)
+
+        def wait() -> None:
+            try:
+                outcome.append(task.wait(timeout=60))
+            except BaseException as exc:  # checked below
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        deadline = time.monotonic() + 20
+        while "\nerrands_http_held 1\n" not in httpx.get(f"{base}/metrics").text:
+            assert time.monotonic() < deadline, "the wait was not held"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not outcome, outcome  # still waiting while the server is down
+    with serving(args, tmp_path, port=port):
+        waiter.join(timeout=60)
+        assert outcome == [errands.TaskStatus.SUCCESS]
+        assert task.get() == "rested"
+        client.close()
