@@ -14,7 +14,11 @@ import importlib.metadata
 import inspect
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,7 +28,10 @@ import trio
 import errands
 
 __all__ = [
+    "CLOCK_TICKS",
     "NOISE_NOTE",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
     "Columns",
     "Latency",
     "Series",
@@ -32,12 +39,65 @@ __all__ = [
     "load",
     "met",
     "percentile",
+    "process_cpu_seconds",
     "run",
+    "stop_process",
     "version",
     "versions",
+    "wait_until_ready",
 ]
 
 NOISE_NOTE = "(figures are noisy on a shared machine; the ratios are what count)"
+#: Seconds a benchmark's server may take to start answering, and to stop after SIGTERM.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far, or None (no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_until_ready(
+    process: subprocess.Popen[Any], url: str, name: str, detail: Callable[[], str] = str
+) -> None:
+    """Until ``url``/readyz answers 200; RuntimeError (with ``detail()``) if
+    the server process exits or ``START_TIMEOUT`` passes first."""
+    import httpx  # not at the top: scripts that never serve run with this folder first on sys.path
+
+    deadline = time.perf_counter() + START_TIMEOUT
+    with httpx.Client(base_url=url, timeout=1.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}{detail()}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{name} did not answer within {START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[Any], name: str) -> int:
+    """SIGTERM by PID, then SIGKILL if it has not stopped within ``STOP_TIMEOUT``;
+    returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"{name} ignored SIGTERM; killing it", file=sys.stderr)
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 class Series:

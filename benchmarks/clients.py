@@ -60,7 +60,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
-import signal
 import socket
 import subprocess
 import tempfile
@@ -111,10 +110,7 @@ POLLS = (0.1, 0.01)
 MANY_POLL = 0.05
 ROUNDS = 5
 FINAL = {"success", "failure", "cancelled"}
-#: Seconds the server may take to start answering, and to stop after SIGTERM.
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLOCK_TICKS = _common.CLOCK_TICKS
 
 perf_counter = time.perf_counter
 
@@ -164,30 +160,11 @@ class Server:
             return "(no log)"
 
     def wait_ready(self) -> None:
-        deadline = perf_counter() + START_TIMEOUT
-        with httpx.Client(base_url=self.url, timeout=1.0) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self} exited with {self.process.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if perf_counter() > deadline:
-                    raise RuntimeError(f"{self} did not answer within {START_TIMEOUT:.0f} s")
-                time.sleep(0.05)
+        _common.wait_until_ready(self.process, self.url, str(self), lambda: f":\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the server process so far, or None (no ``/proc``)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return _common.process_cpu_seconds(self.pid)
 
     def workers(self) -> int | None:
         """How many tasks the server runs at once (``errands_workers`` in ``/metrics``)."""
@@ -200,19 +177,9 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it has not stopped within ``STOP_TIMEOUT``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"{self} ignored SIGTERM; killing it", file=sys.stderr)
-                self.process.kill()
-                self.process.wait()
-        if self.process.returncode != 0:
-            print(
-                f"{self} exited with {self.process.returncode}:\n{self.log_tail()}",
-                file=sys.stderr,
-            )
+        code = _common.stop_process(self.process, str(self))
+        if code != 0:
+            print(f"{self} exited with {code}:\n{self.log_tail()}", file=sys.stderr)
 
     def __str__(self) -> str:
         return f"errands serve (PID {self.pid})"

@@ -102,11 +102,8 @@ CLIENTS = ("raw", "httpx")
 FINAL = {"success", "failure", "cancelled"}
 #: Seconds between two status polls of one task that is not final yet.
 POLL_DELAY = 0.001
-#: Seconds a server may take to start answering, and to stop after SIGTERM.
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 TIMEOUT = httpx.Timeout(30.0)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+CLOCK_TICKS = _common.CLOCK_TICKS
 UVICORN_MISSING = "uvicorn not installed (pip install 'errands[uvicorn]'): its table is skipped"
 BENTOML_SKIPPED = (
     "BentoML: skipped; the comparison needs `pip install bentoml` (an equivalent "
@@ -216,44 +213,20 @@ class Server:
         self.pid = self.process.pid
 
     def wait_ready(self) -> None:
-        deadline = perf_counter() + START_TIMEOUT
-        with httpx.Client(base_url=self.url, timeout=1.0) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self} exited with {self.process.returncode}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if perf_counter() > deadline:
-                    raise RuntimeError(f"{self} did not answer within {START_TIMEOUT:.0f} s")
-                time.sleep(0.05)
+        _common.wait_until_ready(self.process, self.url, str(self))
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the server process so far, or None (no ``/proc``)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return _common.process_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it has not stopped within ``STOP_TIMEOUT``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print(f"{self} ignored SIGTERM; killing it", file=sys.stderr)
-                self.process.kill()
-                self.process.wait()
+        code = _common.stop_process(self.process, str(self))
         if self.process.stdin is not None:
             self.process.stdin.close()
         # uvicorn re-raises the SIGTERM it handled once it has shut down.
-        if self.process.returncode not in (0, -signal.SIGTERM):
-            print(f"{self} exited with {self.process.returncode}", file=sys.stderr)
+        if code not in (0, -signal.SIGTERM):
+            print(f"{self} exited with {code}", file=sys.stderr)
 
     def __str__(self) -> str:
         return f"{self.server} server for the {self.app} app (PID {self.pid})"
