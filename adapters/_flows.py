@@ -192,7 +192,7 @@ def get(route: Endpoint, task_id: str, endpoint: Endpoint | None) -> Flow:
         if current.status is TaskStatus.CANCELLED:
             raise TaskCancelled(task_id)
     _check(response, action="get", task_id=task_id)
-    raise RemoteError(f"unexpected answer {response.status_code} to get")  # pragma: no cover
+    raise RemoteError(f"unexpected answer {response.status_code} to get")  # a 3xx
 
 
 def cancel(route: Endpoint, task_id: str) -> Flow:
@@ -212,7 +212,7 @@ def cancel(route: Endpoint, task_id: str) -> Flow:
             return current.status
         raise CannotCancel(task_id, current.status.value, _message(response))
     _check(response, action="cancel", task_id=task_id)
-    raise RemoteError(f"unexpected answer {response.status_code} to cancel")  # pragma: no cover
+    raise RemoteError(f"unexpected answer {response.status_code} to cancel")  # a 3xx
 
 
 def retry(route: Endpoint, task_id: str) -> Flow:

@@ -282,11 +282,10 @@ def _body(response: httpx.Response) -> dict[str, Any]:
 def error_for(
     response: httpx.Response, *, action: str, task_id: str | None = None, endpoint: str = ""
 ) -> Exception | None:
-    """The ``errands`` exception a non-2xx answer stands for (None for 2xx).
+    """The ``errands`` exception an answer of 400 or more stands for (None below).
 
-    Returns None as well for the few answers whose meaning needs the task's
-    status to tell (a BentoML server's 400 on get or cancel); the caller asks
-    for the status then (see :func:`needs_status`).
+    A few answers only tell their meaning with the task's status (a BentoML
+    server's 400 on get or cancel); callers check :func:`needs_status` first.
     """
     code = response.status_code
     if code < 400:

@@ -14,6 +14,8 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+import trio
+
 __all__ = ["AsCompleted", "EngineWaiter", "as_completed"]
 
 H = TypeVar("H")
@@ -44,8 +46,6 @@ class EngineWaiter:
         self.owner = engine
 
     def now(self) -> float:
-        import trio
-
         return trio.current_time()
 
     def wait_any(self, task_ids: list[str], timeout: float | None) -> Awaitable[dict[str, Any]]:
