@@ -33,6 +33,7 @@ from errands import (
     BackendError,
     CannotCancel,
     EngineClosed,
+    EngineOptions,
     InvalidArguments,
     TaskCancelled,
     TaskDefinition,
@@ -44,6 +45,8 @@ from errands import (
 )
 from errands._define import as_service
 from errands._engine import idempotent_id
+from errands._open import build_options
+from errands._options import DEFAULTS
 
 from ._answers import HTTPError
 from ._answers import json_answer as _json
@@ -97,7 +100,7 @@ class ErrandsApp:
         max_body_size: int,
         max_pending: int | None,
         max_wait: float,
-        engine_options: dict[str, Any],
+        engine_options: EngineOptions,
     ) -> None:
         self.service = as_service(service)
         self.definitions = self.service.tasks
@@ -134,7 +137,7 @@ class ErrandsApp:
         if sniffio.current_async_library() == "trio":
             try:
                 async with errands.open_engine(
-                    self.service, backend=self._backend, **self._engine_options
+                    self.service, backend=self._backend, options=self._engine_options
                 ) as client:
                     self._access = LocalEngine(client.engine)
                     try:
@@ -162,7 +165,7 @@ class ErrandsApp:
         self._ended = True
 
     def _start_thread_engine(self) -> errands.SyncClient:
-        return errands.start(self.service, backend=self._backend, **self._engine_options)
+        return errands.start(self.service, backend=self._backend, options=self._engine_options)
 
     def _engine(self) -> EngineAccess:
         if self._access is not None:
@@ -672,12 +675,13 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY,
     max_pending: int | None = None,
     max_wait: float = 60.0,
-    ttl: float = 86400.0,
-    lease: float = 30.0,
-    workers: int = 32,
-    grace: float = 10.0,
-    max_attempts: int = 3,
-    sweep_interval: float = 60.0,
+    ttl: float = DEFAULTS.ttl,
+    lease: float = DEFAULTS.lease,
+    workers: int = DEFAULTS.workers,
+    grace: float = DEFAULTS.grace,
+    max_attempts: int = DEFAULTS.max_attempts,
+    sweep_interval: float = DEFAULTS.sweep_interval,
+    options: EngineOptions | None = None,
 ) -> ErrandsApp:
     """The ASGI app serving ``service``'s tasks over HTTP.
 
@@ -692,7 +696,11 @@ def create_app(
         max_wait: the longest a ``?wait=`` long poll on status/get, or a
             ``POST /tasks/wait``, is held, in seconds.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
-            options, as for :func:`errands.open_engine`.
+            options, see :class:`errands.EngineOptions`.
+        options: the engine options as one :class:`errands.EngineOptions` instead.
+
+    Raises:
+        ValueError: naming the bad option.
     """
     if max_body_size < 1:
         raise ValueError("max_body_size must be positive")
@@ -707,12 +715,13 @@ def create_app(
         max_body_size=max_body_size,
         max_pending=max_pending,
         max_wait=max_wait,
-        engine_options={
-            "ttl": ttl,
-            "lease": lease,
-            "workers": workers,
-            "grace": grace,
-            "max_attempts": max_attempts,
-            "sweep_interval": sweep_interval,
-        },
+        engine_options=build_options(
+            options,
+            ttl=ttl,
+            lease=lease,
+            workers=workers,
+            grace=grace,
+            max_attempts=max_attempts,
+            sweep_interval=sweep_interval,
+        ),
     )

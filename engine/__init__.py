@@ -15,7 +15,7 @@ from ._client import AsyncClient, AsyncEndpoint, AsyncTask
 from ._context import TaskContext, current_task
 from ._convert import Payload
 from ._define import Service, TaskDefinition, TaskOptions, service, task
-from ._engine import Engine, EngineStatistics, open_engine
+from ._engine import Engine, EngineStatistics
 from ._errors import (
     BackendError,
     CannotCancel,
@@ -32,6 +32,8 @@ from ._errors import (
     TaskNotReady,
 )
 from ._model import Claim, StoredTask, TaskError, TaskInfo
+from ._open import open_engine
+from ._options import EngineOptions
 from ._status import TaskStatus
 from ._sync import SyncClient, SyncEndpoint, Task, start
 from ._waiting import AsCompleted, as_completed
@@ -49,6 +51,7 @@ __all__ = [
     "Claim",
     "Engine",
     "EngineClosed",
+    "EngineOptions",
     "EngineStatistics",
     "ErrandsError",
     "FieldError",

@@ -19,9 +19,11 @@ import trio
 
 from ._backend import Backend
 from ._client import AsyncClient, AsyncEndpoint, AsyncTask
-from ._engine import Engine, EngineStatistics, open_engine
+from ._engine import Engine, EngineStatistics
 from ._errors import EngineClosed
 from ._model import TaskInfo
+from ._open import build_options, open_engine
+from ._options import DEFAULTS, EngineOptions
 from ._status import TaskStatus
 
 __all__ = ["SyncClient", "SyncEndpoint", "Task", "start"]
@@ -192,10 +194,13 @@ class SyncClient:
     Returned by :func:`start`; a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, service: object, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, service: object, *, backend: Backend | str | None, options: EngineOptions
+    ) -> None:
         self._portal = _Portal()
         self._service = service
-        self._options = dict(options)
+        self._backend = backend
+        self._options = options
         self._aclient: AsyncClient | None = None
         self._calls: trio.Nursery | None = None
         self._stop: trio.Event | None = None
@@ -232,7 +237,7 @@ class SyncClient:
 
     async def _amain(self) -> None:
         async with (
-            open_engine(self._service, **self._options) as client,
+            open_engine(self._service, backend=self._backend, options=self._options) as client,
             trio.open_nursery() as calls,
         ):
             self._calls = calls
@@ -370,12 +375,13 @@ def start(
     service: object,
     *,
     backend: Backend | str | None = None,
-    ttl: float = 86400.0,
-    lease: float = 30.0,
-    workers: int = 32,
-    grace: float = 10.0,
-    max_attempts: int = 3,
-    sweep_interval: float = 60.0,
+    ttl: float = DEFAULTS.ttl,
+    lease: float = DEFAULTS.lease,
+    workers: int = DEFAULTS.workers,
+    grace: float = DEFAULTS.grace,
+    max_attempts: int = DEFAULTS.max_attempts,
+    sweep_interval: float = DEFAULTS.sweep_interval,
+    options: EngineOptions | None = None,
 ) -> SyncClient:
     """Start an engine in a background thread and return its sync client.
 
@@ -384,19 +390,18 @@ def start(
     :func:`errands.open_engine`.
 
     Raises whatever starting the engine raised (bad backend URL, an exception
-    from the service class's ``__init__``, ...).
+    from the service class's ``__init__``, ...); ``ValueError`` naming a bad
+    option.
     """
-    client = SyncClient(
-        service,
-        {
-            "backend": backend,
-            "ttl": ttl,
-            "lease": lease,
-            "workers": workers,
-            "grace": grace,
-            "max_attempts": max_attempts,
-            "sweep_interval": sweep_interval,
-        },
+    built = build_options(
+        options,
+        ttl=ttl,
+        lease=lease,
+        workers=workers,
+        grace=grace,
+        max_attempts=max_attempts,
+        sweep_interval=sweep_interval,
     )
+    client = SyncClient(service, backend=backend, options=built)
     client._start()
     return client

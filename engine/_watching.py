@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
+from ._backend import Backend
 from ._errors import BackendError, EngineClosed
 from ._model import TaskInfo, TaskRecord, is_task_id
 from ._status import TaskStatus
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ["Watchers", "next_change", "wait_any", "wait_final"]
+__all__ = ["Source", "Watchers", "next_change", "wait_any", "wait_final"]
 
 
 @attrs.define(eq=False)
@@ -130,6 +128,31 @@ class Watchers:
                     del self.listeners[task_id]
 
 
+class Source(Protocol):
+    """What waiting needs of an engine: the whole seam, nothing private."""
+
+    @property
+    def watchers(self) -> Watchers: ...
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def clock(self) -> float:
+        """The wall clock of stored timestamps."""
+        ...
+
+    def check_open(self) -> None:
+        """Raise EngineClosed unless the engine runs."""
+        ...
+
+    async def load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
+        """The live record; TaskNotFound when unknown, expired or malformed."""
+        ...
+
+
 def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
     """Whether ``record`` changed in what :func:`next_change` follows."""
     return (
@@ -140,27 +163,27 @@ def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
     )
 
 
-async def wait_final(engine: Engine, task_id: str, timeout: float | None) -> TaskStatus:
+async def wait_final(engine: Source, task_id: str, timeout: float | None) -> TaskStatus:
     """:meth:`Engine.wait`."""
     try:
         return await _wait_final(engine, task_id, timeout)
     finally:
-        engine._watching.drop_if_idle(task_id)
+        engine.watchers.drop_if_idle(task_id)
 
 
-async def _wait_final(engine: Engine, task_id: str, timeout: float | None) -> TaskStatus:
+async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> TaskStatus:
     # Exactly one schedule point on every path: the first read does not
     # yield; either the task is final (then checkpoint) or we park.
     deadline = math.inf if timeout is None else trio.current_time() + timeout
     poll = engine.backend.poll_interval
-    watchers = engine._watching
+    watchers = engine.watchers
     watch = watchers.watch(task_id)  # before reading, so no change slips between
-    record = await engine._load(task_id, schedule=False)
+    record = await engine.load(task_id, schedule=False)
     if record.status.is_final:
         await trio.lowlevel.checkpoint()
         return record.status
     while True:
-        if not engine._open:
+        if not engine.is_open:
             raise EngineClosed("the engine stopped before the task finished")
         until = deadline if poll is None else min(deadline, trio.current_time() + poll)
         if until == math.inf:
@@ -172,7 +195,7 @@ async def _wait_final(engine: Engine, task_id: str, timeout: float | None) -> Ta
         if final is not None and not final.is_expired(engine.clock()):
             return final.status
         watch = watchers.watch(task_id)
-        record = await engine._load(task_id, schedule=False)
+        record = await engine.load(task_id, schedule=False)
         if record.status.is_final:
             return record.status
         if trio.current_time() >= deadline:
@@ -180,18 +203,18 @@ async def _wait_final(engine: Engine, task_id: str, timeout: float | None) -> Ta
 
 
 async def next_change(
-    engine: Engine, task_id: str, since: TaskInfo | None, timeout: float | None
+    engine: Source, task_id: str, since: TaskInfo | None, timeout: float | None
 ) -> TaskInfo:
     """:meth:`Engine.next_change`."""
     deadline = math.inf if timeout is None else trio.current_time() + timeout
     poll = engine.backend.poll_interval
     listener = _Listener(changes=True)
     ids = (task_id,)
-    engine._watching.listen(ids, listener)  # before reading, so no change slips between
+    engine.watchers.listen(ids, listener)  # before reading, so no change slips between
     try:
-        record = await engine._load(task_id)
+        record = await engine.load(task_id)
         while since is not None and not _differs(record, since):
-            if not engine._open:
+            if not engine.is_open:
                 raise EngineClosed("the engine stopped")
             now = trio.current_time()
             if now >= deadline:
@@ -203,21 +226,21 @@ async def next_change(
                 with trio.move_on_at(until):
                     await listener.event.wait()
             listener.rearm()
-            record = await engine._load(task_id, schedule=False)
+            record = await engine.load(task_id, schedule=False)
         position = None
         if record.status is TaskStatus.PENDING:
             try:
                 position = await engine.backend.queue.position(task_id)
             except BackendError:
-                engine._check_open()  # closed meanwhile: say so
+                engine.check_open()  # closed meanwhile: say so
                 raise
         return TaskInfo.from_record(record, position=position)
     finally:
-        engine._watching.unlisten(ids, listener)
+        engine.watchers.unlisten(ids, listener)
 
 
 async def wait_any(
-    engine: Engine, task_ids: Collection[str], timeout: float | None
+    engine: Source, task_ids: Collection[str], timeout: float | None
 ) -> dict[str, TaskInfo | None]:
     """:meth:`Engine.wait_any`."""
     ids = [i for i in dict.fromkeys(task_ids) if is_task_id(i)]
@@ -227,14 +250,14 @@ async def wait_any(
     deadline = math.inf if timeout is None else trio.current_time() + timeout
     poll = engine.backend.poll_interval
     listener = _Listener(changes=False)
-    engine._watching.listen(ids, listener)  # before reading, so no change slips between
+    engine.watchers.listen(ids, listener)  # before reading, so no change slips between
     try:
         await trio.lowlevel.checkpoint()
-        engine._check_open()
+        engine.check_open()
         next_poll = math.inf if poll is None else trio.current_time() + poll
         done.update(await _finals(engine, ids))
         while not done:
-            if not engine._open:
+            if not engine.is_open:
                 raise EngineClosed("the engine stopped")
             if trio.current_time() >= deadline:
                 return {}
@@ -253,10 +276,10 @@ async def wait_any(
                 done.update(await _finals(engine, [i for i in ids if i in fired]))
         return done
     finally:
-        engine._watching.unlisten(ids, listener)
+        engine.watchers.unlisten(ids, listener)
 
 
-async def _finals(engine: Engine, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
+async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, read in one go."""
     if not task_ids:
         return {}

@@ -153,7 +153,7 @@ async def client_goes_away(client: httpx.AsyncClient, app: ErrandsApp) -> None:
         await trio.sleep(0.01)
     assert app._access is not None
     engine = app._access.engine
-    while engine._watching.listeners:  # read from another thread under uvicorn: a snapshot
+    while engine.watchers.listeners:  # read from another thread under uvicorn: a snapshot
         await trio.sleep(0.01)
     await client.post("/nap/cancel", params={"task_id": task_id})
 

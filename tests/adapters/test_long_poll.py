@@ -26,8 +26,8 @@ async def nap(seconds: float) -> str:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     """The app on the memory backend; tests take autojump_clock (pytest-trio reads
     the clock from the test's own arguments)."""
-    app = create_app(svc, max_wait=30)
-    app._engine_options["clock"] = trio_wall  # stored times follow the mock clock
+    # stored times follow the mock clock
+    app = create_app(svc, max_wait=30, options=errands.EngineOptions(clock=trio_wall))
     async with app.running():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -37,10 +37,10 @@ async def halfway(seconds: float) -> str:
     return "done"
 
 
-def make_app(**options: Any) -> ErrandsApp:
-    app = create_app(svc, max_wait=30, grace=0, **options)
-    app._engine_options["clock"] = trio_wall  # stored times follow the mock clock
-    return app
+def make_app(**app_options: Any) -> ErrandsApp:
+    # stored times follow the mock clock
+    engine_options = errands.EngineOptions(grace=0, clock=trio_wall)
+    return create_app(svc, max_wait=30, options=engine_options, **app_options)
 
 
 @asynccontextmanager

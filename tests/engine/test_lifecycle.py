@@ -338,11 +338,11 @@ async def test_waiting_leaves_no_wakeup_events_behind(
         slow = await client.sleepy.submit(seconds=50)
         with pytest.raises(TimeoutError):
             await slow.wait(timeout=1)
-        assert client.engine._watching.watches == {}
+        assert client.engine.watchers.watches == {}
         async with trio.open_nursery() as nursery:  # two waiters share one event
             nursery.start_soon(slow.wait)
             nursery.start_soon(slow.wait)
-        assert client.engine._watching.watches == {}
+        assert client.engine.watchers.watches == {}
 
 
 async def test_idempotency_key_returns_the_first_task(

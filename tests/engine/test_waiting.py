@@ -121,7 +121,7 @@ async def test_next_change_follows_every_change(
             ("success", 1.0, "step 2", 1),
         ]
         assert [h[1] for h in history] == [close_to(kind, t) for t in (0, 1, 2, 3)]
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 async def test_next_change_sees_a_retry_as_a_change(
@@ -160,7 +160,7 @@ async def test_next_change_times_out_and_refuses_unknown_ids(
                 await eng.next_change(bad, info, timeout=5)
         with trio.move_on_after(3):  # cancelled while parked
             await eng.next_change(record.id, info)
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 async def test_next_change_leaves_wait_alone(
@@ -171,13 +171,13 @@ async def test_next_change_leaves_wait_alone(
         record = await eng.submit("stepper", {"steps": 3})
         nursery.start_soon(eng.wait, record.id)
         await trio.testing.wait_all_tasks_blocked()
-        watch = eng._watching.watches[record.id]
+        watch = eng.watchers.watches[record.id]
         info = await eng.next_change(record.id)
         while info.progress is None or info.progress < 1:
             info = await eng.next_change(record.id, info, timeout=10)
-            assert eng._watching.watches.get(record.id) is watch and not watch.event.is_set()
+            assert eng.watchers.watches.get(record.id) is watch and not watch.event.is_set()
         assert (await eng.wait(record.id)) is TaskStatus.SUCCESS
-    assert eng._watching.listeners == {} and eng._watching.watches == {}
+    assert eng.watchers.listeners == {} and eng.watchers.watches == {}
 
 
 async def test_next_change_raises_when_the_engine_stops(
@@ -204,7 +204,7 @@ async def test_next_change_raises_when_the_engine_stops(
             eng.stop()
     # The running task went back to the queue (a change), then the engine closed.
     assert seen_after in ([], ["pending"]) and caught
-    assert eng._watching.listeners == {}
+    assert eng.watchers.listeners == {}
 
 
 # ---------------------------------------------------------------- wait_any
@@ -228,7 +228,7 @@ async def test_wait_any_answers_at_once_with_every_final_or_missing_id(
         assert got[unknown] is None and got["bad id"] is None
         with trio.testing.assert_checkpoints():
             assert await eng.wait_any(["bad id"], timeout=0) == {"bad id": None}
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 async def test_wait_any_returns_when_the_first_one_ends(
@@ -260,7 +260,7 @@ async def test_wait_any_returns_when_the_first_one_ends(
         cancelled = results[0][pending.id]
         assert list(results[0]) == [pending.id]
         assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 async def test_wait_any_times_out_with_nothing(
@@ -276,7 +276,7 @@ async def test_wait_any_times_out_with_nothing(
         assert trio.current_time() - start == close_to(kind, 8)
         with trio.move_on_after(2):  # cancelled while parked
             await eng.wait_any([record.id])
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 async def test_wait_any_raises_when_the_engine_stops(
@@ -299,7 +299,7 @@ async def test_wait_any_raises_when_the_engine_stops(
     assert caught
     with pytest.raises(errands.EngineClosed):
         await eng.wait_any([record.id])
-    assert eng._watching.listeners == {}
+    assert eng.watchers.listeners == {}
 
 
 async def test_wait_any_many_ids(
@@ -313,7 +313,7 @@ async def test_wait_any_many_ids(
         start = trio.current_time()
         got = await eng.wait_any(ids)
         assert list(got) == [ids[0]] and trio.current_time() - start == close_to(kind, 10)
-        assert eng._watching.listeners == {}
+        assert eng.watchers.listeners == {}
 
 
 # ---------------------------------------------------------------- another process
@@ -343,4 +343,4 @@ async def test_changes_by_another_engine_are_seen_by_polling(
         start = trio.current_time()
         got = await watcher.wait_any([other.id])
         assert list(got) == [other.id] and 2 <= trio.current_time() - start <= 2.4
-        assert runner._watching.listeners == {} and watcher._watching.listeners == {}
+        assert runner.watchers.listeners == {} and watcher.watchers.listeners == {}

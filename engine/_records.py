@@ -1,0 +1,84 @@
+"""Pure record transitions: each state change of a task as a new record.
+
+No I/O and no engine state: the runner, the upkeep and the public API each
+build the record they store through one of these, and store it with the
+store's compare-and-set.  Keeping them here means a move such as "worker
+lost" is spelled the same wherever it happens.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._model import TaskError, TaskRecord
+from ._status import TaskStatus
+
+__all__ = [
+    "WORKER_LOST",
+    "cancelled_pending",
+    "finished",
+    "handed_back",
+    "lost",
+    "retry_later",
+    "started",
+]
+
+#: The error of a task whose worker stopped responding.
+WORKER_LOST = TaskError(type="WorkerLost", message="the worker running the task stopped responding")
+
+
+def started(record: TaskRecord, *, token: int, now: float) -> TaskRecord:
+    """``pending -> in_progress`` under the claim ``token``; counts an attempt."""
+    return record.replace(
+        status=TaskStatus.IN_PROGRESS, attempt=record.attempt + 1, started_at=now, token=token
+    )
+
+
+def finished(
+    record: TaskRecord,
+    *,
+    status: TaskStatus,
+    now: float,
+    error: TaskError | None = None,
+    result_type: str | None = None,
+) -> TaskRecord:
+    """A final record (``success``, ``failure`` or ``cancelled``), kept ``ttl`` seconds."""
+    return record.replace(
+        status=status,
+        finished_at=now,
+        expires_at=now + record.ttl,
+        error=error,
+        result_type=result_type,
+    )
+
+
+def cancelled_pending(record: TaskRecord, *, now: float) -> TaskRecord:
+    """``pending -> cancelled``."""
+    return attrs.evolve(
+        record, status=TaskStatus.CANCELLED, finished_at=now, expires_at=now + record.ttl
+    )
+
+
+def retry_later(record: TaskRecord, *, error: TaskError, not_before: float) -> TaskRecord:
+    """``in_progress -> pending`` for an automatic retry after ``error``."""
+    return attrs.evolve(record, status=TaskStatus.PENDING, error=error, not_before=not_before)
+
+
+def handed_back(record: TaskRecord, *, counts: bool) -> TaskRecord:
+    """``in_progress -> pending`` at shutdown.
+
+    ``counts`` says whether the attempt counts: it does not when the run was
+    stopped cleanly, and does when it may still be running (a sync thread
+    that outlived the grace period), so a task that always outlives it still
+    reaches ``max_attempts``.
+    """
+    attempt = record.attempt if counts else record.attempt - 1
+    return attrs.evolve(record, status=TaskStatus.PENDING, attempt=attempt, started_at=None)
+
+
+def lost(record: TaskRecord, *, now: float) -> TaskRecord:
+    """A task whose worker died: back to ``pending`` while attempts are left,
+    else ``failure`` with :data:`WORKER_LOST`."""
+    if record.attempt < record.max_attempts:
+        return attrs.evolve(record, status=TaskStatus.PENDING, error=WORKER_LOST, not_before=None)
+    return finished(record, status=TaskStatus.FAILURE, now=now, error=WORKER_LOST)

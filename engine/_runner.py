@@ -1,0 +1,344 @@
+"""The runner: starts a claimed task, calls its function, stores the outcome.
+
+One :meth:`Runner.run` per claim, started by the dispatcher in the engine's
+shielded runners nursery.  It moves the record ``pending -> in_progress``
+(fenced by the claim's token), calls the function (async on the loop, sync
+in a worker thread), and settles: ``success``, ``failure``, an automatic
+retry, ``cancelled``, or a hand-back at shutdown.  It also owns the progress
+writer, which stores coalesced ``current_task().report()`` calls.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from . import _records
+from ._context import TaskContext, _reset_current, _set_current
+from ._convert import Payload, encode_result
+from ._core import Core
+from ._define import TaskDefinition
+from ._errors import FinalError, InvalidArguments
+from ._model import Claim, StoredTask, TaskError, TaskRecord
+from ._status import TaskStatus
+from ._threads import WorkerThreads
+
+__all__ = ["Runner", "Stop"]
+
+log = logging.getLogger("errands.engine")
+
+PENDING = TaskStatus.PENDING
+IN_PROGRESS = TaskStatus.IN_PROGRESS
+SUCCESS = TaskStatus.SUCCESS
+FAILURE = TaskStatus.FAILURE
+CANCELLED = TaskStatus.CANCELLED
+
+#: The longest automatic-retry backoff, in seconds.
+MAX_BACKOFF = 3600.0
+
+
+class Stop(enum.Enum):
+    """Why a run was asked to stop."""
+
+    CANCEL = "cancel"  # a user asked
+    SHUTDOWN = "shutdown"  # the engine is closing: hand the task back
+    LOST = "lost"  # our claim was taken over: write nothing
+
+
+@attrs.define(eq=False)
+class Run:
+    """A task this engine is running (mutable internal state)."""
+
+    claim: Claim
+    record: TaskRecord  # the in_progress record as stored
+    definition: TaskDefinition
+    context: TaskContext
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    stop: Stop | None = None
+    timed_out: bool = False
+    #: A sync function whose thread had not returned when the run ended.
+    thread_left: bool = False
+
+    def request_stop(self, reason: Stop) -> None:
+        if self.stop is None or reason is not Stop.CANCEL:
+            self.stop = reason
+        self.context._cancel()
+        if self.definition.is_async or reason is not Stop.CANCEL:
+            self.scope.cancel()
+
+
+class Runner:
+    """Runs claimed tasks for one engine (see the module docstring)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.running: dict[str, Run] = {}
+        self.bound: dict[str, Callable[..., Any]] = {}
+        self.threads: WorkerThreads | None = None
+        self._dirty: dict[str, Run] = {}
+        self._progress_wake = trio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, bound: dict[str, Callable[..., Any]]) -> None:
+        """Start the worker threads (in the engine's trio run) with the bound functions."""
+        self.bound = bound
+        self.threads = WorkerThreads()
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
+
+    def stop_all(self, reason: Stop) -> None:
+        for run in list(self.running.values()):
+            run.request_stop(reason)
+
+    def holds(self, task_id: str, token: int) -> Run | None:
+        """The run of ``task_id`` under claim ``token``, if this engine runs it."""
+        run = self.running.get(task_id)
+        return run if run is not None and run.claim.token == token else None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, claim: Claim) -> None:
+        """Start, call and settle one claimed task."""
+        core = self.core
+        task_id = claim.task_id
+        stored = await core.store.get(task_id)
+        record = stored.record if stored is not None else None
+        if record is None or record.status is not PENDING:
+            await core.queue.ack(task_id, claim.token)  # stale entry: cancelled, gone or duplicate
+            return
+        running = _records.started(record, token=claim.token, now=core.now())
+        if not await core.store.transition(StoredTask.from_record(running), expect=PENDING):
+            await core.queue.ack(task_id, claim.token)
+            return
+        core.watchers.touch(task_id)
+        definition = core.definitions.get(record.name)
+        if definition is None:
+            unknown = TaskError(
+                type="UnknownTask", message=f"this engine's service has no task {record.name!r}"
+            )
+            await self._finish(claim, running, None, error=unknown)
+            return
+        if core.stopping:
+            await self.hand_back(claim, running, counts=False)
+            return
+        context = TaskContext(
+            id=task_id, name=record.name, attempt=running.attempt, on_report=self._on_report
+        )
+        run = Run(claim=claim, record=running, definition=definition, context=context)
+        self.running[task_id] = run
+        try:
+            result = await self._call(run)
+        finally:
+            del self.running[task_id]
+            self._dirty.pop(task_id, None)
+        await self._settle(run, result)
+
+    async def _call(self, run: Run) -> outcome.Outcome[Any] | None:
+        """Call the task function; None when the call was stopped (see ``run.stop``)."""
+        definition = run.definition
+        try:
+            kwargs = definition.structure(run.record.args)
+        except InvalidArguments as exc:
+            return outcome.Error(FinalError(str(exc)))
+        func = self.bound[definition.name]
+        timeout = definition.options.timeout
+        token = _set_current(run.context)
+        try:
+            if definition.is_async:
+                with run.scope:
+                    if timeout is not None:
+                        run.scope.deadline = trio.current_time() + timeout
+                    try:
+                        return outcome.Value(await func(**kwargs))
+                    except Exception as exc:
+                        return outcome.Error(exc)
+                if run.stop is None:
+                    run.timed_out = True
+                return None
+            return await self._call_in_thread(run, func, kwargs, timeout)
+        finally:
+            _reset_current(token)
+
+    async def _call_in_thread(
+        self, run: Run, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None
+    ) -> outcome.Outcome[Any] | None:
+        done = trio.Event()
+        box: list[outcome.Outcome[Any]] = []
+        context = contextvars.copy_context()
+
+        def work() -> Any:
+            return context.run(func, **kwargs)
+
+        def deliver(result: outcome.Outcome[Any]) -> None:
+            box.append(result)  # on the trio thread
+            done.set()
+
+        assert self.threads is not None
+        self.threads.submit(work, deliver)
+        with run.scope:
+            if timeout is not None:
+                run.scope.deadline = trio.current_time() + timeout
+            await done.wait()
+        if not done.is_set() and run.stop is None:
+            # Timed out: a thread cannot be interrupted.  Ask it to stop, and
+            # keep its slot until it really returns, so limits stay true.
+            run.timed_out = True
+            run.context._cancel()
+            run.scope = trio.CancelScope()
+            with run.scope:
+                await done.wait()
+        if not done.is_set():
+            run.thread_left = True
+            return None  # shutdown or lost claim: the thread is left to finish alone
+        return box[0]
+
+    # ------------------------------------------------------------------ settling
+
+    async def _settle(self, run: Run, result: outcome.Outcome[Any] | None) -> None:
+        claim, record = run.claim, run.record
+        context = run.context
+        if context.progress != record.progress or context.message != record.message:
+            record = record.replace(progress=context.progress, message=context.message)
+        if run.stop is Stop.LOST:
+            log.warning(
+                "task %s: claim taken over by another worker; result dropped", claim.task_id
+            )
+            return
+        if run.stop is Stop.SHUTDOWN:
+            await self.hand_back(claim, record, counts=False)
+            return
+        async_value = run.definition.is_async and isinstance(result, outcome.Value)
+        if run.stop is Stop.CANCEL and not async_value:
+            # A sync function that returns after a cancel request stopped early.
+            await self._finish(claim, record, None, cancelled=True)
+            return
+        if run.timed_out:
+            timeout = run.definition.options.timeout
+            error = TaskError(
+                type="TimeoutError", message=f"the task took longer than its timeout of {timeout} s"
+            )
+            await self._fail_or_retry(run, record, error, final=False)
+            return
+        if isinstance(result, outcome.Error):
+            exc = result.error
+            error = TaskError(type=type(exc).__name__, message=str(exc))
+            final = isinstance(exc, FinalError)
+            if not final:
+                log.debug("task %s raised %r", claim.task_id, exc)
+            await self._fail_or_retry(run, record, error, final=final)
+            return
+        assert isinstance(result, outcome.Value)
+        try:
+            payload = encode_result(result.value, run.definition.return_type)
+        except (TypeError, ValueError, RecursionError) as exc:
+            error = TaskError(type="InvalidResult", message=f"the result cannot be stored: {exc}")
+            await self._fail_or_retry(run, record, error, final=True)
+            return
+        await self._finish(claim, record, payload)
+
+    async def _finish(
+        self,
+        claim: Claim,
+        record: TaskRecord,
+        payload: Payload | None,
+        *,
+        error: TaskError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        core = self.core
+        status = CANCELLED if cancelled else (FAILURE if error is not None else SUCCESS)
+        done = _records.finished(
+            record,
+            status=status,
+            now=core.now(),
+            error=error,
+            result_type=payload.media_type if payload is not None else None,
+        )
+        stored_final = await core.store.transition(
+            StoredTask.from_record(done), expect=IN_PROGRESS, token=claim.token, result=payload
+        )
+        if stored_final:
+            core.finished += 1
+            if status is FAILURE:
+                log.error("task %s %s failed: %s", record.name, record.id, error)
+            else:
+                log.debug("task %s %s", record.id, status.value)
+        else:
+            log.warning(
+                "task %s: its record moved on; outcome %s not stored", record.id, status.value
+            )
+        await core.queue.ack(claim.task_id, claim.token)
+        core.watchers.notify(claim.task_id, done if stored_final else None)
+
+    async def _fail_or_retry(
+        self, run: Run, record: TaskRecord, error: TaskError, *, final: bool
+    ) -> None:
+        core = self.core
+        claim = run.claim
+        if final or record.attempt > record.retries:
+            await self._finish(claim, record, None, error=error)
+            return
+        base = run.definition.options.retry_delay
+        delay = min(base * 2 ** (record.attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+        not_before = core.now() + delay
+        again = _records.retry_later(record, error=error, not_before=not_before)
+        if await core.store.transition(
+            StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
+        ):
+            await core.queue.release(claim.task_id, claim.token, not_before=not_before)
+            log.warning(
+                "task %s %s failed (attempt %d), retrying in %.1f s: %s",
+                record.name,
+                record.id,
+                record.attempt,
+                delay,
+                error,
+            )
+            core.wake()
+        core.watchers.notify(claim.task_id)
+
+    async def hand_back(self, claim: Claim, record: TaskRecord, *, counts: bool) -> None:
+        """Shutdown: the task goes back to pending (see :func:`_records.handed_back`)."""
+        core = self.core
+        again = _records.handed_back(record, counts=counts)
+        if await core.store.transition(
+            StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
+        ):
+            await core.queue.release(claim.task_id, claim.token)
+            log.info("task %s handed back to the queue at shutdown", record.id)
+        core.watchers.notify(claim.task_id)
+
+    # ------------------------------------------------------------------ progress
+
+    def _on_report(self, context: TaskContext) -> None:
+        run = self.running.get(context.id)
+        if run is not None and run.context is context:
+            self._dirty[context.id] = run
+            self._progress_wake.set()
+
+    async def write_progress(self) -> None:
+        """One round of the progress writer: wait for reports, store them."""
+        await self._progress_wake.wait()
+        self._progress_wake = trio.Event()
+        dirty, self._dirty = self._dirty, {}
+        store, watchers = self.core.store, self.core.watchers
+        for run in dirty.values():
+            updated = attrs.evolve(
+                run.record, progress=run.context.progress, message=run.context.message
+            )
+            if await store.transition(
+                StoredTask.from_record(updated), expect=IN_PROGRESS, token=run.claim.token
+            ):
+                run.record = updated
+                watchers.touch(run.claim.task_id)

@@ -1,0 +1,134 @@
+"""Upkeep: leases, recovery of dead workers' tasks, the sweeper, reconciliation.
+
+* The **lease keeper** renews the claims of the runs of this engine (one
+  ``renew_many`` per round), stops runs whose claim was lost or whose
+  cancellation another process asked for, and recovers expired claims.
+* **Recovery** re-queues (attempt + 1) or fails with ``WorkerLost`` the
+  tasks of claims whose lease ran out.
+* The **sweeper** purges expired records and, on shared backends,
+  reconciles: a ``pending`` record whose queue entry was lost is queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import _records
+from ._backend import Renewal
+from ._core import Core
+from ._model import StoredTask
+from ._runner import Runner, Stop
+from ._status import TaskStatus
+
+__all__ = ["Upkeep"]
+
+log = logging.getLogger("errands.engine")
+
+PENDING = TaskStatus.PENDING
+IN_PROGRESS = TaskStatus.IN_PROGRESS
+#: Records read per page when reconciling.
+PAGE = 500
+
+
+class Upkeep:
+    """The engine's housekeeping (see the module docstring)."""
+
+    def __init__(self, core: Core, runner: Runner) -> None:
+        self.core = core
+        self.runner = runner
+
+    @property
+    def lease_interval(self) -> float:
+        """Seconds between two rounds of the lease keeper."""
+        interval = self.core.options.lease / 3
+        poll = self.core.backend.poll_interval
+        return interval if poll is None else min(interval, poll)
+
+    async def keep_leases(self) -> None:
+        """One round: renew this engine's claims, then recover expired ones."""
+        core = self.core
+        now = core.now()
+        runs = list(self.runner.running.values())
+        if runs:
+            answers = await core.queue.renew_many(
+                [(r.claim.task_id, r.claim.token) for r in runs],
+                lease_until=now + core.options.lease,
+            )
+            for run, answer in zip(runs, answers, strict=True):
+                if self.runner.running.get(run.claim.task_id) is not run:
+                    continue  # it finished (and was acked) while we renewed
+                if answer is Renewal.LOST:
+                    log.warning("task %s: lease lost", run.claim.task_id)
+                    run.request_stop(Stop.LOST)
+                elif answer is Renewal.CANCEL_REQUESTED and run.definition.cancellable:
+                    run.request_stop(Stop.CANCEL)
+        await self.recover_expired(now)
+
+    async def recover_expired(self, now: float) -> None:
+        """Re-queue (or fail) the tasks of claims whose lease ran out."""
+        core = self.core
+        store, queue = core.store, core.queue
+        for claim in await queue.expired(now):
+            if self.runner.holds(claim.task_id, claim.token) is not None:
+                continue  # ours and alive; the next renewal extends it
+            stored = await store.get(claim.task_id)
+            record = stored.record if stored is not None else None
+            if record is None or record.status.is_final:
+                await queue.ack(claim.task_id, claim.token)
+                continue
+            if record.status is PENDING:
+                # Claimed, but its worker died before starting it (or between
+                # handing it back and releasing the claim).
+                await queue.release(claim.task_id, claim.token, not_before=record.not_before or 0.0)
+                core.wake()
+                continue
+            if record.token != claim.token:
+                await queue.ack(claim.task_id, claim.token)  # a newer claim runs it
+                continue
+            again = _records.lost(record, now=now)
+            if await store.transition(
+                StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
+            ):
+                if again.status is PENDING:
+                    await queue.release(claim.task_id, claim.token)
+                    log.warning(
+                        "task %s: worker lost, re-queued after attempt %d",
+                        record.id,
+                        record.attempt,
+                    )
+                    core.wake()
+                else:
+                    await queue.ack(claim.task_id, claim.token)
+                    core.finished += 1
+                    log.error("task %s: worker lost on its last attempt; failed", record.id)
+            core.watchers.notify(claim.task_id)
+
+    async def sweep(self) -> None:
+        """One round of the sweeper: purge expired records, then reconcile."""
+        core = self.core
+        purged = await core.store.purge_expired(core.now())
+        if purged:
+            log.debug("purged %d expired tasks", purged)
+        if core.backend.poll_interval is not None:
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Put back pending records whose queue entry was lost between two writes."""
+        core = self.core
+        offset = 0
+        while True:
+            rows = await core.store.list(status=PENDING, limit=PAGE, offset=offset)
+            for stored in rows:
+                if not await core.queue.contains(stored.id):
+                    record = stored.record
+                    await core.queue.put(
+                        record.id,
+                        name=record.name,
+                        priority=record.priority,
+                        not_before=record.not_before or 0.0,
+                    )
+                    log.warning("task %s had no queue entry; re-queued", record.id)
+                    core.wake()
+            if len(rows) < PAGE:
+                return
+            offset += PAGE
