@@ -75,6 +75,38 @@ class Run:
             self.scope.cancel()
 
 
+def _is_engine_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or carries) trio's cancellation, which must propagate."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0] is not None
+    return False
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or its ``repr``, or a placeholder: never raises."""
+    for render in (str, repr):
+        try:
+            return render(exc)
+        except BaseException:  # noqa: S112 - an error's __str__ may raise anything
+            continue
+    return f"<unprintable {type(exc).__name__}>"
+
+
+def task_error(exc: BaseException) -> TaskError:
+    """What a task's exception is recorded as (type name and message).
+
+    A group's message names the errors inside it, which is what a reader
+    wants to know.
+    """
+    message = _text(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        inner = "; ".join(str(task_error(e)) for e in exc.exceptions)
+        message = f"{message}: {inner}"
+    return TaskError(type=type(exc).__name__, message=message)
+
+
 class Runner:
     """Runs claimed tasks for one engine (see the module docstring)."""
 
@@ -151,6 +183,10 @@ class Runner:
             kwargs = definition.structure(run.record.args)
         except InvalidArguments as exc:
             return outcome.Error(FinalError(str(exc)))
+        except BaseException as exc:
+            if _is_engine_cancel(exc):
+                raise
+            return outcome.Error(exc)
         func = self.bound[definition.name]
         timeout = definition.options.timeout
         token = _set_current(run.context)
@@ -161,7 +197,11 @@ class Runner:
                         run.scope.deadline = trio.current_time() + timeout
                     try:
                         return outcome.Value(await func(**kwargs))
-                    except Exception as exc:
+                    except BaseException as exc:
+                        # Anything but the engine's own cancellation is the
+                        # task's failure (SystemExit, KeyboardInterrupt, ...).
+                        if _is_engine_cancel(exc):
+                            raise
                         return outcome.Error(exc)
                 if run.stop is None:
                     run.timed_out = True
@@ -232,17 +272,21 @@ class Runner:
             return
         if isinstance(result, outcome.Error):
             exc = result.error
-            error = TaskError(type=type(exc).__name__, message=str(exc))
+            error = task_error(exc)
             final = isinstance(exc, FinalError)
             if not final:
-                log.debug("task %s raised %r", claim.task_id, exc)
+                log.debug("task %s raised %s", claim.task_id, error)
             await self._fail_or_retry(run, record, error, final=final)
             return
         assert isinstance(result, outcome.Value)
         try:
             payload = encode_result(result.value, run.definition.return_type)
-        except (TypeError, ValueError, RecursionError) as exc:
-            error = TaskError(type="InvalidResult", message=f"the result cannot be stored: {exc}")
+        except BaseException as exc:  # whatever a strange result raises is the task's
+            if _is_engine_cancel(exc):
+                raise
+            error = TaskError(
+                type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
+            )
             await self._fail_or_retry(run, record, error, final=True)
             return
         await self._finish(claim, record, payload)
