@@ -89,7 +89,7 @@ def _text(exc: BaseException) -> str:
     for render in (str, repr):
         try:
             return render(exc)
-        except BaseException:  # noqa: S112 - an error's __str__ may raise anything
+        except BaseException:  # an error's __str__ may raise anything
             continue
     return f"<unprintable {type(exc).__name__}>"
 
