@@ -7,6 +7,9 @@ that can take the lock knows the owner is gone and may recover its claims at
 once instead of waiting for their leases to run out.  An owner with no lock
 file (another machine, or an older engine) is never judged dead: its claims
 wait for their leases as usual.
+
+The lock files are private (0600) in a private folder (0700).  Errors are
+``OSError``; the backend reports them as ``BackendError``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import fcntl
 import os
 import re
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -44,9 +48,11 @@ class OwnerLocks:
         with self._lock:
             if owner in self._held:
                 return
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._path(owner), os.O_RDWR | os.O_CREAT, 0o644)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._path(owner), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
+                if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:  # an old file, or an odd umask
+                    os.fchmod(fd, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
@@ -60,7 +66,7 @@ class OwnerLocks:
                 return False
         path = self._path(owner)
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
             return False
         try:

@@ -19,19 +19,33 @@ result.
 
 With the default ``synchronous="FULL"``, a committed write survives power
 loss (SQLite's WAL with full sync); ``"NORMAL"`` survives process crashes only.
+
+The directory is private: the backend makes it and its folders 0700 and every
+file it writes 0600, whatever the umask, and tightens them when it opens a
+directory left more open.  Large results are read inertly (see
+:class:`_InertDisk`): what is on disk is data, never code, and never names a
+file outside ``results/``.  Every failure of the storage (a full disk, a
+broken file, a lock) reaches the caller as :class:`errands.BackendError`,
+with the original error as its ``__cause__``.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
+import re
 import sqlite3
+import stat
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 import trio
+from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, MODE_TEXT, UNKNOWN
 
 from errands import (
     Backend,
@@ -46,7 +60,7 @@ from errands import (
 )
 from errands._status import check_transition
 
-from ._database import Database
+from ._database import Database, private_directory, private_file
 from ._owners import OwnerLocks
 
 __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
@@ -56,6 +70,177 @@ FORMAT_VERSION = "1"
 #: Results smaller than this (bytes) are stored in errands.db with the status
 #: change that makes them the task's result; larger ones in diskcache's files.
 INLINE_RESULT_LIMIT = 32 * 1024
+
+log = logging.getLogger("errands.backends")
+T = TypeVar("T")
+
+
+def _guarded(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, its failures raised as BackendError (``what`` says where)."""
+    try:
+        return fn(*args, **kwargs)
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+#: The value files diskcache names: ``ab/cd/<28 hex digits>.val``.
+_VALUE_FILE = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{28}\.val)")
+
+
+class _InertDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's serialization, reduced to what errands stores, and inert.
+
+    Keys are text and values bytes: anything else is refused, never pickled.
+    Reading, a row in pickle or text mode is refused rather than loaded, and a
+    value file is read only when its name is one diskcache makes
+    (``ab/cd/<hex>.val``), inside the cache directory, not through a symbolic
+    link.  So whoever can write the directory can spoil results but cannot make
+    the reader run code, nor read, nor delete, a file elsewhere.  Value files
+    and their folders are created private (0600, 0700).
+    """
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        self._root = os.path.realpath(directory)
+        #: fsync value files and their folders before their row commits.
+        self.durable = False
+
+    # ------------------------------------------------------------------ keys
+
+    def put(self, key: object) -> tuple[str, bool]:
+        if type(key) is not str:
+            raise TypeError(f"result cache keys are str, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: object, raw: bool) -> str:
+        if not raw or type(key) is not str:
+            raise BackendError("the result cache holds a key errands did not write")
+        return key
+
+    # ------------------------------------------------------------------ values
+
+    def store(self, value: object, read: bool, key: object = UNKNOWN) -> Any:
+        if read or type(value) is not bytes:
+            raise TypeError(f"the result cache stores bytes, not {type(value).__name__}")
+        if len(value) < self.min_file_size:
+            return 0, MODE_RAW, None, sqlite3.Binary(value)
+        filename, full_path = self.filename(key, value)
+        self._write(full_path, io.BytesIO(value), "xb")
+        return len(value), MODE_BINARY, filename, None
+
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
+        if mode != "xb" or encoding is not None:
+            raise TypeError("the result cache writes bytes only")
+        folder = os.path.dirname(full_path)
+        made = self._make_folders(folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        for attempt in range(10):
+            try:
+                fd = os.open(full_path, flags, 0o600)
+                break
+            except FileNotFoundError:  # another process removed the emptied folder
+                if attempt == 9:
+                    raise
+                made += self._make_folders(folder)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as writer:
+                os.fchmod(fd, 0o600)  # exactly, whatever the umask took
+                for chunk in iterator:
+                    size += len(chunk)
+                    writer.write(chunk)
+                writer.flush()
+                if self.durable:
+                    # diskcache does not fsync value files; the record will
+                    # say the result exists only after this.
+                    os.fsync(fd)
+        except BaseException:
+            for path, remove in [(full_path, os.remove), *((m, os.rmdir) for m in made[::-1])]:
+                try:
+                    remove(path)  # no partial file left behind (a full disk), nor its folders
+                except OSError:
+                    break
+            raise
+        if self.durable:
+            for path in {folder, *(os.path.dirname(m) for m in made)}:
+                _fsync_folder(path)
+        return size
+
+    def _make_folders(self, folder: str) -> list[str]:
+        """Create the missing folders from the cache directory down to ``folder``, 0700."""
+        made = []
+        relative = os.path.relpath(folder, self._directory)
+        path = self._directory
+        for part in relative.split(os.sep):
+            path = os.path.join(path, part)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(path, 0o700)  # exactly, whatever the umask took
+            made.append(path)
+        return made
+
+    def fetch(self, mode: int, filename: object, value: object, read: bool) -> bytes:
+        if read:
+            raise TypeError("the result cache does not hand out its files")
+        if mode == MODE_RAW and filename is None:
+            if type(value) is not bytes:
+                raise BackendError(f"the stored value is {type(value).__name__}, not bytes")
+            return value
+        if mode == MODE_BINARY and value is None:
+            folder, name = self._locate(filename)
+            try:
+                fd = os.open(
+                    os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                )
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise BackendError(f"result file {filename!r} is a symbolic link") from None
+                raise  # diskcache reads a missing file as a missing value
+            with os.fdopen(fd, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise BackendError(f"result file {filename!r} is not a regular file")
+                return reader.read()
+        kind = {MODE_PICKLE: "a pickle", MODE_TEXT: "text"}
+        raise BackendError(f"the stored value is {kind.get(mode, f'of mode {mode!r}')}")
+
+    def _locate(self, filename: object) -> tuple[str, str]:
+        """The folder of a value file (symbolic links resolved) and its name, or BackendError."""
+        found = _VALUE_FILE.fullmatch(filename) if isinstance(filename, str) else None
+        if found is None:
+            raise BackendError(f"result file name {filename!r} is not one diskcache makes")
+        folder = os.path.join(self._root, found[1], found[2])
+        if os.path.realpath(folder) != folder:
+            raise BackendError(f"result file {filename!r} leads out of the result cache")
+        return folder, found[3]
+
+    def remove(self, file_path: object) -> None:
+        try:
+            folder, name = self._locate(file_path)
+        except BackendError as exc:
+            log.warning("not removing a result file: %s", exc)
+            return
+        try:
+            os.remove(os.path.join(folder, name))  # a link itself, never what it names
+        except OSError:
+            pass  # another process removed it
+        for path in (folder, os.path.dirname(folder)):  # emptied folders, down to the cache's
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -160,8 +345,9 @@ class DiskCacheQueue(Queue):
         now: float,
         lease_until: float,
     ) -> list[Claim]:
-        if not self._owners.holds(owner):
-            await trio.to_thread.run_sync(self._owners.hold, owner)  # proves we are alive
+        if not self._owners.holds(owner):  # the lock proves we are alive
+            what = f"cannot take the owner lock in {self._owners.directory}"
+            await trio.to_thread.run_sync(_guarded, what, self._owners.hold, owner)
 
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             found: list[tuple[int, int, str, str]] = []
@@ -395,8 +581,11 @@ class DiskCacheStore(Store):
             raise BackendError("the diskcache backend is not open")
         return self._results_cache
 
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread; its failures raised as BackendError."""
+        where = "?" if self._results_cache is None else self._results_cache.directory
+        what = f"the result cache {where} failed"
+        return await trio.to_thread.run_sync(_guarded, what, fn, *args, limiter=self._limiter)
 
     async def create(self, task: StoredTask) -> bool:
         def create(conn: sqlite3.Connection) -> bool:
@@ -483,20 +672,9 @@ class DiskCacheStore(Store):
         return moved
 
     def _write_result(self, key: str, result: Payload, keep: float) -> None:
-        cache = self._results
-        cache.set(key, result.data, expire=keep, tag=result.media_type)
-        if self.durable_files and len(result.data) >= cache.disk_min_file_size:
-            # diskcache does not fsync the files of large values; do it, and
-            # their folder, before the record says the result exists.
-            handle = cache.get(key, read=True)
-            if handle is not None:
-                with handle:
-                    os.fsync(handle.fileno())
-                    folder = os.open(os.path.dirname(handle.name), os.O_RDONLY)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
+        # With durable_files, the disk fsyncs the value's file and folder
+        # before this returns, so before the record says the result exists.
+        self._results.set(key, bytes(result.data), expire=keep, tag=result.media_type)
 
     async def get_result(self, task_id: str) -> Payload | None:
         def find(conn: sqlite3.Connection) -> int | Payload | None:
@@ -515,11 +693,13 @@ class DiskCacheStore(Store):
         found = await self._db.run(find, write=False)
         if found is None or isinstance(found, Payload):
             return found
-        large = await self._in_thread(self._read_result, f"{task_id}:{found}")
-        return large  # type: ignore[no-any-return]
+        return await self._in_thread(self._read_result, f"{task_id}:{found}")
 
     def _read_result(self, key: str) -> Payload | None:
-        value, tag = self._results.get(key, default=None, tag=True)
+        try:
+            value, tag = self._results.get(key, default=None, tag=True)
+        except BackendError as exc:  # refused by _InertDisk
+            raise BackendError(f"stored result {key} is not errands data: {exc}") from exc
         if value is None:
             return None
         if not isinstance(value, bytes) or not isinstance(tag, str):
@@ -633,20 +813,45 @@ class DiskCacheBackend(Backend):
             await self._db.open()
         except BaseException:
             self._opened -= 1
+            cache, self.store._results_cache = self.store._results_cache, None
+            if cache is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(cache.close)
             raise
 
     def _prepare(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
-                raise BackendError(f"{self.directory} is not readable and writable")
-            self.store._results_cache = diskcache.Cache(
-                str(self.directory / "results"),
-                eviction_policy="none",
-                sqlite_synchronous=2 if self._synchronous == "FULL" else 1,
+        """Make the directory and its folders private, and open the result cache."""
+        what = f"cannot use {self.directory} for errands data"
+        _guarded(what, self._make_private)
+        cache = _guarded(
+            what,
+            diskcache.Cache,
+            str(self.directory / "results"),
+            disk=_InertDisk,
+            eviction_policy="none",
+            sqlite_synchronous=2 if self._synchronous == "FULL" else 1,
+        )
+        cache.disk.durable = self.store.durable_files
+        self.store._results_cache = cache
+
+    def _make_private(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.stat(self.directory).st_mode & stat.S_ISVTX:
+            raise BackendError(
+                f"{self.directory} is a shared directory (sticky bit, like /tmp); "
+                "give errands a directory of its own"
             )
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise BackendError(f"cannot use {self.directory} for errands data: {exc}") from exc
+        private_directory(self.directory)
+        if not os.access(self.directory, os.R_OK | os.W_OK | os.X_OK):
+            raise BackendError(f"{self.directory} is not readable and writable")
+        private_directory(self.directory / "owners")
+        results = self.directory / "results"
+        private_directory(results)
+        # diskcache's SQLite files, created private before it opens them
+        # (SQLite gives -wal and -shm the mode of the database file).
+        private_file(results / "cache.db")
+        for name in ("cache.db-wal", "cache.db-shm"):
+            private_file(results / name, create=False)
 
     async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
         def enqueue(conn: sqlite3.Connection) -> bool:
@@ -667,11 +872,17 @@ class DiskCacheBackend(Backend):
             await trio.lowlevel.checkpoint()
             return
         with trio.CancelScope(shield=True):
-            await self._db.aclose()
-            await trio.to_thread.run_sync(self._owners.release_all)
-            cache, self.store._results_cache = self.store._results_cache, None
-            if cache is not None:
-                await trio.to_thread.run_sync(cache.close)
+            try:
+                await self._db.aclose()
+            finally:
+                try:
+                    what = f"cannot release the owner locks in {self._owners.directory}"
+                    await trio.to_thread.run_sync(_guarded, what, self._owners.release_all)
+                finally:
+                    cache, self.store._results_cache = self.store._results_cache, None
+                    if cache is not None:
+                        what = f"cannot close the result cache {cache.directory}"
+                        await trio.to_thread.run_sync(_guarded, what, cache.close)
 
     @classmethod
     def from_url(cls, url: str) -> DiskCacheBackend:

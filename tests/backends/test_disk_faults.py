@@ -1,11 +1,17 @@
 """Storage faults in the diskcache backend arrive as ``BackendError`` (the raw
 error kept as ``__cause__``), never kill its database thread, and never leave
-a caller waiting forever."""
+a caller waiting forever.  A full disk is real: a file-size limit
+(RLIMIT_FSIZE) set in a child process."""
 
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,7 @@ import pytest
 import trio
 
 from errands import BackendError
+from errands.backends import DiskCacheBackend
 from errands.backends._database import Database
 
 pytestmark = pytest.mark.realtime
@@ -163,3 +170,131 @@ async def test_a_dead_database_thread_fails_calls_instead_of_hanging(db: Databas
     assert all(r is None or isinstance(r, BackendError) for r in results)
     with trio.fail_after(10), pytest.raises(BackendError, match="stopped"):
         await db.run(_count)
+
+
+async def test_owner_lock_failures_arrive_as_backend_error(tmp_path: Path) -> None:
+    backend = DiskCacheBackend(tmp_path / "data")
+    await backend.open()
+    try:
+        owners = tmp_path / "data" / "owners"
+        shutil.rmtree(owners, ignore_errors=True)
+        owners.write_text("in the way")
+        with trio.fail_after(10), pytest.raises(BackendError) as caught:
+            await backend.queue.claim(
+                owner="host:1:x", quotas={"job": 1}, limit=1, now=1.0, lease_until=2.0
+            )
+        assert isinstance(caught.value.__cause__, OSError)
+    finally:
+        await backend.aclose()
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from pathlib import Path
+
+    import attrs, trio
+
+    from errands import BackendError, Payload, StoredTask, TaskStatus
+    from errands._model import TaskRecord, new_task_id
+    from errands.backends import DiskCacheBackend
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    _, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
+    data = Path(sys.argv[1])
+    report = {}
+
+    def describe(exc):
+        return [type(exc).__name__, type(exc.__cause__).__name__]
+
+    async def enqueue(backend):
+        rec = TaskRecord(id=new_task_id(), name="job", args={"pad": "x" * 2000},
+                         status=TaskStatus.PENDING, created_at=1.0)
+        assert await backend.enqueue(StoredTask.from_record(rec), priority=0, not_before=0.0)
+        return rec
+
+    async def claimed(backend):
+        rec = await enqueue(backend)
+        [claim] = await backend.queue.claim(
+            owner="host:1:x", quotas={"job": 1}, limit=1, now=2.0, lease_until=1e12
+        )
+        running = attrs.evolve(rec, status=TaskStatus.IN_PROGRESS, token=claim.token)
+        assert await backend.store.transition(StoredTask.from_record(running),
+                                              expect=TaskStatus.PENDING)
+        return running
+
+    async def finish(backend, running, payload):
+        done = attrs.evolve(running, status=TaskStatus.SUCCESS)
+        return await backend.store.transition(
+            StoredTask.from_record(done), expect=TaskStatus.IN_PROGRESS,
+            token=running.token, result=payload,
+        )
+
+    async def main():
+        backend = DiskCacheBackend(data)
+        await backend.open()
+        running = await claimed(backend)
+        accepted = [(await enqueue(backend)).id]
+        limit = max(p.stat().st_size for p in data.rglob("*") if p.is_file()) + 256 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, HARD))
+        big = Payload(media_type="image/png", data=b"\\x89PNG" + bytes(limit + 65536))
+        try:
+            await finish(backend, running, big)
+        except Exception as exc:
+            report["large_result"] = describe(exc)
+        for _ in range(2000):
+            try:
+                accepted.append((await enqueue(backend)).id)
+            except Exception as exc:
+                report["enqueue"] = describe(exc)
+                break
+        report["accepted_under_limit"] = len(accepted)
+        try:
+            report["read_under_limit"] = (await backend.store.get(accepted[0])) is not None
+        except Exception as exc:
+            report["read_under_limit"] = describe(exc)
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
+        for _ in range(20):
+            accepted.append((await enqueue(backend)).id)
+        report["large_after"] = await finish(backend, running, big)
+        report["large_read_back"] = await backend.store.get_result(running.id) == big
+        await backend.aclose()
+
+        backend = DiskCacheBackend(data)  # reopened: what was accepted is all there
+        await backend.open()
+        found = await backend.store.get_many(accepted)
+        queued = [await backend.queue.contains(i) for i in accepted]
+        report["lost"] = len(accepted) - len(found)
+        report["queued"] = all(queued)
+        report["large_after_reopen"] = await backend.store.get_result(running.id) == big
+        await backend.aclose()
+        results = data / "results"
+        report["value_files"] = len(list(results.rglob("*.val")))
+        report["empty_folders"] = [
+            str(p) for p in results.rglob("*") if p.is_dir() and not any(p.iterdir())
+        ]
+
+    trio.run(main)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_a_full_disk_is_a_backend_error_and_loses_nothing_accepted(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["large_result"][0] == "BackendError", report
+    assert report["enqueue"][0] == "BackendError", report
+    assert report["accepted_under_limit"] > 1, report  # the limit was reached by enqueues
+    assert report["read_under_limit"] is True, report
+    assert report["large_after"] is True and report["large_read_back"] is True, report
+    assert report["lost"] == 0 and report["queued"] is True, report
+    assert report["large_after_reopen"] is True, report
+    assert report["value_files"] == 1 and report["empty_folders"] == [], report  # no debris
