@@ -707,10 +707,20 @@ class DiskCacheStore(Store):
         return Payload(media_type=tag, data=value)
 
     async def delete(self, task_id: str) -> bool:
+        return await self._delete(task_id, expired_by=None)
+
+    async def delete_expired(self, task_id: str, now: float) -> bool:
+        return await self._delete(task_id, expired_by=now)
+
+    async def _delete(self, task_id: str, *, expired_by: float | None) -> bool:
         def delete(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT token FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = conn.execute(
+                "SELECT token, expires_at FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
             if row is None:
                 return None
+            if expired_by is not None and (row[1] is None or row[1] > expired_by):
+                return None  # compare-and-delete: not (or no longer) expired
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             conn.execute("DELETE FROM results WHERE id = ?", (task_id,))
             return int(row[0])
@@ -852,6 +862,34 @@ class DiskCacheBackend(Backend):
         private_file(results / "cache.db")
         for name in ("cache.db-wal", "cache.db-shm"):
             private_file(results / name, create=False)
+
+    async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
+        """Check the claim and move the record ``pending -> in_progress`` in one transaction."""
+        check_transition(TaskStatus.PENDING, task.status)
+        data = task.data
+
+        def begin(conn: sqlite3.Connection) -> bool:
+            held = conn.execute(
+                "SELECT 1 FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                (claim.task_id, claim.token),
+            ).fetchone()
+            if held is None:
+                return False
+            cursor = conn.execute(
+                "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ?"
+                " WHERE id = ? AND status = ?",
+                (
+                    task.status.value,
+                    task.token,
+                    task.expires_at,
+                    data,
+                    task.id,
+                    TaskStatus.PENDING.value,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._db.run(begin)
 
     async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
         def enqueue(conn: sqlite3.Connection) -> bool:

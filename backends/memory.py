@@ -276,6 +276,16 @@ class MemoryStore(Store):
         result: Payload | None = None,
     ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
+        return self._transition(task, expect=expect, token=token, result=result)
+
+    def _transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None,
+        result: Payload | None,
+    ) -> bool:
         check_transition(expect, task.status)
         current = self._records.get(task.id)
         if current is None or current.status is not expect:
@@ -315,6 +325,15 @@ class MemoryStore(Store):
         rows.sort(key=lambda t: t.created_at, reverse=True)
         return rows[offset : offset + limit]
 
+    async def delete_expired(self, task_id: str, now: float) -> bool:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        current = self._records.get(task_id)
+        if current is None or current.expires_at is None or current.expires_at > now:
+            return False
+        del self._records[task_id]
+        self._results.pop(task_id, None)
+        return True
+
     async def purge_expired(self, now: float) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         purged = 0
@@ -352,6 +371,12 @@ class MemoryBackend(Backend):
             return False
         self.queue._put(task.id, task.name, priority, not_before)
         return True
+
+    async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.queue._held(claim.task_id, claim.token) is None:
+            return False
+        return self.store._transition(task, expect=TaskStatus.PENDING, token=None, result=None)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:

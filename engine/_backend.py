@@ -1,5 +1,22 @@
 """The storage interfaces a backend implements: :class:`Queue` and :class:`Store`.
 
+**The invariant.** At every moment between two backend calls, every task
+the engine accepted is in exactly one of these states:
+
+* final (``success``, ``failure``, ``cancelled``) until it expires;
+* ``pending`` with a queue entry (waiting, or claimed by a worker that has
+  not started it yet);
+* ``in_progress`` under a live claim: a queue entry claimed with the
+  record's own fencing token.
+
+The engine keeps it by three rules: a claim may start a task only while it
+still holds it (:meth:`Backend.begin`, one atomic step); every other change
+of an ``in_progress`` record is a compare-and-set on status and token; and
+the upkeep repairs what a crash between two calls leaves (a ``pending``
+record without an entry is queued again, an expired claim or an
+``in_progress`` record without an entry is re-queued or failed).
+``tests/engine/test_invariant.py`` checks it under random workloads.
+
 The engine treats the **store as the truth** and the **queue as a to-do list
 it checks against the store**.  Every state change is a compare-and-set on the
 store, and every queue entry the engine claims is validated by such a
@@ -216,6 +233,19 @@ class Store(abc.ABC):
     async def purge_expired(self, now: float) -> int:
         """Delete records (and results) with ``expires_at <= now``; return how many."""
 
+    async def delete_expired(self, task_id: str, now: float) -> bool:
+        """Delete the record of ``task_id`` (and its result) only if it has expired
+        by ``now`` (``expires_at <= now``); a compare-and-delete.
+
+        False, changing nothing, when the record is missing or not expired.
+        The default reads, then deletes: not atomic.  Backends shared between
+        engines must override it with one atomic step.
+        """
+        task = await self.get(task_id)
+        if task is None or task.expires_at is None or task.expires_at > now:
+            return False
+        return await self.delete(task_id)
+
 
 class Backend(abc.ABC):
     """One queue and one store that share a storage, plus their lifecycle.
@@ -249,6 +279,27 @@ class Backend(abc.ABC):
                 return False
             await self.queue.put(task.id, name=task.name, priority=priority, not_before=not_before)
         return True
+
+    async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
+        """Start a claimed task: replace its ``pending`` record with ``task`` (its
+        ``in_progress`` record) only while ``claim`` is still held, in one
+        atomic step.
+
+        False, changing nothing, when the record is not ``pending`` or the
+        queue entry is no longer claimed with ``claim.token`` (the lease ran
+        out and the entry was released or claimed again).  This is what keeps
+        a worker that stalled past its lease from starting a task that
+        another claim now owns, which would leave it ``in_progress`` with no
+        queue entry.
+
+        The default checks the claim with :meth:`Queue.renew`, then moves the
+        record: two calls, atomic only for a backend that one engine uses
+        alone.  Backends shared between engines must override it.
+        """
+        held = await self.queue.renew(claim.task_id, claim.token, lease_until=claim.lease_until)
+        if held is Renewal.LOST:
+            return False
+        return await self.store.transition(task, expect=TaskStatus.PENDING)
 
     async def open(self) -> None:
         """Acquire resources; called once by the engine before any other call."""

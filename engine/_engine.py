@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import attrs
@@ -39,6 +39,7 @@ from ._errors import (
     BackendError,
     CannotCancel,
     EngineClosed,
+    EngineUnavailable,
     FieldError,
     InvalidArguments,
     TaskCancelled,
@@ -46,7 +47,7 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
-from ._health import Health
+from ._health import HOLD, Health, State
 from ._model import (
     Claim,
     StoredTask,
@@ -86,6 +87,16 @@ class EngineStatistics:
     workers: int
     submitted: int
     finished: int
+    #: ``starting``, ``running``, ``stopping``, ``stopped`` or ``dead``.
+    state: str
+    #: False only once an engine bug ended the engine (its process should exit).
+    alive: bool
+    #: True while the engine runs and its storage answers.
+    ready: bool
+    #: The current storage fault, if any (for logs: it may name files).
+    storage_error: str | None
+    #: Storage faults met since the engine started (each retried).
+    storage_faults: int
 
 
 def idempotent_id(service: str, name: str, key: str) -> str:
@@ -169,6 +180,7 @@ class Engine:
         On close: stop claiming, let running tasks finish for ``grace``
         seconds, then stop the rest and hand them back to the queue.
         """
+        health = self.core.health
         await self.backend.open()
         try:
             instance = None
@@ -177,8 +189,10 @@ class Engine:
             self.runner.open(self.service.bind(instance))
             async with trio.open_nursery() as keeper_nursery:
                 keeper_nursery.start_soon(self._stop_if_cancelled)
-                keeper_nursery.start_soon(self._forever, self._keep_leases)
-                keeper_nursery.start_soon(self._forever, self.runner.write_progress)
+                keeper_nursery.start_soon(health.supervise, "lease keeper", self._keep_leases)
+                keeper_nursery.start_soon(
+                    health.supervise, "progress writer", self.runner.write_progress
+                )
                 async with trio.open_nursery() as runners:
                     # Runners are shielded as a group (not one scope per task): an
                     # outside cancel reaches them only as a stop request, so their
@@ -192,18 +206,22 @@ class Engine:
                         self.runner.stop_all(Stop.SHUTDOWN)
                         runners.cancel_scope.deadline = trio.current_time() + CLEANUP_SECONDS
                 keeper_nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled) and self._open:
+                # Not a storage fault (those are retried) and not a stop: an
+                # engine bug.  Say so loudly; the process should exit non-zero.
+                health.kill(exc)
+                log.critical("engine %s died: %s", self.owner, health.died_of, exc_info=exc)
+            raise
         finally:
+            if health.alive:
+                health.state = State.STOPPED
             self._open = self._accepting = False
             self.runner.close()
             self.core.watchers.wake_all()
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 await self.backend.aclose()
             log.info("engine %s stopped", self.owner)
-
-    @staticmethod
-    async def _forever(step: Callable[[], Any]) -> None:
-        while True:
-            await step()
 
     async def _keep_leases(self) -> None:
         await trio.sleep(self.upkeep.lease_interval)
@@ -213,19 +231,32 @@ class Engine:
         await trio.sleep(self.options.sweep_interval)
         await self.upkeep.sweep()
 
+    async def _orphans(self) -> None:
+        await trio.sleep(self.options.lease)
+        await self.upkeep.recover_orphans()
+
     async def _serve_system(self, task_status: trio.TaskStatus[None]) -> None:
+        health = self.core.health
         async with trio.open_nursery() as system:
             if self.backend.poll_interval is not None:
-                await self.upkeep.reconcile()
-                await self.upkeep.recover_expired(self.core.now())
-            system.start_soon(self._dispatch)
-            system.start_soon(self._forever, self._sweep)
-            system.start_soon(self._watch_backend)
+                # What a crash left behind.  While storage fails this is
+                # retried in the background and the engine starts, not ready.
+                try:
+                    await self.upkeep.recover_at_start()
+                except BackendError as exc:
+                    health.fault("recovery", exc)
+                    system.start_soon(health.retrying, "recovery", self.upkeep.recover_at_start)
+            system.start_soon(health.supervise, "dispatcher", self._dispatch_round)
+            system.start_soon(health.supervise, "sweeper", self._sweep)
+            system.start_soon(health.supervise, "orphan finder", self._orphans)
+            system.start_soon(health.supervise, "watcher", self._watch_backend)
             self._open = self._accepting = True
+            health.state = State.RUNNING
             log.info("engine %s started for service %s", self.owner, self.service.name)
             task_status.started()
             await self._stop_requested.wait()
             self._accepting = False
+            health.state = State.STOPPING
             system.cancel_scope.cancel()
         await self._drain()
 
@@ -260,11 +291,17 @@ class Engine:
 
     def statistics(self) -> EngineStatistics:
         """Counts for this engine since it started."""
+        health = self.core.health
         return EngineStatistics(
             running=len(self.runner.running),
             workers=self.options.workers,
             submitted=self.core.submitted,
             finished=self.core.finished,
+            state=health.state.value,
+            alive=health.alive,
+            ready=health.ready,
+            storage_error=health.storage_error,
+            storage_faults=health.total_faults,
         )
 
     def check_open(self) -> None:
@@ -348,27 +385,55 @@ class Engine:
             ttl=options.ttl or self.options.ttl,
         )
         stored = StoredTask.from_record(record)
-        while not await self.backend.enqueue(
-            stored, priority=priority, not_before=not_before or 0.0
-        ):
-            if idempotency_key is None:
-                raise BackendError(f"task id {task_id} already exists")  # 2**-128 odds
-            existing = await self.core.store.get(task_id)
-            if existing is not None and not existing.record.is_expired(self.core.now()):
-                if _canonical(existing.record.args) != _canonical(args):
-                    message = (
-                        f"the idempotency key {idempotency_key!r} was used for task "
-                        f"{task_id} with other arguments"
-                    )
-                    raise InvalidArguments(name, [FieldError(path="$", message=message)])
-                log.debug("idempotent repeat of %s %s", name, task_id)
-                return existing.record
-            if existing is not None:
-                await self.core.store.delete(task_id)  # expired: the key may be used anew
+        try:
+            existing = await self._enqueue(stored, idempotency_key, priority, not_before)
+        except EngineUnavailable:
+            raise
+        except BackendError as exc:
+            self.core.health.fault("submit", exc, hold=HOLD)
+            raise EngineUnavailable(
+                f"the task was not accepted: storage is failing ({exc})",
+                retry_after=self.core.health.retry_after(),
+            ) from exc
+        self.core.health.clear("submit")
+        if existing is not None:
+            if _canonical(existing.args) != _canonical(args):
+                message = (
+                    f"the idempotency key {idempotency_key!r} was used for task "
+                    f"{task_id} with other arguments"
+                )
+                raise InvalidArguments(name, [FieldError(path="$", message=message)])
+            log.debug("idempotent repeat of %s %s", name, task_id)
+            return existing
         self.core.submitted += 1
         self._wake.set()
         log.debug("submitted %s %s", name, record.id)
         return record
+
+    async def _enqueue(
+        self,
+        stored: StoredTask,
+        idempotency_key: str | None,
+        priority: int,
+        not_before: float | None,
+    ) -> TaskRecord | None:
+        """Store and queue ``stored``; with an idempotency key, the live record
+        that already holds its id, if any (then nothing is stored)."""
+        store = self.core.store
+        while not await self.backend.enqueue(
+            stored, priority=priority, not_before=not_before or 0.0
+        ):
+            if idempotency_key is None:
+                raise BackendError(f"task id {stored.id} already exists")  # 2**-128 odds
+            existing = await store.get(stored.id)
+            now = self.core.now()
+            if existing is not None and not existing.record.is_expired(now):
+                return existing.record
+            if existing is not None:
+                # Expired: the key may be used anew.  Compare-and-delete, so a
+                # concurrent submit's fresh record is never the one deleted.
+                await store.delete_expired(stored.id, now)
+        return None
 
     async def info(self, task_id: str) -> TaskInfo:
         """The task's :class:`TaskInfo` (with its queue position while pending)."""
@@ -546,47 +611,47 @@ class Engine:
     def _wake_dispatcher(self) -> None:
         self._wake.set()
 
-    async def _dispatch(self) -> None:
-        while True:
-            self._wake = trio.Event()
-            free = self.options.workers - self._total
-            quotas = {n: self._limits[n] - self._active[n] for n in self._limits}
-            quotas = {n: q for n, q in quotas.items() if q > 0}
-            timeout = math.inf
-            if free > 0 and quotas:
-                now = self.core.now()
-                claims = await self.core.queue.claim(
-                    owner=self.owner,
-                    quotas=quotas,
-                    limit=free,
-                    now=now,
-                    lease_until=now + self.options.lease,
-                )
-                for claim in claims:
-                    self._active[claim.name] += 1
-                    quotas[claim.name] -= 1
-                    self._total += 1
-                    self._runners.start_soon(self._run, claim)
-                if len(claims) >= free:
-                    continue  # there may be more ready
-                # Fewer than asked: nothing more is ready for the names with room
-                # left, so ask only when the next delayed one is due.
-                names = [n for n, q in quotas.items() if q > 0]
-                due = await self.core.queue.next_due(names) if names else None
-                if due is not None:
-                    timeout = max(due - now, 0.001)
-            if self._wake.is_set():
-                continue
-            if timeout == math.inf:
+    async def _dispatch_round(self) -> None:
+        """Claim what is ready and fits the free slots; then wait to be woken
+        (or until the next delayed task is due)."""
+        self._wake = trio.Event()
+        free = self.options.workers - self._total
+        quotas = {n: self._limits[n] - self._active[n] for n in self._limits}
+        quotas = {n: q for n, q in quotas.items() if q > 0}
+        timeout = math.inf
+        if free > 0 and quotas:
+            now = self.core.now()
+            claims = await self.core.queue.claim(
+                owner=self.owner,
+                quotas=quotas,
+                limit=free,
+                now=now,
+                lease_until=now + self.options.lease,
+            )
+            for claim in claims:
+                self._active[claim.name] += 1
+                quotas[claim.name] -= 1
+                self._total += 1
+                self._runners.start_soon(self._run, claim)
+            if len(claims) >= free:
+                return  # there may be more ready
+            # Fewer than asked: nothing more is ready for the names with room
+            # left, so ask only when the next delayed one is due.
+            names = [n for n, q in quotas.items() if q > 0]
+            due = await self.core.queue.next_due(names) if names else None
+            if due is not None:
+                timeout = max(due - now, 0.001)
+        if self._wake.is_set():
+            return
+        if timeout == math.inf:
+            await self._wake.wait()
+        else:
+            with trio.move_on_after(timeout):
                 await self._wake.wait()
-            else:
-                with trio.move_on_after(timeout):
-                    await self._wake.wait()
 
     async def _watch_backend(self) -> None:
-        while True:
-            await self.core.queue.wait_for_work()
-            self._wake.set()
+        await self.core.queue.wait_for_work()
+        self._wake.set()
 
     async def _run(self, claim: Claim) -> None:
         try:

@@ -12,6 +12,7 @@ a subclass by what they do about it::
     ├── InvalidArguments      arguments rejected at submit (HTTP 422)
     ├── InvalidTransition     a state change the state machine forbids
     ├── BackendError          storage is unusable (bad URL, corrupt data, ...)
+    │   └── EngineUnavailable storage is failing now: retry later (HTTP 503)
     ├── EngineClosed          the engine is not running (HTTP 503)
     ├── RemoteError           an HTTP client got an answer no other error means,
     │                         or could not reach the server
@@ -30,6 +31,7 @@ __all__ = [
     "BackendError",
     "CannotCancel",
     "EngineClosed",
+    "EngineUnavailable",
     "ErrandsError",
     "FieldError",
     "FinalError",
@@ -118,6 +120,18 @@ class InvalidTransition(ErrandsError):
 
 class BackendError(ErrandsError):
     """The storage backend cannot be used: bad URL, unreadable or foreign data."""
+
+
+class EngineUnavailable(BackendError):
+    """The engine cannot take this call now: its storage is failing.
+
+    Nothing was stored.  Try again after ``retry_after`` seconds; the engine
+    retries its own work and reports ready again once storage answers.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineClosed(ErrandsError, RuntimeError):

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import attrs
 import trio
@@ -28,6 +29,8 @@ import trio
 from ._errors import BackendError
 
 __all__ = ["HOLD", "Health", "State"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("errands.engine")
 
@@ -161,3 +164,22 @@ class Health:
                 if backoff != FIRST_BACKOFF or site in self._faults:
                     self.clear(site)
                     backoff = FIRST_BACKOFF
+
+    async def retrying(self, site: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it does not raise BackendError, with capped backoff.
+
+        For writes that must happen (a finished task's outcome): the caller
+        keeps trying for as long as it runs; cancellation ends it.
+        """
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                result = await call()
+            except BackendError as exc:
+                self.fault(site, exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            else:
+                if site in self._faults:
+                    self.clear(site)
+                return result

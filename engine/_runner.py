@@ -14,8 +14,8 @@ import contextvars
 import enum
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import attrs
 import outcome
@@ -32,6 +32,8 @@ from ._status import TaskStatus
 from ._threads import WorkerThreads
 
 __all__ = ["Runner", "Stop"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("errands.engine")
 
@@ -140,18 +142,27 @@ class Runner:
 
     # ------------------------------------------------------------------ running
 
+    async def _storage(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A backend call the runner must see through: retried while storage fails."""
+        return await self.core.health.retrying("runner", call)
+
     async def run(self, claim: Claim) -> None:
         """Start, call and settle one claimed task."""
         core = self.core
-        task_id = claim.task_id
-        stored = await core.store.get(task_id)
+        store, queue = core.store, core.queue
+        task_id, token = claim.task_id, claim.token
+        stored = await self._storage(lambda: store.get(task_id))
         record = stored.record if stored is not None else None
         if record is None or record.status is not PENDING:
-            await core.queue.ack(task_id, claim.token)  # stale entry: cancelled, gone or duplicate
+            # A stale entry: cancelled, gone or a duplicate.
+            await self._storage(lambda: queue.ack(task_id, token))
             return
-        running = _records.started(record, token=claim.token, now=core.now())
-        if not await core.store.transition(StoredTask.from_record(running), expect=PENDING):
-            await core.queue.ack(task_id, claim.token)
+        running = _records.started(record, token=token, now=core.now())
+        begun = StoredTask.from_record(running)
+        if not await self._storage(lambda: core.backend.begin(begun, claim=claim)):
+            # The record moved on, or our claim was lost (the lease ran out
+            # while we stalled): whoever holds the task now runs it.
+            await self._storage(lambda: queue.ack(task_id, token))
             return
         core.watchers.touch(task_id)
         definition = core.definitions.get(record.name)
@@ -256,7 +267,8 @@ class Runner:
             )
             return
         if run.stop is Stop.SHUTDOWN:
-            await self.hand_back(claim, record, counts=False)
+            # A thread still running may yet do the work: that attempt counts.
+            await self.hand_back(claim, record, counts=run.thread_left)
             return
         async_value = run.definition.is_async and isinstance(result, outcome.Value)
         if run.stop is Stop.CANCEL and not async_value:
@@ -309,8 +321,11 @@ class Runner:
             error=error,
             result_type=payload.media_type if payload is not None else None,
         )
-        stored_final = await core.store.transition(
-            StoredTask.from_record(done), expect=IN_PROGRESS, token=claim.token, result=payload
+        final = StoredTask.from_record(done)
+        stored_final = await self._storage(
+            lambda: core.store.transition(
+                final, expect=IN_PROGRESS, token=claim.token, result=payload
+            )
         )
         if stored_final:
             core.finished += 1
@@ -322,7 +337,7 @@ class Runner:
             log.warning(
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
             )
-        await core.queue.ack(claim.task_id, claim.token)
+        await self._storage(lambda: core.queue.ack(claim.task_id, claim.token))
         core.watchers.notify(claim.task_id, done if stored_final else None)
 
     async def _fail_or_retry(
@@ -336,11 +351,15 @@ class Runner:
         base = run.definition.options.retry_delay
         delay = min(base * 2 ** (record.attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
         not_before = core.now() + delay
-        again = _records.retry_later(record, error=error, not_before=not_before)
-        if await core.store.transition(
-            StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
+        again = StoredTask.from_record(
+            _records.retry_later(record, error=error, not_before=not_before)
+        )
+        if await self._storage(
+            lambda: core.store.transition(again, expect=IN_PROGRESS, token=claim.token)
         ):
-            await core.queue.release(claim.task_id, claim.token, not_before=not_before)
+            await self._storage(
+                lambda: core.queue.release(claim.task_id, claim.token, not_before=not_before)
+            )
             log.warning(
                 "task %s %s failed (attempt %d), retrying in %.1f s: %s",
                 record.name,
@@ -355,11 +374,11 @@ class Runner:
     async def hand_back(self, claim: Claim, record: TaskRecord, *, counts: bool) -> None:
         """Shutdown: the task goes back to pending (see :func:`_records.handed_back`)."""
         core = self.core
-        again = _records.handed_back(record, counts=counts)
-        if await core.store.transition(
-            StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
+        again = StoredTask.from_record(_records.handed_back(record, counts=counts))
+        if await self._storage(
+            lambda: core.store.transition(again, expect=IN_PROGRESS, token=claim.token)
         ):
-            await core.queue.release(claim.task_id, claim.token)
+            await self._storage(lambda: core.queue.release(claim.task_id, claim.token))
             log.info("task %s handed back to the queue at shutdown", record.id)
         core.watchers.notify(claim.task_id)
 
@@ -377,12 +396,22 @@ class Runner:
         self._progress_wake = trio.Event()
         dirty, self._dirty = self._dirty, {}
         store, watchers = self.core.store, self.core.watchers
-        for run in dirty.values():
-            updated = attrs.evolve(
-                run.record, progress=run.context.progress, message=run.context.message
-            )
-            if await store.transition(
-                StoredTask.from_record(updated), expect=IN_PROGRESS, token=run.claim.token
-            ):
-                run.record = updated
-                watchers.touch(run.claim.task_id)
+        try:
+            while dirty:
+                task_id, run = next(iter(dirty.items()))
+                updated = attrs.evolve(
+                    run.record, progress=run.context.progress, message=run.context.message
+                )
+                if await store.transition(
+                    StoredTask.from_record(updated), expect=IN_PROGRESS, token=run.claim.token
+                ):
+                    run.record = updated
+                    watchers.touch(task_id)
+                del dirty[task_id]
+        finally:
+            # Reports not stored (storage failed) are tried again; newer ones win.
+            for task_id, run in dirty.items():
+                if self.running.get(task_id) is run:
+                    self._dirty.setdefault(task_id, run)
+            if self._dirty:
+                self._progress_wake.set()

@@ -5,8 +5,14 @@
   cancellation another process asked for, and recovers expired claims.
 * **Recovery** re-queues (attempt + 1) or fails with ``WorkerLost`` the
   tasks of claims whose lease ran out.
+* The **orphan finder** looks for ``in_progress`` records that no claim
+  holds any more (no queue entry: a worker stalled past its lease and lost
+  its claim in a way nothing else notices) and re-queues or fails them.
 * The **sweeper** purges expired records and, on shared backends,
   reconciles: a ``pending`` record whose queue entry was lost is queued again.
+
+Each round raises BackendError when storage fails; the engine's supervisor
+retries the round (see ``_health.py``).
 """
 
 from __future__ import annotations
@@ -102,6 +108,53 @@ class Upkeep:
                     core.finished += 1
                     log.error("task %s: worker lost on its last attempt; failed", record.id)
             core.watchers.notify(claim.task_id)
+
+    async def recover_at_start(self) -> None:
+        """What a crash may have left: entries lost, claims and records of dead workers."""
+        await self.reconcile()
+        await self.recover_expired(self.core.now())
+        await self.recover_orphans()
+
+    async def recover_orphans(self) -> None:
+        """Re-queue (or fail) ``in_progress`` records whose claim is gone.
+
+        A record is an orphan when no queue entry holds its id at all (an
+        ``in_progress`` record's entry is removed only after its final write).
+        The compare-and-set on status and token makes a record that moved on
+        meanwhile (finished, or started by a newer claim) a no-op.
+        """
+        core = self.core
+        store, queue = core.store, core.queue
+        offset = 0
+        while True:
+            rows = await store.list(status=IN_PROGRESS, limit=PAGE, offset=offset)
+            for stored in rows:
+                if stored.id in self.runner.running or await queue.contains(stored.id):
+                    continue
+                record = stored.record
+                again = _records.lost(record, now=core.now())
+                if not await store.transition(
+                    StoredTask.from_record(again), expect=IN_PROGRESS, token=record.token
+                ):
+                    continue
+                if again.status is PENDING:
+                    await queue.put(record.id, name=record.name, priority=record.priority)
+                    log.warning(
+                        "task %s was in progress with no live claim; re-queued after attempt %d",
+                        record.id,
+                        record.attempt,
+                    )
+                    core.wake()
+                else:
+                    core.finished += 1
+                    log.error(
+                        "task %s: in progress with no live claim on its last attempt; failed",
+                        record.id,
+                    )
+                core.watchers.notify(record.id, again if again.status.is_final else None)
+            if len(rows) < PAGE:
+                return
+            offset += PAGE
 
     async def sweep(self) -> None:
         """One round of the sweeper: purge expired records, then reconcile."""

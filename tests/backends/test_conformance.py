@@ -469,3 +469,66 @@ async def test_every_method_is_a_cancel_point(backend: Backend) -> None:
             await call()
         assert scope.cancelled_caught, call
     assert await q.depth() == 0 and await s.list() == []
+
+
+# ---------------------------------------------------------------- begin and delete_expired
+
+
+async def test_begin_starts_a_pending_task_only_under_a_held_claim(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+    running = stored(attrs.evolve(rec, status=R, attempt=1, token=claim.token))
+    assert await backend.begin(running, claim=claim)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is R and got.token == claim.token
+    # Not pending any more: a second begin changes nothing.
+    assert not await backend.begin(running, claim=claim)
+
+
+async def test_begin_refuses_a_claim_that_was_lost(backend: Backend) -> None:
+    """A worker that stalled past its lease must not start the task once its
+    claim was released (and claimed again): that would leave the task
+    in_progress under a claim nobody holds."""
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    stale = await claim_one(backend, lease=1)
+    assert stale is not None
+    assert await backend.queue.release(stale.task_id, stale.token)  # recovery gave it back
+    late = stored(attrs.evolve(rec, status=R, attempt=1, token=stale.token))
+    assert not await backend.begin(late, claim=stale)
+    fresh = await claim_one(backend)
+    assert fresh is not None and fresh.token > stale.token
+    assert not await backend.begin(late, claim=stale)  # still refused: the entry is fresh's
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P and got.token == 0
+    assert await backend.begin(
+        stored(attrs.evolve(rec, status=R, attempt=1, token=fresh.token)), claim=fresh
+    )
+
+
+async def test_begin_refuses_an_acked_claim(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+    assert await backend.queue.ack(claim.task_id, claim.token)
+    running = stored(attrs.evolve(rec, status=R, attempt=1, token=claim.token))
+    assert not await backend.begin(running, claim=claim)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+
+
+async def test_delete_expired_deletes_only_an_expired_record(backend: Backend) -> None:
+    live = record()
+    assert await backend.store.create(stored(live))
+    assert not await backend.store.delete_expired(live.id, NOW + 10**9)  # pending: never expires
+    done = attrs.evolve(live, status=C, finished_at=NOW, expires_at=NOW + 60)
+    assert await backend.store.transition(stored(done), expect=P)
+    assert not await backend.store.delete_expired(live.id, NOW + 59)
+    assert await backend.store.get(live.id) is not None
+    assert await backend.store.delete_expired(live.id, NOW + 60)
+    assert await backend.store.get(live.id) is None
+    assert not await backend.store.delete_expired(live.id, NOW + 60)
+    assert not await backend.store.delete_expired(new_task_id(), NOW)
