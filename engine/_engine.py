@@ -110,6 +110,13 @@ def _canonical(arguments: Mapping[str, Any]) -> str:
     return json.dumps(arguments, sort_keys=True, separators=(",", ":"))
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio's cancellation (alone or in groups), not an error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_task_id()[:8]}"
 
@@ -207,7 +214,7 @@ class Engine:
                         runners.cancel_scope.deadline = trio.current_time() + CLEANUP_SECONDS
                 keeper_nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if not isinstance(exc, trio.Cancelled) and self._open:
+            if self._open and not _is_cancellation(exc):
                 # Not a storage fault (those are retried) and not a stop: an
                 # engine bug.  Say so loudly; the process should exit non-zero.
                 health.kill(exc)

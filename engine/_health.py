@@ -142,7 +142,7 @@ class Health:
     def kill(self, exc: BaseException) -> None:
         """An engine bug: the engine is dead."""
         self.state = State.DEAD
-        self.died_of = f"{type(exc).__name__}: {exc}"
+        self.died_of = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(exc)) or repr(exc)
 
     # ------------------------------------------------------------------ supervising
 
@@ -183,3 +183,10 @@ class Health:
                 if site in self._faults:
                     self.clear(site)
                 return result
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, trio's cancellations left out."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [] if isinstance(exc, trio.Cancelled) else [exc]

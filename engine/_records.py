@@ -14,6 +14,7 @@ from ._model import TaskError, TaskRecord
 from ._status import TaskStatus
 
 __all__ = [
+    "SHUT_DOWN",
     "WORKER_LOST",
     "cancelled_pending",
     "finished",
@@ -64,16 +65,28 @@ def retry_later(record: TaskRecord, *, error: TaskError, not_before: float) -> T
     return attrs.evolve(record, status=TaskStatus.PENDING, error=error, not_before=not_before)
 
 
-def handed_back(record: TaskRecord, *, counts: bool) -> TaskRecord:
+#: The error of a task still running at shutdown on its last attempt.
+SHUT_DOWN = TaskError(
+    type="WorkerLost",
+    message="the engine shut down while the task still ran, on its last attempt",
+)
+
+
+def handed_back(record: TaskRecord, *, counts: bool, now: float) -> TaskRecord:
     """``in_progress -> pending`` at shutdown.
 
     ``counts`` says whether the attempt counts: it does not when the run was
     stopped cleanly, and does when it may still be running (a sync thread
-    that outlived the grace period), so a task that always outlives it still
-    reaches ``max_attempts``.
+    that outlived the grace period), so a task that always outlives it
+    reaches ``max_attempts`` and then fails instead of coming back forever.
     """
-    attempt = record.attempt if counts else record.attempt - 1
-    return attrs.evolve(record, status=TaskStatus.PENDING, attempt=attempt, started_at=None)
+    if not counts:
+        return attrs.evolve(
+            record, status=TaskStatus.PENDING, attempt=record.attempt - 1, started_at=None
+        )
+    if record.attempt >= record.max_attempts:
+        return finished(record, status=TaskStatus.FAILURE, now=now, error=SHUT_DOWN)
+    return attrs.evolve(record, status=TaskStatus.PENDING, started_at=None)
 
 
 def lost(record: TaskRecord, *, now: float) -> TaskRecord:

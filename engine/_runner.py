@@ -374,13 +374,22 @@ class Runner:
     async def hand_back(self, claim: Claim, record: TaskRecord, *, counts: bool) -> None:
         """Shutdown: the task goes back to pending (see :func:`_records.handed_back`)."""
         core = self.core
-        again = StoredTask.from_record(_records.handed_back(record, counts=counts))
-        if await self._storage(
-            lambda: core.store.transition(again, expect=IN_PROGRESS, token=claim.token)
+        again = _records.handed_back(record, counts=counts, now=core.now())
+        stored = StoredTask.from_record(again)
+        if not await self._storage(
+            lambda: core.store.transition(stored, expect=IN_PROGRESS, token=claim.token)
         ):
+            core.watchers.notify(claim.task_id)
+            return
+        if again.status is PENDING:
             await self._storage(lambda: core.queue.release(claim.task_id, claim.token))
             log.info("task %s handed back to the queue at shutdown", record.id)
-        core.watchers.notify(claim.task_id)
+            core.watchers.notify(claim.task_id)
+        else:
+            await self._storage(lambda: core.queue.ack(claim.task_id, claim.token))
+            core.finished += 1
+            log.error("task %s %s failed: %s", record.name, record.id, again.error)
+            core.watchers.notify(claim.task_id, again)
 
     # ------------------------------------------------------------------ progress
 
