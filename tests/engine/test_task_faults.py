@@ -173,15 +173,13 @@ async def test_an_error_that_cannot_be_printed_is_still_recorded(
         assert info.error is not None and "unprintable" in info.error.message
 
 
-async def test_a_result_whose_encoding_raises_anything_fails_the_task(
-) -> None:
+async def test_a_result_whose_encoding_raises_anything_fails_the_task() -> None:
     async with engine() as client:
         info = await _fails_alone(client, "exploding", "InvalidResult")
         assert info.error is not None and "device went away" in info.error.message
 
 
-async def test_a_cmyk_image_result_fails_the_task(
-) -> None:
+async def test_a_cmyk_image_result_fails_the_task() -> None:
     async with engine() as client:
         info = await _fails_alone(client, "cmyk", "InvalidResult")
         assert info.error is not None and info.error.message
