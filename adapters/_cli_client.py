@@ -33,6 +33,7 @@ import errands
 from errands import (
     CannotCancel,
     EngineClosed,
+    EngineUnavailable,
     InvalidArguments,
     RemoteError,
     TaskCancelled,
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     except TaskNotReady as exc:
         _say(str(exc))
         return NOT_READY
-    except (RemoteError, EngineClosed) as exc:
+    except (RemoteError, EngineClosed, EngineUnavailable) as exc:
         _say(str(exc))
         return REMOTE
     except TimeoutError as exc:

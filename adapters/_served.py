@@ -9,25 +9,48 @@ the app, so only the CLI (after setting the variable) and servers import it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+
+import errands
 
 from ._target import load_service
 from .asgi import ErrandsApp, create_app
 
-__all__ = ["app", "build_app"]
+__all__ = ["app", "build_app", "engine_died"]
+
+log = logging.getLogger("errands.cli")
+_died: list[str] = []
+
+
+def engine_died() -> bool:
+    """Whether an engine bug ended this process's engine (exit non-zero)."""
+    return bool(_died)
+
+
+def _on_engine_death(reason: str) -> None:
+    # The engine is gone: stop serving (a drain, as on SIGTERM) so that the
+    # process exits, non-zero, and a supervisor restarts it.
+    _died.append(reason)
+    log.critical("stopping the server: its engine died (%s)", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def build_app() -> ErrandsApp:
     """The app described by ``ERRANDS_SERVE``."""
     settings = json.loads(os.environ["ERRANDS_SERVE"])
-    return create_app(
+    app = create_app(
         load_service(settings["target"]),
         backend=settings["backend"],
         bentoml_compat=settings["bentoml_compat"],
         max_body_size=settings["max_body_size"],
         max_pending=settings.get("max_pending"),
         max_wait=settings.get("max_wait", 60.0),
+        options=errands.EngineOptions(**settings.get("engine", {})),
     )
+    app.on_engine_death = _on_engine_death
+    return app
 
 
 #: A plain module attribute: hypercorn looks it up with ``eval`` in the

@@ -81,7 +81,7 @@ def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
     if args.workers == 1:
         server = _draining_uvicorn(config, worker=False)
         server.run()
-        return 0 if server.started else 1
+        return 0 if server.started and not _engine_died() else 1
     sock = config.bind_socket()
     context = multiprocessing.get_context("spawn")
     processes = [
@@ -166,7 +166,13 @@ def _hypercorn_here(config: Any) -> int:
         await hypercorn.trio.serve(app, config, shutdown_trigger=until_signalled)  # type: ignore[arg-type]
 
     trio.run(serve)
-    return 0
+    return 1 if _engine_died() else 0
+
+
+def _engine_died() -> bool:
+    from ._served import engine_died
+
+    return engine_died()
 
 
 def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
@@ -189,6 +195,8 @@ def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
     trio.run(
         partial(worker_serve, wrapped, config, sockets=sockets, shutdown_trigger=until_stopped)
     )
+    if _engine_died():
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- uvicorn
@@ -225,3 +233,5 @@ def _uvicorn_process(config: Any, sock: Any) -> None:
     drains) on SIGTERM from the parent."""
     config.configure_logging()
     _draining_uvicorn(config, worker=True).run(sockets=[sock])
+    if _engine_died():
+        sys.exit(1)

@@ -25,6 +25,7 @@ import httpx
 from errands import (
     CannotCancel,
     EngineClosed,
+    EngineUnavailable,
     FieldError,
     InvalidArguments,
     RemoteError,
@@ -316,6 +317,11 @@ def error_for(
         if code == 500 and action == "get" and wire is TaskStatus.FAILURE:
             prefix = f"task {task_id} failed: "
             return TaskFailed(task_id, message.removeprefix(prefix))
+    if code == 503 and body.get("state") == "storage_unavailable":
+        return EngineUnavailable(
+            f"the server's storage is failing: {message}",
+            retry_after=_retry_after(response) or 1.0,
+        )
     if code == 503:
         return EngineClosed(f"the server is not running tasks: {message}")
     error = RemoteError(f"HTTP {code} from {response.request.url.path}: {message}")

@@ -34,6 +34,7 @@ from errands import (
     CannotCancel,
     EngineClosed,
     EngineOptions,
+    EngineUnavailable,
     InvalidArguments,
     TaskCancelled,
     TaskDefinition,
@@ -113,6 +114,10 @@ class ErrandsApp:
         self._engine_options = engine_options
         self._access: EngineAccess | None = None
         self._ended = False  # a running() block ended: no engine will come back
+        self._died_of: str | None = None  # an engine bug ended the engine
+        #: Called with the reason when an engine bug ends the app's engine
+        #: (``errands serve`` stops the server and exits non-zero).
+        self.on_engine_death: Callable[[str], None] | None = None
         self._autostart_lock = threading.Lock()
         self._autostarted: errands.SyncClient | None = None
         self._schema: bytes | None = None
@@ -135,15 +140,21 @@ class ErrandsApp:
         self._ended = False
         self._holds.reopen()
         if sniffio.current_async_library() == "trio":
+            engine: errands.Engine | None = None
             try:
                 async with errands.open_engine(
                     self.service, backend=self._backend, options=self._engine_options
                 ) as client:
-                    self._access = LocalEngine(client.engine)
+                    engine = client.engine
+                    self._access = LocalEngine(engine)
                     try:
                         yield self
                     finally:
                         self._stopping()
+            except BaseException:
+                if engine is not None and not engine.health.alive:
+                    self._engine_died(engine.health.died_of or "unknown")
+                raise
             finally:
                 self._access = None
             return
@@ -165,7 +176,22 @@ class ErrandsApp:
         self._ended = True
 
     def _start_thread_engine(self) -> errands.SyncClient:
-        return errands.start(self.service, backend=self._backend, options=self._engine_options)
+        client = errands.start(self.service, backend=self._backend, options=self._engine_options)
+        client.on_death = self._engine_died
+        return client
+
+    def _engine_died(self, reason: str) -> None:
+        """An engine bug ended the engine: every route answers 503, /livez too."""
+        self._died_of = reason
+        self._ended = True
+        log.critical("the errands engine died (%s); answering 503", reason)
+        if self.on_engine_death is not None:
+            self.on_engine_death(reason)
+
+    @property
+    def alive(self) -> bool:
+        """False once an engine bug ended the app's engine."""
+        return self._died_of is None
 
     def _engine(self) -> EngineAccess:
         if self._access is not None:
@@ -264,12 +290,12 @@ class ErrandsApp:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if path == "/livez":
             _allow(method, ("GET", "HEAD"))
+            if self._died_of is not None:
+                raise HTTPError(503, "the engine died", state="dead")
             return _json(200, {"status": "ok"})
         if path == "/readyz":
             _allow(method, ("GET", "HEAD"))
-            if self._ended:
-                raise HTTPError(503, "the engine has stopped")
-            return _json(200, {"status": "ok"})
+            return self._readyz()
         if path == "/schema.json":
             _allow(method, ("GET",))
             return 200, [(b"content-type", b"application/json")], self._schema_json()
@@ -515,10 +541,30 @@ class ErrandsApp:
                 409, str(exc), status=self._status_name(TaskStatus(exc.status))
             ) from None
         except EngineClosed as exc:
-            raise HTTPError(503, str(exc)) from None
-        except BackendError as exc:
-            log.exception("backend error")
-            raise HTTPError(503, f"storage unavailable: {exc}") from None
+            raise HTTPError(503, str(exc), state="stopped") from None
+        except EngineUnavailable as exc:
+            log.warning("refused a call while storage fails: %s", exc)
+            raise _storage_unavailable(
+                "storage unavailable: nothing was stored; try again", exc.retry_after
+            ) from None
+        except BackendError:
+            log.exception("storage error")  # the detail stays here: it may name files
+            raise _storage_unavailable("storage unavailable; try again") from None
+
+    def _readyz(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if self._died_of is not None:
+            raise HTTPError(503, "the engine died", state="dead")
+        if self._ended:
+            raise HTTPError(503, "the engine has stopped", state="stopped")
+        access = self._access
+        if access is not None:
+            stats = access.engine.statistics()
+            if not stats.ready:
+                if stats.storage_error is not None:
+                    # The detail (it may name files) is in the server's log only.
+                    raise _storage_unavailable("storage is failing; the engine retries")
+                raise HTTPError(503, f"the engine is {stats.state}", state=stats.state)
+        return _json(200, {"status": "ok"})
 
     def _status_name(self, status: TaskStatus) -> str:
         return BENTOML_STATUS[status] if self.bentoml_compat else status.value
@@ -638,6 +684,15 @@ def _parse_status(text: str) -> TaskStatus:
             return status
     allowed = ", ".join(s.value for s in TaskStatus)
     raise HTTPError(400, f"unknown status {text!r}; one of {allowed}")
+
+
+def _storage_unavailable(message: str, retry_after: float = 1.0) -> HTTPError:
+    """A 503 for a storage fault: a structured reason and ``Retry-After``,
+    never the storage's own message (it may name files)."""
+    seconds = max(1, math.ceil(retry_after))
+    error = HTTPError(503, message, state="storage_unavailable", retry_after=seconds)
+    error.headers.append((b"retry-after", str(seconds).encode()))
+    return error
 
 
 def _takes_list(definition: TaskDefinition, name: str) -> bool:

@@ -93,13 +93,90 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long in-flight requests may take",
     )
 
+    _engine_flags(serve)
+
     worker = sub.add_parser("worker", help="run tasks from a shared backend, without HTTP")
     worker.add_argument("target", metavar="MODULE:ATTR")
     worker.add_argument("--backend", required=True, help="a shared backend URL")
-    worker.add_argument("--workers", type=int, default=32, help="tasks run at once")
+    _engine_flags(worker)
+    # Older spelling of --task-slots, kept working.
+    worker.add_argument("--workers", type=int, dest="task_slots", help=argparse.SUPPRESS)
 
     _cli_client.add_commands(sub)
     return parser
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The engine options, shared by serve and worker (defaults: EngineOptions)."""
+    d = errands.EngineOptions()
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--task-slots",
+        type=int,
+        metavar="N",
+        help=f"tasks this process runs at once, all endpoints together (default {d.workers}; "
+        "not server processes: see --workers)",
+    )
+    group.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help=f"how long a finished task is kept (default {d.ttl:g})",
+    )
+    group.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help=f"a claim's life without renewal; a dead worker's task is re-run after it "
+        f"(default {d.lease:g})",
+    )
+    group.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help=f"at shutdown, how long running tasks may finish before they are handed back "
+        f"(default {d.grace:g})",
+    )
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help=f"runs allowed for a task whose worker keeps dying (default {d.max_attempts})",
+    )
+
+
+def _engine_options(args: argparse.Namespace) -> errands.EngineOptions:
+    """The engine options the flags give (ValueError names a bad one)."""
+    given = {
+        "workers": args.task_slots,
+        "ttl": args.ttl,
+        "lease": args.lease,
+        "grace": args.grace,
+        "max_attempts": args.max_attempts,
+    }
+    try:
+        return errands.EngineOptions(**{k: v for k, v in given.items() if v is not None})
+    except (TypeError, ValueError) as exc:
+        # The message starts with the option's name: say the flag instead.
+        message = str(exc)
+        for option, flag in _FLAGS.items():
+            if message.startswith(option + " "):
+                message = flag + message[len(option) :]
+                break
+        raise _UsageError(message) from None
+
+
+_FLAGS = {
+    "workers": "--task-slots",
+    "ttl": "--ttl",
+    "lease": "--lease",
+    "grace": "--grace",
+    "max_attempts": "--max-attempts",
+}
+
+
+class _UsageError(Exception):
+    """A bad flag value (exit 2)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"errands: {exc}", file=sys.stderr)
         return 2
     except errands.BackendError as exc:
+        print(f"errands: {exc}", file=sys.stderr)
+        return 2
+    except _UsageError as exc:
         print(f"errands: {exc}", file=sys.stderr)
         return 2
 
@@ -135,9 +215,17 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    options = _engine_options(args)
     load_service(args.target)  # fail early, in this process, with a clear message
     os.environ["ERRANDS_SERVE"] = json.dumps(
         {
+            "engine": {
+                "workers": options.workers,
+                "ttl": options.ttl,
+                "lease": options.lease,
+                "grace": options.grace,
+                "max_attempts": options.max_attempts,
+            },
             "target": args.target,
             "backend": args.backend,
             "bentoml_compat": args.bentoml_compat,
@@ -161,6 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    options = _engine_options(args)
     service = load_service(args.target)
     if args.backend.startswith("memory:"):
         print("errands: a worker needs a shared backend, not memory://", file=sys.stderr)
@@ -168,7 +257,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with errands.open_engine(service, backend=args.backend, workers=args.workers):
+            async with errands.open_engine(service, backend=args.backend, options=options):
                 log.info(
                     "worker for %s on %s; SIGINT or SIGTERM to stop", args.target, args.backend
                 )

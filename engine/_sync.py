@@ -62,14 +62,20 @@ class _Portal:
 
     def __init__(self) -> None:
         self.token: trio.lowlevel.TrioToken | None = None
+        self.died_of: str | None = None  # set when an engine bug ended the engine
+
+    def _closed(self, message: str) -> EngineClosed:
+        if self.died_of is not None:
+            return EngineClosed(f"the engine died: {self.died_of}")
+        return EngineClosed(message)
 
     def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if self.token is None:
-            raise EngineClosed("the engine is not running")
+            raise self._closed("the engine is not running")
         try:
             return trio.from_thread.run(afn, *args, trio_token=self.token)
         except trio.RunFinishedError:
-            raise EngineClosed("the engine has stopped") from None
+            raise self._closed("the engine has stopped") from None
 
 
 class _PortalWaiter:
@@ -209,6 +215,9 @@ class SyncClient:
         self._endpoints: dict[str, SyncEndpoint] = {}
         self._thread = threading.Thread(target=self._main, name="errands-engine", daemon=True)
         self._closed = False
+        #: Called (in the engine thread) with the reason if an engine bug ends
+        #: the engine after it started.
+        self.on_death: Callable[[str], None] | None = None
 
     def _start(self) -> None:
         self._thread.start()
@@ -229,8 +238,14 @@ class SyncClient:
         except BaseException as exc:
             if not self._ready.is_set():
                 self._error = exc
-            else:  # pragma: no cover - an engine bug after start; surface it loudly
-                raise
+            else:
+                # An engine bug after start (the engine logged it): later calls
+                # say so, and whoever embeds the client is told.
+                engine = self._aclient.engine if self._aclient is not None else None
+                died_of = engine.health.died_of if engine is not None else None
+                self._portal.died_of = died_of or f"{type(exc).__name__}: {exc}"
+                if self.on_death is not None:
+                    self.on_death(self._portal.died_of)
         finally:
             self._portal.token = None
             self._ready.set()
