@@ -179,12 +179,19 @@ class Runner:
             id=task_id, name=record.name, attempt=running.attempt, on_report=self._on_report
         )
         run = Run(claim=claim, record=running, definition=definition, context=context)
+        older = self.running.get(task_id)
+        if older is not None:
+            # This engine still runs an older claim of the same task (it
+            # stalled past its lease and the task was claimed again): that
+            # claim is gone, so the older run stops and writes nothing.
+            older.request_stop(Stop.LOST)
         self.running[task_id] = run
         try:
             result = await self._call(run)
         finally:
-            del self.running[task_id]
-            self._dirty.pop(task_id, None)
+            if self.running.get(task_id) is run:
+                del self.running[task_id]
+                self._dirty.pop(task_id, None)
         await self._settle(run, result)
 
     async def _call(self, run: Run) -> outcome.Outcome[Any] | None:
