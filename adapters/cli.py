@@ -265,7 +265,13 @@ def _worker(args: argparse.Namespace) -> int:
                     log.info("received %s: draining", signal.Signals(signum).name)
                     break
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except Exception:
+        # An engine bug ended the engine (it logged why): exit non-zero so
+        # that a supervisor restarts the worker.
+        log.critical("the worker's engine died; exiting")
+        return 1
     return 0
 
 
