@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint serve bench clean
+.PHONY: test lint serve bench soak clean
 
 # The strict editable install links each file, so adding or removing a module
 # (which changes its folder's mtime) must reinstall.
@@ -62,6 +62,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/disk.py
 	$(BIN)/python benchmarks/http.py
 	$(BIN)/python benchmarks/clients.py
+
+## Soak: 200 kill -9 cycles on one diskcache directory (about two minutes); prints
+## tasks, lost, re-runs and the longest recovery.
+soak: $(STAMP)
+	ERRANDS_SOAK_CYCLES=200 $(BIN)/python -m pytest tests/backends/test_disk_kill_loop.py -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(BENTO_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

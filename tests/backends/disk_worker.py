@@ -13,11 +13,12 @@ one answer, ``{"ok": <value>}`` or ``{"error": <exception class>, "message":
 for each task as soon as its submit has returned, so a reader that sees an id
 knows the task was accepted.
 
-Requests: ``submit`` (count, first, delay, threads: ``record`` tasks for
-n = first, first + 1, ...), ``start`` (task, args, delay: one task of any
-endpoint; answers its id), ``status`` / ``info`` / ``get`` / ``cancel`` /
+Requests: ``submit`` (count, first, delay, threads, and optionally task and
+args: tasks of the endpoint ``task``, ``record`` by default, for n = first,
+first + 1, ..., each also given ``args``), ``start`` (task, args, delay: one
+task of any endpoint; answers its id), ``status`` / ``info`` / ``get`` / ``cancel`` /
 ``retry`` (id), ``wait`` (ids, timeout: the final status of each), ``quit``.
-``gated`` and ``spin`` log their runs too.
+``gated``, ``spin`` and ``stall`` log their runs too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -32,12 +34,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import trio
+
 import errands
 
 svc = errands.Service("disk_worker")
 LOG = Path("record.log")
 SLEEP = 0.0
 _out = threading.Lock()
+#: Runs allowed to ``stall`` tasks: enough that one lost again and again (to
+#: kills and takeovers) still ends in success.  In test_disk_chaos.py about a
+#: third of runs are lost, and a few tasks need 5 or 6 attempts; 20 makes
+#: running out (about 120 * 0.35**20 there) a practical impossibility.
+PATIENT = 20
 
 
 def log_run() -> errands.TaskContext:
@@ -81,6 +90,24 @@ def spin(seconds: float) -> str:
     return "done"
 
 
+@svc.task(max_attempts=PATIENT)
+async def stall(
+    n: int, seed: int = 0, chance: float = 0.0, most: float = 0.0, pause: float = 0.0
+) -> int:
+    """Returns ``2 * n`` after ``pause`` seconds (awaited); with probability
+    ``chance`` it first blocks the engine's trio thread for up to ``most``
+    seconds, so the whole engine stalls (no lease renewals) and other
+    processes take its claims over.  The draws depend only on ``seed``,
+    ``n`` and the attempt, so a run can be replayed.
+    """
+    me = log_run()
+    draw = random.Random(f"{seed}:{n}:{me.attempt}")
+    await trio.sleep(pause)
+    if draw.random() < chance:
+        time.sleep(draw.uniform(0, most))  # noqa: ASYNC251  (blocking the loop is the point)
+    return 2 * n
+
+
 def say(message: dict[str, Any]) -> None:
     with _out:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -88,11 +115,12 @@ def say(message: dict[str, Any]) -> None:
 
 
 def submit(client: errands.SyncClient, request: dict[str, Any]) -> int:
-    endpoint = client.record.options(delay=request.get("delay"))
+    endpoint = client[request.get("task", "record")].options(delay=request.get("delay"))
     first = int(request.get("first", 0))
+    args = request.get("args", {})
 
     def one(n: int) -> None:
-        task = endpoint.submit(n=n)
+        task = endpoint.submit(n=n, **args)
         say({"submitted": task.id, "n": n})  # only now is the task known to be accepted
 
     # Submits from several threads at once, so they share commits.
