@@ -32,7 +32,7 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
-from ._model import Claim, StoredTask, TaskError, TaskInfo
+from ._model import AttemptError, Claim, StoredTask, TaskError, TaskInfo
 from ._open import open_engine
 from ._options import EngineOptions
 from ._status import TaskStatus
@@ -46,6 +46,7 @@ __all__ = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncTask",
+    "AttemptError",
     "Backend",
     "BackendError",
     "CannotCancel",

@@ -13,7 +13,17 @@ from ._waiting import EngineWaiter
 if TYPE_CHECKING:
     from ._engine import Engine, EngineStatistics
 
-__all__ = ["AsyncClient", "AsyncEndpoint", "AsyncTask"]
+__all__ = ["AsyncClient", "AsyncEndpoint", "AsyncTask", "by_keyword"]
+
+
+def by_keyword(definition: TaskDefinition, positional: tuple[Any, ...]) -> str:
+    """The message for a submit given positional arguments."""
+    names = [p.name for p in definition.params]
+    shown = ", ".join(f"{n}=..." for n in names) or "no arguments"
+    return (
+        f"{definition.name}.submit() takes its arguments by keyword, got {len(positional)} "
+        f"by position; call {definition.name}.submit({shown})"
+    )
 
 
 class AsyncTask:
@@ -98,12 +108,17 @@ class AsyncEndpoint:
         self._delay = delay
         self._idempotency_key = idempotency_key
 
-    async def submit(self, **arguments: Any) -> AsyncTask:
+    async def submit(self, *positional: Any, **arguments: Any) -> AsyncTask:
         """Validate the arguments and enqueue a task; returns at once with its handle.
+
+        Arguments are passed by keyword (``submit(prompt="...")``).
 
         Raises:
             InvalidArguments: naming every bad field; nothing is enqueued.
+            TypeError: an argument was passed by position.
         """
+        if positional:
+            raise TypeError(by_keyword(self.definition, positional))
         record = await self._engine.submit(
             self.name,
             arguments,

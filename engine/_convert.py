@@ -15,6 +15,7 @@ import datetime as dt
 import enum
 import io
 import json
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "TEXT_MEDIA_TYPE",
     "Payload",
     "StrictTypeError",
+    "check_result",
     "converter",
     "decode_result",
     "encode_result",
@@ -277,6 +279,48 @@ def field_errors(exc: BaseException, path: str) -> list[FieldError]:
 
 
 _NULL = Payload(media_type=JSON_MEDIA_TYPE, data=b"null")
+_NONE_TYPE = type(None)
+
+
+def type_name(annotation: Any) -> str:
+    """A type as a reader writes it: ``int``, ``dict[str, list[int]]``."""
+    if typing.get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def check_result(value: Any, annotation: Any) -> list[FieldError]:
+    """Whether a task's return value matches its return annotation: the bad
+    fields, by path (``$`` is the result itself), or ``[]``.
+
+    The value is checked as a caller will read it back: unstructured to JSON
+    data and structured again as the annotation, with the same strict rules
+    as arguments.  ``Any`` (or no annotation) accepts every JSON value.
+    """
+    if annotation is Any or annotation is None:
+        return []
+    if annotation is _NONE_TYPE:
+        if value is None:
+            return []
+        return [FieldError(path="$", message=f"expected None, got {_kind(value)}")]
+    if annotation is bytes:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return []
+        return [FieldError(path="$", message=f"expected bytes, got {_kind(value)}")]
+    if _is_pil_image(annotation):
+        if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
+            return []
+        return [FieldError(path="$", message=f"expected a PIL image, got {_kind(value)}")]
+    if isinstance(value, bytes | bytearray | memoryview) or (
+        type(value).__module__.startswith("PIL.") and hasattr(value, "save")
+    ):
+        expected = type_name(annotation)
+        return [FieldError(path="$", message=f"expected {expected}, got {_kind(value)}")]
+    try:
+        converter.structure(converter.unstructure(value), annotation)
+    except Exception as exc:
+        return field_errors(exc, "$")
+    return []
 
 
 def encode_result(value: Any, annotation: Any) -> Payload:

@@ -7,17 +7,19 @@ instantiated once per engine start, so a model loads once).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
 
 from ._convert import StrictTypeError, check_json, converter, field_errors
-from ._errors import FieldError, InvalidArguments
+from ._errors import ErrandsError, FieldError, InvalidArguments
 
 __all__ = ["Param", "Service", "TaskDefinition", "TaskOptions", "as_service", "service", "task"]
 
@@ -50,7 +52,8 @@ class TaskOptions:
         name: the endpoint name (default: the function's name).
         route: the HTTP route (default: ``/<name>``).
         concurrency: how many may run at once in one engine (default: up to
-            the engine's ``workers``).
+            the engine's ``workers``; 1 for a sync method of a service class,
+            whose one instance all calls share).
         timeout: seconds a run may take; then it fails with ``TimeoutError``.
         retries: automatic retries after an error (exponential backoff with
             jitter); errors raised as :class:`~errands.FinalError` never retry.
@@ -70,6 +73,36 @@ class TaskOptions:
     ttl: float | None = attrs.field(default=None, validator=_check_positive)
     cancellable: bool = False
     max_attempts: int | None = attrs.field(default=None, validator=_check_positive)
+
+
+def task_options(given: Mapping[str, Any]) -> TaskOptions:
+    """:class:`TaskOptions` from decorator keywords; an unknown one is named,
+    with the closest valid one when there is one."""
+    valid = [a.name for a in attrs.fields(TaskOptions)]
+    for key in given:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"unknown task option {key!r}{hint}; the options are: {', '.join(valid)}"
+            )
+    return TaskOptions(**given)
+
+
+def _no_engine(fn: Callable[..., Any], name: str, service: str | None) -> Callable[..., Any]:
+    """What ``f.submit(...)`` on a task function does: say how to submit."""
+
+    def submit(*args: Any, **kwargs: Any) -> Any:
+        who = f"errands.start({service})" if service else "errands.start(YourService)"
+        raise ErrandsError(
+            f"{name}.submit() needs a running engine: tasks are submitted through an "
+            f"engine's client, e.g. `with {who} as client: client.{name}.submit(...)` "
+            f"(or `async with errands.open_engine(...) as client:` in trio code, or "
+            f"errands.SyncHTTPClient(url) for a server)"
+        )
+
+    submit.__name__ = "submit"
+    return submit
 
 
 @attrs.frozen(kw_only=True)
@@ -168,6 +201,18 @@ class TaskDefinition:
         """The annotated return type (``Any`` when not annotated)."""
         self._resolve()
         return self._return
+
+    @property
+    def concurrency(self) -> int | None:
+        """How many may run at once in one engine (None: up to its task slots).
+
+        A sync method of a service class runs one call at a time unless it
+        says otherwise: its instance (a model, a GPU handle) is shared by
+        every call, and most are not thread-safe.
+        """
+        if self.options.concurrency is not None:
+            return self.options.concurrency
+        return 1 if self.is_method and not self.is_async else None
 
     @property
     def cancellable(self) -> bool:
@@ -272,6 +317,18 @@ class Service:
         self.name = name
         self.cls = cls
         self._tasks: dict[str, TaskDefinition] = {}
+        #: Engines running this service now (set by the engines).
+        self.engines_running = 0
+
+    def __getattr__(self, name: str) -> Any:
+        tasks = self.__dict__.get("_tasks", {})
+        if name in tasks:
+            raise AttributeError(
+                f"{name!r} is a task of service {self.name!r}, not an attribute of it: "
+                f"submit it through an engine's client, e.g. `with errands.start(svc) as "
+                f"client: client.{name}.submit(...)`"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def tasks(self) -> Mapping[str, TaskDefinition]:
@@ -279,7 +336,20 @@ class Service:
         return dict(self._tasks)
 
     def add(self, definition: TaskDefinition) -> None:
-        if definition.name in self._tasks:
+        old = self._tasks.get(definition.name)
+        if old is not None and _same_place(old.func, definition.func):
+            # The same function defined again (a notebook cell or a module run
+            # again): the new definition replaces the old one.
+            if self.engines_running:
+                warnings.warn(
+                    f"task {definition.name!r} of service {self.name!r} was redefined while "
+                    "an engine runs the old definition; close that engine (client.close(), "
+                    "or leave its block) and start it again to run the new one",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            del self._tasks[definition.name]
+        elif old is not None:
             raise ValueError(f"service {self.name!r} already has a task named {definition.name!r}")
         routes = {d.route for d in self._tasks.values()}
         if definition.route in routes:
@@ -310,10 +380,12 @@ class Service:
         """Register a function as a task endpoint (bare, or with options)."""
         if self.cls is not None:
             raise TypeError("use @errands.task on the methods of a service class")
-        opts = TaskOptions(**options)
+        opts = task_options(options)
 
         def register(fn: F) -> F:
-            self.add(TaskDefinition(fn, opts, is_method=False))
+            definition = TaskDefinition(fn, opts, is_method=False)
+            self.add(definition)
+            _mark_submit(fn, definition.name, "svc")  # the Service's own variable
             return fn
 
         return register if func is None else register(func)
@@ -353,10 +425,11 @@ def task(
 ) -> Callable[[F], F]: ...
 def task(func: Any = None, /, **options: Any) -> Any:
     """Mark a method of an ``@errands.service`` class as a task endpoint."""
-    opts = TaskOptions(**options)
+    opts = task_options(options)
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, opts)
+        _mark_submit(fn, str(opts.name or getattr(fn, "__name__", "task")), None)
         return fn
 
     return mark if func is None else mark(func)
@@ -377,12 +450,29 @@ def service(cls: Any = None, /, *, name: str | None = None) -> Any:
                 if isinstance(value, staticmethod | classmethod):
                     raise TypeError(f"task {attr!r} must be a plain method")
                 svc.add(TaskDefinition(value, options, is_method=True))
+                _mark_submit(value, options.name or attr, klass.__name__)
         if not svc.tasks:
             raise TypeError(f"service class {klass.__name__} has no @errands.task methods")
         setattr(klass, _SERVICE, svc)
         return klass
 
     return make if cls is None else make(cls)
+
+
+def _same_place(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """Whether two functions are one definition run twice (same module and name)."""
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None),
+        getattr(b, "__qualname__", None),
+    )
+
+
+def _mark_submit(fn: Any, name: str, service: str | None) -> None:
+    """Give a task function a ``submit`` that explains how to submit."""
+    try:
+        fn.submit = _no_engine(fn, name, service)
+    except (AttributeError, TypeError):
+        pass  # a callable that takes no attributes: the plain AttributeError stays
 
 
 def as_service(obj: object) -> Service:

@@ -40,6 +40,7 @@ from ._errors import (
     CannotCancel,
     EngineClosed,
     EngineUnavailable,
+    ErrandsError,
     FieldError,
     InvalidArguments,
     TaskCancelled,
@@ -147,8 +148,7 @@ class Engine:
         workers = options.workers
         self._active = dict.fromkeys(self.definitions, 0)
         self._limits = {
-            name: min(d.options.concurrency or workers, workers)
-            for name, d in self.definitions.items()
+            name: min(d.concurrency or workers, workers) for name, d in self.definitions.items()
         }
         self._total = 0
         self._wake = trio.Event()
@@ -157,6 +157,7 @@ class Engine:
         self._accepting = False
         self._hard_stop = False
         self._stop_requested = trio.Event()
+        self._counted = False  # counted in service.engines_running
 
     # ------------------------------------------------------------------ the Source seam
 
@@ -221,6 +222,9 @@ class Engine:
                 log.critical("engine %s died: %s", self.owner, health.died_of, exc_info=exc)
             raise
         finally:
+            if self._counted:
+                self.service.engines_running -= 1
+                self._counted = False
             if health.alive:
                 health.state = State.STOPPED
             self._open = self._accepting = False
@@ -259,6 +263,8 @@ class Engine:
             system.start_soon(health.supervise, "watcher", self._watch_backend)
             self._open = self._accepting = True
             health.state = State.RUNNING
+            self.service.engines_running += 1
+            self._counted = True
             log.info("engine %s started for service %s", self.owner, self.service.name)
             task_status.started()
             await self._stop_requested.wait()
@@ -465,7 +471,14 @@ class Engine:
             if payload is None:
                 raise TaskNotFound(task_id)  # purged between the two reads
             definition = self.definitions.get(record.name)
-            return decode_result(payload, definition.return_type if definition else None)
+            try:
+                return decode_result(payload, definition.return_type if definition else None)
+            except Exception as exc:
+                # Stored by another version of the task (its return type changed).
+                raise ErrandsError(
+                    f"the stored result of task {task_id} does not read as the task's "
+                    f"return type: {exc}"
+                ) from exc
         if record.status is FAILURE:
             raise TaskFailed(task_id, str(record.error))
         if record.status is CANCELLED:

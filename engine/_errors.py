@@ -152,3 +152,24 @@ class RemoteError(ErrandsError):
 
 class FinalError(ErrandsError):
     """Raise from task code to fail the task at once, with no automatic retry."""
+
+
+# Shown as errands.TaskNotFound (not errands._errors.TaskNotFound) in tracebacks and reprs.
+for _cls in (
+    ErrandsError,
+    TaskNotFound,
+    TaskNotReady,
+    TaskFailed,
+    TaskCancelled,
+    CannotCancel,
+    FieldError,
+    InvalidArguments,
+    InvalidTransition,
+    BackendError,
+    EngineUnavailable,
+    EngineClosed,
+    RemoteError,
+    FinalError,
+):
+    _cls.__module__ = "errands"
+del _cls

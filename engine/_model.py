@@ -17,6 +17,7 @@ from ._errors import BackendError
 from ._status import TaskStatus
 
 __all__ = [
+    "AttemptError",
     "Claim",
     "StoredTask",
     "TaskError",
@@ -58,6 +59,20 @@ class TaskError:
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
+@attrs.frozen(kw_only=True)
+class AttemptError:
+    """How an earlier attempt of a task ended (its worker was lost, or it
+    failed and was retried): part of the task's history, not its state."""
+
+    attempt: int
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        text = f"{self.type}: {self.message}" if self.message else self.type
+        return f"attempt {self.attempt}: {text}"
+
+
 @attrs.frozen(kw_only=True, slots=False)
 class TaskRecord:
     """Everything errands keeps about one task, apart from its result.
@@ -86,6 +101,11 @@ class TaskRecord:
     message: str | None = None
     token: int = 0
     result_type: str | None = None
+    #: The formatted traceback of the error that failed the task (for logs
+    #: and in-process callers; over HTTP only where the deployer allows).
+    traceback: str | None = None
+    #: Earlier attempts that did not finish, oldest first.
+    history: tuple[AttemptError, ...] = ()
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -144,6 +164,10 @@ class TaskInfo:
     retry_of: str | None
     expires_at: dt.datetime | None
     position: int | None = None
+    #: The traceback of the error that failed the task, when it raised one.
+    traceback: str | None = None
+    #: Earlier attempts that did not finish (worker lost, retried errors).
+    history: tuple[AttemptError, ...] = ()
 
     @classmethod
     def from_record(cls, record: TaskRecord, *, position: int | None = None) -> TaskInfo:
@@ -162,6 +186,8 @@ class TaskInfo:
             retry_of=record.retry_of,
             expires_at=_utc(record.expires_at),
             position=position,
+            traceback=record.traceback,
+            history=record.history,
         )
 
 

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sniffio
 import trio
 
 from ._backend import Backend
 from ._client import AsyncClient
 from ._define import as_service
 from ._engine import Engine
+from ._errors import ErrandsError
 from ._options import DEFAULTS, EngineOptions
 from ._registry import resolve_backend
 
@@ -26,6 +28,21 @@ def build_options(options: EngineOptions | None, **separate: Any) -> EngineOptio
     if given:
         raise TypeError(f"pass either options= or separate options, not both ({', '.join(given)})")
     return options
+
+
+def _require_trio() -> None:
+    """open_engine runs under trio: from another loop, name what to use instead."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library != "trio":
+        raise ErrandsError(
+            f"errands.open_engine() runs under trio, and this is {library or 'not async code'}: "
+            "from asyncio, Jupyter, threads or plain scripts use `errands.start(service)` "
+            "(an engine in its own thread, with a sync client), or errands.AsyncHTTPClient "
+            "against an errands server"
+        )
 
 
 @asynccontextmanager
@@ -56,6 +73,7 @@ async def open_engine(
         ValueError: an option is out of range (the message names it).
         TypeError: both ``options`` and a separate option were given.
     """
+    _require_trio()
     options = build_options(
         options,
         ttl=ttl,

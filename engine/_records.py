@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from ._model import TaskError, TaskRecord
+from ._model import AttemptError, TaskError, TaskRecord
 from ._status import TaskStatus
 
 __all__ = [
@@ -42,6 +42,7 @@ def finished(
     now: float,
     error: TaskError | None = None,
     result_type: str | None = None,
+    traceback: str | None = None,
 ) -> TaskRecord:
     """A final record (``success``, ``failure`` or ``cancelled``), kept ``ttl`` seconds."""
     return record.replace(
@@ -50,6 +51,7 @@ def finished(
         expires_at=now + record.ttl,
         error=error,
         result_type=result_type,
+        traceback=traceback,
     )
 
 
@@ -60,9 +62,22 @@ def cancelled_pending(record: TaskRecord, *, now: float) -> TaskRecord:
     )
 
 
+def _with_history(record: TaskRecord, error: TaskError) -> tuple[AttemptError, ...]:
+    entry = AttemptError(attempt=record.attempt, type=error.type, message=error.message)
+    return (*record.history, entry)
+
+
 def retry_later(record: TaskRecord, *, error: TaskError, not_before: float) -> TaskRecord:
-    """``in_progress -> pending`` for an automatic retry after ``error``."""
-    return attrs.evolve(record, status=TaskStatus.PENDING, error=error, not_before=not_before)
+    """``in_progress -> pending`` for an automatic retry after ``error`` (kept
+    as history: the task's ``error`` is for its final failure only)."""
+    return attrs.evolve(
+        record,
+        status=TaskStatus.PENDING,
+        error=None,
+        traceback=None,
+        history=_with_history(record, error),
+        not_before=not_before,
+    )
 
 
 #: The error of a task still running at shutdown on its last attempt.
@@ -93,5 +108,11 @@ def lost(record: TaskRecord, *, now: float) -> TaskRecord:
     """A task whose worker died: back to ``pending`` while attempts are left,
     else ``failure`` with :data:`WORKER_LOST`."""
     if record.attempt < record.max_attempts:
-        return attrs.evolve(record, status=TaskStatus.PENDING, error=WORKER_LOST, not_before=None)
+        return attrs.evolve(
+            record,
+            status=TaskStatus.PENDING,
+            error=None,
+            history=_with_history(record, WORKER_LOST),
+            not_before=None,
+        )
     return finished(record, status=TaskStatus.FAILURE, now=now, error=WORKER_LOST)

@@ -14,6 +14,7 @@ import contextvars
 import enum
 import logging
 import random
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,10 +24,10 @@ import trio
 
 from . import _records
 from ._context import TaskContext, _reset_current, _set_current
-from ._convert import Payload, encode_result
+from ._convert import Payload, check_result, encode_result, type_name
 from ._core import Core
 from ._define import TaskDefinition
-from ._errors import FinalError, InvalidArguments
+from ._errors import FieldError, FinalError, InvalidArguments
 from ._model import Claim, StoredTask, TaskError, TaskRecord
 from ._status import TaskStatus
 from ._threads import WorkerThreads
@@ -94,6 +95,14 @@ def _text(exc: BaseException) -> str:
         except BaseException:  # an error's __str__ may raise anything
             continue
     return f"<unprintable {type(exc).__name__}>"
+
+
+def _traceback_text(exc: BaseException) -> str | None:
+    """The formatted traceback of a task's error; None if it cannot be formatted."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except BaseException:  # an error's own methods may raise anything
+        return None
 
 
 def task_error(exc: BaseException) -> TaskError:
@@ -295,11 +304,28 @@ class Runner:
             final = isinstance(exc, FinalError)
             if not final:
                 log.debug("task %s raised %s", claim.task_id, error)
-            await self._fail_or_retry(run, record, error, final=final)
+            await self._fail_or_retry(
+                run, record, error, final=final, traceback=_traceback_text(exc)
+            )
             return
         assert isinstance(result, outcome.Value)
+        expected = run.definition.return_type
         try:
-            payload = encode_result(result.value, run.definition.return_type)
+            wrong = check_result(result.value, expected)
+        except BaseException as exc:  # a strange value's own methods may raise anything
+            if _is_engine_cancel(exc):
+                raise
+            wrong = [FieldError(path="$", message=_text(exc))]
+        if wrong:
+            error = TaskError(
+                type="InvalidResult",
+                message=f"the result does not match the return type {type_name(expected)}: "
+                + "; ".join(str(e) for e in wrong),
+            )
+            await self._fail_or_retry(run, record, error, final=True)
+            return
+        try:
+            payload = encode_result(result.value, expected)
         except BaseException as exc:  # whatever a strange result raises is the task's
             if _is_engine_cancel(exc):
                 raise
@@ -318,6 +344,7 @@ class Runner:
         *,
         error: TaskError | None = None,
         cancelled: bool = False,
+        traceback: str | None = None,
     ) -> None:
         core = self.core
         status = CANCELLED if cancelled else (FAILURE if error is not None else SUCCESS)
@@ -327,6 +354,7 @@ class Runner:
             now=core.now(),
             error=error,
             result_type=payload.media_type if payload is not None else None,
+            traceback=traceback,
         )
         final = StoredTask.from_record(done)
         stored_final = await self._storage(
@@ -336,7 +364,11 @@ class Runner:
         )
         if stored_final:
             core.finished += 1
-            if status is FAILURE:
+            if status is FAILURE and traceback:
+                log.error(
+                    "task %s %s failed: %s\n%s", record.name, record.id, error, traceback.rstrip()
+                )
+            elif status is FAILURE:
                 log.error("task %s %s failed: %s", record.name, record.id, error)
             else:
                 log.debug("task %s %s", record.id, status.value)
@@ -348,12 +380,18 @@ class Runner:
         core.watchers.notify(claim.task_id, done if stored_final else None)
 
     async def _fail_or_retry(
-        self, run: Run, record: TaskRecord, error: TaskError, *, final: bool
+        self,
+        run: Run,
+        record: TaskRecord,
+        error: TaskError,
+        *,
+        final: bool,
+        traceback: str | None = None,
     ) -> None:
         core = self.core
         claim = run.claim
         if final or record.attempt > record.retries:
-            await self._finish(claim, record, None, error=error)
+            await self._finish(claim, record, None, error=error, traceback=traceback)
             return
         base = run.definition.options.retry_delay
         delay = min(base * 2 ** (record.attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)

@@ -11,6 +11,8 @@ import atexit
 import html
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -18,9 +20,9 @@ import outcome
 import trio
 
 from ._backend import Backend
-from ._client import AsyncClient, AsyncEndpoint, AsyncTask
+from ._client import AsyncClient, AsyncEndpoint, AsyncTask, by_keyword
 from ._engine import Engine, EngineStatistics
-from ._errors import EngineClosed
+from ._errors import EngineClosed, ErrandsError
 from ._model import TaskInfo
 from ._open import build_options, open_engine
 from ._options import DEFAULTS, EngineOptions
@@ -72,10 +74,24 @@ class _Portal:
     def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if self.token is None:
             raise self._closed("the engine is not running")
+        _refuse_in_trio("this sync client's methods block")
         try:
             return trio.from_thread.run(afn, *args, trio_token=self.token)
         except trio.RunFinishedError:
             raise self._closed("the engine has stopped") from None
+
+
+def _refuse_in_trio(what: str) -> None:
+    """Blocking the trio thread would freeze it: name the API to use instead."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return  # not in a trio run's thread: blocking is fine
+    raise ErrandsError(
+        f"{what}, and this is trio code: use `async with errands.open_engine(...) as "
+        "client:` and await its methods instead (errands.start() and its sync client "
+        "are for plain scripts, threads, asyncio and notebooks)"
+    )
 
 
 class _PortalWaiter:
@@ -165,8 +181,13 @@ class SyncEndpoint:
         self._endpoint = endpoint
         self.name = endpoint.name
 
-    def submit(self, **arguments: Any) -> Task:
-        """Validate and enqueue; returns the handle at once.  Raises InvalidArguments."""
+    def submit(self, *positional: Any, **arguments: Any) -> Task:
+        """Validate and enqueue; returns the handle at once.  Raises InvalidArguments.
+
+        Arguments are passed by keyword (``submit(prompt="...")``).
+        """
+        if positional:
+            raise TypeError(by_keyword(self._endpoint.definition, positional))
 
         async def submit() -> AsyncTask:
             return await self._endpoint.submit(**arguments)
@@ -330,6 +351,10 @@ class SyncClient:
                 pass
         self._thread.join()
 
+    def _service_name(self) -> str:
+        name = getattr(self._service, "name", None) or getattr(self._service, "__name__", "")
+        return f"service {name!r}"
+
     def __enter__(self) -> SyncClient:
         return self
 
@@ -408,6 +433,7 @@ def start(
     from the service class's ``__init__``, ...); ``ValueError`` naming a bad
     option.
     """
+    _refuse_in_trio("errands.start() runs an engine in a thread and blocks until it is up")
     built = build_options(
         options,
         ttl=ttl,
@@ -417,6 +443,31 @@ def start(
         max_attempts=max_attempts,
         sweep_interval=sweep_interval,
     )
+    _warn_if_running(service)
     client = SyncClient(service, backend=backend, options=built)
     client._start()
+    _started.add(client)
     return client
+
+
+#: The clients of start() that are running (to warn about a second one).
+_started: weakref.WeakSet[SyncClient] = weakref.WeakSet()
+
+
+def _warn_if_running(service: object) -> None:
+    for other in list(_started):
+        if other._service is service and not other._closed:
+            warnings.warn(
+                f"errands.start() is already running an engine for {other._service_name()} "
+                f"({other!r}); this starts a second one"
+                + (
+                    " with its own memory backend, so each sees only its own tasks"
+                    if other._backend is None
+                    else ""
+                )
+                + ". Close the first with client.close() (or leave its with block), or keep "
+                "using it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return

@@ -144,11 +144,15 @@ async def test_automatic_retries_back_off(autojump_clock: trio.testing.MockClock
         await trio.testing.wait_all_tasks_blocked()
         info = await task.get_info()
         assert info.status is TaskStatus.PENDING  # waiting out its backoff
-        assert info.error is not None and "attempt 1 failed" in info.error.message
+        # The failed attempt is history; the task itself has not failed.
+        assert info.error is None
+        assert [(h.attempt, h.type) for h in info.history] == [(1, "ConnectionError")]
+        assert "attempt 1 failed" in info.history[0].message
         assert await task.wait() is TaskStatus.SUCCESS
         assert await task.get() == "ok after 3"
         info = await task.get_info()
         assert info.attempt == 3 and info.error is None
+        assert [h.attempt for h in info.history] == [1, 2]
         # Backoff: 2 s then 4 s, each with jitter in [0.5, 1.0].
         assert 1.0 + 2.0 <= trio.current_time() <= 2.0 + 4.0
 
