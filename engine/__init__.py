@@ -13,7 +13,7 @@ from typing import Any
 from ._backend import Backend, Queue, Renewal, Store
 from ._client import AsyncClient, AsyncEndpoint, AsyncTask
 from ._context import TaskContext, current_task
-from ._convert import Payload
+from ._convert import MediaType, Payload
 from ._define import Service, TaskDefinition, TaskOptions, service, task
 from ._engine import Engine, EngineStatistics
 from ._errors import (
@@ -61,6 +61,7 @@ __all__ = [
     "FinalError",
     "InvalidArguments",
     "InvalidTransition",
+    "MediaType",
     "Payload",
     "Queue",
     "RemoteError",

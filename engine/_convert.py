@@ -30,6 +30,7 @@ __all__ = [
     "BYTES_MEDIA_TYPE",
     "JSON_MEDIA_TYPE",
     "TEXT_MEDIA_TYPE",
+    "MediaType",
     "Payload",
     "StrictTypeError",
     "check_result",
@@ -51,6 +52,31 @@ class Payload:
 
     media_type: str
     data: bytes
+
+
+@attrs.frozen
+class MediaType:
+    """Marks ``bytes`` with the media type of what they hold, for results:
+    ``-> Annotated[bytes, errands.MediaType("image/png")]`` is served raw as
+    ``image/png`` (and described so in the service's schemas)."""
+
+    value: str
+
+
+def media_type_of(annotation: Any) -> str | None:
+    """The media type an ``Annotated[bytes, MediaType(...)]`` carries, or None."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        for extra in typing.get_args(annotation)[1:]:
+            if isinstance(extra, MediaType):
+                return extra.value
+    return None
+
+
+def _plain(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` as ``T``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
 
 
 class StrictTypeError(TypeError):
@@ -297,6 +323,17 @@ def check_result(value: Any, annotation: Any) -> list[FieldError]:
     data and structured again as the annotation, with the same strict rules
     as arguments.  ``Any`` (or no annotation) accepts every JSON value.
     """
+    annotation = _plain(annotation)
+    if isinstance(value, Payload):
+        parts: tuple[object, object] = (value.media_type, value.data)
+        if not isinstance(parts[0], str) or not isinstance(parts[1], bytes):
+            return [FieldError(path="$", message="a Payload needs a str media_type and bytes")]
+        if annotation in (Any, None, bytes, Payload):
+            return []
+        expected = type_name(annotation)
+        return [FieldError(path="$", message=f"expected {expected}, got a Payload")]
+    if annotation is Payload:
+        return [FieldError(path="$", message=f"expected a Payload, got {_kind(value)}")]
     if annotation is Any or annotation is None:
         return []
     if annotation is _NONE_TYPE:
@@ -327,8 +364,11 @@ def encode_result(value: Any, annotation: Any) -> Payload:
     """Store a task's return value as JSON, text, raw bytes or PNG."""
     if value is None:
         return _NULL
+    if isinstance(value, Payload):
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
-        return Payload(media_type=BYTES_MEDIA_TYPE, data=bytes(value))
+        media = media_type_of(annotation) or BYTES_MEDIA_TYPE
+        return Payload(media_type=media, data=bytes(value))
     if isinstance(value, str) and annotation is str:
         return Payload(media_type=TEXT_MEDIA_TYPE, data=value.encode("utf-8"))
     if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
@@ -339,6 +379,9 @@ def encode_result(value: Any, annotation: Any) -> Payload:
 
 def decode_result(payload: Payload, annotation: Any) -> Any:
     """Give back a stored result as the task's annotated return type."""
+    if annotation is Payload:
+        return payload
+    annotation = _plain(annotation)
     media = payload.media_type.split(";", 1)[0].strip()
     if media == "application/json":
         value = json.loads(payload.data)

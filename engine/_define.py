@@ -183,7 +183,9 @@ class TaskDefinition:
     def _resolve(self) -> tuple[Param, ...]:
         if self._params is None:
             hints = typing.get_type_hints(self.func)
-            self._return = hints.get("return", Any)
+            # The return type keeps Annotated[...] extras (errands.MediaType).
+            returns = typing.get_type_hints(self.func, include_extras=True).get("return", Any)
+            self._return = returns
             self._params = tuple(
                 Param(name=p.name, annotation=hints.get(p.name, Any), default=p.default)
                 for p in self._raw_params

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import trio
@@ -284,3 +284,45 @@ async def test_a_requeued_task_shows_worker_lost_as_history(
     assert [str(h) for h in again.history] == [
         "attempt 1: WorkerLost: the worker running the task stopped responding"
     ]
+
+
+# ---------------------------------------------------------------- bytes with their media type
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+media = errands.Service("media")
+
+
+@media.task
+async def as_payload() -> errands.Payload:
+    return errands.Payload(media_type="image/png", data=PNG)
+
+
+@media.task
+async def annotated() -> Annotated[bytes, errands.MediaType("image/png")]:
+    return PNG
+
+
+@media.task
+async def plain_bytes() -> bytes:
+    return errands.Payload(media_type="application/pdf", data=b"%PDF-1.7")  # type: ignore[return-value]
+
+
+async def test_bytes_keep_their_media_type() -> None:
+    async with errands.open_engine(media) as client:
+        for name, media_type in (
+            ("as_payload", "image/png"),
+            ("annotated", "image/png"),
+            ("plain_bytes", "application/pdf"),
+        ):
+            task = await client.endpoints[name].submit()
+            assert await task.wait() is TaskStatus.SUCCESS, await task.get_info()
+            _, payload = await client.engine.result_payload(task.id)
+            assert payload is not None and payload.media_type == media_type, name
+        task = await client.as_payload.submit()
+        await task.wait()
+        result = await task.get()
+        assert isinstance(result, errands.Payload) and result.data == PNG
+        task = await client.annotated.submit()
+        await task.wait()
+        assert await task.get() == PNG
