@@ -29,9 +29,16 @@ class TaskContext:
     """
 
     def __init__(
-        self, *, id: str, name: str, attempt: int, on_report: Callable[[TaskContext], None]
+        self,
+        *,
+        id: str,
+        name: str,
+        attempt: int,
+        on_report: Callable[[TaskContext], None],
+        max_message_length: int = 4096,
     ) -> None:
         self.id = id
+        self._max_message = max_message_length
         self.name = name
         self.attempt = attempt
         self.progress: float | None = None
@@ -59,6 +66,10 @@ class TaskContext:
 
         Does not block; reports are coalesced, the last one wins, and they stay
         visible after the task ends.
+
+        Raises:
+            ValueError: progress outside 0..1, or a message longer than the
+                engine's ``max_message_length``.
         """
         if progress is not None:
             if isinstance(progress, bool) or not isinstance(progress, int | float):
@@ -67,7 +78,13 @@ class TaskContext:
                 raise ValueError(f"progress must be between 0 and 1, got {progress!r}")
             self.progress = float(progress)
         if message is not None:
-            self.message = str(message)
+            text = str(message)
+            if len(text) > self._max_message:
+                raise ValueError(
+                    f"the progress message is {len(text)} characters long; the limit is "
+                    f"{self._max_message} (max_message_length)"
+                )
+            self.message = text
         if threading.get_ident() == self._loop_thread:
             self._on_report(self)
         else:

@@ -43,6 +43,7 @@ from ._errors import (
     ErrandsError,
     FieldError,
     InvalidArguments,
+    LimitExceeded,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -374,6 +375,7 @@ class Engine:
             raise EngineClosed("the engine is not accepting tasks")
         definition = self.definition(name)
         args = definition.validate(arguments, from_json=from_json)
+        self._check_caps(delay, idempotency_key)
         now = self.core.now()
         not_before = now + delay if delay else None
         options = definition.options
@@ -422,6 +424,22 @@ class Engine:
         self._wake.set()
         log.debug("submitted %s %s", name, record.id)
         return record
+
+    def _check_caps(self, delay: float | None, idempotency_key: str | None) -> None:
+        options = self.options
+        if delay is not None and not 0 <= delay <= options.max_delay:
+            raise LimitExceeded(
+                f"delay must be between 0 and {options.max_delay:g} seconds, got {delay!r}",
+                limit="max_delay",
+                maximum=options.max_delay,
+            )
+        if idempotency_key is not None and len(idempotency_key) > options.max_key_length:
+            raise LimitExceeded(
+                f"the idempotency key is {len(idempotency_key)} characters long; the "
+                f"limit is {options.max_key_length}",
+                limit="max_key_length",
+                maximum=options.max_key_length,
+            )
 
     async def _enqueue(
         self,

@@ -11,6 +11,7 @@ a subclass by what they do about it::
     ├── CannotCancel          too late to cancel, or not cancellable (HTTP 409)
     ├── InvalidArguments      arguments rejected at submit (HTTP 422)
     ├── InvalidTransition     a state change the state machine forbids
+    ├── LimitExceeded         a value past one of the engine's caps (HTTP 400)
     ├── BackendError          storage is unusable (bad URL, corrupt data, ...)
     │   └── EngineUnavailable storage is failing now: retry later (HTTP 503)
     ├── EngineClosed          the engine is not running (HTTP 503)
@@ -37,6 +38,7 @@ __all__ = [
     "FinalError",
     "InvalidArguments",
     "InvalidTransition",
+    "LimitExceeded",
     "RemoteError",
     "TaskCancelled",
     "TaskFailed",
@@ -114,6 +116,19 @@ class InvalidArguments(ErrandsError, ValueError):
         super().__init__(f"invalid arguments for task {task_name!r}: {listed}")
 
 
+class LimitExceeded(ErrandsError, ValueError):
+    """A value is past one of the engine's caps (a delay, a key's length, ...).
+
+    ``limit`` names the option that sets the cap, ``maximum`` its value.
+    Nothing was stored.
+    """
+
+    def __init__(self, message: str, *, limit: str, maximum: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.maximum = maximum
+
+
 class InvalidTransition(ErrandsError):
     """A status change that the task state machine does not allow."""
 
@@ -165,6 +180,7 @@ for _cls in (
     FieldError,
     InvalidArguments,
     InvalidTransition,
+    LimitExceeded,
     BackendError,
     EngineUnavailable,
     EngineClosed,

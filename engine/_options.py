@@ -62,6 +62,12 @@ class EngineOptions:
             ones are cancelled and all unfinished ones go back to the queue.
         max_attempts: runs allowed for a task whose worker keeps dying.
         sweep_interval: seconds between purges of expired tasks.
+        max_delay: the longest ``delay`` a submit may ask for, in seconds
+            (default 30 days).
+        max_key_length: the longest idempotency key, in characters.
+        max_result_size: the largest result a task may return, in bytes
+            (encoded); a larger one fails the task with ``InvalidResult``.
+        max_message_length: the longest progress message, in characters.
         clock: the wall clock for stored timestamps (seconds since the epoch).
 
     Raises:
@@ -74,6 +80,10 @@ class EngineOptions:
     grace: float = attrs.field(default=10.0, validator=_seconds(positive=False))
     max_attempts: int = attrs.field(default=3, validator=_count(1))
     sweep_interval: float = attrs.field(default=60.0, validator=_seconds(positive=True))
+    max_delay: float = attrs.field(default=30 * 86400.0, validator=_seconds(positive=False))
+    max_key_length: int = attrs.field(default=256, validator=_count(1))
+    max_result_size: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1))
+    max_message_length: int = attrs.field(default=4096, validator=_count(1))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
 
 

@@ -185,7 +185,11 @@ class Runner:
             await self.hand_back(claim, running, counts=False)
             return
         context = TaskContext(
-            id=task_id, name=record.name, attempt=running.attempt, on_report=self._on_report
+            id=task_id,
+            name=record.name,
+            attempt=running.attempt,
+            on_report=self._on_report,
+            max_message_length=core.options.max_message_length,
         )
         run = Run(claim=claim, record=running, definition=definition, context=context)
         older = self.running.get(task_id)
@@ -331,6 +335,15 @@ class Runner:
                 raise
             error = TaskError(
                 type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
+            )
+            await self._fail_or_retry(run, record, error, final=True)
+            return
+        limit = self.core.options.max_result_size
+        if len(payload.data) > limit:
+            error = TaskError(
+                type="InvalidResult",
+                message=f"the result is {len(payload.data)} bytes; the limit is {limit} "
+                "(max_result_size)",
             )
             await self._fail_or_retry(run, record, error, final=True)
             return
