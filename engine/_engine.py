@@ -262,6 +262,8 @@ class Engine:
             system.start_soon(health.supervise, "sweeper", self._sweep)
             system.start_soon(health.supervise, "orphan finder", self._orphans)
             system.start_soon(health.supervise, "watcher", self._watch_backend)
+            if self.backend.poll_interval is not None:
+                system.start_soon(health.supervise, "change watcher", self._watch_changes)
             self._open = self._accepting = True
             health.state = State.RUNNING
             self.service.engines_running += 1
@@ -686,6 +688,13 @@ class Engine:
         else:
             with trio.move_on_after(timeout):
                 await self._wake.wait()
+
+    async def _watch_changes(self) -> None:
+        """One round of the change watcher: what other processes changed in
+        the tasks someone waits on (see ``_watching.py``)."""
+        assert self.backend.poll_interval is not None
+        await trio.sleep(self.backend.poll_interval)
+        await self.core.watchers.poll_round(self.core.store, self.core.now)
 
     async def _watch_backend(self) -> None:
         await self.core.queue.wait_for_work()

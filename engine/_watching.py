@@ -14,20 +14,22 @@ The engine reports what it changes to its :class:`Watchers`:
 :meth:`Watchers.touch` for a change that is not final (started, progress
 stored).  ``wait_final``'s watches are woken by ``notify`` only, so waiting
 for the end costs no wake-up per progress report.  Changes made by other
-processes sharing a backend are seen by reading again every
-``backend.poll_interval`` seconds.
+processes sharing a backend are seen by the engine's one change watcher
+(:meth:`Watchers.poll_round`, every ``backend.poll_interval`` seconds): it
+reads every watched task in one ``get_many`` and wakes the waiters of those
+that changed, so a thousand waiters cost the storage what one does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import attrs
 import trio
 
-from ._backend import Backend
+from ._backend import Backend, Store
 from ._errors import BackendError, EngineClosed
 from ._model import TaskInfo, TaskRecord, is_task_id
 from ._status import TaskStatus
@@ -71,6 +73,39 @@ class Watchers:
     def __init__(self) -> None:
         self.watches: dict[str, _Watch] = {}
         self.listeners: dict[str, set[_Listener]] = {}
+        self._seen: dict[str, bytes] = {}  # the stored bytes the change watcher last saw
+        #: Rounds of the change watcher that read storage (for tests and statistics).
+        self.poll_reads = 0
+
+    async def poll_round(self, store: Store, clock: Callable[[], float]) -> None:
+        """Read every watched task once and wake the waiters of those that
+        changed since the last round (or expired, or are gone).
+
+        A task seen for the first time counts as changed: its waiters look
+        again, so a change between their own read and this round is not missed.
+        """
+        ids = self.watches.keys() | self.listeners.keys()
+        for gone in self._seen.keys() - ids:
+            del self._seen[gone]
+        if not ids:
+            return
+        self.poll_reads += 1
+        found = await store.get_many(ids)
+        now = clock()
+        for task_id in ids:
+            task = found.get(task_id)
+            if task is None or (task.expires_at is not None and task.expires_at <= now):
+                self._seen.pop(task_id, None)
+                self.notify(task_id)
+                continue
+            data = task.data
+            if self._seen.get(task_id) == data:
+                continue
+            self._seen[task_id] = data
+            if task.status.is_final:
+                self.notify(task_id)
+            else:
+                self.touch(task_id)
 
     def notify(self, task_id: str, final: TaskRecord | None = None) -> None:
         """Wake the waiters of a task that the engine moved on (``final``: the
@@ -175,7 +210,6 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     # Exactly one schedule point on every path: the first read does not
     # yield; either the task is final (then checkpoint) or we park.
     deadline = math.inf if timeout is None else trio.current_time() + timeout
-    poll = engine.backend.poll_interval
     watchers = engine.watchers
     watch = watchers.watch(task_id)  # before reading, so no change slips between
     record = await engine.load(task_id, schedule=False)
@@ -185,11 +219,10 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     while True:
         if not engine.is_open:
             raise EngineClosed("the engine stopped before the task finished")
-        until = deadline if poll is None else min(deadline, trio.current_time() + poll)
-        if until == math.inf:
+        if deadline == math.inf:
             await watch.event.wait()
         else:
-            with trio.move_on_at(until):
+            with trio.move_on_at(deadline):
                 await watch.event.wait()
         final = watch.record
         if final is not None and not final.is_expired(engine.clock()):
@@ -207,7 +240,6 @@ async def next_change(
 ) -> TaskInfo:
     """:meth:`Engine.next_change`."""
     deadline = math.inf if timeout is None else trio.current_time() + timeout
-    poll = engine.backend.poll_interval
     listener = _Listener(changes=True)
     ids = (task_id,)
     engine.watchers.listen(ids, listener)  # before reading, so no change slips between
@@ -216,14 +248,12 @@ async def next_change(
         while since is not None and not _differs(record, since):
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")
-            now = trio.current_time()
-            if now >= deadline:
+            if trio.current_time() >= deadline:
                 raise TimeoutError(f"task {task_id} did not change in {timeout} s")
-            until = deadline if poll is None else min(deadline, now + poll)
-            if until == math.inf:
+            if deadline == math.inf:
                 await listener.event.wait()
             else:
-                with trio.move_on_at(until):
+                with trio.move_on_at(deadline):
                     await listener.event.wait()
             listener.rearm()
             record = await engine.load(task_id, schedule=False)
@@ -248,31 +278,24 @@ async def wait_any(
         i: None for i in dict.fromkeys(task_ids) if not is_task_id(i)
     }
     deadline = math.inf if timeout is None else trio.current_time() + timeout
-    poll = engine.backend.poll_interval
     listener = _Listener(changes=False)
     engine.watchers.listen(ids, listener)  # before reading, so no change slips between
     try:
         await trio.lowlevel.checkpoint()
         engine.check_open()
-        next_poll = math.inf if poll is None else trio.current_time() + poll
         done.update(await _finals(engine, ids))
         while not done:
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")
             if trio.current_time() >= deadline:
                 return {}
-            until = min(deadline, next_poll)
-            if until == math.inf:
+            if deadline == math.inf:
                 await listener.event.wait()
             else:
-                with trio.move_on_at(until):
+                with trio.move_on_at(deadline):
                     await listener.event.wait()
             fired = listener.rearm()
-            if trio.current_time() >= next_poll:
-                assert poll is not None
-                next_poll = trio.current_time() + poll
-                done.update(await _finals(engine, ids))
-            elif fired:
+            if fired:
                 done.update(await _finals(engine, [i for i in ids if i in fired]))
         return done
     finally:
