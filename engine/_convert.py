@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import enum
 import io
 import json
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -38,6 +40,8 @@ __all__ = [
     "decode_result",
     "encode_result",
     "field_errors",
+    "mentions_image",
+    "pixel_limit",
 ]
 
 JSON_MEDIA_TYPE = "application/json"
@@ -178,15 +182,50 @@ def _is_pil_image(tp: Any) -> bool:
     return isinstance(tp, type) and tp.__module__.startswith("PIL.") and tp.__name__ == "Image"
 
 
+#: The most pixels an image argument may have (see :func:`pixel_limit`).
+_max_pixels: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "errands_max_image_pixels", default=25_000_000
+)
+
+
+@contextlib.contextmanager
+def pixel_limit(pixels: int) -> Iterator[None]:
+    """Image arguments decoded inside this block may have at most ``pixels``."""
+    token = _max_pixels.set(pixels)
+    try:
+        yield
+    finally:
+        _max_pixels.reset(token)
+
+
+def mentions_image(annotation: Any) -> bool:
+    """Whether a type is, or contains, a PIL image (decoding it is slow)."""
+    if _is_pil_image(annotation):
+        return True
+    return any(mentions_image(arg) for arg in typing.get_args(annotation))
+
+
 def _structure_image(value: object, _: type) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
         return value
     data = _structure_bytes(value, bytes)
+    limit = _max_pixels.get()
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > limit:
+            raise StrictTypeError(
+                f"the image is {width}x{height} pixels; the limit is {limit} pixels "
+                "(max_image_pixels)"
+            )
         image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard, far above ours (a warning where warnings are errors).
+        raise StrictTypeError(
+            f"the image has more pixels than the limit of {limit} (max_image_pixels)"
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise StrictTypeError("expected an image file (PNG, JPEG, ...)") from None
     return image

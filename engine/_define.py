@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._convert import StrictTypeError, check_json, converter, field_errors
+from ._convert import StrictTypeError, check_json, converter, field_errors, mentions_image
 from ._errors import ErrandsError, FieldError, InvalidArguments
 
 __all__ = ["Param", "Service", "TaskDefinition", "TaskOptions", "as_service", "service", "task"]
@@ -203,6 +203,12 @@ class TaskDefinition:
         """The annotated return type (``Any`` when not annotated)."""
         self._resolve()
         return self._return
+
+    @property
+    def decodes_images(self) -> bool:
+        """Whether an argument is (or holds) a PIL image: slow to decode, so
+        done in a worker thread."""
+        return any(mentions_image(p.annotation) for p in self._resolve())
 
     @property
     def concurrency(self) -> int | None:

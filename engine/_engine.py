@@ -32,7 +32,7 @@ import trio
 
 from . import _records, _watching
 from ._backend import Backend
-from ._convert import Payload, decode_result
+from ._convert import Payload, decode_result, pixel_limit
 from ._core import Core
 from ._define import Service, TaskDefinition
 from ._errors import (
@@ -376,7 +376,13 @@ class Engine:
         if not self._accepting:
             raise EngineClosed("the engine is not accepting tasks")
         definition = self.definition(name)
-        args = definition.validate(arguments, from_json=from_json)
+        if definition.decodes_images:
+            # Decoding an image can take seconds: off the event loop, bounded.
+            args = await trio.to_thread.run_sync(
+                self._validate_images, definition, arguments, from_json
+            )
+        else:
+            args = definition.validate(arguments, from_json=from_json)
         self._check_caps(delay, idempotency_key)
         now = self.core.now()
         not_before = now + delay if delay else None
@@ -426,6 +432,12 @@ class Engine:
         self._wake.set()
         log.debug("submitted %s %s", name, record.id)
         return record
+
+    def _validate_images(
+        self, definition: TaskDefinition, arguments: Mapping[str, Any], from_json: bool
+    ) -> dict[str, Any]:
+        with pixel_limit(self.options.max_image_pixels):
+            return definition.validate(arguments, from_json=from_json)
 
     def _check_caps(self, delay: float | None, idempotency_key: str | None) -> None:
         options = self.options

@@ -68,6 +68,8 @@ class EngineOptions:
         max_result_size: the largest result a task may return, in bytes
             (encoded); a larger one fails the task with ``InvalidResult``.
         max_message_length: the longest progress message, in characters.
+        max_image_pixels: the most pixels an image argument may have (width
+            times height); images are decoded in a worker thread.
         clock: the wall clock for stored timestamps (seconds since the epoch).
 
     Raises:
@@ -84,6 +86,7 @@ class EngineOptions:
     max_key_length: int = attrs.field(default=256, validator=_count(1))
     max_result_size: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1))
     max_message_length: int = attrs.field(default=4096, validator=_count(1))
+    max_image_pixels: int = attrs.field(default=25_000_000, validator=_count(1))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
 
 

@@ -24,7 +24,7 @@ import trio
 
 from . import _records
 from ._context import TaskContext, _reset_current, _set_current
-from ._convert import Payload, check_result, encode_result, type_name
+from ._convert import Payload, check_result, encode_result, pixel_limit, type_name
 from ._core import Core
 from ._define import TaskDefinition
 from ._errors import FieldError, FinalError, InvalidArguments
@@ -211,7 +211,10 @@ class Runner:
         """Call the task function; None when the call was stopped (see ``run.stop``)."""
         definition = run.definition
         try:
-            kwargs = definition.structure(run.record.args)
+            if definition.decodes_images:
+                kwargs = await trio.to_thread.run_sync(self._structure_images, run)
+            else:
+                kwargs = definition.structure(run.record.args)
         except InvalidArguments as exc:
             return outcome.Error(FinalError(str(exc)))
         except BaseException as exc:
@@ -240,6 +243,10 @@ class Runner:
             return await self._call_in_thread(run, func, kwargs, timeout)
         finally:
             _reset_current(token)
+
+    def _structure_images(self, run: Run) -> dict[str, Any]:
+        with pixel_limit(self.core.options.max_image_pixels):
+            return run.definition.structure(run.record.args)
 
     async def _call_in_thread(
         self, run: Run, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import trio
 import trio.testing
+from PIL import Image
 
 import errands
 from errands import TaskStatus
@@ -36,6 +39,7 @@ def test_the_defaults_are_generous_and_bounded() -> None:
     assert options.max_key_length == 256
     assert options.max_result_size == 256 * 1024 * 1024
     assert options.max_message_length == 4096
+    assert options.max_image_pixels == 25_000_000
     with pytest.raises(ValueError, match="max_key_length must be a whole number >= 1"):
         errands.EngineOptions(max_key_length=0)
 
@@ -79,3 +83,31 @@ async def test_a_progress_message_past_the_cap_is_an_error_in_task_code() -> Non
         assert "max_message_length" in info.error.message
         ok = await client.chatty.submit(length=100)
         assert await ok.wait() is TaskStatus.SUCCESS
+
+
+@svc.task
+async def size(image: Image.Image) -> list[int]:
+    return list(image.size)
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_an_image_past_the_pixel_cap_is_refused_at_submit() -> None:
+    async with engine(max_image_pixels=100) as client:
+        with pytest.raises(errands.InvalidArguments, match="11x10 pixels; the limit is 100"):
+            await client.size.submit(image=png(11, 10))
+        task = await client.size.submit(image=png(10, 10))
+        assert await task.wait() is TaskStatus.SUCCESS
+        assert await task.get() == [10, 10]
+
+
+async def test_the_default_pixel_cap_refuses_a_decompression_bomb() -> None:
+    bomb = png(6000, 5000)  # 30 million pixels in a small file
+    assert len(bomb) < 100_000
+    async with engine() as client:
+        with pytest.raises(errands.InvalidArguments, match="max_image_pixels"):
+            await client.size.submit(image=bomb)
