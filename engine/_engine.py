@@ -693,6 +693,9 @@ class Engine:
             due = await self.core.queue.next_due(names) if names else None
             if due is not None:
                 timeout = max(due - now, 0.001)
+        # Storage answered: a fault of an earlier round is over now, not only
+        # once this round's wait ends.
+        self.core.health.clear("dispatcher")
         if self._wake.is_set():
             return
         if timeout == math.inf:
