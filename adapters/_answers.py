@@ -1,7 +1,7 @@
-"""What every route of the ASGI app shares: its error, strict JSON, query parsing.
+"""What every route of the ASGI app shares: strict JSON, query parsing.
 
 Answers are ``(status, headers, body)`` triples; errors are raised as
-:class:`HTTPError` and become JSON ``{"error": ..., **extra}``.
+:class:`~errands.adapters._protocol.HTTPError`.
 """
 
 from __future__ import annotations
@@ -10,20 +10,12 @@ import json
 import math
 from typing import Any
 
-__all__ = ["Answer", "HTTPError", "json_answer", "json_bytes", "loads", "number", "one"]
+from ._protocol import HTTPError
+
+__all__ = ["Answer", "json_answer", "json_bytes", "loads", "number", "one", "request_json"]
 
 #: A complete answer: status, headers, body.
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
-
-
-class HTTPError(Exception):
-    """An answer other than 2xx, with a JSON body ``{"error": ..., **extra}``."""
-
-    def __init__(self, code: int, message: str, /, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = code
-        self.body = {"error": message, **extra}
-        self.headers: list[tuple[bytes, bytes]] = []
 
 
 def one(query: dict[str, list[str]], name: str, *, required: bool = False) -> str | None:
@@ -61,6 +53,18 @@ def _finite_float(text: str) -> float:
 def loads(body: bytes) -> Any:
     """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
     return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def request_json(body: bytes, *, empty: Any) -> Any:
+    """A request body as strict JSON (``empty`` when it is blank); 400 when it is not JSON."""
+    if not body.strip():
+        return empty
+    try:
+        return loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "the body is nested too deeply") from None
 
 
 def json_bytes(value: Any) -> bytes:

@@ -44,7 +44,8 @@ from errands import (
     TaskStatus,
 )
 
-from ._cli_text import info_json, parse_arguments, status_text, table, write_result
+from ._cli_text import parse_arguments, status_text, table, write_result
+from ._protocol import info_to_json, parse_status, status_names
 from .client import DEFAULT_URL, HTTPTask, SyncHTTPClient
 
 __all__ = ["COMMANDS", "EXIT_CODES", "add_commands", "run"]
@@ -158,7 +159,7 @@ def add_commands(sub: Any) -> None:
     retry.add_argument("--json", action="store_true", help='print {"task_id", "status"}')
 
     ls = add("ls", "list tasks, newest first")
-    ls.add_argument("--status", choices=[s.value for s in TaskStatus])
+    ls.add_argument("--status", choices=status_names())
     ls.add_argument("--name", metavar="NAME", help="only this task endpoint's tasks")
     ls.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
     ls.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
@@ -269,7 +270,7 @@ def _write(task: HTTPTask, output: str | None) -> None:
 
 def _status(client: SyncHTTPClient, args: argparse.Namespace) -> int:
     info = client.get_task(args.task_id).get_info()
-    _print(json.dumps(info_json(info), indent=2) if args.json else status_text(info))
+    _print(json.dumps(info_to_json(info), indent=2) if args.json else status_text(info))
     return OK
 
 
@@ -301,9 +302,9 @@ def _ls(client: SyncHTTPClient, args: argparse.Namespace) -> int:
     if args.name is not None and args.name not in client.server_info().endpoints:
         known = ", ".join(sorted(client.server_info().endpoints)) or "none"
         raise Stop(USAGE, f"no task endpoint {args.name!r} on the server (endpoints: {known})")
-    status = TaskStatus(args.status) if args.status else None
+    status = parse_status(args.status) if args.status else None
     infos = client.list(name=args.name, status=status, limit=args.limit, offset=args.offset)
-    _print(json.dumps([info_json(i) for i in infos], indent=2) if args.json else table(infos))
+    _print(json.dumps([info_to_json(i) for i in infos], indent=2) if args.json else table(infos))
     return OK
 
 

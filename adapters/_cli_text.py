@@ -15,37 +15,13 @@ from typing import Any, NoReturn
 
 from errands import TaskInfo
 
-__all__ = ["info_json", "parse_arguments", "status_text", "table", "write_result"]
-
-
-def _iso(moment: dt.datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
+__all__ = ["parse_arguments", "status_text", "table", "write_result"]
 
 
 def _when(moment: dt.datetime | None) -> str:
     if moment is None:
         return "-"
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def info_json(info: TaskInfo) -> dict[str, Any]:
-    """A status as the server's status JSON has it (``GET /<name>/status``)."""
-    return {
-        "task_id": info.id,
-        "name": info.name,
-        "status": info.status.value,
-        "created_at": _iso(info.created_at),
-        "executed_at": _iso(info.started_at),
-        "completed_at": _iso(info.finished_at),
-        "attempt": info.attempt,
-        "max_attempts": info.max_attempts,
-        "progress": info.progress,
-        "message": info.message,
-        "error": None if info.error is None else str(info.error),
-        "retry_of": info.retry_of,
-        "position": info.position,
-        "expires_at": _iso(info.expires_at),
-    }
 
 
 def _progress(info: TaskInfo) -> str:

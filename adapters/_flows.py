@@ -27,15 +27,14 @@ from errands import (
     TaskStatus,
 )
 
+from ._protocol import info_from_json, parse_status, status_name
 from ._wire import (
     Endpoint,
     ServerInfo,
     decode_result,
     error_for,
     needs_status,
-    parse_info,
     parse_schema,
-    parse_status,
     submit_request,
 )
 
@@ -173,7 +172,7 @@ def _status_call(route: Endpoint, task_id: str, hold: float = 0.0) -> Call:
 
 def info(route: Endpoint, task_id: str, name: str = "") -> Flow:
     response = yield _status_call(route, task_id)
-    return parse_info(_json(_check(response, action="status", task_id=task_id)), name)
+    return info_from_json(_json(_check(response, action="status", task_id=task_id)), name)
 
 
 def get(route: Endpoint, task_id: str, endpoint: Endpoint | None) -> Flow:
@@ -241,7 +240,7 @@ def wait(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | Non
         if server.max_wait:
             hold = max(0.0, min(deadline - asked, server.max_wait))
         response = yield from _through_outages(_status_call(route, task_id, hold), outage, deadline)
-        current = parse_info(_json(_check(response, action="status", task_id=task_id)))
+        current = info_from_json(_json(_check(response, action="status", task_id=task_id)))
         if current.status.is_final:
             return current.status
         now = yield Clock()
@@ -279,7 +278,7 @@ def wait_any(
             response = yield from _through_outages(Call(request, hold=hold), outage, deadline)
             body = _json(_check(response, action="wait"))
             found: dict[str, TaskInfo | None] = {
-                i.id: i for i in (parse_info(d) for d in body.get("done") or ())
+                i.id: i for i in (info_from_json(d) for d in body.get("done") or ())
             }
             found.update(dict.fromkeys(body.get("missing") or ()))
         else:
@@ -292,7 +291,7 @@ def wait_any(
                 if response.status_code == 404:
                     found[task_id] = None
                     continue
-                current = parse_info(_json(_check(response, action="status", task_id=task_id)))
+                current = info_from_json(_json(_check(response, action="status", task_id=task_id)))
                 if current.status.is_final:
                     found[task_id] = current
         if found:
@@ -312,12 +311,12 @@ def list_tasks(*, name: str | None, status: TaskStatus | None, limit: int, offse
     if name is not None:
         params["name"] = name
     if status is not None:
-        params["status"] = status.value
+        params["status"] = status_name(status)
     response = yield Call({"method": "GET", "url": "/tasks", "params": params})
     if response.status_code == 404:
         raise RemoteError("this server does not list tasks (no /tasks route)")
     body = _json(_check(response, action="list"))
-    return [parse_info(t) for t in body.get("tasks") or ()]
+    return [info_from_json(t) for t in body.get("tasks") or ()]
 
 
 def _message(response: httpx.Response) -> str:

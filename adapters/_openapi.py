@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 import errands
-from errands import Service, TaskStatus
+from errands import Service
 
 from ._jsonschema import JSON, input_schema, output_schema
+from ._protocol import error_schemas, info_schema, status_names
 from ._waiting import MAX_WAIT_IDS
 
 __all__ = ["openapi_document"]
@@ -55,11 +56,7 @@ _WAIT = {
 def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
     """OpenAPI 3.1 for every route the ASGI app answers."""
     defs: dict[str, JSON] = {}
-    statuses = (
-        ["pending", "in_progress", "completed", "failed", "canceled"]
-        if bentoml_compat
-        else [s.value for s in TaskStatus]
-    )
+    statuses = status_names(bentoml_compat=bentoml_compat)
     paths: JSON = {}
     for d in service.tasks.values():
         name = d.name
@@ -237,29 +234,8 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
             },
         }
     }
-    nullable_str = {"type": ["string", "null"]}
-    nullable_time = {"type": ["string", "null"], "format": "date-time"}
     schemas: JSON = {
-        "Error": {
-            "type": "object",
-            "properties": {"error": {"type": "string"}},
-            "required": ["error"],
-        },
-        "InvalidArguments": {
-            "type": "object",
-            "properties": {
-                "error": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
-                        "required": ["path", "message"],
-                    },
-                },
-            },
-            "required": ["error", "errors"],
-        },
+        **error_schemas(bentoml_compat=bentoml_compat),
         "Submitted": {
             "type": "object",
             "properties": {
@@ -268,26 +244,7 @@ def openapi_document(service: Service, *, bentoml_compat: bool = False) -> JSON:
             },
             "required": ["task_id", "status"],
         },
-        "TaskInfo": {
-            "type": "object",
-            "properties": {
-                "task_id": {"type": "string"},
-                "name": {"type": "string"},
-                "status": {"type": "string", "enum": statuses},
-                "created_at": {"type": "string", "format": "date-time"},
-                "executed_at": nullable_time,
-                "completed_at": nullable_time,
-                "attempt": {"type": "integer"},
-                "max_attempts": {"type": "integer"},
-                "progress": {"type": ["number", "null"]},
-                "message": nullable_str,
-                "error": nullable_str,
-                "retry_of": nullable_str,
-                "position": {"type": ["integer", "null"]},
-                "expires_at": nullable_time,
-            },
-            "required": ["task_id", "status", "created_at", "attempt"],
-        },
+        "TaskInfo": info_schema(bentoml_compat=bentoml_compat),
         "TaskList": {
             "type": "object",
             "properties": {

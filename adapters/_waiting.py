@@ -31,11 +31,11 @@ import trio
 
 from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound
 
-from ._answers import Answer, HTTPError, json_answer, json_bytes, loads, number
+from ._answers import Answer, json_answer, json_bytes, number, request_json
+from ._protocol import HTTPError, errors_as_answers, info_to_json
 
 if TYPE_CHECKING:
     from ._bridge import EngineAccess
-    from .asgi import ErrandsApp
 
 __all__ = ["KEEPALIVE", "MAX_WAIT_IDS", "EventStream", "Holds", "wait_many"]
 
@@ -125,10 +125,6 @@ def _canceller(scope: anyio.CancelScope) -> Callable[[], None]:
     return cancel
 
 
-def _event(body: dict[str, Any]) -> bytes:
-    return b"event: status\ndata: " + json_bytes(body) + b"\n\n"
-
-
 class EventStream:
     """``GET /<route>/events``: the answer after the task id was found.
 
@@ -139,19 +135,26 @@ class EventStream:
     be read (engine stopped, task expired).
     """
 
-    def __init__(self, app: ErrandsApp, access: EngineAccess, first: TaskInfo) -> None:
-        self._app = app
+    def __init__(
+        self, access: EngineAccess, first: TaskInfo, *, holds: Holds, bentoml_compat: bool
+    ) -> None:
         self._access = access
         self._first = first
+        self._holds = holds
+        self._bentoml_compat = bentoml_compat
         self._gone = False
+
+    def _event(self, info: TaskInfo) -> bytes:
+        body = info_to_json(info, bentoml_compat=self._bentoml_compat)
+        return b"event: status\ndata: " + json_bytes(body) + b"\n\n"
 
     async def run(self, send: Send, receive: Receive) -> None:
         """Send the whole stream; returns when it has ended."""
         await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
         info = self._first
-        await self._send(send, _event(self._app._info_json(info)))
+        await self._send(send, self._event(info))
         if not info.status.is_final and not self._gone:
-            with self._app._holds.hold():
+            with self._holds.hold():
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
                     await self._follow(send, info)
@@ -172,7 +175,7 @@ class EventStream:
             except ErrandsError:
                 log.exception("event stream of task %s ended by an engine error", info.id)
                 return
-            await self._send(send, _event(self._app._info_json(info)))
+            await self._send(send, self._event(info))
 
     async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
         try:
@@ -188,7 +191,13 @@ class EventStream:
 
 
 async def wait_many(
-    app: ErrandsApp, access: EngineAccess, body: bytes, query: dict[str, list[str]]
+    access: EngineAccess,
+    body: bytes,
+    query: dict[str, list[str]],
+    *,
+    holds: Holds,
+    max_wait: float,
+    bentoml_compat: bool,
 ) -> Answer:
     """``POST /tasks/wait?wait=S`` with ``{"task_ids": [...]}``.
 
@@ -198,12 +207,7 @@ async def wait_many(
     defaults to 0: answer at once), or at once on drain.  Repeated ids count
     once; every list keeps the order of the request.
     """
-    try:
-        request = loads(body) if body.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HTTPError(400, "the body is nested too deeply") from None
+    request = request_json(body, empty=None)
     if not isinstance(request, dict):
         raise HTTPError(400, 'the body must be a JSON object: {"task_ids": [...]}')
     unknown = sorted(set(request) - {"task_ids"})
@@ -219,19 +223,21 @@ async def wait_many(
     wait = number(query, "wait", float, default=0.0)
     if not (math.isfinite(wait) and wait >= 0):
         raise HTTPError(400, "wait must be a non-negative number of seconds")
-    wait = min(wait, app.max_wait)
+    wait = min(wait, max_wait)
     unique = list(dict.fromkeys(ids))
     found: dict[str, TaskInfo | None] = {}
     engine = access.engine
-    if wait > 0 and not app._holds.draining:
-        with app._holds.hold():
-            found = await app._call(access, engine.wait_any, unique, wait)
-    if not found:  # timed out, drained, or no wait asked: the state now
-        found = await app._call(access, engine.wait_any, unique, 0)
+    with errors_as_answers(bentoml_compat=bentoml_compat):
+        if wait > 0 and not holds.draining:
+            with holds.hold():
+                found = await access.call(engine.wait_any, unique, wait)
+        if not found:  # timed out, drained, or no wait asked: the state now
+            found = await access.call(engine.wait_any, unique, 0)
+    done = [info for i in unique if (info := found.get(i)) is not None]
     return json_answer(
         200,
         {
-            "done": [app._info_json(info) for i in unique if (info := found.get(i)) is not None],
+            "done": [info_to_json(info, bentoml_compat=bentoml_compat) for info in done],
             "missing": [i for i in unique if i in found and found[i] is None],
             "pending": [i for i in unique if i not in found],
         },

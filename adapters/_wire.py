@@ -2,20 +2,18 @@
 
 Both clients (sync and async) build their requests and read the answers here,
 so they cannot drift apart: the service schema (``/schema.json``), request
-bodies (JSON, or multipart when an argument is a file), status JSON to
-:class:`~errands.TaskInfo`, result bodies to Python values, and error answers
-to the ``errands`` exception tree.  The same code reads an errands server and
-a BentoML one (whose status names are ``completed``, ``failed``, ``canceled``).
+bodies (JSON, or multipart when an argument is a file), result bodies to
+Python values, and error answers to the ``errands`` exception tree.  The same
+code reads an errands server and a BentoML one.  The wire format itself
+(status names, the TaskInfo object, the error fields) is ``_protocol``'s.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import mimetypes
 import pathlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,35 +28,24 @@ from errands import (
     InvalidArguments,
     RemoteError,
     TaskCancelled,
-    TaskError,
     TaskFailed,
-    TaskInfo,
     TaskNotFound,
     TaskNotReady,
     TaskStatus,
 )
 from errands._convert import converter, image_to_png
 
+from ._protocol import ErrorAnswer, rebuild_error
+
 __all__ = [
     "Endpoint",
     "ServerInfo",
     "decode_result",
     "error_for",
-    "parse_info",
+    "needs_status",
     "parse_schema",
-    "parse_status",
     "submit_request",
 ]
-
-#: Our status names and BentoML's, to :class:`TaskStatus`.
-STATUS_NAMES: dict[str, TaskStatus] = {s.value: s for s in TaskStatus} | {
-    "completed": TaskStatus.SUCCESS,
-    "failed": TaskStatus.FAILURE,
-    "canceled": TaskStatus.CANCELLED,
-}
-
-
-_CANNOT_CANCEL = re.compile(r"^cannot cancel task \S+ \(status: [^)]*\): ")
 
 
 @attrs.frozen(kw_only=True)
@@ -202,50 +189,6 @@ def submit_request(
 # ---------------------------------------------------------------------- answers
 
 
-def parse_status(text: Any) -> TaskStatus:
-    try:
-        return STATUS_NAMES[text]
-    except (KeyError, TypeError):
-        raise RemoteError(f"the server sent an unknown task status {text!r}") from None
-
-
-def _time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    moment = dt.datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def _error(value: Any) -> TaskError | None:
-    if not value:
-        return None
-    kind, sep, message = str(value).partition(": ")
-    return TaskError(type=kind, message=message) if sep else TaskError(type=kind, message="")
-
-
-def parse_info(body: Any, name: str = "") -> TaskInfo:
-    """A status answer (errands' fields or BentoML's fewer ones) as TaskInfo."""
-    if not isinstance(body, dict) or "task_id" not in body:
-        raise RemoteError("the server's status answer has no task_id")
-    attempt = body.get("attempt")
-    return TaskInfo(
-        id=body["task_id"],
-        name=body.get("name") or name,
-        status=parse_status(body.get("status")),
-        created_at=_time(body.get("created_at")) or dt.datetime.now(dt.UTC),
-        started_at=_time(body.get("executed_at")),
-        finished_at=_time(body.get("completed_at")),
-        attempt=attempt if isinstance(attempt, int) else 0,
-        max_attempts=body.get("max_attempts") or 1,
-        progress=body.get("progress"),
-        message=body.get("message"),
-        error=_error(body.get("error")),
-        retry_of=body.get("retry_of"),
-        expires_at=_time(body.get("expires_at")),
-        position=body.get("position"),
-    )
-
-
 def decode_result(response: httpx.Response, endpoint: Endpoint | None) -> Any:
     """A ``GET .../get`` body as a value: by the output schema, else the media type.
 
@@ -285,48 +228,48 @@ def error_for(
 ) -> Exception | None:
     """The ``errands`` exception an answer of 400 or more stands for (None below).
 
-    A few answers only tell their meaning with the task's status (a BentoML
-    server's 400 on get or cancel); callers check :func:`needs_status` first.
+    An errands server names it (the answer's ``type``, see ``_protocol``);
+    for a server that does not (BentoML's), the HTTP status and the request
+    tell.  A few such answers only tell their meaning with the task's status
+    (a BentoML server's 400 on get or cancel); callers check
+    :func:`needs_status` first.
     """
     code = response.status_code
     if code < 400:
         return None
-    body = _body(response)
-    message = str(body.get("error") or f"HTTP {code}")
-    status = body.get("status")
+    answer = ErrorAnswer(
+        code=code,
+        body=_body(response),
+        task_id=task_id,
+        task_name=endpoint,
+        retry_after_header=_retry_after(response),
+    )
+    named = rebuild_error(answer)
+    if named is not None:
+        return named
     if code == 404 and task_id is not None:
         return TaskNotFound(task_id)
     if code == 422:
-        errors = [
-            FieldError(path=str(e.get("path", "$")), message=str(e.get("message", "")))
-            for e in body.get("errors") or ()
-            if isinstance(e, dict)
-        ] or [FieldError(path="$", message=message)]
-        return InvalidArguments(endpoint, errors)
+        return InvalidArguments(endpoint, answer.field_errors)
     if task_id is not None:
-        wire = STATUS_NAMES.get(status) if isinstance(status, str) else None
-        shown = wire.value if wire is not None else "unknown"
         if code == 409 and action == "cancel":
-            # errands' message is CannotCancel's own text; keep its reason only.
-            reason = _CANNOT_CANCEL.sub("", message, count=1)
-            return CannotCancel(task_id, shown, reason)
+            return CannotCancel(task_id, answer.status_value, answer.message)
         if code == 409:
-            return TaskNotReady(task_id, shown)
+            return TaskNotReady(task_id, answer.status_value)
         if code == 410 and action == "get":
             return TaskCancelled(task_id)
-        if code == 500 and action == "get" and wire is TaskStatus.FAILURE:
-            prefix = f"task {task_id} failed: "
-            return TaskFailed(task_id, message.removeprefix(prefix))
-    if code == 503 and body.get("state") == "storage_unavailable":
+        if code == 500 and action == "get" and answer.status is TaskStatus.FAILURE:
+            return TaskFailed(task_id, answer.message)
+    if code == 503 and answer.body.get("state") == "storage_unavailable":
         return EngineUnavailable(
-            f"the server's storage is failing: {message}",
-            retry_after=_retry_after(response) or 1.0,
+            f"the server's storage is failing: {answer.message}",
+            retry_after=answer.retry_after or 1.0,
         )
     if code == 503:
-        return EngineClosed(f"the server is not running tasks: {message}")
-    error = RemoteError(f"HTTP {code} from {response.request.url.path}: {message}")
+        return EngineClosed(f"the server is not running tasks: {answer.message}")
+    error = RemoteError(f"HTTP {code} from {response.request.url.path}: {answer.message}")
     error.status_code = code
-    error.retry_after = _retry_after(response)
+    error.retry_after = answer.retry_after
     return error
 
 
@@ -336,10 +279,13 @@ def needs_status(response: httpx.Response, *, action: str) -> bool:
     BentoML's server answers 400 (not finished) or the task's own error to
     ``get``, 400 to a ``retry`` of an unfinished task, and 400 or 500 to
     every ``cancel`` (its local server cannot cancel); errands' server is
-    explicit, with the status in its error body.
+    explicit, with the error's ``type`` (and the status) in its error body.
     """
     code = response.status_code
-    if code < 400 or code in (404, 422, 503) or "status" in _body(response):
+    if code < 400 or code in (404, 422, 503):
+        return False
+    body = _body(response)
+    if "type" in body or "status" in body:
         return False
     if action in ("get", "cancel"):
         return True

@@ -30,12 +30,8 @@ import sniffio
 import errands
 from errands import (
     Backend,
-    BackendError,
-    CannotCancel,
-    EngineClosed,
     EngineOptions,
-    EngineUnavailable,
-    InvalidArguments,
+    ErrandsError,
     TaskCancelled,
     TaskDefinition,
     TaskFailed,
@@ -49,16 +45,27 @@ from errands._engine import idempotent_id
 from errands._open import build_options
 from errands._options import DEFAULTS
 
-from ._answers import HTTPError
 from ._answers import json_answer as _json
 from ._answers import json_bytes as _json_bytes
-from ._answers import loads as _loads
 from ._answers import number as _number
 from ._answers import one as _one
+from ._answers import request_json
 from ._bridge import EngineAccess, LocalEngine, ThreadedEngine
 from ._jsonschema import input_schema, output_schema
 from ._multipart import MultipartError, parse_multipart
 from ._openapi import openapi_document
+from ._protocol import (
+    BENTOML_STATUS,
+    STATUS_NAMES,
+    HTTPError,
+    engine_closed,
+    errors_as_answers,
+    http_error,
+    info_to_json,
+    status_name,
+    status_names,
+    storage_unavailable,
+)
 from ._waiting import EventStream, Holds, wait_many
 
 __all__ = ["BENTOML_STATUS", "ErrandsApp", "create_app"]
@@ -70,14 +77,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Status names the stock BentoML clients understand (``bentoml_compat=True``).
-BENTOML_STATUS = {
-    TaskStatus.PENDING: "pending",
-    TaskStatus.IN_PROGRESS: "in_progress",
-    TaskStatus.SUCCESS: "completed",
-    TaskStatus.FAILURE: "failed",
-    TaskStatus.CANCELLED: "canceled",
-}
 ACTIONS = {
     "submit": ("POST",),
     "status": ("GET",),
@@ -197,7 +196,7 @@ class ErrandsApp:
         if self._access is not None:
             return self._access
         if self._ended:
-            raise HTTPError(503, "the engine has stopped")
+            raise engine_closed("the engine has stopped", state="stopped")
         # Mounted where nobody ran our lifespan: start the engine in its own
         # thread on first use; interpreter exit stops it.
         with self._autostart_lock:
@@ -261,20 +260,18 @@ class ErrandsApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer: tuple[int, list[tuple[bytes, bytes]], bytes] | EventStream
         try:
             answer = await self._dispatch(scope, receive)
         except HTTPError as exc:
-            status, body = exc.status, _json_bytes(exc.body)
-            headers = [(b"content-type", b"application/json"), *exc.headers]
+            answer = _error_answer(exc)
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
-            status, body = 500, _json_bytes({"error": "internal server error"})
-            headers = [(b"content-type", b"application/json")]
-        else:
-            if isinstance(answer, EventStream):
-                await answer.run(send, receive)  # its own errors: after the start, no 500
-                return
-            status, headers, body = answer
+            answer = _error_answer(HTTPError(500, "internal server error"))
+        if isinstance(answer, EventStream):
+            await answer.run(send, receive)  # its own errors: after the start, no 500
+            return
+        status, headers, body = answer
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -291,7 +288,7 @@ class ErrandsApp:
         if path == "/livez":
             _allow(method, ("GET", "HEAD"))
             if self._died_of is not None:
-                raise HTTPError(503, "the engine died", state="dead")
+                raise engine_closed("the engine died", state="dead")
             return _json(200, {"status": "ok"})
         if path == "/readyz":
             _allow(method, ("GET", "HEAD"))
@@ -311,7 +308,14 @@ class ErrandsApp:
         if path == "/tasks/wait":
             _allow(method, ("POST",))
             body = await self._read_body(scope, receive)
-            return await wait_many(self, self._engine(), body, query)
+            return await wait_many(
+                self._engine(),
+                body,
+                query,
+                holds=self._holds,
+                max_wait=self.max_wait,
+                bentoml_compat=self.bentoml_compat,
+            )
         prefix, _, action = path.rpartition("/")
         definition = self.routes.get(prefix or "/")
         if definition is None or action not in ACTIONS:
@@ -336,7 +340,7 @@ class ErrandsApp:
         if action == "events":
             access = self._engine()
             first = await self._call(access, access.engine.info, task_id)
-            return EventStream(self, access, first)
+            return EventStream(access, first, holds=self._holds, bentoml_compat=self.bentoml_compat)
         if action == "cancel":
             return await self._cancel(task_id)
         return await self._retry(task_id)
@@ -362,12 +366,7 @@ class ErrandsApp:
             except MultipartError as exc:
                 raise HTTPError(400, str(exc)) from None
         else:
-            try:
-                arguments = _loads(body) if body.strip() else {}
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
-            except RecursionError:
-                raise HTTPError(400, "the body is nested too deeply") from None
+            arguments = request_json(body, empty={})
         if not isinstance(arguments, dict):
             raise HTTPError(400, "the body must be a JSON object of named arguments")
         priority = _number(query, "priority", int, default=0)
@@ -396,9 +395,7 @@ class ErrandsApp:
                 waiting = depth + self._submitting - 1
                 if waiting >= self.max_pending:
                     message = f"the queue is full ({waiting} tasks waiting); retry later"
-                    full = HTTPError(429, message)
-                    full.headers.append((b"retry-after", b"1"))
-                    raise full
+                    raise HTTPError(429, message, retry_after=1)
             record = await self._call(
                 access,
                 _submit_call(
@@ -429,21 +426,25 @@ class ErrandsApp:
     async def _status(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
         info = await self._call(access, access.engine.info, task_id)
-        return _json(200, self._info_json(info))
+        return _json(200, self._info(info))
 
     async def _get(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
         record, payload = await self._call(access, access.engine.result_payload, task_id)
         if record.status is TaskStatus.SUCCESS:
             if payload is None:
-                raise HTTPError(404, str(TaskNotFound(task_id)))
+                raise self._error(TaskNotFound(task_id))
             return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
-        status = self._status_name(record.status)
         if record.status is TaskStatus.FAILURE:
-            raise HTTPError(500, str(TaskFailed(task_id, str(record.error))), status=status)
+            raise self._error(TaskFailed(task_id, str(record.error)))
         if record.status is TaskStatus.CANCELLED:
-            raise HTTPError(410, str(TaskCancelled(task_id)), status=status)
-        raise HTTPError(409, str(TaskNotReady(task_id, record.status.value)), status=status)
+            raise self._error(TaskCancelled(task_id))
+        raise self._error(TaskNotReady(task_id, record.status.value))
+
+    def _error(self, exc: ErrandsError) -> HTTPError:
+        error = http_error(exc, bentoml_compat=self.bentoml_compat)
+        assert error is not None, exc
+        return error
 
     async def _cancel(self, task_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         access = self._engine()
@@ -471,7 +472,10 @@ class ErrandsApp:
         status_text = _one(query, "status")
         status = None
         if status_text is not None:
-            status = _parse_status(status_text)
+            status = STATUS_NAMES.get(status_text)
+            if status is None:
+                allowed = ", ".join(status_names())
+                raise HTTPError(400, f"unknown status {status_text!r}; one of {allowed}")
         limit = _number(query, "limit", int, default=100)
         offset = _number(query, "offset", int, default=0)
         if not 1 <= limit <= 1000 or not 0 <= offset < 2**62:
@@ -481,7 +485,7 @@ class ErrandsApp:
         return _json(
             200,
             {
-                "tasks": [self._info_json(i) for i in infos],
+                "tasks": [self._info(i) for i in infos],
                 "limit": limit,
                 "offset": offset,
                 "next_offset": offset + limit if len(infos) == limit else None,
@@ -525,70 +529,29 @@ class ErrandsApp:
     async def _call(
         self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
     ) -> Any:
-        try:
+        with errors_as_answers(bentoml_compat=self.bentoml_compat):
             return await access.call(afn, *args)
-        except InvalidArguments as exc:
-            errors = [{"path": e.path, "message": e.message} for e in exc.errors]
-            raise HTTPError(422, str(exc), errors=errors) from None
-        except TaskNotFound as exc:
-            raise HTTPError(404, str(exc)) from None
-        except TaskNotReady as exc:
-            raise HTTPError(
-                409, str(exc), status=self._status_name(TaskStatus(exc.status))
-            ) from None
-        except CannotCancel as exc:
-            raise HTTPError(
-                409, str(exc), status=self._status_name(TaskStatus(exc.status))
-            ) from None
-        except EngineClosed as exc:
-            raise HTTPError(503, str(exc), state="stopped") from None
-        except EngineUnavailable as exc:
-            log.warning("refused a call while storage fails: %s", exc)
-            raise _storage_unavailable(
-                "storage unavailable: nothing was stored; try again", exc.retry_after
-            ) from None
-        except BackendError:
-            log.exception("storage error")  # the detail stays here: it may name files
-            raise _storage_unavailable("storage unavailable; try again") from None
 
     def _readyz(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if self._died_of is not None:
-            raise HTTPError(503, "the engine died", state="dead")
+            raise engine_closed("the engine died", state="dead")
         if self._ended:
-            raise HTTPError(503, "the engine has stopped", state="stopped")
+            raise engine_closed("the engine has stopped", state="stopped")
         access = self._access
         if access is not None:
             stats = access.engine.statistics()
             if not stats.ready:
                 if stats.storage_error is not None:
                     # The detail (it may name files) is in the server's log only.
-                    raise _storage_unavailable("storage is failing; the engine retries")
-                raise HTTPError(503, f"the engine is {stats.state}", state=stats.state)
+                    raise storage_unavailable("storage is failing; the engine retries")
+                raise engine_closed(f"the engine is {stats.state}", state=stats.state)
         return _json(200, {"status": "ok"})
 
     def _status_name(self, status: TaskStatus) -> str:
-        return BENTOML_STATUS[status] if self.bentoml_compat else status.value
+        return status_name(status, bentoml_compat=self.bentoml_compat)
 
-    def _info_json(self, info: TaskInfo) -> dict[str, Any]:
-        def iso(value: Any) -> str | None:
-            return None if value is None else value.isoformat()
-
-        return {
-            "task_id": info.id,
-            "name": info.name,
-            "status": self._status_name(info.status),
-            "created_at": iso(info.created_at),
-            "executed_at": iso(info.started_at),
-            "completed_at": iso(info.finished_at),
-            "attempt": info.attempt,
-            "max_attempts": info.max_attempts,
-            "progress": info.progress,
-            "message": info.message,
-            "error": None if info.error is None else str(info.error),
-            "retry_of": info.retry_of,
-            "position": info.position,
-            "expires_at": iso(info.expires_at),
-        }
+    def _info(self, info: TaskInfo) -> dict[str, Any]:
+        return info_to_json(info, bentoml_compat=self.bentoml_compat)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope.get("headers", ()):
@@ -678,21 +641,9 @@ def _list_call(
     return list_tasks
 
 
-def _parse_status(text: str) -> TaskStatus:
-    for status, bento in BENTOML_STATUS.items():
-        if text in (status.value, bento):
-            return status
-    allowed = ", ".join(s.value for s in TaskStatus)
-    raise HTTPError(400, f"unknown status {text!r}; one of {allowed}")
-
-
-def _storage_unavailable(message: str, retry_after: float = 1.0) -> HTTPError:
-    """A 503 for a storage fault: a structured reason and ``Retry-After``,
-    never the storage's own message (it may name files)."""
-    seconds = max(1, math.ceil(retry_after))
-    error = HTTPError(503, message, state="storage_unavailable", retry_after=seconds)
-    error.headers.append((b"retry-after", str(seconds).encode()))
-    return error
+def _error_answer(error: HTTPError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [(b"content-type", b"application/json"), *error.headers]
+    return error.status, headers, _json_bytes(error.body)
 
 
 def _takes_list(definition: TaskDefinition, name: str) -> bool:

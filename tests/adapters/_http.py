@@ -17,7 +17,8 @@ FINAL = {"success", "failure", "cancelled", "completed", "failed", "canceled"}
 
 
 def check_answer(response: httpx.Response) -> None:
-    """What holds for every answer: no traceback, and errors are JSON ``{"error": ...}``."""
+    """What holds for every answer: no traceback, and errors are JSON
+    ``{"error": ..., "type": ...}`` (the message, and what kind of error it is)."""
     assert b"Traceback" not in response.content, response.text
     if response.status_code >= 400 and response.request.method != "HEAD":
         assert response.headers["content-type"] == "application/json", response.headers
@@ -25,6 +26,7 @@ def check_answer(response: httpx.Response) -> None:
         assert isinstance(body, dict), body
         assert isinstance(body.get("error"), str), body
         assert body["error"], body
+        assert isinstance(body.get("type"), str) and body["type"], body
 
 
 async def _check_hook(response: httpx.Response) -> None:
