@@ -1,0 +1,339 @@
+"""What each route of the ASGI app does, once routing has picked it.
+
+:class:`Handlers` reads the request's parts (query, body, headers), calls the
+engine and answers; everything that crosses the wire (status names, the
+TaskInfo object, errors) is written by ``_protocol``.  Engine errors become
+their answers in :meth:`Handlers.call`.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import errands
+from errands import (
+    ErrandsError,
+    TaskCancelled,
+    TaskDefinition,
+    TaskFailed,
+    TaskInfo,
+    TaskNotFound,
+    TaskNotReady,
+    TaskStatus,
+)
+from errands._engine import idempotent_id
+
+from ._answers import Answer, json_answer, json_bytes, number, one, request_json
+from ._bridge import EngineAccess
+from ._jsonschema import input_schema, output_schema
+from ._lifecycle import EngineLife
+from ._multipart import MultipartError, parse_multipart
+from ._openapi import openapi_document
+from ._protocol import (
+    STATUS_NAMES,
+    HTTPError,
+    errors_as_answers,
+    http_error,
+    info_to_json,
+    status_name,
+    status_names,
+)
+from ._waiting import EventStream
+
+__all__ = ["Handlers"]
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Handlers:
+    """The routes of one app: submit, status, get, cancel, retry, events,
+    ``/tasks``, ``/metrics`` and the two schema documents."""
+
+    def __init__(
+        self,
+        life: EngineLife,
+        *,
+        bentoml_compat: bool,
+        max_pending: int | None,
+        max_wait: float,
+    ) -> None:
+        self.life = life
+        self.service = life.service
+        self.definitions = self.service.tasks
+        self.bentoml_compat = bentoml_compat
+        self.max_pending = max_pending
+        self.max_wait = max_wait
+        self._submitting = 0  # submits between their queue-depth check and their answer
+        self._schema: bytes | None = None
+        self._openapi: bytes | None = None
+
+    async def call(
+        self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> Any:
+        """``afn(*args)`` where the engine runs; its errors raised as their answers."""
+        with errors_as_answers(bentoml_compat=self.bentoml_compat):
+            return await access.call(afn, *args)
+
+    def _name(self, status: TaskStatus) -> str:
+        return status_name(status, bentoml_compat=self.bentoml_compat)
+
+    def _info(self, info: TaskInfo) -> dict[str, Any]:
+        return info_to_json(info, bentoml_compat=self.bentoml_compat)
+
+    # ------------------------------------------------------------------ task routes
+
+    async def submit(
+        self,
+        definition: TaskDefinition,
+        body: bytes,
+        query: dict[str, list[str]],
+        content_type: str,
+        idempotency_key: str | None,
+    ) -> Answer:
+        if content_type.lower().startswith("multipart/form-data"):
+            try:
+                arguments: Any = parse_multipart(
+                    content_type,
+                    body,
+                    lists=lambda name: _takes_list(definition, name),
+                    texts=lambda name: _takes_str(definition, name),
+                )
+            except MultipartError as exc:
+                raise HTTPError(400, str(exc)) from None
+        else:
+            arguments = request_json(body, empty={})
+        if not isinstance(arguments, dict):
+            raise HTTPError(400, "the body must be a JSON object of named arguments")
+        priority = number(query, "priority", int, default=0)
+        if not -(2**31) <= priority < 2**31:
+            raise HTTPError(400, "priority must be between -2**31 and 2**31 - 1")
+        delay = number(query, "delay", float, default=None)
+        if delay is not None and (delay < 0 or not math.isfinite(delay)):
+            raise HTTPError(400, "delay must be a non-negative number of seconds")
+        access = self.life.access()
+        repeat = False
+        if self.max_pending is not None and idempotency_key is not None:
+            # A repeat of an accepted submit is answered even when the queue is
+            # full (the engine still checks that its arguments are the same).
+            first = idempotent_id(self.service.name, definition.name, idempotency_key)
+            try:
+                await access.call(access.engine.status, first)
+                repeat = True
+            except TaskNotFound:
+                pass
+        # Submits under way count as waiting: without them, concurrent
+        # submits that all read the depth before any was stored would all pass.
+        self._submitting += 1
+        try:
+            if self.max_pending is not None and not repeat:
+                depth = await self.call(access, access.engine.backend.queue.depth)
+                waiting = depth + self._submitting - 1
+                if waiting >= self.max_pending:
+                    message = f"the queue is full ({waiting} tasks waiting); retry later"
+                    raise HTTPError(429, message, retry_after=1)
+            record = await self.call(
+                access,
+                _submit_call(
+                    access.engine, definition.name, arguments, priority, delay, idempotency_key
+                ),
+            )
+        finally:
+            self._submitting -= 1
+        return json_answer(200, {"task_id": record.id, "status": self._name(record.status)})
+
+    async def long_poll(self, task_id: str, query: dict[str, list[str]]) -> None:
+        """``?wait=S``: hold the request until the task is final or S seconds
+        pass (at most ``max_wait``); event-driven, no polling inside."""
+        wait = number(query, "wait", float, default=None)
+        if wait is None:
+            return
+        if not (math.isfinite(wait) and wait >= 0):
+            raise HTTPError(400, "wait must be a non-negative number of seconds")
+        wait = min(wait, self.max_wait)
+        if wait > 0 and not self.life.holds.draining:
+            access = self.life.access()
+            with self.life.holds.hold():  # a drain ends it early
+                try:
+                    await self.call(access, access.engine.wait, task_id, wait)
+                except TimeoutError:
+                    pass  # answer with the state it is in now
+
+    async def status(self, task_id: str) -> Answer:
+        access = self.life.access()
+        info = await self.call(access, access.engine.info, task_id)
+        return json_answer(200, self._info(info))
+
+    async def get(self, task_id: str) -> Answer:
+        access = self.life.access()
+        record, payload = await self.call(access, access.engine.result_payload, task_id)
+        if record.status is TaskStatus.SUCCESS:
+            if payload is None:
+                raise self._error(TaskNotFound(task_id))
+            return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
+        if record.status is TaskStatus.FAILURE:
+            raise self._error(TaskFailed(task_id, str(record.error)))
+        if record.status is TaskStatus.CANCELLED:
+            raise self._error(TaskCancelled(task_id))
+        raise self._error(TaskNotReady(task_id, record.status.value))
+
+    def _error(self, exc: ErrandsError) -> HTTPError:
+        error = http_error(exc, bentoml_compat=self.bentoml_compat)
+        assert error is not None, exc
+        return error
+
+    async def events(self, task_id: str) -> EventStream:
+        access = self.life.access()
+        first = await self.call(access, access.engine.info, task_id)
+        return EventStream(access, first, holds=self.life.holds, bentoml_compat=self.bentoml_compat)
+
+    async def cancel(self, task_id: str) -> Answer:
+        access = self.life.access()
+        status = await self.call(access, access.engine.cancel, task_id)
+        return json_answer(200, {"task_id": task_id, "status": self._name(status)})
+
+    async def retry(self, task_id: str) -> Answer:
+        access = self.life.access()
+        record = await self.call(access, access.engine.retry, task_id)
+        answer = {"task_id": record.id, "status": self._name(record.status), "retry_of": task_id}
+        return json_answer(200, answer)
+
+    # ------------------------------------------------------------------ the server's routes
+
+    async def list_tasks(self, query: dict[str, list[str]]) -> Answer:
+        name = one(query, "name")
+        if name is not None and name not in self.definitions:
+            raise HTTPError(400, f"unknown task name {name!r}")
+        status_text = one(query, "status")
+        status = None
+        if status_text is not None:
+            status = STATUS_NAMES.get(status_text)
+            if status is None:
+                allowed = ", ".join(status_names())
+                raise HTTPError(400, f"unknown status {status_text!r}; one of {allowed}")
+        limit = number(query, "limit", int, default=100)
+        offset = number(query, "offset", int, default=0)
+        if not 1 <= limit <= 1000 or not 0 <= offset < 2**62:
+            raise HTTPError(400, "limit must be 1..1000 and offset 0..2**62")
+        access = self.life.access()
+        infos = await self.call(access, _list_call(access.engine, name, status, limit, offset))
+        return json_answer(
+            200,
+            {
+                "tasks": [self._info(i) for i in infos],
+                "limit": limit,
+                "offset": offset,
+                "next_offset": offset + limit if len(infos) == limit else None,
+            },
+        )
+
+    def metrics(self) -> Answer:
+        lines = [
+            "# HELP errands_up Whether the errands engine is running.",
+            "# TYPE errands_up gauge",
+        ]
+        access = self.life.current
+        lines.append(f"errands_up {1 if access is not None else 0}")
+        lines += [
+            "# HELP errands_http_held Requests held open now (long polls, event streams,"
+            " waits on many tasks).",
+            "# TYPE errands_http_held gauge",
+            f"errands_http_held {len(self.life.holds)}",
+        ]
+        if access is not None:
+            stats = access.engine.statistics()
+            lines += [
+                "# HELP errands_tasks_submitted_total Tasks accepted by this process.",
+                "# TYPE errands_tasks_submitted_total counter",
+                f"errands_tasks_submitted_total {stats.submitted}",
+                "# HELP errands_tasks_finished_total Tasks this process brought to a final state.",
+                "# TYPE errands_tasks_finished_total counter",
+                f"errands_tasks_finished_total {stats.finished}",
+                "# HELP errands_tasks_running Tasks running in this process now.",
+                "# TYPE errands_tasks_running gauge",
+                f"errands_tasks_running {stats.running}",
+                "# HELP errands_workers How many tasks this process may run at once.",
+                "# TYPE errands_workers gauge",
+                f"errands_workers {stats.workers}",
+            ]
+        body = ("\n".join(lines) + "\n").encode()
+        return 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], body
+
+    def schema_json(self) -> Answer:
+        """``/schema.json``: BentoML's shape, plus what errands offers beyond it."""
+        if self._schema is None:
+            routes = [
+                {
+                    "name": d.name,
+                    "route": d.route,
+                    "input": input_schema(d, bentoml=True),
+                    "output": output_schema(d, bentoml=True),
+                    "is_task": True,
+                    "is_stream": False,
+                    "doc": d.func.__doc__,
+                }
+                for d in self.definitions.values()
+            ]
+            # "errands" tells errands' clients what this server offers beyond
+            # BentoML's protocol (BentoML's clients read only "routes").
+            extra = {
+                "version": errands.__version__,
+                "max_wait": self.max_wait,
+                "wait_many": True,  # POST /tasks/wait
+                "events": True,  # GET <route>/events
+            }
+            self._schema = json_bytes(
+                {"name": self.service.name, "type": "service", "routes": routes, "errands": extra}
+            )
+        return 200, list(_JSON), self._schema
+
+    def openapi_json(self) -> Answer:
+        if self._openapi is None:
+            self._openapi = json_bytes(
+                openapi_document(self.service, bentoml_compat=self.bentoml_compat)
+            )
+        return 200, list(_JSON), self._openapi
+
+
+def _submit_call(
+    engine: errands.Engine,
+    name: str,
+    arguments: dict[str, Any],
+    priority: int,
+    delay: float | None,
+    idempotency_key: str | None,
+) -> Callable[[], Awaitable[Any]]:
+    async def submit() -> Any:
+        return await engine.submit(
+            name,
+            arguments,
+            from_json=True,
+            priority=priority,
+            delay=delay,
+            idempotency_key=idempotency_key,
+        )
+
+    return submit
+
+
+def _list_call(
+    engine: errands.Engine, name: str | None, status: TaskStatus | None, limit: int, offset: int
+) -> Callable[[], Awaitable[list[TaskInfo]]]:
+    async def list_tasks() -> list[TaskInfo]:
+        return await engine.list(name=name, status=status, limit=limit, offset=offset)
+
+    return list_tasks
+
+
+def _takes_list(definition: TaskDefinition, name: str) -> bool:
+    for param in definition.params:
+        if param.name == name:
+            origin = typing.get_origin(param.annotation)
+            return origin in (list, tuple, set, frozenset, Sequence)
+    return False
+
+
+def _takes_str(definition: TaskDefinition, name: str) -> bool:
+    return any(p.name == name and p.annotation is str for p in definition.params)
