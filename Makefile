@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint serve bench soak clean
+.PHONY: test lint serve bench soak load-soak clean
 
 # The strict editable install links each file, so adding or removing a module
 # (which changes its folder's mtime) must reinstall.
@@ -62,11 +62,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/disk.py
 	$(BIN)/python benchmarks/http.py
 	$(BIN)/python benchmarks/clients.py
+	$(BIN)/python benchmarks/load.py
 
 ## Soak: 200 kill -9 cycles on one diskcache directory (about two minutes); prints
 ## tasks, lost, re-runs and the longest recovery.
 soak: $(STAMP)
 	ERRANDS_SOAK_CYCLES=200 $(BIN)/python -m pytest tests/backends/test_disk_kill_loop.py -q -s -p no:cacheprovider
+
+## Load soak: 64 clients on every task route of errands serve (diskcache) for five
+## minutes; prints the server's RSS every 10 s and its growth after the first minute.
+load-soak: $(STAMP)
+	$(BIN)/python benchmarks/load.py --soak 300
 
 clean:
 	rm -rf $(VENV) $(BENTO_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

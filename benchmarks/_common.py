@@ -15,11 +15,13 @@ import inspect
 import os
 import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,11 +37,14 @@ __all__ = [
     "Columns",
     "Latency",
     "Series",
+    "ServeProcess",
     "check_success",
+    "free_port",
     "load",
     "met",
     "percentile",
     "process_cpu_seconds",
+    "process_memory_kib",
     "run",
     "stop_process",
     "version",
@@ -62,6 +67,28 @@ def process_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_memory_kib(pid: int, field: str) -> int | None:
+    """A memory figure of process ``pid`` from ``/proc/PID/status``, in KiB
+    (``VmRSS``: resident now; ``VmHWM``: the peak resident so far), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name == field:
+                    return int(value.split()[0])
+    except OSError:
+        pass
+    return None
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free a moment ago (another program could take it first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def wait_until_ready(
@@ -98,6 +125,76 @@ def stop_process(process: subprocess.Popen[Any], name: str) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+class ServeProcess:
+    """``errands serve`` in its own process, on 127.0.0.1 and a free port,
+    serving ``source`` (written to ``folder/module``) with its log in
+    ``folder/server.log``.
+
+    ``options`` are more ``errands serve`` flags; ``env`` is the server's
+    environment (default: this process's).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        source: str,
+        module: str,
+        backend: str,
+        options: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        service = folder / module
+        service.write_text(source)
+        # ``errands serve`` takes a port, not a socket: a port free a moment
+        # ago (another program could take it first; then the start fails).
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log_path = folder / "server.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "errands",
+            "serve",
+            f"{service}:svc",
+            "--backend",
+            backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.url.rpartition(":")[2],
+            *options,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self.pid = self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self) -> None:
+        wait_until_ready(self.process, self.url, str(self), lambda: f":\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process so far, or None (no ``/proc``)."""
+        return process_cpu_seconds(self.pid)
+
+    def stop(self) -> int:
+        """SIGTERM by PID, then SIGKILL if it has not stopped within
+        ``STOP_TIMEOUT``; reports a non-zero exit on stderr and returns the code."""
+        code = stop_process(self.process, str(self))
+        if code != 0:
+            print(f"{self} exited with {code}:\n{self.log_tail()}", file=sys.stderr)
+        return code
+
+    def __str__(self) -> str:
+        return f"errands serve (PID {self.pid})"
 
 
 class Series:

@@ -60,8 +60,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -117,54 +115,11 @@ perf_counter = time.perf_counter
 # ---------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-class Server:
+class Server(_common.ServeProcess):
     """``errands serve`` in its own process, on 127.0.0.1, memory backend."""
 
     def __init__(self, folder: Path) -> None:
-        service = folder / SERVICE_FILE
-        service.write_text(SERVICE)
-        # ``errands serve`` takes a port, not a socket: a port free a moment
-        # ago (another program could take it first; then the start fails).
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.log_path = folder / "server.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "errands",
-            "serve",
-            f"{service}:svc",
-            "--backend",
-            "memory://",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            self.url.rpartition(":")[2],
-        ]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.pid = self.process.pid
-
-    def log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
-
-    def wait_ready(self) -> None:
-        _common.wait_until_ready(self.process, self.url, str(self), lambda: f":\n{self.log_tail()}")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far, or None (no ``/proc``)."""
-        return _common.process_cpu_seconds(self.pid)
+        super().__init__(folder, source=SERVICE, module=SERVICE_FILE, backend="memory://")
 
     def workers(self) -> int | None:
         """How many tasks the server runs at once (``errands_workers`` in ``/metrics``)."""
@@ -174,15 +129,6 @@ class Server:
                 if name == "errands_workers":
                     return int(float(value))
         return None
-
-    def stop(self) -> None:
-        """SIGTERM by PID, then SIGKILL if it has not stopped within ``STOP_TIMEOUT``."""
-        code = _common.stop_process(self.process, str(self))
-        if code != 0:
-            print(f"{self} exited with {code}:\n{self.log_tail()}", file=sys.stderr)
-
-    def __str__(self) -> str:
-        return f"errands serve (PID {self.pid})"
 
 
 # ---------------------------------------------------------------------- helpers

@@ -29,7 +29,7 @@ and three workloads, from this process:
   submit until every task was seen final; for the bare app this is the same two
   requests per task.
 
-The concurrent workloads use a minimal raw HTTP/1.1 client (``RawConnection``)
+The concurrent workloads use a minimal raw HTTP/1.1 client (``_rawhttp.RawConnection``)
 by default: on two cores an ``httpx.AsyncClient`` is itself the limit, below
 either server (``--client httpx`` shows it).
 
@@ -80,6 +80,7 @@ import attrs
 import httpx
 import trio
 from _common import NOISE_NOTE, Columns, Latency, Series, load, met, run, version
+from _rawhttp import RawConnection
 
 import errands
 
@@ -292,50 +293,8 @@ class Session(Protocol):
         ...
 
 
-class RawConnection:
-    """A minimal HTTP/1.1 keep-alive connection: the load generator.
-
-    Measured on the 2-core machine: httpx's ``AsyncClient`` with a pool of 32
-    connections spends ~1.3 ms of client CPU per request (its pool's
-    bookkeeping; ~0.5 ms with 32 clients of one connection each) and tops out
-    near 750 req/s, below either server, so both apps would measure the same
-    client.  This spends ~50 us.  It only understands what the two apps send:
-    a status line and a ``content-length`` body.
-    """
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    @classmethod
-    async def open(cls, url: str) -> RawConnection:
-        host, _, port = url.removeprefix("http://").partition(":")
-        return cls(await trio.open_tcp_stream(host, int(port)))
-
-    async def request(self, head: bytes) -> bytes:
-        """Send one request, read its answer; returns the body of a 200."""
-        await self._stream.send_all(head)
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                lines = bytes(self._buffer[:end]).split(b"\r\n")
-                length = None
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if length is None:
-                    raise RuntimeError(f"no content-length in {lines[0]!r}")
-                if len(self._buffer) >= end + 4 + length:
-                    body = bytes(self._buffer[end + 4 : end + 4 + length])
-                    del self._buffer[: end + 4 + length]
-                    if lines[0].split(b" ", 2)[1] != b"200":
-                        raise RuntimeError(f"{head.split(b' ', 2)[1]!r} answered {lines[0]!r}")
-                    return body
-            data = await self._stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("the server closed the connection")
-            self._buffer += data
+class RawSession(RawConnection):
+    """A worker's raw connection (``_rawhttp``: httpx would be the limit here)."""
 
     async def submit(self) -> str:
         task_id: str = json.loads(await self.request(RAW_SUBMIT))["task_id"]
@@ -345,9 +304,6 @@ class RawConnection:
         head = RAW_STATUS % quote(task_id).encode()
         status: str = json.loads(await self.request(head))["status"]
         return status
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class HttpxSession:
@@ -373,7 +329,7 @@ class HttpxSession:
 async def open_sessions(kind: str, url: str, connections: int) -> AsyncIterator[list[Session]]:
     """``connections`` sessions, each connection opened and used once before the timing."""
     if kind == "raw":
-        raw = [await RawConnection.open(url) for _ in range(connections)]
+        raw = [await RawSession.open(url) for _ in range(connections)]
         try:
             for connection in raw:
                 await connection.request(RAW_READYZ)
