@@ -113,7 +113,7 @@ class Handlers:
         delay = number(query, "delay", float, default=None)
         if delay is not None and (delay < 0 or not math.isfinite(delay)):
             raise HTTPError(400, "delay must be a non-negative number of seconds")
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         repeat = False
         if self.max_pending is not None and idempotency_key is not None:
             # A repeat of an accepted submit is answered even when the queue is
@@ -154,7 +154,7 @@ class Handlers:
             raise HTTPError(400, "wait must be a non-negative number of seconds")
         wait = min(wait, self.max_wait)
         if wait > 0 and not self.life.holds.draining:
-            access = self.life.access()
+            access = await self.life.start_if_needed()
             with self.life.holds.hold():  # a drain ends it early
                 try:
                     await self.call(access, access.engine.wait, task_id, wait)
@@ -162,12 +162,12 @@ class Handlers:
                     pass  # answer with the state it is in now
 
     async def status(self, task_id: str) -> Answer:
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         info = await self.call(access, access.engine.info, task_id)
         return json_answer(200, self._info(info))
 
     async def get(self, task_id: str) -> Answer:
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         record, payload = await self.call(access, access.engine.result_payload, task_id)
         if record.status is TaskStatus.SUCCESS:
             if payload is None:
@@ -185,17 +185,17 @@ class Handlers:
         return error
 
     async def events(self, task_id: str) -> EventStream:
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         first = await self.call(access, access.engine.info, task_id)
         return EventStream(access, first, holds=self.life.holds, bentoml_compat=self.bentoml_compat)
 
     async def cancel(self, task_id: str) -> Answer:
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         status = await self.call(access, access.engine.cancel, task_id)
         return json_answer(200, {"task_id": task_id, "status": self._name(status)})
 
     async def retry(self, task_id: str) -> Answer:
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         record = await self.call(access, access.engine.retry, task_id)
         answer = {"task_id": record.id, "status": self._name(record.status), "retry_of": task_id}
         return json_answer(200, answer)
@@ -217,7 +217,7 @@ class Handlers:
         offset = number(query, "offset", int, default=0)
         if not 1 <= limit <= 1000 or not 0 <= offset < 2**62:
             raise HTTPError(400, "limit must be 1..1000 and offset 0..2**62")
-        access = self.life.access()
+        access = await self.life.start_if_needed()
         infos = await self.call(access, _list_call(access.engine, name, status, limit, offset))
         return json_answer(
             200,

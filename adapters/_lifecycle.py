@@ -120,22 +120,33 @@ class EngineLife:
         return self._died_of is None
 
     def access(self) -> EngineAccess:
-        """The running engine; started in its own thread on first use when
-        nobody ran the lifespan.
+        """The running engine (see :meth:`start_if_needed` to start it).
 
         Raises:
-            HTTPError: 503 once a :meth:`running` block has ended.
+            HTTPError: 503 when it is not running.
         """
         if self.current is not None:
             return self.current
         if self._ended:
             raise engine_closed("the engine has stopped", state="stopped")
+        raise engine_closed("the engine is not started", state="starting")
+
+    async def start_if_needed(self) -> EngineAccess:
+        """:meth:`access`, starting the engine first (in a worker thread, so the
+        server's loop never blocks) when nobody ran the lifespan."""
+        if self.current is not None or self._ended:
+            return self.access()
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(self._autostart)
+        return self.access()
+
+    def _autostart(self) -> None:
         with self._autostart_lock:
-            if self.current is None:
+            if self.current is None and not self._ended:
                 log.info("no lifespan reached errands; starting its engine on first request")
                 self._autostarted = self._start_thread_engine()
                 self.current = ThreadedEngine(self._autostarted)
-        return self.current
 
     def drain(self) -> None:
         """Answer every held request now, and hold no new one (see ``ErrandsApp.drain``)."""
@@ -156,13 +167,16 @@ class EngineLife:
             raise engine_closed("the engine died", state="dead")
         return json_answer(200, {"status": "ok"})
 
-    def readiness(self) -> Answer:
-        """``/readyz``: 200 while the engine takes work (or is yet to start on
-        first request); 503 with a ``state`` otherwise."""
+    async def readiness(self) -> Answer:
+        """``/readyz``: 200 while the engine takes work; 503 with a ``state``
+        otherwise.  Mounted where nobody ran the lifespan, it starts the
+        engine (and the service's ``__init__``) and answers once it is up."""
         if self._died_of is not None:
             raise engine_closed("the engine died", state="dead")
         if self._ended:
             raise engine_closed("the engine has stopped", state="stopped")
+        if self.current is None:
+            await self.start_if_needed()
         access = self.current
         if access is not None:
             stats = access.engine.statistics()

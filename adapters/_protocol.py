@@ -39,6 +39,7 @@ from errands import (
     ErrandsError,
     FieldError,
     InvalidArguments,
+    LimitExceeded,
     RemoteError,
     TaskCancelled,
     TaskError,
@@ -342,6 +343,10 @@ class ErrorKind:
     message: str | None = None
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
 def _storage_fields(retry_after: float) -> JSON:
     return {"state": "storage_unavailable", "retry_after": max(1, math.ceil(retry_after))}
 
@@ -413,6 +418,14 @@ ERRORS: dict[type[ErrandsError], ErrorKind] = {
         fields=lambda e, name: _storage_fields(1.0),
         rebuild=_storage_rebuild,
         message="storage unavailable; try again",
+    ),
+    LimitExceeded: ErrorKind(
+        "LimitExceeded",
+        400,
+        fields=lambda e, name: {"limit": e.limit, "maximum": e.maximum},
+        rebuild=lambda a: LimitExceeded(
+            a.message, limit=a.text("limit"), maximum=_number(a.body.get("maximum"))
+        ),
     ),
     EngineClosed: ErrorKind(
         "EngineClosed",

@@ -57,7 +57,7 @@ class Router:
             return self.life.liveness()
         if path == "/readyz":
             _allow(method, ("GET", "HEAD"))
-            return self.life.readiness()
+            return await self.life.readiness()
         if path == "/schema.json":
             _allow(method, ("GET",))
             return handlers.schema_json()
@@ -74,7 +74,7 @@ class Router:
             _allow(method, ("POST",))
             body = await self._read_body(scope, receive)
             return await wait_many(
-                self.life.access(),
+                await self.life.start_if_needed(),
                 body,
                 query,
                 holds=self.life.holds,

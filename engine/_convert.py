@@ -269,6 +269,8 @@ def _make_converter() -> cattrs.Converter:
         lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), _structure_enum
     )
     conv.register_structure_hook_func(_is_pil_image, _structure_image)
+    # ``object`` means any JSON value, as ``Any`` does (the data is JSON already).
+    conv.register_structure_hook_func(lambda tp: tp is object, lambda value, _: value)
     conv.register_unstructure_hook_func(
         lambda tp: isinstance(tp, type) and tp.__module__.startswith("PIL."),
         lambda image: _unstructure_bytes(image_to_png(image)),
