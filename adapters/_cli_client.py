@@ -231,7 +231,7 @@ def _submit(client: SyncHTTPClient, args: argparse.Namespace) -> int:
         known = ", ".join(sorted(server.endpoints)) or "none"
         raise Stop(USAGE, f"no task endpoint {args.name!r} on the server (endpoints: {known})")
     try:
-        arguments = parse_arguments(args.arguments, endpoint.file_fields())
+        arguments = parse_arguments(args.arguments, endpoint.file_fields(), endpoint.text_fields())
     except ValueError as exc:
         raise Stop(USAGE, str(exc)) from None
     options = client[args.name].options(

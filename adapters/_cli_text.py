@@ -111,6 +111,19 @@ def write_result(value: Any, output: str | None) -> str | None:
 # ------------------------------------------------------------------ arguments
 
 
+def _text_value(text: str) -> str:
+    """A string argument's text as is; a JSON string literal (``'"42"'``, as
+    earlier versions asked for) still reads as its string."""
+    if text.startswith('"'):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(value, str):
+            return value
+    return text
+
+
 def _value(text: str) -> Any:
     """JSON where the text parses as JSON (not NaN or Infinity), else the text."""
 
@@ -123,11 +136,17 @@ def _value(text: str) -> Any:
         return text
 
 
-def parse_arguments(pairs: Sequence[str], file_fields: frozenset[str]) -> dict[str, Any]:
+def parse_arguments(
+    pairs: Sequence[str],
+    file_fields: frozenset[str],
+    text_fields: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """``KEY=VALUE`` words as keyword arguments (see ``errands submit --help``).
 
     A file argument takes ``@PATH`` (sent as that file) or text (sent as its
-    UTF-8 bytes), and may be repeated for a list of files.
+    UTF-8 bytes), and may be repeated for a list of files.  A string argument
+    (``text_fields``, from the server's schema) takes the text as it is
+    (``text=123`` is ``"123"``); the others are parsed as JSON where they parse.
 
     Raises:
         ValueError: a word is not ``KEY=VALUE``, a file cannot be read, or a
@@ -151,6 +170,16 @@ def parse_arguments(pairs: Sequence[str], file_fields: frozenset[str]) -> dict[s
                 earlier = out[key]
                 out[key] = [*(earlier if isinstance(earlier, list) else [earlier]), value]
                 continue
+        elif key in text_fields:
+            if text.startswith("@"):
+                path = Path(text[1:])
+                try:
+                    value = path.read_text("utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise ValueError(f"{key}: cannot read {path}: {reason}") from None
+            else:
+                value = _text_value(text)
         elif text.startswith("@"):
             path = Path(text[1:])
             try:

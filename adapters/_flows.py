@@ -142,6 +142,15 @@ def _through_outages(call: Call, outage: _Outage, deadline: float) -> Flow:
 
 def schema() -> Flow:
     response = yield Call({"method": "GET", "url": "/schema.json"})
+    if response.status_code == 404:
+        # The usual cause: the app is mounted under a prefix the URL lacks.
+        error = RemoteError(
+            f"HTTP 404 from {response.request.url}: no errands (or BentoML) server answers "
+            "there. If the app is mounted under a path in another app (e.g. /jobs), put that "
+            "path in the client's URL: SyncHTTPClient('http://host:port/jobs')"
+        )
+        error.status_code = 404
+        raise error
     return parse_schema(_json(_check(response, action="schema")))
 
 
@@ -163,10 +172,15 @@ def submit(
     return body["task_id"]
 
 
+def _wait_param(hold: float) -> str:
+    """``?wait=`` for ``hold`` seconds, rounded down: a server refuses more than its max_wait."""
+    return f"{math.floor(hold * 1000) / 1000:.3f}"
+
+
 def _status_call(route: Endpoint, task_id: str, hold: float = 0.0) -> Call:
     params = {"task_id": task_id}
     if hold > 0:
-        params["wait"] = f"{hold:.3f}"
+        params["wait"] = _wait_param(hold)
     return Call({"method": "GET", "url": route.path("status"), "params": params}, hold=hold)
 
 
@@ -271,7 +285,7 @@ def wait_any(
             request = {
                 "method": "POST",
                 "url": "/tasks/wait",
-                "params": {"wait": f"{hold:.3f}"},
+                "params": {"wait": _wait_param(hold)},
                 "content": json.dumps({"task_ids": ids}),
                 "headers": {"content-type": "application/json"},
             }

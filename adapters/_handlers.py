@@ -9,8 +9,7 @@ their answers in :meth:`Handlers.call`.
 from __future__ import annotations
 
 import math
-import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import errands
@@ -26,12 +25,13 @@ from errands import (
 )
 from errands._engine import idempotent_id
 
-from ._answers import Answer, json_answer, json_bytes, number, one, request_json
+from ._answers import Answer, json_answer, json_bytes, number, one, request_json, wait_seconds
 from ._bridge import EngineAccess
 from ._jsonschema import input_schema, output_schema
 from ._lifecycle import EngineLife
-from ._multipart import MultipartError, parse_multipart
+from ._multipart import MultipartError, parse_multipart, takes_list, takes_text
 from ._openapi import openapi_document
+from ._options import HTTPOptions
 from ._protocol import (
     STATUS_NAMES,
     HTTPError,
@@ -56,16 +56,15 @@ class Handlers:
         self,
         life: EngineLife,
         *,
-        bentoml_compat: bool,
-        max_pending: int | None,
-        max_wait: float,
+        http: HTTPOptions,
     ) -> None:
         self.life = life
         self.service = life.service
         self.definitions = self.service.tasks
-        self.bentoml_compat = bentoml_compat
-        self.max_pending = max_pending
-        self.max_wait = max_wait
+        self.http = http
+        self.bentoml_compat = http.bentoml_compat
+        self.max_pending = http.max_pending
+        self.max_wait = http.max_wait
         self._submitting = 0  # submits between their queue-depth check and their answer
         self._schema: bytes | None = None
         self._openapi: bytes | None = None
@@ -81,7 +80,9 @@ class Handlers:
         return status_name(status, bentoml_compat=self.bentoml_compat)
 
     def _info(self, info: TaskInfo) -> dict[str, Any]:
-        return info_to_json(info, bentoml_compat=self.bentoml_compat)
+        return info_to_json(
+            info, bentoml_compat=self.bentoml_compat, hide_errors=self.http.hide_errors
+        )
 
     # ------------------------------------------------------------------ task routes
 
@@ -100,6 +101,7 @@ class Handlers:
                     body,
                     lists=lambda name: _takes_list(definition, name),
                     texts=lambda name: _takes_str(definition, name),
+                    max_parts=self.http.max_parts,
                 )
             except MultipartError as exc:
                 raise HTTPError(400, str(exc)) from None
@@ -120,20 +122,17 @@ class Handlers:
             # full (the engine still checks that its arguments are the same).
             first = idempotent_id(self.service.name, definition.name, idempotency_key)
             try:
-                await access.call(access.engine.status, first)
+                await self.call(access, access.engine.status, first)
                 repeat = True
-            except TaskNotFound:
-                pass
+            except HTTPError as exc:
+                if exc.status != 404:
+                    raise
         # Submits under way count as waiting: without them, concurrent
         # submits that all read the depth before any was stored would all pass.
         self._submitting += 1
         try:
-            if self.max_pending is not None and not repeat:
-                depth = await self.call(access, access.engine.backend.queue.depth)
-                waiting = depth + self._submitting - 1
-                if waiting >= self.max_pending:
-                    message = f"the queue is full ({waiting} tasks waiting); retry later"
-                    raise HTTPError(429, message, retry_after=1)
+            if not repeat:
+                await self._check_queue_room(access)
             record = await self.call(
                 access,
                 _submit_call(
@@ -144,15 +143,26 @@ class Handlers:
             self._submitting -= 1
         return json_answer(200, {"task_id": record.id, "status": self._name(record.status)})
 
+    async def _check_queue_room(self, access: EngineAccess) -> None:
+        """429 with ``Retry-After`` while ``max_pending`` tasks wait (submits
+        and retries under way included)."""
+        if self.max_pending is None:
+            return
+        depth = await self.call(access, access.engine.backend.queue.depth)
+        waiting = depth + self._submitting - 1
+        if waiting >= self.max_pending:
+            message = (
+                f"the queue is full ({waiting} tasks waiting, max_pending {self.max_pending}); "
+                "retry later"
+            )
+            raise HTTPError(429, message, retry_after=1)
+
     async def long_poll(self, task_id: str, query: dict[str, list[str]]) -> None:
         """``?wait=S``: hold the request until the task is final or S seconds
-        pass (at most ``max_wait``); event-driven, no polling inside."""
-        wait = number(query, "wait", float, default=None)
+        pass (more than ``max_wait`` is a 400); event-driven, no polling inside."""
+        wait = wait_seconds(query, maximum=self.max_wait, default=None)
         if wait is None:
             return
-        if not (math.isfinite(wait) and wait >= 0):
-            raise HTTPError(400, "wait must be a non-negative number of seconds")
-        wait = min(wait, self.max_wait)
         if wait > 0 and not self.life.holds.draining:
             access = await self.life.start_if_needed()
             with self.life.holds.hold():  # a drain ends it early
@@ -174,7 +184,9 @@ class Handlers:
                 raise self._error(TaskNotFound(task_id))
             return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
         if record.status is TaskStatus.FAILURE:
-            raise self._error(TaskFailed(task_id, str(record.error)))
+            error = record.error
+            shown = error.type if self.http.hide_errors and error is not None else str(error)
+            raise self._error(TaskFailed(task_id, shown))
         if record.status is TaskStatus.CANCELLED:
             raise self._error(TaskCancelled(task_id))
         raise self._error(TaskNotReady(task_id, record.status.value))
@@ -187,7 +199,15 @@ class Handlers:
     async def events(self, task_id: str) -> EventStream:
         access = await self.life.start_if_needed()
         first = await self.call(access, access.engine.info, task_id)
-        return EventStream(access, first, holds=self.life.holds, bentoml_compat=self.bentoml_compat)
+        if not first.status.is_final:
+            self.life.holds.check_room()  # a 503 now, not a stream cut short
+        return EventStream(
+            access,
+            first,
+            holds=self.life.holds,
+            bentoml_compat=self.bentoml_compat,
+            hide_errors=self.http.hide_errors,
+        )
 
     async def cancel(self, task_id: str) -> Answer:
         access = await self.life.start_if_needed()
@@ -196,7 +216,12 @@ class Handlers:
 
     async def retry(self, task_id: str) -> Answer:
         access = await self.life.start_if_needed()
-        record = await self.call(access, access.engine.retry, task_id)
+        self._submitting += 1
+        try:
+            await self._check_queue_room(access)  # a retry is a new task
+            record = await self.call(access, access.engine.retry, task_id)
+        finally:
+            self._submitting -= 1
         answer = {"task_id": record.id, "status": self._name(record.status), "retry_of": task_id}
         return json_answer(200, answer)
 
@@ -289,11 +314,13 @@ class Handlers:
             )
         return 200, list(_JSON), self._schema
 
-    def openapi_json(self) -> Answer:
+    def openapi_json(self, *, auth: bool) -> Answer:
+        """``/openapi.json`` (``auth``: routes take a bearer token)."""
         if self._openapi is None:
-            self._openapi = json_bytes(
-                openapi_document(self.service, bentoml_compat=self.bentoml_compat)
+            document = openapi_document(
+                self.service, http=self.http, engine=self.life.options, auth=auth
             )
+            self._openapi = json_bytes(document)
         return 200, list(_JSON), self._openapi
 
 
@@ -328,12 +355,8 @@ def _list_call(
 
 
 def _takes_list(definition: TaskDefinition, name: str) -> bool:
-    for param in definition.params:
-        if param.name == name:
-            origin = typing.get_origin(param.annotation)
-            return origin in (list, tuple, set, frozenset, Sequence)
-    return False
+    return any(p.name == name and takes_list(p.annotation) for p in definition.params)
 
 
 def _takes_str(definition: TaskDefinition, name: str) -> bool:
-    return any(p.name == name and p.annotation is str for p in definition.params)
+    return any(p.name == name and takes_text(p.annotation) for p in definition.params)

@@ -18,10 +18,17 @@ from typing import Any
 import attrs
 
 from errands import TaskDefinition
+from errands._convert import media_type_of
 
-__all__ = ["input_schema", "output_schema", "type_schema"]
+from ._multipart import takes_list, takes_text, without_none
+
+__all__ = ["form_schema", "input_schema", "output_schema", "type_schema"]
 
 JSON = dict[str, Any]
+
+#: Base64 as the converter reads it (the standard alphabet, padded): a JSON
+#: Schema validator takes ``contentEncoding`` as a note, not a check.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 def _is_pil_image(tp: Any) -> bool:
@@ -47,13 +54,18 @@ def type_schema(tp: Any, defs: dict[str, JSON] | None = None) -> JSON:
     if tp is str:
         return {"type": "string"}
     if tp is bytes:
-        return {"type": "string", "contentEncoding": "base64"}
+        return {"type": "string", "contentEncoding": "base64", "pattern": BASE64}
     if tp is dt.datetime:
         return {"type": "string", "format": "date-time"}
     if tp is dt.date:
         return {"type": "string", "format": "date"}
     if _is_pil_image(tp):
-        return {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/*"}
+        return {
+            "type": "string",
+            "contentEncoding": "base64",
+            "contentMediaType": "image/*",
+            "pattern": BASE64,
+        }
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
@@ -158,6 +170,51 @@ def input_schema(
     return out
 
 
+def _file_schema(tp: Any) -> JSON | None:
+    """The schema of a form part holding ``tp``'s file (None: ``tp`` is no file)."""
+    if tp is bytes:
+        return {"type": "string", "format": "binary"}
+    if _is_pil_image(tp):
+        return {"type": "string", "format": "binary", "contentMediaType": "image/*"}
+    return None
+
+
+def form_schema(definition: TaskDefinition, defs: dict[str, JSON] | None = None) -> JSON:
+    """The ``multipart/form-data`` body of ``POST <route>/submit``, with its ``encoding``.
+
+    Returns ``{"schema": ..., "encoding": ...}``, an OpenAPI media type
+    object, as ``_multipart`` reads a form: a file argument (``bytes``, a
+    PIL image, optional or not) is a file part; a list argument may come as
+    one part per item (files or JSON text), so a required one has at least
+    one; a ``str`` argument is a text part as is; any other is a part
+    holding its JSON text.
+    """
+    schema = input_schema(definition, defs)
+    properties: JSON = {}
+    encoding: JSON = {}
+    for param in definition.params:
+        tp = without_none(param.annotation)
+        json_schema = schema["properties"][param.name]
+        args = typing.get_args(tp)
+        file = _file_schema(tp)
+        files = _file_schema(args[0]) if takes_list(tp) and args else None
+        if file is not None:
+            prop = {"title": json_schema["title"], **file}
+        elif files is not None:
+            prop = {"title": json_schema["title"], "type": "array", "items": files}
+        else:
+            prop = json_schema
+            text = takes_text(param.annotation)
+            encoding[param.name] = {"contentType": "text/plain" if text else "application/json"}
+        if param.required and takes_list(tp):
+            prop = {**prop, "minItems": 1}  # one part per item: no part is no list
+        properties[param.name] = prop
+    out: JSON = {"schema": {**schema, "properties": properties}}
+    if encoding:
+        out["encoding"] = encoding
+    return out
+
+
 def output_schema(definition: TaskDefinition, *, bentoml: bool = False) -> JSON:
     """The body of ``GET <route>/get``.
 
@@ -166,6 +223,9 @@ def output_schema(definition: TaskDefinition, *, bentoml: bool = False) -> JSON:
     image as ``{"type": "file", "format": "image", "pil": true}``.
     """
     tp = definition.return_type
+    media = media_type_of(tp)
+    if media is not None:  # Annotated[bytes, errands.MediaType(...)]: served raw
+        return {"type": "string", "format": "binary", "contentMediaType": media}
     if tp is bytes:
         return {"type": "string", "format": "binary"}
     if _is_pil_image(tp):

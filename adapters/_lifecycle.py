@@ -42,7 +42,8 @@ class EngineLife:
     ) -> None:
         self.service = service
         self._backend = backend
-        self._options = options
+        #: The engine's options.
+        self.options = options
         #: The running engine (None: not started, or stopped).
         self.current: EngineAccess | None = None
         #: The requests held open (long polls, event streams, waits).
@@ -69,7 +70,7 @@ class EngineLife:
             engine: errands.Engine | None = None
             try:
                 async with errands.open_engine(
-                    self.service, backend=self._backend, options=self._options
+                    self.service, backend=self._backend, options=self.options
                 ) as client:
                     engine = client.engine
                     self.current = LocalEngine(engine)
@@ -102,7 +103,7 @@ class EngineLife:
         self._ended = True
 
     def _start_thread_engine(self) -> errands.SyncClient:
-        client = errands.start(self.service, backend=self._backend, options=self._options)
+        client = errands.start(self.service, backend=self._backend, options=self.options)
         client.on_death = self._died
         return client
 

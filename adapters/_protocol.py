@@ -197,11 +197,27 @@ _KINDS: dict[str, _Kind] = {
 }
 
 
-def info_to_json(info: TaskInfo, *, bentoml_compat: bool = False) -> JSON:
-    """The TaskInfo object a server sends for ``info``."""
+def info_to_json(
+    info: TaskInfo, *, bentoml_compat: bool = False, hide_errors: bool = False
+) -> JSON:
+    """The TaskInfo object a server sends for ``info`` (with ``hide_errors``,
+    a failed task's error is its type only, as are earlier attempts')."""
+    if hide_errors:
+        info = hidden(info)
     out = {f.wire: _KINDS[f.kind].encode(getattr(info, f.attr)) for f in INFO_FIELDS}
     out["status"] = status_name(info.status, bentoml_compat=bentoml_compat)
     return out
+
+
+def hidden(info: TaskInfo) -> TaskInfo:
+    """``info`` with error messages left out (their types stay)."""
+    error = info.error
+    return attrs.evolve(
+        info,
+        error=None if error is None else TaskError(type=error.type, message=""),
+        traceback=None,
+        history=tuple(attrs.evolve(h, message="") for h in info.history),
+    )
 
 
 def info_from_json(body: Any, name: str = "") -> TaskInfo:
@@ -245,9 +261,13 @@ def info_schema(*, bentoml_compat: bool = False) -> JSON:
 #: The ``type`` of an error answer that no errands exception stands behind.
 HTTP_TYPES: dict[int, str] = {
     400: "BadRequest",
+    401: "Unauthorized",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     413: "ContentTooLarge",
+    415: "UnsupportedMediaType",
+    421: "MisdirectedRequest",
     429: "TooManyRequests",
     500: "InternalServerError",
     503: "ServiceUnavailable",
@@ -514,6 +534,8 @@ def error_schemas(*, bentoml_compat: bool = False) -> dict[str, JSON]:
             "task_error": text,
             "state": text,
             "retry_after": {"type": "integer", "minimum": 1},
+            "limit": {"type": "string", "description": "LimitExceeded: the option exceeded."},
+            "maximum": {"type": "number", "description": "LimitExceeded: its value."},
         },
         "required": ["error", "type"],
     }

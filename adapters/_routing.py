@@ -11,12 +11,19 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
+
 from ._answers import Answer, one
 from ._handlers import Handlers
+from ._options import HTTPOptions
 from ._protocol import HTTPError
+from ._security import OPEN_PATHS, Authenticator, HostAllowList
 from ._waiting import EventStream, wait_many
 
-__all__ = ["ACTIONS", "Router"]
+__all__ = ["ACTIONS", "SUBMIT_TYPES", "Router"]
+
+#: The media types a submit takes.
+SUBMIT_TYPES = frozenset({"application/json", "multipart/form-data"})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,11 +44,21 @@ ACTIONS = {
 class Router:
     """Sends each request to its handler."""
 
-    def __init__(self, handlers: Handlers, *, max_body_size: int) -> None:
+    def __init__(
+        self,
+        handlers: Handlers,
+        *,
+        http: HTTPOptions,
+        auth: Authenticator,
+        hosts: HostAllowList | None,
+    ) -> None:
         self.handlers = handlers
         self.life = handlers.life
         self.routes = {d.route: d for d in handlers.definitions.values()}
-        self.max_body_size = max_body_size
+        self.http = http
+        self.max_body_size = http.max_body_size
+        self.auth = auth
+        self.hosts = hosts
 
     async def dispatch(self, scope: Scope, receive: Receive) -> Answer | EventStream:
         """The answer to an HTTP request (raises HTTPError for an error answer)."""
@@ -50,7 +67,16 @@ class Router:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         method: str = scope["method"]
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if self.hosts is not None and not self.hosts.allows(scope):
+            # DNS rebinding: a page on another name aimed at this server.
+            host = _header(scope, b"host")[:100]
+            raise HTTPError(421, f"this server does not answer to the host name {host!r}")
+        if path not in OPEN_PATHS and not await self.auth.allows(scope):
+            error = HTTPError(401, "a valid bearer token is required (Authorization: Bearer ...)")
+            error.headers.append((b"www-authenticate", b'Bearer realm="errands"'))
+            raise error
+        # Blank values are kept: ``?limit=`` is a bad limit, not the default.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         handlers = self.handlers
         if path == "/livez":
             _allow(method, ("GET", "HEAD"))
@@ -63,7 +89,7 @@ class Router:
             return handlers.schema_json()
         if path == "/openapi.json":
             _allow(method, ("GET",))
-            return handlers.openapi_json()
+            return handlers.openapi_json(auth=self.auth.enabled)
         if path == "/metrics":
             _allow(method, ("GET",))
             return handlers.metrics()
@@ -80,20 +106,34 @@ class Router:
                 holds=self.life.holds,
                 max_wait=handlers.max_wait,
                 bentoml_compat=handlers.bentoml_compat,
+                max_ids=self.http.max_wait_ids,
+                hide_errors=self.http.hide_errors,
             )
         prefix, _, action = path.rpartition("/")
         definition = self.routes.get(prefix or "/")
         if definition is None or action not in ACTIONS:
-            raise HTTPError(404, f"no route {path}")
+            routes = ", ".join(sorted(self.routes))
+            raise HTTPError(
+                404,
+                f"no route {path[:200]}; the task endpoints are {routes}, each with "
+                f"/{', /'.join(ACTIONS)} (and /tasks, /tasks/wait, /readyz, /livez, "
+                "/schema.json, /openapi.json, /metrics)",
+            )
         _allow(method, ACTIONS[action])
         if action == "submit":
+            content_type = _header(scope, b"content-type")
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media not in SUBMIT_TYPES:
+                # Anything else is what a web page may send cross-origin
+                # without asking first (text/plain, forms).
+                raise HTTPError(
+                    415,
+                    f"submit takes application/json or multipart/form-data, not "
+                    f"{media[:100] or 'a body without a content-type'}",
+                )
             body = await self._read_body(scope, receive)
             return await handlers.submit(
-                definition,
-                body,
-                query,
-                _header(scope, b"content-type"),
-                _header(scope, b"idempotency-key") or None,
+                definition, body, query, content_type, _header(scope, b"idempotency-key") or None
             )
         task_id = one(query, "task_id", required=True)
         assert task_id is not None
@@ -117,9 +157,18 @@ class Router:
                 except ValueError:
                     raise HTTPError(400, "bad content-length header") from None
                 if declared > limit:
-                    raise HTTPError(413, f"the body is larger than {limit} bytes")
+                    raise HTTPError(413, _too_large(limit))
         chunks: list[bytes] = []
         size = 0
+        # A client that stalls half way through its body holds nothing for long.
+        with anyio.move_on_after(self.http.read_timeout) as timer:
+            return await self._receive_body(receive, chunks, size, limit)
+        assert timer.cancelled_caught
+        raise HTTPError(408, f"the request body did not arrive within {self.http.read_timeout:g} s")
+
+    async def _receive_body(
+        self, receive: Receive, chunks: list[bytes], size: int, limit: int
+    ) -> bytes:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -127,10 +176,17 @@ class Router:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise HTTPError(413, f"the body is larger than {limit} bytes")
+                raise HTTPError(413, _too_large(limit))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"the body is larger than {limit} bytes, the server's limit (max_body_size; "
+        "errands serve --max-body-size BYTES)"
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str:

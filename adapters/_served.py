@@ -15,6 +15,7 @@ import signal
 
 import errands
 
+from ._security import read_token
 from ._target import load_service
 from .asgi import ErrandsApp, create_app
 
@@ -40,14 +41,14 @@ def _on_engine_death(reason: str) -> None:
 def build_app() -> ErrandsApp:
     """The app described by ``ERRANDS_SERVE``."""
     settings = json.loads(os.environ["ERRANDS_SERVE"])
+    token_file = settings.get("token_file")
+    token = read_token(token_file) if token_file else os.environ.get("ERRANDS_TOKEN") or None
     app = create_app(
         load_service(settings["target"]),
         backend=settings["backend"],
-        bentoml_compat=settings["bentoml_compat"],
-        max_body_size=settings["max_body_size"],
-        max_pending=settings.get("max_pending"),
-        max_wait=settings.get("max_wait", 60.0),
+        auth=token,
         options=errands.EngineOptions(**settings.get("engine", {})),
+        **settings.get("http", {}),
     )
     app.on_engine_death = _on_engine_death
     return app

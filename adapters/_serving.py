@@ -183,7 +183,7 @@ def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
 
     from ._served import app
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=os.environ.get("ERRANDS_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
 

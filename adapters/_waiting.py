@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ import trio
 
 from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound
 
-from ._answers import Answer, json_answer, json_bytes, number, request_json
+from ._answers import Answer, json_answer, json_bytes, request_json, wait_seconds
 from ._protocol import HTTPError, errors_as_answers, info_to_json
 
 if TYPE_CHECKING:
@@ -66,8 +65,10 @@ class Holds:
     loop's thread-safe callback).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1024) -> None:
         self.draining = False
+        #: The most requests held at once; past it :meth:`hold` answers 503.
+        self.limit = limit
         self._holds: dict[anyio.CancelScope, Callable[[], None]] = {}
 
     def __len__(self) -> int:
@@ -84,10 +85,28 @@ class Holds:
         """Holds may last again (a new engine run began)."""
         self.draining = False
 
+    def check_room(self) -> None:
+        """Raise the 503 that :meth:`hold` would, before an answer starts."""
+        if len(self._holds) >= self.limit:
+            raise HTTPError(
+                503,
+                f"the server holds {len(self._holds)} requests open, its limit (max_held); "
+                "try again shortly",
+                state="busy",
+                retry_after=1,
+            )
+
     @contextmanager
-    def hold(self) -> Iterator[anyio.CancelScope]:
+    def hold(self, *, checked: bool = False) -> Iterator[anyio.CancelScope]:
         """A block that :meth:`drain` ends early (quietly: the code after the
-        block runs and answers).  While draining, the block is cancelled at once."""
+        block runs and answers).  While draining, the block is cancelled at once.
+
+        Raises:
+            HTTPError: 503 with ``Retry-After`` when ``limit`` requests are
+                held already (nothing is held then).
+        """
+        if not checked:  # (an event stream checks before its answer starts)
+            self.check_room()
         scope = anyio.CancelScope()
         if self.draining:
             scope.cancel()
@@ -136,8 +155,15 @@ class EventStream:
     """
 
     def __init__(
-        self, access: EngineAccess, first: TaskInfo, *, holds: Holds, bentoml_compat: bool
+        self,
+        access: EngineAccess,
+        first: TaskInfo,
+        *,
+        holds: Holds,
+        bentoml_compat: bool,
+        hide_errors: bool = False,
     ) -> None:
+        self._hide_errors = hide_errors
         self._access = access
         self._first = first
         self._holds = holds
@@ -145,7 +171,9 @@ class EventStream:
         self._gone = False
 
     def _event(self, info: TaskInfo) -> bytes:
-        body = info_to_json(info, bentoml_compat=self._bentoml_compat)
+        body = info_to_json(
+            info, bentoml_compat=self._bentoml_compat, hide_errors=self._hide_errors
+        )
         return b"event: status\ndata: " + json_bytes(body) + b"\n\n"
 
     async def run(self, send: Send, receive: Receive) -> None:
@@ -154,7 +182,7 @@ class EventStream:
         info = self._first
         await self._send(send, self._event(info))
         if not info.status.is_final and not self._gone:
-            with self._holds.hold():
+            with self._holds.hold(checked=True):
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
                     await self._follow(send, info)
@@ -198,13 +226,15 @@ async def wait_many(
     holds: Holds,
     max_wait: float,
     bentoml_compat: bool,
+    max_ids: int = MAX_WAIT_IDS,
+    hide_errors: bool = False,
 ) -> Answer:
     """``POST /tasks/wait?wait=S`` with ``{"task_ids": [...]}``.
 
     Answers ``{"done": [status objects of final tasks], "missing": [unknown
     or expired ids], "pending": [ids not final yet]}`` as soon as ``done`` or
-    ``missing`` is not empty, or after ``min(S, max_wait)`` seconds (S
-    defaults to 0: answer at once), or at once on drain.  Repeated ids count
+    ``missing`` is not empty, or after S seconds (S defaults to 0: answer
+    at once; more than ``max_wait`` is a 400), or at once on drain.  Repeated ids count
     once; every list keeps the order of the request.
     """
     request = request_json(body, empty=None)
@@ -216,14 +246,13 @@ async def wait_many(
     ids = request.get("task_ids")
     if (
         not isinstance(ids, list)
-        or not 1 <= len(ids) <= MAX_WAIT_IDS
+        or not 1 <= len(ids) <= max_ids
         or not all(isinstance(i, str) for i in ids)
     ):
-        raise HTTPError(400, f"task_ids must be a list of 1 to {MAX_WAIT_IDS} task ids (strings)")
-    wait = number(query, "wait", float, default=0.0)
-    if not (math.isfinite(wait) and wait >= 0):
-        raise HTTPError(400, "wait must be a non-negative number of seconds")
-    wait = min(wait, max_wait)
+        raise HTTPError(
+            400, f"task_ids must be a list of 1 to {max_ids} task ids (strings) (max_wait_ids)"
+        )
+    wait = wait_seconds(query, maximum=max_wait, default=0.0)
     unique = list(dict.fromkeys(ids))
     found: dict[str, TaskInfo | None] = {}
     engine = access.engine
@@ -237,7 +266,10 @@ async def wait_many(
     return json_answer(
         200,
         {
-            "done": [info_to_json(info, bentoml_compat=bentoml_compat) for info in done],
+            "done": [
+                info_to_json(info, bentoml_compat=bentoml_compat, hide_errors=hide_errors)
+                for info in done
+            ],
             "missing": [i for i in unique if i in found and found[i] is None],
             "pending": [i for i in unique if i not in found],
         },

@@ -61,6 +61,17 @@ class Endpoint:
     def path(self, action: str) -> str:
         return f"{self.route.rstrip('/')}/{action}"
 
+    def text_fields(self) -> frozenset[str]:
+        """Arguments whose schema is a plain string (the shell sends their text as is)."""
+        properties = self.input.get("properties") or {}
+        return frozenset(
+            name
+            for name, schema in properties.items()
+            if isinstance(schema, dict)
+            and schema.get("type") == "string"
+            and "format" not in schema
+        )
+
     def file_fields(self) -> frozenset[str]:
         """Arguments sent as multipart file parts (``{"type": "file"}``)."""
         out = set()

@@ -15,8 +15,7 @@ object, errors); this module speaks ASGI.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,8 +28,10 @@ from ._answers import Answer, json_bytes
 from ._bridge import EngineAccess
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
+from ._options import HTTP_DEFAULTS, HTTPOptions
 from ._protocol import BENTOML_STATUS, HTTPError
 from ._routing import Router
+from ._security import AuthCheck, Authenticator, HostAllowList
 from ._waiting import EventStream, Holds
 
 __all__ = ["BENTOML_STATUS", "DEFAULT_MAX_BODY", "ErrandsApp", "create_app"]
@@ -42,7 +43,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_BODY = HTTP_DEFAULTS.max_body_size
 
 
 class ErrandsApp:
@@ -53,23 +54,22 @@ class ErrandsApp:
         service: object,
         *,
         backend: Backend | str | None,
-        bentoml_compat: bool,
-        max_body_size: int,
-        max_pending: int | None,
-        max_wait: float,
+        http: HTTPOptions,
+        auth: str | AuthCheck | None,
         engine_options: EngineOptions,
     ) -> None:
         self.service = as_service(service)
         self.definitions = self.service.tasks
-        self.bentoml_compat = bentoml_compat
-        self.max_body_size = max_body_size
-        self.max_pending = max_pending
-        self.max_wait = max_wait
+        self.http = http
+        self.bentoml_compat = http.bentoml_compat
+        self.max_body_size = http.max_body_size
+        self.max_pending = http.max_pending
+        self.max_wait = http.max_wait
         self._life = EngineLife(self.service, backend=backend, options=engine_options)
-        handlers = Handlers(
-            self._life, bentoml_compat=bentoml_compat, max_pending=max_pending, max_wait=max_wait
-        )
-        self._router = Router(handlers, max_body_size=max_body_size)
+        self._life.holds.limit = http.max_held
+        handlers = Handlers(self._life, http=http)
+        hosts = None if http.allowed_hosts is None else HostAllowList(http.allowed_hosts)
+        self._router = Router(handlers, http=http, auth=Authenticator(auth), hosts=hosts)
 
     # ------------------------------------------------------------------ engine
 
@@ -188,10 +188,17 @@ def create_app(
     service: object,
     *,
     backend: Backend | str | None = None,
-    bentoml_compat: bool = False,
-    max_body_size: int = DEFAULT_MAX_BODY,
-    max_pending: int | None = None,
-    max_wait: float = 60.0,
+    auth: str | AuthCheck | None = None,
+    bentoml_compat: bool = HTTP_DEFAULTS.bentoml_compat,
+    max_body_size: int = HTTP_DEFAULTS.max_body_size,
+    max_pending: int | None = HTTP_DEFAULTS.max_pending,
+    max_wait: float = HTTP_DEFAULTS.max_wait,
+    max_held: int = HTTP_DEFAULTS.max_held,
+    max_wait_ids: int = HTTP_DEFAULTS.max_wait_ids,
+    max_parts: int = HTTP_DEFAULTS.max_parts,
+    hide_errors: bool = HTTP_DEFAULTS.hide_errors,
+    allowed_hosts: Iterable[str] | None = HTTP_DEFAULTS.allowed_hosts,
+    read_timeout: float = HTTP_DEFAULTS.read_timeout,
     ttl: float = DEFAULTS.ttl,
     lease: float = DEFAULTS.lease,
     workers: int = DEFAULTS.workers,
@@ -205,13 +212,13 @@ def create_app(
     Args:
         service: an ``errands.Service`` or an ``@errands.service`` class.
         backend: the engine's backend (object or URL; None: memory).
-        bentoml_compat: report statuses as BentoML's clients expect
-            (``completed``, ``failed``, ``canceled``).
-        max_body_size: the largest request body accepted, in bytes (413 above).
-        max_pending: refuse submits with 429 (and ``Retry-After``) while this
-            many tasks wait in the queue (None: no limit).
-        max_wait: the longest a ``?wait=`` long poll on status/get, or a
-            ``POST /tasks/wait``, is held, in seconds.
+        auth: a bearer token every route but ``/livez`` and ``/readyz``
+            requires (401 without it), or an async callable given the
+            request's ASGI scope that answers whether it may pass; None: no
+            auth (for a loopback server, or a host app that checks itself).
+        bentoml_compat, max_body_size, max_pending, max_wait, max_held,
+            max_wait_ids, max_parts, hide_errors, allowed_hosts, read_timeout: see
+            ``errands.adapters.HTTPOptions``.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, see :class:`errands.EngineOptions`.
         options: the engine options as one :class:`errands.EngineOptions` instead.
@@ -219,19 +226,23 @@ def create_app(
     Raises:
         ValueError: naming the bad option.
     """
-    if max_body_size < 1:
-        raise ValueError("max_body_size must be positive")
-    if max_pending is not None and max_pending < 1:
-        raise ValueError("max_pending must be positive")
-    if not 0 <= max_wait < math.inf:
-        raise ValueError("max_wait must be a number of seconds >= 0")
-    return ErrandsApp(
-        service,
-        backend=backend,
+    http = HTTPOptions(
         bentoml_compat=bentoml_compat,
         max_body_size=max_body_size,
         max_pending=max_pending,
         max_wait=max_wait,
+        max_held=max_held,
+        max_wait_ids=max_wait_ids,
+        max_parts=max_parts,
+        hide_errors=hide_errors,
+        allowed_hosts=allowed_hosts,
+        read_timeout=read_timeout,
+    )
+    return ErrandsApp(
+        service,
+        backend=backend,
+        http=http,
+        auth=auth,
         engine_options=build_options(
             options,
             ttl=ttl,

@@ -29,14 +29,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import attrs
 import trio
 
 import errands
 
 from . import _cli_client
+from ._options import HTTP_DEFAULTS, HTTPOptions
+from ._security import LOOPBACK_HOSTS, is_loopback, read_token
 from ._serving import LOG_FORMAT, serve_hypercorn, serve_uvicorn
 from ._target import TargetError, load_service
-from .asgi import DEFAULT_MAX_BODY
 
 __all__ = ["main"]
 
@@ -70,21 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         help="report statuses as BentoML's clients expect (completed, failed, canceled)",
     )
     serve.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
-    serve.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES")
-    serve.add_argument(
-        "--max-pending",
-        type=int,
-        default=None,
-        metavar="N",
-        help="answer submits with 429 while N tasks wait (default: no limit)",
-    )
-    serve.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="the longest a ?wait= long poll or POST /tasks/wait is held (default 60)",
-    )
+    _http_flags(serve)
     serve.add_argument(
         "--graceful-timeout",
         type=float,
@@ -94,16 +82,136 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _engine_flags(serve)
+    _log_flag(serve)
 
     worker = sub.add_parser("worker", help="run tasks from a shared backend, without HTTP")
     worker.add_argument("target", metavar="MODULE:ATTR")
     worker.add_argument("--backend", required=True, help="a shared backend URL")
     _engine_flags(worker)
+    _log_flag(worker)
     # Older spelling of --task-slots, kept working.
     worker.add_argument("--workers", type=int, dest="task_slots", help=argparse.SUPPRESS)
 
     _cli_client.add_commands(sub)
     return parser
+
+
+def _log_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="how much the server logs (default info; debug shows every state change)",
+    )
+
+
+def _http_flags(serve: argparse.ArgumentParser) -> None:
+    """Auth, host names and the HTTP caps of ``errands serve`` (defaults: HTTPOptions)."""
+    d = HTTP_DEFAULTS
+    safety = serve.add_argument_group("security")
+    safety.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer <token>' on every route but /livez and /readyz; "
+        "the token is the file's first line (or set ERRANDS_TOKEN)",
+    )
+    safety.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve a non-loopback address without a token (only behind your own auth)",
+    )
+    safety.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name to answer to (repeat; '*' for any; default: the loopback names "
+        "when bound to loopback, any otherwise)",
+    )
+    safety.add_argument(
+        "--hide-errors",
+        action="store_true",
+        help="send a failed task's error type only, not its message",
+    )
+    caps = serve.add_argument_group("limits")
+    caps.add_argument("--max-body-size", type=int, default=d.max_body_size, metavar="BYTES")
+    caps.add_argument(
+        "--max-pending",
+        type=int,
+        default=d.max_pending,
+        metavar="N",
+        help=f"answer submits and retries with 429 while N tasks wait (default {d.max_pending})",
+    )
+    caps.add_argument(
+        "--max-wait",
+        type=float,
+        default=d.max_wait,
+        metavar="SECONDS",
+        help=f"the longest a ?wait= long poll or POST /tasks/wait is held (default {d.max_wait:g})",
+    )
+    caps.add_argument(
+        "--max-held",
+        type=int,
+        default=d.max_held,
+        metavar="N",
+        help=f"requests held open at once: long polls, event streams, /tasks/wait "
+        f"(default {d.max_held}; past it, 503 with Retry-After)",
+    )
+    caps.add_argument(
+        "--max-wait-ids",
+        type=int,
+        default=d.max_wait_ids,
+        metavar="N",
+        help=f"task ids in one POST /tasks/wait (default {d.max_wait_ids})",
+    )
+    caps.add_argument(
+        "--max-parts",
+        type=int,
+        default=d.max_parts,
+        metavar="N",
+        help=f"parts in one multipart submit (default {d.max_parts})",
+    )
+    caps.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        metavar="SECONDS",
+        help=f"the longest a request body may take to arrive (default {d.read_timeout:g}; "
+        "408 past it)",
+    )
+
+
+def _http_options(args: argparse.Namespace) -> HTTPOptions:
+    """The HTTP options the flags give (a bad one is a usage error naming its flag)."""
+    hosts = args.allowed_host
+    if hosts is None:
+        hosts = list(LOOPBACK_HOSTS) if is_loopback(args.host) else ["*"]
+    try:
+        return HTTPOptions(
+            bentoml_compat=args.bentoml_compat,
+            max_body_size=args.max_body_size,
+            max_pending=args.max_pending,
+            max_wait=args.max_wait,
+            max_held=args.max_held,
+            max_wait_ids=args.max_wait_ids,
+            max_parts=args.max_parts,
+            hide_errors=args.hide_errors,
+            allowed_hosts=hosts,
+            read_timeout=args.read_timeout,
+        )
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        option = message.split(" ", 1)[0]
+        raise _UsageError("--" + option.replace("_", "-") + message[len(option) :]) from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file or ERRANDS_TOKEN (never printed)."""
+    if args.token_file:
+        try:
+            return read_token(args.token_file)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"--token-file: {exc}") from None
+    return os.environ.get("ERRANDS_TOKEN") or None
 
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in _cli_client.COMMANDS:
         return _cli_client.run(args)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    os.environ["ERRANDS_LOG_LEVEL"] = args.log_level.upper()  # for server worker processes
     try:
         if args.command == "serve":
             return _serve(args)
@@ -204,8 +313,16 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("errands: --workers must be at least 1", file=sys.stderr)
         return 2
-    if not 0 <= args.max_wait < float("inf"):
-        print("errands: --max-wait must be a number of seconds >= 0", file=sys.stderr)
+    http = _http_options(args)
+    token = _token(args)
+    if token is None and not args.no_auth and not is_loopback(args.host):
+        print(
+            f"errands: refusing to serve {args.host} without a token: anyone who reaches it "
+            "could read every task and run any. Set a token with --token-file PATH (or the "
+            "ERRANDS_TOKEN environment variable), or pass --no-auth if something else in "
+            "front of errands checks who may call it.",
+            file=sys.stderr,
+        )
         return 2
     if args.workers > 1 and args.backend.startswith("memory:"):
         print(
@@ -228,10 +345,10 @@ def _serve(args: argparse.Namespace) -> int:
             },
             "target": args.target,
             "backend": args.backend,
-            "bentoml_compat": args.bentoml_compat,
-            "max_body_size": args.max_body_size,
-            "max_pending": args.max_pending,
-            "max_wait": args.max_wait,
+            "http": attrs.asdict(http),
+            # The token itself never goes into the environment here: each
+            # process reads the file (or inherits ERRANDS_TOKEN).
+            "token_file": args.token_file,
         }
     )
     application = "errands.adapters._served:app"

@@ -143,3 +143,65 @@ def test_stock_bentoml_clients_work_against_errands(tmp_path: Path) -> None:
     assert "kaput" in out["boom_get"]
     assert out["async_add"] == ["completed", 42]
     assert out["measure"] == ["completed", [10240, "00010203", "file"]]  # sent as multipart
+
+
+TOKEN_CLIENT = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import bentoml
+
+    url, token = sys.argv[1], sys.argv[2]
+    out = {}
+    with bentoml.SyncHTTPClient(url, token=token) as client:
+        task = client.add.submit(a=1, b=2)
+        deadline = time.monotonic() + 20
+        while task.get_status().value != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        out["sync"] = task.get()
+
+    async def main():
+        async with bentoml.AsyncHTTPClient(url, token=token) as client:
+            task = await client.add.submit(a=20, b=22)
+            deadline = time.monotonic() + 20
+            while (await task.get_status()).value != "completed":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            out["async"] = await task.get()
+
+    asyncio.run(main())
+    try:
+        with bentoml.SyncHTTPClient(url, token="wrong") as client:
+            client.add.submit(a=1, b=1)
+        out["wrong"] = "accepted"
+    except Exception as exc:
+        out["wrong"] = type(exc).__name__
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not BENTOML_PYTHON,
+    reason="set ERRANDS_BENTOML_PYTHON (make test does) to a python with bentoml",
+)
+def test_stock_bentoml_clients_send_their_token(tmp_path: Path) -> None:
+    assert BENTOML_PYTHON is not None
+    (tmp_path / "compat.py").write_text(SERVICE)
+    (tmp_path / "client.py").write_text(TOKEN_CLIENT)
+    token = "bento-token-123"
+    (tmp_path / "token").write_text(token)
+    env = {k: v for k, v in os.environ.items() if k != "ERRANDS_TOKEN"}
+    args = ["compat.py:svc", "--bentoml-compat", "--backend", "memory://"]
+    with serving([*args, "--token-file", str(tmp_path / "token")], tmp_path, env=env) as (_, base):
+        done = subprocess.run(
+            [BENTOML_PYTHON, str(tmp_path / "client.py"), base, token],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["sync"] == 3 and out["async"] == 42
+    assert out["wrong"] != "accepted"

@@ -183,6 +183,11 @@ def test_values_are_json_where_they_parse_else_strings(server: str, tmp_path: Pa
     }
     text = run(server, "submit", "shout", "text=hi there", "--wait")
     assert (text.returncode, text.stdout) == (0, "HI THERE\n")
+    # A string argument takes the text as it is, numbers and all (its schema says so).
+    number = run(server, "submit", "shout", "text=123", "--wait")
+    assert (number.returncode, number.stdout) == (0, "123\n"), number.stderr
+    literal = run(server, "submit", "shout", "text=[1, 2]", "--wait")
+    assert (literal.returncode, literal.stdout) == (0, "[1, 2]\n"), literal.stderr
 
 
 def test_file_arguments_upload_at_path(server: str, tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ from tests.adapters._http import (
 
 svc = errands.Service("protocol")
 
+#: Submits send JSON as such (anything else is a 415).
+JSON_TYPE = {"content-type": "application/json"}
+
 
 @attrs.frozen
 class Point:
@@ -189,21 +192,21 @@ async def test_submit_answers_task_id_and_status(client: httpx.AsyncClient) -> N
     ids=["garbage", "truncated", "not-utf8", "trailing", "unclosed"],
 )
 async def test_submit_unparseable_body_is_400(client: httpx.AsyncClient, body: bytes) -> None:
-    response = await client.post("/add/submit", content=body)
+    response = await client.post("/add/submit", content=body, headers=JSON_TYPE)
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]
 
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b'"a"', b"3", b"null", b"true"])
 async def test_submit_non_object_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
-    response = await client.post("/add/submit", content=body)
+    response = await client.post("/add/submit", content=body, headers=JSON_TYPE)
     assert response.status_code == 400
     assert "object" in response.json()["error"]
 
 
 async def test_submit_deeply_nested_body_is_400(client: httpx.AsyncClient) -> None:
     """json.loads' RecursionError is a bad body, not a server error (was a 500)."""
-    response = await client.post("/add/submit", content=b"[" * 100_000)
+    response = await client.post("/add/submit", content=b"[" * 100_000, headers=JSON_TYPE)
     assert response.status_code == 400
     assert "nested" in response.json()["error"]
 
@@ -211,7 +214,9 @@ async def test_submit_deeply_nested_body_is_400(client: httpx.AsyncClient) -> No
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 async def test_submit_refuses_non_json_numbers(client: httpx.AsyncClient, token: bytes) -> None:
     """Python's json takes these; JSON does not (they were accepted, then failed the task)."""
-    response = await client.post("/scale/submit", content=b'{"x": ' + token + b"}")
+    response = await client.post(
+        "/scale/submit", content=b'{"x": ' + token + b"}", headers=JSON_TYPE
+    )
     assert response.status_code == 400
     # In a multipart field too (there they are an invalid argument).
     form = await client.post("/scale/submit", data={"x": token.decode()}, files={"f": ("f", b"")})
@@ -228,7 +233,7 @@ async def test_multipart_deeply_nested_field_is_400(client: httpx.AsyncClient) -
 async def test_deeply_nested_value_does_not_crash_the_engine(client: httpx.AsyncClient) -> None:
     depth = 500
     body = b'{"value": ' + b"[" * depth + b"]" * depth + b"}"
-    response = await client.post("/echo/submit", content=body)
+    response = await client.post("/echo/submit", content=body, headers=JSON_TYPE)
     if response.status_code == 200:
         final = await wait_final(client, response.json()["task_id"], route="/echo")
         assert final["status"] in ("success", "failure")
@@ -274,7 +279,7 @@ async def test_submit_is_strict_about_types(
 
 async def test_submit_empty_body_means_no_arguments(client: httpx.AsyncClient) -> None:
     task_id = await run_to_end(client, "/halfway")
-    response = await client.post("/add/submit", content=b"")
+    response = await client.post("/add/submit", content=b"", headers=JSON_TYPE)
     assert response.status_code == 422
     paths = {e["path"] for e in response.json()["errors"]}
     assert paths == {"$.a", "$.b"}
@@ -284,9 +289,9 @@ async def test_submit_empty_body_means_no_arguments(client: httpx.AsyncClient) -
 async def test_submit_over_max_body_size_is_413() -> None:
     body = b'{"a": 1, "b": 2}'
     async with in_process(create_app(svc, max_body_size=len(body))) as client:
-        exact = await client.post("/add/submit", content=body)
+        exact = await client.post("/add/submit", content=body, headers=JSON_TYPE)
         assert exact.status_code == 200
-        over = await client.post("/add/submit", content=body + b" ")
+        over = await client.post("/add/submit", content=body + b" ", headers=JSON_TYPE)
         assert over.status_code == 413
         assert str(len(body)) in over.json()["error"]
 
@@ -311,7 +316,11 @@ async def test_submit_bad_content_length_is_400() -> None:
     async with app.running():
         status, _, _ = await call_asgi(
             app,
-            {"method": "POST", "path": "/add/submit", "headers": [(b"content-length", b"x")]},
+            {
+                "method": "POST",
+                "path": "/add/submit",
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"x")],
+            },
         )
     assert status == 400
 
@@ -471,7 +480,9 @@ async def test_queue_full_is_429_with_retry_after() -> None:
         assert response.headers["retry-after"].isdigit()
         assert "full" in response.json()["error"]
         # Validation comes first: a bad body is still a 400/422, not a 429.
-        assert (await client.post("/add/submit", content=b"{")).status_code == 400
+        assert (
+            await client.post("/add/submit", content=b"{", headers=JSON_TYPE)
+        ).status_code == 400
         await client.post("/add/cancel", params={"task_id": first})
         response = await client.post("/add/submit", json={"a": 1, "b": 2})
         assert response.status_code == 200

@@ -46,6 +46,9 @@ svc = errands.Service("served")
 #: The trio token of the run each ``where`` task ran in.
 TOKENS: list[trio.lowlevel.TrioToken] = []
 
+#: Submits send JSON as such (anything else is a 415).
+JSON_TYPE = {"content-type": "application/json"}
+
 
 @svc.task
 async def where() -> dict[str, Any]:
@@ -126,7 +129,9 @@ async def exercise(client: httpx.AsyncClient, prefix: str = "") -> dict[str, Any
     assert "ValueError: on purpose" in got.json()["error"]
 
     assert (await client.post(f"{prefix}/add/submit", json={"a": "1"})).status_code == 422
-    assert (await client.post(f"{prefix}/add/submit", content=b"{")).status_code == 400
+    assert (
+        await client.post(f"{prefix}/add/submit", content=b"{", headers=JSON_TYPE)
+    ).status_code == 400
     unknown = await client.get(f"{prefix}/add/status", params={"task_id": "A" * 22})
     assert unknown.status_code == 404
     wrong = await client.get(f"{prefix}/add/submit")
@@ -141,7 +146,7 @@ async def exercise(client: httpx.AsyncClient, prefix: str = "") -> dict[str, Any
         (Chunks(b" " * size), {"content-length": str(size)}),
         (Chunks(*[b" " * 4096] * (size // 4096)), {"transfer-encoding": "chunked"}),
     ]:
-        headers = {"host": url.netloc.decode(), **length}
+        headers = {"host": url.netloc.decode(), **JSON_TYPE, **length}
         big = await client.send(httpx.Request("POST", url, headers=headers, stream=stream))
         assert big.status_code == 413
 

@@ -53,6 +53,9 @@ from tests.adapters._http import BASE_URL, in_process, wait_final
 svc = errands.Service("wire")
 RELEASE: dict[str, trio.Event] = {}
 
+#: Submits send JSON as such (anything else is a 415).
+JSON_TYPE = {"content-type": "application/json"}
+
 
 @svc.task
 async def add(a: int, b: int) -> int:
@@ -205,7 +208,7 @@ async def _errors(client: httpx.AsyncClient) -> list[httpx.Response]:
         await client.delete("/add/status", params={"task_id": "x"}),
         await client.get("/add/status", params={"task_id": "unknown"}),
         await client.post("/add/submit", json={"a": "one", "b": 2}),
-        await client.post("/add/submit", content=b"x" * 2000),
+        await client.post("/add/submit", content=b"x" * 2000, headers=JSON_TYPE),
     ]
     delayed = await client.post("/add/submit", params={"delay": 3600}, json={"a": 1, "b": 2})
     pending = delayed.json()["task_id"]

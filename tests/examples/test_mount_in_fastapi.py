@@ -119,3 +119,13 @@ def test_http_client_under_the_mount_prefix(example: str) -> None:
         assert task.wait(timeout=30) is errands.TaskStatus.SUCCESS
         assert task.get() == {"customer": "initech", "pages": 2}
         assert task.get_info().message == "page 2 of 2"
+
+
+def test_a_client_without_the_mount_prefix_is_told_to_add_it(example: str) -> None:
+    import errands
+
+    with (
+        errands.SyncHTTPClient(example) as client,
+        pytest.raises(errands.RemoteError, match=r"put that path in the client's URL"),
+    ):
+        client.build_report.submit(customer="initech", pages=1)

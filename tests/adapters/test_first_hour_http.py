@@ -1,0 +1,66 @@
+"""The first hour over HTTP: answers that say what to do."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import trio
+
+import errands
+from errands.adapters.asgi import create_app
+
+svc = errands.Service("first_hour_http")
+
+
+@svc.task
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def test_an_unknown_route_lists_the_task_endpoints() -> None:
+    app = create_app(svc)
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            answer = await client.get("/ad/status", params={"task_id": "x" * 22})
+            assert answer.status_code == 404
+            assert "the task endpoints are /add" in answer.json()["error"]
+
+
+async def test_a_413_names_the_setting() -> None:
+    app = create_app(svc, max_body_size=10)
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            answer = await client.post("/add/submit", json={"a": 1000000, "b": 2})
+            assert answer.status_code == 413
+            assert "--max-body-size" in answer.json()["error"]
+
+
+async def test_readyz_of_a_lazily_started_app_waits_for_the_service_to_load() -> None:
+    loaded = threading.Event()
+
+    @errands.service
+    class Slow:
+        def __init__(self) -> None:
+            threading.Event().wait(0.3)  # a model loading
+            loaded.set()
+
+        @errands.task
+        async def ping(self) -> str:
+            return "pong"
+
+    app = create_app(Slow)  # nobody runs its lifespan: mounted as many hosts do
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            assert not loaded.is_set()
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert loaded.is_set()  # never "ready" before the service's __init__ ran
+            task_id = (await client.post("/ping/submit", json={})).json()["task_id"]
+            status = await client.get("/ping/status", params={"task_id": task_id, "wait": 10})
+            assert status.json()["status"] == "success"
+    finally:
+        await trio.to_thread.run_sync(app.close)  # close() blocks: not on the loop
