@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +23,7 @@ import trio
 
 from errands import Engine, SyncClient
 
-__all__ = ["EngineAccess", "LocalEngine", "ThreadedEngine"]
+__all__ = ["BridgedEngine", "EngineAccess", "LocalEngine", "ThreadedEngine"]
 
 T = TypeVar("T")
 
@@ -99,3 +101,25 @@ class ThreadedEngine:
             cancel()
             raise
         return box[0].unwrap()
+
+
+class BridgedEngine:
+    """An engine seen from the host's loop: its async methods run where the
+    engine lives (through :meth:`EngineAccess.call`), everything else is the
+    engine's own.  An :class:`errands.AsyncClient` over it gives the host's
+    code the handles ``open_engine`` gives, under asyncio or trio."""
+
+    def __init__(self, access: EngineAccess) -> None:
+        self._access = access
+        self._engine = access.engine
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._engine, name)
+        if not inspect.iscoroutinefunction(value):
+            return value
+        access = self._access
+
+        async def crossing(*args: Any, **kwargs: Any) -> Any:
+            return await access.call(functools.partial(value, *args, **kwargs))
+
+        return crossing

@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mutabl
 from contextlib import asynccontextmanager
 from typing import Any
 
+import errands
 from errands import Backend, EngineOptions
 from errands._define import as_service
 from errands._open import build_options
 from errands._options import DEFAULTS
 
 from ._answers import Answer, json_bytes
-from ._bridge import EngineAccess
+from ._bridge import BridgedEngine, EngineAccess, LocalEngine
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
 from ._options import HTTP_DEFAULTS, HTTPOptions
@@ -95,6 +96,27 @@ class ErrandsApp:
     @on_engine_death.setter
     def on_engine_death(self, callback: Callable[[str], None] | None) -> None:
         self._life.on_death = callback
+
+    @property
+    def client(self) -> errands.AsyncClient:
+        """The engine's async client, for the host app's own routes: the
+        handles ``open_engine`` gives (``await app.client.add.submit(a=1)``),
+        under asyncio or trio, wherever the engine runs.
+
+        Raises:
+            errands.EngineClosed: the engine is not running (use it inside
+                the host's lifespan block that runs :meth:`running`, or
+                after the first request started it).
+        """
+        access = self._life.current
+        if access is None:
+            raise errands.EngineClosed(
+                "the errands engine is not running: use app.client inside the host's "
+                "lifespan (async with errands_app.running(): ...)"
+            )
+        if isinstance(access, LocalEngine):
+            return errands.AsyncClient(access.engine)
+        return errands.AsyncClient(BridgedEngine(access))  # type: ignore[arg-type]
 
     @property
     def alive(self) -> bool:

@@ -8,6 +8,10 @@ fastapi uvicorn``), then::
     curl -s "http://127.0.0.1:8000/jobs/build_report/status?task_id=<id>"
     curl -s "http://127.0.0.1:8000/jobs/build_report/get?task_id=<id>"
 
+or let the host's own route submit one in-process (``jobs.client``)::
+
+    curl -s -X POST http://127.0.0.1:8000/reports/acme
+
 and open http://127.0.0.1:8000/progress in a browser: the page submits a
 report and shows its progress live, from the task's server-sent events
 (``/jobs/build_report/events``), with no polling.
@@ -61,6 +65,14 @@ app.mount("/jobs", jobs)
 @app.get("/")
 async def index() -> dict[str, str]:
     return {"service": "reports", "tasks": "/jobs/schema.json"}
+
+
+@app.post("/reports/{customer}")
+async def order_report(customer: str) -> dict[str, str]:
+    """The host's own route submits in-process, with the same handles as
+    ``open_engine`` (no HTTP round trip to its own server)."""
+    task = await jobs.client.build_report.submit(customer=customer, pages=2)
+    return {"task_id": task.id, "status": (await task.get_status()).value}
 
 
 # A page that follows one task with EventSource: an event per change of

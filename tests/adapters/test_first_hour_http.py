@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 import trio
 
 import errands
@@ -64,3 +65,13 @@ async def test_readyz_of_a_lazily_started_app_waits_for_the_service_to_load() ->
             assert status.json()["status"] == "success"
     finally:
         await trio.to_thread.run_sync(app.close)  # close() blocks: not on the loop
+
+
+async def test_the_app_client_submits_in_process() -> None:
+    app = create_app(svc)
+    with pytest.raises(errands.EngineClosed, match="lifespan"):
+        app.client  # noqa: B018 - not running yet
+    async with app.running():
+        task = await app.client.add.submit(a=2, b=3)
+        assert await task.wait(timeout=10) is errands.TaskStatus.SUCCESS
+        assert await task.get() == 5

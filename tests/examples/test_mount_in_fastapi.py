@@ -129,3 +129,17 @@ def test_a_client_without_the_mount_prefix_is_told_to_add_it(example: str) -> No
         pytest.raises(errands.RemoteError, match=r"put that path in the client's URL"),
     ):
         client.build_report.submit(customer="initech", pages=1)
+
+
+def test_the_hosts_own_route_submits_through_the_app_client(example: str) -> None:
+    import httpx
+
+    import errands
+
+    answer = httpx.post(f"{example}/reports/initech", timeout=30)
+    assert answer.status_code == 200, answer.text
+    task_id = answer.json()["task_id"]
+    with errands.SyncHTTPClient(f"{example}/jobs") as client:
+        task = client.build_report.get_task(task_id)
+        assert task.wait(timeout=30) is errands.TaskStatus.SUCCESS
+        assert task.get() == {"customer": "initech", "pages": 2}
