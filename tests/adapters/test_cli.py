@@ -268,8 +268,16 @@ def test_max_wait_bounds_long_polls(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/schema.json").json()["errands"]["max_wait"] == 0.5
         later = httpx.post(f"{base}/later/submit", params={"delay": 1000}, json={})
         task_id = later.json()["task_id"]
-        held = httpx.get(f"{base}/later/status", params={"task_id": task_id, "wait": 50})
+        held = httpx.get(f"{base}/later/status", params={"task_id": task_id, "wait": 0.5})
         assert held.status_code == 200 and held.json()["status"] == "pending"
+        longer = httpx.get(f"{base}/later/status", params={"task_id": task_id, "wait": 50})
+        assert longer.status_code == 400
+        assert longer.json() | {"error": ""} == {
+            "error": "",
+            "type": "LimitExceeded",
+            "limit": "max_wait",
+            "maximum": 0.5,
+        }
 
 
 WORKER_SERVICE = textwrap.dedent(

@@ -56,10 +56,14 @@ async def test_long_poll_times_out_with_the_current_state(
     assert status.json()["status"] == "in_progress"
     assert trio.current_time() - start == pytest.approx(7)
     start = trio.current_time()
-    got = await client.get("/nap/get", params={"task_id": task_id, "wait": 1000})
-    assert got.status_code == 409  # held at most max_wait
+    got = await client.get("/nap/get", params={"task_id": task_id, "wait": 30})
+    assert got.status_code == 409  # held max_wait, not finished
     assert trio.current_time() - start == pytest.approx(30)
-    for bad in ("-1", "nan", "soon"):
+    start = trio.current_time()
+    longer = await client.get("/nap/get", params={"task_id": task_id, "wait": 1000})
+    assert longer.status_code == 400 and longer.json()["limit"] == "max_wait"
+    assert trio.current_time() == start  # refused, not held
+    for bad in ("-1", "nan", "soon", "", "1_0"):
         answer = await client.get("/nap/status", params={"task_id": task_id, "wait": bad})
         assert answer.status_code == 400
     missing = await client.get("/nap/status", params={"task_id": "x" * 22, "wait": 5})

@@ -228,7 +228,7 @@ def test_openapi_argument_schemas() -> None:
     for path, (media, output) in results.items():
         content = SPEC["paths"][path]["get"]["responses"]["200"]["content"]
         # Task ids are global: any get answers with any task's result, its own first.
-        assert list(content)[0] == media and set(content) == every
+        assert next(iter(content)) == media and set(content) == every
         if output is not None:
             schema = content[media]["schema"]
             assert schema.get("anyOf", [schema])[0] == output

@@ -229,7 +229,7 @@ async def test_wait_many_answers_when_one_ends(autojump_clock: trio.testing.Mock
         assert now.json() == {"done": [], "missing": [], "pending": [slow, fast]}
         assert trio.current_time() == start  # no wait asked: at once
         ids = [slow, fast, slow]
-        answer = await client.post("/tasks/wait", params={"wait": 60}, json={"task_ids": ids})
+        answer = await client.post("/tasks/wait", params={"wait": 30}, json={"task_ids": ids})
         assert trio.current_time() - start == pytest.approx(4)
         body = answer.json()
         assert body["pending"] == [slow] and body["missing"] == []
@@ -238,7 +238,7 @@ async def test_wait_many_answers_when_one_ends(autojump_clock: trio.testing.Mock
         # Unknown and malformed ids are answered at once, with the final ones.
         ghost = "A" * 22
         answer = await client.post(
-            "/tasks/wait", params={"wait": 60}, json={"task_ids": ["bad", slow, ghost, fast]}
+            "/tasks/wait", params={"wait": 30}, json={"task_ids": ["bad", slow, ghost, fast]}
         )
         body = answer.json()
         assert trio.current_time() - start == pytest.approx(4)
@@ -247,6 +247,7 @@ async def test_wait_many_answers_when_one_ends(autojump_clock: trio.testing.Mock
 
 
 async def test_wait_many_is_held_at_most_max_wait(autojump_clock: trio.testing.MockClock) -> None:
+    """A wait above max_wait is refused, so no client waits longer than it asked."""
     async with serving(make_app()) as client:
         task_id = await submit(client, "nap", seconds=500)
         start = trio.current_time()
@@ -255,9 +256,14 @@ async def test_wait_many_is_held_at_most_max_wait(autojump_clock: trio.testing.M
         )
         assert held.json()["pending"] == [task_id]
         assert trio.current_time() - start == pytest.approx(12.5)
-        held = await client.post("/tasks/wait", params={"wait": 999}, json={"task_ids": [task_id]})
+        held = await client.post("/tasks/wait", params={"wait": 30}, json={"task_ids": [task_id]})
         assert held.json()["pending"] == [task_id]
         assert trio.current_time() - start == pytest.approx(42.5)  # max_wait is 30
+        longer = await client.post(
+            "/tasks/wait", params={"wait": 999}, json={"task_ids": [task_id]}
+        )
+        assert longer.status_code == 400 and longer.json()["limit"] == "max_wait"
+        assert trio.current_time() - start == pytest.approx(42.5)
 
 
 @pytest.mark.parametrize(
