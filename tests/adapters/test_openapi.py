@@ -10,9 +10,7 @@ dependency).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
-import enum
 import io
 import json
 from collections.abc import Mapping
@@ -33,16 +31,7 @@ from PIL import Image
 import errands
 from errands.adapters.asgi import ErrandsApp, create_app
 from tests.adapters._http import call_asgi, in_process, wait_final
-
-
-class Color(enum.Enum):
-    RED = "red"
-    GREEN = "green"
-
-
-class Size(enum.IntEnum):
-    SMALL = 1
-    LARGE = 2
+from tests.adapters.catalogue_service import Color, Owner, Size
 
 
 @attrs.frozen
@@ -50,12 +39,6 @@ class Dims:
     width: int
     height: int
     unit: str = "px"
-
-
-@dataclasses.dataclass(frozen=True)
-class Owner:
-    name: str
-    email: str | None = None
 
 
 async def render(
