@@ -67,7 +67,7 @@ class Handlers:
         self.max_wait = http.max_wait
         self._submitting = 0  # submits between their queue-depth check and their answer
         self._schema: bytes | None = None
-        self._openapi: bytes | None = None
+        self._openapi: dict[str, bytes] = {}  # by root_path
 
     async def call(
         self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
@@ -81,7 +81,10 @@ class Handlers:
 
     def _info(self, info: TaskInfo) -> dict[str, Any]:
         return info_to_json(
-            info, bentoml_compat=self.bentoml_compat, hide_errors=self.http.hide_errors
+            info,
+            bentoml_compat=self.bentoml_compat,
+            hide_errors=self.http.hide_errors,
+            tracebacks=self.http.expose_tracebacks and not self.http.hide_errors,
         )
 
     # ------------------------------------------------------------------ task routes
@@ -314,14 +317,19 @@ class Handlers:
             )
         return 200, list(_JSON), self._schema
 
-    def openapi_json(self, *, auth: bool) -> Answer:
-        """``/openapi.json`` (``auth``: routes take a bearer token)."""
-        if self._openapi is None:
+    def openapi_json(self, *, auth: bool, root_path: str = "") -> Answer:
+        """``/openapi.json`` (``auth``: routes take a bearer token).  Mounted
+        under a prefix (``root_path``), the document names it in ``servers``,
+        so generated clients call the right URLs."""
+        cached = self._openapi.get(root_path)
+        if cached is None:
             document = openapi_document(
                 self.service, http=self.http, engine=self.life.options, auth=auth
             )
-            self._openapi = json_bytes(document)
-        return 200, list(_JSON), self._openapi
+            if root_path:
+                document = {**document, "servers": [{"url": root_path}]}
+            cached = self._openapi[root_path] = json_bytes(document)
+        return 200, list(_JSON), cached
 
 
 def _submit_call(

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from errands import TaskDefinition
+from errands import Payload, TaskDefinition
 from errands._convert import media_type_of
 
 from ._multipart import takes_list, takes_text, without_none
@@ -223,6 +223,8 @@ def output_schema(definition: TaskDefinition, *, bentoml: bool = False) -> JSON:
     image as ``{"type": "file", "format": "image", "pil": true}``.
     """
     tp = definition.return_type
+    if tp is Payload:  # errands.Payload: raw bytes with the media type the task gives
+        return {"type": "string", "format": "binary"}
     media = media_type_of(tp)
     if media is not None:  # Annotated[bytes, errands.MediaType(...)]: served raw
         return {"type": "string", "format": "binary", "contentMediaType": media}

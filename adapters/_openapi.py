@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 import errands
-from errands import EngineOptions, Service, TaskDefinition, TaskStatus
+from errands import EngineOptions, Payload, Service, TaskDefinition, TaskStatus
 from errands._convert import media_type_of
 from errands._options import DEFAULTS
 
@@ -557,6 +557,8 @@ def _result_media(tp: Any) -> str:
     media = media_type_of(tp)
     if media is not None:
         return media.split(";", 1)[0].strip()
+    if tp is Payload:
+        return "*/*"  # whatever media type the task's Payload names
     if tp is bytes:
         return "application/octet-stream"
     if tp is str:

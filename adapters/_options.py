@@ -57,6 +57,8 @@ class HTTPOptions:
         max_wait_ids: task ids in one ``POST /tasks/wait``.
         max_parts: parts in one multipart submit.
         hide_errors: send a failed task's error type only, not its message.
+        expose_tracebacks: send a failed task's traceback in its status
+            (for a deployer's own tools; off by default: it shows code).
         allowed_hosts: the ``Host`` names answered (``"*"``: any); None
             answers every name (a host app that checks them itself).
         read_timeout: seconds a request body may take to arrive (408 past
@@ -71,6 +73,7 @@ class HTTPOptions:
     max_wait_ids: int = attrs.field(default=10_000, validator=_count(1))
     max_parts: int = attrs.field(default=100, validator=_count(1))
     hide_errors: bool = False
+    expose_tracebacks: bool = False
     allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_hosts)
     read_timeout: float = attrs.field(default=30.0, validator=[_seconds, attrs.validators.gt(0)])
 

@@ -198,13 +198,20 @@ _KINDS: dict[str, _Kind] = {
 
 
 def info_to_json(
-    info: TaskInfo, *, bentoml_compat: bool = False, hide_errors: bool = False
+    info: TaskInfo,
+    *,
+    bentoml_compat: bool = False,
+    hide_errors: bool = False,
+    tracebacks: bool = False,
 ) -> JSON:
     """The TaskInfo object a server sends for ``info`` (with ``hide_errors``,
-    a failed task's error is its type only, as are earlier attempts')."""
+    a failed task's error is its type only, as are earlier attempts'; with
+    ``tracebacks``, a failed task's traceback is sent as ``traceback``)."""
     if hide_errors:
         info = hidden(info)
     out = {f.wire: _KINDS[f.kind].encode(getattr(info, f.attr)) for f in INFO_FIELDS}
+    if tracebacks and info.traceback:
+        out["traceback"] = info.traceback
     out["status"] = status_name(info.status, bentoml_compat=bentoml_compat)
     return out
 
@@ -251,7 +258,14 @@ def info_schema(*, bentoml_compat: bool = False) -> JSON:
         properties[f.wire] = schema
     return {
         "type": "object",
-        "properties": properties,
+        "properties": {
+            **properties,
+            "traceback": {
+                "type": "string",
+                "description": "A failed task's traceback; sent only by servers that "
+                "expose tracebacks (errands serve --expose-tracebacks).",
+            },
+        },
         "required": [f.wire for f in INFO_FIELDS if f.required],
     }
 

@@ -89,7 +89,7 @@ class Router:
             return handlers.schema_json()
         if path == "/openapi.json":
             _allow(method, ("GET",))
-            return handlers.openapi_json(auth=self.auth.enabled)
+            return handlers.openapi_json(auth=self.auth.enabled, root_path=root)
         if path == "/metrics":
             _allow(method, ("GET",))
             return handlers.metrics()

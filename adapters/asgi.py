@@ -219,6 +219,7 @@ def create_app(
     max_wait_ids: int = HTTP_DEFAULTS.max_wait_ids,
     max_parts: int = HTTP_DEFAULTS.max_parts,
     hide_errors: bool = HTTP_DEFAULTS.hide_errors,
+    expose_tracebacks: bool = HTTP_DEFAULTS.expose_tracebacks,
     allowed_hosts: Iterable[str] | None = HTTP_DEFAULTS.allowed_hosts,
     read_timeout: float = HTTP_DEFAULTS.read_timeout,
     ttl: float = DEFAULTS.ttl,
@@ -239,7 +240,8 @@ def create_app(
             request's ASGI scope that answers whether it may pass; None: no
             auth (for a loopback server, or a host app that checks itself).
         bentoml_compat, max_body_size, max_pending, max_wait, max_held,
-            max_wait_ids, max_parts, hide_errors, allowed_hosts, read_timeout: see
+            max_wait_ids, max_parts, hide_errors, expose_tracebacks, allowed_hosts,
+            read_timeout: see
             ``errands.adapters.HTTPOptions``.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, see :class:`errands.EngineOptions`.
@@ -257,6 +259,7 @@ def create_app(
         max_wait_ids=max_wait_ids,
         max_parts=max_parts,
         hide_errors=hide_errors,
+        expose_tracebacks=expose_tracebacks,
         allowed_hosts=allowed_hosts,
         read_timeout=read_timeout,
     )

@@ -132,6 +132,11 @@ def _http_flags(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send a failed task's error type only, not its message",
     )
+    safety.add_argument(
+        "--expose-tracebacks",
+        action="store_true",
+        help="send a failed task's traceback in its status (off by default: it shows code)",
+    )
     caps = serve.add_argument_group("limits")
     caps.add_argument("--max-body-size", type=int, default=d.max_body_size, metavar="BYTES")
     caps.add_argument(
@@ -195,6 +200,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
             max_wait_ids=args.max_wait_ids,
             max_parts=args.max_parts,
             hide_errors=args.hide_errors,
+            expose_tracebacks=args.expose_tracebacks,
             allowed_hosts=hosts,
             read_timeout=args.read_timeout,
         )

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import httpx
 import jsonschema
 import pytest
@@ -130,7 +131,12 @@ def test_the_schema_describes_every_field_sent() -> None:
     )
     for compat in (False, True):
         schema = info_schema(bentoml_compat=compat)
-        assert list(schema["properties"]) == list(info_to_json(info, bentoml_compat=compat))
+        sent = list(info_to_json(info, bentoml_compat=compat))
+        # Every field always sent, plus the traceback a server may be told to send.
+        assert list(schema["properties"]) == [*sent, "traceback"]
+        failed = attrs.evolve(info, status=TaskStatus.FAILURE, traceback="Traceback ...")
+        with_tb = info_to_json(failed, bentoml_compat=compat, tracebacks=True)
+        assert list(with_tb) == list(schema["properties"])
 
 
 @pytest.mark.parametrize("name", ["completed", "success"])
