@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -294,6 +295,9 @@ def test_bearer_token_is_sent(tmp_path: Path) -> None:
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # hypercorn's supervisor starts a worker process of its own: a
+        # session of their own lets the test stop both (and nothing else).
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -313,7 +317,7 @@ def test_bearer_token_is_sent(tmp_path: Path) -> None:
             anonymous.add.submit(a=1, b=1)
         assert denied.value.status_code == 401
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started
         proc.wait(timeout=30)
 
 
