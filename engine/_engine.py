@@ -695,7 +695,8 @@ class Engine:
                 timeout = max(due - now, 0.001)
         # Storage answered: a fault of an earlier round is over now, not only
         # once this round's wait ends.
-        self.core.health.clear("dispatcher")
+        if self.core.health.failing:
+            self.core.health.clear("dispatcher")
         if self._wake.is_set():
             return
         if timeout == math.inf:

@@ -96,6 +96,11 @@ class Health:
             return None
         return min(live, key=lambda f: f.since).error
 
+    @property
+    def failing(self) -> bool:
+        """Whether any site has a fault on record (cheap: for hot paths)."""
+        return bool(self._faults)
+
     def retry_after(self) -> float:
         """Seconds a refused caller should wait before trying again."""
         return 1.0
@@ -180,8 +185,7 @@ class Health:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             else:
-                if site in self._faults:
-                    self.clear(site)
+                self.clear(site)
                 return result
 
 

@@ -27,7 +27,7 @@ from ._context import TaskContext, _reset_current, _set_current
 from ._convert import Payload, check_result, encode_result, pixel_limit, type_name
 from ._core import Core
 from ._define import TaskDefinition
-from ._errors import FieldError, FinalError, InvalidArguments
+from ._errors import BackendError, FieldError, FinalError, InvalidArguments
 from ._model import Claim, StoredTask, TaskError, TaskRecord
 from ._status import TaskStatus
 from ._threads import WorkerThreads
@@ -152,8 +152,19 @@ class Runner:
     # ------------------------------------------------------------------ running
 
     async def _storage(self, call: Callable[[], Awaitable[T]]) -> T:
-        """A backend call the runner must see through: retried while storage fails."""
-        return await self.core.health.retrying("runner", call)
+        """A backend call the runner must see through: retried while storage fails.
+
+        The first try is a plain await (the hot path pays for no retry loop).
+        """
+        health = self.core.health
+        try:
+            result = await call()
+        except BackendError as exc:
+            health.fault("runner", exc)
+            return await health.retrying("runner", call)
+        if health.failing:
+            health.clear("runner")
+        return result
 
     async def run(self, claim: Claim) -> None:
         """Start, call and settle one claimed task."""
