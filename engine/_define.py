@@ -59,6 +59,9 @@ class TaskOptions:
             jitter); errors raised as :class:`~errands.FinalError` never retry.
         retry_delay: the first backoff, in seconds; it doubles per retry.
         ttl: seconds a finished task is kept (default: the engine's ``ttl``).
+        ttl_success, ttl_failure, ttl_cancelled: seconds a task that ended
+            that way is kept (each defaults to the task's ``ttl``): keep
+            failures a week and successes an hour, say.
         cancellable: a *sync* function that polls
             ``errands.current_task().cancelled`` and can be cancelled running.
         max_attempts: runs allowed when workers die (default: the engine's).
@@ -71,6 +74,9 @@ class TaskOptions:
     retries: int = attrs.field(default=0, validator=_check_non_negative)
     retry_delay: float = attrs.field(default=1.0, validator=_check_non_negative)
     ttl: float | None = attrs.field(default=None, validator=_check_positive)
+    ttl_success: float | None = attrs.field(default=None, validator=_check_positive)
+    ttl_failure: float | None = attrs.field(default=None, validator=_check_positive)
+    ttl_cancelled: float | None = attrs.field(default=None, validator=_check_positive)
     cancellable: bool = False
     max_attempts: int | None = attrs.field(default=None, validator=_check_positive)
 
@@ -379,6 +385,9 @@ class Service:
         retries: int = 0,
         retry_delay: float = 1.0,
         ttl: float | None = None,
+        ttl_success: float | None = None,
+        ttl_failure: float | None = None,
+        ttl_cancelled: float | None = None,
         cancellable: bool = False,
         max_attempts: int | None = None,
     ) -> Callable[[F], F]: ...
@@ -428,6 +437,9 @@ def task(
     retries: int = 0,
     retry_delay: float = 1.0,
     ttl: float | None = None,
+    ttl_success: float | None = None,
+    ttl_failure: float | None = None,
+    ttl_cancelled: float | None = None,
     cancellable: bool = False,
     max_attempts: int | None = None,
 ) -> Callable[[F], F]: ...

@@ -406,6 +406,9 @@ class Engine:
             not_before=not_before,
             retry_of=retry_of,
             ttl=options.ttl or self.options.ttl,
+            ttl_success=options.ttl_success,
+            ttl_failure=options.ttl_failure,
+            ttl_cancelled=options.ttl_cancelled,
         )
         stored = StoredTask.from_record(record)
         try:

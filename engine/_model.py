@@ -95,6 +95,10 @@ class TaskRecord:
     not_before: float | None = None
     retry_of: str | None = None
     ttl: float = 86400.0
+    #: Seconds kept after ending that way, where the task set its own.
+    ttl_success: float | None = None
+    ttl_failure: float | None = None
+    ttl_cancelled: float | None = None
     expires_at: float | None = None
     error: TaskError | None = None
     progress: float | None = None
@@ -106,6 +110,15 @@ class TaskRecord:
     traceback: str | None = None
     #: Earlier attempts that did not finish, oldest first.
     history: tuple[AttemptError, ...] = ()
+
+    def ttl_for(self, status: TaskStatus) -> float:
+        """Seconds a task that ended in ``status`` is kept."""
+        own = {
+            TaskStatus.SUCCESS: self.ttl_success,
+            TaskStatus.FAILURE: self.ttl_failure,
+            TaskStatus.CANCELLED: self.ttl_cancelled,
+        }.get(status)
+        return self.ttl if own is None else own
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now

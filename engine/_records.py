@@ -44,11 +44,12 @@ def finished(
     result_type: str | None = None,
     traceback: str | None = None,
 ) -> TaskRecord:
-    """A final record (``success``, ``failure`` or ``cancelled``), kept ``ttl`` seconds."""
+    """A final record (``success``, ``failure`` or ``cancelled``), kept as long
+    as the task keeps tasks that ended that way (:meth:`TaskRecord.ttl_for`)."""
     return record.replace(
         status=status,
         finished_at=now,
-        expires_at=now + record.ttl,
+        expires_at=now + record.ttl_for(status),
         error=error,
         result_type=result_type,
         traceback=traceback,
@@ -58,7 +59,10 @@ def finished(
 def cancelled_pending(record: TaskRecord, *, now: float) -> TaskRecord:
     """``pending -> cancelled``."""
     return attrs.evolve(
-        record, status=TaskStatus.CANCELLED, finished_at=now, expires_at=now + record.ttl
+        record,
+        status=TaskStatus.CANCELLED,
+        finished_at=now,
+        expires_at=now + record.ttl_for(TaskStatus.CANCELLED),
     )
 
 
