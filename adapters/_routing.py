@@ -17,7 +17,7 @@ from ._answers import Answer, one
 from ._handlers import Handlers
 from ._options import HTTPOptions
 from ._protocol import HTTPError
-from ._security import OPEN_PATHS, Authenticator, HostAllowList
+from ._security import OPEN_PATHS, Authenticator, HostAllowList, header
 from ._waiting import EventStream, wait_many
 
 __all__ = ["ACTIONS", "SUBMIT_TYPES", "Router"]
@@ -190,10 +190,8 @@ def _too_large(limit: int) -> str:
 
 
 def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return ""
+    value = header(scope, name)
+    return "" if value is None else value.decode("latin-1")
 
 
 def _allow(method: str, allowed: Iterable[str]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "AuthCheck",
     "Authenticator",
     "HostAllowList",
+    "header",
     "is_loopback",
     "read_token",
 ]
@@ -80,7 +81,7 @@ class Authenticator:
             return bool(await self._check(scope))
         if self._expected is None:
             return True
-        given = _header(scope, b"authorization")
+        given = header(scope, b"authorization")
         # Compared in constant time, whatever the lengths.
         return hmac.compare_digest(given or b"", self._expected)
 
@@ -100,7 +101,7 @@ class HostAllowList:
     def allows(self, scope: Mapping[str, Any]) -> bool:
         if self.any:
             return True
-        host = _header(scope, b"host")
+        host = header(scope, b"host")
         if host is None:
             return False
         return _bare(host.decode("latin-1"), strip_port=True) in self.names
@@ -125,7 +126,8 @@ def _bare(host: str, *, strip_port: bool = False) -> str:
     return host
 
 
-def _header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
+def header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
+    """The value of request header ``name`` (lower case), or None."""
     for key, value in scope.get("headers", ()):
         if bytes(key).lower() == name:
             return bytes(value)

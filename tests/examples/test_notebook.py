@@ -58,6 +58,26 @@ def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return spec_dir.parent
 
 
+def run_in_kernel(nb: Any, kernel_dir: Path, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Run ``nb`` top to bottom in a fresh kernel of ``kernel_dir``'s spec, in
+    ``workdir``; its outputs by cell id (the kernel is shut down after)."""
+    km = manager.AsyncKernelManager(
+        kernel_name="python3",
+        kernel_spec_manager=kernelspec.KernelSpecManager(kernel_dirs=[str(kernel_dir)]),
+    )
+    client = nbclient.NotebookClient(
+        nb,
+        km=km,
+        timeout=60,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    # A kernel manager passed in is not shut down by default: ask for it.
+    client.execute(cleanup_kc=True)
+    assert not km.has_kernel
+    return _outputs_by_id(nb)
+
+
 def _text(output: dict[str, Any], mime: str) -> str:
     value = output.get("data", {}).get(mime, "")
     return "".join(value) if isinstance(value, list) else str(value)
@@ -87,22 +107,7 @@ def executed(
 ) -> Iterator[dict[str, list[dict[str, Any]]]]:
     """The notebook's outputs after a run in a fresh kernel, by cell id."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    workdir = tmp_path_factory.mktemp("notebook")
-    km = manager.AsyncKernelManager(
-        kernel_name="python3",
-        kernel_spec_manager=kernelspec.KernelSpecManager(kernel_dirs=[str(kernel_dir)]),
-    )
-    client = nbclient.NotebookClient(
-        nb,
-        km=km,
-        timeout=60,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(workdir)}},
-    )
-    # A kernel manager passed in is not shut down by default: ask for it.
-    client.execute(cleanup_kc=True)
-    assert not km.has_kernel
-    yield _outputs_by_id(nb)
+    yield run_in_kernel(nb, kernel_dir, tmp_path_factory.mktemp("notebook"))
 
 
 @pytest.mark.realtime

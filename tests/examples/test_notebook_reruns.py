@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from .test_notebook import kernel_dir, manager, nbclient, nbformat  # noqa: F401 - fixture
-
-kernelspec = pytest.importorskip("jupyter_client.kernelspec")
+from .test_notebook import kernel_dir, nbformat, run_in_kernel  # noqa: F401 - fixture
 
 CELLS = {
     "define-service": "import errands\nsvc = errands.Service('notebook')",
@@ -42,19 +40,7 @@ def test_cells_run_again_are_helped_not_refused(kernel_dir: Path, tmp_path: Path
         cell = nbformat.v4.new_code_cell(source)
         cell["id"] = cell_id
         nb.cells.append(cell)
-    km = manager.AsyncKernelManager(
-        kernel_name="python3",
-        kernel_spec_manager=kernelspec.KernelSpecManager(kernel_dirs=[str(kernel_dir)]),
-    )
-    client = nbclient.NotebookClient(
-        nb,
-        km=km,
-        timeout=60,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute(cleanup_kc=True)
-    outputs = {cell["id"]: cell.get("outputs", []) for cell in nb.cells}
+    outputs = run_in_kernel(nb, kernel_dir, tmp_path)
     for cell_id, cell_outputs in outputs.items():
         for output in cell_outputs:
             assert output["output_type"] != "error", (cell_id, output)
