@@ -356,6 +356,14 @@ def type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+_SIMPLE_RESULTS: dict[Any, Callable[[Any], bool]] = {
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    bool: lambda v: type(v) is bool,
+}
+
+
 def check_result(value: Any, annotation: Any) -> list[FieldError]:
     """Whether a task's return value matches its return annotation: the bad
     fields, by path (``$`` is the result itself), or ``[]``.
@@ -377,6 +385,11 @@ def check_result(value: Any, annotation: Any) -> list[FieldError]:
         return [FieldError(path="$", message=f"expected a Payload, got {_kind(value)}")]
     if annotation is Any or annotation is None:
         return []
+    simple = _SIMPLE_RESULTS.get(annotation)
+    if simple is not None:  # the common cases, without a structuring pass
+        if simple(value):
+            return []
+        return [FieldError(path="$", message=f"expected {annotation.__name__}, got {_kind(value)}")]
     if annotation is _NONE_TYPE:
         if value is None:
             return []
