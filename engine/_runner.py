@@ -64,17 +64,45 @@ class Run:
     record: TaskRecord  # the in_progress record as stored
     definition: TaskDefinition
     context: TaskContext
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     stop: Stop | None = None
-    timed_out: bool = False
-    #: A sync function whose thread had not returned when the run ended.
-    thread_left: bool = False
+    #: The call of the task function this run is part of (set before it starts).
+    call: Call | None = None
 
     def request_stop(self, reason: Stop) -> None:
         if self.stop is None or reason is not Stop.CANCEL:
             self.stop = reason
         self.context._cancel()
-        if self.definition.is_async or reason is not Stop.CANCEL:
+        if self.call is not None:
+            self.call.member_stopped()
+
+
+@attrs.define(eq=False)
+class Call:
+    """One call of a task function: one task's run, or the runs of a batch.
+
+    The call stops only once every run in it was asked to stop; a run
+    stopped alone (a batch member cancelled) just drops its share.
+    """
+
+    definition: TaskDefinition
+    runs: list[Run]
+    #: What ``errands.current_task()`` returns inside the call.
+    context: TaskContext
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    timed_out: bool = False
+    #: A sync function whose thread had not returned when the call ended.
+    thread_left: bool = False
+
+    @property
+    def stopped(self) -> bool:
+        """Whether every run in the call was asked to stop."""
+        return all(run.stop is not None for run in self.runs)
+
+    def member_stopped(self) -> None:
+        if not self.stopped:
+            return
+        self.context._cancel()
+        if self.definition.is_async or any(r.stop is not Stop.CANCEL for r in self.runs):
             self.scope.cancel()
 
 
@@ -210,36 +238,57 @@ class Runner:
             # claim is gone, so the older run stops and writes nothing.
             older.request_stop(Stop.LOST)
         self.running[task_id] = run
+        call = Call(definition=definition, runs=[run], context=context)
+        run.call = call
         try:
-            result = await self._call(run)
+            result = await self._call(call, run.record.args)
         finally:
+            self._forget(call)
+        await self._settle(run, result)
+
+    def _forget(self, call: Call) -> None:
+        """The call ended: its runs no longer run here."""
+        for run in call.runs:
+            task_id = run.claim.task_id
             if self.running.get(task_id) is run:
                 del self.running[task_id]
                 self._dirty.pop(task_id, None)
-        await self._settle(run, result)
 
-    async def _call(self, run: Run) -> outcome.Outcome[Any] | None:
-        """Call the task function; None when the call was stopped (see ``run.stop``)."""
-        definition = run.definition
+    async def _call(self, call: Call, args: dict[str, Any]) -> outcome.Outcome[Any] | None:
+        """Call the task function with the stored ``args``; None when the call
+        was stopped (see ``Run.stop``) or timed out (``call.timed_out``)."""
+        definition = call.definition
         try:
-            if definition.decodes_images:
-                kwargs = await trio.to_thread.run_sync(self._structure_images, run)
-            else:
-                kwargs = definition.structure(run.record.args)
+            kwargs = await self._structure(definition, args)
         except InvalidArguments as exc:
             return outcome.Error(FinalError(str(exc)))
         except BaseException as exc:
             if _is_engine_cancel(exc):
                 raise
             return outcome.Error(exc)
+        return await self._invoke(call, kwargs)
+
+    async def _structure(self, definition: TaskDefinition, args: dict[str, Any]) -> dict[str, Any]:
+        """Stored JSON arguments as the typed values the function takes."""
+        if definition.decodes_images:
+            return await trio.to_thread.run_sync(self._structure_images, definition, args)
+        return definition.structure(args)
+
+    def _structure_images(self, definition: TaskDefinition, args: dict[str, Any]) -> dict[str, Any]:
+        with pixel_limit(self.core.options.max_image_pixels):
+            return definition.structure(args)
+
+    async def _invoke(self, call: Call, kwargs: dict[str, Any]) -> outcome.Outcome[Any] | None:
+        """Call the function with typed ``kwargs`` (on the loop, or in a thread)."""
+        definition = call.definition
         func = self.bound[definition.name]
         timeout = definition.options.timeout
-        token = _set_current(run.context)
+        token = _set_current(call.context)
         try:
             if definition.is_async:
-                with run.scope:
+                with call.scope:
                     if timeout is not None:
-                        run.scope.deadline = trio.current_time() + timeout
+                        call.scope.deadline = trio.current_time() + timeout
                     try:
                         return outcome.Value(await func(**kwargs))
                     except BaseException as exc:
@@ -248,19 +297,15 @@ class Runner:
                         if _is_engine_cancel(exc):
                             raise
                         return outcome.Error(exc)
-                if run.stop is None:
-                    run.timed_out = True
+                if not call.stopped:
+                    call.timed_out = True
                 return None
-            return await self._call_in_thread(run, func, kwargs, timeout)
+            return await self._call_in_thread(call, func, kwargs, timeout)
         finally:
             _reset_current(token)
 
-    def _structure_images(self, run: Run) -> dict[str, Any]:
-        with pixel_limit(self.core.options.max_image_pixels):
-            return run.definition.structure(run.record.args)
-
     async def _call_in_thread(
-        self, run: Run, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None
+        self, call: Call, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None
     ) -> outcome.Outcome[Any] | None:
         done = trio.Event()
         box: list[outcome.Outcome[Any]] = []
@@ -275,20 +320,20 @@ class Runner:
 
         assert self.threads is not None
         self.threads.submit(work, deliver)
-        with run.scope:
+        with call.scope:
             if timeout is not None:
-                run.scope.deadline = trio.current_time() + timeout
+                call.scope.deadline = trio.current_time() + timeout
             await done.wait()
-        if not done.is_set() and run.stop is None:
+        if not done.is_set() and not call.stopped:
             # Timed out: a thread cannot be interrupted.  Ask it to stop, and
             # keep its slot until it really returns, so limits stay true.
-            run.timed_out = True
-            run.context._cancel()
-            run.scope = trio.CancelScope()
-            with run.scope:
+            call.timed_out = True
+            call.context._cancel()
+            call.scope = trio.CancelScope()
+            with call.scope:
                 await done.wait()
         if not done.is_set():
-            run.thread_left = True
+            call.thread_left = True
             return None  # shutdown or lost claim: the thread is left to finish alone
         return box[0]
 
@@ -304,16 +349,18 @@ class Runner:
                 "task %s: claim taken over by another worker; result dropped", claim.task_id
             )
             return
+        call = run.call
+        assert call is not None
         if run.stop is Stop.SHUTDOWN:
             # A thread still running may yet do the work: that attempt counts.
-            await self.hand_back(claim, record, counts=run.thread_left)
+            await self.hand_back(claim, record, counts=call.thread_left)
             return
         async_value = run.definition.is_async and isinstance(result, outcome.Value)
         if run.stop is Stop.CANCEL and not async_value:
             # A sync function that returns after a cancel request stopped early.
             await self._finish(claim, record, None, cancelled=True)
             return
-        if run.timed_out:
+        if call.timed_out:
             timeout = run.definition.options.timeout
             error = TaskError(
                 type="TimeoutError", message=f"the task took longer than its timeout of {timeout} s"
