@@ -18,7 +18,14 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._convert import StrictTypeError, check_json, converter, field_errors, mentions_image
+from ._convert import (
+    StrictTypeError,
+    check_json,
+    converter,
+    field_errors,
+    mentions_image,
+    type_name,
+)
 from ._errors import ErrandsError, FieldError, InvalidArguments
 
 __all__ = ["Param", "Service", "TaskDefinition", "TaskOptions", "as_service", "service", "task"]
@@ -65,6 +72,13 @@ class TaskOptions:
         cancellable: a *sync* function that polls
             ``errands.current_task().cancelled`` and can be cancelled running.
         max_attempts: runs allowed when workers die (default: the engine's).
+        batchable: adaptive batching: the function's first argument is a
+            list and it returns a list of the same length; waiting tasks of
+            this name are merged into one call (see ``_batching.py``).
+        max_batch_size: most items in one call of a batchable task; a
+            submit may pass at most this many.
+        max_latency_ms: milliseconds a batch waits for more tasks after its
+            first one, when it is not full.
     """
 
     name: str | None = None
@@ -79,6 +93,13 @@ class TaskOptions:
     ttl_cancelled: float | None = attrs.field(default=None, validator=_check_positive)
     cancellable: bool = False
     max_attempts: int | None = attrs.field(default=None, validator=_check_positive)
+    batchable: bool = False
+    max_batch_size: int = attrs.field(default=32, validator=_check_positive)
+    max_latency_ms: float = attrs.field(default=10.0, validator=_check_non_negative)
+
+
+#: Options that only batchable tasks take.
+_BATCH_OPTIONS = ("max_batch_size", "max_latency_ms")
 
 
 def task_options(given: Mapping[str, Any]) -> TaskOptions:
@@ -92,6 +113,10 @@ def task_options(given: Mapping[str, Any]) -> TaskOptions:
             raise TypeError(
                 f"unknown task option {key!r}{hint}; the options are: {', '.join(valid)}"
             )
+    if not given.get("batchable"):
+        for key in _BATCH_OPTIONS:
+            if key in given:
+                raise TypeError(f"task option {key!r} is for batchable tasks: add batchable=True")
     return TaskOptions(**given)
 
 
@@ -125,6 +150,13 @@ class Param:
 
 
 _SIMPLE = {int, float, str, bool}
+
+
+def _is_list_type(annotation: Any) -> bool:
+    """Whether ``annotation`` is ``list``, ``list[...]`` or ``Any`` (unannotated)."""
+    if annotation is Any or annotation is list:
+        return True
+    return typing.get_origin(annotation) is list
 
 
 def _simple_ok(value: object, annotation: type) -> bool:
@@ -197,7 +229,39 @@ class TaskDefinition:
                 for p in self._raw_params
             )
             self._by_name = {p.name: p for p in self._params}
+            if self.options.batchable:
+                try:
+                    self._check_batchable()
+                except TypeError:
+                    self._params = None  # not usable: every use says why
+                    raise
         return self._params
+
+    def _check_batchable(self) -> None:
+        assert self._params is not None
+        name = self.name
+        if not self._params:
+            raise TypeError(
+                f"batchable task {name!r} needs an argument: the list of items of a call"
+            )
+        first = self._params[0]
+        if not _is_list_type(first.annotation):
+            raise TypeError(
+                f"batchable task {name!r}: its first argument {first.name!r} must be "
+                f"annotated list[...] (the items of a call), not {type_name(first.annotation)}"
+            )
+        if not _is_list_type(self._return):
+            raise TypeError(
+                f"batchable task {name!r} must return list[...] (one result per item), "
+                f"not {type_name(self._return)}"
+            )
+
+    @property
+    def batch_param(self) -> str | None:
+        """The argument holding the items of a batchable task (None otherwise)."""
+        if not self.options.batchable:
+            return None
+        return self._resolve()[0].name
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -285,6 +349,18 @@ class TaskDefinition:
         for key in arguments:
             if key not in self._by_name:
                 errors.append(FieldError(path=f"$.{key}", message="unknown argument"))
+        batch = self.batch_param
+        if batch is not None and batch in out and not errors:
+            count = len(out[batch])
+            limit = self.options.max_batch_size
+            if not 1 <= count <= limit:
+                errors.append(
+                    FieldError(
+                        path=f"$.{batch}",
+                        message=f"has {count} items; a call of this batchable task takes "
+                        f"1 to {limit} (max_batch_size)",
+                    )
+                )
         if errors:
             raise InvalidArguments(self.name, errors)
         return out
@@ -390,6 +466,9 @@ class Service:
         ttl_cancelled: float | None = None,
         cancellable: bool = False,
         max_attempts: int | None = None,
+        batchable: bool = False,
+        max_batch_size: int = 32,
+        max_latency_ms: float = 10.0,
     ) -> Callable[[F], F]: ...
     def task(  # type: ignore[misc]  # mypy cannot match **options to the overloads
         self, func: Any = None, /, **options: Any
@@ -442,6 +521,9 @@ def task(
     ttl_cancelled: float | None = None,
     cancellable: bool = False,
     max_attempts: int | None = None,
+    batchable: bool = False,
+    max_batch_size: int = 32,
+    max_latency_ms: float = 10.0,
 ) -> Callable[[F], F]: ...
 def task(func: Any = None, /, **options: Any) -> Any:
     """Mark a method of an ``@errands.service`` class as a task endpoint."""

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any
 
 import attrs
@@ -32,6 +32,7 @@ import trio
 
 from . import _records, _watching
 from ._backend import Backend
+from ._batching import Batcher
 from ._convert import Payload, decode_result, pixel_limit
 from ._core import Core
 from ._define import Service, TaskDefinition
@@ -146,6 +147,11 @@ class Engine:
         )
         self.runner = Runner(self.core)
         self.upkeep = Upkeep(self.core, self.runner)
+        self._batchers = {
+            name: Batcher(self.core, self.runner, d, self)
+            for name, d in self.definitions.items()
+            if d.options.batchable
+        }
         workers = options.workers
         self._active = dict.fromkeys(self.definitions, 0)
         self._limits = {
@@ -262,6 +268,8 @@ class Engine:
             system.start_soon(health.supervise, "sweeper", self._sweep)
             system.start_soon(health.supervise, "orphan finder", self._orphans)
             system.start_soon(health.supervise, "watcher", self._watch_backend)
+            for name, batcher in self._batchers.items():
+                system.start_soon(health.supervise, f"batcher {name}", batcher.form_round)
             if self.backend.poll_interval is not None:
                 system.start_soon(health.supervise, "change watcher", self._watch_changes)
             self._open = self._accepting = True
@@ -274,6 +282,9 @@ class Engine:
             self._accepting = False
             health.state = State.STOPPING
             system.cancel_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
+            for batcher in self._batchers.values():
+                await batcher.release_held()
         await self._drain()
 
     async def _drain(self) -> None:
@@ -432,7 +443,11 @@ class Engine:
             log.debug("idempotent repeat of %s %s", name, task_id)
             return existing
         self.core.submitted += 1
-        self._wake.set()
+        batcher = self._batchers.get(name)
+        if batcher is not None:
+            batcher.wake()
+        else:
+            self._wake.set()
         log.debug("submitted %s %s", name, record.id)
         return record
 
@@ -665,13 +680,17 @@ class Engine:
 
     def _wake_dispatcher(self) -> None:
         self._wake.set()
+        for batcher in self._batchers.values():
+            batcher.wake()
 
     async def _dispatch_round(self) -> None:
         """Claim what is ready and fits the free slots; then wait to be woken
         (or until the next delayed task is due)."""
         self._wake = trio.Event()
         free = self.options.workers - self._total
-        quotas = {n: self._limits[n] - self._active[n] for n in self._limits}
+        quotas = {
+            n: self._limits[n] - self._active[n] for n in self._limits if n not in self._batchers
+        }
         quotas = {n: q for n, q in quotas.items() if q > 0}
         timeout = math.inf
         if free > 0 and quotas:
@@ -717,7 +736,7 @@ class Engine:
 
     async def _watch_backend(self) -> None:
         await self.core.queue.wait_for_work()
-        self._wake.set()
+        self._wake_dispatcher()
 
     async def _run(self, claim: Claim) -> None:
         try:
@@ -729,5 +748,23 @@ class Engine:
         self._active[name] -= 1
         self._total -= 1
         self._wake.set()
+        for batcher in self._batchers.values():
+            batcher.slot_freed()
         if not self._total:
             self._idle.set()
+
+    # ------------------------------------------------------------------ slots (for batchers)
+
+    def take(self, name: str) -> bool:
+        """Reserve a slot of ``name`` if one is free (see ``_batching.Slots``)."""
+        if self._total >= self.options.workers or self._active[name] >= self._limits[name]:
+            return False
+        self._active[name] += 1
+        self._total += 1
+        return True
+
+    def give(self, name: str) -> None:
+        self._slot_freed(name)
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        self._runners.start_soon(fn, *args)

@@ -15,7 +15,7 @@ import enum
 import logging
 import random
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -146,6 +146,37 @@ def task_error(exc: BaseException) -> TaskError:
     return TaskError(type=type(exc).__name__, message=message)
 
 
+class InvalidResult(FinalError):
+    """A batch call's result that cannot be split among its tasks."""
+
+
+def _split(
+    result: outcome.Outcome[Any] | None, sizes: list[int]
+) -> list[outcome.Outcome[Any] | None]:
+    """Each task's share of a batch call's outcome, for tasks of ``sizes`` items."""
+    if not isinstance(result, outcome.Value):
+        return [result] * len(sizes)  # an error (or a stop) is every task's
+    value = result.value
+    total = sum(sizes)
+    if not isinstance(value, list | tuple):
+        error = InvalidResult(
+            f"a batchable task must return a list (one result per item), got {type(value).__name__}"
+        )
+        return [outcome.Error(error)] * len(sizes)
+    if len(value) != total:
+        error = InvalidResult(
+            f"the batch call returned {len(value)} results for {total} items "
+            f"(of {len(sizes)} tasks)"
+        )
+        return [outcome.Error(error)] * len(sizes)
+    shares: list[outcome.Outcome[Any] | None] = []
+    start = 0
+    for size in sizes:
+        shares.append(outcome.Value(list(value[start : start + size])))
+        start += size
+    return shares
+
+
 class Runner:
     """Runs claimed tasks for one engine (see the module docstring)."""
 
@@ -155,6 +186,9 @@ class Runner:
         self.bound: dict[str, Callable[..., Any]] = {}
         self.threads: WorkerThreads | None = None
         self._dirty: dict[str, Run] = {}
+        #: Claims of batch members not started yet, by task id: the lease
+        #: keeper renews them with the runs' claims.
+        self.held: dict[str, Claim] = {}
         self._progress_wake = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -197,21 +231,37 @@ class Runner:
     async def run(self, claim: Claim) -> None:
         """Start, call and settle one claimed task."""
         core = self.core
-        store, queue = core.store, core.queue
         task_id, token = claim.task_id, claim.token
-        stored = await self._storage(lambda: store.get(task_id))
+        stored = await self._storage(lambda: core.store.get(task_id))
         record = stored.record if stored is not None else None
         if record is None or record.status is not PENDING:
             # A stale entry: cancelled, gone or a duplicate.
-            await self._storage(lambda: queue.ack(task_id, token))
+            await self._storage(lambda: core.queue.ack(task_id, token))
             return
-        running = _records.started(record, token=token, now=core.now())
+        run = await self.begin(claim, record)
+        if run is None:
+            return
+        call = Call(definition=run.definition, runs=[run], context=run.context)
+        run.call = call
+        try:
+            result = await self._call(call, run.record.args)
+        finally:
+            self._forget(call)
+        await self._settle(run, result)
+
+    async def begin(self, claim: Claim, record: TaskRecord) -> Run | None:
+        """Start the claimed ``pending`` ``record`` (fenced by the claim); its
+        :class:`Run`, or None when it is not to run here (settled or acked)."""
+        core = self.core
+        task_id = claim.task_id
+        running = _records.started(record, token=claim.token, now=core.now())
         begun = StoredTask.from_record(running)
         if not await self._storage(lambda: core.backend.begin(begun, claim=claim)):
-            # The record moved on, or our claim was lost (the lease ran out
-            # while we stalled): whoever holds the task now runs it.
-            await self._storage(lambda: queue.ack(task_id, token))
-            return
+            # The record moved on (cancelled while waiting), or our claim was
+            # lost (the lease ran out while we stalled): whoever holds the
+            # task now runs it.
+            await self._storage(lambda: core.queue.ack(task_id, claim.token))
+            return None
         core.watchers.touch(task_id)
         definition = core.definitions.get(record.name)
         if definition is None:
@@ -219,10 +269,10 @@ class Runner:
                 type="UnknownTask", message=f"this engine's service has no task {record.name!r}"
             )
             await self._finish(claim, running, None, error=unknown)
-            return
+            return None
         if core.stopping:
             await self.hand_back(claim, running, counts=False)
-            return
+            return None
         context = TaskContext(
             id=task_id,
             name=record.name,
@@ -238,13 +288,75 @@ class Runner:
             # claim is gone, so the older run stops and writes nothing.
             older.request_stop(Stop.LOST)
         self.running[task_id] = run
-        call = Call(definition=definition, runs=[run], context=context)
-        run.call = call
+        return run
+
+    async def run_batch(self, members: Sequence[tuple[Claim, TaskRecord]]) -> None:
+        """Start the claimed tasks of one batch, call the function once with all
+        their items, and settle each with its own slice of the result."""
+        runs: list[Run] = []
         try:
-            result = await self._call(call, run.record.args)
+            for claim, record in members:
+                run = await self.begin(claim, record)
+                if run is not None:
+                    runs.append(run)
         finally:
-            self._forget(call)
-        await self._settle(run, result)
+            for claim, _ in members:
+                if self.held.get(claim.task_id) == claim:
+                    del self.held[claim.task_id]
+        if not runs:
+            return
+        definition = runs[0].definition
+        param = definition.batch_param
+        assert param is not None
+        results: dict[int, outcome.Outcome[Any] | None] = {}
+        calls: list[tuple[Run, dict[str, Any]]] = []
+        for run in runs:
+            try:
+                calls.append((run, await self._structure(definition, run.record.args)))
+            except BaseException as exc:
+                # This task's stored arguments do not read: it fails alone.
+                if _is_engine_cancel(exc):
+                    raise
+                error = FinalError(str(exc)) if isinstance(exc, InvalidArguments) else exc
+                run.call = Call(definition=definition, runs=[run], context=run.context)
+                results[id(run)] = outcome.Error(error)
+        if calls:
+            together = [run for run, _ in calls]
+            call = Call(definition=definition, runs=together, context=self._batch_context(together))
+            items: list[Any] = []
+            sizes: list[int] = []
+            for run, kwargs in calls:
+                run.call = call
+                items.extend(kwargs[param])
+                sizes.append(len(kwargs[param]))
+            arguments = dict(calls[0][1])
+            arguments[param] = items
+            try:
+                result = await self._invoke(call, arguments)
+            finally:
+                self._forget(call)
+            for run, share in zip(together, _split(result, sizes), strict=True):
+                results[id(run)] = None if run.stop is Stop.CANCEL else share
+        for run in runs:
+            await self._settle(run, results[id(run)])
+
+    def _batch_context(self, runs: list[Run]) -> TaskContext:
+        """What ``current_task()`` is in a batch call: the first task's id and
+        attempt; a report goes to every task of the batch."""
+        first = runs[0].context
+
+        def report_all(context: TaskContext) -> None:
+            for run in runs:
+                run.context.progress, run.context.message = context.progress, context.message
+                self._on_report(run.context)
+
+        return TaskContext(
+            id=first.id,
+            name=first.name,
+            attempt=first.attempt,
+            on_report=report_all,
+            max_message_length=self.core.options.max_message_length,
+        )
 
     def _forget(self, call: Call) -> None:
         """The call ended: its runs no longer run here."""

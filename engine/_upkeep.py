@@ -55,12 +55,15 @@ class Upkeep:
         core = self.core
         now = core.now()
         runs = list(self.runner.running.values())
-        if runs:
+        held = list(self.runner.held.values())
+        if runs or held:
             answers = await core.queue.renew_many(
-                [(r.claim.task_id, r.claim.token) for r in runs],
+                [(r.claim.task_id, r.claim.token) for r in runs]
+                + [(c.task_id, c.token) for c in held],
                 lease_until=now + core.options.lease,
             )
-            for run, answer in zip(runs, answers, strict=True):
+            # A held claim that was lost fails its fenced start; nothing to do here.
+            for run, answer in zip(runs, answers[: len(runs)], strict=True):
                 if self.runner.running.get(run.claim.task_id) is not run:
                     continue  # it finished (and was acked) while we renewed
                 if answer is Renewal.LOST:
@@ -75,7 +78,10 @@ class Upkeep:
         core = self.core
         store, queue = core.store, core.queue
         for claim in await queue.expired(now):
-            if self.runner.holds(claim.task_id, claim.token) is not None:
+            if (
+                self.runner.holds(claim.task_id, claim.token) is not None
+                or getattr(self.runner.held.get(claim.task_id), "token", None) == claim.token
+            ):
                 continue  # ours and alive; the next renewal extends it
             stored = await store.get(claim.task_id)
             record = stored.record if stored is not None else None
