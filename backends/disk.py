@@ -266,22 +266,25 @@ CREATE TABLE IF NOT EXISTS queue (
     owner TEXT,
     token INTEGER NOT NULL DEFAULT 0,
     lease_until REAL NOT NULL DEFAULT 0,
-    cancel INTEGER NOT NULL DEFAULT 0
+    cancel INTEGER NOT NULL DEFAULT 0,
+    rank REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     media_type TEXT NOT NULL,
     data BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_waiting ON queue (name, priority DESC, seq) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS queue_claims ON queue (lease_until) WHERE owner IS NOT NULL;
+"""
+
+#: Run after :func:`_migrate`: indexes on columns that older databases lacked.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS queue_ranked ON queue (name, rank, seq) WHERE owner IS NULL;
 """
 
 
 def _setup(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):  # executescript would commit our transaction
-        if statement.strip():
-            conn.execute(statement)
+    _execute(conn, _SCHEMA)
     row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
     if row is None:
         conn.executemany(
@@ -294,6 +297,24 @@ def _setup(conn: sqlite3.Connection) -> None:
             f"of errands reads format {FORMAT_VERSION!r}; use another directory or the "
             "matching errands version"
         )
+    _migrate(conn)
+    _execute(conn, _INDEXES)
+
+
+def _execute(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):  # executescript would commit our transaction
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database an earlier errands made (in this format) up to this schema."""
+    if not any(column[1] == "rank" for column in conn.execute("PRAGMA table_info(queue)")):
+        # Made before priority aging: its waiting entries keep the order they
+        # had (higher priority first, then put order), which rank -priority is.
+        conn.execute("ALTER TABLE queue ADD COLUMN rank REAL NOT NULL DEFAULT 0")
+        conn.execute("UPDATE queue SET rank = -priority")
+    conn.execute("DROP INDEX IF EXISTS queue_waiting")  # its order, (priority, seq), is gone
 
 
 def _next(conn: sqlite3.Connection, counter: str) -> int:
@@ -329,10 +350,16 @@ class DiskCacheQueue(Queue):
         self._owners = owners
 
     async def put(
-        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+        self,
+        task_id: str,
+        *,
+        name: str,
+        priority: int = 0,
+        not_before: float = 0.0,
+        rank: float | None = None,
     ) -> None:
         def put(conn: sqlite3.Connection) -> None:
-            _put(conn, task_id, name, priority, not_before)
+            _put(conn, task_id, name, priority, not_before, rank)
 
         await self._db.run(put)
 
@@ -350,15 +377,15 @@ class DiskCacheQueue(Queue):
             await trio.to_thread.run_sync(_guarded, what, self._owners.hold, owner)
 
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            found: list[tuple[int, int, str, str]] = []
+            found: list[tuple[float, int, str, str]] = []
             for name, quota in quotas.items():
                 if quota <= 0:
                     continue
                 found.extend(
-                    (-priority, seq, task_id, name)
-                    for task_id, priority, seq in conn.execute(
-                        "SELECT id, priority, seq FROM queue WHERE owner IS NULL AND name = ?"
-                        " AND not_before <= ? ORDER BY priority DESC, seq LIMIT ?",
+                    (rank, seq, task_id, name)
+                    for task_id, rank, seq in conn.execute(
+                        "SELECT id, rank, seq FROM queue WHERE owner IS NULL AND name = ?"
+                        " AND not_before <= ? ORDER BY rank, seq LIMIT ?",
                         (name, now, min(quota, limit)),
                     )
                 )
@@ -422,18 +449,20 @@ class DiskCacheQueue(Queue):
 
         return await self._db.run(ack)
 
-    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
+    async def release(
+        self, task_id: str, token: int, *, not_before: float = 0.0, rank: float | None = None
+    ) -> bool:
         def release(conn: sqlite3.Connection) -> bool:
             held = conn.execute(
-                "SELECT 1 FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+                "SELECT priority FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
                 (task_id, token),
             ).fetchone()
             if held is None:
                 return False
             conn.execute(
                 "UPDATE queue SET owner = NULL, token = 0, lease_until = 0, cancel = 0,"
-                " not_before = ?, seq = ? WHERE id = ?",
-                (not_before, _next(conn, "seq"), task_id),
+                " not_before = ?, rank = ?, seq = ? WHERE id = ?",
+                (not_before, -held[0] if rank is None else rank, _next(conn, "seq"), task_id),
             )
             return True
 
@@ -521,15 +550,15 @@ class DiskCacheQueue(Queue):
     async def position(self, task_id: str) -> int | None:
         def position(conn: sqlite3.Connection) -> int | None:
             me = conn.execute(
-                "SELECT name, priority, seq FROM queue WHERE id = ? AND owner IS NULL", (task_id,)
+                "SELECT name, rank, seq FROM queue WHERE id = ? AND owner IS NULL", (task_id,)
             ).fetchone()
             if me is None:
                 return None
-            name, priority, seq = me
+            name, rank, seq = me
             row = conn.execute(
                 "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?"
-                " AND (priority > ? OR (priority = ? AND seq < ?))",
-                (name, priority, priority, seq),
+                " AND (rank < ? OR (rank = ? AND seq < ?))",
+                (name, rank, rank, seq),
             ).fetchone()
             return int(row[0])
 
@@ -540,13 +569,25 @@ class DiskCacheQueue(Queue):
 
 
 def _put(
-    conn: sqlite3.Connection, task_id: str, name: str, priority: int, not_before: float
+    conn: sqlite3.Connection,
+    task_id: str,
+    name: str,
+    priority: int,
+    not_before: float,
+    rank: float | None,
 ) -> None:
     if conn.execute("SELECT 1 FROM queue WHERE id = ?", (task_id,)).fetchone() is not None:
         return
     conn.execute(
-        "INSERT INTO queue (id, name, priority, seq, not_before) VALUES (?, ?, ?, ?, ?)",
-        (task_id, name, priority, _next(conn, "seq"), not_before),
+        "INSERT INTO queue (id, name, priority, seq, not_before, rank) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            task_id,
+            name,
+            priority,
+            _next(conn, "seq"),
+            not_before,
+            -priority if rank is None else rank,
+        ),
     )
 
 
@@ -891,11 +932,13 @@ class DiskCacheBackend(Backend):
 
         return await self._db.run(begin)
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
         def enqueue(conn: sqlite3.Connection) -> bool:
             if not _create(conn, task):
                 return False
-            _put(conn, task.id, task.name, priority, not_before)
+            _put(conn, task.id, task.name, priority, not_before, rank)
             return True
 
         await trio.lowlevel.checkpoint_if_cancelled()

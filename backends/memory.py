@@ -29,12 +29,15 @@ __all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
 
 
 class _Waiting:
-    __slots__ = ("name", "not_before", "priority", "seq")
+    __slots__ = ("name", "not_before", "priority", "rank", "seq")
 
-    def __init__(self, name: str, priority: int, not_before: float, seq: int) -> None:
+    def __init__(
+        self, name: str, priority: int, not_before: float, rank: float | None, seq: int
+    ) -> None:
         self.name = name
         self.priority = priority
         self.not_before = not_before
+        self.rank = -priority if rank is None else rank
         self.seq = seq
 
 
@@ -48,8 +51,8 @@ class MemoryQueue(Queue):
         self._claimed: dict[str, Claim] = {}
         self._cancel_flags: set[str] = set()
         self._claim_priority: dict[str, int] = {}
-        # heap items: (-priority, seq, task_id); stale items are skipped on pop.
-        self._ready: dict[str, list[tuple[int, int, str]]] = {}
+        # heap items: (rank, seq, task_id); stale items are skipped on pop.
+        self._ready: dict[str, list[tuple[float, int, str]]] = {}
         # heap items: (not_before, seq, task_id)
         self._delayed: dict[str, list[tuple[float, int, str]]] = {}
         self._work = trio.Event()
@@ -68,9 +71,7 @@ class MemoryQueue(Queue):
                 self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id)
             )
         else:
-            heapq.heappush(
-                self._ready.setdefault(entry.name, []), (-entry.priority, entry.seq, task_id)
-            )
+            heapq.heappush(self._ready.setdefault(entry.name, []), (entry.rank, entry.seq, task_id))
 
     def _live(self, task_id: str, seq: int) -> bool:
         entry = self._waiting.get(task_id)
@@ -84,9 +85,9 @@ class MemoryQueue(Queue):
         while delayed and delayed[0][0] <= now:
             _, seq, task_id = heapq.heappop(delayed)
             if self._live(task_id, seq):
-                heapq.heappush(ready, (-self._waiting[task_id].priority, seq, task_id))
+                heapq.heappush(ready, (self._waiting[task_id].rank, seq, task_id))
 
-    def _head(self, name: str) -> tuple[int, int, str] | None:
+    def _head(self, name: str) -> tuple[float, int, str] | None:
         ready = self._ready.get(name)
         while ready:
             item = ready[0]
@@ -96,15 +97,23 @@ class MemoryQueue(Queue):
         return None
 
     async def put(
-        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+        self,
+        task_id: str,
+        *,
+        name: str,
+        priority: int = 0,
+        not_before: float = 0.0,
+        rank: float | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._put(task_id, name, priority, not_before)
+        self._put(task_id, name, priority, not_before, rank)
 
-    def _put(self, task_id: str, name: str, priority: int, not_before: float) -> None:
+    def _put(
+        self, task_id: str, name: str, priority: int, not_before: float, rank: float | None
+    ) -> None:
         if task_id in self._waiting or task_id in self._claimed:
             return
-        self._push(task_id, _Waiting(name, priority, not_before, next(self._seq)))
+        self._push(task_id, _Waiting(name, priority, not_before, rank, next(self._seq)))
         self._notify()
 
     async def claim(
@@ -122,7 +131,7 @@ class MemoryQueue(Queue):
             self._promote(name, now)
         claims: list[Claim] = []
         while left and len(claims) < limit:
-            best: tuple[int, int, str] | None = None
+            best: tuple[float, int, str] | None = None
             best_name = ""
             for name in left:
                 head = self._head(name)
@@ -174,7 +183,9 @@ class MemoryQueue(Queue):
         self._claim_priority.pop(task_id, None)
         return True
 
-    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
+    async def release(
+        self, task_id: str, token: int, *, not_before: float = 0.0, rank: float | None = None
+    ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         claim = self._held(task_id, token)
         if claim is None:
@@ -182,7 +193,7 @@ class MemoryQueue(Queue):
         del self._claimed[task_id]
         self._cancel_flags.discard(task_id)
         priority = self._claim_priority.pop(task_id, 0)
-        self._push(task_id, _Waiting(claim.name, priority, not_before, next(self._seq)))
+        self._push(task_id, _Waiting(claim.name, priority, not_before, rank, next(self._seq)))
         self._notify()
         return True
 
@@ -229,11 +240,11 @@ class MemoryQueue(Queue):
         me = self._waiting.get(task_id)
         if me is None:
             return None
-        mine = (-me.priority, me.seq)
+        mine = (me.rank, me.seq)
         return sum(
             1
             for other in self._waiting.values()
-            if other.name == me.name and (-other.priority, other.seq) < mine
+            if other.name == me.name and (other.rank, other.seq) < mine
         )
 
     async def wait_for_work(self) -> None:
@@ -365,11 +376,13 @@ class MemoryBackend(Backend):
         await trio.lowlevel.checkpoint()
         self.queue._engines -= 1
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self.store._create(task):
             return False
-        self.queue._put(task.id, task.name, priority, not_before)
+        self.queue._put(task.id, task.name, priority, not_before, rank)
         return True
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:

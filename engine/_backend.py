@@ -67,16 +67,32 @@ class Queue(abc.ABC):
 
     An entry is *waiting* (put, not claimed) or *claimed* (held by an owner
     until its lease runs out).  Ready means waiting with ``not_before <= now``.
-    Claim order among ready entries: higher ``priority`` first, then the order
-    of ``put`` (or ``release``).
+
+    **Claim order** among ready entries: lowest ``rank`` first, then the
+    order of ``put`` (or ``release``: a released entry goes behind every
+    entry of the same rank put before its release).  The queue never computes
+    a rank: the engine gives one with each ``put`` and ``release`` (see
+    ``engine/_aging.py``: priority aging is the engine's rule, backends only
+    sort by its key).  A rank of None means ``-priority``, which orders by
+    higher ``priority`` first, then put order.  :meth:`position` counts in
+    the same order.
     """
 
     @abc.abstractmethod
     async def put(
-        self, task_id: str, *, name: str, priority: int = 0, not_before: float = 0.0
+        self,
+        task_id: str,
+        *,
+        name: str,
+        priority: int = 0,
+        not_before: float = 0.0,
+        rank: float | None = None,
     ) -> None:
-        """Add ``task_id`` as waiting.  Idempotent: no change if it is already queued
-        (waiting or claimed)."""
+        """Add ``task_id`` as waiting, ordered by ``rank`` (None: ``-priority``).
+
+        Idempotent: no change (not even to its rank) if it is already queued,
+        waiting or claimed.
+        """
 
     @abc.abstractmethod
     async def claim(
@@ -116,8 +132,15 @@ class Queue(abc.ABC):
         """Remove the claimed entry if it is still held with ``token``."""
 
     @abc.abstractmethod
-    async def release(self, task_id: str, token: int, *, not_before: float = 0.0) -> bool:
-        """Make the claimed entry waiting again (same priority), if still held with ``token``."""
+    async def release(
+        self, task_id: str, token: int, *, not_before: float = 0.0, rank: float | None = None
+    ) -> bool:
+        """Make the claimed entry waiting again, if still held with ``token``.
+
+        It keeps its priority and takes ``rank`` (None: ``-priority``) and a
+        new place in put order, as if put now.  False (and no change) if the
+        entry is not held with ``token``.
+        """
 
     @abc.abstractmethod
     async def remove(self, task_id: str) -> bool:
@@ -263,9 +286,12 @@ class Backend(abc.ABC):
     store: Store
     poll_interval: float | None = None
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
-        """Create the record and put its id on the queue; False (and nothing done)
-        if the id already exists.
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
+        """Create the record and put its id on the queue (as :meth:`Queue.put`
+        with these ``priority``, ``not_before`` and ``rank``); False (and
+        nothing done) if the id already exists.
 
         If it raises ``Cancelled``, nothing was created: once the write has
         begun it finishes and the call returns.  The default runs the two calls
@@ -277,7 +303,9 @@ class Backend(abc.ABC):
         with trio.CancelScope(shield=True):
             if not await self.store.create(task):
                 return False
-            await self.queue.put(task.id, name=task.name, priority=priority, not_before=not_before)
+            await self.queue.put(
+                task.id, name=task.name, priority=priority, not_before=not_before, rank=rank
+            )
         return True
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:

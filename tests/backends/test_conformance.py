@@ -250,6 +250,81 @@ async def test_claim_order_is_priority_then_fifo(backend: Backend) -> None:
     assert all(c.owner == "w" and c.lease_until == NOW + 30 and c.name == "job" for c in claims)
 
 
+async def test_claim_order_is_rank_then_fifo(backend: Backend) -> None:
+    q = backend.queue
+    ids = [new_task_id() for _ in range(5)]
+    await q.put(ids[0], name="job", priority=9, rank=NOW + 5)  # rank decides, not priority
+    await q.put(ids[1], name="job", rank=NOW - 100)
+    await q.put(ids[2], name="job", rank=NOW + 5)
+    await q.put(ids[3], name="job", priority=-3, rank=-1e12)
+    await q.put(ids[4], name="other", rank=NOW)
+    claims = await q.claim(
+        owner="w", quotas={"job": 10, "other": 10}, limit=10, now=NOW, lease_until=NOW + 30
+    )
+    assert [c.task_id for c in claims] == [ids[3], ids[1], ids[4], ids[0], ids[2]]
+
+
+async def test_rank_none_is_minus_priority(backend: Backend) -> None:
+    q = backend.queue
+    ranked, plain, urgent = new_task_id(), new_task_id(), new_task_id()
+    await q.put(ranked, name="job", rank=-1.5)
+    await q.put(plain, name="job", priority=1)  # rank -1
+    await q.put(urgent, name="job", priority=2)  # rank -2
+    claims = await q.claim(owner="w", quotas={"job": 3}, limit=3, now=NOW, lease_until=NOW + 30)
+    assert [c.task_id for c in claims] == [urgent, ranked, plain]
+
+
+async def test_a_delayed_entry_joins_at_its_rank(backend: Backend) -> None:
+    q = backend.queue
+    early, delayed, late = new_task_id(), new_task_id(), new_task_id()
+    await q.put(delayed, name="job", not_before=NOW + 60, rank=NOW + 60)
+    await q.put(early, name="job", rank=NOW + 59)
+    await q.put(late, name="job", rank=NOW + 61)
+    assert await q.position(delayed) == 1
+    claims = await q.claim(owner="w", quotas={"job": 3}, limit=3, now=NOW, lease_until=NOW + 1)
+    assert [c.task_id for c in claims] == [early, late]
+    await q.ack(late, claims[1].token)
+    await q.put(late, name="job", rank=NOW + 61)
+    claims = await q.claim(
+        owner="w", quotas={"job": 3}, limit=3, now=NOW + 60, lease_until=NOW + 61
+    )
+    assert [c.task_id for c in claims] == [delayed, late]
+
+
+async def test_release_takes_the_given_rank(backend: Backend) -> None:
+    q = backend.queue
+    first, second, third = new_task_id(), new_task_id(), new_task_id()
+    await q.put(first, name="job", rank=NOW)
+    await q.put(second, name="job", rank=NOW + 10)
+    await q.put(third, name="job", rank=NOW + 20)
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == first
+    # Released with a rank past the others', it goes behind them, and behind
+    # an equal rank put before the release.
+    assert await q.release(first, claim.token, rank=NOW + 20)
+    assert await q.position(first) == 2
+    claims = await q.claim(owner="w", quotas={"job": 3}, limit=3, now=NOW, lease_until=NOW + 30)
+    assert [c.task_id for c in claims] == [second, third, first]
+    # Released with no rank: -priority, ahead of every rank above it.
+    assert await q.release(third, claims[1].token)
+    again = await claim_one(backend)
+    assert again is not None and again.task_id == third
+
+
+async def test_position_follows_claim_order(backend: Backend) -> None:
+    q = backend.queue
+    ids = [new_task_id() for _ in range(6)]
+    ranks = [NOW + 3, NOW - 7, NOW + 3, -5.0, NOW + 1, NOW - 7]
+    for task_id, rank in zip(ids, ranks, strict=True):
+        await q.put(task_id, name="job", priority=len(ids), rank=rank)
+    await q.put(new_task_id(), name="other", rank=-1e12)  # another name: not counted
+    positions = {i: await q.position(i) for i in ids}
+    claims = await q.claim(owner="w", quotas={"job": 9}, limit=9, now=NOW, lease_until=NOW + 30)
+    order = [c.task_id for c in claims]
+    assert order == [ids[3], ids[1], ids[5], ids[4], ids[0], ids[2]]
+    assert [positions[i] for i in order] == list(range(6))
+
+
 async def test_put_is_idempotent(backend: Backend) -> None:
     q = backend.queue
     task_id = new_task_id()

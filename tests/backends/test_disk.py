@@ -85,6 +85,57 @@ async def test_data_from_an_incompatible_version_is_refused(tmp_path: Path) -> N
         assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (1,)  # nothing lost
 
 
+#: The queue table as errands made it before priority aging (format "1").
+_QUEUE_BEFORE_AGING = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('format', '1'), ('seq', '4'), ('token', '1');
+CREATE TABLE queue (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    owner TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    cancel INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_waiting ON queue (name, priority DESC, seq) WHERE owner IS NULL;
+INSERT INTO queue (id, name, priority, seq, not_before) VALUES
+    ('low-1', 'job', 0, 1, 0), ('high', 'job', 5, 2, 0), ('low-2', 'job', 0, 3, 0);
+INSERT INTO queue (id, name, priority, seq, not_before, owner, token, lease_until)
+    VALUES ('held', 'job', 7, 4, 0, 'gone', 1, 10);
+"""
+
+
+async def test_a_queue_made_before_priority_aging_is_migrated(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.executescript(_QUEUE_BEFORE_AGING)
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    try:
+        q = backend.queue
+        # Entries keep the order they had: priority, then put order.
+        assert [await q.position(i) for i in ("high", "low-1", "low-2")] == [0, 1, 2]
+        await q.put("new", name="job", rank=-4.5)  # ranked between priority 5 and 0
+        [expired] = await q.expired(100.0)
+        assert await q.release("held", expired.token)  # no rank given: -priority, first
+        claims = await q.claim(owner="w", quotas={"job": 9}, limit=9, now=100.0, lease_until=130.0)
+        assert [c.task_id for c in claims] == ["held", "high", "new", "low-1", "low-2"]
+    finally:
+        await backend.aclose()
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "queue_ranked" in indexes and "queue_waiting" not in indexes
+        ranks = dict(conn.execute("SELECT id, rank FROM queue"))
+    assert ranks == {"held": -7, "high": -5, "new": -4.5, "low-1": 0, "low-2": 0}
+    backend = DiskCacheBackend(tmp_path)  # opening again changes nothing
+    await backend.open()
+    await backend.aclose()
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        assert dict(conn.execute("SELECT id, rank FROM queue")) == ranks
+
+
 async def test_an_unreadable_record_is_an_error_not_a_loss(tmp_path: Path) -> None:
     async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
         task = await client.add.submit(a=1, b=1)

@@ -93,10 +93,12 @@ class FaultyBackend(Backend):
         self.store = _Proxy(inner.store, "store", self.faults)  # type: ignore[assignment]
         self.poll_interval = inner.poll_interval
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         self.faults.check("backend.enqueue")
-        return await self.inner.enqueue(task, priority=priority, not_before=not_before)
+        return await self.inner.enqueue(task, priority=priority, not_before=not_before, rank=rank)
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -64,8 +64,10 @@ class _StallingBackend(Backend):
         self.store = _Stalling(inner.store, rng, {"get": 0.1})  # type: ignore[assignment]
         self.poll_interval = inner.poll_interval
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
-        return await self.inner.enqueue(task, priority=priority, not_before=not_before)
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
+        return await self.inner.enqueue(task, priority=priority, not_before=not_before, rank=rank)
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         if self.rng.random() < 0.3:

@@ -109,8 +109,10 @@ class _Role(Backend):
         self.store = _Store(inner.store, role, order)  # type: ignore[assignment]
         self.poll_interval = inner.poll_interval
 
-    async def enqueue(self, task: StoredTask, *, priority: int, not_before: float) -> bool:
-        return await self.inner.enqueue(task, priority=priority, not_before=not_before)
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
+        return await self.inner.enqueue(task, priority=priority, not_before=not_before, rank=rank)
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         if self.role == "A":
