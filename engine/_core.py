@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from . import _aging
 from ._backend import Backend, Queue, Store
 from ._define import TaskDefinition
 from ._health import Health
@@ -49,3 +50,10 @@ class Core:
     def now(self) -> float:
         """The wall clock, for stored timestamps."""
         return self.options.clock()
+
+    def rank(self, priority: int, not_before: float | None = None) -> float:
+        """The queue rank of a task of ``priority`` (re)entering the queue now,
+        to start no sooner than ``not_before`` (see ``_aging.py``)."""
+        return _aging.rank(
+            priority, now=self.now(), not_before=not_before, aging=self.options.priority_aging
+        )

@@ -484,7 +484,10 @@ class Engine:
         that already holds its id, if any (then nothing is stored)."""
         store = self.core.store
         while not await self.backend.enqueue(
-            stored, priority=priority, not_before=not_before or 0.0
+            stored,
+            priority=priority,
+            not_before=not_before or 0.0,
+            rank=self.core.rank(priority, not_before),
         ):
             if idempotency_key is None:
                 raise BackendError(f"task id {stored.id} already exists")  # 2**-128 odds

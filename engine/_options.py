@@ -70,6 +70,13 @@ class EngineOptions:
         max_message_length: the longest progress message, in characters.
         max_image_pixels: the most pixels an image argument may have (width
             times height); images are decoded in a worker thread.
+        priority_aging: seconds of waiting worth one point of priority: a
+            waiting task's effective priority is its priority plus the
+            seconds it has waited divided by this, so low-priority work is
+            never starved (the rule and its bound: ``docs/decisions.md``,
+            "Priority aging").  0 turns aging off: strict priority, then
+            submit order.  Every engine sharing a backend should use the
+            same value.
         clock: the wall clock for stored timestamps (seconds since the epoch).
 
     Raises:
@@ -87,6 +94,7 @@ class EngineOptions:
     max_result_size: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1))
     max_message_length: int = attrs.field(default=4096, validator=_count(1))
     max_image_pixels: int = attrs.field(default=25_000_000, validator=_count(1))
+    priority_aging: float = attrs.field(default=60.0, validator=_seconds(positive=False))
     clock: Callable[[], float] = attrs.field(default=time.time, validator=_callable, repr=False)
 
 

@@ -592,8 +592,11 @@ class Runner:
         if await self._storage(
             lambda: core.store.transition(again, expect=IN_PROGRESS, token=claim.token)
         ):
+            rank = core.rank(record.priority, not_before)
             await self._storage(
-                lambda: core.queue.release(claim.task_id, claim.token, not_before=not_before)
+                lambda: core.queue.release(
+                    claim.task_id, claim.token, not_before=not_before, rank=rank
+                )
             )
             log.warning(
                 "task %s %s failed (attempt %d), retrying in %.1f s: %s",
@@ -617,7 +620,8 @@ class Runner:
             core.watchers.notify(claim.task_id)
             return
         if again.status is PENDING:
-            await self._storage(lambda: core.queue.release(claim.task_id, claim.token))
+            rank = core.rank(record.priority)
+            await self._storage(lambda: core.queue.release(claim.task_id, claim.token, rank=rank))
             log.info("task %s handed back to the queue at shutdown", record.id)
             core.watchers.notify(claim.task_id)
         else:

@@ -91,7 +91,12 @@ class Upkeep:
             if record.status is PENDING:
                 # Claimed, but its worker died before starting it (or between
                 # handing it back and releasing the claim).
-                await queue.release(claim.task_id, claim.token, not_before=record.not_before or 0.0)
+                await queue.release(
+                    claim.task_id,
+                    claim.token,
+                    not_before=record.not_before or 0.0,
+                    rank=core.rank(record.priority, record.not_before),
+                )
                 core.wake()
                 continue
             if record.token != claim.token:
@@ -102,7 +107,7 @@ class Upkeep:
                 StoredTask.from_record(again), expect=IN_PROGRESS, token=claim.token
             ):
                 if again.status is PENDING:
-                    await queue.release(claim.task_id, claim.token)
+                    await queue.release(claim.task_id, claim.token, rank=core.rank(record.priority))
                     log.warning(
                         "task %s: worker lost, re-queued after attempt %d",
                         record.id,
@@ -144,7 +149,12 @@ class Upkeep:
                 ):
                     continue
                 if again.status is PENDING:
-                    await queue.put(record.id, name=record.name, priority=record.priority)
+                    await queue.put(
+                        record.id,
+                        name=record.name,
+                        priority=record.priority,
+                        rank=core.rank(record.priority),
+                    )
                     log.warning(
                         "task %s was in progress with no live claim; re-queued after attempt %d",
                         record.id,
@@ -185,6 +195,7 @@ class Upkeep:
                         name=record.name,
                         priority=record.priority,
                         not_before=record.not_before or 0.0,
+                        rank=core.rank(record.priority, record.not_before),
                     )
                     log.warning("task %s had no queue entry; re-queued", record.id)
                     core.wake()
