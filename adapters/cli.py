@@ -257,6 +257,13 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"runs allowed for a task whose worker keeps dying (default {d.max_attempts})",
     )
+    group.add_argument(
+        "--priority-aging",
+        type=float,
+        metavar="SECONDS",
+        help="seconds of waiting worth one point of priority, so low-priority tasks are "
+        f"never starved; 0 for strict priority (default {d.priority_aging:g})",
+    )
 
 
 def _engine_options(args: argparse.Namespace) -> errands.EngineOptions:
@@ -267,6 +274,7 @@ def _engine_options(args: argparse.Namespace) -> errands.EngineOptions:
         "lease": args.lease,
         "grace": args.grace,
         "max_attempts": args.max_attempts,
+        "priority_aging": args.priority_aging,
     }
     try:
         return errands.EngineOptions(**{k: v for k, v in given.items() if v is not None})
@@ -286,6 +294,7 @@ _FLAGS = {
     "lease": "--lease",
     "grace": "--grace",
     "max_attempts": "--max-attempts",
+    "priority_aging": "--priority-aging",
 }
 
 
@@ -348,6 +357,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "lease": options.lease,
                 "grace": options.grace,
                 "max_attempts": options.max_attempts,
+                "priority_aging": options.priority_aging,
             },
             "target": args.target,
             "backend": args.backend,

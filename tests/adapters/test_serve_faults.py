@@ -161,6 +161,7 @@ def test_engine_flags_are_checked_and_used(tmp_path: Path) -> None:
         (["--grace", "-2"], "--grace must be a non-negative number"),
         (["--max-attempts", "0"], "--max-attempts must be a whole number >= 1"),
         (["--task-slots", "-1"], "--task-slots must be a whole number >= 0"),
+        (["--priority-aging", "-5"], "--priority-aging must be a non-negative number"),
     ):
         for command in ("serve", "worker"):
             args = [command, "weather.py:svc", *flags]
@@ -173,7 +174,17 @@ def test_engine_flags_are_checked_and_used(tmp_path: Path) -> None:
             assert message in done.stderr, (args, done.stderr)
             assert "Traceback" not in done.stderr
     with serving(
-        ["weather.py:svc", "--backend", "memory://", "--task-slots", "3", "--ttl", "7"],
+        [
+            "weather.py:svc",
+            "--backend",
+            "memory://",
+            "--task-slots",
+            "3",
+            "--ttl",
+            "7",
+            "--priority-aging",
+            "0",
+        ],
         tmp_path,
         port=free_port(),
     ) as (_, base):
@@ -194,3 +205,4 @@ def test_engine_flags_are_checked_and_used(tmp_path: Path) -> None:
         [*ERRANDS, "serve", "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     assert "--task-slots" in help_text and "not server processes" in help_text
+    assert "--priority-aging SECONDS" in help_text
