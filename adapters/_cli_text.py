@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from errands import TaskInfo
+from errands import Attempt, TaskInfo
 
 __all__ = ["parse_arguments", "status_text", "table", "write_result"]
 
@@ -33,6 +33,14 @@ def _progress(info: TaskInfo) -> str:
     return " ".join(parts)
 
 
+def _attempt(attempt: Attempt) -> str:
+    """An earlier attempt in one line: how it ended, how long it ran, its error."""
+    text = attempt.outcome.value
+    if attempt.started_at is not None and attempt.finished_at is not None:
+        text += f" after {(attempt.finished_at - attempt.started_at).total_seconds():.3f} s"
+    return text if attempt.error is None else f"{text}: {attempt.error}"
+
+
 def status_text(info: TaskInfo) -> str:
     """A status for people: one ``field: value`` line each, empty fields left out."""
     rows = [("task", info.id), ("name", info.name), ("status", info.status.value)]
@@ -43,6 +51,8 @@ def status_text(info: TaskInfo) -> str:
     if info.error is not None:
         rows.append(("error", str(info.error)))
     rows.append(("attempt", f"{info.attempt} of {info.max_attempts}"))
+    if len(info.attempts) > 1:
+        rows += [(f"attempt {a.attempt}", _attempt(a)) for a in info.attempts[:-1]]
     rows.append(("created", _when(info.created_at)))
     if info.started_at is not None:
         rows.append(("started", _when(info.started_at)))

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import attrs
 
 from errands import (
+    Attempt,
+    AttemptOutcome,
     BackendError,
     CannotCancel,
     EngineClosed,
@@ -51,6 +53,7 @@ from errands import (
 )
 
 __all__ = [
+    "ATTEMPT_SCHEMA",
     "BENTOML_STATUS",
     "ERRORS",
     "HTTP_TYPES",
@@ -124,7 +127,8 @@ def parse_status(text: Any) -> TaskStatus:
 class InfoField:
     """One field of the TaskInfo object: its JSON name, the TaskInfo
     attribute it carries, and its kind (``string``, ``integer``, ``number``,
-    ``status``, ``time``: ISO 8601, ``error``: ``"Type: message"``)."""
+    ``status``, ``time``: ISO 8601, ``error``: ``"Type: message"``,
+    ``attempts``: a list of attempt objects, see :data:`ATTEMPT_SCHEMA`)."""
 
     wire: str
     attr: str
@@ -150,6 +154,7 @@ INFO_FIELDS: tuple[InfoField, ...] = (
     InfoField("retry_of", "retry_of", "string"),
     InfoField("position", "position", "integer"),
     InfoField("expires_at", "expires_at", "time"),
+    InfoField("attempts", "attempts", "attempts", nullable=False),
 )
 
 
@@ -171,12 +176,72 @@ def _task_error(value: Any) -> TaskError | None:
     return TaskError(type=kind, message=message)
 
 
+def _error_text(error: TaskError | None) -> str | None:
+    return None if error is None else str(error)
+
+
 def _as_is(value: Any) -> Any:
     return value
 
 
 def _integer(value: Any) -> int | None:
     return value if isinstance(value, int) else None
+
+
+#: One entry of ``attempts``: an attempt of the task, oldest first (the
+#: names are errands' own in both modes: they are no BentoML field).
+ATTEMPT_SCHEMA: JSON = {
+    "type": "object",
+    "properties": {
+        "attempt": {"type": "integer", "minimum": 1},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "null while it runs; for a lost attempt, when the loss was noticed.",
+        },
+        "outcome": {"type": "string", "enum": [o.value for o in AttemptOutcome]},
+        "error": {"type": ["string", "null"], "description": '"Type: message"'},
+    },
+    "required": ["attempt", "started_at", "finished_at", "outcome", "error"],
+}
+
+
+def _attempts_to_json(attempts: tuple[Attempt, ...]) -> list[JSON]:
+    return [
+        {
+            "attempt": a.attempt,
+            "started_at": _iso(a.started_at),
+            "finished_at": _iso(a.finished_at),
+            "outcome": a.outcome.value,
+            "error": _error_text(a.error),
+        }
+        for a in attempts
+    ]
+
+
+def _attempts(value: Any) -> tuple[Attempt, ...]:
+    if not isinstance(value, list):
+        return ()
+    attempts = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise RemoteError(f"the server sent an attempt that is not an object: {item!r}")
+        name = item.get("outcome", "")
+        try:
+            outcome = AttemptOutcome(name)
+        except ValueError:
+            raise RemoteError(f"the server sent an unknown attempt outcome {name!r}") from None
+        attempts.append(
+            Attempt(
+                attempt=_integer(item.get("attempt")) or 0,
+                started_at=_time(item.get("started_at")),
+                finished_at=_time(item.get("finished_at")),
+                outcome=outcome,
+                error=_task_error(item.get("error")),
+            )
+        )
+    return tuple(attempts)
 
 
 class _Kind(NamedTuple):
@@ -192,8 +257,18 @@ _KINDS: dict[str, _Kind] = {
     "integer": _Kind({"type": "integer"}, _as_is, _integer),
     "number": _Kind({"type": "number"}, _as_is, _as_is),
     "time": _Kind({"type": "string", "format": "date-time"}, _iso, _time),
-    "error": _Kind({"type": "string"}, lambda e: None if e is None else str(e), _task_error),
+    "error": _Kind({"type": "string"}, _error_text, _task_error),
     "status": _Kind({"type": "string"}, _as_is, parse_status),  # named by info_to_json
+    "attempts": _Kind(
+        {
+            "type": "array",
+            "items": ATTEMPT_SCHEMA,
+            "description": "Every attempt of the task, oldest first; the last one runs while"
+            " the task is in progress.",
+        },
+        _attempts_to_json,
+        _attempts,
+    ),
 }
 
 
@@ -205,7 +280,7 @@ def info_to_json(
     tracebacks: bool = False,
 ) -> JSON:
     """The TaskInfo object a server sends for ``info`` (with ``hide_errors``,
-    a failed task's error is its type only, as are earlier attempts'; with
+    a failed task's error is its type only, as is each attempt's; with
     ``tracebacks``, a failed task's traceback is sent as ``traceback``)."""
     if hide_errors:
         info = hidden(info)
@@ -223,7 +298,10 @@ def hidden(info: TaskInfo) -> TaskInfo:
         info,
         error=None if error is None else TaskError(type=error.type, message=""),
         traceback=None,
-        history=tuple(attrs.evolve(h, message="") for h in info.history),
+        attempts=tuple(
+            a if a.error is None else attrs.evolve(a, error=attrs.evolve(a.error, message=""))
+            for a in info.attempts
+        ),
     )
 
 

@@ -33,7 +33,7 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
-from ._model import AttemptError, Claim, StoredTask, TaskError, TaskInfo
+from ._model import Attempt, AttemptError, AttemptOutcome, Claim, StoredTask, TaskError, TaskInfo
 from ._open import open_engine
 from ._options import EngineOptions
 from ._status import TaskStatus
@@ -47,7 +47,9 @@ __all__ = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncTask",
+    "Attempt",
     "AttemptError",
+    "AttemptOutcome",
     "Backend",
     "BackendError",
     "CannotCancel",

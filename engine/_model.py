@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import json
 import re
 import secrets
@@ -17,7 +18,10 @@ from ._errors import BackendError
 from ._status import TaskStatus
 
 __all__ = [
+    "Attempt",
     "AttemptError",
+    "AttemptOutcome",
+    "AttemptRecord",
     "Claim",
     "StoredTask",
     "TaskError",
@@ -61,8 +65,9 @@ class TaskError:
 
 @attrs.frozen(kw_only=True)
 class AttemptError:
-    """How an earlier attempt of a task ended (its worker was lost, or it
-    failed and was retried): part of the task's history, not its state."""
+    """The error of an earlier attempt that did not end the task (its worker
+    was lost, or it failed and was retried): ``TaskInfo.history``, the short
+    form of :attr:`TaskInfo.attempts`."""
 
     attempt: int
     type: str
@@ -71,6 +76,68 @@ class AttemptError:
     def __str__(self) -> str:
         text = f"{self.type}: {self.message}" if self.message else self.type
         return f"attempt {self.attempt}: {text}"
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a task ended. ``.value`` is the name used on the wire.
+
+    An outcome is the attempt's own, not the task's: a ``failure`` followed
+    by a further attempt was retried.
+    """
+
+    #: Not ended yet (the task is ``in_progress``).
+    RUNNING = "running"
+    #: Returned its result.
+    SUCCESS = "success"
+    #: Raised, timed out, or returned a result that was refused; see ``error``.
+    FAILURE = "failure"
+    #: Cancelled while it ran.
+    CANCELLED = "cancelled"
+    #: Its worker stopped responding (a process died, a lease ran out) or the
+    #: engine shut down while it still ran.  Its end time is when errands
+    #: noticed, not when the work stopped (nobody saw that).
+    LOST = "lost"
+
+
+@attrs.frozen(kw_only=True, slots=False)  # a dict class builds twice as fast: two per task
+class AttemptRecord:
+    """One attempt as the task record keeps it (times in seconds since the epoch).
+
+    ``started_at`` and ``finished_at`` are None in entries written by
+    versions that kept only the errors of earlier attempts.
+    """
+
+    attempt: int
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING
+    error: TaskError | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """One attempt of a task (:attr:`TaskInfo.attempts`): when it ran, how it ended.
+
+    ``finished_at`` is None while it runs; for a ``lost`` attempt it is when
+    the loss was noticed.  Both times are None for attempts recorded by
+    versions that kept no times.
+    """
+
+    attempt: int
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    outcome: AttemptOutcome
+    error: TaskError | None = None
+
+    @classmethod
+    def from_record(cls, entry: AttemptRecord) -> Attempt:
+        return cls(
+            attempt=entry.attempt,
+            started_at=_utc(entry.started_at),
+            finished_at=_utc(entry.finished_at),
+            outcome=entry.outcome,
+            error=entry.error,
+        )
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -108,8 +175,8 @@ class TaskRecord:
     #: The formatted traceback of the error that failed the task (for logs
     #: and in-process callers; over HTTP only where the deployer allows).
     traceback: str | None = None
-    #: Earlier attempts that did not finish, oldest first.
-    history: tuple[AttemptError, ...] = ()
+    #: Every attempt, oldest first; the last one is open while the task runs.
+    attempts: tuple[AttemptRecord, ...] = ()
 
     def ttl_for(self, status: TaskStatus) -> float:
         """Seconds a task that ended in ``status`` is kept."""
@@ -147,12 +214,34 @@ converter.register_unstructure_hook(
         TaskRecord, converter, args=cattrs.gen.override(unstruct_hook=_args_as_is)
     ),
 )
-converter.register_structure_hook(
-    TaskRecord,
-    cattrs.gen.make_dict_structure_fn(
-        TaskRecord, converter, args=cattrs.gen.override(struct_hook=_args_as_is)
-    ),
+_structure_record = cattrs.gen.make_dict_structure_fn(
+    TaskRecord, converter, args=cattrs.gen.override(struct_hook=_args_as_is)
 )
+
+
+def _structure_stored_record(value: Any, _: Any = None) -> TaskRecord:
+    # Records written before attempts were kept in full have "history": the
+    # errors of earlier attempts, without times.  They read as attempts
+    # with unknown times (a lost worker's entry as lost, others as failures).
+    if isinstance(value, dict) and "history" in value:
+        value = dict(value)
+        legacy = value.pop("history")
+        value.setdefault("attempts", [_legacy_attempt(entry) for entry in legacy])
+    return _structure_record(value, TaskRecord)
+
+
+def _legacy_attempt(entry: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry  # refused by the structure hook, with its path
+    kind = entry.get("type")
+    return {
+        "attempt": entry.get("attempt"),
+        "outcome": AttemptOutcome.LOST if kind == "WorkerLost" else AttemptOutcome.FAILURE,
+        "error": {"type": kind, "message": entry.get("message")},
+    }
+
+
+converter.register_structure_hook(TaskRecord, _structure_stored_record)
 
 
 def _utc(ts: float | None) -> dt.datetime | None:
@@ -179,8 +268,20 @@ class TaskInfo:
     position: int | None = None
     #: The traceback of the error that failed the task, when it raised one.
     traceback: str | None = None
-    #: Earlier attempts that did not finish (worker lost, retried errors).
-    history: tuple[AttemptError, ...] = ()
+    #: Every attempt so far, oldest first (the last one is running while
+    #: the task is ``in_progress``).
+    attempts: tuple[Attempt, ...] = ()
+
+    @property
+    def history(self) -> tuple[AttemptError, ...]:
+        """The errors of earlier attempts that did not end the task (its
+        worker was lost, or it failed and was retried), oldest first."""
+        last = self.attempt if self.status is TaskStatus.FAILURE else None
+        return tuple(
+            AttemptError(attempt=a.attempt, type=a.error.type, message=a.error.message)
+            for a in self.attempts
+            if a.error is not None and a.attempt != last
+        )
 
     @classmethod
     def from_record(cls, record: TaskRecord, *, position: int | None = None) -> TaskInfo:
@@ -200,7 +301,7 @@ class TaskInfo:
             expires_at=_utc(record.expires_at),
             position=position,
             traceback=record.traceback,
-            history=record.history,
+            attempts=tuple(Attempt.from_record(a) for a in record.attempts),
         )
 
 

@@ -585,9 +585,10 @@ class Runner:
             return
         base = run.definition.options.retry_delay
         delay = min(base * 2 ** (record.attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
-        not_before = core.now() + delay
+        now = core.now()
+        not_before = now + delay
         again = StoredTask.from_record(
-            _records.retry_later(record, error=error, not_before=not_before)
+            _records.retry_later(record, error=error, now=now, not_before=not_before)
         )
         if await self._storage(
             lambda: core.store.transition(again, expect=IN_PROGRESS, token=claim.token)

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 import errands
 from errands import (
+    Attempt,
+    AttemptOutcome,
     BackendError,
     CannotCancel,
     EngineClosed,
@@ -85,6 +87,17 @@ _task_errors = st.builds(
     type=st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,30}", fullmatch=True),
     message=_text,
 )
+_attempts = st.lists(
+    st.builds(
+        Attempt,
+        attempt=st.integers(1, 100),
+        started_at=st.none() | _moments,
+        finished_at=st.none() | _moments,
+        outcome=st.sampled_from(AttemptOutcome),
+        error=st.none() | _task_errors,
+    ),
+    max_size=3,
+).map(tuple)
 _infos = st.builds(
     TaskInfo,
     id=st.text(min_size=1, max_size=40),
@@ -101,6 +114,7 @@ _infos = st.builds(
     retry_of=st.none() | _text,
     expires_at=st.none() | _moments,
     position=st.none() | st.integers(0, 10**6),
+    attempts=_attempts,
 )
 
 

@@ -281,7 +281,7 @@ async def test_a_requeued_task_shows_worker_lost_as_history(
     )
     again = _records.lost(running, now=10)
     assert again.status is TaskStatus.PENDING and again.error is None
-    assert [str(h) for h in again.history] == [
+    assert [str(h) for h in errands.TaskInfo.from_record(again).history] == [
         "attempt 1: WorkerLost: the worker running the task stopped responding"
     ]
 
