@@ -226,8 +226,10 @@ class Batcher:
         for member in held:
             claim = member.claim
             self.runner.held.pop(claim.task_id, None)
+            record = member.record
+            rank = None if record is None else self.core.rank(record.priority, record.not_before)
             try:
-                await self.core.queue.release(claim.task_id, claim.token)
+                await self.core.queue.release(claim.task_id, claim.token, rank=rank)
             except BackendError as exc:
                 # Its lease runs out and recovery re-queues it.
                 log.warning("task %s: claim not released at shutdown: %s", claim.task_id, exc)
