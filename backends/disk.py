@@ -269,6 +269,13 @@ CREATE TABLE IF NOT EXISTS queue (
     cancel INTEGER NOT NULL DEFAULT 0,
     rank REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batches_by_task ON batches (task_id);
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     media_type TEXT NOT NULL,
@@ -591,6 +598,35 @@ def _put(
     )
 
 
+def _add_members(
+    conn: sqlite3.Connection, batch_id: str, members: Sequence[tuple[int, str]]
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO batches (batch_id, position, task_id) VALUES (?, ?, ?)",
+        [(batch_id, position, task_id) for position, task_id in members],
+    )
+
+
+def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> None:
+    """Records were deleted: drop the batches of theirs with no member record left."""
+    batches: set[str] = set()
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        batches.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT DISTINCT batch_id FROM batches WHERE task_id IN ({marks})", chunk
+            )
+        )
+    for batch_id in batches:
+        conn.execute(
+            "DELETE FROM batches WHERE batch_id = ? AND NOT EXISTS (SELECT 1 FROM batches m"
+            " JOIN tasks t ON t.id = m.task_id WHERE m.batch_id = ?)",
+            (batch_id, batch_id),
+        )
+
+
 def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
     cursor = conn.execute(
         f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -764,6 +800,8 @@ class DiskCacheStore(Store):
                 return None  # compare-and-delete: not (or no longer) expired
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             conn.execute("DELETE FROM results WHERE id = ?", (task_id,))
+            if expired_by is None:  # (an expired id is deleted to be used anew)
+                _drop_empty_batches(conn, [task_id])
             return int(row[0])
 
         token = await self._db.run(delete)
@@ -771,6 +809,22 @@ class DiskCacheStore(Store):
             return False
         await self._in_thread(self._results.delete, f"{task_id}:{token}")
         return True
+
+    async def add_batch_members(self, batch_id: str, members: Sequence[tuple[int, str]]) -> None:
+        await self._db.run(lambda conn: _add_members(conn, batch_id, members))
+
+    async def batch_members(
+        self, batch_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        def members(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT position, task_id FROM batches WHERE batch_id = ?"
+                " ORDER BY position LIMIT ? OFFSET ?",
+                (batch_id, -1 if limit is None else limit, offset),
+            )
+            return [(int(position), str(task_id)) for position, task_id in rows]
+
+        return await self._db.run(members, write=False)
 
     async def list(
         self,
@@ -806,6 +860,7 @@ class DiskCacheStore(Store):
             conn.execute(
                 "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
             )
+            _drop_empty_batches(conn, [str(i) for i, _ in gone])
             return [(str(i), int(t)) for i, t in gone]
 
         gone = await self._db.run(purge)
@@ -945,6 +1000,33 @@ class DiskCacheBackend(Backend):
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
             created = await self._db.run(enqueue)
         return created
+
+    async def enqueue_many(
+        self,
+        tasks: Sequence[StoredTask],
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        batch_id: str,
+        positions: Sequence[int],
+    ) -> list[bool]:
+        members = list(zip(positions, (t.id for t in tasks), strict=True))
+
+        def enqueue(conn: sqlite3.Connection) -> list[bool]:
+            _add_members(conn, batch_id, members)
+            answers = []
+            for task in tasks:
+                created = _create(conn, task)
+                if created:
+                    _put(conn, task.id, task.name, priority, not_before, rank)
+                answers.append(created)
+            return answers
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # one transaction: all of the chunk or none
+            answers = await self._db.run(enqueue)
+        return answers
 
     async def aclose(self) -> None:
         """Close the database and the result cache (after the last engine using it)."""

@@ -6,6 +6,7 @@ share it (they notice each other's work through :meth:`wait_for_work`).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Collection, Mapping, Sequence
@@ -258,6 +259,11 @@ class MemoryStore(Store):
         self._records: dict[str, StoredTask] = {}
         self._results: dict[str, Payload] = {}
         self._expiry: list[tuple[float, str]] = []
+        #: Batch id -> its members, (position, task id) in position order.
+        self._batches: dict[str, list[tuple[int, str]]] = {}
+        #: Task id -> its batch id, and batch id -> members whose record exists.
+        self._batch_of: dict[str, str] = {}
+        self._batch_live: dict[str, int] = {}
 
     async def create(self, task: StoredTask) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -267,7 +273,46 @@ class MemoryStore(Store):
         if task.id in self._records:
             return False
         self._records[task.id] = task
+        batch_id = self._batch_of.get(task.id)
+        if batch_id is not None:
+            self._batch_live[batch_id] += 1
         return True
+
+    def _forget(self, task_id: str) -> None:
+        """A record was deleted: its batch goes once no member record is left."""
+        batch_id = self._batch_of.get(task_id)
+        if batch_id is None:
+            return
+        self._batch_live[batch_id] -= 1
+        if self._batch_live[batch_id] <= 0:
+            for _, member in self._batches.pop(batch_id):
+                self._batch_of.pop(member, None)
+            del self._batch_live[batch_id]
+
+    async def add_batch_members(self, batch_id: str, members: Sequence[tuple[int, str]]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._add_members(batch_id, members)
+
+    def _add_members(self, batch_id: str, members: Sequence[tuple[int, str]]) -> None:
+        ordered = self._batches.setdefault(batch_id, [])
+        self._batch_live.setdefault(batch_id, 0)
+        for position, task_id in members:
+            if task_id in self._batch_of:
+                continue  # recorded already
+            at = bisect.bisect_left(ordered, (position, ""))
+            if at < len(ordered) and ordered[at][0] == position:
+                continue  # the position keeps its task id
+            ordered.insert(at, (position, task_id))  # at the end, as a rule
+            self._batch_of[task_id] = batch_id
+            if task_id in self._records:
+                self._batch_live[batch_id] += 1
+
+    async def batch_members(
+        self, batch_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str]]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        ordered = self._batches.get(batch_id, [])
+        return ordered[offset:] if limit is None else ordered[offset : offset + limit]
 
     async def get(self, task_id: str) -> StoredTask | None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -317,7 +362,10 @@ class MemoryStore(Store):
     async def delete(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._results.pop(task_id, None)
-        return self._records.pop(task_id, None) is not None
+        if self._records.pop(task_id, None) is None:
+            return False
+        self._forget(task_id)
+        return True
 
     async def list(
         self,
@@ -343,6 +391,9 @@ class MemoryStore(Store):
             return False
         del self._records[task_id]
         self._results.pop(task_id, None)
+        batch_id = self._batch_of.get(task_id)
+        if batch_id is not None:
+            self._batch_live[batch_id] -= 1  # its id is about to be used anew
         return True
 
     async def purge_expired(self, now: float) -> int:
@@ -354,6 +405,7 @@ class MemoryStore(Store):
             if current is not None and current.expires_at is not None and current.expires_at <= now:
                 del self._records[task_id]
                 self._results.pop(task_id, None)
+                self._forget(task_id)
                 purged += 1
         return purged
 
@@ -384,6 +436,27 @@ class MemoryBackend(Backend):
             return False
         self.queue._put(task.id, task.name, priority, not_before, rank)
         return True
+
+    async def enqueue_many(
+        self,
+        tasks: Sequence[StoredTask],
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        batch_id: str,
+        positions: Sequence[int],
+    ) -> list[bool]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        store = self.store
+        store._add_members(batch_id, list(zip(positions, (t.id for t in tasks), strict=True)))
+        answers = []
+        for task in tasks:
+            created = store._create(task)
+            if created:
+                self.queue._put(task.id, task.name, priority, not_before, rank)
+            answers.append(created)
+        return answers
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()

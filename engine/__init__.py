@@ -11,13 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from ._backend import Backend, Queue, Renewal, Store
-from ._client import AsyncClient, AsyncEndpoint, AsyncTask
+from ._batches import BatchResult
+from ._client import AsyncBatch, AsyncClient, AsyncEndpoint, AsyncTask
 from ._context import TaskContext, current_task
 from ._convert import MediaType, Payload
 from ._define import Service, TaskDefinition, TaskOptions, service, task
 from ._engine import Engine, EngineStatistics
 from ._errors import (
     BackendError,
+    BatchNotFound,
     CannotCancel,
     EngineClosed,
     EngineUnavailable,
@@ -37,13 +39,14 @@ from ._model import Attempt, AttemptError, AttemptOutcome, Claim, StoredTask, Ta
 from ._open import open_engine
 from ._options import EngineOptions
 from ._status import TaskStatus
-from ._sync import SyncClient, SyncEndpoint, Task, start
+from ._sync import Batch, SyncClient, SyncEndpoint, Task, start
 from ._waiting import AsCompleted, as_completed
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AsCompleted",
+    "AsyncBatch",
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncTask",
@@ -52,6 +55,9 @@ __all__ = [
     "AttemptOutcome",
     "Backend",
     "BackendError",
+    "Batch",
+    "BatchNotFound",
+    "BatchResult",
     "CannotCancel",
     "Claim",
     "Engine",

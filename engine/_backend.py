@@ -269,6 +269,28 @@ class Store(abc.ABC):
             return False
         return await self.delete(task_id)
 
+    async def add_batch_members(self, batch_id: str, members: Sequence[tuple[int, str]]) -> None:
+        """Record ``(position, task_id)`` pairs as members of batch ``batch_id``.
+
+        Positions order the members; they need not be consecutive (an item
+        refused at submit leaves a gap).  Idempotent: a position recorded
+        again keeps its task id.  A batch
+        lists every member (a purged one reads as not found) until the last
+        of its members' records is deleted; then the batch is gone too.
+        Backends that support
+        bulk submit (:meth:`Backend.enqueue_many`) implement this and
+        :meth:`batch_members`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not record batches")
+
+    async def batch_members(
+        self, batch_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> Sequence[tuple[int, str]]:
+        """The ``(position, task_id)`` members of batch ``batch_id`` in position
+        order, skipping the first ``offset`` members, then at most ``limit``
+        of them; [] for an unknown batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not record batches")
+
 
 class Backend(abc.ABC):
     """One queue and one store that share a storage, plus their lifecycle.
@@ -307,6 +329,38 @@ class Backend(abc.ABC):
                 task.id, name=task.name, priority=priority, not_before=not_before, rank=rank
             )
         return True
+
+    async def enqueue_many(
+        self,
+        tasks: Sequence[StoredTask],
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        batch_id: str,
+        positions: Sequence[int],
+    ) -> list[bool]:
+        """:meth:`enqueue` for several tasks of batch ``batch_id``, recording
+        each as its member at the matching ``positions`` entry (its index in
+        the submission); one answer per task, in order (False: the id existed
+        and nothing was created for it, but it is recorded as a member all
+        the same).
+
+        If it raises ``Cancelled``, nothing was created.  Each task is created
+        with its membership or not at all, so a crash part way leaves every
+        created task listed in its batch.  The default calls :meth:`enqueue`
+        per task, shielded; backends that can write them in one transaction
+        override it.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        answers: list[bool] = []
+        with trio.CancelScope(shield=True):
+            for position, task in zip(positions, tasks, strict=True):
+                await self.store.add_batch_members(batch_id, [(position, task.id)])
+                answers.append(
+                    await self.enqueue(task, priority=priority, not_before=not_before, rank=rank)
+                )
+        return answers
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         """Start a claimed task: replace its ``pending`` record with ``task`` (its

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
+from ._batches import CHUNK, BatchResult, BatchWriter, batch_counts, is_batch_id
 from ._define import TaskDefinition
+from ._errors import BatchNotFound, CannotCancel, ErrandsError, TaskNotFound
 from ._model import TaskInfo
 from ._status import TaskStatus
-from ._waiting import EngineWaiter
+from ._waiting import EngineWaiter, as_completed
 
 if TYPE_CHECKING:
     from ._engine import Engine, EngineStatistics
 
-__all__ = ["AsyncClient", "AsyncEndpoint", "AsyncTask", "by_keyword"]
+__all__ = ["AsyncBatch", "AsyncClient", "AsyncEndpoint", "AsyncTask", "by_keyword"]
 
 
 def by_keyword(definition: TaskDefinition, positional: tuple[Any, ...]) -> str:
@@ -89,6 +93,131 @@ class AsyncTask:
         return hash(self.id)
 
 
+class AsyncBatch:
+    """A handle on a batch of tasks submitted together (``submit_many``), for trio code.
+
+    Attributes:
+        id: the batch id (``client.get_batch(id)`` finds it again).
+        name: the task endpoint.
+        tasks: the accepted tasks, in submission order.
+        indexes: each task's item's index in the submission.
+        rejected: the items refused at submit, by their index in the
+            submission, with the error each got (``InvalidArguments``...).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        batch_id: str,
+        name: str,
+        members: list[tuple[int, AsyncTask]],
+        rejected: Mapping[int, ErrandsError] | None = None,
+    ) -> None:
+        self._engine = engine
+        self.id = batch_id
+        self.name = name
+        self.indexes = [index for index, _ in members]
+        self.tasks = [task for _, task in members]
+        self.rejected = dict(rejected or {})
+
+    async def counts(self) -> dict[str, int]:
+        """How many tasks are in each status, plus ``total`` (and ``expired``
+        for tasks no longer kept)."""
+        return await batch_counts(self._engine, self.id)
+
+    async def wait(self, timeout: float | None = None) -> dict[str, int]:
+        """Block until every task is final; return :meth:`counts` then.
+
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        with trio.fail_after(math_inf_if_none(timeout)):
+            async for _ in as_completed(self.tasks):
+                pass
+        return await self.counts()
+
+    async def results(self, *, order: str = "submission") -> AsyncIterator[BatchResult]:
+        """Each task's outcome as it is final: in submission ``order``
+        (``"submission"``) or as they finish (``"completed"``)."""
+        if order not in ("submission", "completed"):
+            raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
+        indexes = dict(zip((t.id for t in self.tasks), self.indexes, strict=True))
+        if order == "completed":
+            async for task in as_completed(self.tasks):
+                yield await _outcome(self._engine, indexes[task.id], task.id)
+            return
+        for index, task in zip(self.indexes, self.tasks, strict=True):
+            try:
+                await task.wait()
+            except TaskNotFound:
+                pass
+            yield await _outcome(self._engine, index, task.id)
+
+    async def cancel(self) -> dict[str, int]:
+        """Cancel every task of the batch not final yet; return :meth:`counts` then.
+
+        A running sync task that is not cancellable runs on to its end.
+        """
+        limiter = trio.CapacityLimiter(64)
+
+        async def cancel(task: AsyncTask) -> None:
+            async with limiter:
+                try:
+                    await task.cancel()
+                except (CannotCancel, TaskNotFound):
+                    pass  # finished, gone, or running and not cancellable
+
+        async with trio.open_nursery() as nursery:
+            for task in self.tasks:
+                nursery.start_soon(cancel, task)
+        return await self.counts()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<AsyncBatch {self.name} {self.id} tasks={len(self.tasks)}>"
+
+
+def math_inf_if_none(timeout: float | None) -> float:
+    return float("inf") if timeout is None else timeout
+
+
+async def _outcome(engine: Engine, index: int, task_id: str) -> BatchResult:
+    """What a batch's results report of one final (or gone) task."""
+    try:
+        record, payload = await engine.result_payload(task_id)
+    except TaskNotFound:
+        return BatchResult(index=index, task_id=task_id, status="expired")
+    result = None
+    if payload is not None:
+        result = await engine.result(task_id)
+    return BatchResult(
+        index=index,
+        task_id=task_id,
+        status=record.status.value,
+        result=result,
+        error=record.error,
+    )
+
+
+async def load_batch(engine: Engine, batch_id: str) -> AsyncBatch:
+    """The batch ``batch_id`` with its tasks (BatchNotFound when unknown or gone)."""
+    members: list[tuple[int, str]] = []
+    if is_batch_id(batch_id):
+        while True:
+            page = await engine.core.store.batch_members(batch_id, offset=len(members), limit=CHUNK)
+            members.extend(page)
+            if len(page) < CHUNK:
+                break
+    if not members:
+        raise BatchNotFound(batch_id)
+    found = await engine.core.store.get_many([task_id for _, task_id in members[:CHUNK]])
+    name = next((stored.name for stored in found.values()), "")
+    return AsyncBatch(
+        engine, batch_id, name, [(index, AsyncTask(engine, i, name)) for index, i in members]
+    )
+
+
 class AsyncEndpoint:
     """One task endpoint of a client: ``submit`` new tasks, ``get_task`` old ones."""
 
@@ -127,6 +256,48 @@ class AsyncEndpoint:
             idempotency_key=self._idempotency_key,
         )
         return AsyncTask(self._engine, record.id, self.name)
+
+    async def submit_many(self, items: Iterable[Mapping[str, Any]]) -> AsyncBatch:
+        """Validate and enqueue one task per item (a mapping of keyword
+        arguments), written a chunk at a time; returns the :class:`AsyncBatch`.
+
+        Items are checked one by one: an invalid item is left out and named
+        in ``batch.rejected``; the others are accepted.  The submit options
+        (priority, delay, idempotency key) apply to every item; with an
+        idempotency key, sending the same items again returns the same tasks.
+
+        Raises:
+            EngineUnavailable: storage failed part way (the batch id in its
+                message lists what was accepted).
+        """
+        writer = BatchWriter(
+            self._engine,
+            self.name,
+            priority=self._priority,
+            delay=self._delay,
+            idempotency_key=self._idempotency_key,
+        )
+        tasks: list[tuple[int, AsyncTask]] = []
+        rejected: dict[int, ErrandsError] = {}
+        chunk: list[Any] = []
+
+        async def flush() -> None:
+            for answer in await writer.add(chunk):
+                if answer.task_id is not None:
+                    task = AsyncTask(self._engine, answer.task_id, self.name)
+                    tasks.append((answer.index, task))
+                elif answer.error is not None:
+                    rejected[answer.index] = answer.error
+            chunk.clear()
+
+        await trio.lowlevel.checkpoint()
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= CHUNK:
+                await flush()
+        if chunk:
+            await flush()
+        return AsyncBatch(self._engine, writer.id, self.name, tasks, rejected)
 
     def options(
         self,
@@ -190,6 +361,10 @@ class AsyncClient:
         Its ``name`` is filled in lazily; use ``get_info()`` for it.
         """
         return AsyncTask(self._engine, task_id, "")
+
+    async def get_batch(self, batch_id: str) -> AsyncBatch:
+        """The batch ``batch_id`` (BatchNotFound when unknown or all its tasks expired)."""
+        return await load_batch(self._engine, batch_id)
 
     async def list(
         self,

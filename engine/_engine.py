@@ -384,46 +384,22 @@ class Engine:
             EngineClosed: the engine is stopping or stopped.
         """
         await trio.lowlevel.checkpoint()
-        if not self._accepting:
-            raise EngineClosed("the engine is not accepting tasks")
+        self.check_accepting()
         definition = self.definition(name)
-        if definition.decodes_images:
-            # Decoding an image can take seconds: off the event loop, bounded.
-            args = await trio.to_thread.run_sync(
-                self._validate_images, definition, arguments, from_json
-            )
-        else:
-            args = definition.validate(arguments, from_json=from_json)
+        args = await self.validate(definition, arguments, from_json)
         self._check_caps(delay, idempotency_key)
-        now = self.core.now()
-        not_before = now + delay if delay else None
-        options = definition.options
-        task_id = (
-            new_task_id()
-            if idempotency_key is None
-            else idempotent_id(self.service.name, name, idempotency_key)
-        )
-        record = TaskRecord(
-            id=task_id,
-            name=name,
-            args=args,
-            status=PENDING,
-            created_at=now,
-            max_attempts=max(
-                options.max_attempts or self.options.max_attempts, options.retries + 1
-            ),
-            retries=options.retries,
+        record = self.new_record(
+            definition,
+            args,
+            now=self.core.now(),
             priority=priority,
-            not_before=not_before,
+            delay=delay,
+            key=idempotency_key,
             retry_of=retry_of,
-            ttl=options.ttl or self.options.ttl,
-            ttl_success=options.ttl_success,
-            ttl_failure=options.ttl_failure,
-            ttl_cancelled=options.ttl_cancelled,
         )
         stored = StoredTask.from_record(record)
         try:
-            existing = await self._enqueue(stored, idempotency_key, priority, not_before)
+            existing = await self._enqueue(stored, idempotency_key, priority, record.not_before)
         except EngineUnavailable:
             raise
         except BackendError as exc:
@@ -434,22 +410,90 @@ class Engine:
             ) from exc
         self.core.health.clear("submit")
         if existing is not None:
-            if _canonical(existing.args) != _canonical(args):
-                message = (
-                    f"the idempotency key {idempotency_key!r} was used for task "
-                    f"{task_id} with other arguments"
-                )
-                raise InvalidArguments(name, [FieldError(path="$", message=message)])
-            log.debug("idempotent repeat of %s %s", name, task_id)
+            self._check_repeat(existing, record, idempotency_key)
+            log.debug("idempotent repeat of %s %s", name, record.id)
             return existing
         self.core.submitted += 1
+        self.wake_for(name)
+        log.debug("submitted %s %s", name, record.id)
+        return record
+
+    def check_accepting(self) -> None:
+        """Raise :class:`~errands.EngineClosed` unless the engine takes tasks."""
+        if not self._accepting:
+            raise EngineClosed("the engine is not accepting tasks")
+
+    async def validate(
+        self, definition: TaskDefinition, arguments: Mapping[str, Any], from_json: bool
+    ) -> dict[str, Any]:
+        """The arguments checked and as JSON data (InvalidArguments naming every bad field)."""
+        if definition.decodes_images:
+            # Decoding an image can take seconds: off the event loop, bounded.
+            return await trio.to_thread.run_sync(
+                self._validate_images, definition, arguments, from_json
+            )
+        return definition.validate(arguments, from_json=from_json)
+
+    def new_record(
+        self,
+        definition: TaskDefinition,
+        args: dict[str, Any],
+        *,
+        now: float,
+        priority: int,
+        delay: float | None,
+        key: str | None,
+        retry_of: str | None = None,
+    ) -> TaskRecord:
+        """A new ``pending`` record (its id derived from ``key`` when given)."""
+        options = definition.options
+        name = definition.name
+        return TaskRecord(
+            id=new_task_id() if key is None else idempotent_id(self.service.name, name, key),
+            name=name,
+            args=args,
+            status=PENDING,
+            created_at=now,
+            max_attempts=max(
+                options.max_attempts or self.options.max_attempts, options.retries + 1
+            ),
+            retries=options.retries,
+            priority=priority,
+            not_before=now + delay if delay else None,
+            retry_of=retry_of,
+            ttl=options.ttl or self.options.ttl,
+            ttl_success=options.ttl_success,
+            ttl_failure=options.ttl_failure,
+            ttl_cancelled=options.ttl_cancelled,
+        )
+
+    def _check_repeat(self, existing: TaskRecord, record: TaskRecord, key: str | None) -> None:
+        if _canonical(existing.args) != _canonical(record.args):
+            message = (
+                f"the idempotency key {key!r} was used for task {record.id} with other arguments"
+            )
+            raise InvalidArguments(record.name, [FieldError(path="$", message=message)])
+
+    async def enqueue_idempotent(self, record: TaskRecord, key: str) -> TaskRecord:
+        """Enqueue ``record`` whose id derives from ``key``; the live task that
+        already holds the id if there is one (InvalidArguments if its
+        arguments differ)."""
+        existing = await self._enqueue(
+            StoredTask.from_record(record), key, record.priority, record.not_before
+        )
+        if existing is None:
+            self.core.submitted += 1
+            return record
+        self._check_repeat(existing, record, key)
+        return existing
+
+    def wake_for(self, name: str) -> None:
+        """Tasks of ``name`` were queued: wake whoever claims them."""
         batcher = self._batchers.get(name)
         if batcher is not None:
             batcher.wake()
         else:
             self._wake.set()
-        log.debug("submitted %s %s", name, record.id)
-        return record
 
     def _validate_images(
         self, definition: TaskDefinition, arguments: Mapping[str, Any], from_json: bool

@@ -30,6 +30,7 @@ import attrs
 
 __all__ = [
     "BackendError",
+    "BatchNotFound",
     "CannotCancel",
     "EngineClosed",
     "EngineUnavailable",
@@ -57,6 +58,14 @@ class TaskNotFound(ErrandsError, LookupError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task with id {task_id!r} (unknown, expired or malformed)")
         self.task_id = task_id
+
+
+class BatchNotFound(ErrandsError, LookupError):
+    """No batch has this id: it is unknown, malformed, or all its tasks expired."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch with id {batch_id!r} (unknown, expired or malformed)")
+        self.batch_id = batch_id
 
 
 class TaskNotReady(ErrandsError):
@@ -172,6 +181,7 @@ class FinalError(ErrandsError):
 # Shown as errands.TaskNotFound (not errands._errors.TaskNotFound) in tracebacks and reprs.
 for _cls in (
     ErrandsError,
+    BatchNotFound,
     TaskNotFound,
     TaskNotReady,
     TaskFailed,

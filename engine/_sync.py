@@ -13,14 +13,15 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import outcome
 import trio
 
 from ._backend import Backend
-from ._client import AsyncClient, AsyncEndpoint, AsyncTask, by_keyword
+from ._batches import BatchResult
+from ._client import AsyncBatch, AsyncClient, AsyncEndpoint, AsyncTask, by_keyword
 from ._engine import Engine, EngineStatistics
 from ._errors import EngineClosed, ErrandsError
 from ._model import TaskInfo
@@ -173,6 +174,60 @@ class Task:
         return task_html(self)
 
 
+class Batch:
+    """A handle on a batch of tasks (``submit_many``), for sync code.
+
+    Same members as :class:`~errands.AsyncBatch`, without ``await``;
+    ``results()`` is a plain iterator.
+    """
+
+    def __init__(self, portal: _Portal, handle: AsyncBatch) -> None:
+        self._portal = portal
+        self._handle = handle
+        self.id = handle.id
+        self.name = handle.name
+        self.tasks = [Task(portal, t) for t in handle.tasks]
+        self.indexes = handle.indexes
+        self.rejected = handle.rejected
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks are in each status, plus ``total``."""
+        return self._portal.run(self._handle.counts)
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        """Block until every task is final; the counts then.  TimeoutError after ``timeout``."""
+        return self._portal.run(self._handle.wait, timeout)
+
+    def results(self, *, order: str = "submission") -> Iterator[BatchResult]:
+        """Each task's outcome as it is final, in submission ``order`` or as
+        they finish (``"completed"``)."""
+        if order not in ("submission", "completed"):
+            raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
+        results = self._handle.results(order=order)
+
+        async def step() -> BatchResult | None:
+            try:
+                return await results.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        while True:
+            result = self._portal.run(step)
+            if result is None:
+                return
+            yield result
+
+    def cancel(self) -> dict[str, int]:
+        """Cancel every task not final yet; the counts then."""
+        return self._portal.run(self._handle.cancel)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.name} {self.id} tasks={len(self.tasks)}>"
+
+
 class SyncEndpoint:
     """One task endpoint: ``submit`` new tasks, ``get_task`` existing ones."""
 
@@ -193,6 +248,15 @@ class SyncEndpoint:
             return await self._endpoint.submit(**arguments)
 
         return Task(self._portal, self._portal.run(submit))
+
+    def submit_many(self, items: Iterable[Mapping[str, Any]]) -> Batch:
+        """Validate and enqueue one task per item, in chunks; the :class:`Batch`
+        (see :meth:`AsyncEndpoint.submit_many`)."""
+
+        async def submit_many() -> AsyncBatch:
+            return await self._endpoint.submit_many(items)
+
+        return Batch(self._portal, self._portal.run(submit_many))
 
     def options(
         self,
@@ -384,6 +448,16 @@ class SyncClient:
         """A handle for any task id."""
         assert self._aclient is not None
         return Task(self._portal, self._aclient.get_task(task_id))
+
+    def get_batch(self, batch_id: str) -> Batch:
+        """The batch ``batch_id`` (BatchNotFound when unknown or all its tasks expired)."""
+        assert self._aclient is not None
+        aclient = self._aclient
+
+        async def run() -> AsyncBatch:
+            return await aclient.get_batch(batch_id)
+
+        return Batch(self._portal, self._portal.run(run))
 
     def list(
         self,

@@ -607,3 +607,71 @@ async def test_delete_expired_deletes_only_an_expired_record(backend: Backend) -
     assert await backend.store.get(live.id) is None
     assert not await backend.store.delete_expired(live.id, NOW + 60)
     assert not await backend.store.delete_expired(new_task_id(), NOW)
+
+
+# ---------------------------------------------------------------- batches
+
+
+async def test_enqueue_many_creates_queues_and_records_membership(backend: Backend) -> None:
+    tasks = [stored(record()) for _ in range(3)]
+    answers = await backend.enqueue_many(
+        tasks, priority=0, not_before=0.0, batch_id="b" * 22, positions=[0, 1, 2]
+    )
+    assert answers == [True, True, True]
+    assert list(await backend.store.batch_members("b" * 22)) == [
+        (i, t.id) for i, t in enumerate(tasks)
+    ]
+    for task in tasks:
+        assert await backend.store.get(task.id) is not None
+        assert await backend.queue.contains(task.id)
+    more = [stored(record()) for _ in range(2)]
+    # Gaps are allowed (items refused at submit), and order is by position.
+    await backend.enqueue_many(
+        more, priority=0, not_before=0.0, batch_id="b" * 22, positions=[9, 5]
+    )
+    members = list(await backend.store.batch_members("b" * 22))
+    assert [m[1] for m in members] == [t.id for t in [*tasks, more[1], more[0]]]
+    assert [m[0] for m in members] == [0, 1, 2, 5, 9]
+    assert list(await backend.store.batch_members("b" * 22, offset=1, limit=2)) == members[1:3]
+    assert list(await backend.store.batch_members("c" * 22)) == []
+
+
+async def test_enqueue_many_again_is_idempotent(backend: Backend) -> None:
+    tasks = [stored(record()) for _ in range(2)]
+    await backend.enqueue_many(
+        tasks, priority=0, not_before=0.0, batch_id="b" * 22, positions=[0, 1]
+    )
+    claims = await claim_one(backend)
+    again = await backend.enqueue_many(
+        tasks, priority=0, not_before=0.0, batch_id="b" * 22, positions=[0, 1]
+    )
+    assert again == [False, False]  # existed: nothing created, nothing queued twice
+    assert [m[1] for m in await backend.store.batch_members("b" * 22)] == [t.id for t in tasks]
+    assert claims is not None
+    assert await backend.queue.depth("job") == 1
+
+
+async def test_enqueue_many_orders_by_priority_then_submission(backend: Backend) -> None:
+    low = [stored(record()) for _ in range(2)]
+    high = [stored(record()) for _ in range(2)]
+    await backend.enqueue_many(low, priority=0, not_before=0.0, batch_id="l" * 22, positions=[0, 1])
+    await backend.enqueue_many(
+        high, priority=3, not_before=0.0, batch_id="h" * 22, positions=[0, 1]
+    )
+    claims = await backend.queue.claim(
+        owner="w", quotas={"job": 4}, limit=4, now=NOW, lease_until=NOW + 30
+    )
+    assert [c.task_id for c in claims] == [t.id for t in high + low]
+
+
+async def test_a_batch_goes_with_its_last_record(backend: Backend) -> None:
+    done = [stored(record()) for _ in range(2)]
+    for task in done:
+        assert await backend.store.create(task)
+        ended = attrs.evolve(task.record, status=C, finished_at=NOW, expires_at=NOW + 10)
+        assert await backend.store.transition(stored(ended), expect=P)
+    await backend.store.add_batch_members("b" * 22, [(0, done[0].id), (1, done[1].id)])
+    assert await backend.store.delete(done[0].id)
+    assert [m[1] for m in await backend.store.batch_members("b" * 22)] == [t.id for t in done]
+    assert await backend.store.purge_expired(NOW + 11) == 1
+    assert list(await backend.store.batch_members("b" * 22)) == []

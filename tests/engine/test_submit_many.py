@@ -1,0 +1,199 @@
+"""Bulk submit and batch handles, in-process: ``submit_many``, ``Batch``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import errands
+from errands import Backend, TaskStatus
+from errands.backends import DiskCacheBackend, MemoryBackend
+from tests.conftest import trio_wall
+
+svc = errands.Service("bulk")
+started: list[int] = []
+
+
+@svc.task
+async def square(x: int) -> int:
+    started.append(x)
+    await trio.sleep(x % 3)
+    if x == 13:
+        raise RuntimeError("unlucky")
+    return x * x
+
+
+@svc.task
+async def forever(x: int) -> int:
+    await trio.sleep_forever()
+    return x
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "memory": lambda path: MemoryBackend(),
+    "diskcache": lambda path: DiskCacheBackend(path / "data", synchronous="NORMAL"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(kind: str) -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+
+
+@pytest.fixture
+def make_backend(kind: str, tmp_path: Path) -> Callable[[], Backend]:
+    return lambda: BACKENDS[kind](tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    started.clear()
+
+
+async def test_valid_items_are_accepted_and_invalid_ones_named(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    items = [{"x": 1}, {"x": "two"}, {"x": 3}, {"y": 4}, "not an object", {"x": 13}]
+    async with errands.open_engine(svc, backend=make_backend(), clock=trio_wall) as client:
+        batch = await client.square.submit_many(items)
+        assert len(batch.tasks) == 3
+        assert sorted(batch.rejected) == [1, 3, 4]
+        assert isinstance(batch.rejected[1], errands.InvalidArguments)
+        assert "$.x" in str(batch.rejected[1])
+        assert "$.y: unknown argument" in str(batch.rejected[3])
+        assert "an item must be an object" in str(batch.rejected[4])
+        counts = await batch.wait()
+        assert counts["total"] == 3
+        assert (counts["success"], counts["failure"]) == (2, 1)
+        results = [r async for r in batch.results()]
+        assert [(r.index, r.status, r.result) for r in results] == [
+            (0, "success", 1),
+            (2, "success", 9),
+            (5, "failure", None),
+        ]
+        assert batch.indexes == [0, 2, 5]
+        assert results[2].error is not None and results[2].error.message == "unlucky"
+        assert [r.task_id for r in results] == [t.id for t in batch.tasks]
+        again = await client.get_batch(batch.id)
+        assert [t.id for t in again.tasks] == [t.id for t in batch.tasks]
+        assert again.indexes == [0, 2, 5]
+        assert again.name == "square"
+
+
+async def test_results_as_completed_come_in_finishing_order(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with errands.open_engine(svc, backend=make_backend(), clock=trio_wall) as client:
+        batch = await client.square.submit_many({"x": x} for x in (2, 1, 0))
+        results = [r async for r in batch.results(order="completed")]
+        assert [r.result for r in results] == [0, 1, 4]
+        assert [r.index for r in results] == [2, 1, 0]
+
+
+async def test_a_large_batch_is_written_in_chunks_and_runs_whole(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with errands.open_engine(svc, backend=make_backend(), clock=trio_wall) as client:
+        batch = await client.square.submit_many({"x": 3 * i} for i in range(1200))
+        assert len(batch.tasks) == 1200
+        counts = await batch.wait()
+        assert counts["success"] == 1200
+        assert sorted(started) == [3 * i for i in range(1200)]
+
+
+async def test_cancel_stops_what_has_not_finished(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with errands.open_engine(
+        svc, backend=make_backend(), clock=trio_wall, workers=2
+    ) as client:
+        batch = await client.forever.submit_many({"x": x} for x in range(5))
+        await trio.sleep(1)  # two run, three wait
+        counts = await batch.cancel()
+        assert counts["cancelled"] == 5
+        assert all([await t.get_status() is TaskStatus.CANCELLED for t in batch.tasks])
+
+
+async def test_priority_and_delay_apply_to_every_item(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with errands.open_engine(
+        svc, backend=make_backend(), clock=trio_wall, workers=1
+    ) as client:
+        blocker = await client.forever.submit(x=0)
+        await trio.sleep(0.5)
+        low = await client.square.submit_many([{"x": 30}, {"x": 33}])
+        high = await client.square.options(priority=5).submit_many([{"x": 60}, {"x": 63}])
+        later = await client.square.options(delay=5).submit_many([{"x": 90}])
+        await blocker.cancel()
+        await low.wait()
+        await high.wait()
+        assert started[:4] == [60, 63, 30, 33]
+        assert await later.tasks[0].get_status() is TaskStatus.PENDING
+        await later.wait()
+        assert started[-1] == 90
+
+
+async def test_an_idempotency_key_makes_a_resent_batch_the_same_batch(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    async with errands.open_engine(svc, backend=make_backend(), clock=trio_wall) as client:
+        keyed = client.square.options(idempotency_key="upload-7")
+        first = await keyed.submit_many([{"x": 3}, {"x": "bad"}, {"x": 6}])
+        await first.wait()
+        again = await keyed.submit_many([{"x": 3}, {"x": "bad"}, {"x": 6}, {"x": 9}])
+        assert again.id == first.id
+        assert [t.id for t in again.tasks[:2]] == [t.id for t in first.tasks]
+        await again.wait()
+        assert sorted(started) == [3, 6, 9]  # the repeated items did not run again
+        other = await keyed.submit_many([{"x": 4}])
+        assert other.tasks == [] and 0 in other.rejected  # same key, other arguments
+        assert "other arguments" in str(other.rejected[0])
+
+
+async def test_an_unknown_batch_is_not_found(autojump_clock: trio.testing.MockClock) -> None:
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        for bad in ("A" * 22, "nope", "../x"):
+            with pytest.raises(errands.BatchNotFound):
+                await client.get_batch(bad)
+
+
+async def test_a_batch_goes_when_its_last_task_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with errands.open_engine(svc, clock=trio_wall, ttl=10, sweep_interval=1) as client:
+        batch = await client.square.submit_many([{"x": 3}, {"x": 6}])
+        await batch.wait()
+        await trio.sleep(12)
+        with pytest.raises(errands.BatchNotFound):
+            await client.get_batch(batch.id)
+
+
+async def test_a_batch_on_diskcache_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    async with errands.open_engine(svc, backend=DiskCacheBackend(path), workers=0) as client:
+        batch = await client.square.submit_many({"x": 3 * i} for i in range(700))
+    async with errands.open_engine(svc, backend=DiskCacheBackend(path)) as client:
+        again = await client.get_batch(batch.id)
+        assert [t.id for t in again.tasks] == [t.id for t in batch.tasks]
+        with trio.fail_after(60):
+            counts = await again.wait()
+        assert counts["success"] == 700
+
+
+def test_the_sync_client_submits_many() -> None:
+    with errands.start(svc) as client:
+        batch = client.square.submit_many([{"x": 0}, {"x": "no"}, {"x": 3}])
+        assert sorted(batch.rejected) == [1]
+        assert batch.wait(timeout=30)["success"] == 2
+        assert [r.result for r in batch.results()] == [0, 9]
+        assert client.get_batch(batch.id).counts()["total"] == 2
