@@ -31,3 +31,17 @@ def test_inprocess_quick_runs() -> None:
         assert line in out, out
     assert "pickup latency" in out, out
     assert "trio " in out and "errands " in out and "cores" in out, out
+
+
+@pytest.mark.realtime
+def test_batching_quick_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "batching.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ratio batched / one call per task" in done.stdout, done.stdout
+    assert "reference: one call per task" in done.stdout, done.stdout
