@@ -18,7 +18,8 @@ args: tasks of the endpoint ``task``, ``record`` by default, for n = first,
 first + 1, ..., each also given ``args``), ``start`` (task, args, delay: one
 task of any endpoint; answers its id), ``status`` / ``info`` / ``get`` / ``cancel`` /
 ``retry`` (id), ``wait`` (ids, timeout: the final status of each), ``quit``.
-``gated``, ``spin`` and ``stall`` log their runs too.
+``gated``, ``spin`` and ``stall`` log their runs too; ``batch`` (batchable)
+logs each item of its calls to LOG.items.
 """
 
 from __future__ import annotations
@@ -76,6 +77,25 @@ def gated(gate: str, seconds: float) -> str:
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.005)
     return "opened"
+
+
+@svc.task(batchable=True, max_batch_size=8, max_latency_ms=50, concurrency=1)
+def batch(items: list[int], gate: str = "") -> list[int]:
+    """A batch call: logs ``<item> <pid> <attempt>`` per item to LOG.items (in
+    one fsynced write), then waits for the file ``gate`` (if named, at most
+    30 s), then returns ``2 * item`` for each item."""
+    me = errands.current_task()
+    lines = "".join(f"{item} {os.getpid()} {me.attempt}\n" for item in items)
+    fd = os.open(LOG.with_suffix(".items"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, lines.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 30
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return [2 * item for item in items]
 
 
 @svc.task(cancellable=True)

@@ -335,3 +335,29 @@ def test_batchable_definitions_are_checked() -> None:
 
     with pytest.raises(ValueError, match="max_batch_size must be positive"):
         other.task(batchable=True, max_batch_size=0)
+
+
+slow_batch = errands.Service("slow_batch")
+
+
+@slow_batch.task(batchable=True, max_batch_size=8, max_latency_ms=5000)
+async def gather(items: list[int]) -> list[int]:
+    calls.append((trio.current_time(), list(items)))
+    return items
+
+
+async def test_claims_held_while_a_batch_forms_are_renewed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = MemoryBackend()
+    async with errands.open_engine(slow_batch, backend=backend, clock=trio_wall, lease=1) as c:
+        start = trio.current_time()
+        a = await c.gather.submit(items=[1])
+        await trio.sleep(3)  # three leases: held, and renewed by the lease keeper
+        assert await backend.queue.expired(trio_wall()) == []
+        assert await backend.queue.position(a.id) is None  # still claimed, not waiting
+        b = await c.gather.submit(items=[2])
+        assert await done(a) == [1]
+        assert await done(b) == [2]
+        assert [(round(t - start, 1), items) for t, items in calls] == [(5.0, [1, 2])]
+        assert (await a.get_info()).attempt == 1
