@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint serve bench soak load-soak clean
+.PHONY: test lint serve bench soak load-soak clean tools
 
 # The strict editable install links each file, so adding or removing a module
 # (which changes its folder's mtime) must reinstall.
@@ -52,17 +52,27 @@ $(SCHEMATHESIS_STAMP): Makefile
 	$(SCHEMATHESIS_VENV)/bin/python -m pip install -q "schemathesis==4.32.5"
 	@touch $(SCHEMATHESIS_STAMP)
 
-# Debian's Chromium, for the browser test (Playwright drives it; Playwright's
-# own browser download is not used).  Installed once, as root or with sudo.
-CHROMIUM := /usr/bin/chromium
+# Programs some tests need: Debian's redis-server (the Redis backend's tests
+# start their own, on 127.0.0.1) and Chromium (the browser tests; Playwright
+# drives it, its own browser download is not used).  Installed when missing
+# and apt-get is here (as root or with sudo); elsewhere (macOS) one already
+# on PATH is used, or those tests are skipped, loudly (under CI they fail).
+TOOLS := redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+tools:
+	@missing=""; for tool in $(TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing (Debian packages)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then \
+		echo "*** not found:$$missing -- the tests that need them will be SKIPPED ***" >&2; \
+	fi
 
 ## Lint, type-check and run the whole test suite.
-test: lint $(BENTO_STAMP) $(SCHEMATHESIS_STAMP) $(CHROMIUM)
+test: lint $(BENTO_STAMP) $(SCHEMATHESIS_STAMP) tools
 	ERRANDS_BENTOML_PYTHON=$(CURDIR)/$(BENTO_VENV)/bin/python \
 	ERRANDS_SCHEMATHESIS=$(CURDIR)/$(SCHEMATHESIS_VENV)/bin/schemathesis \
 	$(BIN)/python -m pytest

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from collections.abc import Collection, Mapping, Sequence
 
 import trio
@@ -382,6 +383,18 @@ class Backend(abc.ABC):
         if held is Renewal.LOST:
             return False
         return await self.store.transition(task, expect=TaskStatus.PENDING)
+
+    async def changed_tasks(self) -> Collection[str] | None:
+        """Block until tasks may have been changed by another process; return
+        their ids, or None when any may have (look at every watched task).
+
+        Used by the engine's change watcher on shared backends
+        (``poll_interval`` not None).  The default sleeps ``poll_interval``
+        seconds and returns None: a poll.  Backends that hear of changes
+        (Redis pub/sub) return as soon as they do, with the ids.
+        """
+        await trio.sleep(self.poll_interval if self.poll_interval is not None else math.inf)
+        return None
 
     async def open(self) -> None:
         """Acquire resources; called once by the engine before any other call."""

@@ -778,8 +778,11 @@ class Engine:
         """One round of the change watcher: what other processes changed in
         the tasks someone waits on (see ``_watching.py``)."""
         assert self.backend.poll_interval is not None
-        await trio.sleep(self.backend.poll_interval)
-        await self.core.watchers.poll_round(self.core.store, self.core.now)
+        changed = await self.backend.changed_tasks()
+        await self.core.watchers.poll_round(self.core.store, self.core.now, only=changed)
+        if changed is not None:
+            # A cancel asked in another process, of a task running here.
+            await self.upkeep.check_runs(changed)
 
     async def _watch_backend(self) -> None:
         await self.core.queue.wait_for_work()

@@ -18,6 +18,7 @@ retries the round (see ``_health.py``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from . import _records
 from ._backend import Renewal
@@ -72,6 +73,25 @@ class Upkeep:
                 elif answer is Renewal.CANCEL_REQUESTED and run.definition.cancellable:
                     run.request_stop(Stop.CANCEL)
         await self.recover_expired(now)
+
+    async def check_runs(self, task_ids: Collection[str]) -> None:
+        """Renew now the claims of those of ``task_ids`` this engine runs (another
+        process may have asked to cancel one: its renewal says so)."""
+        runs = [self.runner.running[i] for i in task_ids if i in self.runner.running]
+        if not runs:
+            return
+        core = self.core
+        answers = await core.queue.renew_many(
+            [(r.claim.task_id, r.claim.token) for r in runs],
+            lease_until=core.now() + core.options.lease,
+        )
+        for run, answer in zip(runs, answers, strict=True):
+            if (
+                answer is Renewal.CANCEL_REQUESTED
+                and run.definition.cancellable
+                and self.runner.running.get(run.claim.task_id) is run
+            ):
+                run.request_stop(Stop.CANCEL)
 
     async def recover_expired(self, now: float) -> None:
         """Re-queue (or fail) the tasks of claims whose lease ran out."""

@@ -77,16 +77,22 @@ class Watchers:
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
 
-    async def poll_round(self, store: Store, clock: Callable[[], float]) -> None:
+    async def poll_round(
+        self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
+    ) -> None:
         """Read every watched task once and wake the waiters of those that
         changed since the last round (or expired, or are gone).
 
         A task seen for the first time counts as changed: its waiters look
         again, so a change between their own read and this round is not missed.
+        With ``only`` (the backend said which tasks changed), just those of
+        the watched tasks are read, and the ones not seen before.
         """
         ids = self.watches.keys() | self.listeners.keys()
         for gone in self._seen.keys() - ids:
             del self._seen[gone]
+        if only is not None:
+            ids = {i for i in ids if i in only or i not in self._seen}
         if not ids:
             return
         self.poll_reads += 1

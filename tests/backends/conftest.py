@@ -3,6 +3,7 @@ factory here and must pass the whole suite unchanged."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,15 +12,24 @@ import pytest
 from errands import Backend
 from errands.backends import DiskCacheBackend, MemoryBackend
 
-FACTORIES: dict[str, Callable[[Path], Backend]] = {
-    "memory": lambda tmp_path: MemoryBackend(),
-    "diskcache": lambda tmp_path: DiskCacheBackend(tmp_path / "errands-data"),
+
+def _redis(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    from errands.backends.redis import RedisBackend
+
+    url = request.getfixturevalue("redis_url")  # skipped, loudly, without redis-server
+    return RedisBackend(url, prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
+FACTORIES: dict[str, Callable[[Path, pytest.FixtureRequest], Backend]] = {
+    "memory": lambda tmp_path, request: MemoryBackend(),
+    "diskcache": lambda tmp_path, request: DiskCacheBackend(tmp_path / "errands-data"),
+    "redis": _redis,
 }
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    made = FACTORIES[request.param](tmp_path)
+    made = FACTORIES[request.param](tmp_path, request)
     await made.open()
     try:
         yield made

@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from tests.adapters.test_cli import free_port
+from tests.tools import find_tool
 
 pytestmark = pytest.mark.realtime
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mount_in_fastapi.py"
-CHROMIUM = "/usr/bin/chromium"
 # As this machine's notes advise: no background networking (its closed
 # network refuses it), a fresh profile, no sandbox when run as root.
 CHROMIUM_ARGS = [
@@ -89,7 +89,8 @@ def test_progress_page_follows_the_task_live_in_chromium(example: str, tmp_path:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = find_tool("chromium", "chromium-browser", what="the browser test")
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             requests: list[str] = []

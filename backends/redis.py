@@ -1,0 +1,1038 @@
+"""The Redis backend: many processes on many machines share one queue.
+
+``RedisBackend("redis://host:6379/0?prefix=myapp")``, or the URL wherever a
+backend is chosen (``errands serve --backend redis://...``).  ``rediss://``
+for TLS and ``unix:///path/to/redis.sock`` work too; a username and password
+come from the URL or from ``ERRANDS_REDIS_USERNAME`` and
+``ERRANDS_REDIS_PASSWORD``.  It needs Redis 7.0 or newer (or Valkey 7.2+).
+
+Every state change is one Lua script, so each is atomic and one round trip.
+No Redis call runs on the trio thread: each runs in a worker thread on
+redis-py's synchronous client.  A listener thread subscribes to two
+channels, ``work`` (a task was queued) and ``changes`` (a record changed,
+or a cancel was asked), so idle engines wake on new work and waiters wake
+when another process ends their task, without polling; a slow poll
+(``poll_interval``, 5 s) covers messages lost while the connection was down.
+
+Layout (``P`` is ``{prefix}``, a hash tag, so every key of one service is on
+one Redis Cluster slot):
+
+* ``P:t:<id>`` hash, a task: ``n`` name, ``s`` status, ``k`` token, ``c``
+  created_at, ``e`` expires_at (empty while not final), ``d`` the record's
+  JSON, ``b`` its batch; ``rm`` and ``rv`` its result (media type, bytes).
+* ``P:i:all``, ``P:i:s:<status>``, ``P:i:n:<name>``, ``P:i:ns:<name>:<status>``
+  sorted sets of ids by created_at, for listing; ``P:x`` ids by expires_at,
+  for purging.
+* ``P:e:<id>`` hash, a queue entry: ``n`` name, ``p`` priority, ``r`` rank,
+  ``m`` its member (put order and id), ``nb`` not_before, ``o`` owner (empty
+  while waiting), ``k`` token, ``l`` lease_until, ``x`` cancel asked.
+* ``P:q:<name>`` ready entries by rank (member ``<seq>:<id>``, so equal
+  ranks keep put order); ``P:d:<name>`` delayed ids by not_before and
+  ``P:dr:<name>`` the same by rank (for positions); ``P:leases`` claimed ids
+  by lease_until; ``P:names`` every name ever queued.
+* ``P:b:<batch>`` a batch's ids by position; ``P:bl:<batch>`` how many of
+  its members' records exist.
+* ``P:seq``, ``P:token`` counters; channels ``P:work`` and ``P:changes``.
+
+Final records also get a Redis expiry (their ttl plus a margin, counted from
+their creation) as a backstop; the engine's sweeper deletes them on time, and
+the engine reads an expired record as not found before either runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import trio
+
+from errands import (
+    Backend,
+    BackendError,
+    Claim,
+    Payload,
+    Queue,
+    Renewal,
+    Store,
+    StoredTask,
+    TaskStatus,
+)
+from errands._status import check_transition
+
+try:
+    import redis
+    import redis.exceptions
+except ImportError as exc:  # pragma: no cover - an optional dependency
+    raise ImportError("the Redis backend needs redis-py: pip install 'errands[redis]'") from exc
+
+__all__ = ["RedisBackend", "RedisQueue", "RedisStore"]
+
+log = logging.getLogger("errands.backends.redis")
+
+T = TypeVar("T")
+
+#: Seconds a final record outlives its ttl in Redis (the engine purges on time).
+EXPIRY_MARGIN = 3600
+#: Ids purged per script call (a script blocks Redis while it runs).
+PURGE_BATCH = 500
+#: Redis calls in flight at once from one backend.
+CONCURRENCY = 16
+
+
+# ---------------------------------------------------------------------- scripts
+
+_PRELUDE = """
+local P = ARGV[1]
+local function entry_member(seq, id)
+  return string.format('%016.0f', seq) .. ':' .. id
+end
+local function queue_put(id, name, priority, not_before, rank)
+  local e = P .. ':e:' .. id
+  if redis.call('EXISTS', e) == 1 then return 0 end
+  local seq = redis.call('INCR', P .. ':seq')
+  local member = entry_member(seq, id)
+  redis.call('HSET', e, 'n', name, 'p', priority, 'r', rank, 'm', member,
+             'nb', not_before, 'o', '', 'k', 0, 'l', 0, 'x', 0)
+  if tonumber(not_before) > 0 then
+    redis.call('ZADD', P .. ':d:' .. name, not_before, id)
+    redis.call('ZADD', P .. ':dr:' .. name, rank, member)
+  else
+    redis.call('ZADD', P .. ':q:' .. name, rank, member)
+  end
+  redis.call('SADD', P .. ':names', name)
+  redis.call('PUBLISH', P .. ':work', name)
+  return 1
+end
+local function unqueue_waiting(e, name, member, id)
+  redis.call('ZREM', P .. ':q:' .. name, member)
+  redis.call('ZREM', P .. ':d:' .. name, id)
+  redis.call('ZREM', P .. ':dr:' .. name, member)
+end
+local function index(id, name, status, created)
+  redis.call('ZADD', P .. ':i:all', created, id)
+  redis.call('ZADD', P .. ':i:s:' .. status, created, id)
+  redis.call('ZADD', P .. ':i:n:' .. name, created, id)
+  redis.call('ZADD', P .. ':i:ns:' .. name .. ':' .. status, created, id)
+end
+local function unindex(id, name, status)
+  redis.call('ZREM', P .. ':i:all', id)
+  redis.call('ZREM', P .. ':i:s:' .. status, id)
+  redis.call('ZREM', P .. ':i:n:' .. name, id)
+  redis.call('ZREM', P .. ':i:ns:' .. name .. ':' .. status, id)
+  redis.call('ZREM', P .. ':x', id)
+end
+local function set_expiry(t, id, created, expires)
+  if expires == '' then return end
+  redis.call('ZADD', P .. ':x', expires, id)
+  local keep = math.floor(tonumber(expires) - tonumber(created)) + MARGIN
+  if keep < MARGIN then keep = MARGIN end
+  redis.call('EXPIRE', t, keep)
+end
+local function move_status(id, name, created, old, new)
+  if old == new then return end
+  redis.call('ZREM', P .. ':i:s:' .. old, id)
+  redis.call('ZREM', P .. ':i:ns:' .. name .. ':' .. old, id)
+  redis.call('ZADD', P .. ':i:s:' .. new, created, id)
+  redis.call('ZADD', P .. ':i:ns:' .. name .. ':' .. new, created, id)
+end
+local function create(id, name, status, token, created, expires, data, batch)
+  local t = P .. ':t:' .. id
+  if redis.call('EXISTS', t) == 1 then return 0 end
+  redis.call('HSET', t, 'n', name, 's', status, 'k', token, 'c', created, 'e', expires,
+             'd', data, 'b', batch)
+  index(id, name, status, created)
+  if batch ~= '' then redis.call('INCR', P .. ':bl:' .. batch) end
+  set_expiry(t, id, created, expires)
+  return 1
+end
+local function delete(id, drop_batch)
+  local t = P .. ':t:' .. id
+  local f = redis.call('HMGET', t, 'n', 's', 'b')
+  if not f[1] then return 0 end
+  unindex(id, f[1], f[2])
+  redis.call('DEL', t)
+  local batch = f[3]
+  -- (An expired id deleted to be used anew keeps its batch as it is.)
+  if drop_batch and batch and batch ~= '' then
+    if redis.call('DECR', P .. ':bl:' .. batch) <= 0 then
+      redis.call('DEL', P .. ':b:' .. batch, P .. ':bl:' .. batch)
+    end
+  end
+  return 1
+end
+""".replace("MARGIN", str(EXPIRY_MARGIN))
+
+_PUT = """
+return queue_put(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+
+_ENQUEUE = """
+-- ARGV: P, id, name, status, token, created, expires, data, priority, not_before, rank
+if create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '') == 0 then
+  return 0
+end
+queue_put(ARGV[2], ARGV[3], ARGV[9], ARGV[10], ARGV[11])
+return 1
+"""
+
+_ENQUEUE_MANY = """
+-- ARGV: P, priority, not_before, rank, batch, then per task:
+--   id, name, status, token, created, expires, data, position
+local priority, not_before, rank, batch = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local answers = {}
+for i = 6, #ARGV, 8 do
+  local id = ARGV[i]
+  local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 7], id)
+  local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+                      ARGV[i + 6], batch)
+  if made == 1 then
+    queue_put(id, ARGV[i + 1], priority, not_before, rank)
+  elseif added == 1 and redis.call('EXISTS', P .. ':t:' .. id) == 1 then
+    redis.call('HSET', P .. ':t:' .. id, 'b', batch)
+    redis.call('INCR', P .. ':bl:' .. batch)
+  end
+  table.insert(answers, made)
+end
+return answers
+"""
+
+_ADD_MEMBERS = """
+-- ARGV: P, batch, then position, id pairs
+local batch = ARGV[2]
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i + 1]
+  if redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i], id) == 1 then
+    local t = P .. ':t:' .. id
+    if redis.call('EXISTS', t) == 1 then
+      redis.call('HSET', t, 'b', batch)
+      redis.call('INCR', P .. ':bl:' .. batch)
+    end
+  end
+end
+return 1
+"""
+
+_CLAIM = """
+-- ARGV: P, owner, now, lease_until, limit, then name, quota pairs
+local owner, now, lease_until, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local left = {}
+for i = 6, #ARGV, 2 do
+  local name = ARGV[i]
+  left[name] = tonumber(ARGV[i + 1])
+  local due = redis.call('ZRANGEBYSCORE', P .. ':d:' .. name, '-inf', now)
+  for _, id in ipairs(due) do
+    local e = redis.call('HMGET', P .. ':e:' .. id, 'm', 'r')
+    redis.call('ZREM', P .. ':d:' .. name, id)
+    if e[1] then
+      redis.call('ZREM', P .. ':dr:' .. name, e[1])
+      redis.call('ZADD', P .. ':q:' .. name, e[2], e[1])
+    end
+  end
+end
+local claims = {}
+local count = 0
+while count < limit do
+  local best, best_name, best_score = nil, nil, nil
+  for name, quota in pairs(left) do
+    if quota > 0 then
+      local head = redis.call('ZRANGE', P .. ':q:' .. name, 0, 0, 'WITHSCORES')
+      if head[1] then
+        local score = tonumber(head[2])
+        if best == nil or score < best_score or (score == best_score and head[1] < best) then
+          best, best_name, best_score = head[1], name, score
+        end
+      end
+    end
+  end
+  if best == nil then break end
+  redis.call('ZREM', P .. ':q:' .. best_name, best)
+  local id = string.sub(best, 18)
+  local token = redis.call('INCR', P .. ':token')
+  redis.call('HSET', P .. ':e:' .. id, 'o', owner, 'k', token, 'l', lease_until, 'x', 0)
+  redis.call('ZADD', P .. ':leases', lease_until, id)
+  table.insert(claims, id)
+  table.insert(claims, best_name)
+  table.insert(claims, token)
+  left[best_name] = left[best_name] - 1
+  count = count + 1
+end
+return claims
+"""
+
+_RENEW = """
+-- ARGV: P, lease_until, then id, token pairs; answers 0 lost, 1 renewed, 2 cancel asked
+local lease_until = ARGV[2]
+local answers = {}
+for i = 3, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local e = P .. ':e:' .. id
+  local f = redis.call('HMGET', e, 'o', 'k', 'x')
+  if f[1] and f[1] ~= '' and f[2] == token then
+    redis.call('HSET', e, 'l', lease_until)
+    redis.call('ZADD', P .. ':leases', lease_until, id)
+    if f[3] == '1' then table.insert(answers, 2) else table.insert(answers, 1) end
+  else
+    table.insert(answers, 0)
+  end
+end
+return answers
+"""
+
+_ACK = """
+local id, token = ARGV[2], ARGV[3]
+local e = P .. ':e:' .. id
+local f = redis.call('HMGET', e, 'o', 'k')
+if not f[1] or f[1] == '' or f[2] ~= token then return 0 end
+redis.call('DEL', e)
+redis.call('ZREM', P .. ':leases', id)
+return 1
+"""
+
+_RELEASE = """
+-- ARGV: P, id, token, not_before, rank ('' for -priority)
+local id, token, not_before, rank = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local e = P .. ':e:' .. id
+local f = redis.call('HMGET', e, 'o', 'k', 'n', 'p')
+if not f[1] or f[1] == '' or f[2] ~= token then return 0 end
+if rank == '' then rank = tostring(-tonumber(f[4])) end
+redis.call('ZREM', P .. ':leases', id)
+redis.call('DEL', e)
+queue_put(id, f[3], f[4], not_before, rank)
+return 1
+"""
+
+_REMOVE = """
+local id = ARGV[2]
+local e = P .. ':e:' .. id
+local f = redis.call('HMGET', e, 'o', 'n', 'm')
+if not f[1] or f[1] ~= '' then return 0 end
+unqueue_waiting(e, f[2], f[3], id)
+redis.call('DEL', e)
+return 1
+"""
+
+_REQUEST_CANCEL = """
+local id = ARGV[2]
+local e = P .. ':e:' .. id
+local owner = redis.call('HGET', e, 'o')
+if not owner or owner == '' then return 0 end
+redis.call('HSET', e, 'x', 1)
+redis.call('PUBLISH', P .. ':changes', id)
+return 1
+"""
+
+_EXPIRED = """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', P .. ':e:' .. id, 'n', 'k', 'o', 'l')
+  if f[1] and f[3] ~= '' then
+    table.insert(out, id)
+    table.insert(out, f[1])
+    table.insert(out, f[2])
+    table.insert(out, f[3])
+    table.insert(out, f[4])
+  else
+    redis.call('ZREM', P .. ':leases', id)
+  end
+end
+return out
+"""
+
+_NEXT_DUE = """
+local due = nil
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  if redis.call('ZCARD', P .. ':q:' .. name) > 0 then return '0' end
+  local head = redis.call('ZRANGE', P .. ':d:' .. name, 0, 0, 'WITHSCORES')
+  if head[1] and (due == nil or tonumber(head[2]) < due) then due = tonumber(head[2]) end
+end
+if due == nil then return false end
+return tostring(due)
+"""
+
+_DEPTH = """
+local names
+if ARGV[2] == '' then names = redis.call('SMEMBERS', P .. ':names') else names = {ARGV[2]} end
+local total = 0
+for _, name in ipairs(names) do
+  total = total + redis.call('ZCARD', P .. ':q:' .. name) + redis.call('ZCARD', P .. ':d:' .. name)
+end
+return total
+"""
+
+_POSITION = """
+local id = ARGV[2]
+local f = redis.call('HMGET', P .. ':e:' .. id, 'o', 'n', 'm', 'r')
+if not f[1] or f[1] ~= '' then return false end
+local name, member, rank = f[2], f[3], f[4]
+local ready = redis.call('ZRANK', P .. ':q:' .. name, member)
+if ready then
+  return ready + redis.call('ZCOUNT', P .. ':dr:' .. name, '-inf', '(' .. rank)
+end
+local delayed = redis.call('ZRANK', P .. ':dr:' .. name, member)
+if not delayed then return false end
+return delayed + redis.call('ZCOUNT', P .. ':q:' .. name, '-inf', '(' .. rank)
+"""
+
+_CREATE = """
+return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '')
+"""
+
+_TRANSITION = """
+-- ARGV: P, id, expect, token ('' for any), status, new token, expires, data,
+--       has_result, media_type, result
+local id, expect, token = ARGV[2], ARGV[3], ARGV[4]
+local t = P .. ':t:' .. id
+local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
+if not f[1] or f[1] ~= expect or (token ~= '' and f[2] ~= token) then return 0 end
+local status = ARGV[5]
+move_status(id, f[3], f[4], f[1], status)
+redis.call('HSET', t, 's', status, 'k', ARGV[6], 'e', ARGV[7], 'd', ARGV[8])
+if ARGV[9] == '1' then redis.call('HSET', t, 'rm', ARGV[10], 'rv', ARGV[11]) end
+set_expiry(t, id, f[4], ARGV[7])
+redis.call('PUBLISH', P .. ':changes', id)
+return 1
+"""
+
+_BEGIN = """
+-- ARGV: P, id, claim token, expect, status, new token, data
+local id, token = ARGV[2], ARGV[3]
+local f = redis.call('HMGET', P .. ':e:' .. id, 'o', 'k')
+if not f[1] or f[1] == '' or f[2] ~= token then return 0 end
+local t = P .. ':t:' .. id
+local g = redis.call('HMGET', t, 's', 'n', 'c')
+if not g[1] or g[1] ~= ARGV[4] then return 0 end
+move_status(id, g[2], g[3], g[1], ARGV[5])
+redis.call('HSET', t, 's', ARGV[5], 'k', ARGV[6], 'd', ARGV[7])
+redis.call('PUBLISH', P .. ':changes', id)
+return 1
+"""
+
+_DELETE = """
+return delete(ARGV[2], true)
+"""
+
+_DELETE_EXPIRED = """
+local id, now = ARGV[2], tonumber(ARGV[3])
+local expires = redis.call('HGET', P .. ':t:' .. id, 'e')
+if not expires or expires == '' or tonumber(expires) > now then return 0 end
+return delete(id, false)
+"""
+
+_PURGE = """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':x', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local purged = 0
+for _, id in ipairs(ids) do
+  local expires = redis.call('HGET', P .. ':t:' .. id, 'e')
+  if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[2]) then
+    purged = purged + delete(id, true)
+  else
+    redis.call('ZREM', P .. ':x', id)  -- gone already (Redis expired it), or not final
+  end
+end
+return {purged, #ids}
+"""
+
+_SCRIPTS = {
+    "put": _PUT,
+    "enqueue": _ENQUEUE,
+    "enqueue_many": _ENQUEUE_MANY,
+    "add_members": _ADD_MEMBERS,
+    "claim": _CLAIM,
+    "renew": _RENEW,
+    "ack": _ACK,
+    "release": _RELEASE,
+    "remove": _REMOVE,
+    "request_cancel": _REQUEST_CANCEL,
+    "expired": _EXPIRED,
+    "next_due": _NEXT_DUE,
+    "depth": _DEPTH,
+    "position": _POSITION,
+    "create": _CREATE,
+    "transition": _TRANSITION,
+    "begin": _BEGIN,
+    "delete": _DELETE,
+    "delete_expired": _DELETE_EXPIRED,
+    "purge": _PURGE,
+}
+
+
+def _num(value: float) -> str:
+    """A float as Lua and Redis read it back exactly."""
+    return repr(float(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------- connection
+
+
+class _Connection:
+    """redis-py's sync client, called from worker threads, and the listener
+    thread that turns published messages into trio wake-ups."""
+
+    def __init__(self, url: str, prefix: str, **options: Any) -> None:
+        self.url = url
+        self.prefix = prefix
+        settings = {
+            "socket_timeout": options.get("socket_timeout", 10.0),
+            "socket_connect_timeout": options.get("socket_connect_timeout", 5.0),
+            "health_check_interval": 30,
+            "username": options.get("username"),
+            "password": options.get("password"),
+        }
+        self.client = redis.Redis.from_url(url, max_connections=CONCURRENCY + 2, **settings)
+        # The listener's own client: its thread alone uses and closes it.
+        self._listen_client = redis.Redis.from_url(url, max_connections=2, **settings)
+        self.scripts = {
+            name: self.client.register_script(_PRELUDE + src) for name, src in _SCRIPTS.items()
+        }
+        self.limiter = trio.CapacityLimiter(CONCURRENCY)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.on_work: Callable[[], None] = lambda: None
+        self.on_changes: Callable[[list[str]], None] = lambda ids: None
+        self.on_reconnect: Callable[[], None] = lambda: None
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (redis calls) in a worker thread; redis errors as BackendError."""
+        return await trio.to_thread.run_sync(self._guarded, fn, limiter=self.limiter)
+
+    @staticmethod
+    def _guarded(fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.exceptions.NoScriptError as exc:  # pragma: no cover - retried by Script
+            raise BackendError(f"redis: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise BackendError(f"redis: {exc}") from exc
+
+    def script(self, name: str, *args: Any) -> Any:
+        key = f"{self.prefix}:seq"  # every key shares the hash tag: this routes the call
+        return self.scripts[name](keys=[key], args=[self.prefix, *args])
+
+    # ------------------------------------------------------------------ listener
+
+    def start_listener(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._listen, name="errands-redis", daemon=True)
+        self._thread.start()
+
+    def stop_listener(self) -> None:
+        # Not joined: it notices within one read timeout, and a message it
+        # delivers after the trio run ended is dropped (RunFinishedError).
+        self._stop.set()
+
+    def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            self._stop.set()
+
+    def _listen(self) -> None:
+        work, changes = f"{self.prefix}:work", f"{self.prefix}:changes"
+        backoff = 0.05
+        connected_before = False
+        while not self._stop.is_set():
+            pubsub = self._listen_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(work, changes)
+                if connected_before:
+                    self._deliver(self.on_reconnect)  # messages may have been missed
+                connected_before = True
+                backoff = 0.05
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None:
+                        continue
+                    channel = _text(message["channel"])
+                    if channel == work:
+                        self._deliver(self.on_work)
+                    else:
+                        ids = [_text(message["data"])]
+                        # Take what else is waiting now: one wake-up for a burst.
+                        while (more := pubsub.get_message(timeout=0)) is not None:
+                            if _text(more["channel"]) == work:
+                                self._deliver(self.on_work)
+                            else:
+                                ids.append(_text(more["data"]))
+                        self._deliver(self.on_changes, ids)
+            except Exception as exc:  # a lost connection: reconnect, whatever it raised
+                log.debug("redis listener: %s; reconnecting", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # closing a broken connection
+                    pass
+        self._listen_client.close()
+
+    def close(self) -> None:
+        self.stop_listener()
+        self.client.close()
+
+
+# ---------------------------------------------------------------------- queue
+
+
+class RedisQueue(Queue):
+    """The waiting line in Redis (see the module docstring for its keys)."""
+
+    def __init__(self, connection: _Connection, poll_interval: float) -> None:
+        self._c = connection
+        self._poll = poll_interval
+        self._work = trio.Event()
+
+    def _woken(self) -> None:
+        self._work.set()
+        self._work = trio.Event()
+
+    async def put(
+        self,
+        task_id: str,
+        *,
+        name: str,
+        priority: int = 0,
+        not_before: float = 0.0,
+        rank: float | None = None,
+    ) -> None:
+        rank_ = -priority if rank is None else rank
+        await self._c.run(
+            lambda: self._c.script(
+                "put", task_id, name, int(priority), _num(not_before), _num(rank_)
+            )
+        )
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[Claim]:
+        pairs: list[Any] = []
+        for name, quota in quotas.items():
+            if quota > 0:
+                pairs += [name, int(quota)]
+        if not pairs or limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        args = [owner, _num(now), _num(lease_until), int(limit), *pairs]
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: no unseen claims
+            flat = await self._c.run(lambda: self._c.script("claim", *args))
+        return [
+            Claim(
+                task_id=_text(flat[i]),
+                name=_text(flat[i + 1]),
+                token=int(flat[i + 2]),
+                owner=owner,
+                lease_until=lease_until,
+            )
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
+        return (await self.renew_many([(task_id, token)], lease_until=lease_until))[0]
+
+    async def renew_many(
+        self, claims: Sequence[tuple[str, int]], *, lease_until: float
+    ) -> list[Renewal]:
+        if not claims:
+            await trio.lowlevel.checkpoint()
+            return []
+        args: list[Any] = [_num(lease_until)]
+        for task_id, token in claims:
+            args += [task_id, str(token)]
+        answers = await self._c.run(lambda: self._c.script("renew", *args))
+        kinds = (Renewal.LOST, Renewal.RENEWED, Renewal.CANCEL_REQUESTED)
+        return [kinds[int(a)] for a in answers]
+
+    async def ack(self, task_id: str, token: int) -> bool:
+        return bool(await self._c.run(lambda: self._c.script("ack", task_id, str(token))))
+
+    async def release(
+        self, task_id: str, token: int, *, not_before: float = 0.0, rank: float | None = None
+    ) -> bool:
+        rank_ = "" if rank is None else _num(rank)
+        return bool(
+            await self._c.run(
+                lambda: self._c.script("release", task_id, str(token), _num(not_before), rank_)
+            )
+        )
+
+    async def remove(self, task_id: str) -> bool:
+        return bool(await self._c.run(lambda: self._c.script("remove", task_id)))
+
+    async def request_cancel(self, task_id: str) -> bool:
+        return bool(await self._c.run(lambda: self._c.script("request_cancel", task_id)))
+
+    async def expired(self, now: float) -> list[Claim]:
+        flat = await self._c.run(lambda: self._c.script("expired", _num(now)))
+        return [
+            Claim(
+                task_id=_text(flat[i]),
+                name=_text(flat[i + 1]),
+                token=int(flat[i + 2]),
+                owner=_text(flat[i + 3]),
+                lease_until=float(flat[i + 4]),
+            )
+            for i in range(0, len(flat), 5)
+        ]
+
+    async def contains(self, task_id: str) -> bool:
+        key = f"{self._c.prefix}:e:{task_id}"
+        return bool(await self._c.run(lambda: self._c.client.exists(key)))
+
+    async def next_due(self, names: Sequence[str]) -> float | None:
+        if not names:
+            await trio.lowlevel.checkpoint()
+            return None
+        due = await self._c.run(lambda: self._c.script("next_due", *names))
+        return None if due is None else float(due)
+
+    async def depth(self, name: str | None = None) -> int:
+        return int(await self._c.run(lambda: self._c.script("depth", name or "")))
+
+    async def position(self, task_id: str) -> int | None:
+        at = await self._c.run(lambda: self._c.script("position", task_id))
+        return None if at is None else int(at)
+
+    async def wait_for_work(self) -> None:
+        """Until a ``work`` message (another process queued a task), or
+        ``poll_interval`` seconds (a message may have been lost)."""
+        with trio.move_on_after(self._poll):
+            await self._work.wait()
+
+
+# ---------------------------------------------------------------------- store
+
+
+def _stored(task_id: str, fields: Sequence[Any]) -> StoredTask | None:
+    name, status, token, created, expires, data = fields
+    if name is None:
+        return None
+    return StoredTask(
+        id=task_id,
+        name=_text(name),
+        status=TaskStatus(_text(status)),
+        token=int(token),
+        created_at=float(created),
+        expires_at=None if not expires else float(expires),
+        data=data if isinstance(data, bytes) else str(data).encode(),
+    )
+
+
+_FIELDS = ("n", "s", "k", "c", "e", "d")
+
+
+class RedisStore(Store):
+    """Records and results in Redis (see the module docstring for its keys)."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._c = connection
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._c.prefix}:t:{task_id}"
+
+    @staticmethod
+    def _row(task: StoredTask) -> list[Any]:
+        expires = "" if task.expires_at is None else _num(task.expires_at)
+        return [
+            task.id,
+            task.name,
+            task.status.value,
+            task.token,
+            _num(task.created_at),
+            expires,
+            task.data,
+        ]
+
+    async def create(self, task: StoredTask) -> bool:
+        row = self._row(task)
+        return bool(await self._c.run(lambda: self._c.script("create", *row)))
+
+    async def get(self, task_id: str) -> StoredTask | None:
+        key = self._key(task_id)
+        fields = await self._c.run(lambda: self._c.client.hmget(key, _FIELDS))
+        return _stored(task_id, fields)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+        ids = list(task_ids)
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+
+        def read() -> list[Any]:
+            pipe = self._c.client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(self._key(task_id), _FIELDS)
+            return pipe.execute()
+
+        rows = await self._c.run(read)
+        found = {}
+        for task_id, fields in zip(ids, rows, strict=True):
+            task = _stored(task_id, fields)
+            if task is not None:
+                found[task_id] = task
+        return found
+
+    async def transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None = None,
+        result: Payload | None = None,
+    ) -> bool:
+        check_transition(expect, task.status)  # InvalidTransition before any I/O
+        expires = "" if task.expires_at is None else _num(task.expires_at)
+        args: list[Any] = [
+            task.id,
+            expect.value,
+            "" if token is None else str(token),
+            task.status.value,
+            task.token,
+            expires,
+            task.data,
+        ]
+        if result is not None:
+            args += ["1", result.media_type, result.data]
+        else:
+            args += ["0", "", ""]
+        return bool(await self._c.run(lambda: self._c.script("transition", *args)))
+
+    async def get_result(self, task_id: str) -> Payload | None:
+        key = self._key(task_id)
+        media_type, data = await self._c.run(lambda: self._c.client.hmget(key, ("rm", "rv")))
+        if media_type is None or data is None:
+            return None
+        return Payload(
+            media_type=_text(media_type),
+            data=data if isinstance(data, bytes) else str(data).encode(),
+        )
+
+    async def delete(self, task_id: str) -> bool:
+        return bool(await self._c.run(lambda: self._c.script("delete", task_id)))
+
+    async def delete_expired(self, task_id: str, now: float) -> bool:
+        return bool(await self._c.run(lambda: self._c.script("delete_expired", task_id, _num(now))))
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredTask]:
+        p = self._c.prefix
+        if name is not None and status is not None:
+            index = f"{p}:i:ns:{name}:{status.value}"
+        elif name is not None:
+            index = f"{p}:i:n:{name}"
+        elif status is not None:
+            index = f"{p}:i:s:{status.value}"
+        else:
+            index = f"{p}:i:all"
+        if limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        ids = await self._c.run(lambda: self._c.client.zrevrange(index, offset, offset + limit - 1))
+        found = await self.get_many([_text(i) for i in ids])
+        return [found[_text(i)] for i in ids if _text(i) in found]
+
+    async def purge_expired(self, now: float) -> int:
+        purged = 0
+        while True:
+            done, looked = await self._c.run(
+                lambda: self._c.script("purge", _num(now), PURGE_BATCH)
+            )
+            purged += int(done)
+            if int(looked) < PURGE_BATCH:
+                return purged
+
+    async def add_batch_members(self, batch_id: str, members: Sequence[tuple[int, str]]) -> None:
+        args: list[Any] = [batch_id]
+        for position, task_id in members:
+            args += [position, task_id]
+        await self._c.run(lambda: self._c.script("add_members", *args))
+
+    async def batch_members(
+        self, batch_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> Sequence[tuple[int, str]]:
+        key = f"{self._c.prefix}:b:{batch_id}"
+        stop = -1 if limit is None else offset + limit - 1
+        if limit is not None and limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        rows: Any = await self._c.run(
+            lambda: self._c.client.zrange(key, offset, stop, withscores=True)
+        )
+        return [(int(score), _text(member)) for member, score in rows]
+
+
+# ---------------------------------------------------------------------- backend
+
+
+class RedisBackend(Backend):
+    """A queue and store in Redis, shared by every process that uses the same
+    URL and prefix.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS)
+            or ``unix:///path/to/socket?db=0``; ``?prefix=NAME`` too.
+        prefix: the key prefix (default ``errands``, or the URL's); one
+            service's keys share it, as a Redis Cluster hash tag.
+        poll_interval: seconds between looks for changes whose message was
+            lost (the listener reconnected); changes arrive by message.
+    """
+
+    queue: RedisQueue
+    store: RedisStore
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        poll_interval: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        given = query.pop("prefix", [None])[0]
+        prefix = prefix or given or "errands"
+        if not prefix or any(c in prefix for c in "{}: \n"):
+            raise BackendError(
+                f"redis prefix {prefix!r} must be non-empty, without {{}}: or spaces"
+            )
+        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        if not parts.username:
+            username = username or os.environ.get("ERRANDS_REDIS_USERNAME") or None
+        if not parts.password:
+            password = password or os.environ.get("ERRANDS_REDIS_PASSWORD") or None
+        self.url = clean
+        self.prefix = prefix
+        self.poll_interval = poll_interval
+        self._poll = poll_interval
+        self._connection = _Connection(
+            clean, "{" + prefix + "}", username=username, password=password
+        )
+        self.queue = RedisQueue(self._connection, poll_interval)
+        self.store = RedisStore(self._connection)
+        self._changed: set[str] = set()
+        self._changes = trio.Event()
+        self._everything = False
+        self._opened = 0
+
+    def __repr__(self) -> str:
+        safe = urlsplit(self.url)
+        host = safe.hostname or safe.path
+        return f"RedisBackend({safe.scheme}://{host}:{safe.port or ''}, prefix={self.prefix!r})"
+
+    async def open(self) -> None:
+        """Start the listener (the connection itself is made on first use, so a
+        Redis that is down now makes the engine start not ready, not fail)."""
+        self._opened += 1
+        if self._opened == 1:
+            connection = self._connection
+            connection.on_work = self.queue._woken
+            connection.on_changes = self._on_changes
+            connection.on_reconnect = self._on_reconnect
+            connection.start_listener()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._opened -= 1
+        if self._opened == 0:
+            await trio.to_thread.run_sync(self._connection.close)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _on_changes(self, ids: list[str]) -> None:
+        self._changed.update(ids)
+        self._changes.set()
+
+    def _on_reconnect(self) -> None:
+        self._everything = True  # messages may have been lost: look at all
+        self._changes.set()
+        self.queue._woken()
+
+    async def changed_tasks(self) -> Collection[str] | None:
+        """Block until another process changed tasks (a ``changes`` message);
+        their ids, or None (look at every watched task) after ``poll_interval``
+        with no message or after a reconnect."""
+        with trio.move_on_after(self._poll):
+            await self._changes.wait()
+        self._changes = trio.Event()
+        changed, self._changed = self._changed, set()
+        if self._everything or not changed:
+            self._everything = False
+            return None
+        return changed
+
+    async def enqueue(
+        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+    ) -> bool:
+        rank_ = -priority if rank is None else rank
+        row = RedisStore._row(task)
+        args = [*row, int(priority), _num(not_before), _num(rank_)]
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            created = await self._connection.run(lambda: self._connection.script("enqueue", *args))
+        return bool(created)
+
+    async def enqueue_many(
+        self,
+        tasks: Sequence[StoredTask],
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        batch_id: str,
+        positions: Sequence[int],
+    ) -> list[bool]:
+        rank_ = -priority if rank is None else rank
+        args: list[Any] = [int(priority), _num(not_before), _num(rank_), batch_id]
+        for task, position in zip(tasks, positions, strict=True):
+            args += [*RedisStore._row(task), int(position)]
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            answers = await self._connection.run(
+                lambda: self._connection.script("enqueue_many", *args)
+            )
+        return [bool(a) for a in answers]
+
+    async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
+        # Fenced: the record moves only while the claim is held, in one script.
+        check_transition(TaskStatus.PENDING, task.status)
+        args = [
+            claim.task_id,
+            str(claim.token),
+            TaskStatus.PENDING.value,
+            task.status.value,
+            task.token,
+            task.data,
+        ]
+        return bool(await self._connection.run(lambda: self._connection.script("begin", *args)))
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """``redis://``, ``rediss://`` or ``unix://`` (with ``?prefix=``)."""
+        return cls(url)

@@ -1,0 +1,99 @@
+"""Programs some tests need from outside Python: found on PATH, or the test
+is skipped loudly (and fails under CI, which installs them: see the Makefile)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+__all__ = ["find_tool", "redis_server"]
+
+
+def find_tool(*names: str, what: str) -> str:
+    """The path of the first of ``names`` on PATH.
+
+    None there: under CI (``CI`` set) the test fails, since CI installs them;
+    elsewhere it is skipped with a reason that says what to install.
+    """
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = (
+        f"{' or '.join(names)} not found on PATH: {what} NOT RUN "
+        f"(install it: `apt-get install {names[0]}`, `brew install {names[0]}`)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must install it (make test does)")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def redis_server(
+    directory: Path, *, appendonly: bool = False, port: int | None = None
+) -> Iterator[str]:
+    """A redis-server of our own on 127.0.0.1 (a free port), its data in
+    ``directory``; yields its URL, and stops it by its PID on leaving."""
+    binary = find_tool("redis-server", what="the Redis tests")
+    port = port or _free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    command = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--logfile",
+        str(directory / "redis.log"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = directory / "redis.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server did not start:\n{tail}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        if process.poll() is None:
+            process.terminate()  # our own, by its PID
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
