@@ -590,9 +590,8 @@ class _Connection:
 class RedisQueue(Queue):
     """The waiting line in Redis (see the module docstring for its keys)."""
 
-    def __init__(self, connection: _Connection, poll_interval: float) -> None:
+    def __init__(self, connection: _Connection) -> None:
         self._c = connection
-        self._poll = poll_interval
         self._work = trio.Event()
 
     def _woken(self) -> None:
@@ -713,10 +712,9 @@ class RedisQueue(Queue):
         return None if at is None else int(at)
 
     async def wait_for_work(self) -> None:
-        """Until a ``work`` message (another process queued a task), or
-        ``poll_interval`` seconds (a message may have been lost)."""
-        with trio.move_on_after(self._poll):
-            await self._work.wait()
+        """Until a ``work`` message (a process queued or released a task), or
+        the listener reconnected (messages may have been lost meanwhile)."""
+        await self._work.wait()
 
 
 # ---------------------------------------------------------------------- store
@@ -934,7 +932,7 @@ class RedisBackend(Backend):
         self._connection = _Connection(
             clean, "{" + prefix + "}", username=username, password=password
         )
-        self.queue = RedisQueue(self._connection, poll_interval)
+        self.queue = RedisQueue(self._connection)
         self.store = RedisStore(self._connection)
         self._changed: set[str] = set()
         self._changes = trio.Event()
