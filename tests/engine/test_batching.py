@@ -6,6 +6,7 @@ diskcache (see ``test_waiting.py`` for why diskcache autojumps a little late).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,6 +65,7 @@ async def slow(items: list[int]) -> list[int]:
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": lambda path: MemoryBackend(),
     "diskcache": lambda path: DiskCacheBackend(path / "data", synchronous="NORMAL"),
+    "redis": lambda path: MemoryBackend(),  # replaced by make_backend (needs redis_url)
 }
 
 
@@ -86,7 +88,15 @@ def _fresh() -> None:
 
 
 @pytest.fixture
-def make_backend(kind: str, tmp_path: Path) -> Callable[[], Backend]:
+def make_backend(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[], Backend]:
+    if kind == "redis":
+        from errands.backends.redis import RedisBackend
+
+        url = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        return lambda: RedisBackend(url, prefix=prefix)
     return lambda: BACKENDS[kind](tmp_path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ async def forever(x: int) -> int:
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": lambda path: MemoryBackend(),
     "diskcache": lambda path: DiskCacheBackend(path / "data", synchronous="NORMAL"),
+    "redis": lambda path: MemoryBackend(),  # replaced by make_backend (needs redis_url)
 }
 
 
@@ -50,7 +52,15 @@ def clock(kind: str) -> trio.testing.MockClock:
 
 
 @pytest.fixture
-def make_backend(kind: str, tmp_path: Path) -> Callable[[], Backend]:
+def make_backend(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[], Backend]:
+    if kind == "redis":
+        from errands.backends.redis import RedisBackend
+
+        url = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        return lambda: RedisBackend(url, prefix=prefix)
     return lambda: BACKENDS[kind](tmp_path)
 
 
