@@ -7,8 +7,9 @@ come from the URL or from ``ERRANDS_REDIS_USERNAME`` and
 ``ERRANDS_REDIS_PASSWORD``.  It needs Redis 7.0 or newer (or Valkey 7.2+).
 
 Every state change is one Lua script, so each is atomic and one round trip.
-No Redis call runs on the trio thread: each runs in a worker thread on
-redis-py's synchronous client.  A listener thread subscribes to two
+No Redis call runs on the trio thread: an I/O thread sends them with
+redis-py's synchronous client, every call queued meanwhile in one pipeline
+(calls made together share a round trip).  A listener thread subscribes to two
 channels, ``work`` (a task was queued) and ``changes`` (a record changed,
 or a cancel was asked), so idle engines wake on new work and waiters wake
 when another process ends their task, without polling; a slow poll
@@ -41,6 +42,8 @@ the engine reads an expired record as not found before either runs.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import os
 import threading
@@ -79,8 +82,6 @@ T = TypeVar("T")
 EXPIRY_MARGIN = 3600
 #: Ids purged per script call (a script blocks Redis while it runs).
 PURGE_BATCH = 500
-#: Redis calls in flight at once from one backend.
-CONCURRENCY = 16
 
 
 # ---------------------------------------------------------------------- scripts
@@ -467,6 +468,10 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _first(replies: list[Any]) -> Any:
+    return replies[0]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -474,9 +479,34 @@ def _text(value: Any) -> str:
 # ---------------------------------------------------------------------- connection
 
 
+class _Op:
+    """One backend call on its way to Redis: the commands it adds to a
+    pipeline, how to read their replies, and where the answer goes."""
+
+    __slots__ = ("add", "count", "error", "event", "read", "result")
+
+    def __init__(
+        self, add: Callable[[Any], None], count: int, read: Callable[[list[Any]], Any]
+    ) -> None:
+        self.add = add
+        self.count = count
+        self.read = read
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class _Connection:
-    """redis-py's sync client, called from worker threads, and the listener
-    thread that turns published messages into trio wake-ups."""
+    """redis-py's sync client driven by one I/O thread that pipelines calls.
+
+    A call from trio is queued; the I/O thread takes every call queued so
+    far, sends them in one pipeline (one round trip), and hands the answers
+    back to trio in one wake-up.  Calls made together (a burst of submits,
+    the runners of many tasks) share round trips and thread hops; each call
+    stays atomic on its own (a Lua script or one command), and the pipeline
+    is not a transaction.  A second thread, the listener, subscribes to the
+    ``work`` and ``changes`` channels.
+    """
 
     def __init__(self, url: str, prefix: str, **options: Any) -> None:
         self.url = url
@@ -488,50 +518,121 @@ class _Connection:
             "username": options.get("username"),
             "password": options.get("password"),
         }
-        self.client = redis.Redis.from_url(url, max_connections=CONCURRENCY + 2, **settings)
+        self.client = redis.Redis.from_url(url, max_connections=4, **settings)
         # The listener's own client: its thread alone uses and closes it.
         self._listen_client = redis.Redis.from_url(url, max_connections=2, **settings)
-        self.scripts = {
-            name: self.client.register_script(_PRELUDE + src) for name, src in _SCRIPTS.items()
+        self.sources = {name: _PRELUDE + src for name, src in _SCRIPTS.items()}
+        self.shas = {
+            name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
         }
-        self.limiter = trio.CapacityLimiter(CONCURRENCY)
+        self.route = f"{prefix}:seq"  # every key shares the hash tag: this routes the calls
+        self._pending: collections.deque[_Op] = collections.deque()
+        self._work = threading.Event()
         self._stop = threading.Event()
+        self._io: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.on_work: Callable[[], None] = lambda: None
         self.on_changes: Callable[[list[str]], None] = lambda ids: None
         self.on_reconnect: Callable[[], None] = lambda: None
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` (redis calls) in a worker thread; redis errors as BackendError."""
-        return await trio.to_thread.run_sync(self._guarded, fn, limiter=self.limiter)
+    # ------------------------------------------------------------------ calls
+
+    async def call(
+        self, add: Callable[[Any], None], count: int, read: Callable[[list[Any]], T]
+    ) -> T:
+        """Queue ``add(pipeline)`` (``count`` commands) for the I/O thread and
+        return ``read(replies)``; redis errors arrive as BackendError."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._stop.is_set():
+            raise BackendError("redis: the backend is closed")
+        op = _Op(add, count, read)
+        self._pending.append(op)
+        self._work.set()
+        await op.event.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[no-any-return]
+
+    async def script(self, name: str, *args: Any) -> Any:
+        sha = self.shas[name]
+        return await self.call(
+            lambda pipe: pipe.evalsha(sha, 1, self.route, self.prefix, *args), 1, _first
+        )
+
+    async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(lambda pipe: getattr(pipe, method)(*args, **kwargs), 1, _first)
+
+    def _io_loop(self) -> None:
+        while True:
+            self._work.wait(timeout=1.0)
+            self._work.clear()
+            while self._pending:
+                ops: list[_Op] = []
+                while self._pending and len(ops) < 512:
+                    ops.append(self._pending.popleft())
+                self._execute(ops, load_scripts=False)
+            if self._stop.is_set() and not self._pending:
+                return
+
+    def _execute(self, ops: list[_Op], *, load_scripts: bool) -> None:
+        done: list[_Op] = []
+        again: list[_Op] = []
+        try:
+            if load_scripts:
+                for source in self.sources.values():
+                    self.client.script_load(source)
+            pipe = self.client.pipeline(transaction=False)
+            for op in ops:
+                op.add(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the connection failed: every call in the pipeline
+            error = BackendError(f"redis: {type(exc).__name__}: {exc}")
+            for op in ops:
+                op.error = error
+            self._deliver(self._finish, ops)
+            return
+        at = 0
+        for op in ops:
+            answer = replies[at : at + op.count]
+            at += op.count
+            failed = next((r for r in answer if isinstance(r, Exception)), None)
+            if isinstance(failed, redis.exceptions.NoScriptError) and not load_scripts:
+                again.append(op)  # a restarted Redis forgot the scripts: not run
+                continue
+            if failed is not None:
+                op.error = BackendError(f"redis: {type(failed).__name__}: {failed}")
+            else:
+                try:
+                    op.result = op.read(answer)
+                except Exception as exc:  # a reply that does not read
+                    op.error = BackendError(f"redis: unexpected reply: {exc}")
+            done.append(op)
+        if done:
+            self._deliver(self._finish, done)
+        if again:
+            self._execute(again, load_scripts=True)
 
     @staticmethod
-    def _guarded(fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except redis.exceptions.NoScriptError as exc:  # pragma: no cover - retried by Script
-            raise BackendError(f"redis: {exc}") from exc
-        except redis.exceptions.RedisError as exc:
-            raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
-        except OSError as exc:
-            raise BackendError(f"redis: {exc}") from exc
-
-    def script(self, name: str, *args: Any) -> Any:
-        key = f"{self.prefix}:seq"  # every key shares the hash tag: this routes the call
-        return self.scripts[name](keys=[key], args=[self.prefix, *args])
+    def _finish(ops: list[_Op]) -> None:
+        for op in ops:
+            op.event.set()
 
     # ------------------------------------------------------------------ listener
 
-    def start_listener(self) -> None:
+    def start(self) -> None:
+        """Start the I/O and listener threads (from the trio run that uses them)."""
         self._token = trio.lowlevel.current_trio_token()
+        self._io = threading.Thread(target=self._io_loop, name="errands-redis-io", daemon=True)
+        self._io.start()
         self._thread = threading.Thread(target=self._listen, name="errands-redis", daemon=True)
         self._thread.start()
 
-    def stop_listener(self) -> None:
-        # Not joined: it notices within one read timeout, and a message it
-        # delivers after the trio run ended is dropped (RunFinishedError).
+    def stop(self) -> None:
+        # Not joined: the listener notices within one read timeout, and what
+        # either thread delivers after the trio run ended is dropped.
         self._stop.set()
+        self._work.set()
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._token is not None
@@ -580,7 +681,9 @@ class _Connection:
         self._listen_client.close()
 
     def close(self) -> None:
-        self.stop_listener()
+        self.stop()
+        if self._io is not None:
+            self._io.join(timeout=15)  # what was queued is sent first
         self.client.close()
 
 
@@ -608,11 +711,7 @@ class RedisQueue(Queue):
         rank: float | None = None,
     ) -> None:
         rank_ = -priority if rank is None else rank
-        await self._c.run(
-            lambda: self._c.script(
-                "put", task_id, name, int(priority), _num(not_before), _num(rank_)
-            )
-        )
+        await self._c.script("put", task_id, name, int(priority), _num(not_before), _num(rank_))
 
     async def claim(
         self,
@@ -633,7 +732,7 @@ class RedisQueue(Queue):
         args = [owner, _num(now), _num(lease_until), int(limit), *pairs]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: no unseen claims
-            flat = await self._c.run(lambda: self._c.script("claim", *args))
+            flat = await self._c.script("claim", *args)
         return [
             Claim(
                 task_id=_text(flat[i]),
@@ -657,31 +756,27 @@ class RedisQueue(Queue):
         args: list[Any] = [_num(lease_until)]
         for task_id, token in claims:
             args += [task_id, str(token)]
-        answers = await self._c.run(lambda: self._c.script("renew", *args))
+        answers = await self._c.script("renew", *args)
         kinds = (Renewal.LOST, Renewal.RENEWED, Renewal.CANCEL_REQUESTED)
         return [kinds[int(a)] for a in answers]
 
     async def ack(self, task_id: str, token: int) -> bool:
-        return bool(await self._c.run(lambda: self._c.script("ack", task_id, str(token))))
+        return bool(await self._c.script("ack", task_id, str(token)))
 
     async def release(
         self, task_id: str, token: int, *, not_before: float = 0.0, rank: float | None = None
     ) -> bool:
         rank_ = "" if rank is None else _num(rank)
-        return bool(
-            await self._c.run(
-                lambda: self._c.script("release", task_id, str(token), _num(not_before), rank_)
-            )
-        )
+        return bool(await self._c.script("release", task_id, str(token), _num(not_before), rank_))
 
     async def remove(self, task_id: str) -> bool:
-        return bool(await self._c.run(lambda: self._c.script("remove", task_id)))
+        return bool(await self._c.script("remove", task_id))
 
     async def request_cancel(self, task_id: str) -> bool:
-        return bool(await self._c.run(lambda: self._c.script("request_cancel", task_id)))
+        return bool(await self._c.script("request_cancel", task_id))
 
     async def expired(self, now: float) -> list[Claim]:
-        flat = await self._c.run(lambda: self._c.script("expired", _num(now)))
+        flat = await self._c.script("expired", _num(now))
         return [
             Claim(
                 task_id=_text(flat[i]),
@@ -695,20 +790,20 @@ class RedisQueue(Queue):
 
     async def contains(self, task_id: str) -> bool:
         key = f"{self._c.prefix}:e:{task_id}"
-        return bool(await self._c.run(lambda: self._c.client.exists(key)))
+        return bool(await self._c.command("exists", key))
 
     async def next_due(self, names: Sequence[str]) -> float | None:
         if not names:
             await trio.lowlevel.checkpoint()
             return None
-        due = await self._c.run(lambda: self._c.script("next_due", *names))
+        due = await self._c.script("next_due", *names)
         return None if due is None else float(due)
 
     async def depth(self, name: str | None = None) -> int:
-        return int(await self._c.run(lambda: self._c.script("depth", name or "")))
+        return int(await self._c.script("depth", name or ""))
 
     async def position(self, task_id: str) -> int | None:
-        at = await self._c.run(lambda: self._c.script("position", task_id))
+        at = await self._c.script("position", task_id)
         return None if at is None else int(at)
 
     async def wait_for_work(self) -> None:
@@ -762,11 +857,11 @@ class RedisStore(Store):
 
     async def create(self, task: StoredTask) -> bool:
         row = self._row(task)
-        return bool(await self._c.run(lambda: self._c.script("create", *row)))
+        return bool(await self._c.script("create", *row))
 
     async def get(self, task_id: str) -> StoredTask | None:
         key = self._key(task_id)
-        fields = await self._c.run(lambda: self._c.client.hmget(key, _FIELDS))
+        fields = await self._c.command("hmget", key, _FIELDS)
         return _stored(task_id, fields)
 
     async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
@@ -775,13 +870,11 @@ class RedisStore(Store):
             await trio.lowlevel.checkpoint()
             return {}
 
-        def read() -> list[Any]:
-            pipe = self._c.client.pipeline(transaction=False)
+        def add(pipe: Any) -> None:
             for task_id in ids:
                 pipe.hmget(self._key(task_id), _FIELDS)
-            return pipe.execute()
 
-        rows = await self._c.run(read)
+        rows = await self._c.call(add, len(ids), list)
         found = {}
         for task_id, fields in zip(ids, rows, strict=True):
             task = _stored(task_id, fields)
@@ -812,11 +905,11 @@ class RedisStore(Store):
             args += ["1", result.media_type, result.data]
         else:
             args += ["0", "", ""]
-        return bool(await self._c.run(lambda: self._c.script("transition", *args)))
+        return bool(await self._c.script("transition", *args))
 
     async def get_result(self, task_id: str) -> Payload | None:
         key = self._key(task_id)
-        media_type, data = await self._c.run(lambda: self._c.client.hmget(key, ("rm", "rv")))
+        media_type, data = await self._c.command("hmget", key, ("rm", "rv"))
         if media_type is None or data is None:
             return None
         return Payload(
@@ -825,10 +918,10 @@ class RedisStore(Store):
         )
 
     async def delete(self, task_id: str) -> bool:
-        return bool(await self._c.run(lambda: self._c.script("delete", task_id)))
+        return bool(await self._c.script("delete", task_id))
 
     async def delete_expired(self, task_id: str, now: float) -> bool:
-        return bool(await self._c.run(lambda: self._c.script("delete_expired", task_id, _num(now))))
+        return bool(await self._c.script("delete_expired", task_id, _num(now)))
 
     async def list(
         self,
@@ -850,16 +943,14 @@ class RedisStore(Store):
         if limit <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        ids = await self._c.run(lambda: self._c.client.zrevrange(index, offset, offset + limit - 1))
+        ids = await self._c.command("zrevrange", index, offset, offset + limit - 1)
         found = await self.get_many([_text(i) for i in ids])
         return [found[_text(i)] for i in ids if _text(i) in found]
 
     async def purge_expired(self, now: float) -> int:
         purged = 0
         while True:
-            done, looked = await self._c.run(
-                lambda: self._c.script("purge", _num(now), PURGE_BATCH)
-            )
+            done, looked = await self._c.script("purge", _num(now), PURGE_BATCH)
             purged += int(done)
             if int(looked) < PURGE_BATCH:
                 return purged
@@ -868,7 +959,7 @@ class RedisStore(Store):
         args: list[Any] = [batch_id]
         for position, task_id in members:
             args += [position, task_id]
-        await self._c.run(lambda: self._c.script("add_members", *args))
+        await self._c.script("add_members", *args)
 
     async def batch_members(
         self, batch_id: str, *, offset: int = 0, limit: int | None = None
@@ -878,9 +969,7 @@ class RedisStore(Store):
         if limit is not None and limit <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        rows: Any = await self._c.run(
-            lambda: self._c.client.zrange(key, offset, stop, withscores=True)
-        )
+        rows: Any = await self._c.command("zrange", key, offset, stop, withscores=True)
         return [(int(score), _text(member)) for member, score in rows]
 
 
@@ -953,7 +1042,7 @@ class RedisBackend(Backend):
             connection.on_work = self.queue._woken
             connection.on_changes = self._on_changes
             connection.on_reconnect = self._on_reconnect
-            connection.start_listener()
+            connection.start()
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
@@ -993,7 +1082,7 @@ class RedisBackend(Backend):
         args = [*row, int(priority), _num(not_before), _num(rank_)]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            created = await self._connection.run(lambda: self._connection.script("enqueue", *args))
+            created = await self._connection.script("enqueue", *args)
         return bool(created)
 
     async def enqueue_many(
@@ -1012,9 +1101,7 @@ class RedisBackend(Backend):
             args += [*RedisStore._row(task), int(position)]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            answers = await self._connection.run(
-                lambda: self._connection.script("enqueue_many", *args)
-            )
+            answers = await self._connection.script("enqueue_many", *args)
         return [bool(a) for a in answers]
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
@@ -1028,7 +1115,7 @@ class RedisBackend(Backend):
             task.token,
             task.data,
         ]
-        return bool(await self._connection.run(lambda: self._connection.script("begin", *args)))
+        return bool(await self._connection.script("begin", *args))
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:

@@ -131,8 +131,14 @@ class AsyncBatch:
         Raises TimeoutError after ``timeout`` seconds.
         """
         with trio.fail_after(math_inf_if_none(timeout)):
-            async for _ in as_completed(self.tasks):
-                pass
+            # One wait per task, in turn: each reads its task once, so the
+            # whole wait reads the batch once (as_completed would re-read
+            # every unfinished task at each ending).
+            for task in self.tasks:
+                try:
+                    await task.wait()
+                except TaskNotFound:
+                    pass  # expired or gone: final enough
         return await self.counts()
 
     async def results(self, *, order: str = "submission") -> AsyncIterator[BatchResult]:

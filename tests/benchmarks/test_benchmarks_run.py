@@ -45,3 +45,20 @@ def test_batching_quick_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert "ratio batched / one call per task" in done.stdout, done.stdout
     assert "reference: one call per task" in done.stdout, done.stdout
+
+
+@pytest.mark.realtime
+def test_redis_quick_runs() -> None:
+    from tests.tools import find_tool
+
+    find_tool("redis-server", what="the Redis benchmark's smoke run")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "redis.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "errands (submit_many, then wait)" in done.stdout, done.stdout
+    assert "Redis memory per waiting task" in done.stdout, done.stdout
