@@ -19,6 +19,7 @@ BUILTIN_SCHEMES: dict[str, str] = {
     "diskcache": "errands.backends.disk:DiskCacheBackend",
     "redis": "errands.backends.redis:RedisBackend",
     "rediss": "errands.backends.redis:RedisBackend",
+    "unix": "errands.backends.redis:RedisBackend",  # a Redis on a Unix socket
 }
 
 

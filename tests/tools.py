@@ -44,10 +44,11 @@ def _free_port() -> int:
 
 @contextmanager
 def redis_server(
-    directory: Path, *, appendonly: bool = False, port: int | None = None
+    directory: Path, *, appendonly: bool = False, port: int | None = None, unix: bool = False
 ) -> Iterator[str]:
     """A redis-server of our own on 127.0.0.1 (a free port), its data in
-    ``directory``; yields its URL, and stops it by its PID on leaving."""
+    ``directory``; yields its URL (``unix://`` on a socket in ``directory``
+    with ``unix``), and stops it by its PID on leaving."""
     binary = find_tool("redis-server", what="the Redis tests")
     port = port or _free_port()
     directory.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,9 @@ def redis_server(
         "--logfile",
         str(directory / "redis.log"),
     ]
+    socket_path = directory / "redis.sock"
+    if unix:
+        command += ["--unixsocket", str(socket_path), "--unixsocketperm", "700"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
@@ -88,7 +92,7 @@ def redis_server(
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise RuntimeError(f"redis-server did not start:\n{tail}")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"unix://{socket_path}?db=0" if unix else f"redis://127.0.0.1:{port}/0"
     finally:
         if process.poll() is None:
             process.terminate()  # our own, by its PID
