@@ -49,7 +49,7 @@ import os
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import trio
 
@@ -1009,7 +1009,8 @@ class RedisBackend(Backend):
             raise BackendError(
                 f"redis prefix {prefix!r} must be non-empty, without {{}}: or spaces"
             )
-        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        rest = urlencode(query, doseq=True)
+        clean = url.partition("?")[0] + (f"?{rest}" if rest else "")  # unix:/// keeps its ///
         if not parts.username:
             username = username or os.environ.get("ERRANDS_REDIS_USERNAME") or None
         if not parts.password:
