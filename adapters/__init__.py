@@ -7,18 +7,22 @@ The HTTP clients are re-exported lazily by ``errands`` as
 from __future__ import annotations
 
 from .client import (
+    AsyncHTTPBatch,
     AsyncHTTPClient,
     AsyncHTTPEndpoint,
     AsyncHTTPTask,
+    HTTPBatch,
     HTTPEndpoint,
     HTTPTask,
     SyncHTTPClient,
 )
 
 __all__ = [
+    "AsyncHTTPBatch",
     "AsyncHTTPClient",
     "AsyncHTTPEndpoint",
     "AsyncHTTPTask",
+    "HTTPBatch",
     "HTTPEndpoint",
     "HTTPTask",
     "SyncHTTPClient",

@@ -1,4 +1,5 @@
-"""The client commands of ``errands``: submit, status, get, cancel, retry, ls, wait.
+"""The client commands of ``errands``: submit, status, get, cancel, retry, ls, wait,
+and the batch commands (``submit-many``, ``wait --batch``, ``results``: ``_cli_batches``).
 
 They talk to a running server (``errands serve``, or any errands server)
 through :class:`~errands.adapters.SyncHTTPClient`; ``--url`` and ``--token``
@@ -9,10 +10,12 @@ Their exit codes are a contract scripts can rely on (:data:`EXIT_CODES`, also
 shown by ``errands --help``)::
 
     0    success (wait: every task succeeded; get: the result was written)
-    1    a task failed or was cancelled (wait, get, submit --wait)
-    2    bad usage or invalid arguments (each bad field named on stderr)
-    3    no such task (unknown, expired or malformed id)
-    4    not ready (get or retry of an unfinished task), or cannot cancel
+    1    a task failed or was cancelled (wait, get, submit --wait, results)
+    2    bad usage or invalid arguments (each bad field named on stderr;
+         submit-many: some lines were refused, the others accepted)
+    3    no such task or batch (unknown, expired or malformed id)
+    4    not ready (get or retry of an unfinished task; results --no-wait
+         with tasks not final), or cannot cancel
     5    the server cannot be reached, or answered with an error
     124  wait --timeout (or submit --wait --timeout) expired
 
@@ -26,11 +29,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import errands
 from errands import (
+    BatchNotFound,
     CannotCancel,
     EngineClosed,
     EngineUnavailable,
@@ -61,16 +65,20 @@ TIMED_OUT = 124
 EXIT_CODES = """\
 exit codes:
   0    success (wait: every task succeeded; get: the result was written)
-  1    a task failed or was cancelled (wait, get, submit --wait);
+  1    a task failed or was cancelled (wait, get, submit --wait, results);
        serve and worker: any other failure
-  2    bad usage or invalid arguments (each bad field named on stderr)
-  3    no such task (unknown, expired or malformed id)
-  4    not ready (get or retry of an unfinished task), or cannot cancel
+  2    bad usage or invalid arguments (each bad field named on stderr;
+       submit-many: some lines were refused, the others were accepted)
+  3    no such task or batch (unknown, expired or malformed id)
+  4    not ready (get or retry of an unfinished task; results --no-wait
+       with tasks not final), or cannot cancel
   5    the server cannot be reached, or answered with an error
   124  wait --timeout (or submit --wait --timeout) expired
 """
 
-COMMANDS = frozenset({"submit", "status", "get", "cancel", "retry", "ls", "wait"})
+COMMANDS = frozenset(
+    {"submit", "status", "get", "cancel", "retry", "ls", "wait", "submit-many", "results"}
+)
 
 #: Per-task word of ``wait`` for an id the server does not know (or no longer).
 NOT_FOUND_WORD = "not_found"
@@ -165,18 +173,27 @@ def add_commands(sub: Any) -> None:
     ls.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     ls.add_argument("--json", action="store_true", help="a JSON list of statuses")
 
-    wait = add("wait", "wait for tasks to finish; prints 'ID status' as each does")
-    wait.add_argument("task_ids", nargs="+", metavar="ID", help="task ids (- reads stdin)")
+    wait = add(
+        "wait",
+        "wait for tasks to finish; prints 'ID status' as each does (--batch: the batch's "
+        "counts once all are final)",
+    )
+    wait.add_argument("task_ids", nargs="*", metavar="ID", help="task ids (- reads stdin)")
+    wait.add_argument("--batch", metavar="ID", help="wait for every task of this batch")
     wait.add_argument(
         "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 124)"
     )
+
+    from ._cli_batches import add_batch_commands
+
+    add_batch_commands(add)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one client command; returns its exit code (never raises)."""
     try:
         with SyncHTTPClient(args.url, token=args.token) as client:
-            return _COMMANDS[args.command](client, args)
+            return _command(args.command)(client, args)
     except Stop as stop:
         _say(*stop.messages)
         return stop.code
@@ -186,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     except InvalidArguments as exc:
         _say(f"invalid arguments for task {exc.task_name!r}:", *(str(e) for e in exc.errors))
         return USAGE
-    except TaskNotFound as exc:
+    except (TaskNotFound, BatchNotFound) as exc:
         _say(str(exc))
         return NOT_FOUND
     except CannotCancel as exc:
@@ -328,6 +345,12 @@ def _code(status: TaskStatus | None) -> int:
 
 
 def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        from ._cli_batches import wait_batch
+
+        return wait_batch(client, args)
+    if not args.task_ids:
+        raise Stop(USAGE, "task ids (ID ..., or - for stdin) or --batch ID are required")
     from tqdm import tqdm
 
     tasks = [client.get_task(task_id) for task_id in _ids(args.task_ids)]
@@ -371,6 +394,14 @@ def _info_or_none(task: HTTPTask) -> TaskInfo | None:
         return task.get_info()
     except TaskNotFound:
         return None
+
+
+def _command(name: str) -> Callable[[SyncHTTPClient, argparse.Namespace], int]:
+    if name in _COMMANDS:
+        return _COMMANDS[name]
+    from . import _cli_batches
+
+    return {"submit-many": _cli_batches.submit_many, "results": _cli_batches.results}[name]
 
 
 _COMMANDS = {

@@ -4,6 +4,9 @@ Every operation is a generator that yields steps (:class:`Call` an HTTP
 request, :class:`Sleep`, :class:`Clock`) and gets back their results; the
 sync client drives it with httpx.Client and ``time``, the async one with
 httpx.AsyncClient and anyio (so it runs under trio and asyncio alike).
+Streamed answers (a batch's results) use :class:`Open` and :class:`Line`,
+and a flow that produces values as it goes hands each out with
+:class:`Emit` (the clients' ``_iterate`` drivers yield them).
 Nothing here does I/O, which keeps the two clients identical by construction.
 """
 
@@ -41,7 +44,10 @@ from ._wire import (
 __all__ = [
     "Call",
     "Clock",
+    "Emit",
     "Flow",
+    "Line",
+    "Open",
     "Sleep",
     "cancel",
     "get",
@@ -85,7 +91,33 @@ class Clock:
     """Ask for the current (monotonic) time."""
 
 
-Step = Call | Sleep | Clock
+@attrs.frozen
+class Open:
+    """Send a request whose answer is streamed: the reply is the response with
+    its body not read yet (read whole when its status is 400 or more).  The
+    driver closes it when the flow ends.  ``hold``: the longest silence
+    between parts of the body, added to the read timeout."""
+
+    request: Mapping[str, Any]
+    hold: float = 0.0
+
+
+@attrs.frozen(eq=False)
+class Line:
+    """The next line of an :class:`Open` response (text, without its line
+    ending); None at the end of the body."""
+
+    response: httpx.Response
+
+
+@attrs.frozen(eq=False)
+class Emit:
+    """Hand ``value`` to whoever iterates the flow (the reply is None)."""
+
+    value: Any
+
+
+Step = Call | Sleep | Clock | Open | Line | Emit
 Flow = Generator[Step, Any, Any]
 
 

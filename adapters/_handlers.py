@@ -43,7 +43,7 @@ from ._protocol import (
 )
 from ._waiting import EventStream
 
-__all__ = ["Handlers"]
+__all__ = ["Handlers", "submit_options"]
 
 _JSON = [(b"content-type", b"application/json")]
 
@@ -112,12 +112,7 @@ class Handlers:
             arguments = request_json(body, empty={})
         if not isinstance(arguments, dict):
             raise HTTPError(400, "the body must be a JSON object of named arguments")
-        priority = number(query, "priority", int, default=0)
-        if not -(2**31) <= priority < 2**31:
-            raise HTTPError(400, "priority must be between -2**31 and 2**31 - 1")
-        delay = number(query, "delay", float, default=None)
-        if delay is not None and (delay < 0 or not math.isfinite(delay)):
-            raise HTTPError(400, "delay must be a non-negative number of seconds")
+        priority, delay = submit_options(query)
         access = await self.life.start_if_needed()
         repeat = False
         if self.max_pending is not None and idempotency_key is not None:
@@ -146,14 +141,15 @@ class Handlers:
             self._submitting -= 1
         return json_answer(200, {"task_id": record.id, "status": self._name(record.status)})
 
-    async def _check_queue_room(self, access: EngineAccess) -> None:
-        """429 with ``Retry-After`` while ``max_pending`` tasks wait (submits
-        and retries under way included)."""
+    async def _check_queue_room(self, access: EngineAccess, count: int = 1) -> None:
+        """429 with ``Retry-After`` unless ``count`` more tasks fit under
+        ``max_pending`` (submits and retries under way included; the caller
+        counted its ``count`` in ``_submitting``)."""
         if self.max_pending is None:
             return
         depth = await self.call(access, access.engine.backend.queue.depth)
-        waiting = depth + self._submitting - 1
-        if waiting >= self.max_pending:
+        waiting = depth + self._submitting - count
+        if waiting + count > self.max_pending:
             message = (
                 f"the queue is full ({waiting} tasks waiting, max_pending {self.max_pending}); "
                 "retry later"
@@ -311,6 +307,8 @@ class Handlers:
                 "max_wait": self.max_wait,
                 "wait_many": True,  # POST /tasks/wait
                 "events": True,  # GET <route>/events
+                "batches": True,  # <route>/submit_many and /batches/<id>
+                "max_batch_page": self.http.max_batch_page,
             }
             self._schema = json_bytes(
                 {"name": self.service.name, "type": "service", "routes": routes, "errands": extra}
@@ -330,6 +328,17 @@ class Handlers:
                 document = {**document, "servers": [{"url": root_path}]}
             cached = self._openapi[root_path] = json_bytes(document)
         return 200, list(_JSON), cached
+
+
+def submit_options(query: dict[str, list[str]]) -> tuple[int, float | None]:
+    """A submit's ``?priority=`` and ``?delay=`` (400 when out of range)."""
+    priority = number(query, "priority", int, default=0)
+    if not -(2**31) <= priority < 2**31:
+        raise HTTPError(400, "priority must be between -2**31 and 2**31 - 1")
+    delay = number(query, "delay", float, default=None)
+    if delay is not None and (delay < 0 or not math.isfinite(delay)):
+        raise HTTPError(400, "delay must be a non-negative number of seconds")
+    return priority, delay
 
 
 def _submit_call(

@@ -27,6 +27,7 @@ from errands import EngineOptions, Payload, Service, TaskDefinition, TaskStatus
 from errands._convert import media_type_of
 from errands._options import DEFAULTS
 
+from ._batch_wire import JSONL_TYPES, RESULT_ORDERS, batch_schemas
 from ._jsonschema import JSON, form_schema, input_schema, output_schema
 from ._options import HTTP_DEFAULTS, HTTPOptions
 from ._protocol import STATUS_NAMES, error_schemas, info_schema, status_name, status_names
@@ -241,10 +242,206 @@ class _Builder:
             submit["description"] = doc
         return submit
 
+    def _submit_many(self, d: TaskDefinition) -> JSON:
+        http = self.http
+        options = [p for p in self._submit(d)["parameters"]]  # priority, delay, Idempotency-Key
+        jsonl = {"type": "string", "description": "One JSON object of arguments per line."}
+        stopped = _response(
+            "Stopped part way: the error, with the entries of the items answered before it",
+            {"$ref": "#/components/schemas/BatchStopped"},
+            headers=_RETRY_AFTER,
+        )
+        return {
+            "operationId": f"{d.name}_submit_many",
+            "summary": f"Submit many {d.name} tasks in one batch",
+            "description": (
+                "One task per item, validated item by item: the answer lists one entry per"
+                " item, in order, with its `task_id` or its `error` (the body `submit`"
+                " answers for it), and valid items are accepted even when others are not."
+                f"  A JSON array is read whole (at most {http.max_body_size} bytes); JSON"
+                f" Lines ({', '.join(JSONL_TYPES)}) are read as they arrive, each line at most"
+                f" {http.max_body_size} bytes, blank lines skipped, a line that is not JSON"
+                " that item's error.  `batch_id` and `offset` continue a batch in another"
+                " request.  Stopped part way (a full queue, a storage fault), the error answer"
+                " carries the entries so far and `next_offset`, the index to resume from."
+            ),
+            "tags": [d.name],
+            "parameters": [
+                *options,
+                {
+                    "name": "batch_id",
+                    "in": "query",
+                    "required": False,
+                    "description": "Add the items to this batch (from an earlier answer).",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "required": False,
+                    "description": "The index of the first item in the batch (default 0).",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**62 - 1},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "array",
+                            "description": (
+                                "Objects of the task's arguments, as `submit` takes them;"
+                                " any other item is refused in its entry."
+                            ),
+                            "items": {"anyOf": [input_schema(d, self.defs), {}]},
+                        }
+                    },
+                    **{media: {"schema": jsonl} for media in JSONL_TYPES},
+                },
+            },
+            "responses": self._common(
+                {
+                    "200": _response(
+                        "One entry per item", {"$ref": "#/components/schemas/BatchSubmitted"}
+                    ),
+                    "400": _error(
+                        "The body is not a JSON array, or a query parameter or the"
+                        " idempotency key is out of range"
+                    ),
+                    "408": _error(
+                        f"A part of the body did not come within {http.read_timeout:g} s"
+                    ),
+                    "413": _error(f"The JSON array is larger than {http.max_body_size} bytes"),
+                    "409": _error("`batch_id` names a batch of another task endpoint"),
+                    "415": _error("The body is neither a JSON array nor JSON Lines"),
+                    **({"429": stopped} if http.max_pending is not None else {}),
+                    "503": stopped,
+                }
+            ),
+        }
+
+    def _batch_routes(self) -> JSON:
+        http = self.http
+        batch_id = {
+            "name": "batch_id",
+            "in": "path",
+            "required": True,
+            "description": "The batch id given by submit_many.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+        }
+        info = {"$ref": "#/components/schemas/BatchInfo"}
+        unknown = _error("Unknown batch, or all its tasks expired")
+        down = _error("The engine is not running, or its storage fails")
+        busy = _error(
+            f"The engine is not running, or {http.max_held} requests are held already",
+            retry_after=True,
+        )
+        cancel = {
+            "summary": "Cancel every task of a batch that is not final",
+            "tags": ["batches"],
+            "parameters": [batch_id],
+            "responses": self._common(
+                {"200": _response("The counts then", info), "404": unknown, "503": down}
+            ),
+        }
+        lines_doc = (
+            "JSON Lines (`application/x-ndjson`), one `BatchResultLine` object per final"
+            " task: in submission order, or as they finish (`order=completed`).  A result"
+            " that is not JSON or text is not inlined: the line names its `result_url`"
+            " (`get`).  `wait=false` (default): the tasks final now, then the stream ends;"
+            " `wait=true`: every task, each as soon as it is final (a blank line after 15 s"
+            " of silence).  A stream cut short by a server that drains is asked for again."
+        )
+        return {
+            "/batches/{batch_id}": {
+                "get": {
+                    "operationId": "batch_info",
+                    "summary": "A batch's counts by status, progress, and a page of its task ids",
+                    "tags": ["batches"],
+                    "parameters": [
+                        batch_id,
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "required": False,
+                            "description": "Task ids to skip (default 0).",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**62 - 1},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "description": f"Task ids in the page (default {http.batch_page}).",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": http.max_batch_page,
+                            },
+                        },
+                        self._wait(
+                            "Hold the request until every task is final or this many seconds pass."
+                        ),
+                    ],
+                    "responses": self._common(
+                        {
+                            "200": _response("The batch", info),
+                            "400": _error("A bad offset, limit or wait"),
+                            "404": unknown,
+                            "503": busy,
+                        }
+                    ),
+                }
+            },
+            "/batches/{batch_id}/results": {
+                "get": {
+                    "operationId": "batch_results",
+                    "summary": "A batch's results, as JSON Lines",
+                    "description": lines_doc,
+                    "tags": ["batches"],
+                    "parameters": [
+                        batch_id,
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": list(RESULT_ORDERS)},
+                        },
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "description": "Stream until every task is final (default false).",
+                            "schema": {"type": "boolean"},
+                        },
+                    ],
+                    "responses": self._common(
+                        {
+                            "200": _response(
+                                "One line per final task",
+                                {
+                                    "type": "string",
+                                    "description": "BatchResultLine objects, one a line.",
+                                },
+                                JSONL_TYPES[0],
+                            ),
+                            "400": _error("A bad order or wait"),
+                            "404": unknown,
+                            "503": busy,
+                        }
+                    ),
+                }
+            },
+            "/batches/{batch_id}/cancel": {
+                "post": {**cancel, "operationId": "batch_cancel_post"},
+                "put": {**cancel, "operationId": "batch_cancel_put"},
+            },
+        }
+
     def _task_routes(self, d: TaskDefinition) -> JSON:
         name = d.name
         busy = f"The engine is not running, or {self.http.max_held} requests are held already"
         paths: JSON = {f"{d.route}/submit": {"post": self._submit(d)}}
+        paths[f"{d.route}/submit_many"] = {"post": self._submit_many(d)}
         paths[f"{d.route}/status"] = {
             "get": {
                 "operationId": f"{name}_status",
@@ -528,6 +725,7 @@ class _Builder:
                 },
                 "required": ["done", "missing", "pending"],
             },
+            **batch_schemas(bentoml_compat=self.compat, max_batch_page=self.http.max_batch_page),
             **self.defs,
         }
 
@@ -536,6 +734,7 @@ class _Builder:
         for d in self.service.tasks.values():
             paths.update(self._task_routes(d))
         paths.update(self._server_routes())
+        paths.update(self._batch_routes())
         components: JSON = {"schemas": self._schemas()}
         document: JSON = {
             "openapi": "3.1.0",

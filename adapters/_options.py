@@ -63,6 +63,10 @@ class HTTPOptions:
             answers every name (a host app that checks them itself).
         read_timeout: seconds a request body may take to arrive (408 past
             it), so a client that stalls half way holds nothing for long.
+            A streamed ``submit_many`` (JSON Lines) has no total time: each
+            of its chunks must arrive within it instead.
+        batch_page: task ids in one ``GET /batches/<id>`` page by default.
+        max_batch_page: the largest ``?limit=`` that page takes (400 above).
     """
 
     bentoml_compat: bool = False
@@ -76,6 +80,15 @@ class HTTPOptions:
     expose_tracebacks: bool = False
     allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_hosts)
     read_timeout: float = attrs.field(default=30.0, validator=[_seconds, attrs.validators.gt(0)])
+    batch_page: int = attrs.field(default=1000, validator=_count(1))
+    max_batch_page: int = attrs.field(default=10_000, validator=_count(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.batch_page > self.max_batch_page:
+            raise ValueError(
+                f"batch_page ({self.batch_page}) must not exceed max_batch_page "
+                f"({self.max_batch_page})"
+            )
 
 
 HTTP_DEFAULTS = HTTPOptions()

@@ -35,6 +35,7 @@ from errands import (
     Attempt,
     AttemptOutcome,
     BackendError,
+    BatchNotFound,
     CannotCancel,
     EngineClosed,
     EngineUnavailable,
@@ -479,6 +480,12 @@ ERRORS: dict[type[ErrandsError], ErrorKind] = {
         fields=lambda e, name: {"task_id": e.task_id},
         rebuild=lambda a: TaskNotFound(a.task),
     ),
+    BatchNotFound: ErrorKind(
+        "BatchNotFound",
+        404,
+        fields=lambda e, name: {"batch_id": e.batch_id},
+        rebuild=lambda a: BatchNotFound(a.text("batch_id")),
+    ),
     TaskNotReady: ErrorKind(
         "TaskNotReady",
         409,
@@ -615,12 +622,13 @@ def error_schemas(*, bentoml_compat: bool = False) -> dict[str, JSON]:
                 "type": "string",
                 "description": (
                     "The errands exception the answer stands for (TaskNotFound,"
-                    " TaskNotReady, CannotCancel, TaskCancelled, TaskFailed,"
+                    " BatchNotFound, TaskNotReady, CannotCancel, TaskCancelled, TaskFailed,"
                     " InvalidArguments, EngineUnavailable, EngineClosed), else the"
                     " HTTP status's name (BadRequest, NotFound, ...)."
                 ),
             },
             "task_id": text,
+            "batch_id": text,
             "status": {"type": "string", "enum": status_names(bentoml_compat=bentoml_compat)},
             "reason": text,
             "task_error": text,

@@ -14,6 +14,8 @@ from urllib.parse import parse_qs
 import anyio
 
 from ._answers import Answer, one
+from ._batch_routes import BATCH_ACTIONS, BatchRoutes, LinesStream
+from ._batch_submit import BatchSubmit
 from ._handlers import Handlers
 from ._options import HTTPOptions
 from ._protocol import HTTPError
@@ -38,7 +40,10 @@ ACTIONS = {
     "cancel": ("POST", "PUT"),
     "retry": ("PUT", "POST"),
     "events": ("GET",),
+    "submit_many": ("POST",),
 }
+#: Where the batch routes live: ``/batches/<id>``, ``.../results``, ``.../cancel``.
+BATCHES = "/batches/"
 
 
 class Router:
@@ -53,6 +58,8 @@ class Router:
         hosts: HostAllowList | None,
     ) -> None:
         self.handlers = handlers
+        self.batches = BatchRoutes(handlers)
+        self.submit_many = BatchSubmit(handlers)
         self.life = handlers.life
         self.routes = {d.route: d for d in handlers.definitions.values()}
         self.http = http
@@ -60,7 +67,7 @@ class Router:
         self.auth = auth
         self.hosts = hosts
 
-    async def dispatch(self, scope: Scope, receive: Receive) -> Answer | EventStream:
+    async def dispatch(self, scope: Scope, receive: Receive) -> Answer | EventStream | LinesStream:
         """The answer to an HTTP request (raises HTTPError for an error answer)."""
         path: str = scope["path"]
         root = scope.get("root_path") or ""
@@ -111,15 +118,31 @@ class Router:
             )
         prefix, _, action = path.rpartition("/")
         definition = self.routes.get(prefix or "/")
+        if (definition is None or action not in ACTIONS) and path.startswith(BATCHES):
+            batch_id, _, batch_action = path[len(BATCHES) :].partition("/")
+            if batch_action in BATCH_ACTIONS:
+                _allow(method, BATCH_ACTIONS[batch_action])
+                return await self.batches.dispatch(batch_action, batch_id, query, root)
         if definition is None or action not in ACTIONS:
             routes = ", ".join(sorted(self.routes))
             raise HTTPError(
                 404,
                 f"no route {path[:200]}; the task endpoints are {routes}, each with "
-                f"/{', /'.join(ACTIONS)} (and /tasks, /tasks/wait, /readyz, /livez, "
+                f"/{', /'.join(ACTIONS)} (and /tasks, /tasks/wait, /batches/<id>, "
+                "/batches/<id>/results, /batches/<id>/cancel, /readyz, /livez, "
                 "/schema.json, /openapi.json, /metrics)",
             )
         _allow(method, ACTIONS[action])
+        if action == "submit_many":
+            return await self.submit_many(
+                definition,
+                scope,
+                receive,
+                query,
+                _header(scope, b"content-type"),
+                _header(scope, b"idempotency-key") or None,
+                self._read_body,
+            )
         if action == "submit":
             content_type = _header(scope, b"content-type")
             media = content_type.split(";", 1)[0].strip().lower()

@@ -26,6 +26,7 @@ from errands._open import build_options
 from errands._options import DEFAULTS
 
 from ._answers import Answer, json_bytes
+from ._batch_routes import LinesStream
 from ._bridge import BridgedEngine, EngineAccess, LocalEngine
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
@@ -184,7 +185,7 @@ class ErrandsApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer: Answer | EventStream
+        answer: Answer | EventStream | LinesStream
         try:
             answer = await self._router.dispatch(scope, receive)
         except HTTPError as exc:
@@ -192,7 +193,7 @@ class ErrandsApp:
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             answer = _error_answer(HTTPError(500, "internal server error"))
-        if isinstance(answer, EventStream):
+        if isinstance(answer, EventStream | LinesStream):
             await answer.run(send, receive)  # its own errors: after the start, no 500
             return
         status, headers, body = answer
@@ -222,6 +223,8 @@ def create_app(
     expose_tracebacks: bool = HTTP_DEFAULTS.expose_tracebacks,
     allowed_hosts: Iterable[str] | None = HTTP_DEFAULTS.allowed_hosts,
     read_timeout: float = HTTP_DEFAULTS.read_timeout,
+    batch_page: int = HTTP_DEFAULTS.batch_page,
+    max_batch_page: int = HTTP_DEFAULTS.max_batch_page,
     ttl: float = DEFAULTS.ttl,
     lease: float = DEFAULTS.lease,
     workers: int = DEFAULTS.workers,
@@ -241,7 +244,7 @@ def create_app(
             auth (for a loopback server, or a host app that checks itself).
         bentoml_compat, max_body_size, max_pending, max_wait, max_held,
             max_wait_ids, max_parts, hide_errors, expose_tracebacks, allowed_hosts,
-            read_timeout: see
+            read_timeout, batch_page, max_batch_page: see
             ``errands.adapters.HTTPOptions``.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, see :class:`errands.EngineOptions`.
@@ -262,6 +265,8 @@ def create_app(
         expose_tracebacks=expose_tracebacks,
         allowed_hosts=allowed_hosts,
         read_timeout=read_timeout,
+        batch_page=batch_page,
+        max_batch_page=max_batch_page,
     )
     return ErrandsApp(
         service,

@@ -163,6 +163,9 @@ def test_openapi_has_every_route_and_method() -> None:
         "/livez": {"get"},
         "/tasks": {"get"},
         "/tasks/wait": {"post"},
+        "/batches/{batch_id}": {"get"},
+        "/batches/{batch_id}/results": {"get"},
+        "/batches/{batch_id}/cancel": {"post", "put"},
     }
     for definition in svc.tasks.values():
         route = definition.route
@@ -173,6 +176,7 @@ def test_openapi_has_every_route_and_method() -> None:
             f"{route}/cancel": {"post", "put"},
             f"{route}/retry": {"put", "post"},
             f"{route}/events": {"get"},
+            f"{route}/submit_many": {"post"},
         }
     assert {path: set(item) for path, item in SPEC["paths"].items()} == expected
     operation_ids = [op["operationId"] for item in SPEC["paths"].values() for op in item.values()]
