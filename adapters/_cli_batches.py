@@ -33,7 +33,7 @@ from errands import InvalidArguments
 
 from ._cli_client import NOT_READY, OK, TASK_FAILED, USAGE, Stop
 from ._protocol import STATUS_NAMES
-from .client import HTTPBatch, SyncHTTPClient
+from .client import SyncHTTPClient
 
 __all__ = ["add_batch_commands", "results", "submit_many", "wait_batch"]
 
@@ -172,7 +172,7 @@ def wait_batch(client: SyncHTTPClient, args: argparse.Namespace) -> int:
     """``errands wait --batch ID``: prints ``ID success=N failure=N ... total=N``."""
     if args.task_ids:
         raise Stop(USAGE, "give task ids or --batch, not both")
-    batch = HTTPBatch(client, args.batch, "", [])  # waiting needs no task ids
+    batch = client.get_batch(args.batch)  # BatchNotFound before any wait
     with _bar(None) as bar:
 
         def progress(counts: dict[str, int]) -> None:
