@@ -62,3 +62,17 @@ def test_redis_quick_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert "errands (submit_many, then wait)" in done.stdout, done.stdout
     assert "Redis memory per waiting task" in done.stdout, done.stdout
+
+
+@pytest.mark.realtime
+def test_batch_submit_quick_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "batch_submit.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ratio submit_many / one request per task" in done.stdout, done.stdout
+    assert "ratio submit_many / submit per task" in done.stdout, done.stdout
