@@ -130,7 +130,7 @@ class AsyncBatch:
 
         Raises TimeoutError after ``timeout`` seconds.
         """
-        with trio.fail_after(math_inf_if_none(timeout)):
+        with trio.move_on_after(math_inf_if_none(timeout)) as scope:
             # One wait per task, in turn: each reads its task once, so the
             # whole wait reads the batch once (as_completed would re-read
             # every unfinished task at each ending).
@@ -139,6 +139,8 @@ class AsyncBatch:
                     await task.wait()
                 except TaskNotFound:
                     pass  # expired or gone: final enough
+        if scope.cancelled_caught:
+            raise TimeoutError(f"batch {self.id} not finished after {timeout} s")
         return await self.counts()
 
     async def results(self, *, order: str = "submission") -> AsyncIterator[BatchResult]:

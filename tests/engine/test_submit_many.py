@@ -128,6 +128,8 @@ async def test_cancel_stops_what_has_not_finished(
     ) as client:
         batch = await client.forever.submit_many({"x": x} for x in range(5))
         await trio.sleep(1)  # two run, three wait
+        with pytest.raises(TimeoutError, match="not finished after 1 s"):
+            await batch.wait(timeout=1)
         counts = await batch.cancel()
         assert counts["cancelled"] == 5
         assert all([await t.get_status() is TaskStatus.CANCELLED for t in batch.tasks])
