@@ -180,6 +180,8 @@ class Router:
                 except ValueError:
                     raise HTTPError(400, "bad content-length header") from None
                 if declared > limit:
+                    if declared <= _drain_budget(limit):
+                        await self._drain(receive)
                     raise HTTPError(413, _too_large(limit))
         chunks: list[bytes] = []
         size = 0
@@ -199,10 +201,33 @@ class Router:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                if message.get("more_body", False):
+                    await self._drain(receive, _drain_budget(limit) - size)
                 raise HTTPError(413, _too_large(limit))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+    async def _drain(self, receive: Receive, budget: int | None = None) -> None:
+        """Read and drop the rest of a body that is too large, up to ``budget``
+        bytes and the read timeout, so the client (still sending) gets to read
+        the 413 answer instead of a reset connection.  Beyond that, the answer
+        goes out anyway and the server closes the connection."""
+        left = _drain_budget(self.max_body_size) if budget is None else budget
+        with anyio.move_on_after(self.http.read_timeout):
+            while left > 0:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+
+def _drain_budget(limit: int) -> int:
+    """How much of a too-large body the server reads and drops before answering."""
+    return max(16 * limit, 1 << 20)
 
 
 def _too_large(limit: int) -> str:
