@@ -83,6 +83,13 @@ def test_a_server_and_two_workers_share_thousands_of_tasks(
         assert answer.json()["status"] == "cancelled", answer.text
         assert slow_task.get_status() is errands.TaskStatus.CANCELLED
 
+        # A long poll on the server (no task slots) wakes when a worker ends the task.
+        napping = client.record.submit(n=3, pause=1.0)
+        held = httpx.get(
+            f"{base}/record/status", params={"task_id": napping.id, "wait": 30}, timeout=40
+        )
+        assert held.json()["status"] == "success", held.text
+
         # Retry in-process a task that ran on a worker: it runs on a worker again.
         again = batch.tasks[7].retry()
         assert again.wait(timeout=30) is errands.TaskStatus.SUCCESS
