@@ -208,7 +208,6 @@ class Router:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-
     async def _drain(self, receive: Receive, budget: int | None = None) -> None:
         """Read and drop the rest of a body that is too large, up to ``budget``
         bytes and the read timeout, so the client (still sending) gets to read
