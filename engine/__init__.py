@@ -35,6 +35,7 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
+from ._events import EventKind, Histogram, TaskEvent, TaskStats
 from ._model import Attempt, AttemptError, AttemptOutcome, Claim, StoredTask, TaskError, TaskInfo
 from ._open import open_engine
 from ._options import EngineOptions
@@ -66,8 +67,10 @@ __all__ = [
     "EngineStatistics",
     "EngineUnavailable",
     "ErrandsError",
+    "EventKind",
     "FieldError",
     "FinalError",
+    "Histogram",
     "InvalidArguments",
     "InvalidTransition",
     "LimitExceeded",
@@ -86,11 +89,13 @@ __all__ = [
     "TaskContext",
     "TaskDefinition",
     "TaskError",
+    "TaskEvent",
     "TaskFailed",
     "TaskInfo",
     "TaskNotFound",
     "TaskNotReady",
     "TaskOptions",
+    "TaskStats",
     "TaskStatus",
     "as_completed",
     "current_task",

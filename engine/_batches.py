@@ -199,6 +199,8 @@ class BatchWriter:
         engine.core.health.clear("submit")
         self.accepted += sum(1 for at, _ in records if answers[at].accepted)
         engine.core.submitted += sum(created)
+        fresh = [record.id for (_, record), new in zip(records, created, strict=True) if new]
+        engine.core.events.submitted_together(self.id, self.name, fresh)
         engine.wake_for(self.name)
 
     async def _existing(self, answer: BatchItem, record: TaskRecord) -> BatchItem:

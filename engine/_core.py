@@ -15,6 +15,7 @@ import attrs
 from . import _aging
 from ._backend import Backend, Queue, Store
 from ._define import TaskDefinition
+from ._events import Events
 from ._health import Health
 from ._options import EngineOptions
 from ._watching import Watchers
@@ -34,6 +35,7 @@ class Core:
     wake: Callable[[], None]
     watchers: Watchers = attrs.field(factory=Watchers)
     health: Health = attrs.field(factory=Health)
+    events: Events = attrs.field(factory=Events)
     submitted: int = 0
     finished: int = 0
     #: Set once the engine stops claiming: a task claimed now is handed back.

@@ -50,6 +50,7 @@ from ._errors import (
     TaskNotFound,
     TaskNotReady,
 )
+from ._events import TaskEvent, TaskStats
 from ._health import HOLD, Health, State
 from ._model import (
     Claim,
@@ -100,6 +101,8 @@ class EngineStatistics:
     storage_error: str | None
     #: Storage faults met since the engine started (each retried).
     storage_faults: int
+    #: Counts and timings per task endpoint (:class:`errands.TaskStats`).
+    tasks: Mapping[str, TaskStats] = attrs.field(factory=dict)
 
 
 def idempotent_id(service: str, name: str, key: str) -> str:
@@ -329,7 +332,22 @@ class Engine:
             ready=health.ready,
             storage_error=health.storage_error,
             storage_faults=health.total_faults,
+            tasks=self.core.events.stats(self._running_by_name()),
         )
+
+    def _running_by_name(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runner.running.values():
+            name = run.definition.name
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def listen(self, listener: Callable[[TaskEvent], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` (on the engine's trio thread) for every task
+        event this engine brings about from now on; returns the function that
+        stops it.  See ``errands.TaskEvent``."""
+        stop: Callable[[], None] = self.core.events.listen(listener)
+        return stop
 
     def check_open(self) -> None:
         """Raise :class:`~errands.EngineClosed` unless the engine runs."""
@@ -414,8 +432,8 @@ class Engine:
             log.debug("idempotent repeat of %s %s", name, record.id)
             return existing
         self.core.submitted += 1
+        self.core.events.submitted(record.id, name)
         self.wake_for(name)
-        log.debug("submitted %s %s", name, record.id)
         return record
 
     def check_accepting(self) -> None:
@@ -670,8 +688,8 @@ class Engine:
             if await self.core.store.transition(StoredTask.from_record(cancelled), expect=PENDING):
                 await self.core.queue.remove(task_id)
                 self.core.finished += 1
+                self.core.events.cancelled_waiting(task_id, record.name)
                 self.core.watchers.notify(task_id, cancelled)
-                log.debug("cancelled pending %s", task_id)
                 return CANCELLED
             record = await self.load(task_id)  # it moved on meanwhile
         if record.status is IN_PROGRESS:

@@ -28,6 +28,7 @@ from ._convert import Payload, check_result, encode_result, pixel_limit, type_na
 from ._core import Core
 from ._define import TaskDefinition
 from ._errors import BackendError, FieldError, FinalError, InvalidArguments
+from ._events import EventKind
 from ._model import Claim, StoredTask, TaskError, TaskRecord
 from ._status import TaskStatus
 from ._threads import WorkerThreads
@@ -43,6 +44,13 @@ IN_PROGRESS = TaskStatus.IN_PROGRESS
 SUCCESS = TaskStatus.SUCCESS
 FAILURE = TaskStatus.FAILURE
 CANCELLED = TaskStatus.CANCELLED
+
+#: The event each final status of a run is told as.
+_ENDED = {
+    SUCCESS: EventKind.SUCCEEDED,
+    FAILURE: EventKind.FAILED,
+    CANCELLED: EventKind.CANCELLED,
+}
 
 #: The longest automatic-retry backoff, in seconds.
 MAX_BACKOFF = 3600.0
@@ -271,8 +279,10 @@ class Runner:
             await self._finish(claim, running, None, error=unknown)
             return None
         if core.stopping:
-            await self.hand_back(claim, running, counts=False)
+            await self.hand_back(claim, running, counts=False, started=False)
             return None
+        ready = record.not_before if record.not_before is not None else record.created_at
+        core.events.started(task_id, record.name, running.attempt, core.now() - ready)
         context = TaskContext(
             id=task_id,
             name=record.name,
@@ -331,6 +341,7 @@ class Runner:
                 sizes.append(len(kwargs[param]))
             arguments = dict(calls[0][1])
             arguments[param] = items
+            self.core.events.batch(together[0].claim.task_id, definition.name, len(items))
             try:
                 result = await self._invoke(call, arguments)
             finally:
@@ -554,14 +565,18 @@ class Runner:
         )
         if stored_final:
             core.finished += 1
-            if status is FAILURE and traceback:
-                log.error(
-                    "task %s %s failed: %s\n%s", record.name, record.id, error, traceback.rstrip()
-                )
-            elif status is FAILURE:
-                log.error("task %s %s failed: %s", record.name, record.id, error)
-            else:
-                log.debug("task %s %s", record.id, status.value)
+            kind = _ENDED[status]
+            ended = done.finished_at
+            ran = None if record.started_at is None or ended is None else ended - record.started_at
+            core.events.ended(
+                kind,
+                record.id,
+                record.name,
+                record.attempt,
+                ran,
+                error=None if error is None else str(error),
+                traceback=traceback,
+            )
         else:
             log.warning(
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
@@ -599,19 +614,26 @@ class Runner:
                     claim.task_id, claim.token, not_before=not_before, rank=rank
                 )
             )
-            log.warning(
-                "task %s %s failed (attempt %d), retrying in %.1f s: %s",
-                record.name,
+            ran = None if record.started_at is None else now - record.started_at
+            core.events.ended(
+                EventKind.RETRIED,
                 record.id,
+                record.name,
                 record.attempt,
-                delay,
-                error,
+                ran,
+                error=str(error),
+                retry_in=delay,
             )
             core.wake()
         core.watchers.notify(claim.task_id)
 
-    async def hand_back(self, claim: Claim, record: TaskRecord, *, counts: bool) -> None:
-        """Shutdown: the task goes back to pending (see :func:`_records.handed_back`)."""
+    async def hand_back(
+        self, claim: Claim, record: TaskRecord, *, counts: bool, started: bool = True
+    ) -> None:
+        """Shutdown: the task goes back to pending (see :func:`_records.handed_back`).
+
+        ``started``: whether its start was told (as an event) before.
+        """
         core = self.core
         again = _records.handed_back(record, counts=counts, now=core.now())
         stored = StoredTask.from_record(again)
@@ -623,12 +645,20 @@ class Runner:
         if again.status is PENDING:
             rank = core.rank(record.priority)
             await self._storage(lambda: core.queue.release(claim.task_id, claim.token, rank=rank))
-            log.info("task %s handed back to the queue at shutdown", record.id)
+            if started:
+                core.events.handed_back(record.id, record.name, record.attempt)
             core.watchers.notify(claim.task_id)
         else:
             await self._storage(lambda: core.queue.ack(claim.task_id, claim.token))
             core.finished += 1
-            log.error("task %s %s failed: %s", record.name, record.id, again.error)
+            core.events.ended(
+                EventKind.FAILED,
+                record.id,
+                record.name,
+                record.attempt,
+                None,
+                error=str(again.error),
+            )
             core.watchers.notify(claim.task_id, again)
 
     # ------------------------------------------------------------------ progress

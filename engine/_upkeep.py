@@ -128,16 +128,12 @@ class Upkeep:
             ):
                 if again.status is PENDING:
                     await queue.release(claim.task_id, claim.token, rank=core.rank(record.priority))
-                    log.warning(
-                        "task %s: worker lost, re-queued after attempt %d",
-                        record.id,
-                        record.attempt,
-                    )
+                    core.events.lost(record.id, record.name, record.attempt, final=False)
                     core.wake()
                 else:
                     await queue.ack(claim.task_id, claim.token)
                     core.finished += 1
-                    log.error("task %s: worker lost on its last attempt; failed", record.id)
+                    core.events.lost(record.id, record.name, record.attempt, final=True)
             core.watchers.notify(claim.task_id)
 
     async def recover_at_start(self) -> None:
@@ -175,18 +171,11 @@ class Upkeep:
                         priority=record.priority,
                         rank=core.rank(record.priority),
                     )
-                    log.warning(
-                        "task %s was in progress with no live claim; re-queued after attempt %d",
-                        record.id,
-                        record.attempt,
-                    )
+                    core.events.lost(record.id, record.name, record.attempt, final=False)
                     core.wake()
                 else:
                     core.finished += 1
-                    log.error(
-                        "task %s: in progress with no live claim on its last attempt; failed",
-                        record.id,
-                    )
+                    core.events.lost(record.id, record.name, record.attempt, final=True)
                 core.watchers.notify(record.id, again if again.status.is_final else None)
             if len(rows) < PAGE:
                 return

@@ -1,0 +1,111 @@
+"""Task events: counted per endpoint (statistics), logged with the task's id
+and name as fields, and told to listeners."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+import errands
+from errands import EventKind, TaskStatus
+from tests.conftest import trio_wall
+
+svc = errands.Service("events")
+
+
+@svc.task(retries=1, retry_delay=2)
+async def work(seconds: float, fail: int = 0) -> str:
+    await trio.sleep(seconds)
+    if errands.current_task().attempt <= fail:
+        raise RuntimeError(f"attempt {errands.current_task().attempt} fails")
+    return "ok"
+
+
+@svc.task(batchable=True, max_batch_size=4, max_latency_ms=100)
+async def embed(items: list[int]) -> list[int]:
+    return items
+
+
+async def test_statistics_count_each_endpoint_with_timings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with errands.open_engine(svc, clock=trio_wall, workers=1) as client:
+        first = await client.work.submit(seconds=3)
+        second = await client.work.submit(seconds=1)  # waits 3 s for the one slot
+        flaky = await client.work.submit(seconds=1, fail=1)  # fails once, retried
+        doomed = await client.work.submit(seconds=0.5, fail=2)  # fails twice: failure
+        for task in (first, second, flaky, doomed):
+            await task.wait()
+        waiting = await client.work.options(delay=60).submit(seconds=1)
+        assert await waiting.cancel() is TaskStatus.CANCELLED
+        batch = await client.embed.submit_many({"items": [i]} for i in range(6))
+        await batch.wait()
+        stats = client.statistics().tasks
+    work = stats["work"]
+    assert (work.submitted, work.started, work.succeeded, work.failed) == (5, 6, 2 + 1, 1)
+    assert (work.retried, work.cancelled, work.lost, work.running) == (2, 1, 0, 0)
+    runs = work.run_seconds
+    assert runs.count == 6 and runs.sum == pytest.approx(3 + 1 + 1 + 1 + 0.5 + 0.5)
+    assert dict(runs.buckets)[1.0] == 5 and dict(runs.buckets)[5.0] == 6
+    waits = work.wait_seconds
+    assert waits.count == 6
+    assert dict(waits.buckets)[0.001] >= 1  # the first started at once
+    assert waits.sum >= 3  # the second waited for the first
+    embed = stats["embed"]
+    assert (embed.submitted, embed.started, embed.succeeded) == (6, 6, 6)
+    assert embed.batch_sizes.count == 2 and embed.batch_sizes.sum == 6
+
+
+async def test_listeners_hear_every_event_and_logs_carry_the_task(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: list[tuple[EventKind, str]] = []
+    caplog.set_level(logging.INFO, logger="errands.tasks")
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        stop = client.engine.listen(lambda event: heard.append((event.kind, event.task_id)))
+        task = await client.work.submit(seconds=1, fail=1)
+        await task.wait()
+        stop()
+        await (await client.work.submit(seconds=1)).wait()
+    kinds = [kind for kind, task_id in heard if task_id == task.id]
+    assert kinds == [
+        EventKind.SUBMITTED,
+        EventKind.STARTED,
+        EventKind.RETRIED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+    ]
+    assert len(heard) == 5  # nothing after stop()
+    mine = [r for r in caplog.records if getattr(r, "task_id", None) == task.id]
+    assert [r.levelname for r in mine] == ["INFO", "INFO", "WARNING", "INFO", "INFO"]
+    assert all(r.name == "errands.tasks" and r.task_name == "work" for r in mine)
+    assert "retrying in" in mine[2].getMessage()
+
+
+async def test_a_final_failure_is_an_error_line_with_its_traceback(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        task = await client.work.submit(seconds=0, fail=2)
+        await task.wait()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].task_id == task.id
+    assert "Traceback" in errors[0].getMessage() and "attempt 2 fails" in errors[0].getMessage()
+
+
+async def test_a_listener_that_raises_is_dropped_not_fatal(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: errands.TaskEvent) -> None:
+        raise ValueError("listener bug")
+
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        client.engine.listen(broken)
+        first = await client.work.submit(seconds=0)
+        second = await client.work.submit(seconds=0)
+        assert await first.wait() is TaskStatus.SUCCESS
+        assert await second.wait() is TaskStatus.SUCCESS
+    assert sum("listener failed" in r.getMessage() for r in caplog.records) == 1
