@@ -29,6 +29,7 @@ from ._answers import Answer, json_answer, json_bytes, number, one, request_json
 from ._bridge import EngineAccess
 from ._jsonschema import input_schema, output_schema
 from ._lifecycle import EngineLife
+from ._metrics import Metrics
 from ._multipart import MultipartError, parse_multipart, takes_list, takes_text
 from ._openapi import openapi_document
 from ._options import HTTPOptions
@@ -68,6 +69,8 @@ class Handlers:
         self._submitting = 0  # submits between their queue-depth check and their answer
         self._schema: bytes | None = None
         self._openapi: dict[str, bytes] = {}  # by root_path
+        #: ``/metrics``: this app's own Prometheus registry.
+        self.metrics_exporter = Metrics(self.service)
 
     async def call(
         self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
@@ -253,37 +256,9 @@ class Handlers:
             },
         )
 
-    def metrics(self) -> Answer:
-        lines = [
-            "# HELP errands_up Whether the errands engine is running.",
-            "# TYPE errands_up gauge",
-        ]
-        access = self.life.current
-        lines.append(f"errands_up {1 if access is not None else 0}")
-        lines += [
-            "# HELP errands_http_held Requests held open now (long polls, event streams,"
-            " waits on many tasks).",
-            "# TYPE errands_http_held gauge",
-            f"errands_http_held {len(self.life.holds)}",
-        ]
-        if access is not None:
-            stats = access.engine.statistics()
-            lines += [
-                "# HELP errands_tasks_submitted_total Tasks accepted by this process.",
-                "# TYPE errands_tasks_submitted_total counter",
-                f"errands_tasks_submitted_total {stats.submitted}",
-                "# HELP errands_tasks_finished_total Tasks this process brought to a final state.",
-                "# TYPE errands_tasks_finished_total counter",
-                f"errands_tasks_finished_total {stats.finished}",
-                "# HELP errands_tasks_running Tasks running in this process now.",
-                "# TYPE errands_tasks_running gauge",
-                f"errands_tasks_running {stats.running}",
-                "# HELP errands_workers How many tasks this process may run at once.",
-                "# TYPE errands_workers gauge",
-                f"errands_workers {stats.workers}",
-            ]
-        body = ("\n".join(lines) + "\n").encode()
-        return 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], body
+    async def metrics(self) -> Answer:
+        """``/metrics``: Prometheus text from this app's registry (see ``_metrics``)."""
+        return await self.metrics_exporter.answer(self.life.current, held=len(self.life.holds))
 
     def schema_json(self) -> Answer:
         """``/schema.json``: BentoML's shape, plus what errands offers beyond it."""

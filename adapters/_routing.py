@@ -99,7 +99,7 @@ class Router:
             return handlers.openapi_json(auth=self.auth.enabled, root_path=root)
         if path == "/metrics":
             _allow(method, ("GET",))
-            return handlers.metrics()
+            return await handlers.metrics()
         if path == "/tasks":
             _allow(method, ("GET",))
             return await handlers.list_tasks(query)

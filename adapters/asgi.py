@@ -30,6 +30,7 @@ from ._batch_routes import LinesStream
 from ._bridge import BridgedEngine, EngineAccess, LocalEngine
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
+from ._metrics import Metrics
 from ._options import HTTP_DEFAULTS, HTTPOptions
 from ._protocol import BENTOML_STATUS, HTTPError
 from ._routing import Router
@@ -124,6 +125,13 @@ class ErrandsApp:
         """False once an engine bug ended the app's engine."""
         return self._life.alive
 
+    @property
+    def metrics(self) -> Metrics:
+        """The app's Prometheus metrics (``GET /metrics``): ``metrics.registry``
+        is this app's own ``CollectorRegistry``, never the global one; a host
+        may register its own collectors there to serve them on the same route."""
+        return self._router.handlers.metrics_exporter
+
     def drain(self) -> None:
         """Answer every held request now, and hold no new one; never blocks.
 
@@ -187,6 +195,7 @@ class ErrandsApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer: Answer | EventStream | LinesStream
         try:
+            self.metrics.check_port(scope)  # a --metrics-port answers metrics only
             answer = await self._router.dispatch(scope, receive)
         except HTTPError as exc:
             answer = _error_answer(exc)

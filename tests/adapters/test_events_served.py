@@ -128,7 +128,7 @@ async def wait_for_many(client: httpx.AsyncClient) -> None:
 async def held(client: httpx.AsyncClient) -> int:
     for line in (await client.get("/metrics")).text.splitlines():
         if line.startswith("errands_http_held "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))
     raise AssertionError("no errands_http_held in /metrics")
 
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 import errands
 from errands.adapters.asgi import create_app
@@ -903,30 +904,29 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    samples: dict[str, float] = {}
-    types: dict[str, str] = {}
-    for line in response.text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            types[name] = kind
-        elif line and not line.startswith("#"):
-            name, value = line.split(" ")
-            samples[name] = float(value)
     assert response.text.endswith("\n")
-    assert set(samples) <= set(types)
-    assert samples["errands_up"] == 1
-    assert samples["errands_tasks_submitted_total"] == 2
-    assert samples["errands_tasks_finished_total"] == 1
-    assert samples["errands_workers"] == 32
-    assert samples["errands_http_held"] == 0  # this request is not held
-    assert types["errands_tasks_submitted_total"] == "counter"
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples["errands_up", ()] == 1
+    assert samples["errands_tasks_submitted_total", (("task", "add"),)] == 2
+    finished = (("outcome", "success"), ("task", "add"))
+    assert samples["errands_tasks_finished_total", finished] == 1
+    assert samples["errands_queue_depth", (("task", "add"),)] == 1  # the delayed one
+    assert samples["errands_workers", ()] == 32
+    assert samples["errands_http_held", ()] == 0  # this request is not held
+    assert families["errands_tasks_submitted"].type == "counter"
+    assert families["errands_task_run_seconds"].type == "histogram"
 
 
 async def test_metrics_without_engine_say_down() -> None:
     app = create_app(svc)
     status, _, body = await call_asgi(app, {"path": "/metrics"})
     assert status == 200
-    assert b"errands_up 0\n" in body
+    assert b"errands_up 0.0\n" in body
 
 
 async def test_schema_json_has_bentomls_shape(client: httpx.AsyncClient) -> None:
@@ -1027,7 +1027,7 @@ async def test_lifespan_runs_the_engine() -> None:
             await to_app_send.send({"type": "lifespan.shutdown"})
             assert await from_app_receive.receive() == {"type": "lifespan.shutdown.complete"}
     _, _, body = await call_asgi(app, {"path": "/metrics"})
-    assert b"errands_up 0\n" in body
+    assert b"errands_up 0.0\n" in body
 
 
 async def test_lifespan_reports_a_failed_start() -> None:

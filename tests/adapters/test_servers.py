@@ -298,7 +298,7 @@ async def test_hypercorn_trio_worker_runs_the_engine_in_its_loop() -> None:
 async def assert_engine_down(app: ErrandsApp) -> None:
     """After lifespan shutdown the engine is down (asked without starting one)."""
     _, _, body = await call_asgi(app, {"path": "/metrics"})
-    assert b"errands_up 0\n" in body
+    assert b"errands_up 0.0\n" in body
 
 
 async def test_hypercorn_asyncio_worker_runs_the_engine_in_a_thread() -> None:
