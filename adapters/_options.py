@@ -67,6 +67,8 @@ class HTTPOptions:
             of its chunks must arrive within it instead.
         batch_page: task ids in one ``GET /batches/<id>`` page by default.
         max_batch_page: the largest ``?limit=`` that page takes (400 above).
+        dashboard: serve the live dashboard at ``GET /dashboard`` (behind
+            the token when auth is on; see ``errands.adapters._dashboard``).
     """
 
     bentoml_compat: bool = False
@@ -82,6 +84,7 @@ class HTTPOptions:
     read_timeout: float = attrs.field(default=30.0, validator=[_seconds, attrs.validators.gt(0)])
     batch_page: int = attrs.field(default=1000, validator=_count(1))
     max_batch_page: int = attrs.field(default=10_000, validator=_count(1))
+    dashboard: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.batch_page > self.max_batch_page:

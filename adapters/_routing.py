@@ -7,6 +7,7 @@ any task route answers for any id); the server's own routes are fixed paths.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,6 +17,7 @@ import anyio
 from ._answers import Answer, one
 from ._batch_routes import BATCH_ACTIONS, BatchRoutes, LinesStream
 from ._batch_submit import BatchSubmit
+from ._dashboard import PAGE_PATHS, Dashboard, DashboardStream
 from ._handlers import Handlers
 from ._options import HTTPOptions
 from ._protocol import HTTPError
@@ -26,6 +28,8 @@ __all__ = ["ACTIONS", "SUBMIT_TYPES", "Router"]
 
 #: The media types a submit takes.
 SUBMIT_TYPES = frozenset({"application/json", "multipart/form-data"})
+
+log = logging.getLogger("errands.http")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,8 +70,15 @@ class Router:
         self.max_body_size = http.max_body_size
         self.auth = auth
         self.hosts = hosts
+        self.dashboard: Dashboard | None = None
+        if http.dashboard and "/dashboard" in self.routes:
+            log.warning("no dashboard: a task's route is /dashboard")
+        elif http.dashboard:
+            self.dashboard = Dashboard(handlers)
 
-    async def dispatch(self, scope: Scope, receive: Receive) -> Answer | EventStream | LinesStream:
+    async def dispatch(
+        self, scope: Scope, receive: Receive
+    ) -> Answer | EventStream | LinesStream | DashboardStream:
         """The answer to an HTTP request (raises HTTPError for an error answer)."""
         path: str = scope["path"]
         root = scope.get("root_path") or ""
@@ -78,6 +89,11 @@ class Router:
             # DNS rebinding: a page on another name aimed at this server.
             host = _header(scope, b"host")[:100]
             raise HTTPError(421, f"this server does not answer to the host name {host!r}")
+        dashboard = self.dashboard
+        if dashboard is not None and path in PAGE_PATHS:
+            # The page holds no data: it asks for the token (see _dashboard).
+            _allow(method, ("GET", "HEAD"))
+            return dashboard.page(path)
         if path not in OPEN_PATHS and not await self.auth.allows(scope):
             error = HTTPError(401, "a valid bearer token is required (Authorization: Bearer ...)")
             error.headers.append((b"www-authenticate", b'Bearer realm="errands"'))
@@ -103,6 +119,9 @@ class Router:
         if path == "/tasks":
             _allow(method, ("GET",))
             return await handlers.list_tasks(query)
+        if dashboard is not None and dashboard.serves(path):
+            _allow(method, ("GET",))
+            return await dashboard.dispatch(path, query)
         if path == "/tasks/wait":
             _allow(method, ("POST",))
             body = await self._read_body(scope, receive)

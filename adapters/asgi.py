@@ -28,6 +28,7 @@ from errands._options import DEFAULTS
 from ._answers import Answer, json_bytes
 from ._batch_routes import LinesStream
 from ._bridge import BridgedEngine, EngineAccess, LocalEngine
+from ._dashboard import DashboardStream
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
 from ._metrics import Metrics
@@ -193,7 +194,7 @@ class ErrandsApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer: Answer | EventStream | LinesStream
+        answer: Answer | EventStream | LinesStream | DashboardStream
         try:
             self.metrics.check_port(scope)  # a --metrics-port answers metrics only
             answer = await self._router.dispatch(scope, receive)
@@ -202,7 +203,7 @@ class ErrandsApp:
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             answer = _error_answer(HTTPError(500, "internal server error"))
-        if isinstance(answer, EventStream | LinesStream):
+        if isinstance(answer, EventStream | LinesStream | DashboardStream):
             await answer.run(send, receive)  # its own errors: after the start, no 500
             return
         status, headers, body = answer
@@ -234,6 +235,7 @@ def create_app(
     read_timeout: float = HTTP_DEFAULTS.read_timeout,
     batch_page: int = HTTP_DEFAULTS.batch_page,
     max_batch_page: int = HTTP_DEFAULTS.max_batch_page,
+    dashboard: bool = HTTP_DEFAULTS.dashboard,
     ttl: float = DEFAULTS.ttl,
     lease: float = DEFAULTS.lease,
     workers: int = DEFAULTS.workers,
@@ -253,7 +255,7 @@ def create_app(
             auth (for a loopback server, or a host app that checks itself).
         bentoml_compat, max_body_size, max_pending, max_wait, max_held,
             max_wait_ids, max_parts, hide_errors, expose_tracebacks, allowed_hosts,
-            read_timeout, batch_page, max_batch_page: see
+            read_timeout, batch_page, max_batch_page, dashboard: see
             ``errands.adapters.HTTPOptions``.
         ttl, lease, workers, grace, max_attempts, sweep_interval: engine
             options, see :class:`errands.EngineOptions`.
@@ -276,6 +278,7 @@ def create_app(
         read_timeout=read_timeout,
         batch_page=batch_page,
         max_batch_page=max_batch_page,
+        dashboard=dashboard,
     )
     return ErrandsApp(
         service,

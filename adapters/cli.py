@@ -183,6 +183,11 @@ def _http_flags(serve: argparse.ArgumentParser) -> None:
         help=f"the longest a request body may take to arrive (default {d.read_timeout:g}; "
         "408 past it)",
     )
+    serve.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not serve the live dashboard at /dashboard",
+    )
 
 
 def _http_options(args: argparse.Namespace) -> HTTPOptions:
@@ -203,6 +208,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
             expose_tracebacks=args.expose_tracebacks,
             allowed_hosts=hosts,
             read_timeout=args.read_timeout,
+            dashboard=not args.no_dashboard,
         )
     except (TypeError, ValueError) as exc:
         message = str(exc)

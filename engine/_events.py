@@ -75,6 +75,7 @@ class TaskEvent:
             ``failed``, ``cancelled`` and ``retried``; else None.
         error: the error text of ``failed``, ``retried`` and ``lost``.
         size: the items of a ``batch`` call.
+        batch_id: the batch of a task ``submitted`` in bulk (``submit_many``).
     """
 
     kind: EventKind
@@ -84,6 +85,7 @@ class TaskEvent:
     seconds: float | None = None
     error: str | None = None
     size: int | None = None
+    batch_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -242,7 +244,11 @@ class Events:
             )
         if self._listeners:
             for task_id in task_ids:
-                self._tell(TaskEvent(kind=EventKind.SUBMITTED, task_id=task_id, name=name))
+                self._tell(
+                    TaskEvent(
+                        kind=EventKind.SUBMITTED, task_id=task_id, name=name, batch_id=batch_id
+                    )
+                )
 
     def started(self, task_id: str, name: str, attempt: int, waited: float) -> None:
         stats = self._of(name)
