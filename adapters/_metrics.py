@@ -83,11 +83,13 @@ class Snapshot:
     statistics: EngineStatistics | None
     #: Waiting tasks by task name (empty when the storage did not answer).
     depths: Mapping[str, int]
-    #: Requests held open now.
-    held: int
+    #: Requests held open now (None: no HTTP API, as in ``errands worker``).
+    held: int | None
 
 
-async def take_snapshot(access: EngineAccess | None, service: Service, *, held: int) -> Snapshot:
+async def take_snapshot(
+    access: EngineAccess | None, service: Service, *, held: int | None
+) -> Snapshot:
     """The snapshot of one scrape; blocks while the queue depths are read.
 
     A storage fault leaves the depths out (``errands_ready`` says 0 then)
@@ -133,7 +135,7 @@ class Metrics:
         self._collector = _SnapshotCollector(self)
         self.registry.register(self._collector)
 
-    async def answer(self, access: EngineAccess | None, *, held: int) -> Answer:
+    async def answer(self, access: EngineAccess | None, *, held: int | None) -> Answer:
         """The ``/metrics`` answer: a snapshot (awaited), then the registry
         rendered (nothing awaited in between, so concurrent scrapes each
         render their own snapshot)."""
@@ -186,11 +188,12 @@ def _families(snapshot: Snapshot, service: Service, process: str | None) -> Iter
 
     stats = snapshot.statistics
     yield gauge("errands_up", "Whether the errands engine is running.", 0 if stats is None else 1)
-    yield gauge(
-        "errands_http_held",
-        "Requests held open now (long polls, event streams, waits on many tasks).",
-        snapshot.held,
-    )
+    if snapshot.held is not None:
+        yield gauge(
+            "errands_http_held",
+            "Requests held open now (long polls, event streams, waits on many tasks).",
+            snapshot.held,
+        )
     if stats is None:
         return
     yield gauge(

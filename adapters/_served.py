@@ -51,6 +51,14 @@ def build_app() -> ErrandsApp:
         **settings.get("http", {}),
     )
     app.on_engine_death = _on_engine_death
+    # --workers N: process i says so on its samples, and --metrics-port P
+    # gives it port P+i, where it answers metrics only.
+    index = int(os.environ.get("ERRANDS_PROCESS", "0"))
+    if settings.get("processes", 1) > 1:
+        app.metrics.process = str(index)
+    metrics_port = settings.get("metrics_port")
+    if metrics_port is not None:
+        app.metrics.only_port = metrics_port + index
     return app
 
 

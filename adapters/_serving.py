@@ -20,6 +20,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -29,10 +30,13 @@ from typing import Any
 
 import trio
 
+from ._logs import LOG_FORMAT, log_format, setup_logging
+
 __all__ = ["LOG_FORMAT", "serve_hypercorn", "serve_uvicorn"]
 
 log = logging.getLogger("errands.cli")
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+#: The environment variable that tells a server process its number (0..N-1).
+PROCESS_VARIABLE = "ERRANDS_PROCESS"
 
 
 def serve_hypercorn(args: argparse.Namespace, application: str) -> int:
@@ -47,21 +51,27 @@ def serve_hypercorn(args: argparse.Namespace, application: str) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     if args.workers == 1:
+        if args.metrics_port is not None:
+            config.bind.append(_address(args.host, args.metrics_port))
         return _hypercorn_here(config)
     sockets = config.create_sockets()
+    metrics = _metrics_sockets(args)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     try:
         return _supervise(
             [
-                context.Process(target=_hypercorn_process, args=(config, sockets, stop))
-                for _ in range(args.workers)
+                context.Process(
+                    target=_hypercorn_process, args=(config, sockets, stop, index, metrics[index])
+                )
+                for index in range(args.workers)
             ],
             stop.set,
         )
     finally:
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *metrics]:
+            if sock is not None:
+                sock.close()
 
 
 def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
@@ -71,21 +81,30 @@ def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
     except ImportError:
         print("errands: --server uvicorn needs: pip install 'errands[uvicorn]'", file=sys.stderr)
         return 2
+    # In JSON, uvicorn's own lines go through errands' handler (as one JSON
+    # object per line too) instead of uvicorn's text formatter.
+    logging_config: Any = {} if log_format() == "text" else {"log_config": None}
     config = uvicorn.Config(
         application,
         host=args.host,
         port=args.port,
         lifespan="on",
         timeout_graceful_shutdown=int(args.graceful_timeout),
+        **logging_config,
     )
+    metrics = _metrics_sockets(args)
     if args.workers == 1:
         server = _draining_uvicorn(config, worker=False)
-        server.run()
+        if metrics[0] is None:
+            server.run()
+        else:
+            server.run(sockets=[config.bind_socket(), metrics[0]])
         return 0 if server.started and not _engine_died() else 1
     sock = config.bind_socket()
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_uvicorn_process, args=(config, sock)) for _ in range(args.workers)
+        context.Process(target=_uvicorn_process, args=(config, sock, index, metrics[index]))
+        for index in range(args.workers)
     ]
 
     def stop() -> None:
@@ -96,7 +115,42 @@ def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
     try:
         return _supervise(processes, stop)
     finally:
-        sock.close()
+        for one in [sock, *metrics]:
+            if one is not None:
+                one.close()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _metrics_sockets(args: argparse.Namespace) -> list[socket.socket | None]:
+    """With ``--metrics-port P``, a socket bound to P+i for each process i
+    (bound here, so a port in use fails at once, in this process)."""
+    if args.metrics_port is None:
+        return [None] * args.workers
+    sockets: list[socket.socket | None] = []
+    for index in range(args.workers):
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((args.host, args.metrics_port + index))
+        except OSError:
+            sock.close()
+            for other in sockets:
+                assert other is not None
+                other.close()
+            raise
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+        log.info(
+            "process %d: metrics on http://%s/metrics",
+            index,
+            _address(args.host, args.metrics_port + index),
+        )
+    return sockets
 
 
 def _supervise(processes: Sequence[BaseProcess], stop: Callable[[], None]) -> int:
@@ -175,15 +229,20 @@ def _engine_died() -> bool:
     return engine_died()
 
 
-def _hypercorn_process(config: Any, sockets: Any, stop: Any) -> None:
-    """One worker process of ``--workers N``: stops (and drains) when ``stop``,
-    a multiprocessing event, is set."""
+def _hypercorn_process(
+    config: Any, sockets: Any, stop: Any, index: int, metrics: socket.socket | None
+) -> None:
+    """Process ``index`` of ``--workers N``: stops (and drains) when ``stop``,
+    a multiprocessing event, is set; ``metrics``: its own metrics socket."""
     from hypercorn.trio.run import worker_serve
     from hypercorn.utils import check_multiprocess_shutdown_event, wrap_app
 
+    os.environ[PROCESS_VARIABLE] = str(index)  # read by _served, for the metrics
+    setup_logging()
     from ._served import app
 
-    logging.basicConfig(level=os.environ.get("ERRANDS_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    if metrics is not None:
+        sockets.insecure_sockets.append(metrics)
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
 
@@ -228,10 +287,13 @@ def _draining_uvicorn(config: Any, *, worker: bool) -> Any:
     return DrainingServer(config)
 
 
-def _uvicorn_process(config: Any, sock: Any) -> None:
-    """One worker process of ``--server uvicorn --workers N``; stops (and
-    drains) on SIGTERM from the parent."""
+def _uvicorn_process(config: Any, sock: Any, index: int, metrics: socket.socket | None) -> None:
+    """Process ``index`` of ``--server uvicorn --workers N``; stops (and
+    drains) on SIGTERM from the parent; ``metrics``: its own metrics socket."""
+    os.environ[PROCESS_VARIABLE] = str(index)  # read by _served, for the metrics
     config.configure_logging()
-    _draining_uvicorn(config, worker=True).run(sockets=[sock])
+    setup_logging()
+    sockets = [sock] if metrics is None else [sock, metrics]
+    _draining_uvicorn(config, worker=True).run(sockets=sockets)
     if _engine_died():
         sys.exit(1)

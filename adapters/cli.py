@@ -35,9 +35,11 @@ import trio
 import errands
 
 from . import _cli_client
+from ._logs import FORMATS, setup_logging
+from ._metrics_serve import serve_metrics
 from ._options import HTTP_DEFAULTS, HTTPOptions
 from ._security import LOOPBACK_HOSTS, is_loopback, read_token
-from ._serving import LOG_FORMAT, serve_hypercorn, serve_uvicorn
+from ._serving import serve_hypercorn, serve_uvicorn
 from ._target import TargetError, load_service
 
 __all__ = ["main"]
@@ -83,12 +85,30 @@ def _parser() -> argparse.ArgumentParser:
 
     _engine_flags(serve)
     _log_flag(serve)
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="also serve /metrics (and /livez, /readyz, nothing else) on port P; with "
+        "--workers N, process i on port P+i, one scrape target each",
+    )
 
     worker = sub.add_parser("worker", help="run tasks from a shared backend, without HTTP")
     worker.add_argument("target", metavar="MODULE:ATTR")
     worker.add_argument("--backend", required=True, help="a shared backend URL")
     _engine_flags(worker)
     _log_flag(worker)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve this worker's /metrics (and /livez, /readyz) on port P",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address of --metrics-port (default 127.0.0.1)",
+    )
     # Older spelling of --task-slots, kept working.
     worker.add_argument("--workers", type=int, dest="task_slots", help=argparse.SUPPRESS)
 
@@ -102,6 +122,13 @@ def _log_flag(parser: argparse.ArgumentParser) -> None:
         choices=("debug", "info", "warning", "error"),
         default="info",
         help="how much the server logs (default info; debug shows every state change)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, with task_id and "
+        "task_name as fields",
     )
 
 
@@ -313,8 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in _cli_client.COMMANDS:
         return _cli_client.run(args)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    os.environ["ERRANDS_LOG_LEVEL"] = args.log_level.upper()  # for server worker processes
+    setup_logging(args.log_level, args.log_format)  # server processes read it from the environment
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536 - getattr(
+        args, "workers", 1
+    ):
+        print("errands: --metrics-port must leave room for a port per process", file=sys.stderr)
+        return 2
     try:
         if args.command == "serve":
             return _serve(args)
@@ -371,6 +402,8 @@ def _serve(args: argparse.Namespace) -> int:
             # The token itself never goes into the environment here: each
             # process reads the file (or inherits ERRANDS_TOKEN).
             "token_file": args.token_file,
+            "processes": args.workers,
+            "metrics_port": args.metrics_port,
         }
     )
     application = "errands.adapters._served:app"
@@ -396,13 +429,21 @@ def _worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with errands.open_engine(service, backend=args.backend, options=options):
+            async with (
+                errands.open_engine(service, backend=args.backend, options=options) as client,
+                trio.open_nursery() as nursery,
+            ):
+                if args.metrics_port is not None:
+                    await nursery.start(
+                        serve_metrics, client.engine, args.metrics_host, args.metrics_port
+                    )
                 log.info(
                     "worker for %s on %s; SIGINT or SIGTERM to stop", args.target, args.backend
                 )
                 async for signum in signals:
                     log.info("received %s: draining", signal.Signals(signum).name)
                     break
+                nursery.cancel_scope.cancel()  # the metrics server; the engine drains
 
     try:
         trio.run(run)
