@@ -279,10 +279,13 @@
     g.lineTo(pad.left + w, pad.top + h + 0.5);
     g.stroke();
     g.textAlign = "right";
-    g.fillText(String(most), pad.left - 4, pad.top + 8);
     g.fillText("0", pad.left - 4, pad.top + h);
+    g.fillStyle = style.getPropertyValue("--success");
+    g.fillText(String(most), pad.left - 4, pad.top + 8);
     g.textAlign = "left";
+    g.fillStyle = style.getPropertyValue("--in_progress");
     g.fillText(String(deepest), pad.left + w + 4, pad.top + 8);
+    g.fillStyle = style.getPropertyValue("--muted");
     g.textAlign = "center";
     g.fillText("−5 min", pad.left + 14, height - 4);
     g.fillText("now", pad.left + w - 10, height - 4);
@@ -291,18 +294,22 @@
       const bar = (count / most) * h;
       g.fillRect(pad.left + i * step + 1, pad.top + h - bar, Math.max(1, step - 2), bar);
     });
-    g.strokeStyle = style.getPropertyValue("--in_progress");
+    const blue = style.getPropertyValue("--in_progress");
+    g.strokeStyle = g.fillStyle = blue;
     g.lineWidth = 2;
     g.beginPath();
     let drawing = false;
+    const dots = [];
     depth.forEach((d, i) => {
       if (d == null) { drawing = false; return; }
       const x = pad.left + i * step + step / 2;
       const y = pad.top + h - (d / deepest) * h;
       if (drawing) g.lineTo(x, y); else g.moveTo(x, y);
       drawing = true;
+      dots.push([x, y]);
     });
     g.stroke();
+    for (const [x, y] of dots) g.fillRect(x - 2, y - 2, 4, 4);
   }
 
   function renderBatches(list) {

@@ -90,6 +90,8 @@ def test_the_wheel_installs_and_imports_in_a_fresh_venv(tmp_path: Path) -> None:
     assert "errands/py.typed" in names
     assert "errands/backends/memory.py" in names
     assert "errands/adapters/__init__.py" in names
+    for page in ("dashboard.html", "dashboard.js", "dashboard.css"):  # package data
+        assert f"errands/adapters/{page}" in names
     assert not [n for n in names if n.split("/")[0] in ("engine", "backends", "adapters")]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
