@@ -310,6 +310,8 @@ class Feed:
                     counts[s.value] == 0 for s in TaskStatus if not s.is_final
                 ):
                     self._done_batches[batch_id] = counts  # final: it no longer changes
+            if not counts["total"]:
+                continue  # unknown, or gone with its tasks
             shown = {
                 status_name(s, bentoml_compat=self.compat): counts.get(s.value, 0)
                 for s in TaskStatus

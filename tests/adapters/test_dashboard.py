@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,7 @@ class Stream:
         self.events: list[tuple[str, Any]] = []
         self.tasks: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
+        self.ended = threading.Event()
         self._client = httpx.Client(timeout=httpx.Timeout(30, read=60))
         self._response = self._client.send(
             self._client.build_request("GET", url, headers=headers), stream=True
@@ -162,6 +164,7 @@ class Stream:
                 block = []
         except httpx.HTTPError:
             pass  # closed by the test
+        self.ended.set()
 
     def until(self, check: Any, timeout: float = 30) -> Any:
         with self._changed:
@@ -174,21 +177,26 @@ class Stream:
         self._client.close()
 
 
-@pytest.fixture
-def shared(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``errands serve`` on diskcache running no task itself (``--task-slots 0``)."""
+@pytest.fixture(params=["diskcache", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``errands serve`` on a shared backend, running no task itself
+    (``--task-slots 0``); yields its URL and the backend's."""
     (tmp_path / "jobs.py").write_text(SERVICE)
-    data = tmp_path / "data"
-    args = ["jobs.py:svc", "--backend", f"diskcache://{data}", "--task-slots", "0"]
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        backend = f"{url}?prefix=dash-{tmp_path.name}"
+    else:
+        backend = f"diskcache://{tmp_path / 'data'}"
+    args = ["jobs.py:svc", "--backend", backend, "--task-slots", "0"]
     with serving(args, tmp_path) as (_, base):
-        yield base, data
+        yield base, backend
 
 
 @pytest.mark.realtime
 def test_the_stream_shows_tasks_of_other_processes_sharing_the_store(
-    shared: tuple[str, Path], tmp_path: Path
+    shared: tuple[str, str], tmp_path: Path
 ) -> None:
-    base, data = shared
+    base, backend = shared
     stream = Stream(f"{base}/dashboard/events")
     try:
         hello = stream.until(lambda s: s.events and s.events[0])
@@ -204,7 +212,7 @@ def test_the_stream_shows_tasks_of_other_processes_sharing_the_store(
         submit = textwrap.dedent(
             f"""
             import json, errands, jobs
-            with errands.start(jobs.svc, backend="diskcache://{data}", workers=0) as client:
+            with errands.start(jobs.svc, backend="{backend}", workers=0) as client:
                 batch = client.render.submit_many([{{"pages": 3}}, {{"pages": 4}}])
                 print(json.dumps([batch.id, [t.id for t in batch.tasks]]))
             """
@@ -217,7 +225,7 @@ def test_the_stream_shows_tasks_of_other_processes_sharing_the_store(
         stream.until(lambda s: all(t in s.tasks for t in there))
         # Run by a worker process: the stream sees them end.
         with subprocess.Popen(
-            [*ERRANDS, "worker", "jobs.py:svc", "--backend", f"diskcache://{data}"],
+            [*ERRANDS, "worker", "jobs.py:svc", "--backend", backend],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -263,6 +271,21 @@ def test_the_stream_shows_tasks_of_other_processes_sharing_the_store(
         assert len(tasks["ids"]) == 2  # limit=2, success only
     finally:
         followed.close()
+
+
+@pytest.mark.realtime
+def test_a_shutdown_ends_open_streams(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(SERVICE)
+    with serving(["jobs.py:svc", "--backend", "memory://"], tmp_path) as (server, base):
+        stream = Stream(f"{base}/dashboard/events")
+        try:
+            stream.until(lambda s: any(e == "stats" for e, _ in s.events))
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0  # drained: the stream did not hold it
+            stream.ended.wait(timeout=30)
+            assert stream.ended.is_set()
+        finally:
+            stream.close()
 
 
 @pytest.mark.realtime
