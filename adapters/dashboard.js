@@ -123,7 +123,9 @@
       tr = document.createElement("tr");
       tr.dataset.id = task.task_id;
       for (let i = 0; i < 8; i++) tr.append(document.createElement("td"));
+      tr.tabIndex = 0; // keyboard: Tab to a row, Enter opens it
       tr.addEventListener("click", (e) => e.target.tagName !== "BUTTON" && open(task.task_id));
+      tr.addEventListener("keydown", (e) => e.key === "Enter" && e.target === tr && open(task.task_id));
       rows.set(task.task_id, tr);
     }
     const [name, id, status, progress, created, took, attempt, actions] = tr.children;

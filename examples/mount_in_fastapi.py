@@ -14,7 +14,9 @@ or let the host's own route submit one in-process (``jobs.client``)::
 
 and open http://127.0.0.1:8000/progress in a browser: the page submits a
 report and shows its progress live, from the task's server-sent events
-(``/jobs/build_report/events``), with no polling.
+(``/jobs/build_report/events``), with no polling.  errands' own dashboard is
+at http://127.0.0.1:8000/jobs/dashboard (every task, live, with cancel and
+retry buttons).
 
 Starlette's ``Mount`` does not pass lifespan on to the mounted app, so the host
 runs the errands engine from its own lifespan.  Under uvicorn (asyncio) the

@@ -274,12 +274,25 @@ def test_the_stream_shows_tasks_of_other_processes_sharing_the_store(
 
 
 @pytest.mark.realtime
-def test_a_shutdown_ends_open_streams(tmp_path: Path) -> None:
+def test_batches_submitted_here_are_followed_and_a_shutdown_ends_streams(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "jobs.py").write_text(SERVICE)
     with serving(["jobs.py:svc", "--backend", "memory://"], tmp_path) as (server, base):
         stream = Stream(f"{base}/dashboard/events")
         try:
             stream.until(lambda s: any(e == "stats" for e, _ in s.events))
+            items = [{"pages": 1}, {"pages": 2}, {"pages": 3}]
+            batch_id = httpx.post(f"{base}/render/submit_many", json=items).json()["batch_id"]
+            stream.until(
+                lambda s: any(
+                    e == "stats"
+                    and d["batches"]
+                    and d["batches"][0]["batch_id"] == batch_id
+                    and d["batches"][0]["counts"]["success"] == 3
+                    for e, d in s.events
+                )
+            )
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=30) == 0  # drained: the stream did not hold it
             stream.ended.wait(timeout=30)

@@ -109,3 +109,17 @@ async def test_a_listener_that_raises_is_dropped_not_fatal(
         assert await first.wait() is TaskStatus.SUCCESS
         assert await second.wait() is TaskStatus.SUCCESS
     assert sum("listener failed" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_tasks_submitted_in_bulk_are_told_with_their_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    heard: list[errands.TaskEvent] = []
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        client.engine.listen(heard.append)
+        alone = await client.work.submit(seconds=0)
+        batch = await client.work.submit_many({"seconds": 0} for _ in range(3))
+        await batch.wait()
+        await alone.wait()
+    submitted = {e.task_id: e.batch_id for e in heard if e.kind is EventKind.SUBMITTED}
+    assert submitted == {alone.id: None, **{task.id: batch.id for task in batch.tasks}}

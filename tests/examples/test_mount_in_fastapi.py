@@ -83,6 +83,7 @@ def test_mounted_app_serves_tasks_under_its_prefix(example: str) -> None:
     bad = httpx.post(f"{base}/jobs/build_report/submit", json={"customer": 5})
     assert bad.status_code == 422 and bad.json()["errors"][0]["path"] == "$.customer"
     assert httpx.get(f"{base}/").json()["service"] == "reports"  # the host still works
+    assert "dashboard/dashboard.js" in httpx.get(f"{base}/jobs/dashboard").text
 
 
 def test_progress_page_follows_the_task_live_in_chromium(example: str, tmp_path: Path) -> None:
