@@ -298,7 +298,9 @@ async def test_submit_over_max_body_size_is_413() -> None:
 
 
 async def test_submit_streamed_body_over_max_body_size_is_413() -> None:
-    """A chunked body (no content-length) is cut off as soon as it passes the limit."""
+    """A chunked body (no content-length) past the limit is not kept: the rest
+    is read and dropped (so the client gets to read the 413) up to a budget of
+    16 times the limit or 1 MiB, and no further."""
     headers = {"transfer-encoding": "chunked", "content-type": "application/json"}
     url = BASE_URL + "/add/submit"
     async with in_process(create_app(svc, max_body_size=100)) as client:
@@ -309,7 +311,12 @@ async def test_submit_streamed_body_over_max_body_size_is_413() -> None:
         big = Chunks(b'{"a": 1, "b": 2', *[b" " * 40] * 1000, b"}")
         response = await client.send(httpx.Request("POST", url, headers=headers, stream=big))
         assert response.status_code == 413
-        assert big.sent == 4  # 15 + 3 * 40 bytes: it stopped at the chunk past the limit
+        assert "max_body_size" in response.text
+        assert big.sent == 1002  # 40 kB: within the drain budget, read to its end
+        huge = Chunks(b'{"a": 1, "b": 2', *[b" " * 4096] * 1024, b"}")  # 4 MiB
+        response = await client.send(httpx.Request("POST", url, headers=headers, stream=huge))
+        assert response.status_code == 413
+        assert huge.sent <= 1 + (1 << 20) // 4096 + 1  # stopped at the 1 MiB budget
 
 
 async def test_submit_bad_content_length_is_400() -> None:
