@@ -146,6 +146,25 @@ def test_metrics_of_a_known_workload_from_a_real_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+def test_one_process_with_a_metrics_port(tmp_path: Path, server: str) -> None:
+    (tmp_path / "known.py").write_text(SERVICE)
+    port = free_port()
+    args = ["known.py:svc", "--backend", "memory://", "--server", server]
+    with serving([*args, "--metrics-port", str(port)], tmp_path) as (proc, base):
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until_up(url)
+        httpx.post(f"{base}/work/submit", params={"delay": 3600}, json={"mode": "x"})
+        for text in (httpx.get(url).text, httpx.get(f"{base}/metrics").text):
+            assert 'errands_tasks_submitted_total{task="work"} 1.0\n' in text  # no process label
+            assert 'errands_queue_depth{task="work"} 1.0\n' in text
+        elsewhere = httpx.get(url.replace("/metrics", "/tasks"))
+        assert elsewhere.status_code == 404, elsewhere.text
+        assert httpx.get(f"{base}/tasks").status_code == 200  # the main port has it all
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises it
+
+
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
 def test_several_processes_each_have_a_metrics_port_and_add_up(tmp_path: Path, server: str) -> None:
     """``--workers 2 --metrics-port P``: each process answers on its own port
     with a process label; summed, they give the workload's values."""
@@ -187,14 +206,19 @@ def test_several_processes_each_have_a_metrics_port_and_add_up(tmp_path: Path, s
 
 def test_a_worker_serves_its_own_metrics(tmp_path: Path) -> None:
     """A server that runs nothing (--task-slots 0) and a worker with
-    --metrics-port: the server counts the submits, the worker the runs."""
+    --metrics-port: the server counts the submits, the worker the runs (and
+    logs them, here in JSON)."""
     (tmp_path / "known.py").write_text(SERVICE)
     port = free_port()
     backend = f"diskcache://{tmp_path / 'data'}"
     args = ["known.py:svc", "--backend", backend, "--task-slots", "0"]
     with (
         serving(args, tmp_path) as (_, base),
-        running([*ERRANDS, "worker", "known.py:svc", "--backend", backend], port, tmp_path),
+        running(
+            [*ERRANDS, "worker", "known.py:svc", "--backend", backend, "--log-format", "json"],
+            port,
+            tmp_path,
+        ),
     ):
         url = f"http://127.0.0.1:{port}/metrics"
         wait_until_up(url)
@@ -220,6 +244,10 @@ def test_a_worker_serves_its_own_metrics(tmp_path: Path) -> None:
         assert ("errands_http_held", ()) not in worker  # a worker holds no requests
         assert httpx.get(url.replace("/metrics", "/livez")).status_code == 200
         assert httpx.get(url.replace("/metrics", "/tasks")).status_code == 404
+    lines = [json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()]
+    for task_id in ids:
+        ran = [line["message"] for line in lines if line.get("task_id") == task_id]
+        assert len(ran) == 2 and "started" in ran[0] and "succeeded" in ran[1]
 
 
 @pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
