@@ -38,6 +38,7 @@ each is scraped on its own (``process`` label, see ``docs/decisions.md``).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -134,6 +135,8 @@ class Metrics:
         self.only_port: int | None = None
         self._collector = _SnapshotCollector(self)
         self.registry.register(self._collector)
+        # A host may read the registry from another thread (its own exporter).
+        self._rendering = threading.Lock()
 
     async def answer(self, access: EngineAccess | None, *, held: int | None) -> Answer:
         """The ``/metrics`` answer: a snapshot (awaited), then the registry
@@ -145,11 +148,12 @@ class Metrics:
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The registry in Prometheus' text format, the errands families from ``snapshot``."""
-        self._collector.snapshot = snapshot
-        try:
-            return generate_latest(self.registry)
-        finally:
-            self._collector.snapshot = None
+        with self._rendering:
+            self._collector.snapshot = snapshot
+            try:
+                return generate_latest(self.registry)
+            finally:
+                self._collector.snapshot = None
 
     def check_port(self, scope: MutableMapping[str, Any]) -> None:
         """Refuse (404) a request that reached the metrics-only port for
