@@ -50,12 +50,18 @@ def serve_hypercorn(args: argparse.Namespace, application: str) -> int:
     config.graceful_timeout = args.graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
+    try:
+        metrics = _metrics_sockets(args)
+    except OSError as exc:
+        print(f"errands: --metrics-port: {exc}", file=sys.stderr)
+        return 2
     if args.workers == 1:
-        if args.metrics_port is not None:
+        if metrics[0] is not None:
+            # hypercorn binds its own from config.bind (the check above said it can).
+            metrics[0].close()
             config.bind.append(_address(args.host, args.metrics_port))
         return _hypercorn_here(config)
     sockets = config.create_sockets()
-    metrics = _metrics_sockets(args)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     try:
@@ -92,7 +98,11 @@ def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
         timeout_graceful_shutdown=int(args.graceful_timeout),
         **logging_config,
     )
-    metrics = _metrics_sockets(args)
+    try:
+        metrics = _metrics_sockets(args)
+    except OSError as exc:
+        print(f"errands: --metrics-port: {exc}", file=sys.stderr)
+        return 2
     if args.workers == 1:
         server = _draining_uvicorn(config, worker=False)
         if metrics[0] is None:
@@ -134,22 +144,21 @@ def _metrics_sockets(args: argparse.Namespace) -> list[socket.socket | None]:
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        address = _address(args.host, args.metrics_port + index)
         try:
             sock.bind((args.host, args.metrics_port + index))
-        except OSError:
+        except OSError as exc:
             sock.close()
             for other in sockets:
                 assert other is not None
                 other.close()
-            raise
+            raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from None
         sock.setblocking(False)
         sock.set_inheritable(True)
         sockets.append(sock)
-        log.info(
-            "process %d: metrics on http://%s/metrics",
-            index,
-            _address(args.host, args.metrics_port + index),
-        )
+    for index in range(args.workers):
+        address = _address(args.host, args.metrics_port + index)
+        log.info("process %d: metrics on http://%s/metrics", index, address)
     return sockets
 
 

@@ -341,11 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in _cli_client.COMMANDS:
         return _cli_client.run(args)
     setup_logging(args.log_level, args.log_format)  # server processes read it from the environment
-    if args.metrics_port is not None and not 0 < args.metrics_port < 65536 - getattr(
-        args, "workers", 1
-    ):
-        print("errands: --metrics-port must leave room for a port per process", file=sys.stderr)
-        return 2
+    if args.metrics_port is not None:
+        processes = getattr(args, "workers", 1)  # (a worker's --workers is --task-slots)
+        ports = range(args.metrics_port, args.metrics_port + max(processes, 1))
+        if ports.start <= 0 or ports.stop > 65536 or getattr(args, "port", None) in ports:
+            print(
+                f"errands: --metrics-port {args.metrics_port}: the ports {ports.start}.."
+                f"{ports.stop - 1} (one per process) must be free ports, not --port",
+                file=sys.stderr,
+            )
+            return 2
     try:
         if args.command == "serve":
             return _serve(args)

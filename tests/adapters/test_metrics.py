@@ -364,3 +364,23 @@ def running(command: list[str], metrics_port: int, cwd: Path) -> Iterator[subpro
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
+
+
+def test_a_metrics_port_that_cannot_be_had_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "known.py").write_text(SERVICE)
+    port = free_port()
+
+    def serve(*more: str) -> subprocess.CompletedProcess[str]:
+        command = [*ERRANDS, "serve", "known.py:svc", "--port", str(port), *more]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    same = serve("--backend", "memory://", "--metrics-port", str(port))
+    assert same.returncode == 2 and "must be free ports, not --port" in same.stderr
+    busy = free_port()
+    with _bound(busy):
+        taken = serve("--backend", "memory://", "--metrics-port", str(busy))
+        assert taken.returncode == 2, taken.stderr
+        assert f"cannot listen on 127.0.0.1:{busy}" in taken.stderr
+        several = ["--workers", "2", "--backend", "diskcache://./data"]
+        taken = serve(*several, "--metrics-port", str(busy - 1))
+        assert taken.returncode == 2 and f"127.0.0.1:{busy}" in taken.stderr, taken.stderr
