@@ -138,6 +138,11 @@ def _metrics_sockets(args: argparse.Namespace) -> list[socket.socket | None]:
     """With ``--metrics-port P``, a socket bound to P+i for each process i
     (bound here, so a port in use fails at once, in this process)."""
     if args.metrics_port is None:
+        if args.workers > 1:
+            log.info(
+                "/metrics on the shared port answers from one process at a time (labelled "
+                "process=...); --metrics-port P gives each process its own port to scrape"
+            )
         return [None] * args.workers
     sockets: list[socket.socket | None] = []
     for index in range(args.workers):
