@@ -96,7 +96,7 @@ async def test_drain_answers_held_requests_at_once(autojump_clock: trio.testing.
             nursery.start_soon(ask, "events", "GET", "/nap/events", {"params": query})
             await trio.testing.wait_all_tasks_blocked()
             assert not answers
-            assert "\nerrands_http_held 4\n" in (await client.get("/metrics")).text
+            assert "\nerrands_http_held 4.0\n" in (await client.get("/metrics")).text
             app.drain()
             app.drain()  # idempotent
         assert trio.current_time() == start  # answered at once, not after 20 s
