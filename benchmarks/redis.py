@@ -113,9 +113,15 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], name: str) -> None:
         _common.stop_process(worker, name)
 
 
-def errands_round(server: RedisServer, workers: int, n: int) -> tuple[float, float]:
-    """Tasks per second with ``workers`` errands worker processes, and Redis
-    commands per task."""
+def cpu(pid: int) -> float:
+    return _common.process_cpu_seconds(pid) or 0.0
+
+
+def errands_round(
+    server: RedisServer, workers: int, n: int
+) -> tuple[float, float, dict[str, float]]:
+    """Tasks per second with ``workers`` errands worker processes, Redis
+    commands per task, and CPU milliseconds per task of each process kind."""
     from bench_tasks import svc
 
     prefix = f"bench{time.monotonic_ns()}"
@@ -129,16 +135,26 @@ def errands_round(server: RedisServer, workers: int, n: int) -> tuple[float, flo
             warm = client.noop.submit_many({} for _ in range(50 * workers))
             warm.wait(timeout=60)  # every worker is up and has run tasks
             before = server.commands()
+            me = os.getpid()
+            cpu_before = (cpu(me), sum(cpu(p.pid) for p in procs), cpu(server.process.pid))
             start = perf_counter()
             batch = client.noop.submit_many({} for _ in range(n))
             counts = batch.wait(timeout=600)
             elapsed = perf_counter() - start
+            cpu_after = (cpu(me), sum(cpu(p.pid) for p in procs), cpu(server.process.pid))
             commands = server.commands() - before
             if counts["success"] != n:
                 raise SystemExit(f"errands: {counts}")
     finally:
         stop_workers(procs, "errands worker")
-    return n / elapsed, commands / n
+    spent = {
+        kind: (after - before) * 1000 / n
+        for kind, before, after in zip(
+            ("submitter", "workers", "redis-server"), cpu_before, cpu_after, strict=True
+        )
+    }
+    spent["wall"] = elapsed * 1000 / n
+    return n / elapsed, commands / n, spent
 
 
 def rq_round(server: RedisServer, workers: int, n: int, worker_class: str | None) -> float:
@@ -241,10 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours, fork, simple = Series(), Series(), Series()
             vs_fork, vs_simple = Series(), Series()
             commands = Series()
+            spent: dict[str, Series] = {}
             for _ in range(args.repeat):
-                rate, per = errands_round(server, workers, args.n)
+                rate, per, cpu_ms = errands_round(server, workers, args.n)
                 ours.add(rate)
                 commands.add(per)
+                for kind, ms in cpu_ms.items():
+                    spent.setdefault(kind, Series()).add(ms)
                 if rq is not None:
                     f = rq_round(server, workers, args.rq_n, None)
                     s = rq_round(server, workers, args.rq_n, "rq.worker.SimpleWorker")
@@ -255,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{workers} worker process(es): tasks/s (median of {args.repeat} [min-max])")
             print(table.rate("errands (submit_many, then wait)", ours))
             print(f"  {'Redis commands per task':44}{commands.median:>11.1f}")
+            shares = ", ".join(f"{kind} {series.median:.2f}" for kind, series in spent.items())
+            print(f"  CPU ms per task (this process submits and waits): {shares}")
             if rq is not None:
                 print(table.rate("reference: RQ, default worker (fork per job)", fork))
                 print(table.rate("reference: RQ, SimpleWorker (no fork)", simple))
