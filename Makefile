@@ -88,6 +88,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/disk.py
 	$(BIN)/python benchmarks/http.py
 	$(BIN)/python benchmarks/clients.py
+	$(BIN)/python benchmarks/threadpath.py
+	$(BIN)/python benchmarks/batching.py
+	$(BIN)/python benchmarks/batch_submit.py
 	$(BIN)/python benchmarks/load.py
 
 ## Soak: 200 kill -9 cycles on one diskcache directory (about two minutes); prints

@@ -76,3 +76,17 @@ def test_batch_submit_quick_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert "ratio submit_many / one request per task" in done.stdout, done.stdout
     assert "ratio submit_many / submit per task" in done.stdout, done.stdout
+
+
+@pytest.mark.realtime
+def test_threadpath_quick_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "threadpath.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "errands: submit N, then wait each" in done.stdout, done.stdout
+    assert "bare portal hop" in done.stdout, done.stdout

@@ -1,0 +1,164 @@
+"""The thread path: ``errands.start()`` and a sync task, submitted from a plain
+thread, against huey's ``MemoryHuey`` doing the same.
+
+Run it::
+
+    python benchmarks/threadpath.py [--n N] [--repeat R] [--huey-workers H]
+    python benchmarks/threadpath.py --quick        # seconds: a smoke run, figures meaningless
+
+This is how notebooks, scripts and Flask or Django views use errands: the
+engine runs in a background thread, and plain code calls ``submit()`` in a
+loop, then ``wait()`` on each task.  Measured in one run, N no-op tasks each:
+
+* **errands**: ``errands.start(svc)`` (memory backend, default task slots),
+  a sync no-op task; this thread submits N, then waits on each; timed from
+  the first submit until the last wait returns.  Beside it, the same split
+  in two: N submits alone, and the waits alone.
+* **huey** (the reference): ``huey.MemoryHuey`` with H thread workers
+  (default 4), the same no-op; this thread enqueues N, then reads each
+  result (``result.get(blocking=True)``).
+* **the bare hop**: ``SyncClient``'s portal running a no-op coroutine in the
+  engine's loop and returning, N times: what every call from a thread pays
+  today, before any engine work.
+
+Rates are tasks per second; the ratio errands / huey is taken within each
+round.  Issue 14's goal: at least 1.0x MemoryHuey.  Benchmarks are not
+tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import _common
+from _common import NOISE_NOTE, Columns, Series, load, met
+
+import errands
+
+TARGET = 1.0
+perf_counter = time.perf_counter
+
+svc = errands.Service("threadpath")
+
+
+@svc.task
+def noop() -> None:
+    pass
+
+
+def errands_round(client: errands.SyncClient, n: int) -> tuple[float, float, float]:
+    """End-to-end, submit-only and wait-only rates."""
+    start = perf_counter()
+    tasks = [client.noop.submit() for _ in range(n)]
+    submitted = perf_counter()
+    for task in tasks:
+        task.wait(timeout=120)
+    done = perf_counter()
+    return n / (done - start), n / (submitted - start), n / (done - submitted)
+
+
+def portal_round(client: errands.SyncClient, n: int) -> float:
+    portal: Any = client._portal  # the hop every sync call takes today
+
+    async def nothing() -> None:
+        return None
+
+    start = perf_counter()
+    for _ in range(n):
+        portal.run(nothing)
+    return n / (perf_counter() - start)
+
+
+def huey_round(huey: Any, n: int, workers: int) -> float:
+    app = huey.MemoryHuey("bench", store_none=True)
+    task = app.task()(lambda: None)
+    consumer = app.create_consumer(
+        workers=workers,
+        worker_type="thread",
+        periodic=False,
+        initial_delay=0.001,
+        max_delay=0.05,
+        check_worker_health=False,
+    )
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    consumer.start()
+    try:
+        start = perf_counter()
+        results = [task() for _ in range(n)]
+        for result in results:
+            result.get(blocking=True, timeout=120, max_delay=0.05)
+        elapsed = perf_counter() - start
+    finally:
+        consumer.stop(graceful=True)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    return n / elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="tasks per round (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians (default 3)")
+    parser.add_argument("--huey-workers", type=int, default=4, help="huey threads (default 4)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: n=300, 1 round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.repeat = 300, 1
+    try:
+        import huey
+    except ImportError:
+        huey = None  # type: ignore[assignment]
+        print("(huey not installed: pip install huey; only errands' figures follow)")
+    extra = [f"huey {_common.version('huey')}"] if huey is not None else []
+    print("errands thread path against huey MemoryHuey")
+    print(_common.versions(extra))
+    print(
+        f"N={args.n} no-op tasks per round, {args.repeat} round(s), huey with "
+        f"{args.huey_workers} thread workers; load average at start: {load()}"
+    )
+    print(NOISE_NOTE)
+    print()
+    wall = perf_counter()
+    ours, submits, waits, hops = Series(), Series(), Series(), Series()
+    theirs, ratio = Series(), Series()
+    with errands.start(svc) as client:
+        errands_round(client, min(args.n, 500))  # warm-up
+        for _ in range(args.repeat):
+            end_to_end, submit_only, wait_only = errands_round(client, args.n)
+            ours.add(end_to_end)
+            submits.add(submit_only)
+            waits.add(wait_only)
+            hops.add(portal_round(client, args.n))
+            if huey is not None:
+                reference = huey_round(huey, args.n, args.huey_workers)
+                theirs.add(reference)
+                ratio.add(end_to_end / reference)
+    table = Columns(label=46, value=11)
+    print(f"tasks per second (median of {args.repeat} [min-max])")
+    print(table.rate("errands: submit N, then wait each", ours))
+    print(table.rate("  of which: the submits alone", submits))
+    print(table.rate("  of which: the waits alone", waits))
+    print(table.rate("bare portal hop (a no-op, calls/s)", hops))
+    if huey is not None:
+        print(table.rate("reference: huey MemoryHuey", theirs))
+        print()
+        print(
+            table.ratio(
+                "ratio errands / MemoryHuey",
+                ratio,
+                f"target >= {TARGET:g}: {met(ratio.median, TARGET)}",
+            )
+        )
+    print()
+    print(f"took {perf_counter() - wall:.1f} s; load average at end: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
