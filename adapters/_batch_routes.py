@@ -39,6 +39,7 @@ from errands._client import load_batch
 from ._answers import Answer, json_answer, number, one, wait_seconds
 from ._batch_wire import JSONL_TYPES, RESULT_ORDERS, result_line, summary_to_json
 from ._protocol import HTTPError
+from ._waiting import StreamedAnswer, stream_headers
 
 if TYPE_CHECKING:
     from ._bridge import EngineAccess
@@ -61,11 +62,7 @@ BATCH_ACTIONS = {"": ("GET",), "results": ("GET",), "cancel": ("POST", "PUT")}
 LINES_PER_CALL = 256
 
 _JSON = "application/json"
-_STREAM_HEADERS = [
-    (b"content-type", JSONL_TYPES[0].encode()),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # proxies such as nginx: pass each line on at once
-]
+_STREAM_HEADERS = stream_headers(JSONL_TYPES[0].encode())
 
 
 # ====================================================================== engine side
@@ -284,7 +281,7 @@ async def _take(lines: AsyncGenerator[bytes], most: int) -> tuple[list[bytes], b
     return out, None
 
 
-class LinesStream:
+class LinesStream(StreamedAnswer):
     """``GET /batches/<id>/results``'s answer once the batch was found: JSON
     Lines sent as they come; blank lines while waiting; it ends when every
     task was sent, on drain (a client reading it then asks again), or when
@@ -331,18 +328,6 @@ class LinesStream:
                 elif state is END:
                     break
             group.cancel_scope.cancel()
-
-    async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
-        try:
-            await send({"type": "http.response.body", "body": data, "more_body": more})
-        except OSError:  # some servers raise once the client has gone
-            self._gone = True
-
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        scope.cancel()
 
 
 # ====================================================================== the routes

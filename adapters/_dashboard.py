@@ -43,6 +43,7 @@ from errands._batches import is_batch_id
 from ._answers import Answer, json_answer, number, one
 from ._dashboard_feed import MAX_BATCHES, Feed, Recent
 from ._protocol import STATUS_NAMES, HTTPError, hidden, info_to_json, status_names
+from ._waiting import StreamedAnswer, stream_headers
 
 if TYPE_CHECKING:
     from ._bridge import EngineAccess
@@ -79,18 +80,14 @@ _PAGE_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-cache"),
 ]
-_STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+_STREAM_HEADERS = stream_headers(b"text/event-stream")
 
 
 def _read_page(name: str) -> bytes:
     return (importlib.resources.files("errands.adapters") / name).read_bytes()
 
 
-class DashboardStream:
+class DashboardStream(StreamedAnswer):
     """``GET /dashboard/events``'s answer: the feed's events as they come,
     until the client goes away, the engine stops, or a drain."""
 
@@ -128,18 +125,6 @@ class DashboardStream:
             if data:
                 await self._send(send, data)
             data = await self._access.call(self._feed.next)
-
-    async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
-        try:
-            await send({"type": "http.response.body", "body": data, "more_body": more})
-        except OSError:  # some servers raise once the client has gone
-            self._gone = True
-
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        scope.cancel()
 
 
 class Dashboard:

@@ -49,11 +49,17 @@ KEEPALIVE = 15.0
 #: The most task ids one ``POST /tasks/wait`` may name.
 MAX_WAIT_IDS = 10_000
 
-_STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # proxies such as nginx: pass each event on at once
-]
+
+def stream_headers(content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a streamed answer of ``content_type``."""
+    return [
+        (b"content-type", content_type),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),  # proxies such as nginx: pass each part on at once
+    ]
+
+
+_STREAM_HEADERS = stream_headers(b"text/event-stream")
 _KEEPALIVE_LINE = b": keepalive\n\n"
 
 
@@ -144,7 +150,26 @@ def _canceller(scope: anyio.CancelScope) -> Callable[[], None]:
     return cancel
 
 
-class EventStream:
+class StreamedAnswer:
+    """What every streamed answer shares (event streams, JSON Lines): it
+    notices a client that went away, and stops sending to it."""
+
+    _gone = False
+
+    async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
+        try:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+        except OSError:  # some servers raise once the client has gone
+            self._gone = True
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        scope.cancel()
+
+
+class EventStream(StreamedAnswer):
     """``GET /<route>/events``: the answer after the task id was found.
 
     The first event carries ``first`` (read before any byte was sent, so an
@@ -204,18 +229,6 @@ class EventStream:
                 log.exception("event stream of task %s ended by an engine error", info.id)
                 return
             await self._send(send, self._event(info))
-
-    async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
-        try:
-            await send({"type": "http.response.body", "body": data, "more_body": more})
-        except OSError:  # some servers raise once the client has gone
-            self._gone = True
-
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        scope.cancel()
 
 
 async def wait_many(
