@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["find_tool", "redis_server"]
+__all__ = ["find_tool", "redis_server", "wait_answering"]
 
 
 def find_tool(*names: str, what: str) -> str:
@@ -34,6 +35,25 @@ def find_tool(*names: str, what: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message + "; CI must install it (make test does)")
     pytest.skip(message)
+
+
+def wait_answering(
+    url: str, process: subprocess.Popen[Any], *, timeout: float = 30.0, status: int = 200
+) -> None:
+    """Wait until ``url`` answers ``status`` (a server ``process`` we started
+    is up), failing if the process exits first or ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"the server exited ({process.returncode})"
+        try:
+            if httpx.get(url, timeout=1).status_code == status:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer {status} in {timeout:g} s"
+        time.sleep(0.05)
 
 
 def _free_port() -> int:

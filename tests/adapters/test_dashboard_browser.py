@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import pytest
 
 from tests.adapters.test_cli import free_port, serving
 from tests.examples.test_mount_in_fastapi import CHROMIUM_ARGS
-from tests.tools import find_tool
+from tests.tools import find_tool, wait_answering
 
 pytestmark = [pytest.mark.realtime, pytest.mark.slow]
 
@@ -278,16 +277,7 @@ def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         text=True,
     ) as server:
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert server.poll() is None
-                try:
-                    if httpx.get(f"{base}/", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_answering(f"{base}/", server)
             yield base, gates
         finally:
             server.terminate()  # ours, by its PID

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.adapters.test_cli import free_port
-from tests.tools import find_tool
+from tests.tools import find_tool, wait_answering
 
 pytestmark = pytest.mark.realtime
 
@@ -45,16 +44,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         text=True,
     ) as server:
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert server.poll() is None
-                try:
-                    if httpx.get(f"{base}/", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_answering(f"{base}/", server)
             yield base
         finally:
             server.send_signal(signal.SIGINT)

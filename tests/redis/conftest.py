@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.tools import wait_answering
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = "tests.redis.redis_service:svc"
@@ -56,16 +56,7 @@ def processes(tmp_path: Path) -> Iterator[Start]:
 
 
 def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.05)
+    wait_answering(f"{base}/readyz", process, timeout=timeout)
 
 
 @contextmanager
