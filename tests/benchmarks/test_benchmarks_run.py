@@ -33,18 +33,23 @@ def test_inprocess_quick_runs() -> None:
     assert "trio " in out and "errands " in out and "cores" in out, out
 
 
-@pytest.mark.realtime
-def test_batching_quick_runs() -> None:
+def run_quick(script: str, *lines: str, timeout: float = 120) -> None:
+    """``python benchmarks/SCRIPT --quick`` succeeds and prints each of ``lines``."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "batching.py"), "--quick"],
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "ratio batched / one call per task" in done.stdout, done.stdout
-    assert "reference: one call per task" in done.stdout, done.stdout
+    for line in lines:
+        assert line in done.stdout, done.stdout
+
+
+@pytest.mark.realtime
+def test_batching_quick_runs() -> None:
+    run_quick("batching.py", "ratio batched / one call per task", "reference: one call per task")
 
 
 @pytest.mark.realtime
@@ -52,41 +57,23 @@ def test_redis_quick_runs() -> None:
     from tests.tools import find_tool
 
     find_tool("redis-server", what="the Redis benchmark's smoke run")
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "redis.py"), "--quick"],
-        capture_output=True,
-        text=True,
+    run_quick(
+        "redis.py",
+        "errands (submit_many, then wait)",
+        "Redis memory per waiting task",
         timeout=180,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr
-    assert "errands (submit_many, then wait)" in done.stdout, done.stdout
-    assert "Redis memory per waiting task" in done.stdout, done.stdout
 
 
 @pytest.mark.realtime
 def test_batch_submit_quick_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "batch_submit.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    run_quick(
+        "batch_submit.py",
+        "ratio submit_many / one request per task",
+        "ratio submit_many / submit per task",
     )
-    assert done.returncode == 0, done.stderr
-    assert "ratio submit_many / one request per task" in done.stdout, done.stdout
-    assert "ratio submit_many / submit per task" in done.stdout, done.stdout
 
 
 @pytest.mark.realtime
 def test_threadpath_quick_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "threadpath.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "errands: submit N, then wait each" in done.stdout, done.stdout
-    assert "bare portal hop" in done.stdout, done.stdout
+    run_quick("threadpath.py", "errands: submit N, then wait each", "bare portal hop")
