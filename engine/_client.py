@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,7 @@ class AsyncBatch:
 
         Raises TimeoutError after ``timeout`` seconds.
         """
-        with trio.move_on_after(math_inf_if_none(timeout)) as scope:
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             # One wait per task, in turn: each reads its task once, so the
             # whole wait reads the batch once (as_completed would re-read
             # every unfinished task at each ending).
@@ -184,10 +185,6 @@ class AsyncBatch:
 
     def __repr__(self) -> str:
         return f"<AsyncBatch {self.name} {self.id} tasks={len(self.tasks)}>"
-
-
-def math_inf_if_none(timeout: float | None) -> float:
-    return float("inf") if timeout is None else timeout
 
 
 async def _outcome(engine: Engine, index: int, task_id: str) -> BatchResult:
