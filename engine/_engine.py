@@ -415,9 +415,21 @@ class Engine:
             key=idempotency_key,
             retry_of=retry_of,
         )
-        stored = StoredTask.from_record(record)
+        return await self.accept(record, idempotency_key)
+
+    async def accept(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+        """Store and queue the new ``pending`` ``record`` (checked and built by
+        the caller: :meth:`validate`, :meth:`new_record`); the record, or the
+        live one its idempotency key already stands for.
+
+        Raises:
+            EngineUnavailable: storage failed; nothing was accepted.
+            InvalidArguments: the key was used with other arguments.
+        """
         try:
-            existing = await self._enqueue(stored, idempotency_key, priority, record.not_before)
+            existing = await self._enqueue(
+                StoredTask.from_record(record), idempotency_key, record.priority, record.not_before
+            )
         except EngineUnavailable:
             raise
         except BackendError as exc:
@@ -429,11 +441,11 @@ class Engine:
         self.core.health.clear("submit")
         if existing is not None:
             self._check_repeat(existing, record, idempotency_key)
-            log.debug("idempotent repeat of %s %s", name, record.id)
+            log.debug("idempotent repeat of %s %s", record.name, record.id)
             return existing
         self.core.submitted += 1
-        self.core.events.submitted(record.id, name)
-        self.wake_for(name)
+        self.core.events.submitted(record.id, record.name)
+        self.wake_for(record.name)
         return record
 
     def check_accepting(self) -> None:
