@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inprocess.py
 	$(BIN)/python benchmarks/disk.py
 	$(BIN)/python benchmarks/http.py
+	$(BIN)/python benchmarks/vs_bentoml.py
 	$(BIN)/python benchmarks/clients.py
 	$(BIN)/python benchmarks/threadpath.py
 	$(BIN)/python benchmarks/batching.py

@@ -77,3 +77,16 @@ def test_batch_submit_quick_runs() -> None:
 @pytest.mark.realtime
 def test_threadpath_quick_runs() -> None:
     run_quick("threadpath.py", "errands: submit N, then wait each", "bare portal hop")
+
+
+@pytest.mark.realtime
+def test_vs_bentoml_quick_runs() -> None:
+    # Without BentoML's venv the script shows errands' figures only; with it
+    # (make test builds it) the ratio lines too.
+    run_quick(
+        "vs_bentoml.py",
+        "closed loop errands, hypercorn (trio worker)",
+        "bulk        errands, --server uvicorn",
+        "errands server CPU, microseconds per task",
+        timeout=180,
+    )
