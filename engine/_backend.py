@@ -41,7 +41,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
 
@@ -308,6 +308,11 @@ class Backend(abc.ABC):
     queue: Queue
     store: Store
     poll_interval: float | None = None
+    #: True when the storage is this process's memory, used by one engine:
+    #: a task is as safe once the engine holds it as it will ever be, and
+    #: only that engine changes it.  Then a submit from another thread
+    #: returns before the write, and waits park without asking the engine.
+    volatile: bool = False
 
     async def enqueue(
         self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
@@ -383,6 +388,55 @@ class Backend(abc.ABC):
         if held is Renewal.LOST:
             return False
         return await self.store.transition(task, expect=TaskStatus.PENDING)
+
+    async def start(
+        self, claim: Claim, *, starting: Callable[[StoredTask], StoredTask]
+    ) -> StoredTask | None:
+        """Start a claimed task: read its record and, if it is ``pending`` and
+        ``claim`` is still held, replace it with ``starting(record)`` (its
+        ``in_progress`` record, fenced by ``claim.token``); return the record
+        ``starting`` returned, as stored.
+
+        None, changing nothing, when the record is missing or not ``pending``
+        (cancelled while it waited, or a stale entry) or the claim is no
+        longer held (see :meth:`begin`).  ``starting`` is a pure function of
+        the pending record; it may run on another thread (a backend's I/O
+        thread), at most once, and whatever it raises is raised here
+        unchanged, with nothing changed.
+
+        The default reads with :meth:`Store.get`, then calls :meth:`begin`:
+        two calls, safe because :meth:`begin` is a compare-and-set on
+        ``pending`` and the claim.  Backends that can read and write in one
+        step override it (one round trip per start instead of two).
+        """
+        stored = await self.store.get(claim.task_id)
+        if stored is None or stored.status is not TaskStatus.PENDING:
+            return None
+        begun = starting(stored)
+        return begun if await self.begin(begun, claim=claim) else None
+
+    async def finish(
+        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+    ) -> bool:
+        """End a run: :meth:`Store.transition` the ``in_progress`` record held
+        with ``claim.token`` to ``task`` (saving ``result`` with it), then
+        :meth:`Queue.ack` the claim, whether or not the record moved.
+
+        Returns whether the record moved.  A refused move (the record was
+        cancelled, or a newer claim holds it) changes no record, and the
+        entry still goes if this claim holds it: a task whose record moved on
+        must not stay queued under a dead claim.
+
+        The default makes the two calls in order, so a failure between them
+        leaves the record moved and the entry claimed (the upkeep acks such
+        an entry when its lease runs out).  Backends that can do both in one
+        atomic step override it.
+        """
+        moved = await self.store.transition(
+            task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result
+        )
+        await self.queue.ack(claim.task_id, claim.token)
+        return moved
 
     async def changed_tasks(self) -> Collection[str] | None:
         """Block until tasks may have been changed by another process; return

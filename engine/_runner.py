@@ -238,15 +238,7 @@ class Runner:
 
     async def run(self, claim: Claim) -> None:
         """Start, call and settle one claimed task."""
-        core = self.core
-        task_id, token = claim.task_id, claim.token
-        stored = await self._storage(lambda: core.store.get(task_id))
-        record = stored.record if stored is not None else None
-        if record is None or record.status is not PENDING:
-            # A stale entry: cancelled, gone or a duplicate.
-            await self._storage(lambda: core.queue.ack(task_id, token))
-            return
-        run = await self.begin(claim, record)
+        run = await self.start(claim)
         if run is None:
             return
         call = Call(definition=run.definition, runs=[run], context=run.context)
@@ -256,6 +248,26 @@ class Runner:
         finally:
             self._forget(call)
         await self._settle(run, result)
+
+    async def start(self, claim: Claim) -> Run | None:
+        """Read and start the claimed task in one backend call
+        (:meth:`Backend.start`); its :class:`Run`, or None when it is not to
+        run here (a stale entry, a lost claim: acked, or settled at once)."""
+        core = self.core
+        token = claim.token
+        now = core.now()  # read here: the wall clock may be trio's (tests)
+
+        def starting(pending: StoredTask) -> StoredTask:
+            return StoredTask.from_record(_records.started(pending.record, token=token, now=now))
+
+        begun = await self._storage(lambda: core.backend.start(claim, starting=starting))
+        if begun is None:
+            # Cancelled while waiting, gone, a duplicate entry, or our claim
+            # was lost (the lease ran out while we stalled): whoever holds the
+            # task now runs it.
+            await self._storage(lambda: core.queue.ack(claim.task_id, token))
+            return None
+        return await self._started(claim, begun.record)
 
     async def begin(self, claim: Claim, record: TaskRecord) -> Run | None:
         """Start the claimed ``pending`` ``record`` (fenced by the claim); its
@@ -270,22 +282,29 @@ class Runner:
             # task now runs it.
             await self._storage(lambda: core.queue.ack(task_id, claim.token))
             return None
+        return await self._started(claim, running)
+
+    async def _started(self, claim: Claim, running: TaskRecord) -> Run | None:
+        """The claimed task is ``in_progress`` as ``running``: its :class:`Run`,
+        or None when it cannot run here (settled or handed back)."""
+        core = self.core
+        task_id = claim.task_id
         core.watchers.touch(task_id)
-        definition = core.definitions.get(record.name)
+        definition = core.definitions.get(running.name)
         if definition is None:
             unknown = TaskError(
-                type="UnknownTask", message=f"this engine's service has no task {record.name!r}"
+                type="UnknownTask", message=f"this engine's service has no task {running.name!r}"
             )
             await self._finish(claim, running, None, error=unknown)
             return None
         if core.stopping:
             await self.hand_back(claim, running, counts=False, started=False)
             return None
-        ready = record.not_before if record.not_before is not None else record.created_at
-        core.events.started(task_id, record.name, running.attempt, core.now() - ready)
+        ready = running.not_before if running.not_before is not None else running.created_at
+        core.events.started(task_id, running.name, running.attempt, core.now() - ready)
         context = TaskContext(
             id=task_id,
-            name=record.name,
+            name=running.name,
             attempt=running.attempt,
             on_report=self._on_report,
             max_message_length=core.options.max_message_length,
@@ -558,11 +577,20 @@ class Runner:
             traceback=traceback,
         )
         final = StoredTask.from_record(done)
-        stored_final = await self._storage(
-            lambda: core.store.transition(
-                final, expect=IN_PROGRESS, token=claim.token, result=payload
-            )
-        )
+        tries = 0
+
+        async def finish() -> bool:
+            nonlocal tries
+            tries += 1
+            moved = await core.backend.finish(final, claim=claim, result=payload)
+            if moved or tries == 1:
+                return moved
+            # A retry: the failed try may have moved the record before it
+            # failed (a backend that makes two calls of it).
+            now = await core.store.get(claim.task_id)
+            return now is not None and now.status is status and now.token == claim.token
+
+        stored_final = await self._storage(finish)
         if stored_final:
             core.finished += 1
             kind = _ENDED[status]
@@ -581,7 +609,6 @@ class Runner:
             log.warning(
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
             )
-        await self._storage(lambda: core.queue.ack(claim.task_id, claim.token))
         core.watchers.notify(claim.task_id, done if stored_final else None)
 
     async def _fail_or_retry(

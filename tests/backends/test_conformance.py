@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import pytest
 import trio
 
-from errands import Backend, InvalidTransition, Payload, Renewal, StoredTask, TaskStatus
+from errands import Backend, Claim, InvalidTransition, Payload, Renewal, StoredTask, TaskStatus
 from errands._model import TaskRecord, new_task_id
 
 P, R, S, F, C = (
@@ -593,6 +595,145 @@ async def test_begin_refuses_an_acked_claim(backend: Backend) -> None:
     assert not await backend.begin(running, claim=claim)
     got = await backend.store.get(rec.id)
     assert got is not None and got.status is P
+
+
+# ---------------------------------------------------------------- start and finish
+
+
+def starting_under(claim: Claim, seen: list[StoredTask]) -> Callable[[StoredTask], StoredTask]:
+    """A ``starting`` function as the engine's runner passes it; records its calls."""
+
+    def starting(pending: StoredTask) -> StoredTask:
+        seen.append(pending)
+        return stored(attrs.evolve(pending.record, status=R, attempt=1, token=claim.token))
+
+    return starting
+
+
+async def test_start_reads_checks_and_starts_in_one_call(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+    seen: list[StoredTask] = []
+    begun = await backend.start(claim, starting=starting_under(claim, seen))
+    assert [reloaded(t).record for t in seen] == [rec]  # called once, with the pending record
+    assert begun is not None and begun.status is R and begun.token == claim.token
+    got = await backend.store.get(rec.id)
+    assert got is not None and reloaded(got).record == begun.record
+    # Not pending any more: a second start changes nothing and builds nothing.
+    assert await backend.start(claim, starting=starting_under(claim, seen)) is None
+    assert len(seen) == 1
+
+
+async def test_start_refuses_a_lost_claim(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    stale = await claim_one(backend, lease=1)
+    assert stale is not None
+    assert await backend.queue.release(stale.task_id, stale.token)  # recovery gave it back
+    seen: list[StoredTask] = []
+    assert await backend.start(stale, starting=starting_under(stale, seen)) is None
+    fresh = await claim_one(backend)
+    assert fresh is not None and fresh.token > stale.token
+    assert await backend.start(stale, starting=starting_under(stale, seen)) is None
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P and got.token == 0
+    assert await backend.start(fresh, starting=starting_under(fresh, seen)) is not None
+
+
+async def test_start_does_not_start_a_task_cancelled_while_it_waited(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+    cancelled = attrs.evolve(rec, status=C, finished_at=NOW, expires_at=NOW + 60)
+    assert await backend.store.transition(stored(cancelled), expect=P)
+    seen: list[StoredTask] = []
+    assert await backend.start(claim, starting=starting_under(claim, seen)) is None
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is C
+    assert (
+        await backend.start(
+            Claim(
+                task_id=new_task_id(), name="job", token=claim.token, owner="w1", lease_until=NOW
+            ),
+            starting=starting_under(claim, seen),
+        )
+        is None
+    )  # no such task
+    assert seen == []
+
+
+async def test_start_raises_what_starting_raises_and_changes_nothing(backend: Backend) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+
+    def broken(pending: StoredTask) -> StoredTask:
+        raise ZeroDivisionError("the engine's own bug")
+
+    with pytest.raises(ZeroDivisionError):
+        await backend.start(claim, starting=broken)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+    assert await backend.start(claim, starting=starting_under(claim, [])) is not None
+
+
+async def started(backend: Backend) -> tuple[TaskRecord, Claim]:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None
+    begun = await backend.start(claim, starting=starting_under(claim, []))
+    assert begun is not None
+    return begun.record, claim
+
+
+async def test_finish_moves_the_record_saves_the_result_and_acks(backend: Backend) -> None:
+    running, claim = await started(backend)
+    done = attrs.evolve(running, status=S, finished_at=NOW, expires_at=NOW + 60)
+    payload = Payload(media_type="application/json", data=b"[1]")
+    assert await backend.finish(stored(done), claim=claim, result=payload)
+    got = await backend.store.get(running.id)
+    assert got is not None and reloaded(got).record == done
+    assert await backend.store.get_result(running.id) == payload
+    assert not await backend.queue.contains(running.id)
+    assert not await backend.queue.ack(claim.task_id, claim.token)  # acked already
+
+
+async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(backend: Backend) -> None:
+    running, stale = await started(backend)
+    # The lease ran out: recovery put the task back and a fresh claim started it.
+    back = attrs.evolve(running, status=P, token=0)
+    assert await backend.store.transition(stored(back), expect=R, token=stale.token)
+    assert await backend.queue.release(stale.task_id, stale.token)
+    fresh = await claim_one(backend)
+    assert fresh is not None
+    assert await backend.start(fresh, starting=starting_under(fresh, [])) is not None
+    late = attrs.evolve(running, status=S, finished_at=NOW, expires_at=NOW + 60)
+    payload = Payload(media_type="application/json", data=b'"late"')
+    assert not await backend.finish(stored(late), claim=stale, result=payload)
+    got = await backend.store.get(running.id)
+    assert got is not None and got.status is R and got.token == fresh.token
+    assert await backend.store.get_result(running.id) is None  # nothing of it saved
+    assert (
+        await backend.queue.renew(fresh.task_id, fresh.token, lease_until=NOW + 60)
+        is Renewal.RENEWED
+    )  # the fresh claim's entry stays
+
+
+async def test_finish_acks_even_when_the_record_moved_on(backend: Backend) -> None:
+    running, claim = await started(backend)
+    # Failed by someone else (its worker judged lost) while this claim still held it.
+    lost = attrs.evolve(running, status=F, finished_at=NOW, expires_at=NOW + 60)
+    assert await backend.store.transition(stored(lost), expect=R, token=claim.token)
+    done = attrs.evolve(running, status=S, finished_at=NOW + 1, expires_at=NOW + 61)
+    assert not await backend.finish(stored(done), claim=claim, result=None)
+    got = await backend.store.get(running.id)
+    assert got is not None and got.status is F
+    assert not await backend.queue.contains(running.id)  # acked all the same
 
 
 async def test_delete_expired_deletes_only_an_expired_record(backend: Backend) -> None:

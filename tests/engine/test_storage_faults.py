@@ -178,3 +178,20 @@ async def test_an_engine_bug_ends_the_engine_loudly(
     else:
         assert isinstance(error, ZeroDivisionError)
     assert not health.alive and health.died_of == "ZeroDivisionError: bug"
+
+
+async def test_a_finish_retried_after_a_fault_part_way_counts_its_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The composed ``Backend.finish`` (transition, then ack) failed at its
+    ack: the retry finds the record moved by the first try and tells the
+    success, instead of a refused move."""
+    backend = FaultyBackend(MemoryBackend())
+    async with engine(backend) as client:
+        backend.faults.fail("queue.ack", nth=1, times=1)
+        task = await submit(client, n=4, seconds=1)
+        assert await final(task) is TaskStatus.SUCCESS
+        assert backend.faults.raised.get("queue.ack") == 1
+        assert await task.get() == 8
+        assert client.statistics().tasks["nap"].succeeded == 1
+        assert not await backend.inner.queue.contains(task.id)
