@@ -448,11 +448,7 @@ class DiskCacheQueue(Queue):
 
     async def ack(self, task_id: str, token: int) -> bool:
         def ack(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "DELETE FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
-                (task_id, token),
-            )
-            return cursor.rowcount == 1
+            return _ack(conn, task_id, token)
 
         return await self._db.run(ack)
 
@@ -598,6 +594,22 @@ def _put(
     )
 
 
+def _holds(conn: sqlite3.Connection, claim: Claim) -> bool:
+    """Whether the queue entry of ``claim`` is still claimed with its token."""
+    held = conn.execute(
+        "SELECT 1 FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
+        (claim.task_id, claim.token),
+    ).fetchone()
+    return held is not None
+
+
+def _ack(conn: sqlite3.Connection, task_id: str, token: int) -> bool:
+    cursor = conn.execute(
+        "DELETE FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL", (task_id, token)
+    )
+    return cursor.rowcount == 1
+
+
 def _add_members(
     conn: sqlite3.Connection, batch_id: str, members: Sequence[tuple[int, str]]
 ) -> None:
@@ -704,6 +716,19 @@ class DiskCacheStore(Store):
         token: int | None = None,
         result: Payload | None = None,
     ) -> bool:
+        return await self._transition(task, expect=expect, token=token, result=result)
+
+    async def _transition(
+        self,
+        task: StoredTask,
+        *,
+        expect: TaskStatus,
+        token: int | None,
+        result: Payload | None,
+        then: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> bool:
+        """:meth:`transition`, and ``then(conn)`` in the same transaction
+        whether or not the record moved."""
         check_transition(expect, task.status)
         data = task.data
         key = f"{task.id}:{task.token}"
@@ -731,9 +756,8 @@ class DiskCacheStore(Store):
             if token is not None:
                 sql += " AND token = ?"
                 params += (token,)
-            if conn.execute(sql, params).rowcount != 1:
-                return False
-            if inline:
+            moved = conn.execute(sql, params).rowcount == 1
+            if moved and inline:
                 assert result is not None
                 # Small results commit with the status change, in the same
                 # transaction (and the same group commit).
@@ -741,7 +765,9 @@ class DiskCacheStore(Store):
                     "INSERT OR REPLACE INTO results (id, media_type, data) VALUES (?, ?, ?)",
                     (task.id, result.media_type, result.data),
                 )
-            return True
+            if then is not None:
+                then(conn)
+            return moved
 
         moved = await self._db.run(transition)
         if not moved and result is not None and not inline:
@@ -965,11 +991,7 @@ class DiskCacheBackend(Backend):
         data = task.data
 
         def begin(conn: sqlite3.Connection) -> bool:
-            held = conn.execute(
-                "SELECT 1 FROM queue WHERE id = ? AND token = ? AND owner IS NOT NULL",
-                (claim.task_id, claim.token),
-            ).fetchone()
-            if held is None:
+            if not _holds(conn, claim):
                 return False
             cursor = conn.execute(
                 "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ?"
@@ -986,6 +1008,50 @@ class DiskCacheBackend(Backend):
             return cursor.rowcount == 1
 
         return await self._db.run(begin)
+
+    async def start(
+        self, claim: Claim, *, starting: Callable[[StoredTask], StoredTask]
+    ) -> StoredTask | None:
+        """Read the record, check the claim and move the record ``pending ->
+        in_progress``, in one transaction."""
+        failed: list[BaseException] = []
+
+        def start(conn: sqlite3.Connection) -> StoredTask | None:
+            row = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
+                (claim.task_id, TaskStatus.PENDING.value),
+            ).fetchone()
+            if row is None or not _holds(conn, claim):
+                return None
+            try:
+                begun = starting(_stored(row))
+                check_transition(TaskStatus.PENDING, begun.status)
+                data = begun.data
+            except Exception as exc:  # the engine's, not the database's: raised as it is
+                failed.append(exc)
+                return None
+            conn.execute(
+                "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ? WHERE id = ?",
+                (begun.status.value, begun.token, begun.expires_at, data, begun.id),
+            )
+            return begun
+
+        begun = await self._db.run(start)
+        if failed:
+            raise failed[0]
+        return begun
+
+    async def finish(
+        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+    ) -> bool:
+        """Move the record and ack the claim in one transaction."""
+
+        def ack(conn: sqlite3.Connection) -> None:
+            _ack(conn, claim.task_id, claim.token)
+
+        return await self.store._transition(
+            task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result, then=ack
+        )
 
     async def enqueue(
         self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None

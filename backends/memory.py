@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
 
@@ -177,6 +177,9 @@ class MemoryQueue(Queue):
 
     async def ack(self, task_id: str, token: int) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
+        return self._ack(task_id, token)
+
+    def _ack(self, task_id: str, token: int) -> bool:
         if self._held(task_id, token) is None:
             return False
         del self._claimed[task_id]
@@ -415,6 +418,7 @@ class MemoryBackend(Backend):
 
     queue: MemoryQueue
     store: MemoryStore
+    volatile = True
 
     def __init__(self) -> None:
         self.queue = MemoryQueue()
@@ -463,6 +467,29 @@ class MemoryBackend(Backend):
         if self.queue._held(claim.task_id, claim.token) is None:
             return False
         return self.store._transition(task, expect=TaskStatus.PENDING, token=None, result=None)
+
+    async def start(
+        self, claim: Claim, *, starting: Callable[[StoredTask], StoredTask]
+    ) -> StoredTask | None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        current = self.store._records.get(claim.task_id)
+        if current is None or current.status is not TaskStatus.PENDING:
+            return None
+        if self.queue._held(claim.task_id, claim.token) is None:
+            return None
+        begun = starting(current)
+        moved = self.store._transition(begun, expect=TaskStatus.PENDING, token=None, result=None)
+        return begun if moved else None
+
+    async def finish(
+        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+    ) -> bool:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        moved = self.store._transition(
+            task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result
+        )
+        self.queue._ack(claim.task_id, claim.token)
+        return moved
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBackend:

@@ -115,7 +115,7 @@ class BatchWriter:
         first_index: int = 0,
     ) -> None:
         engine.definition(name)  # LookupError for an unknown endpoint
-        engine._check_caps(delay, idempotency_key)
+        engine.check_caps(delay, idempotency_key)
         if batch_id is not None and not is_batch_id(batch_id):
             raise ValueError(f"{batch_id!r} is not a batch id")
         if first_index < 0:

@@ -405,7 +405,7 @@ class Engine:
         self.check_accepting()
         definition = self.definition(name)
         args = await self.validate(definition, arguments, from_json)
-        self._check_caps(delay, idempotency_key)
+        self.check_caps(delay, idempotency_key)
         record = self.new_record(
             definition,
             args,
@@ -531,7 +531,8 @@ class Engine:
         with pixel_limit(self.options.max_image_pixels):
             return definition.validate(arguments, from_json=from_json)
 
-    def _check_caps(self, delay: float | None, idempotency_key: str | None) -> None:
+    def check_caps(self, delay: float | None, idempotency_key: str | None) -> None:
+        """Raise LimitExceeded for a delay or an idempotency key over the engine's caps."""
         options = self.options
         if delay is not None and not 0 <= delay <= options.max_delay:
             raise LimitExceeded(

@@ -1,8 +1,10 @@
 """``errands.start``: an engine in its own thread, for scripts and notebooks.
 
-The engine runs ``trio.run`` in a daemon thread; the sync client hands each
-call to it through ``trio.from_thread``.  Leaving the ``with`` block, calling
-``close()``, or the interpreter exiting shuts the engine down cleanly.
+The engine runs ``trio.run`` in a daemon thread.  Submits (and the waits on
+what they submitted) go through the :class:`~errands._handoff.Handoff`, in
+bursts, with no round trip per call; the other calls through
+``trio.from_thread``.  Leaving the ``with`` block, calling ``close()``, or the
+interpreter exiting shuts the engine down cleanly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._batches import BatchResult
 from ._client import AsyncBatch, AsyncClient, AsyncEndpoint, AsyncTask, by_keyword
 from ._engine import Engine, EngineStatistics
 from ._errors import EngineClosed, ErrandsError
+from ._handoff import Handoff, Mailbox, Ticket
 from ._model import TaskInfo
 from ._open import build_options, open_engine
 from ._options import DEFAULTS, EngineOptions
@@ -60,12 +63,18 @@ def task_html(task: Any) -> str:
     )
 
 
+#: A call of :meth:`SyncClient.call_soon`: the coroutine to start, and where
+#: its outcome goes.
+_BridgeCall = tuple[Callable[[], Awaitable[None]], Callable[[outcome.Outcome[Any]], None]]
+
+
 class _Portal:
     """Runs coroutine functions in the engine's trio thread and waits for them."""
 
     def __init__(self) -> None:
         self.token: trio.lowlevel.TrioToken | None = None
         self.died_of: str | None = None  # set when an engine bug ended the engine
+        self.handoff: Handoff | None = None  # submits from threads (set while running)
 
     def _closed(self, message: str) -> EngineClosed:
         if self.died_of is not None:
@@ -77,9 +86,17 @@ class _Portal:
             raise self._closed("the engine is not running")
         _refuse_in_trio("this sync client's methods block")
         try:
-            return trio.from_thread.run(afn, *args, trio_token=self.token)
+            return trio.from_thread.run(self._settled, afn, args, trio_token=self.token)
         except trio.RunFinishedError:
             raise self._closed("the engine has stopped") from None
+
+    async def _settled(self, afn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        # What was submitted before this call is stored first, so a handle
+        # used right after its submit finds its task.
+        handoff = self.handoff
+        if handoff is not None and handoff.unsettled:
+            await handoff.settle()
+        return await afn(*args)
 
 
 def _refuse_in_trio(what: str) -> None:
@@ -117,11 +134,12 @@ class Task:
     Same members as :class:`~errands.AsyncTask`, without ``await``.
     """
 
-    __slots__ = ("_handle", "_portal")
+    __slots__ = ("_handle", "_portal", "_ticket")
 
-    def __init__(self, portal: _Portal, handle: AsyncTask) -> None:
+    def __init__(self, portal: _Portal, handle: AsyncTask, ticket: Ticket | None = None) -> None:
         self._portal = portal
         self._handle = handle
+        self._ticket = ticket  # set when this thread path submitted it
 
     @property
     def id(self) -> str:
@@ -145,6 +163,25 @@ class Task:
 
     def wait(self, timeout: float | None = None) -> TaskStatus:
         """Block until final and return that status; TimeoutError after ``timeout`` s."""
+        ticket, handoff = self._ticket, self._portal.handoff
+        if ticket is not None and handoff is not None:
+            # Submitted here: the engine fills in the ticket when it ends the
+            # task, so most waits need no round trip to the engine's thread.
+            _refuse_in_trio("this sync client's methods block")
+            start = time.monotonic()
+            try:
+                status = handoff.wait(ticket, timeout)
+            except TimeoutError:
+                status = self.get_status()
+                if status.is_final:
+                    return status
+                raise TimeoutError(
+                    f"task {self.id} is still {status.value} after {timeout} s"
+                ) from None
+            if status is not None:
+                return status
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         return self._portal.run(self._handle.wait, timeout)
 
     def cancel(self) -> TaskStatus:
@@ -241,11 +278,26 @@ class SyncEndpoint:
 
         Arguments are passed by keyword (``submit(prompt="...")``).
         """
+        endpoint = self._endpoint
         if positional:
-            raise TypeError(by_keyword(self._endpoint.definition, positional))
+            raise TypeError(by_keyword(endpoint.definition, positional))
+        handoff = self._portal.handoff
+        if (
+            handoff is not None
+            and endpoint._idempotency_key is None  # its lookup reads storage
+            and not endpoint.definition.decodes_images  # decoded off the loop, bounded
+        ):
+            _refuse_in_trio("this sync client's methods block")
+            record, ticket = handoff.submit(
+                endpoint.definition,
+                arguments,
+                priority=endpoint._priority,
+                delay=endpoint._delay,
+            )
+            return Task(self._portal, AsyncTask(endpoint._engine, record.id, self.name), ticket)
 
         async def submit() -> AsyncTask:
-            return await self._endpoint.submit(**arguments)
+            return await endpoint.submit(**arguments)
 
         return Task(self._portal, self._portal.run(submit))
 
@@ -294,6 +346,7 @@ class SyncClient:
         self._options = options
         self._aclient: AsyncClient | None = None
         self._calls: trio.Nursery | None = None
+        self._bridge: Mailbox[_BridgeCall] | None = None
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
@@ -333,6 +386,8 @@ class SyncClient:
                     self.on_death(self._portal.died_of)
         finally:
             self._portal.token = None
+            if self._portal.handoff is not None:
+                self._portal.handoff.abandon()
             self._ready.set()
 
     async def _amain(self) -> None:
@@ -343,10 +398,27 @@ class SyncClient:
             self._calls = calls
             self._aclient = client
             self._stop = trio.Event()
-            self._portal.token = trio.lowlevel.current_trio_token()
+            token = trio.lowlevel.current_trio_token()
+            self._bridge = Mailbox(token, self._start_calls)
+            handoff = Handoff(client.engine, calls.start_soon)
+            self._portal.handoff = handoff
+            self._portal.token = token
             self._ready.set()
             await self._stop.wait()
+            # What was submitted before close() is stored before the engine
+            # stops (on a durable backend it is then there at the next start).
+            with trio.CancelScope(shield=True):
+                await handoff.settle()
             calls.cancel_scope.cancel()
+
+    def _start_calls(self, calls: list[_BridgeCall]) -> None:
+        # On the trio thread, in a run_sync_soon callback: must not raise.
+        assert self._calls is not None
+        for run, deliver in calls:
+            try:
+                self._calls.start_soon(run)
+            except RuntimeError:  # closing: the calls nursery takes no more
+                deliver(outcome.Error(EngineClosed("the engine has stopped")))
 
     @property
     def engine(self) -> Engine:
@@ -373,23 +445,23 @@ class SyncClient:
             EngineClosed: the engine is not running.
         """
         token = self._portal.token
-        calls = self._calls
-        if token is None or calls is None:
+        bridge = self._bridge
+        if token is None or bridge is None:
             raise EngineClosed("the engine is not running")
         scope = trio.CancelScope()
+        portal = self._portal
 
         async def run() -> None:
             with scope:
-                result = await outcome.acapture(afn, *args)
+                result = await outcome.acapture(portal._settled, afn, args)
             if scope.cancelled_caught:
                 result = outcome.Error(EngineClosed("the call was cancelled"))
             deliver(result)
 
-        def start() -> None:
-            calls.start_soon(run)
-
         try:
-            token.run_sync_soon(start)
+            # Calls made together start together: one wake-up of the engine's
+            # loop per burst, not one per call.
+            bridge.put((run, deliver))
         except trio.RunFinishedError:
             raise EngineClosed("the engine has stopped") from None
 

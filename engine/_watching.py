@@ -74,6 +74,10 @@ class Watchers:
         self.watches: dict[str, _Watch] = {}
         self.listeners: dict[str, set[_Listener]] = {}
         self._seen: dict[str, bytes] = {}  # the stored bytes the change watcher last saw
+        #: One-shot callbacks for a task's next :meth:`notify` (its final
+        #: record, or None), called on the trio thread: how a thread that
+        #: submitted the task hears of its end (``_handoff.py``).
+        self.ends: dict[str, Callable[[TaskRecord | None], None]] = {}
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
 
@@ -120,6 +124,9 @@ class Watchers:
         if watch is not None:
             watch.record = final
             watch.event.set()
+        end = self.ends.pop(task_id, None)
+        if end is not None:
+            end(final)
         listeners = self.listeners.get(task_id)
         if listeners is not None:
             for listener in listeners:
@@ -140,6 +147,9 @@ class Watchers:
         """Wake everyone (the engine stopped; they will see it is closed)."""
         for watch in self.watches.values():
             watch.event.set()
+        ends, self.ends = self.ends, {}
+        for end in ends.values():
+            end(None)
         for listeners in self.listeners.values():
             for listener in listeners:
                 listener.event.set()

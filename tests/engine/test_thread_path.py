@@ -1,0 +1,185 @@
+"""Submits and waits from plain threads (``errands.start()``) without a round
+trip to the engine's loop per call, and what must stay true meanwhile.
+
+The engine's loop is held still on purpose here: a task ``freeze`` blocks
+the trio thread itself (an ``async def`` that calls a blocking wait), so
+whatever a thread gets done meanwhile did not need the loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import errands
+from errands import TaskStatus
+from errands.backends import DiskCacheBackend
+
+pytestmark = pytest.mark.realtime
+
+svc = errands.Service("threadpath")
+frozen = threading.Event()
+thaw = threading.Event()
+
+
+@svc.task
+async def freeze() -> None:
+    frozen.set()
+    thaw.wait(30)  # blocks the engine's loop: nothing else runs there meanwhile
+
+
+@svc.task
+def double(n: int) -> int:
+    return 2 * n
+
+
+@svc.task
+def fail() -> None:
+    raise ValueError("no")
+
+
+@svc.task
+async def hold() -> None:
+    import trio
+
+    await trio.sleep(60)
+
+
+class Background:
+    """``fn()`` run in another thread."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._box: list[Any] = []
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._box.append(self._fn())
+        except BaseException as exc:
+            self._errors.append(exc)
+
+    def done_within(self, seconds: float) -> bool:
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
+    def result(self) -> Any:
+        assert self.done_within(15), "still running"
+        if self._errors:
+            raise self._errors[0]
+        return self._box[0]
+
+
+@pytest.fixture
+def frozen_loop() -> Iterator[Callable[[errands.SyncClient], None]]:
+    """Call it with a client to block that engine's loop until the test ends."""
+    frozen.clear()
+    thaw.clear()
+
+    def freeze_loop(client: errands.SyncClient) -> None:
+        client.freeze.submit()
+        assert frozen.wait(15)
+
+    yield freeze_loop
+    thaw.set()
+
+
+def test_submits_and_waits_do_not_need_the_loop_on_memory(
+    frozen_loop: Callable[[errands.SyncClient], None],
+) -> None:
+    with errands.start(svc) as client:
+        done = [client.double.submit(n=i) for i in range(50)]
+        assert [t.wait(timeout=15) for t in done] == [TaskStatus.SUCCESS] * 50
+        frozen_loop(client)
+        # The loop is blocked: these complete all the same.
+        submits = Background(lambda: [client.double.submit(n=i) for i in range(200)])
+        assert submits.done_within(15), "submit waited for the engine's loop"
+        waits = Background(lambda: [t.wait(timeout=15) for t in done])
+        assert waits.done_within(15), "wait of a finished task needed the loop"
+        assert waits.result() == [TaskStatus.SUCCESS] * 50
+        thaw.set()
+        submitted = submits.result()
+        assert [t.wait(timeout=15) for t in submitted] == [TaskStatus.SUCCESS] * 200
+        assert [t.get() for t in submitted] == [2 * i for i in range(200)]
+        assert client.statistics().submitted == 50 + 1 + 200
+
+
+def test_a_handle_used_right_after_its_submit_finds_the_task(
+    frozen_loop: Callable[[errands.SyncClient], None],
+) -> None:
+    with errands.start(svc, workers=2) as client:
+        frozen_loop(client)
+        # Handed over, not stored yet (the loop is blocked): every call that
+        # goes through the engine stores what came before it first.
+        tasks = [client.double.submit(n=i) for i in range(20)]
+        pending = client.hold.submit()
+        late = Background(lambda: (tasks[-1].get_info(), pending.cancel()))
+        assert not late.done_within(0.2)  # waiting for the loop, as it must
+        thaw.set()
+        info, cancelled = late.result()  # not TaskNotFound
+        assert info.id == tasks[-1].id and cancelled is TaskStatus.CANCELLED
+        assert pending.wait(timeout=15) is TaskStatus.CANCELLED
+        assert [t.wait(timeout=15) for t in tasks] == [TaskStatus.SUCCESS] * 20
+
+
+def test_wait_from_a_thread_reports_every_ending() -> None:
+    with errands.start(svc, workers=4) as client:
+        ok, bad, held = client.double.submit(n=3), client.fail.submit(), client.hold.submit()
+        assert ok.wait(timeout=15) is TaskStatus.SUCCESS and ok.get() == 6
+        assert bad.wait(timeout=15) is TaskStatus.FAILURE
+        with pytest.raises(errands.TaskFailed, match="no"):
+            bad.get()
+        with pytest.raises(TimeoutError, match=r"still (pending|in_progress) after 0\.05 s"):
+            held.wait(timeout=0.05)
+        assert held.cancel() is TaskStatus.CANCELLED
+        assert held.wait(timeout=15) is TaskStatus.CANCELLED
+        with pytest.raises(errands.InvalidArguments, match="n"):
+            client.double.submit(n="three")
+
+
+def test_a_waiting_thread_hears_that_the_engine_stopped() -> None:
+    client = errands.start(svc, grace=0.1)
+    held = client.hold.submit()
+    assert held.get_status() in (TaskStatus.PENDING, TaskStatus.IN_PROGRESS)
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            held.wait()
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # parked
+    client.close()
+    waiter.join(15)
+    assert not waiter.is_alive(), "a thread parked on wait() outlived the engine"
+    assert len(raised) == 1 and isinstance(raised[0], errands.EngineClosed)
+    with pytest.raises(errands.EngineClosed):
+        client.double.submit(n=1)
+
+
+def test_a_durable_submit_returns_once_stored(
+    tmp_path: Path, frozen_loop: Callable[[errands.SyncClient], None]
+) -> None:
+    directory = tmp_path / "queue"
+    with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
+        frozen_loop(client)
+        submit = Background(lambda: client.double.submit(n=21))
+        assert not submit.done_within(0.3), "a durable submit returned before its write"
+        thaw.set()
+        first = submit.result()
+        burst = [client.double.submit(n=i) for i in range(30)]
+    # Accepted means stored: the next engine on the directory has every one.
+    with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
+        assert client.get_task(first.id).wait(timeout=15) is TaskStatus.SUCCESS
+        assert [client.get_task(t.id).wait(timeout=15) for t in burst] == [TaskStatus.SUCCESS] * 30
+        assert client.get_task(burst[7].id).get() == 14
