@@ -303,10 +303,15 @@ class BatchSubmit:
         each item's entry to ``answered``."""
         handlers = self.handlers
         count = len(chunk)
+        engine = access.engine
+
+        async def room_then_add() -> list[Any]:  # one crossing to the engine
+            await handlers._check_queue_room(engine, count)
+            return await writer.add(chunk)
+
         handlers._submitting += count
         try:
-            await handlers._check_queue_room(access, count)
-            results = await handlers.call(access, writer.add, chunk)
+            results = await handlers.call(access, room_then_add)
         finally:
             handlers._submitting -= count
         for position, result in enumerate(results):

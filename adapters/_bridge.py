@@ -6,7 +6,8 @@
   FastAPI host), the engine runs in its own trio thread (``errands.start``) and
   each call crosses over without blocking a thread: it is started in the
   engine thread, and its outcome comes back through the host loop's
-  thread-safe callback (:class:`ThreadedEngine`).
+  thread-safe callback, one wake-up of that loop per burst of outcomes
+  (:class:`ThreadedEngine`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -48,12 +51,44 @@ class LocalEngine:
         return await afn(*args)
 
 
+class _Returns:
+    """Outcomes on their way back to one asyncio loop: the engine thread
+    wakes that loop once per burst of them, not once each (every
+    ``call_soon_threadsafe`` writes to the loop's wake-up socket, and each
+    wake-up is a switch of threads and of the GIL)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[Callable[[Any], None], Any]] = []
+
+    def put(self, settle: Callable[[Any], None], result: Any) -> None:
+        """From the engine thread: ``settle(result)`` soon, in the loop."""
+        with self._lock:
+            self._waiting.append((settle, result))
+            if len(self._waiting) > 1:
+                return  # a wake-up is on its way and will take this one too
+        try:
+            self._loop.call_soon_threadsafe(self._settle_all)
+        except RuntimeError:
+            pass  # the host loop is closed; nobody is waiting
+
+    def _settle_all(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for settle, result in waiting:
+            settle(result)
+
+
 class ThreadedEngine:
     """The engine runs in its own trio thread; calls come from any loop."""
 
     def __init__(self, client: SyncClient) -> None:
         self.client = client
         self.engine = client.engine
+        self._returns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Returns] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def call(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if sniffio.current_async_library() == "trio":
@@ -62,6 +97,9 @@ class ThreadedEngine:
 
     async def _from_asyncio(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        returns = self._returns.get(loop)
+        if returns is None:
+            returns = self._returns.setdefault(loop, _Returns(loop))
         future: asyncio.Future[outcome.Outcome[T]] = loop.create_future()
 
         def settle(result: outcome.Outcome[T]) -> None:
@@ -69,10 +107,7 @@ class ThreadedEngine:
                 future.set_result(result)
 
         def deliver(result: outcome.Outcome[T]) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, result)
-            except RuntimeError:
-                pass  # the host loop is closed; nobody is waiting
+            returns.put(settle, result)
 
         cancel = self.client.call_soon(afn, *args, deliver=deliver)
         try:

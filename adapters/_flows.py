@@ -26,6 +26,7 @@ from errands import (
     TaskCancelled,
     TaskFailed,
     TaskInfo,
+    TaskNotFound,
     TaskNotReady,
     TaskStatus,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "submit",
     "wait",
     "wait_any",
+    "wait_fetching",
 ]
 
 #: Polling a server without long polls (BentoML) starts at this interval and
@@ -292,6 +294,52 @@ def wait(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | Non
         now = yield Clock()
         if now >= deadline:
             raise TimeoutError(f"task {task_id} is still {current.status.value} after {timeout} s")
+        if now - asked < hold / 2 or hold == 0:
+            # No long poll, or the server let go early (it is draining): back off.
+            yield Sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
+        else:
+            pause = POLL_START
+
+
+def wait_fetching(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | None) -> Flow:
+    """Until the task is final, on a server whose ``get`` long polls
+    (errands'): the final status and, for a success, the answer to ``get``
+    (so the ``get()`` that usually follows needs no request of its own).
+    ``wait()`` then ``get()`` costs one request instead of two.  Raises
+    TimeoutError after ``timeout`` seconds, TaskNotFound for an unknown id."""
+    start = yield Clock()
+    deadline = math.inf if timeout is None else start + timeout
+    pause = POLL_START
+    outage = _Outage()
+    while True:
+        asked = yield Clock()
+        hold = max(0.0, min(deadline - asked, server.max_wait or 0.0))
+        params = {"task_id": task_id}
+        if hold > 0:
+            params["wait"] = _wait_param(hold)
+        call = Call({"method": "GET", "url": route.path("get"), "params": params}, hold=hold)
+        response = yield from _through_outages(call, outage, deadline)
+        if response.status_code < 300:
+            return TaskStatus.SUCCESS, response
+        error = error_for(response, action="get", task_id=task_id)
+        if isinstance(error, TaskFailed):
+            return TaskStatus.FAILURE, None
+        if isinstance(error, TaskCancelled):
+            return TaskStatus.CANCELLED, None
+        if isinstance(error, TaskNotFound):
+            # An unknown id, or (rarely) a success whose result is gone: the
+            # status tells which (and raises TaskNotFound for the first).
+            current = yield from info(route, task_id)
+            if current.status.is_final:
+                return current.status, None
+        elif not isinstance(error, TaskNotReady):
+            _check(response, action="get", task_id=task_id)
+            raise RemoteError(f"unexpected answer {response.status_code} to get")  # a 3xx
+        now = yield Clock()
+        if now >= deadline:
+            status = error.status if isinstance(error, TaskNotReady) else "not final"
+            raise TimeoutError(f"task {task_id} is still {status} after {timeout} s")
         if now - asked < hold / 2 or hold == 0:
             # No long poll, or the server let go early (it is draining): back off.
             yield Sleep(min(pause, deadline - now))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import errands
 from errands import (
@@ -47,6 +47,8 @@ from ._waiting import EventStream
 __all__ = ["Handlers", "submit_options"]
 
 _JSON = [(b"content-type", b"application/json")]
+
+T = TypeVar("T")
 
 
 class Handlers:
@@ -130,27 +132,36 @@ class Handlers:
                     raise
         # Submits under way count as waiting: without them, concurrent
         # submits that all read the depth before any was stored would all pass.
+        engine = access.engine
         self._submitting += 1
         try:
-            if not repeat:
-                await self._check_queue_room(access)
-            record = await self.call(
-                access,
-                _submit_call(
-                    access.engine, definition.name, arguments, priority, delay, idempotency_key
-                ),
-            )
+            # One crossing to the engine for the room check and the submit.
+            async def room_then_submit() -> Any:
+                if not repeat:
+                    await self._check_queue_room(engine)
+                return await engine.submit(
+                    definition.name,
+                    arguments,
+                    from_json=True,
+                    priority=priority,
+                    delay=delay,
+                    idempotency_key=idempotency_key,
+                )
+
+            record = await self.call(access, room_then_submit)
         finally:
             self._submitting -= 1
         return json_answer(200, {"task_id": record.id, "status": self._name(record.status)})
 
-    async def _check_queue_room(self, access: EngineAccess, count: int = 1) -> None:
+    async def _check_queue_room(self, engine: errands.Engine, count: int = 1) -> None:
         """429 with ``Retry-After`` unless ``count`` more tasks fit under
         ``max_pending`` (submits and retries under way included; the caller
-        counted its ``count`` in ``_submitting``)."""
+        counted its ``count`` in ``_submitting``).  Runs where the engine
+        runs: callers make it part of the one call their request crosses
+        over with."""
         if self.max_pending is None:
             return
-        depth = await self.call(access, access.engine.backend.queue.depth)
+        depth = await engine.backend.queue.depth()
         waiting = depth + self._submitting - count
         if waiting + count > self.max_pending:
             message = (
@@ -159,28 +170,46 @@ class Handlers:
             )
             raise HTTPError(429, message, retry_after=1)
 
-    async def long_poll(self, task_id: str, query: dict[str, list[str]]) -> None:
-        """``?wait=S``: hold the request until the task is final or S seconds
-        pass (more than ``max_wait`` is a 400); event-driven, no polling inside."""
+    async def _after_wait(
+        self, task_id: str, query: dict[str, list[str]], read: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """``read(task_id)`` (an engine method), after ``?wait=S`` if asked:
+        held until the task is final or S seconds pass (more than
+        ``max_wait`` is a 400); event-driven, no polling inside.
+
+        The wait and the read are one call where the engine runs: under an
+        asyncio server that is one crossing of the bridge per request, not
+        two.  A drain ends the hold; the read then answers the state of the
+        moment.
+        """
         wait = wait_seconds(query, maximum=self.max_wait, default=None)
-        if wait is None:
-            return
-        if wait > 0 and not self.life.holds.draining:
-            access = await self.life.start_if_needed()
-            with self.life.holds.hold():  # a drain ends it early
+        access = await self.life.start_if_needed()
+        if wait is not None and wait > 0 and not self.life.holds.draining:
+            engine = access.engine
+
+            async def wait_then_read() -> T:
                 try:
-                    await self.call(access, access.engine.wait, task_id, wait)
+                    await engine.wait(task_id, wait)
                 except TimeoutError:
                     pass  # answer with the state it is in now
+                return await read(task_id)
 
-    async def status(self, task_id: str) -> Answer:
+            held: list[T] = []
+            with self.life.holds.hold():  # a drain ends it early
+                held.append(await self.call(access, wait_then_read))
+            if held:
+                return held[0]
+        now: T = await self.call(access, read, task_id)  # no wait, or drained while held
+        return now
+
+    async def status(self, task_id: str, query: dict[str, list[str]]) -> Answer:
         access = await self.life.start_if_needed()
-        info = await self.call(access, access.engine.info, task_id)
+        info = await self._after_wait(task_id, query, access.engine.info)
         return json_answer(200, self._info(info))
 
-    async def get(self, task_id: str) -> Answer:
+    async def get(self, task_id: str, query: dict[str, list[str]]) -> Answer:
         access = await self.life.start_if_needed()
-        record, payload = await self.call(access, access.engine.result_payload, task_id)
+        record, payload = await self._after_wait(task_id, query, access.engine.result_payload)
         if record.status is TaskStatus.SUCCESS:
             if payload is None:
                 raise self._error(TaskNotFound(task_id))
@@ -218,10 +247,15 @@ class Handlers:
 
     async def retry(self, task_id: str) -> Answer:
         access = await self.life.start_if_needed()
+        engine = access.engine
+
+        async def room_then_retry() -> Any:
+            await self._check_queue_room(engine)  # a retry is a new task
+            return await engine.retry(task_id)
+
         self._submitting += 1
         try:
-            await self._check_queue_room(access)  # a retry is a new task
-            record = await self.call(access, access.engine.retry, task_id)
+            record = await self.call(access, room_then_retry)
         finally:
             self._submitting -= 1
         answer = {"task_id": record.id, "status": self._name(record.status), "retry_of": task_id}
@@ -314,27 +348,6 @@ def submit_options(query: dict[str, list[str]]) -> tuple[int, float | None]:
     if delay is not None and (delay < 0 or not math.isfinite(delay)):
         raise HTTPError(400, "delay must be a non-negative number of seconds")
     return priority, delay
-
-
-def _submit_call(
-    engine: errands.Engine,
-    name: str,
-    arguments: dict[str, Any],
-    priority: int,
-    delay: float | None,
-    idempotency_key: str | None,
-) -> Callable[[], Awaitable[Any]]:
-    async def submit() -> Any:
-        return await engine.submit(
-            name,
-            arguments,
-            from_json=True,
-            priority=priority,
-            delay=delay,
-            idempotency_key=idempotency_key,
-        )
-
-    return submit
 
 
 def _list_call(

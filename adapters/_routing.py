@@ -179,11 +179,10 @@ class Router:
             )
         task_id = one(query, "task_id", required=True)
         assert task_id is not None
-        if action in ("status", "get"):
-            await handlers.long_poll(task_id, query)
-            if action == "status":
-                return await handlers.status(task_id)
-            return await handlers.get(task_id)
+        if action == "status":
+            return await handlers.status(task_id, query)
+        if action == "get":
+            return await handlers.get(task_id, query)
         if action == "events":
             return await handlers.events(task_id)
         if action == "cancel":

@@ -29,7 +29,7 @@ from errands._sync import task_html
 from . import _batch_flows, _flows
 from ._flows import Call, Clock, Emit, Flow, Line, Open, Sleep
 from ._http_batch import AsyncHTTPBatch, HTTPBatch
-from ._wire import Endpoint, ServerInfo
+from ._wire import Endpoint, ServerInfo, decode_result
 
 __all__ = [
     "DEFAULT_URL",
@@ -165,12 +165,13 @@ class _SyncWaiter:
 class AsyncHTTPTask:
     """A handle on one task of an HTTP server, for async code (trio or asyncio)."""
 
-    __slots__ = ("_client", "id", "name")
+    __slots__ = ("_client", "_fetched", "id", "name")
 
     def __init__(self, client: AsyncHTTPClient, task_id: str, name: str) -> None:
         self._client = client
         self.id = task_id
         self.name = name
+        self._fetched: httpx.Response | None = None  # the answer to get that wait() brought
 
     async def get_status(self) -> TaskStatus:
         """The current status.  Raises TaskNotFound for an unknown or expired id."""
@@ -188,18 +189,27 @@ class AsyncHTTPTask:
         """
         server = await self._client.server_info()
         endpoint = server.endpoints.get(self.name)
+        fetched, self._fetched = self._fetched, None
+        if fetched is not None:
+            return decode_result(fetched, endpoint)
         return await self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
 
     async def wait(self, timeout: float | None = None) -> TaskStatus:
         """Until the task is final; returns that status.
 
-        Long polls (``?wait=``) on an errands server, so the answer comes when
-        the task ends, not at the next poll; polls with backoff on a server
-        without long polls.  Raises TimeoutError after ``timeout`` seconds.
+        Long polls on an errands server, so the answer comes when the task
+        ends, not at the next poll: it asks ``get`` with ``?wait=``, and keeps
+        a success's result for the next :meth:`get` (which then sends no
+        request).  Polls the status with backoff on a server without long
+        polls (BentoML's).  Raises TimeoutError after ``timeout`` seconds.
         """
         server = await self._client.server_info()
-        flow = _flows.wait(server, _route(server, self.name), self.id, timeout)
-        return await self._client._run(flow)  # type: ignore[no-any-return]
+        route = _route(server, self.name)
+        if not server.max_wait:
+            return await self._client._run(_flows.wait(server, route, self.id, timeout))  # type: ignore[no-any-return]
+        flow = _flows.wait_fetching(server, route, self.id, timeout)
+        status, self._fetched = await self._client._run(flow)
+        return status  # type: ignore[no-any-return]
 
     async def cancel(self) -> TaskStatus:
         """Cancel; returns the status the server reports.  Raises CannotCancel."""
@@ -496,12 +506,13 @@ class HTTPTask:
     Same members as :class:`~errands.Task`.
     """
 
-    __slots__ = ("_client", "id", "name")
+    __slots__ = ("_client", "_fetched", "id", "name")
 
     def __init__(self, client: SyncHTTPClient, task_id: str, name: str) -> None:
         self._client = client
         self.id = task_id
         self.name = name
+        self._fetched: httpx.Response | None = None  # the answer to get that wait() brought
 
     def get_status(self) -> TaskStatus:
         """The current status.  Raises TaskNotFound for an unknown or expired id."""
@@ -513,16 +524,31 @@ class HTTPTask:
         return self._client._run(_flows.info(_route(server, self.name), self.id, self.name))  # type: ignore[no-any-return]
 
     def get(self) -> Any:
-        """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound."""
+        """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound.
+
+        Right after a :meth:`wait` that saw the task succeed, the result it
+        brought along, without a request."""
         server = self._client.server_info()
         endpoint = server.endpoints.get(self.name)
+        fetched, self._fetched = self._fetched, None
+        if fetched is not None:
+            return decode_result(fetched, endpoint)
         return self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
 
     def wait(self, timeout: float | None = None) -> TaskStatus:
-        """Until the task is final (long polls); TimeoutError after ``timeout`` s."""
+        """Until the task is final (long polls); TimeoutError after ``timeout`` s.
+
+        On an errands server one long poll of ``get`` brings the final
+        status and a success's result, kept for the next :meth:`get`
+        (see :meth:`AsyncHTTPTask.wait`)."""
         server = self._client.server_info()
-        flow = _flows.wait(server, _route(server, self.name), self.id, timeout)
-        return self._client._run(flow)  # type: ignore[no-any-return]
+        route = _route(server, self.name)
+        if not server.max_wait:
+            return self._client._run(_flows.wait(server, route, self.id, timeout))  # type: ignore[no-any-return]
+        status, self._fetched = self._client._run(
+            _flows.wait_fetching(server, route, self.id, timeout)
+        )
+        return status  # type: ignore[no-any-return]
 
     def cancel(self) -> TaskStatus:
         """Cancel; returns the status the server reports.  Raises CannotCancel."""

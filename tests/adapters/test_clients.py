@@ -233,12 +233,41 @@ def test_sync_wait_is_one_long_poll_not_polling(server: str) -> None:
         task = client.nap.submit(seconds=1.5)
         transport.paths.clear()
         assert task.wait(timeout=30) is errands.TaskStatus.SUCCESS
-        # held by the server until the task ended: one request, not a loop
-        assert transport.paths == ["/nap/status"]
+        # held by the server until the task ended: one request, not a loop;
+        # a get with ?wait=, whose answer brings the result along
+        assert transport.paths == ["/nap/get"]
+        assert task.get() == "rested"
+        assert transport.paths == ["/nap/get"]  # wait() then get(): one request
+        assert task.get() == "rested"  # handed over once; then asked again
+        assert transport.paths == ["/nap/get", "/nap/get"]
         slow = client.nap.submit(seconds=30)
-        with pytest.raises(TimeoutError, match="still"):
+        with pytest.raises(TimeoutError, match="still in_progress"):
             slow.wait(timeout=0.5)
         slow.cancel()
+
+
+def test_sync_wait_then_get_of_tasks_that_did_not_succeed(server: str) -> None:
+    transport = Counting()
+    with SyncHTTPClient(server, transport=transport) as client:
+        failing = client.boom.submit()
+        parked = client.queue.submit(seconds=30)  # holds queue's one slot
+        waiting = client.queue.submit(seconds=0)
+        assert waiting.cancel() is errands.TaskStatus.CANCELLED
+        ghost = client.add.get_task("z" * 22)
+        transport.paths.clear()
+        assert failing.wait(timeout=30) is errands.TaskStatus.FAILURE
+        assert waiting.wait(timeout=30) is errands.TaskStatus.CANCELLED
+        with pytest.raises(errands.TaskNotFound):
+            ghost.wait(timeout=30)
+        # one long poll each; the unknown id's 404 is checked against its status
+        assert transport.paths == ["/boom/get", "/queue/get", "/add/get", "/add/status"]
+        transport.paths.clear()
+        with pytest.raises(errands.TaskFailed, match="kaput"):
+            failing.get()
+        with pytest.raises(errands.TaskCancelled):
+            waiting.get()
+        assert transport.paths == ["/boom/get", "/queue/get"]  # nothing was kept for these
+        parked.cancel()
 
 
 def test_sync_handles_from_ids_and_listing(server: str) -> None:
@@ -398,7 +427,8 @@ async def test_async_wait_is_one_long_poll_under_trio(server: str) -> None:
         seen.clear()
         with trio.fail_after(30):
             assert await task.wait() is errands.TaskStatus.SUCCESS
-        assert seen == ["/nap/status"]
+            assert await task.get() == "rested"
+        assert seen == ["/nap/get"]  # wait() then get(): one long poll of get
 
 
 # --------------------------------------------------------------------------- many
