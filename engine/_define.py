@@ -213,6 +213,7 @@ class TaskDefinition:
         self._params: tuple[Param, ...] | None = None
         self._return: Any = None
         self._by_name: dict[str, Param] = {}
+        self._images: bool | None = None  # decodes_images, once known
         try:
             self._resolve()
         except NameError:
@@ -278,7 +279,9 @@ class TaskDefinition:
     def decodes_images(self) -> bool:
         """Whether an argument is (or holds) a PIL image: slow to decode, so
         done in a worker thread."""
-        return any(mentions_image(p.annotation) for p in self._resolve())
+        if self._images is None:
+            self._images = any(mentions_image(p.annotation) for p in self._resolve())
+        return self._images
 
     @property
     def concurrency(self) -> int | None:

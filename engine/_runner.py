@@ -97,6 +97,9 @@ class Call:
     #: What ``errands.current_task()`` returns inside the call.
     context: TaskContext
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: Set instead of cancelling ``scope`` when a sync call without a timeout
+    #: waits for its thread on this event alone (no cancel scope to enter).
+    wake: trio.Event | None = None
     timed_out: bool = False
     #: A sync function whose thread had not returned when the call ended.
     thread_left: bool = False
@@ -112,6 +115,8 @@ class Call:
         self.context._cancel()
         if self.definition.is_async or any(r.stop is not Stop.CANCEL for r in self.runs):
             self.scope.cancel()
+            if self.wake is not None:
+                self.wake.set()
 
 
 def _is_engine_cancel(exc: BaseException) -> bool:
@@ -462,6 +467,16 @@ class Runner:
 
         assert self.threads is not None
         self.threads.submit(work, deliver)
+        if timeout is None:
+            # The common case needs no cancel scope (entering one is a
+            # measurable share of a no-op task): a stop sets the event too.
+            call.wake = done
+            if not call.scope.cancel_called:  # not stopped before it began
+                await done.wait()
+            if box:
+                return box[0]
+            call.thread_left = True
+            return None  # shutdown or lost claim: the thread is left to finish alone
         with call.scope:
             if timeout is not None:
                 call.scope.deadline = trio.current_time() + timeout

@@ -101,9 +101,7 @@ class _Portal:
 
 def _refuse_in_trio(what: str) -> None:
     """Blocking the trio thread would freeze it: name the API to use instead."""
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
+    if not trio.lowlevel.in_trio_run():
         return  # not in a trio run's thread: blocking is fine
     raise ErrandsError(
         f"{what}, and this is trio code: use `async with errands.open_engine(...) as "
