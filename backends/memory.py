@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from errands import (
     Backend,
@@ -58,6 +59,9 @@ class MemoryQueue(Queue):
         self._delayed: dict[str, list[tuple[float, int, str]]] = {}
         self._work = trio.Event()
         self._engines = 0  # engines that opened the backend (see _notify)
+        #: Per name, the (rank, seq) of every waiting entry in queue order:
+        #: a position or a depth in O(log n), not a scan of the queue.
+        self._order: dict[str, SortedList] = {}
 
     def _notify(self) -> None:
         # Only other engines need telling: each engine wakes itself on its own puts.
@@ -67,6 +71,10 @@ class MemoryQueue(Queue):
 
     def _push(self, task_id: str, entry: _Waiting) -> None:
         self._waiting[task_id] = entry
+        order = self._order.get(entry.name)
+        if order is None:
+            order = self._order[entry.name] = SortedList()
+        order.add((entry.rank, entry.seq))
         if entry.not_before > 0.0:
             heapq.heappush(
                 self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id)
@@ -142,7 +150,7 @@ class MemoryQueue(Queue):
                 break
             heapq.heappop(self._ready[best_name])
             task_id = best[2]
-            self._claim_priority[task_id] = self._waiting.pop(task_id).priority
+            self._claim_priority[task_id] = self._drop(task_id).priority
             claim = Claim(
                 task_id=task_id,
                 name=best_name,
@@ -203,7 +211,12 @@ class MemoryQueue(Queue):
 
     async def remove(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._waiting.pop(task_id, None) is not None
+        return task_id in self._waiting and self._drop(task_id) is not None
+
+    def _drop(self, task_id: str) -> _Waiting:
+        entry = self._waiting.pop(task_id)
+        self._order[entry.name].remove((entry.rank, entry.seq))
+        return entry
 
     async def request_cancel(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -237,19 +250,15 @@ class MemoryQueue(Queue):
         await trio.lowlevel.checkpoint_if_cancelled()
         if name is None:
             return len(self._waiting)
-        return sum(1 for entry in self._waiting.values() if entry.name == name)
+        order = self._order.get(name)
+        return 0 if order is None else len(order)
 
     async def position(self, task_id: str) -> int | None:
         await trio.lowlevel.checkpoint_if_cancelled()
         me = self._waiting.get(task_id)
         if me is None:
             return None
-        mine = (me.rank, me.seq)
-        return sum(
-            1
-            for other in self._waiting.values()
-            if other.name == me.name and (other.rank, other.seq) < mine
-        )
+        return int(self._order[me.name].bisect_left((me.rank, me.seq)))
 
     async def wait_for_work(self) -> None:
         await self._work.wait()
