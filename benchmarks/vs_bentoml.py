@@ -44,6 +44,7 @@ not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -365,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bentoml_version = _bentoml_version(bentoml)
 
     print("errands over HTTP against a live BentoML server (closed loop and bulk)")
-    extra = [f"hypercorn {version('hypercorn')}", f"uvicorn {version('uvicorn')}"]
+    extra = [f"hypercorn {version('hypercorn')}", f"uvicorn {version('uvicorn')} ({_parser()})"]
     extra.append(f"httpx {version('httpx')}")
     if bentoml is not None:
         extra.append(f"BentoML {bentoml_version}")
@@ -475,6 +476,11 @@ def one_round(
         if "bentoml" in got:
             for name in ERRANDS_SERVERS:
                 ratios[workload, name].add(got[name] / got["bentoml"])
+
+
+def _parser() -> str:
+    """uvicorn's HTTP parser: httptools (C) when installed, else h11 (Python)."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 def _stop(server: ServeProcess | BentoServer) -> None:

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -486,6 +487,17 @@ def test_as_completed_waits_on_many_in_one_request_per_ending(server: str) -> No
         assert order == tasks
         # held by the server until each ending: no polling of each task
         assert transport.paths == ["/tasks/wait", "/tasks/wait"]
+
+
+def test_clients_share_one_verifying_tls_context() -> None:
+    # httpx builds (and loads the CA bundle into) a TLS context per client,
+    # even for http:// URLs; the clients share one, still verifying.
+    first = SyncHTTPClient("http://127.0.0.1:9")
+    second = AsyncHTTPClient("https://errands.test")
+    contexts = [c._http._transport._pool._ssl_context for c in (first, second)]  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode is ssl.CERT_REQUIRED and contexts[0].check_hostname
+    first.close()
 
 
 def test_images_stay_bytes_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
