@@ -15,6 +15,22 @@ connection is closed (which discards the transaction) and a new one is opened
 for the next batch.  Should the thread end for any other reason, the calls
 waiting and every later one fail at once: nobody waits forever.
 
+**What waits for an fsync.**  With ``synchronous="FULL"`` a commit is
+fsynced before its callers hear back, but not every write needs that.  Each
+call says how durable it must be (:class:`Flush`): ``NOW`` (the default: a
+submit, a cancel) is fsynced before its caller hears back; ``LAZY`` (a claim,
+a start, a lease renewal: writes whose loss at a power cut only makes a task
+run again) is committed without an fsync of its own, and the next fsync makes
+it durable, since the WAL is written in order and an fsync covers every frame
+before it; ``SOON`` (the end of a run) is fsynced before its caller hears
+back, like ``NOW``.  While ``NOW`` calls come steadily (their usual gap,
+a moving average, under ``max_hold``), ``LAZY`` and ``SOON`` writes are held,
+uncommitted, until the next ``NOW`` call is due (twice the gap, at most
+``max_hold``) and go in its transaction: a submitter that sends one submit
+after another gets one commit and one fsync per task, not two or three.
+Reads are never held.  What a reader sees is always committed; a ``SOON``
+write is seen only once it is durable.
+
 The database file and its ``-wal`` and ``-shm`` files are private (0600):
 SQLite gives the latter two the mode of the database file, which is created,
 or tightened, before SQLite opens it.
@@ -22,12 +38,15 @@ or tightened, before SQLite opens it.
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import os
 import queue
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -37,13 +56,29 @@ import trio
 
 from errands import BackendError
 
-__all__ = ["Database", "private_directory", "private_file"]
+__all__ = ["Database", "Flush", "private_directory", "private_file"]
 
 log = logging.getLogger("errands.backends")
 
 T = TypeVar("T")
 #: The most calls one transaction takes; more wait for the next.
 MAX_BATCH = 512
+#: The longest a write is held for a ``Flush.NOW`` call to share its commit
+#: with (seconds); writes are held only while NOW calls come at least this often.
+MAX_HOLD = 0.002
+
+
+class Flush(enum.Enum):
+    """How durable a write must be before its caller hears back (see the module docstring)."""
+
+    #: Fsynced (under ``synchronous="FULL"``) before the caller hears back.
+    NOW = "now"
+    #: Fsynced before the caller hears back; may be held for a NOW call's commit.
+    SOON = "soon"
+    #: Committed without an fsync; made durable by the next one.  Only for
+    #: writes whose loss at a power cut is harmless (the task runs again).
+    #: May be held for a NOW call's commit.
+    LAZY = "lazy"
 
 
 def private_directory(path: Path) -> None:
@@ -97,11 +132,12 @@ class _TransactionLost(Exception):
 
 
 class _Call(Generic[T]):
-    __slots__ = ("done", "fn", "result", "token", "write")
+    __slots__ = ("done", "flush", "fn", "result", "token", "write")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], write: bool, flush: Flush) -> None:
         self.fn = fn
         self.write = write
+        self.flush = flush if write else Flush.LAZY
         self.result: outcome.Outcome[T] | None = None
         self.done = trio.Event()
         self.token = trio.lowlevel.current_trio_token()
@@ -115,6 +151,12 @@ class Database:
         setup: run once on each new connection, in a transaction (schema).
         synchronous: SQLite's ``synchronous`` pragma; ``FULL`` survives power
             loss in WAL mode, ``NORMAL`` only process crashes.
+        max_hold: the longest (seconds) a write that can wait is held for a
+            ``NOW`` call to share its commit with (see the module docstring).
+
+    Attributes:
+        commits: transactions that wrote, so far (counted by the thread).
+        synced: those of them that were fsynced (under ``FULL``).
     """
 
     def __init__(
@@ -123,8 +165,12 @@ class Database:
         *,
         setup: Callable[[sqlite3.Connection], None],
         synchronous: str = "FULL",
+        max_hold: float = MAX_HOLD,
     ) -> None:
         self.path = path
+        self.max_hold = max_hold
+        self.commits = 0
+        self.synced = 0
         self._setup = setup
         self._synchronous = synchronous
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
@@ -138,6 +184,14 @@ class Database:
         self._broken = False
         #: The batch being run, for the thread's last words.
         self._batch: list[_Call[Any]] = []
+        #: Writes held for the next NOW call's commit, and until when at the latest.
+        self._held: list[_Call[Any]] = []
+        self._held_until = 0.0
+        #: When the last NOW call came, and the usual time between two (a moving average).
+        self._last_now = 0.0
+        self._gap = math.inf
+        #: The ``synchronous`` level the connection commits with now.
+        self._level = synchronous
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,10 +220,17 @@ class Database:
 
     # ------------------------------------------------------------------ calls
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+    async def run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = True,
+        flush: Flush = Flush.NOW,
+    ) -> T:
         """Run ``fn(connection)`` in the next transaction and return its result.
 
-        Blocks (parks) until that transaction committed.  A caller cancelled
+        Blocks (parks) until that transaction committed, and for a write of
+        ``flush`` NOW or SOON until it is durable.  A caller cancelled
         before the call is queued changes nothing; cancelled while it waits,
         the call still happens and its result is dropped.
 
@@ -179,7 +240,7 @@ class Database:
                 the database is not open or its thread has ended.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do nothing
-        call = _Call(fn, write)
+        call = _Call(fn, write, flush)
         with self._lock:
             if self._thread is None:
                 raise BackendError(f"database {self.path} is not open")
@@ -210,6 +271,7 @@ class Database:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._level = self._synchronous
             conn.execute("BEGIN IMMEDIATE")
             self._setup(conn)
             conn.execute("COMMIT")
@@ -242,7 +304,8 @@ class Database:
         # No call is queued after this; every call still waiting fails now.
         with self._lock:
             self._ended = ended
-        waiting = self._batch  # interrupted: nothing of it was committed nor delivered
+        # Interrupted: nothing of these was committed nor delivered.
+        waiting, self._held = self._batch + self._held, []
         while True:
             try:
                 call = self._calls.get_nowait()
@@ -254,32 +317,44 @@ class Database:
             call.result = outcome.Error(ended)
         self._deliver(waiting)
 
+    def _next_call(self) -> _Call[Any] | bool | None:
+        """The next call; None to stop; False when the held calls' time is up."""
+        if not self._held:
+            return self._calls.get()
+        wait = self._held_until - time.monotonic()
+        try:
+            return self._calls.get(timeout=wait) if wait > 0 else self._calls.get_nowait()
+        except queue.Empty:
+            return False
+
     def _serve(self, conn: sqlite3.Connection | None) -> None:
         try:
             while True:
-                first = self._calls.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        nxt = self._calls.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    batch.append(nxt)
+                first = self._next_call()
+                stop = first is None
+                if first is False:  # nothing came to share an fsync with: held calls go
+                    batch, self._held = self._held, []
+                else:
+                    batch = [first] if isinstance(first, _Call) else []
+                    while not stop and len(batch) < MAX_BATCH:
+                        try:
+                            nxt = self._calls.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is None:
+                            stop = True
+                            break
+                        batch.append(nxt)
+                    batch = self._fsync_or_hold(batch, stop)
                 self._batch = batch
-                if conn is None:
+                if batch and conn is None:
                     try:
                         conn = self._connect()
                     except BackendError as exc:
                         for call in batch:
                             call.result = outcome.Error(exc)
                         self._deliver(batch)
-                if conn is not None:
+                if batch and conn is not None:
                     self._run_batch(conn, batch)
                     if self._broken:
                         self._broken = False
@@ -292,9 +367,47 @@ class Database:
             if conn is not None:
                 conn.close()  # an open transaction is discarded
 
+    def _fsync_or_hold(self, batch: list[_Call[Any]], stop: bool) -> list[_Call[Any]]:
+        """The calls to run now; under FULL, the writes that can wait for a NOW
+        call to share its commit are held while NOW calls keep coming."""
+        if self._synchronous != "FULL":
+            return batch
+        now = time.monotonic()
+        if any(call.flush is Flush.NOW for call in batch):
+            gap = min(now - self._last_now, self.max_hold)
+            self._gap = gap if self._gap == math.inf else 0.75 * self._gap + 0.25 * gap
+            self._last_now = now
+            batch, self._held = self._held + batch, []
+            return batch
+        if stop:
+            batch, self._held = self._held + batch, []
+            return batch
+        if self._gap >= self.max_hold:
+            return batch  # no steady stream of NOW calls to wait for
+        later = [call for call in batch if call.write]
+        if not later:
+            return batch
+        if not self._held:
+            # Until the next NOW call is due (twice the usual gap), at most max_hold.
+            self._held_until = min(self._last_now + 2 * self._gap, now + self.max_hold)
+            if self._held_until <= now:
+                return batch
+        self._held.extend(later)
+        return [call for call in batch if not call.write]
+
+    def _set_level(self, conn: sqlite3.Connection, batch: list[_Call[Any]]) -> None:
+        """Under FULL, commit without an fsync when no call of the batch needs one."""
+        if self._synchronous != "FULL" or not any(call.write for call in batch):
+            return  # (a batch that only reads commits nothing)
+        level = "FULL" if any(call.flush is not Flush.LAZY for call in batch) else "NORMAL"
+        if level != self._level:
+            conn.execute(f"PRAGMA synchronous={level}")  # outside a transaction: between batches
+            self._level = level
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Call[Any]]) -> None:
         write = any(call.write for call in batch)
         try:
+            self._set_level(conn, batch)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             for call in batch:
                 if call.write:
@@ -313,6 +426,9 @@ class Database:
                     except Exception as exc:
                         call.result = outcome.Error(_failure(f"database {self.path}", exc))
             conn.execute("COMMIT")
+            if write:
+                self.commits += 1
+                self.synced += self._level == "FULL"
         except (sqlite3.Error, _TransactionLost) as exc:
             cause = exc.__cause__ if isinstance(exc, _TransactionLost) else exc
             error = BackendError(f"database {self.path} failed: {type(cause).__name__}: {cause}")

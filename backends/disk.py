@@ -60,7 +60,7 @@ from errands import (
 )
 from errands._status import check_transition
 
-from ._database import Database, private_directory, private_file
+from ._database import Database, Flush, private_directory, private_file
 from ._owners import OwnerLocks
 
 __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
@@ -418,7 +418,8 @@ class DiskCacheQueue(Queue):
 
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: the engine sees every claim
-            claims = await self._db.run(claim)
+            # LAZY: a claim lost at a power cut is claimed again (no fsync of its own).
+            claims = await self._db.run(claim, flush=Flush.LAZY)
         return claims
 
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
@@ -444,7 +445,7 @@ class DiskCacheQueue(Queue):
                 answers.append(Renewal.CANCEL_REQUESTED if row[0] else Renewal.RENEWED)
             return answers
 
-        return await self._db.run(renew)
+        return await self._db.run(renew, flush=Flush.LAZY)  # a lost renewal: a shorter lease
 
     async def ack(self, task_id: str, token: int) -> bool:
         def ack(conn: sqlite3.Connection) -> bool:
@@ -726,6 +727,7 @@ class DiskCacheStore(Store):
         token: int | None,
         result: Payload | None,
         then: Callable[[sqlite3.Connection], object] | None = None,
+        flush: Flush = Flush.NOW,
     ) -> bool:
         """:meth:`transition`, and ``then(conn)`` in the same transaction
         whether or not the record moved."""
@@ -769,7 +771,7 @@ class DiskCacheStore(Store):
                 then(conn)
             return moved
 
-        moved = await self._db.run(transition)
+        moved = await self._db.run(transition, flush=flush)
         if not moved and result is not None and not inline:
             await self._in_thread(self._results.delete, key)
         return moved
@@ -1007,7 +1009,7 @@ class DiskCacheBackend(Backend):
             )
             return cursor.rowcount == 1
 
-        return await self._db.run(begin)
+        return await self._db.run(begin, flush=Flush.LAZY)
 
     async def start(
         self, claim: Claim, *, starting: Callable[[StoredTask], StoredTask]
@@ -1036,7 +1038,8 @@ class DiskCacheBackend(Backend):
             )
             return begun
 
-        begun = await self._db.run(start)
+        # LAZY: a start lost at a power cut leaves the task pending, to run again.
+        begun = await self._db.run(start, flush=Flush.LAZY)
         if failed:
             raise failed[0]
         return begun
@@ -1049,8 +1052,14 @@ class DiskCacheBackend(Backend):
         def ack(conn: sqlite3.Connection) -> None:
             _ack(conn, claim.task_id, claim.token)
 
+        # SOON: durable before the runner hears back, sharing a submit's fsync if one comes.
         return await self.store._transition(
-            task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result, then=ack
+            task,
+            expect=TaskStatus.IN_PROGRESS,
+            token=claim.token,
+            result=result,
+            then=ack,
+            flush=Flush.SOON,
         )
 
     async def enqueue(

@@ -10,13 +10,17 @@ huey is optional (``pip install errands[bench]`` or ``pip install huey``); witho
 it reference (b) is skipped.
 
 What it measures, all in one process and one run, on the default
-``synchronous="FULL"`` (a commit is fsynced: it survives power loss):
+``synchronous="FULL"`` (a commit is fsynced: it survives power loss; with
+``--synchronous NORMAL`` errands and (a) run without, huey stays FULL):
 
 * **errands durable**: ``open_engine`` on a ``DiskCacheBackend`` in a fresh
   temporary directory; K submitter coroutines in one nursery issue N submits of
   a no-op sync task between them (concurrent submits are what group commit can
   batch), then ``await task.wait()`` on each.  Timed from the first submit
   until every task is final (engine start and stop are not timed).
+* **errands durable, one submitter**: the same with one submitter coroutine
+  (``await submit()`` one after another, then the waits), as a script or a
+  notebook submits; compared with (b) too.
 * **(a) raw diskcache ceiling**: the same number of writes per task with a
   plain ``diskcache.Cache`` (``sqlite_synchronous=2``, i.e. FULL, and
   ``eviction_policy="none"``), one thread, B tasks' writes per
@@ -27,7 +31,10 @@ What it measures, all in one process and one run, on the default
   **6**.  The reference does 6 ``set``/``delete`` calls per task, record-sized
   values where errands writes records.  (errands claims several tasks per
   call when several are ready, so it may make slightly fewer calls; it also
-  writes two counters in ``meta`` the reference does not.)
+  writes two counters in ``meta`` the reference does not.)  errands makes
+  those writes in four calls (the start reads and writes in one; the
+  result, the finish and the ack are one), and under FULL a claim and a
+  start commit without an fsync of their own (see ``backends/_database.py``).
 * **(b) huey**: ``huey.SqliteHuey`` (``fsync=True``: synchronous=FULL, the same
   durability; SQLite's default here too) with an in-process consumer of H
   worker threads (``create_consumer(worker_type="thread")``, ``start()`` /
@@ -91,6 +98,8 @@ WRITES_PER_TASK = 6
 CEILING_TARGET = 0.5
 HUEY_TARGET = 2.0
 HUEY_MISSING = "huey not installed: pip install huey"
+#: The errands backend's and the raw reference's ``synchronous`` (--synchronous).
+SYNCHRONOUS = ["FULL"]
 
 perf_counter = time.perf_counter
 
@@ -130,6 +139,14 @@ class CommitMeter:
         self.write_calls = 0
         self.results = 0
         self.attached = False
+        self._db: Any = None
+
+    @property
+    def fsyncs(self) -> int:
+        """Write commits that were fsynced: the database's own count where it
+        keeps one, else every write commit (all are, under FULL)."""
+        synced = getattr(self._db, "synced", None)
+        return self.write_commits if synced is None else int(synced)
 
     def attach(self, backend: DiskCacheBackend) -> None:
         db = getattr(backend, "_db", None)
@@ -153,6 +170,7 @@ class CommitMeter:
             write_result(*args)
 
         db._run_batch = counting_batch
+        self._db = db
         store._write_result = counting_result
         self.attached = True
 
@@ -165,7 +183,7 @@ async def errands_burst(
 ) -> float:
     """Seconds from the first of N concurrent submits until all N tasks are final."""
     with scratch(base) as directory:
-        backend = DiskCacheBackend(directory)
+        backend = DiskCacheBackend(directory, synchronous=SYNCHRONOUS[0])
         if meter is not None:
             meter.attach(backend)
         async with errands.open_engine(noops, backend=backend, workers=workers) as client:
@@ -195,7 +213,7 @@ async def errands_sequential(
     submit, round_trip = [], []
     statuses = []
     with scratch(base) as directory:
-        backend = DiskCacheBackend(directory)
+        backend = DiskCacheBackend(directory, synchronous=SYNCHRONOUS[0])
         async with errands.open_engine(noops, backend=backend, workers=workers) as client:
             endpoint = client.sync_noop
             for _ in range(n):
@@ -214,7 +232,8 @@ async def errands_sequential(
 
 
 def _open_cache(directory: str) -> diskcache.Cache:
-    return diskcache.Cache(directory, eviction_policy="none", sqlite_synchronous=2)
+    level = 2 if SYNCHRONOUS[0] == "FULL" else 1
+    return diskcache.Cache(directory, eviction_policy="none", sqlite_synchronous=level)
 
 
 def raw_diskcache(n: int, per_commit: int, base: str | None) -> float:
@@ -412,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: n=300, 1 repeat, 30 sequential"
     )
+    parser.add_argument(
+        "--synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="errands' and (a)'s SQLite synchronous; huey stays FULL (default FULL)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeat, args.sequential = 300, 1, 30
@@ -427,7 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     huey = _import_huey()
     where = base or tempfile.gettempdir()
-    print("errands durable benchmark: DiskCacheBackend, synchronous=FULL (fsync per commit)")
+    SYNCHRONOUS[0] = args.synchronous
+    what = "fsync per commit" if args.synchronous == "FULL" else "no fsync but at checkpoints"
+    print(
+        f"errands durable benchmark: DiskCacheBackend, synchronous={args.synchronous} ({what});"
+        " huey: synchronous=FULL"
+    )
     print(_versions(huey))
     print(
         f"N={n} tasks per burst from {submitters} submitter coroutines, engine workers={workers}, "
@@ -448,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = perf_counter()
     warm = max(n // 4, 100)
     run(errands_burst, warm, submitters, workers, base)
+    run(errands_burst, warm, 1, workers, base)
     for size in batches:
         run(raw_diskcache, warm, size, base)
     if huey is not None:
@@ -458,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceiling = {size: Series() for size in batches}
     ceiling_ratio = {size: Series() for size in batches}
     huey_rate, huey_ratio = Series(), Series()
+    single, single_ratio = Series(), Series()
+    fsyncs_per_task, single_fsyncs, single_commits = Series(), Series(), Series()
     per_commit, commits_per_task, calls_per_task, results_per_task = (
         Series(),
         Series(),
@@ -475,14 +508,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             commits_per_task.add(meter.write_commits / n)
             calls_per_task.add(meter.write_calls / n)
             results_per_task.add(meter.results / n)
+            fsyncs_per_task.add(meter.fsyncs / n)
         for size in batches:
             a = n / run(raw_diskcache, n, size, base)
             ceiling[size].add(a)
             ceiling_ratio[size].add(d / a)
+        meter = CommitMeter()
+        one = n / run(errands_burst, n, 1, workers, base, meter)
+        single.add(one)
+        if meter.attached:
+            single_commits.add(meter.write_commits / n)
+            single_fsyncs.add(meter.fsyncs / n)
         if huey is not None:
             b = n / run(huey_burst, huey, n, huey_workers, base)
             huey_rate.add(b)
             huey_ratio.add(d / b)
+            single_ratio.add(one / b)
         submit, round_trip = run(errands_sequential, seq, workers, base)
         samples = {"submit": submit, "round trip": round_trip}
         samples["set"] = run(raw_set_latency, seq, base)
@@ -495,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Columns(label=52, value=9)
     print(f"throughput, tasks/s (median of {repeat} [min-max])")
     print(table.rate(f"errands durable, sync no-op, {workers} workers", durable))
+    print(table.rate("errands durable, one submitter", single))
     for size in batches:
         label = f"(a) raw diskcache, {size} task(s) per commit"
         print(table.rate(label, ceiling[size]))
@@ -513,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if huey is not None:
         note = f"target >= {HUEY_TARGET:.2f}: {met(huey_ratio.median, HUEY_TARGET)}"
         print(table.ratio("ratio errands / (b) huey", huey_ratio, note))
+        note = f"target >= {HUEY_TARGET:.2f}: {met(single_ratio.median, HUEY_TARGET)}"
+        print(table.ratio("ratio errands, one submitter / (b) huey", single_ratio, note))
     else:
         print(f"  ratio errands / (b) huey: skipped, {HUEY_MISSING}")
     print()
@@ -521,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table.ratio("write calls per errands.db commit (mean)", per_commit))
         print(table.ratio("write calls per task, errands.db", calls_per_task))
         print(table.ratio("errands.db write commits per task", commits_per_task))
+        print(table.ratio("  of them fsynced", fsyncs_per_task))
+        print(table.ratio("one submitter: errands.db write commits per task", single_commits))
+        print(table.ratio("  of them fsynced", single_fsyncs))
         print(table.ratio("results-cache commits per task (not grouped)", results_per_task))
     else:
         print("  n/a: the backend's database thread could not be metered")

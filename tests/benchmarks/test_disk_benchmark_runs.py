@@ -36,6 +36,8 @@ def _check_common(out: str) -> None:
     assert "ratio errands / (a) raw diskcache" in out, out
     assert "write calls per errands.db commit" in out, out
     assert "errands submit, idle engine" in out, out
+    assert "errands durable, one submitter" in out, out
+    assert "of them fsynced" in out, out
 
 
 @pytest.mark.realtime
