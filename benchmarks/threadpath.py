@@ -17,6 +17,9 @@ loop, then ``wait()`` on each task.  Measured in one run, N no-op tasks each:
 * **huey** (the reference): ``huey.MemoryHuey`` with H thread workers
   (default 4), the same no-op; this thread enqueues N, then reads each
   result (``result.get(blocking=True)``).
+* **errands with get**: the same, with ``get()`` after each ``wait()``
+  (shown beside it; the ratio is taken on the wait-only loop, as huey's
+  reference reads each result in its wait).
 * **the bare hop**: ``SyncClient``'s portal running a no-op coroutine in the
   engine's loop and returning, N times: what every call from a thread pays
   today, before any engine work.
@@ -59,6 +62,16 @@ def errands_round(client: errands.SyncClient, n: int) -> tuple[float, float, flo
         task.wait(timeout=120)
     done = perf_counter()
     return n / (done - start), n / (submitted - start), n / (done - submitted)
+
+
+def errands_get_round(client: errands.SyncClient, n: int) -> float:
+    """Submit N, then ``wait()`` and ``get()`` each: what a script does next."""
+    start = perf_counter()
+    tasks = [client.noop.submit() for _ in range(n)]
+    for task in tasks:
+        task.wait(timeout=120)
+        task.get()
+    return n / (perf_counter() - start)
 
 
 def portal_round(client: errands.SyncClient, n: int) -> float:
@@ -125,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(NOISE_NOTE)
     print()
     wall = perf_counter()
-    ours, submits, waits, hops = Series(), Series(), Series(), Series()
+    ours, submits, waits, hops, gets = Series(), Series(), Series(), Series(), Series()
     theirs, ratio = Series(), Series()
     with errands.start(svc) as client:
         errands_round(client, min(args.n, 500))  # warm-up
@@ -135,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             submits.add(submit_only)
             waits.add(wait_only)
             hops.add(portal_round(client, args.n))
+            gets.add(errands_get_round(client, args.n))
             if huey is not None:
                 reference = huey_round(huey, args.n, args.huey_workers)
                 theirs.add(reference)
@@ -144,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table.rate("errands: submit N, then wait each", ours))
     print(table.rate("  of which: the submits alone", submits))
     print(table.rate("  of which: the waits alone", waits))
+    print(table.rate("errands: submit N, then wait and get each", gets))
     print(table.rate("bare portal hop (a no-op, calls/s)", hops))
     if huey is not None:
         print(table.rate("reference: huey MemoryHuey", theirs))

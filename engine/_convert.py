@@ -439,8 +439,8 @@ def decode_result(payload: Payload, annotation: Any) -> Any:
     media = payload.media_type.split(";", 1)[0].strip()
     if media == "application/json":
         value = json.loads(payload.data)
-        if annotation is None or annotation is Any:
-            return value
+        if annotation is None or annotation is Any or annotation is type(None):
+            return value  # untyped, or a task declared `-> None`
         return converter.structure(value, annotation)
     if media.startswith("text/"):
         return payload.data.decode("utf-8")

@@ -594,10 +594,20 @@ class Engine:
             TaskNotReady, TaskFailed, TaskCancelled, TaskNotFound.
         """
         record = await self.load(task_id)
+        payload = None
         if record.status is SUCCESS:
             payload = await self.core.store.get_result(task_id)
             if payload is None:
                 raise TaskNotFound(task_id)  # purged between the two reads
+        return self.outcome_of(record, payload)
+
+    def outcome_of(self, record: TaskRecord, payload: Payload | None) -> Any:
+        """What :meth:`result` answers for ``record`` (with its stored result
+        ``payload`` when it succeeded): the decoded result, or the error.
+        Plain code: any thread may call it."""
+        task_id = record.id
+        if record.status is SUCCESS:
+            assert payload is not None
             definition = self.definitions.get(record.name)
             try:
                 return decode_result(payload, definition.return_type if definition else None)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from ._convert import Payload
 from ._errors import EngineClosed
 from ._model import TaskRecord
 from ._status import TaskStatus
@@ -102,16 +103,17 @@ class Mailbox(Generic[T]):
 
 
 class Ticket:
-    """What the submitting thread knows of its task: its final status (and
-    expiry) once this engine ended it, or ``woken`` when the engine moved it
-    on otherwise (handed back, retried elsewhere, engine stopped): then the
-    engine itself is asked."""
+    """What the submitting thread knows of its task: its final record (and
+    its result, for a success) once this engine ended it, or ``woken`` when
+    the engine moved it on otherwise (handed back, engine stopped): then the
+    engine itself is asked.  The record and result are the very objects the
+    engine stored, not copies."""
 
-    __slots__ = ("expires_at", "status", "woken")
+    __slots__ = ("final", "result", "woken")
 
     def __init__(self) -> None:
-        self.status: TaskStatus | None = None
-        self.expires_at: float | None = None
+        self.final: TaskRecord | None = None
+        self.result: Payload | None = None
         self.woken = False
 
 
@@ -198,22 +200,34 @@ class Handoff:
         ends it when the backend is volatile; None when the engine must be
         asked (not final here yet, expired, or woken without an answer).
         Raises TimeoutError when ``timeout`` passes first."""
-        if ticket.status is None and not ticket.woken:
+        if ticket.final is None and not ticket.woken:
             if not self.volatile:
                 return None  # another process may end it: the engine watches for that
             with self._condition:
                 ended = self._condition.wait_for(
-                    lambda: ticket.status is not None or ticket.woken, timeout
+                    lambda: ticket.final is not None or ticket.woken, timeout
                 )
             if not ended:
                 raise TimeoutError
-        status = ticket.status
-        if status is None:
+        final = self.final(ticket)
+        return None if final is None else final.status
+
+    def final(self, ticket: Ticket) -> TaskRecord | None:
+        """The task's final record from its ticket, unless expired (then the
+        engine says TaskNotFound) or not known here."""
+        final = ticket.final
+        if final is None or final.is_expired(self._engine.core.now()):
             return None
-        expires_at = ticket.expires_at
-        if expires_at is not None and expires_at <= self._engine.core.now():
-            return None  # expired: the engine says TaskNotFound
-        return status
+        return final
+
+    def outcome(self, ticket: Ticket) -> tuple[bool, Any]:
+        """``(True, result)`` for a task that ended here, decoded in this
+        thread (or raising its TaskFailed, TaskCancelled); ``(False, None)``
+        when the engine must be asked."""
+        final = self.final(ticket)
+        if final is None or (final.status is TaskStatus.SUCCESS and ticket.result is None):
+            return False, None
+        return True, self._engine.outcome_of(final, ticket.result)
 
     # ------------------------------------------------------------------ the trio thread
 
@@ -281,11 +295,13 @@ class Handoff:
             if reply is not None:
                 reply.send(record, None)
 
-    def _ended(self, ticket: Ticket, final: TaskRecord | None) -> None:
+    def _ended(
+        self, ticket: Ticket, final: TaskRecord | None, result: Payload | None = None
+    ) -> None:
         with self._condition:
             if final is not None and final.status.is_final:
-                ticket.expires_at = final.expires_at
-                ticket.status = final.status
+                ticket.result = result
+                ticket.final = final
             else:
                 ticket.woken = True
             self._condition.notify_all()

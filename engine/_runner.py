@@ -624,7 +624,10 @@ class Runner:
             log.warning(
                 "task %s: its record moved on; outcome %s not stored", record.id, status.value
             )
-        core.watchers.notify(claim.task_id, done if stored_final else None)
+        if stored_final:
+            core.watchers.notify(claim.task_id, done, payload)
+        else:
+            core.watchers.notify(claim.task_id)
 
     async def _fail_or_retry(
         self,

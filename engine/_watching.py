@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from ._backend import Backend, Store
+from ._convert import Payload
 from ._errors import BackendError, EngineClosed
 from ._model import TaskInfo, TaskRecord, is_task_id
 from ._status import TaskStatus
@@ -77,7 +78,7 @@ class Watchers:
         #: One-shot callbacks for a task's next :meth:`notify` (its final
         #: record, or None), called on the trio thread: how a thread that
         #: submitted the task hears of its end (``_handoff.py``).
-        self.ends: dict[str, Callable[[TaskRecord | None], None]] = {}
+        self.ends: dict[str, Callable[[TaskRecord | None, Payload | None], None]] = {}
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
 
@@ -117,16 +118,19 @@ class Watchers:
             else:
                 self.touch(task_id)
 
-    def notify(self, task_id: str, final: TaskRecord | None = None) -> None:
+    def notify(
+        self, task_id: str, final: TaskRecord | None = None, result: Payload | None = None
+    ) -> None:
         """Wake the waiters of a task that the engine moved on (``final``: the
-        final record it stored, handed to them so they need not read it back)."""
+        final record it stored, handed to them so they need not read it back;
+        ``result``: the result it stored with it, for :attr:`ends`)."""
         watch = self.watches.pop(task_id, None)
         if watch is not None:
             watch.record = final
             watch.event.set()
         end = self.ends.pop(task_id, None)
         if end is not None:
-            end(final)
+            end(final, result)
         listeners = self.listeners.get(task_id)
         if listeners is not None:
             for listener in listeners:
@@ -149,7 +153,7 @@ class Watchers:
             watch.event.set()
         ends, self.ends = self.ends, {}
         for end in ends.values():
-            end(None)
+            end(None, None)
         for listeners in self.listeners.values():
             for listener in listeners:
                 listener.event.set()

@@ -69,7 +69,9 @@ async def test_a_wrong_value_deep_in_the_result_is_named_by_path() -> None:
 
 async def test_results_that_match_still_succeed() -> None:
     async with errands.open_engine(svc) as client:
-        assert await (await client.nothing.submit()).wait() is TaskStatus.SUCCESS
+        nothing = await client.nothing.submit()
+        assert await nothing.wait() is TaskStatus.SUCCESS
+        assert await nothing.get() is None  # a task declared `-> None` has a result: None
         task = await client.greet.submit(name="ada")
         assert await task.wait() is TaskStatus.SUCCESS
         assert await task.get() == "hello ada"

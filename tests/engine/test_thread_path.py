@@ -9,6 +9,7 @@ whatever a thread gets done meanwhile did not need the loop.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,10 @@ def test_submits_and_waits_do_not_need_the_loop_on_memory(
         waits = Background(lambda: [t.wait(timeout=15) for t in done])
         assert waits.done_within(15), "wait of a finished task needed the loop"
         assert waits.result() == [TaskStatus.SUCCESS] * 50
+        # So do the status and result of a task that ended here.
+        gets = Background(lambda: [(t.get_status(), t.get()) for t in done])
+        assert gets.done_within(15), "get() of a finished task needed the loop"
+        assert gets.result() == [(TaskStatus.SUCCESS, 2 * i) for i in range(50)]
         thaw.set()
         submitted = submits.result()
         assert [t.wait(timeout=15) for t in submitted] == [TaskStatus.SUCCESS] * 200
@@ -135,10 +140,13 @@ def test_wait_from_a_thread_reports_every_ending() -> None:
         assert bad.wait(timeout=15) is TaskStatus.FAILURE
         with pytest.raises(errands.TaskFailed, match="no"):
             bad.get()
+        assert bad.get_status() is TaskStatus.FAILURE
         with pytest.raises(TimeoutError, match=r"still (pending|in_progress) after 0\.05 s"):
             held.wait(timeout=0.05)
         assert held.cancel() is TaskStatus.CANCELLED
         assert held.wait(timeout=15) is TaskStatus.CANCELLED
+        with pytest.raises(errands.TaskCancelled):
+            held.get()
         with pytest.raises(errands.InvalidArguments, match="n"):
             client.double.submit(n="three")
 
@@ -183,3 +191,21 @@ def test_a_durable_submit_returns_once_stored(
         assert client.get_task(first.id).wait(timeout=15) is TaskStatus.SUCCESS
         assert [client.get_task(t.id).wait(timeout=15) for t in burst] == [TaskStatus.SUCCESS] * 30
         assert client.get_task(burst[7].id).get() == 14
+
+
+@svc.task(ttl_success=0.05)
+def brief(n: int) -> int:
+    return n
+
+
+def test_a_ticket_does_not_outlive_its_task() -> None:
+    with errands.start(svc) as client:
+        task = client.brief.submit(n=5)
+        assert task.wait(timeout=15) is TaskStatus.SUCCESS
+        time.sleep(0.2)  # past its ttl: expired, as the engine says
+        with pytest.raises(errands.TaskNotFound):
+            task.get()
+        with pytest.raises(errands.TaskNotFound):
+            task.get_status()
+        with pytest.raises(errands.TaskNotFound):
+            task.wait(timeout=1)
