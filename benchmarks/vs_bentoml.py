@@ -37,7 +37,8 @@ each per round, so a noisy moment hits all of them); the tables show the
 median and the min-max.  Ratios errands / BentoML are taken within each round,
 then their median is shown, against the issue's targets.  The client threads
 run in this process and share the machine's cores with the servers; the
-errands servers' CPU per task (from ``/proc``) is printed too.  Benchmarks are
+errands servers' CPU per task (from ``/proc``) and the client's are printed
+too: a client that needs more CPU per task than the server is the limit.  Benchmarks are
 not tests: nothing here asserts a speed.
 """
 
@@ -391,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     ratios = {(w, s): Series() for w in WORKLOADS for s in ERRANDS_SERVERS}
     cpu = {(w, s): Series() for w in WORKLOADS for s in ERRANDS_SERVERS}
+    client = {key: Series() for key in rates}
     with tempfile.TemporaryDirectory(prefix="errands-vs-bentoml-") as tmp:
         folder = Path(tmp)
         servers: dict[str, ServeProcess | BentoServer] = {}
@@ -417,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kind = "bentoml" if name == "bentoml" else "errands"
                     MEASURES[workload, kind](server.url, min(64, args.bulk), args.threads)
             for _ in range(args.repeat):
-                one_round(servers, args, rates, ratios, cpu)
+                one_round(servers, args, rates, ratios, cpu, client)
         finally:
             for server in servers.values():
                 _stop(server)
@@ -449,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in ERRANDS_SERVERS:
                 print(table.rate(f"{workload:<12}{labels[name]}", cpu[workload, name]))
         print()
+    print("client CPU (this process, every thread), microseconds per task (median [min-max])")
+    for workload in WORKLOADS:
+        for name in labels:
+            if (workload, name) in client:
+                print(table.rate(f"{workload:<12}{labels[name]}", client[workload, name]))
+    print()
     print(f"took {perf_counter() - wall:.1f} s; load average at end: {load()}")
     return 0
 
@@ -459,15 +467,18 @@ def one_round(
     rates: dict[tuple[str, str], Series],
     ratios: dict[tuple[str, str], Series],
     cpu: dict[tuple[str, str], Series],
+    client: dict[tuple[str, str], Series],
 ) -> None:
     for workload in WORKLOADS:
         count = args.closed if workload == "closed loop" else args.bulk
         got: dict[str, float] = {}
         for name, server in servers.items():
             kind = "bentoml" if name == "bentoml" else "errands"
-            before = server.cpu_seconds() if isinstance(server, ServeProcess) else None
             _common.run(lambda: None)  # a garbage collection first, as every benchmark
+            before = server.cpu_seconds() if isinstance(server, ServeProcess) else None
+            mine = time.process_time()
             got[name] = MEASURES[workload, kind](server.url, count, args.threads)
+            client[workload, name].add((time.process_time() - mine) / count * 1e6)
             rates[workload, name].add(got[name])
             if isinstance(server, ServeProcess) and before is not None:
                 after = server.cpu_seconds()
