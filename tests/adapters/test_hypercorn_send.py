@@ -60,7 +60,9 @@ async def test_a_fixed_length_answer_is_one_send() -> None:
 
 async def test_a_streamed_answer_sends_its_head_at_once() -> None:
     # Event streams and JSON Lines: the client sees the status before the first part.
-    sent = await _answer([(b"content-type", b"text/event-stream")], [b"data: 1\n\n", b"data: 2\n\n"])
+    sent = await _answer(
+        [(b"content-type", b"text/event-stream")], [b"data: 1\n\n", b"data: 2\n\n"]
+    )
     assert sent[0].startswith(b"HTTP/1.1 200 ") and sent[0].endswith(b"\r\n\r\n")
     assert b"data: 1" in sent[1] and b"data: 2" in sent[2]
 
