@@ -90,6 +90,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/vs_bentoml.py
 	$(BIN)/python benchmarks/clients.py
 	$(BIN)/python benchmarks/threadpath.py
+	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/batch_submit.py
 	$(BIN)/python benchmarks/load.py

@@ -26,7 +26,6 @@ so a handle used right after its submit always finds its task.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -162,6 +161,7 @@ class Handoff:
         self._busy = 0  # bursts being stored (trio thread only)
         self._settled = trio.Event()
         self._settled.set()
+        engine.core.watchers.on_end = self._ended
 
     # ------------------------------------------------------------------ the caller's thread
 
@@ -248,7 +248,7 @@ class Handoff:
         watchers = self._engine.core.watchers
         for record, ticket, _ in items:
             # Before the task is stored: its end cannot come before this.
-            watchers.ends[record.id] = functools.partial(self._ended, ticket)
+            watchers.ends[record.id] = ticket
         if self._busy == 0:
             self._settled = trio.Event()
         self._busy += 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -75,10 +75,12 @@ class Watchers:
         self.watches: dict[str, _Watch] = {}
         self.listeners: dict[str, set[_Listener]] = {}
         self._seen: dict[str, bytes] = {}  # the stored bytes the change watcher last saw
-        #: One-shot callbacks for a task's next :meth:`notify` (its final
-        #: record, or None), called on the trio thread: how a thread that
-        #: submitted the task hears of its end (``_handoff.py``).
-        self.ends: dict[str, Callable[[TaskRecord | None, Payload | None], None]] = {}
+        #: Tasks whose next :meth:`notify` is told to ``on_end(token, final
+        #: record or None, result)`` once, on the trio thread: how a thread
+        #: that submitted a task hears of its end (``_handoff.py``).  One
+        #: token per task, no closure: this lives as long as the task waits.
+        self.ends: dict[str, Any] = {}
+        self.on_end: Callable[[Any, TaskRecord | None, Payload | None], None] | None = None
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
 
@@ -128,9 +130,10 @@ class Watchers:
         if watch is not None:
             watch.record = final
             watch.event.set()
-        end = self.ends.pop(task_id, None)
-        if end is not None:
-            end(final, result)
+        if self.ends:
+            token = self.ends.pop(task_id, None)
+            if token is not None and self.on_end is not None:
+                self.on_end(token, final, result)
         listeners = self.listeners.get(task_id)
         if listeners is not None:
             for listener in listeners:
@@ -152,8 +155,9 @@ class Watchers:
         for watch in self.watches.values():
             watch.event.set()
         ends, self.ends = self.ends, {}
-        for end in ends.values():
-            end(None, None)
+        if self.on_end is not None:
+            for token in ends.values():
+                self.on_end(token, None, None)
         for listeners in self.listeners.values():
             for listener in listeners:
                 listener.event.set()

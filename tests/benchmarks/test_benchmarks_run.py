@@ -90,3 +90,12 @@ def test_vs_bentoml_quick_runs() -> None:
         "errands server CPU, microseconds per task",
         timeout=180,
     )
+
+
+@pytest.mark.realtime
+def test_memory_quick_runs() -> None:
+    run_quick(
+        "memory.py",
+        "errands: a pending task and its handle",
+        "reference: a plain dict per task",
+    )
