@@ -96,6 +96,9 @@ def serve_uvicorn(args: argparse.Namespace, application: str) -> int:
         host=args.host,
         port=args.port,
         lifespan="on",
+        # As under hypercorn: no line per request (it cost more server CPU
+        # than errands' own routing; a proxy in front keeps access logs).
+        access_log=False,
         timeout_graceful_shutdown=int(args.graceful_timeout),
         **logging_config,
     )
