@@ -414,6 +414,32 @@ redis.call('PUBLISH', P .. ':changes', id)
 return 1
 """
 
+_FINISH = """
+-- ARGV: P, id, claim token, status, new token, expires, data,
+--       has_result, media_type, result
+local id, token = ARGV[2], ARGV[3]
+local moved = 0
+local t = P .. ':t:' .. id
+local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
+if f[1] == 'in_progress' and f[2] == token then
+  local status = ARGV[4]
+  move_status(id, f[3], f[4], f[1], status)
+  redis.call('HSET', t, 's', status, 'k', ARGV[5], 'e', ARGV[6], 'd', ARGV[7])
+  if ARGV[8] == '1' then redis.call('HSET', t, 'rm', ARGV[9], 'rv', ARGV[10]) end
+  set_expiry(t, id, f[4], ARGV[6])
+  redis.call('PUBLISH', P .. ':changes', id)
+  moved = 1
+end
+-- The ack, whether or not the record moved: the entry goes if this claim holds it.
+local e = P .. ':e:' .. id
+local g = redis.call('HMGET', e, 'o', 'k')
+if g[1] and g[1] ~= '' and g[2] == token then
+  redis.call('DEL', e)
+  redis.call('ZREM', P .. ':leases', id)
+end
+return moved
+"""
+
 _DELETE = """
 return delete(ARGV[2], true)
 """
@@ -457,6 +483,7 @@ _SCRIPTS = {
     "create": _CREATE,
     "transition": _TRANSITION,
     "begin": _BEGIN,
+    "finish": _FINISH,
     "delete": _DELETE,
     "delete_expired": _DELETE_EXPIRED,
     "purge": _PURGE,
@@ -1117,6 +1144,26 @@ class RedisBackend(Backend):
             task.data,
         ]
         return bool(await self._connection.script("begin", *args))
+
+    async def finish(
+        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+    ) -> bool:
+        # The fenced move (with the result) and the ack, in one script.
+        check_transition(TaskStatus.IN_PROGRESS, task.status)
+        expires = "" if task.expires_at is None else _num(task.expires_at)
+        args: list[Any] = [
+            claim.task_id,
+            str(claim.token),
+            task.status.value,
+            task.token,
+            expires,
+            task.data,
+        ]
+        if result is not None:
+            args += ["1", result.media_type, result.data]
+        else:
+            args += ["0", "", ""]
+        return bool(await self._connection.script("finish", *args))
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:

@@ -146,7 +146,9 @@ class CommitMeter:
         """Write commits that were fsynced: the database's own count where it
         keeps one, else every write commit (all are, under FULL)."""
         synced = getattr(self._db, "synced", None)
-        return self.write_commits if synced is None else int(synced)
+        if synced is None:  # every write commit is fsynced under FULL, none under NORMAL
+            return self.write_commits if SYNCHRONOUS[0] == "FULL" else 0
+        return int(synced)
 
     def attach(self, backend: DiskCacheBackend) -> None:
         db = getattr(backend, "_db", None)
