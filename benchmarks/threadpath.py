@@ -24,6 +24,15 @@ loop, then ``wait()`` on each task.  Measured in one run, N no-op tasks each:
   engine's loop and returning, N times: what every call from a thread pays
   today, before any engine work.
 
+and, on durable storage (``--durable-n``, fewer tasks: every submit waits
+for its commit):
+
+* **errands durable**: the same loop with ``errands.start(svc,
+  backend=DiskCacheBackend(dir))`` (``synchronous="FULL"``: a submit returns
+  once its record is fsynced), in a fresh temporary directory per round;
+* **huey** (the reference): ``huey.SqliteHuey(fsync=True)`` (synchronous=FULL
+  too) with the same H thread workers, enqueue N then read each result.
+
 Rates are tasks per second; the ratio errands / huey is taken within each
 round.  Issue 14's goal: at least 1.0x MemoryHuey.  Benchmarks are not
 tests: nothing here asserts a speed.
@@ -32,7 +41,9 @@ tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +54,7 @@ from _common import NOISE_NOTE, Columns, Series, load, met
 import errands
 
 TARGET = 1.0
+DURABLE_TARGET = 2.0
 perf_counter = time.perf_counter
 
 svc = errands.Service("threadpath")
@@ -86,8 +98,19 @@ def portal_round(client: errands.SyncClient, n: int) -> float:
     return n / (perf_counter() - start)
 
 
-def huey_round(huey: Any, n: int, workers: int) -> float:
-    app = huey.MemoryHuey("bench", store_none=True)
+def durable_round(directory: str, n: int) -> float:
+    """The same loop on a DiskCacheBackend (synchronous=FULL) in ``directory``."""
+    from errands.backends import DiskCacheBackend
+
+    with errands.start(svc, backend=DiskCacheBackend(directory)) as client:
+        return errands_round(client, n)[0]
+
+
+def huey_round(huey: Any, n: int, workers: int, sqlite: str | None = None) -> float:
+    if sqlite is None:
+        app = huey.MemoryHuey("bench", store_none=True)
+    else:
+        app = huey.SqliteHuey("bench", filename=sqlite, fsync=True, store_none=True)
     task = app.task()(lambda: None)
     consumer = app.create_consumer(
         workers=workers,
@@ -119,10 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="tasks per round (default 10000)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians (default 3)")
     parser.add_argument("--huey-workers", type=int, default=4, help="huey threads (default 4)")
+    parser.add_argument(
+        "--durable-n",
+        type=int,
+        default=2_000,
+        help="tasks per round on DiskCacheBackend against SqliteHuey (default 2000; 0: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: n=300, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.repeat = 300, 1
+        args.n, args.repeat, args.durable_n = 300, 1, 100
     try:
         import huey
     except ImportError:
@@ -140,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = perf_counter()
     ours, submits, waits, hops, gets = Series(), Series(), Series(), Series(), Series()
     theirs, ratio = Series(), Series()
+    durable, durable_ref, durable_ratio = Series(), Series(), Series()
     with errands.start(svc) as client:
         errands_round(client, min(args.n, 500))  # warm-up
         for _ in range(args.repeat):
@@ -153,6 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reference = huey_round(huey, args.n, args.huey_workers)
                 theirs.add(reference)
                 ratio.add(end_to_end / reference)
+    for _ in range(args.repeat if args.durable_n else 0):
+        with tempfile.TemporaryDirectory(prefix="errands-threadpath-") as scratch:
+            rate = durable_round(os.path.join(scratch, "errands"), args.durable_n)
+            durable.add(rate)
+            if huey is not None:
+                reference = huey_round(
+                    huey, args.durable_n, args.huey_workers, os.path.join(scratch, "huey.db")
+                )
+                durable_ref.add(reference)
+                durable_ratio.add(rate / reference)
     table = Columns(label=46, value=11)
     print(f"tasks per second (median of {args.repeat} [min-max])")
     print(table.rate("errands: submit N, then wait each", ours))
@@ -170,6 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"target >= {TARGET:g}: {met(ratio.median, TARGET)}",
             )
         )
+    if durable.values:
+        print()
+        print(f"durable (synchronous=FULL), N={args.durable_n}, tasks per second")
+        print(table.rate("errands DiskCacheBackend: submit N, wait each", durable))
+        if huey is not None:
+            print(table.rate("reference: huey SqliteHuey (fsync=True)", durable_ref))
+            print()
+            print(
+                table.ratio(
+                    "ratio errands / SqliteHuey",
+                    durable_ratio,
+                    f"target >= {DURABLE_TARGET:g}: {met(durable_ratio.median, DURABLE_TARGET)}",
+                )
+            )
     print()
     print(f"took {perf_counter() - wall:.1f} s; load average at end: {load()}")
     return 0

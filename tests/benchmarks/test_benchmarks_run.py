@@ -76,7 +76,12 @@ def test_batch_submit_quick_runs() -> None:
 
 @pytest.mark.realtime
 def test_threadpath_quick_runs() -> None:
-    run_quick("threadpath.py", "errands: submit N, then wait each", "bare portal hop")
+    run_quick(
+        "threadpath.py",
+        "errands: submit N, then wait each",
+        "bare portal hop",
+        "errands DiskCacheBackend: submit N, wait each",
+    )
 
 
 @pytest.mark.realtime
