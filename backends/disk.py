@@ -346,6 +346,7 @@ def _stored(row: tuple[Any, ...]) -> StoredTask:
 
 
 _TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data"
+_STARTABLE = ", ".join(f"t.{column}" for column in _TASK_COLUMNS.split(", "))
 
 
 class DiskCacheQueue(Queue):
@@ -580,19 +581,16 @@ def _put(
     not_before: float,
     rank: float | None,
 ) -> None:
-    if conn.execute("SELECT 1 FROM queue WHERE id = ?", (task_id,)).fetchone() is not None:
-        return
-    conn.execute(
-        "INSERT INTO queue (id, name, priority, seq, not_before, rank) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            task_id,
-            name,
-            priority,
-            _next(conn, "seq"),
-            not_before,
-            -priority if rank is None else rank,
-        ),
+    # No read first: an entry already there is left as it is, and the counter
+    # moves only when one was added.
+    cursor = conn.execute(
+        "INSERT INTO queue (id, name, priority, seq, not_before, rank) VALUES"
+        " (?, ?, ?, (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'seq'), ?, ?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (task_id, name, priority, not_before, -priority if rank is None else rank),
     )
+    if cursor.rowcount == 1:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
 
 
 def _holds(conn: sqlite3.Connection, claim: Claim) -> bool:
@@ -1020,10 +1018,11 @@ class DiskCacheBackend(Backend):
 
         def start(conn: sqlite3.Connection) -> StoredTask | None:
             row = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
-                (claim.task_id, TaskStatus.PENDING.value),
+                f"SELECT {_STARTABLE} FROM tasks t JOIN queue q ON q.id = t.id"
+                " WHERE t.id = ? AND t.status = ? AND q.token = ? AND q.owner IS NOT NULL",
+                (claim.task_id, TaskStatus.PENDING.value, claim.token),
             ).fetchone()
-            if row is None or not _holds(conn, claim):
+            if row is None:  # not pending, or the claim is no longer held
                 return None
             try:
                 begun = starting(_stored(row))
