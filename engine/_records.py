@@ -28,6 +28,7 @@ __all__ = [
     "lost",
     "retry_later",
     "started",
+    "unreadable",
 ]
 
 #: The error of a task whose worker stopped responding.
@@ -39,6 +40,15 @@ _OUTCOMES = {
     TaskStatus.FAILURE: AttemptOutcome.FAILURE,
     TaskStatus.CANCELLED: AttemptOutcome.CANCELLED,
 }
+
+
+def unreadable(task_id: str, name: str, created_at: float) -> TaskRecord:
+    """A ``pending`` record standing for one whose stored bytes do not
+    decode: what the store's columns still tell (its arguments are lost);
+    the runner fails it at once."""
+    return TaskRecord(
+        id=task_id, name=name, args={}, status=TaskStatus.PENDING, created_at=created_at
+    )
 
 
 def started(record: TaskRecord, *, token: int, now: float) -> TaskRecord:

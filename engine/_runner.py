@@ -262,8 +262,19 @@ class Runner:
         token = claim.token
         now = core.now()  # read here: the wall clock may be trio's (tests)
 
+        unreadable: list[str] = []
+
         def starting(pending: StoredTask) -> StoredTask:
-            return StoredTask.from_record(_records.started(pending.record, token=token, now=now))
+            try:
+                record = pending.record
+            except BackendError as exc:
+                # Its stored bytes do not decode (a bug or damage, not a
+                # fault that passes): this task fails alone, with what can
+                # still be known of it, instead of being retried for ever
+                # with its slot held and the engine not ready.
+                unreadable.append(str(exc))
+                record = _records.unreadable(pending.id, pending.name, pending.created_at)
+            return StoredTask.from_record(_records.started(record, token=token, now=now))
 
         begun = await self._storage(lambda: core.backend.start(claim, starting=starting))
         if begun is None:
@@ -271,6 +282,11 @@ class Runner:
             # was lost (the lease ran out while we stalled): whoever holds the
             # task now runs it.
             await self._storage(lambda: core.queue.ack(claim.task_id, token))
+            return None
+        if unreadable:
+            log.error("task %s: %s; failed", claim.task_id, unreadable[0])
+            error = TaskError(type="UnreadableRecord", message=unreadable[0])
+            await self._finish(claim, begun.record, None, error=error)
             return None
         return await self._started(claim, begun.record)
 

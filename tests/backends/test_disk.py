@@ -295,3 +295,23 @@ async def test_large_results_are_fsynced_before_the_record_commits(
         task = await client.brief.submit()
         await task.wait(timeout=10)
     assert synced == []
+
+
+async def test_an_unreadable_waiting_task_fails_alone(tmp_path: Path) -> None:
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        bad = await client.add.options(delay=0.1).submit(a=1, b=1)
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad.id))
+    await trio.sleep(0.2)  # due when the next engine opens: claimed first
+    # One task slot: had the bad task kept it (retried as a storage fault),
+    # the good one would never run and the engine would not be ready.
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path), workers=1) as client:
+        good = await client.add.submit(a=2, b=2)
+        assert await good.wait(timeout=10) is TaskStatus.SUCCESS
+        assert await good.get() == 4
+        failed = client.get_task(bad.id)
+        assert await failed.wait(timeout=10) is TaskStatus.FAILURE
+        info = await failed.get_info()
+        assert info.error is not None and info.error.type == "UnreadableRecord"
+        assert "unreadable" in info.error.message
+        assert client.statistics().ready
