@@ -1,19 +1,26 @@
 """Long-lived worker threads for sync task functions.
 
-Jobs are fed from the trio thread through a ``queue.SimpleQueue``.  A job goes
-to an idle thread when there is one, otherwise a new thread starts for it, so
-a job never waits behind a busy thread (the engine's concurrency slots are
-what bound how many run).  Finished jobs pile up behind a lock and one
-``TrioToken.run_sync_soon`` callback hands all of them back to the loop: a busy
-pool wakes the loop once per batch, not once per task.
+A job never waits behind a busy thread (the engine's concurrency slots are
+what bound how many run), yet a burst of short jobs does not wake a thread
+per job either.  The pool keeps one count, ``looking``: threads awake and
+about to take a job.  A submit wakes (or starts) a thread only when nobody
+is looking; a thread that takes a job while more are queued first makes
+sure somebody else looks (waking an idle thread, or starting one when every
+thread is busy), then runs its job, then looks again.  So a burst of
+no-op jobs is run by the one or two threads already awake, and a burst of
+blocking ones still gets one thread per job, one wake-up after another.
+Idle threads are woken newest first (the one most likely still warm).
 
-Measured against one ``trio.lowlevel.start_thread_soon`` per task (see
-``docs/decisions.md``), this is about 1.5x faster for no-op sync tasks.
+Finished jobs pile up behind the lock and one ``TrioToken.run_sync_soon``
+callback hands all of them back to the loop: a busy pool wakes the loop
+once per batch, not once per task.
+
+Measured in ``benchmarks/threadpath.py`` and ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +34,16 @@ Deliver = Callable[[outcome.Outcome[Any]], None]
 _Job = tuple[Callable[[], Any], Deliver]
 
 
+class _Worker:
+    """One thread's bell: released to wake it."""
+
+    __slots__ = ("bell",)
+
+    def __init__(self) -> None:
+        self.bell = threading.Lock()
+        self.bell.acquire()
+
+
 class WorkerThreads:
     """Threads that run sync callables and report back to one trio run.
 
@@ -34,10 +51,12 @@ class WorkerThreads:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads free to take a job, counting reserved ones out
         self._lock = threading.Lock()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._idle: list[_Worker] = []  # asleep, newest last
+        self._looking = 0  # awake (or being woken) and about to take a job
+        self._threads = 0
+        self._closed = False
         self._token = trio.lowlevel.current_trio_token()
         self._done: list[tuple[Deliver, outcome.Outcome[Any]]] = []
         self._flush_scheduled = False
@@ -48,27 +67,55 @@ class WorkerThreads:
         If the trio run has finished by then, ``deliver`` is not called.
         """
         with self._lock:
-            reserve = self._idle > 0
-            if reserve:
-                self._idle -= 1
-        if not reserve:
-            thread = threading.Thread(target=self._work, name="errands-worker", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        self._jobs.put((fn, deliver))
+            self._jobs.append((fn, deliver))
+            start = self._looking == 0 and self._call_one()
+        if start:
+            self._start()
+
+    def _call_one(self) -> bool:
+        """Under the lock: get one more thread looking; True when one must
+        be started (no idle thread to wake)."""
+        self._looking += 1
+        if self._idle:
+            self._idle.pop().bell.release()
+            return False
+        self._threads += 1
+        return True
+
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name="errands-worker", daemon=True).start()
 
     def _work(self) -> None:
-        jobs, lock = self._jobs, self._lock
+        me = _Worker()
+        lock, jobs = self._lock, self._jobs
         while True:
-            job = jobs.get()
+            with lock:
+                if self._closed:
+                    self._looking -= 1
+                    self._threads -= 1
+                    return
+                if not jobs:
+                    self._looking -= 1
+                    self._idle.append(me)
+                    job = None
+                    start = False
+                else:
+                    job = jobs.popleft()
+                    self._looking -= 1
+                    # More waiting and nobody else looking: call someone
+                    # before running this one (which may block for long).
+                    start = bool(jobs) and self._looking == 0 and self._call_one()
+            if start:
+                self._start()
             if job is None:
-                return
+                me.bell.acquire()  # woken by _call_one (looking counted) or close
+                continue
             fn, deliver = job
             result = outcome.capture(fn)
             del fn, job
             with lock:
                 self._done.append((deliver, result))
-                self._idle += 1
+                self._looking += 1
                 schedule = not self._flush_scheduled
                 self._flush_scheduled = True
             if schedule:
@@ -86,6 +133,9 @@ class WorkerThreads:
 
     def close(self) -> None:
         """Let every thread end: idle ones at once, busy ones after their job."""
-        for _ in self._threads:
-            self._jobs.put(None)
-        self._threads.clear()
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._looking += len(idle)
+        for worker in idle:
+            worker.bell.release()
