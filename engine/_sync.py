@@ -396,8 +396,9 @@ class SyncClient:
                     self.on_death(self._portal.died_of)
         finally:
             self._portal.token = None
-            if self._portal.handoff is not None:
-                self._portal.handoff.abandon()
+            handoff, self._portal.handoff = self._portal.handoff, None
+            if handoff is not None:
+                handoff.abandon()  # and, with no handoff, calls say EngineClosed
             self._ready.set()
 
     async def _amain(self) -> None:

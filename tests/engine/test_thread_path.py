@@ -153,6 +153,8 @@ def test_wait_from_a_thread_reports_every_ending() -> None:
 
 def test_a_waiting_thread_hears_that_the_engine_stopped() -> None:
     client = errands.start(svc, grace=0.1)
+    ended = client.double.submit(n=2)
+    assert ended.wait(timeout=15) is TaskStatus.SUCCESS
     held = client.hold.submit()
     assert held.get_status() in (TaskStatus.PENDING, TaskStatus.IN_PROGRESS)
     raised: list[BaseException] = []
@@ -173,6 +175,8 @@ def test_a_waiting_thread_hears_that_the_engine_stopped() -> None:
     assert len(raised) == 1 and isinstance(raised[0], errands.EngineClosed)
     with pytest.raises(errands.EngineClosed):
         client.double.submit(n=1)
+    with pytest.raises(errands.EngineClosed):
+        ended.get()  # it ended before, but the engine is gone: as every call says
 
 
 def test_a_durable_submit_returns_once_stored(
