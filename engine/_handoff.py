@@ -82,6 +82,11 @@ class Mailbox(Generic[T]):
         self._scheduled = False
         self.deliver_now()
 
+    @property
+    def pending(self) -> bool:
+        """Whether items were put and not delivered yet."""
+        return bool(self._items)
+
     def deliver_now(self) -> None:
         """Receive what is waiting now (on the trio thread)."""
         items: list[T] = []
@@ -234,7 +239,7 @@ class Handoff:
     @property
     def unsettled(self) -> bool:
         """Whether submits were handed over and are not stored yet."""
-        return self._busy > 0 or bool(self._mailbox._items)
+        return self._busy > 0 or self._mailbox.pending
 
     async def settle(self) -> None:
         """Store every submit handed over so far (what a call from a thread
@@ -287,7 +292,8 @@ class Handoff:
             else:
                 # The caller has its handle already (memory backend): the
                 # task is lost, as every waiting task is when it stops.
-                log.exception("task %s %s was not accepted", record.name, record.id)
+                if isinstance(exc, Exception):
+                    log.exception("task %s %s was not accepted", record.name, record.id)
                 self._ended(ticket, None)
             if not isinstance(exc, Exception):
                 raise

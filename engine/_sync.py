@@ -63,6 +63,9 @@ def task_html(task: Any) -> str:
     )
 
 
+#: Seconds close() waits for submits handed over before it to be stored.
+_SETTLE_SECONDS = 5.0
+
 #: A call of :meth:`SyncClient.call_soon`: the coroutine to start, and where
 #: its outcome goes.
 _BridgeCall = tuple[Callable[[], Awaitable[None]], Callable[[outcome.Outcome[Any]], None]]
@@ -418,7 +421,7 @@ class SyncClient:
             await self._stop.wait()
             # What was submitted before close() is stored before the engine
             # stops (on a durable backend it is then there at the next start).
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(_SETTLE_SECONDS):
                 await handoff.settle()
             calls.cancel_scope.cancel()
 
