@@ -203,7 +203,9 @@ def test_a_redis_restart_with_aof_loses_no_accepted_task(tmp_path: Path) -> None
     os.environ["ERRANDS_TEST_LOG"] = str(log)
     try:
         with redis_server(data, appendonly=True, port=port) as url:
-            client = errands.start(svc, backend=url, workers=4)
+            # A short lease: a claim the restart lost is recovered in seconds
+            # (with the default 30 s, a third of the runs waited that long).
+            client = errands.start(svc, backend=url, workers=4, lease=5)
             try:
                 batch = client.record.submit_many({"n": n, "pause": 0.01} for n in range(300))
                 wait_until(lambda: len(read_runs(log)) >= 20, 30, "tasks to run")
