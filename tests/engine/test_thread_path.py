@@ -213,3 +213,58 @@ def test_a_ticket_does_not_outlive_its_task() -> None:
             task.get_status()
         with pytest.raises(errands.TaskNotFound):
             task.wait(timeout=1)
+
+
+def test_many_threads_submit_wait_and_get_at_once() -> None:
+    with errands.start(svc, workers=8) as client:
+        failures: list[BaseException] = []
+
+        def worker(k: int) -> None:
+            try:
+                tasks = [client.double.submit(n=k * 1000 + i) for i in range(300)]
+                for i, task in enumerate(tasks[::3]):  # some waited on while others run
+                    assert task.wait(timeout=30) is TaskStatus.SUCCESS
+                    assert task.get() == 2 * (k * 1000 + 3 * i)
+                assert [t.wait(timeout=30) for t in tasks] == [TaskStatus.SUCCESS] * 300
+                assert [t.get() for t in tasks] == [2 * (k * 1000 + i) for i in range(300)]
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures
+        assert not any(t.is_alive() for t in threads)
+        assert client.statistics().submitted == 6 * 300
+
+
+def test_close_while_threads_submit_to_a_durable_backend_loses_nothing(tmp_path: Path) -> None:
+    directory = tmp_path / "queue"
+    accepted: list[str] = []
+    refused: list[BaseException] = []
+    client = errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1)
+
+    def submitter(k: int) -> None:
+        for i in range(10_000):
+            try:
+                accepted.append(client.double.submit(n=k * 100_000 + i).id)
+            except errands.EngineClosed as exc:
+                refused.append(exc)
+                return
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    while len(accepted) < 100:
+        time.sleep(0.01)
+    client.close()
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads), "a submit hung across close()"
+    assert len(refused) == 3  # each thread was told, none hung
+    # Every submit that returned a task is stored: the next engine runs them all.
+    with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
+        statuses = [client.get_task(i).wait(timeout=60) for i in accepted]
+        assert statuses == [TaskStatus.SUCCESS] * len(accepted)
