@@ -186,12 +186,29 @@ class Batcher:
         found = await self.core.store.get_many([m.claim.task_id for m in unread])
         for member in unread:
             stored = found.get(member.claim.task_id)
-            record = stored.record if stored is not None else None
+            try:
+                record = stored.record if stored is not None else None
+            except BackendError:
+                await self._fail_unreadable(member)
+                continue
             if record is None or record.status is not TaskStatus.PENDING:
                 # Cancelled while it waited, or gone: a stale entry.
                 await self._drop(member)
                 continue
             member.record = record
+
+    async def _fail_unreadable(self, member: Member) -> None:
+        """A held task whose stored record does not decode fails alone: the
+        runner's start writes it off (``UnreadableRecord``), as for any
+        claimed task, instead of the batcher retrying it for ever."""
+        claim = member.claim
+        self._held.remove(member)
+        if self.runner.held.get(claim.task_id) == claim:
+            del self.runner.held[claim.task_id]
+        run = await self.runner.start(claim)
+        if run is not None:  # rewritten meanwhile and readable: back to the queue
+            self.runner.running.pop(claim.task_id, None)
+            await self.runner.hand_back(claim, run.record, counts=False)
 
     async def _drop(self, member: Member) -> None:
         claim = member.claim

@@ -32,6 +32,11 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
+@svc.task(batchable=True, max_batch_size=8, max_latency_ms=5)
+async def lengths(texts: list[str]) -> list[int]:
+    return [len(t) for t in texts]
+
+
 @svc.task(ttl=1)
 async def brief() -> bytes:
     return b"\x89PNG" + bytes(200_000)  # large: kept in diskcache's files
@@ -314,4 +319,21 @@ async def test_an_unreadable_waiting_task_fails_alone(tmp_path: Path) -> None:
         info = await failed.get_info()
         assert info.error is not None and info.error.type == "UnreadableRecord"
         assert "unreadable" in info.error.message
+        assert client.statistics().ready
+
+
+async def test_an_unreadable_task_waiting_for_a_batch_fails_alone(tmp_path: Path) -> None:
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        bad = await client.lengths.options(delay=0.1).submit(texts=["x"])
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad.id))
+    await trio.sleep(0.2)  # due when the next engine opens
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        good = await client.lengths.submit(texts=["abc", "de"])
+        assert await good.wait(timeout=10) is TaskStatus.SUCCESS
+        assert await good.get() == [3, 2]
+        failed = client.get_task(bad.id)
+        assert await failed.wait(timeout=10) is TaskStatus.FAILURE
+        info = await failed.get_info()
+        assert info.error is not None and info.error.type == "UnreadableRecord"
         assert client.statistics().ready
