@@ -314,15 +314,17 @@ class Handoff:
 
     def _fail(self, items: list[_Item], exc: Exception) -> None:
         log.debug("submits not taken (%s): the engine is stopping", exc)
-        for record, ticket, reply in items:
+        for record, _, _ in items:
             self._engine.core.watchers.ends.pop(record.id, None)
-            if reply is not None:
-                reply.send(None, EngineClosed("the engine has stopped"))
-            self._ended(ticket, None)
+        self._closed_on(items)
 
     def abandon(self) -> None:
         """The trio run ended: answer what it never took (any thread)."""
-        for _, ticket, reply in self._mailbox.drop():
+        self._closed_on(self._mailbox.drop())
+
+    def _closed_on(self, items: list[_Item]) -> None:
+        """Tell the submitters of ``items``, never stored, that the engine stopped."""
+        for _, ticket, reply in items:
             if reply is not None:
                 reply.send(None, EngineClosed("the engine has stopped"))
             self._ended(ticket, None)

@@ -152,10 +152,9 @@ class Task:
 
     def get_status(self) -> TaskStatus:
         """The current status.  Raises TaskNotFound for an unknown or expired id."""
-        ticket, handoff = self._ticket, self._portal.handoff
-        if ticket is not None and handoff is not None and ticket.final is not None:
-            _refuse_in_trio("this sync client's methods block")
-            final = handoff.final(ticket)  # ended here: final for good
+        ended = self._ended_here()
+        if ended is not None:
+            final = ended[0].final(ended[1])  # final for good, unless expired
             if final is not None:
                 return final.status
         return self._portal.run(self._handle.get_status)
@@ -166,13 +165,21 @@ class Task:
 
     def get(self) -> Any:
         """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound."""
-        ticket, handoff = self._ticket, self._portal.handoff
-        if ticket is not None and handoff is not None and ticket.final is not None:
-            _refuse_in_trio("this sync client's methods block")
-            known, result = handoff.outcome(ticket)  # ended here: no round trip
+        ended = self._ended_here()
+        if ended is not None:
+            known, result = ended[0].outcome(ended[1])  # no round trip
             if known:
                 return result
         return self._portal.run(self._handle.get)
+
+    def _ended_here(self) -> tuple[Handoff, Ticket] | None:
+        """The hand-off and ticket of a task submitted and ended here, whose
+        ticket can answer (None: ask the engine)."""
+        ticket, handoff = self._ticket, self._portal.handoff
+        if ticket is None or handoff is None or ticket.final is None:
+            return None
+        _refuse_in_trio("this sync client's methods block")
+        return handoff, ticket
 
     def wait(self, timeout: float | None = None) -> TaskStatus:
         """Block until final and return that status; TimeoutError after ``timeout`` s."""
