@@ -495,6 +495,13 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _result_args(result: Payload | None) -> list[Any]:
+    """The three script arguments that carry a result: has-one, media type, bytes."""
+    if result is None:
+        return ["0", "", ""]
+    return ["1", result.media_type, result.data]
+
+
 def _first(replies: list[Any]) -> Any:
     return replies[0]
 
@@ -927,11 +934,8 @@ class RedisStore(Store):
             task.token,
             expires,
             task.data,
+            *_result_args(result),
         ]
-        if result is not None:
-            args += ["1", result.media_type, result.data]
-        else:
-            args += ["0", "", ""]
         return bool(await self._c.script("transition", *args))
 
     async def get_result(self, task_id: str) -> Payload | None:
@@ -1158,11 +1162,8 @@ class RedisBackend(Backend):
             task.token,
             expires,
             task.data,
+            *_result_args(result),
         ]
-        if result is not None:
-            args += ["1", result.media_type, result.data]
-        else:
-            args += ["0", "", ""]
         return bool(await self._connection.script("finish", *args))
 
     @classmethod
