@@ -193,6 +193,15 @@ def _threads(count: int, work: Callable[[int], None]) -> float:
     return elapsed
 
 
+def _threads_closing(clients: Sequence[Any], work: Callable[[int], None]) -> float:
+    """:func:`_threads` with one thread per client; the clients are closed after."""
+    try:
+        return _threads(len(clients), work)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def _shares(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -214,12 +223,7 @@ def errands_closed(url: str, tasks: int, threads: int) -> float:
             if task.get() != 0:
                 raise RuntimeError("a task did not return its result")
 
-    try:
-        elapsed = _threads(threads, work)
-    finally:
-        for client in clients:
-            client.close()
-    return tasks / elapsed
+    return tasks / _threads_closing(clients, work)
 
 
 def errands_bulk(url: str, tasks: int, threads: int) -> float:
@@ -272,12 +276,7 @@ def bento_closed(url: str, tasks: int, threads: int) -> float:
                 time.sleep(POLL)
             _bento_get(http, task_id)
 
-    try:
-        elapsed = _threads(threads, work)
-    finally:
-        for client in clients:
-            client.close()
-    return tasks / elapsed
+    return tasks / _threads_closing(clients, work)
 
 
 def bento_bulk(url: str, tasks: int, threads: int) -> float:
@@ -302,12 +301,7 @@ def bento_bulk(url: str, tasks: int, threads: int) -> float:
         for task_id in mine:
             _bento_get(http, task_id)
 
-    try:
-        elapsed = _threads(threads, work)
-    finally:
-        for client in clients:
-            client.close()
-    return tasks / elapsed
+    return tasks / _threads_closing(clients, work)
 
 
 # ---------------------------------------------------------------- running
