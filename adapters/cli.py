@@ -33,6 +33,7 @@ import attrs
 import trio
 
 import errands
+from errands._registry import resolve_backend
 
 from . import _cli_client
 from ._logs import FORMATS, setup_logging
@@ -351,6 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    try:
+        # A bad backend URL is a usage error, said before anything starts
+        # (not a traceback from the server's startup).  Building a backend
+        # object opens nothing.
+        resolve_backend(args.backend)
+    except errands.BackendError as exc:
+        print(f"errands: --backend: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "serve":
             return _serve(args)

@@ -256,6 +256,18 @@ def test_bad_targets_and_options_exit_2(tmp_path: Path) -> None:
         (["worker", IMAGE_TARGET, "--backend", "memory://"], "shared backend"),
         (["serve", IMAGE_TARGET, "--max-wait", "-1"], "--max-wait"),
         (["serve", IMAGE_TARGET, "--max-wait", "nan"], "--max-wait"),
+        # A backend URL is checked before anything starts (it used to fail in
+        # the server's startup, as a traceback).
+        (
+            ["serve", IMAGE_TARGET, "--backend", "memory"],
+            "--backend: backend URL 'memory' has no scheme",
+        ),
+        (["serve", IMAGE_TARGET, "--backend", "memroy://"], "unknown backend scheme 'memroy'"),
+        (["serve", IMAGE_TARGET, "--backend", "diskcache://data"], "needs a path"),
+        (
+            ["worker", IMAGE_TARGET, "--backend", "diskcache"],
+            "--backend: backend URL 'diskcache' has no",
+        ),
     ):
         done = subprocess.run(
             [*ERRANDS, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
