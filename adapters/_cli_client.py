@@ -258,15 +258,18 @@ def _submit(client: SyncHTTPClient, args: argparse.Namespace) -> int:
     if not args.wait:
         _print(_id_json(task) if args.json else task.id)
         return OK
-    status = task.wait(timeout=args.timeout)
+    # Waited on through a handle without the endpoint's name (see _write), so
+    # the result the wait brings is the one written: one download, not two.
+    plain = client.get_task(task.id)
+    status = plain.wait(timeout=args.timeout)
     if args.json:
         _print(json.dumps({"task_id": task.id, "status": status.value}))
         if status is not TaskStatus.SUCCESS:
             return TASK_FAILED
         if args.output is not None:
-            _write(client.get_task(task.id), args.output)
+            _write(plain, args.output)
         return OK
-    _write(client.get_task(task.id), args.output)
+    _write(plain, args.output)
     return OK
 
 

@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from errands.adapters import _cli_client
+import errands
+from errands.adapters import _cli_client, cli
 from tests.adapters.test_cli import ERRANDS, free_port, serving
 
 pytestmark = [pytest.mark.realtime]
@@ -430,3 +432,33 @@ def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         assert (args.url, args.token) == ("http://queue.example:8000", "s3cret")
     given = _parser().parse_args(["get", "abc", "--url", "http://h:1", "--token", "t"])
     assert (given.url, given.token) == ("http://h:1", "t")
+
+
+class _Counting(httpx.HTTPTransport):
+    """httpx's own transport, noting each request's method and path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("flags", [[], ["--json", "-o", "out.bin"]])
+def test_submit_wait_reads_the_result_once(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
+) -> None:
+    """``submit --wait`` writes the result its wait brought, without a second download."""
+    monkeypatch.chdir(tmp_path)
+    args = cli._parser().parse_args(["submit", "blob", "n=3", "--wait", "--url", server, *flags])
+    counting = _Counting()
+    with errands.SyncHTTPClient(server, transport=counting) as client:
+        client.server_info()
+        counting.seen.clear()
+        assert _cli_client._command("submit")(client, args) == 0
+    gets = [path for _, path in counting.seen if path.endswith("/get")]
+    assert len(gets) == 1, counting.seen  # (any endpoint's route: task ids are global)
+    if flags:
+        assert (tmp_path / "out.bin").read_bytes() == b"\x00\x01\x02"
