@@ -49,6 +49,7 @@ __all__ = [
     "counts_to_json",
     "encode_error",
     "error_entry",
+    "inline_result",
     "item_error",
     "parse_result_line",
     "result_line",
@@ -234,16 +235,7 @@ def result_line(
     name = "expired" if status is None else status_name(status, bentoml_compat=bentoml_compat)
     head = {"index": index, "task_id": task_id, "status": name}
     text = None if error is None else (error.type if hide_errors else str(error))
-    inline: bytes | None = None
-    if data is not None and media_type is not None:
-        media = media_type.split(";", 1)[0].strip().lower()
-        if (media == _JSON_MEDIA or media.endswith("+json")) and b"\n" not in data:
-            inline = data
-        elif media.startswith("text/"):
-            try:
-                inline = json.dumps(data.decode("utf-8")).encode()
-            except UnicodeDecodeError:
-                inline = None
+    inline = None if data is None or media_type is None else inline_result(media_type, data)
     if inline is None:
         tail: JSON = {"result": None, "error": text}
         if data is not None and result_url is not None:
@@ -252,6 +244,21 @@ def result_line(
     start = json.dumps(head, separators=(",", ":")).encode()[:-1]
     end = json.dumps(text).encode()
     return b"".join((start, b',"result":', inline, b',"error":', end, b"}\n"))
+
+
+def inline_result(media_type: str, data: bytes) -> bytes | None:
+    """A stored result as JSON to inline in an answer, or None when it is
+    not inlined: JSON as it is stored (as ``/get`` answers it), UTF-8 text
+    as a JSON string; bytes and images are not."""
+    media = media_type.split(";", 1)[0].strip().lower()
+    if (media == _JSON_MEDIA or media.endswith("+json")) and b"\n" not in data:
+        return data
+    if media.startswith("text/"):
+        try:
+            return json.dumps(data.decode("utf-8")).encode()
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def parse_result_line(entry: Any) -> tuple[BatchResult, bool]:
