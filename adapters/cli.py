@@ -353,14 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     try:
-        # A bad backend URL is a usage error, said before anything starts
-        # (not a traceback from the server's startup).  Building a backend
-        # object opens nothing.
-        resolve_backend(args.backend)
-    except errands.BackendError as exc:
-        print(f"errands: --backend: {exc}", file=sys.stderr)
-        return 2
-    try:
         if args.command == "serve":
             return _serve(args)
         return _worker(args)
@@ -400,6 +392,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     options = _engine_options(args)
     load_service(args.target)  # fail early, in this process, with a clear message
+    _check_backend(args.backend)
     os.environ["ERRANDS_SERVE"] = json.dumps(
         {
             "engine": {
@@ -434,9 +427,20 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_hypercorn(args, application)
 
 
+def _check_backend(url: str) -> None:
+    """A bad backend URL is a usage error, said before anything starts (not a
+    traceback from the server's startup).  Checked after the service is
+    imported, which may add a scheme; building a backend object opens nothing."""
+    try:
+        resolve_backend(url)
+    except errands.BackendError as exc:
+        raise _UsageError(f"--backend: {exc}") from None
+
+
 def _worker(args: argparse.Namespace) -> int:
     options = _engine_options(args)
     service = load_service(args.target)
+    _check_backend(args.backend)
     if args.backend.startswith("memory:"):
         print("errands: a worker needs a shared backend, not memory://", file=sys.stderr)
         return 2
