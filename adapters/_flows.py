@@ -349,10 +349,17 @@ def wait_fetching(server: ServerInfo, route: Endpoint, task_id: str, timeout: fl
 
 
 def wait_any(
-    server: ServerInfo, route: Endpoint, task_ids: Collection[str], timeout: float | None
+    server: ServerInfo,
+    route: Endpoint,
+    task_ids: Collection[str],
+    timeout: float | None,
+    *,
+    results: bool = False,
 ) -> Flow:
     """The tasks among ``task_ids`` that are final (id -> TaskInfo) or unknown
-    (id -> None), as soon as there is one; ``{}`` after ``timeout``."""
+    (id -> None), as soon as there is one (``{}`` after ``timeout``), and the
+    results the server inlined (id -> the answer ``get`` would have given):
+    with ``results``, a server that can inlines small results of successes."""
     start = yield Clock()
     deadline = math.inf if timeout is None else start + timeout
     pause = POLL_START
@@ -360,21 +367,26 @@ def wait_any(
     ids = list(task_ids)
     while True:
         asked = yield Clock()
+        inlined: dict[str, httpx.Response] = {}
         if server.wait_many:
             hold = max(0.0, min(deadline - asked, server.max_wait or 0.0))
+            ask: dict[str, Any] = {"task_ids": ids}
+            if results and server.wait_results:
+                ask["results"] = True
             request = {
                 "method": "POST",
                 "url": "/tasks/wait",
                 "params": {"wait": _wait_param(hold)},
-                "content": json.dumps({"task_ids": ids}),
+                "content": json.dumps(ask),
                 "headers": {"content-type": "application/json"},
             }
             response = yield from _through_outages(Call(request, hold=hold), outage, deadline)
             body = _json(_check(response, action="wait"))
-            found: dict[str, TaskInfo | None] = {
-                i.id: i for i in (info_from_json(d) for d in body.get("done") or ())
-            }
+            done = body.get("done") or ()
+            found: dict[str, TaskInfo | None] = {i.id: i for i in (info_from_json(d) for d in done)}
             found.update(dict.fromkeys(body.get("missing") or ()))
+            if "results" in ask:
+                inlined = {d["task_id"]: r for d in done if (r := _inlined(d)) is not None}
         else:
             hold = 0.0
             found = {}
@@ -389,15 +401,32 @@ def wait_any(
                 if current.status.is_final:
                     found[task_id] = current
         if found:
-            return found
+            return found, inlined
         now = yield Clock()
         if now >= deadline:
-            return {}
+            return {}, {}
         if now - asked < hold / 2 or hold == 0:
             yield Sleep(min(pause, deadline - now))
             pause = min(pause * 2, POLL_MAX)
         else:
             pause = POLL_START
+
+
+def _inlined(entry: Any) -> httpx.Response | None:
+    """The answer ``get`` gives, rebuilt from a result that ``POST /tasks/wait``
+    inlined in a ``done`` entry (JSON as is, text as a string); None when the
+    entry has none."""
+    media = entry.get("result_type")
+    if not isinstance(media, str) or "result" not in entry:
+        return None
+    value = entry["result"]
+    if media.split(";", 1)[0].strip().lower().startswith("text/"):
+        if not isinstance(value, str):
+            return None
+        content = value.encode("utf-8")
+    else:
+        content = json.dumps(value, separators=(",", ":")).encode()
+    return httpx.Response(200, headers={"content-type": media}, content=content)
 
 
 def list_tasks(*, name: str | None, status: TaskStatus | None, limit: int, offset: int) -> Flow:

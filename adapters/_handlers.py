@@ -315,6 +315,7 @@ class Handlers:
                 "version": errands.__version__,
                 "max_wait": self.max_wait,
                 "wait_many": True,  # POST /tasks/wait
+                "wait_results": True,  # ... with {"results": true}
                 "events": True,  # GET <route>/events
                 "batches": True,  # <route>/submit_many and /batches/<id>
                 "max_batch_page": self.http.max_batch_page,

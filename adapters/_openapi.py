@@ -711,7 +711,12 @@ class _Builder:
                         "items": {"type": "string"},
                         "minItems": 1,
                         "maxItems": self.http.max_wait_ids,
-                    }
+                    },
+                    "results": {
+                        "type": "boolean",
+                        "description": "Inline each success's result in its entry of `done`"
+                        " (JSON or text of at most 64 KiB, at most 1 MiB per answer).",
+                    },
                 },
                 "required": ["task_ids"],
                 "additionalProperties": False,
@@ -719,7 +724,22 @@ class _Builder:
             "WaitAnswer": {
                 "type": "object",
                 "properties": {
-                    "done": {"type": "array", "items": _INFO},
+                    "done": {
+                        "type": "array",
+                        "items": {
+                            "allOf": [_INFO],
+                            "properties": {
+                                "result": {
+                                    "description": "The result (with `results`): JSON as"
+                                    " `get` answers it, text as a string"
+                                },
+                                "result_type": {
+                                    "type": "string",
+                                    "description": "The result's media type, as `get` sends it",
+                                },
+                            },
+                        },
+                    },
                     "missing": {"type": "array", "items": {"type": "string"}},
                     "pending": {"type": "array", "items": {"type": "string"}},
                 },

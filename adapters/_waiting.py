@@ -28,12 +28,15 @@ import anyio
 import sniffio
 import trio
 
-from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound
+from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound, TaskStatus
 
-from ._answers import Answer, json_answer, json_bytes, request_json, wait_seconds
+from ._answers import Answer, json_bytes, request_json, wait_seconds
+from ._batch_wire import inline_result
 from ._protocol import HTTPError, errors_as_answers, info_to_json
 
 if TYPE_CHECKING:
+    from errands import Engine
+
     from ._bridge import EngineAccess
 
 __all__ = ["KEEPALIVE", "MAX_WAIT_IDS", "EventStream", "Holds", "wait_many"]
@@ -48,6 +51,8 @@ Send = Callable[[Message], Awaitable[None]]
 KEEPALIVE = 15.0
 #: The most task ids one ``POST /tasks/wait`` may name.
 MAX_WAIT_IDS = 10_000
+
+SUCCESS = TaskStatus.SUCCESS
 
 
 def stream_headers(content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -249,13 +254,23 @@ async def wait_many(
     ``missing`` is not empty, or after S seconds (S defaults to 0: answer
     at once; more than ``max_wait`` is a 400), or at once on drain.  Repeated ids count
     once; every list keeps the order of the request.
+
+    With ``"results": true`` in the body, the status object of each success
+    also carries its result (``result``, with its media type in
+    ``result_type``) when it is JSON or text of at most :data:`INLINE_RESULT`
+    bytes, while the answer's inlined results stay within
+    :data:`INLINE_ANSWER` bytes: a client that goes on to ``get()`` each task
+    as it ends (``as_completed``) needs no request for those.
     """
     request = request_json(body, empty=None)
     if not isinstance(request, dict):
         raise HTTPError(400, 'the body must be a JSON object: {"task_ids": [...]}')
-    unknown = sorted(set(request) - {"task_ids"})
+    unknown = sorted(set(request) - {"task_ids", "results"})
     if unknown:
         raise HTTPError(400, f"unknown fields in the body: {', '.join(unknown)}")
+    results = request.get("results", False)
+    if not isinstance(results, bool):
+        raise HTTPError(400, "results must be true or false")
     ids = request.get("task_ids")
     if (
         not isinstance(ids, list)
@@ -268,22 +283,69 @@ async def wait_many(
     wait = wait_seconds(query, maximum=max_wait, default=0.0)
     unique = list(dict.fromkeys(ids))
     found: dict[str, TaskInfo | None] = {}
+    inlined: dict[str, tuple[str, bytes]] = {}
     engine = access.engine
     with errors_as_answers(bentoml_compat=bentoml_compat):
         if wait > 0 and not holds.draining:
             with holds.hold():
-                found = await access.call(engine.wait_any, unique, wait)
+                found, inlined = await access.call(_wait_and_read, engine, unique, wait, results)
         if not found:  # timed out, drained, or no wait asked: the state now
-            found = await access.call(engine.wait_any, unique, 0)
+            found, inlined = await access.call(_wait_and_read, engine, unique, 0, results)
     done = [info for i in unique if (info := found.get(i)) is not None]
-    return json_answer(
-        200,
-        {
-            "done": [
-                info_to_json(info, bentoml_compat=bentoml_compat, hide_errors=hide_errors)
-                for info in done
-            ],
-            "missing": [i for i in unique if i in found and found[i] is None],
-            "pending": [i for i in unique if i not in found],
-        },
+    entries = [
+        json_bytes(info_to_json(info, bentoml_compat=bentoml_compat, hide_errors=hide_errors))
+        for info in done
+    ]
+    if inlined:
+        for n, info in enumerate(done):
+            if (result := inlined.get(info.id)) is not None:
+                media, inline = result
+                # The status object with two more members; the result's JSON
+                # goes in as stored, never parsed again.
+                extra = b',"result_type":%s,"result":%s}' % (json_bytes(media), inline)
+                entries[n] = entries[n][:-1] + extra
+    missing = [i for i in unique if i in found and found[i] is None]
+    pending = [i for i in unique if i not in found]
+    answer = b'{"done":[%s],"missing":%s,"pending":%s}' % (
+        b",".join(entries),
+        json_bytes(missing),
+        json_bytes(pending),
     )
+    return 200, [(b"content-type", b"application/json")], answer
+
+
+#: The largest result ``POST /tasks/wait`` inlines (bytes of its JSON).
+INLINE_RESULT = 64 * 1024
+#: The most bytes of inlined results in one ``POST /tasks/wait`` answer.
+INLINE_ANSWER = 1024 * 1024
+
+
+async def _wait_and_read(
+    engine: Engine, task_ids: list[str], wait: float, results: bool
+) -> tuple[dict[str, TaskInfo | None], dict[str, tuple[str, bytes]]]:
+    """In the engine's run, one call per request: ``wait_any``, then (when
+    asked) the results to inline of the successes it found."""
+    found = await engine.wait_any(task_ids, wait)
+    if not results:
+        return found, {}
+    succeeded = [i for i in task_ids if (f := found.get(i)) is not None and f.status is SUCCESS]
+    return found, await _inlined_results(engine, succeeded) if succeeded else {}
+
+
+async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tuple[str, bytes]]:
+    """In the engine's run: the stored results of these successes that the
+    answer inlines, as (media type, JSON), by task id (see :func:`wait_many`)."""
+    out: dict[str, tuple[str, bytes]] = {}
+    room = INLINE_ANSWER
+    for task_id in task_ids:
+        try:
+            _, payload = await engine.result_payload(task_id)
+        except TaskNotFound:
+            continue  # expired meanwhile: its get() says so
+        if payload is None or len(payload.data) > min(INLINE_RESULT, room):
+            continue
+        inline = inline_result(payload.media_type, payload.data)
+        if inline is not None and len(inline) <= room:
+            out[task_id] = (payload.media_type, inline)
+            room -= len(inline)
+    return out

@@ -95,6 +95,8 @@ class ServerInfo:
     max_wait: float | None
     #: Whether ``POST /tasks/wait`` (waiting on many tasks) is served.
     wait_many: bool
+    #: Whether it inlines the results of successes (``"results": true``).
+    wait_results: bool = False
     #: Whether ``<route>/submit_many`` and ``/batches/<id>`` are served.
     batches: bool = False
     #: The most task ids one ``GET /batches/<id>`` page holds (``?limit=``).
@@ -123,6 +125,7 @@ def parse_schema(body: Any) -> ServerInfo:
         endpoints=endpoints,
         max_wait=float(max_wait) if isinstance(max_wait, int | float) else None,
         wait_many=bool(extra.get("wait_many", False)),
+        wait_results=bool(extra.get("wait_results", False)),
         batches=bool(extra.get("batches", False)),
         max_batch_page=page if isinstance(page := extra.get("max_batch_page"), int) else None,
     )

@@ -14,6 +14,7 @@ differ (httpx.Client and ``time``, or httpx.AsyncClient and anyio).
 
 from __future__ import annotations
 
+import collections
 import ssl
 import threading
 import time
@@ -90,6 +91,44 @@ def _unreachable(url: str, exc: httpx.TransportError) -> RemoteError:
         error = RemoteError(f"cannot reach the server at {url}: {exc!r}")
     error.__cause__ = exc
     return error
+
+
+class _Inlined:
+    """Results that a many-task wait (``as_completed``) brought along, each
+    kept for the next ``get()`` of its task, which then sends no request.
+
+    Bounded: past :attr:`LIMIT` bytes the oldest are dropped (their ``get()``
+    asks the server, as it would have anyway).  Any thread may use it.
+    """
+
+    LIMIT = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: collections.OrderedDict[str, httpx.Response] = collections.OrderedDict()
+        self._size = 0
+
+    def keep(self, results: Mapping[str, httpx.Response]) -> None:
+        with self._lock:
+            for task_id, response in results.items():
+                old = self._kept.pop(task_id, None)
+                if old is not None:
+                    self._size -= len(old.content)
+                self._kept[task_id] = response
+                self._size += len(response.content)
+            while self._size > self.LIMIT:
+                _, dropped = self._kept.popitem(last=False)
+                self._size -= len(dropped.content)
+
+    def take(self, task_id: str) -> httpx.Response | None:
+        with self._lock:
+            response = self._kept.pop(task_id, None)
+            if response is not None:
+                self._size -= len(response.content)
+            return response
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 @attrs.frozen(kw_only=True)
@@ -208,6 +247,8 @@ class AsyncHTTPTask:
         server = await self._client.server_info()
         endpoint = server.endpoints.get(self.name)
         fetched, self._fetched = self._fetched, None
+        if fetched is None:
+            fetched = self._client._inlined.take(self.id)
         if fetched is not None:
             return decode_result(fetched, endpoint)
         return await self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
@@ -358,6 +399,7 @@ class AsyncHTTPClient:
             verify=_tls_context() if transport is None else True,
         )
         self._server: ServerInfo | None = None
+        self._inlined = _Inlined()
 
     async def _run(self, flow: Flow) -> Any:
         try:
@@ -498,8 +540,10 @@ class AsyncHTTPClient:
         self, task_ids: Collection[str], timeout: float | None
     ) -> dict[str, TaskInfo | None]:
         server = await self.server_info()
-        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout)
-        return await self._run(flow)  # type: ignore[no-any-return]
+        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout, results=True)
+        found, inlined = await self._run(flow)
+        self._inlined.keep(inlined)
+        return found  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Close the connections."""
@@ -550,6 +594,8 @@ class HTTPTask:
         server = self._client.server_info()
         endpoint = server.endpoints.get(self.name)
         fetched, self._fetched = self._fetched, None
+        if fetched is None:
+            fetched = self._client._inlined.take(self.id)
         if fetched is not None:
             return decode_result(fetched, endpoint)
         return self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
@@ -682,6 +728,7 @@ class SyncHTTPClient:
         )
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
+        self._inlined = _Inlined()
 
     def _run(self, flow: Flow) -> Any:
         try:
@@ -827,8 +874,10 @@ class SyncHTTPClient:
         self, task_ids: Collection[str], timeout: float | None
     ) -> dict[str, TaskInfo | None]:
         server = self.server_info()
-        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout)
-        return self._run(flow)  # type: ignore[no-any-return]
+        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout, results=True)
+        found, inlined = self._run(flow)
+        self._inlined.keep(inlined)
+        return found  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the connections."""

@@ -20,7 +20,7 @@ The errands servers use the memory backend by default (``--backend`` to
 change it): this measures the HTTP path; ``benchmarks/disk.py`` measures the
 durable one.  BentoML keeps its tasks in SQLite, as it always does.
 
-Two workloads, the ones of issue 14, each a rate in tasks per second:
+Three workloads, the ones of issue 14, each a rate in tasks per second:
 
 * **closed loop**: T client threads (default 16), each with its own client
   and connection, each repeating one task at a time until N tasks are done
@@ -31,6 +31,10 @@ Two workloads, the ones of issue 14, each a rate in tasks per second:
   ``batch.results()`` (one streamed request that ends when every task is
   final).  BentoML: T threads submit B tasks between them, then poll each
   one's status every 5 ms until final, then read each result.
+* **as completed**: the same B tasks, read the way most code does.
+  errands: ``submit_many`` of B items, then ``get()`` of each task as
+  ``errands.as_completed`` yields it (``POST /tasks/wait`` brings small
+  results along).  BentoML: its bulk loop above (it has no many-task wait).
 
 Each measurement is warmed up once, then repeated R times in rounds (one of
 each per round, so a noisy moment hits all of them); the tables show the
@@ -81,8 +85,10 @@ TARGETS = {
     ("closed loop", "uvicorn"): 10.0,
     ("bulk", "hypercorn"): 20.0,
     ("bulk", "uvicorn"): 20.0,
+    ("as completed", "hypercorn"): 20.0,
+    ("as completed", "uvicorn"): 20.0,
 }
-WORKLOADS = ("closed loop", "bulk")
+WORKLOADS = ("closed loop", "bulk", "as completed")
 ERRANDS_SERVERS = ("hypercorn", "uvicorn")
 #: BentoML has no long polls: its status is polled this often.
 POLL = 0.005
@@ -239,6 +245,19 @@ def errands_bulk(url: str, tasks: int, threads: int) -> float:
     return tasks / elapsed
 
 
+def errands_as_completed(url: str, tasks: int, threads: int) -> float:
+    """``submit_many``, then ``get()`` of each task as ``as_completed`` yields it."""
+    with errands.SyncHTTPClient(url) as client:
+        client.server_info()
+        began = perf_counter()
+        batch = client.noop.submit_many([{}] * tasks)
+        results = [t.get() for t in errands.as_completed(batch.tasks, timeout=TASK_TIMEOUT)]
+        elapsed = perf_counter() - began
+    if results != [0] * tasks:
+        raise RuntimeError("a task did not return its result")
+    return tasks / elapsed
+
+
 # ---------------------------------------------------------------- BentoML
 
 
@@ -310,8 +329,11 @@ def bento_bulk(url: str, tasks: int, threads: int) -> float:
 MEASURES: dict[tuple[str, str], Callable[[str, int, int], float]] = {
     ("closed loop", "errands"): errands_closed,
     ("bulk", "errands"): errands_bulk,
+    ("as completed", "errands"): errands_as_completed,
     ("closed loop", "bentoml"): bento_closed,
     ("bulk", "bentoml"): bento_bulk,
+    # BentoML has no many-task wait: its bulk loop is what a user would write.
+    ("as completed", "bentoml"): bento_bulk,
 }
 
 
@@ -418,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for server in servers.values():
                 _stop(server)
 
-    table = Columns(label=44, value=9)
+    table = Columns(label=45, value=9)
     labels = {
         "hypercorn": "errands, hypercorn (trio worker)",
         "uvicorn": "errands, --server uvicorn",
@@ -428,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for workload in WORKLOADS:
         for name in labels:
             if (workload, name) in rates:
-                print(table.rate(f"{workload:<12}{labels[name]}", rates[workload, name]))
+                print(table.rate(f"{workload:<13}{labels[name]}", rates[workload, name]))
     print()
     if bentoml is not None:
         print("ratios errands / BentoML (median of per-round ratios [min-max])")
@@ -443,13 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("errands server CPU, microseconds per task (median [min-max])")
         for workload in WORKLOADS:
             for name in ERRANDS_SERVERS:
-                print(table.rate(f"{workload:<12}{labels[name]}", cpu[workload, name]))
+                print(table.rate(f"{workload:<13}{labels[name]}", cpu[workload, name]))
         print()
     print("client CPU (this process, every thread), microseconds per task (median [min-max])")
     for workload in WORKLOADS:
         for name in labels:
             if (workload, name) in client:
-                print(table.rate(f"{workload:<12}{labels[name]}", client[workload, name]))
+                print(table.rate(f"{workload:<13}{labels[name]}", client[workload, name]))
     print()
     print(f"took {perf_counter() - wall:.1f} s; load average at end: {load()}")
     return 0

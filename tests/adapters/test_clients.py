@@ -29,6 +29,7 @@ from PIL import Image
 
 import errands
 from errands.adapters import AsyncHTTPClient, SyncHTTPClient
+from errands.adapters.client import _Inlined
 from tests.adapters.test_cli import free_port, serving
 
 #: /metrics says one request is held (with or without a process label).
@@ -226,6 +227,18 @@ class Counting(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.paths.append(request.url.path)
         return super().handle_request(request)
+
+
+class CountingAsync(httpx.AsyncHTTPTransport):
+    """A real async transport that counts the requests to each path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
 
 
 def test_sync_wait_is_one_long_poll_not_polling(server: str) -> None:
@@ -487,6 +500,59 @@ def test_as_completed_waits_on_many_in_one_request_per_ending(server: str) -> No
         assert order == tasks
         # held by the server until each ending: no polling of each task
         assert transport.paths == ["/tasks/wait", "/tasks/wait"]
+
+
+def test_as_completed_then_get_needs_no_get_requests(server: str) -> None:
+    """The waits bring small JSON and text results along: ``get()`` of each
+    task as ``as_completed`` yields it sends nothing; bytes are still fetched."""
+    transport = Counting()
+    with SyncHTTPClient(server, transport=transport) as client:
+        assert client.server_info().wait_results
+        sums = [client.add.submit(a=n, b=1) for n in range(30)]
+        texts = [client.shout.submit(text=f"é{n}") for n in range(3)]
+        blobs = [client.blob.submit(n=n) for n in (2, 3)]
+        transport.paths.clear()
+        got = {t.id: t.get() for t in errands.as_completed([*sums, *texts, *blobs], timeout=30)}
+        assert [got[t.id] for t in sums] == [n + 1 for n in range(30)]
+        assert [got[t.id] for t in texts] == [f"É{n}" for n in range(3)]
+        assert [got[t.id] for t in blobs] == [b"\x00\x01", b"\x00\x01\x02"]
+        gets = [p for p in transport.paths if p.endswith("/get")]
+        assert gets == ["/blob/get", "/blob/get"], transport.paths
+        assert set(transport.paths) == {"/tasks/wait", "/blob/get"}
+        assert len(client._inlined) == 0  # each kept result was handed out once
+        # A second get() of the same task asks the server, as before.
+        transport.paths.clear()
+        assert sums[0].get() == 1 and transport.paths == ["/add/get"]
+
+
+async def _async_results_ride_along(base: str) -> None:
+    transport = CountingAsync()
+    async with AsyncHTTPClient(base, transport=transport) as client:
+        tasks = [await client.add.submit(a=n, b=2) for n in range(10)]
+        transport.paths.clear()
+        got = [await t.get() async for t in errands.as_completed(tasks, timeout=30)]
+        assert sorted(got) == [n + 2 for n in range(10)]
+        assert set(transport.paths) == {"/tasks/wait"}, transport.paths
+
+
+async def test_async_results_ride_along_under_trio(server: str) -> None:
+    await _async_results_ride_along(server)
+
+
+def test_async_results_ride_along_under_asyncio(server: str) -> None:
+    asyncio.run(_async_results_ride_along(server))
+
+
+def test_kept_results_are_bounded() -> None:
+    """Results a wait brought but nobody got are dropped oldest first past the limit."""
+    kept = _Inlined()
+    kept.LIMIT = 1000
+    answer = httpx.Response(200, content=b"x" * 300)
+    kept.keep({f"t{n}": answer for n in range(5)})  # 1,500 bytes
+    assert len(kept) == 3 and kept.take("t0") is None and kept.take("t1") is None
+    assert kept.take("t4") is answer and kept.take("t4") is None
+    kept.keep({"t2": httpx.Response(200, content=b"y" * 900)})  # replaces t2: 300 + 900
+    assert kept.take("t3") is None and kept.take("t2") is not None and len(kept) == 0
 
 
 def test_clients_share_one_verifying_tls_context() -> None:

@@ -37,6 +37,23 @@ async def halfway(seconds: float) -> str:
     return "done"
 
 
+@svc.task
+async def shaped(kind: str, size: int = 3) -> Any:
+    """A result of each kind the wait answer inlines, or does not."""
+    if kind == "json":
+        return {"n": size, "items": list(range(size))}
+    if kind == "text":
+        return "é" * size
+    if kind == "bytes":
+        return bytes(range(size % 256))
+    raise ValueError("no such kind")
+
+
+@svc.task
+async def text_out(size: int) -> str:
+    return "é" * size
+
+
 def make_app(**app_options: Any) -> ErrandsApp:
     # stored times follow the mock clock
     engine_options = errands.EngineOptions(grace=0, clock=trio_wall)
@@ -300,3 +317,46 @@ async def test_wait_many_takes_ten_thousand_ids(autojump_clock: trio.testing.Moc
         assert answer.json()["missing"] == ids
         wrong = await client.get("/tasks/wait")
         assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+
+
+async def test_wait_many_inlines_small_results_when_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``"results": true``: each success that ended carries its result (JSON as
+    stored, text as a string) with its media type, so a client that goes on to
+    ``get()`` it needs no request; bytes, failures and large results do not."""
+    async with serving(make_app()) as client:
+        ids = {}
+        for key, route, body in (
+            ("json", "shaped", {"kind": "json"}),
+            ("text", "text_out", {"size": 2}),
+            ("bytes", "shaped", {"kind": "bytes"}),
+            ("failed", "shaped", {"kind": "nope"}),
+            ("large", "shaped", {"kind": "json", "size": 20_000}),
+        ):
+            answer = await client.post(f"/{route}/submit", json=body)
+            ids[key] = answer.json()["task_id"]
+        pending = await submit(client, "nap", seconds=500)
+        await trio.sleep(1)
+        everything = [*ids.values(), pending]
+        plain = await client.post("/tasks/wait", json={"task_ids": everything})
+        assert all("result" not in d for d in plain.json()["done"])  # not asked
+        answer = await client.post("/tasks/wait", json={"task_ids": everything, "results": True})
+        body = answer.json()
+        assert body["pending"] == [pending]
+        done = {d["task_id"]: d for d in body["done"]}
+        assert set(done) == set(ids.values())
+        assert done[ids["json"]]["result"] == {"n": 3, "items": [0, 1, 2]}
+        assert done[ids["json"]]["result_type"] == "application/json"
+        got = await client.get("/text_out/get", params={"task_id": ids["text"]})
+        assert done[ids["text"]]["result"] == got.text == "éé"
+        assert done[ids["text"]]["result_type"] == got.headers["content-type"]
+        for key in ("bytes", "failed", "large"):  # (large: over 64 KiB of JSON)
+            assert "result" not in done[ids[key]] and "result_type" not in done[ids[key]], key
+        assert done[ids["failed"]]["status"] == "failure"
+        # Without results, each done entry is the task's status object, as before.
+        status = await client.get("/shaped/status", params={"task_id": ids["json"]})
+        entry = {k: v for k, v in done[ids["json"]].items() if not k.startswith("result")}
+        assert entry == status.json()
+        wrong = await client.post("/tasks/wait", json={"task_ids": everything, "results": 1})
+        assert wrong.status_code == 400 and "results" in wrong.json()["error"]
