@@ -84,6 +84,58 @@ def _absolute(base: str, call: Call | Open) -> dict[str, Any]:
     return {**call.request, "url": base + call.request["url"]}
 
 
+class _Direct:
+    """Builds the requests of plain calls (:class:`Call`) for the connection
+    pool that ``httpx.Client`` would send them to, so the clients send them
+    there themselves.
+
+    Measured, that skips about a third of httpx's CPU per request (merging
+    the request with the client's defaults, the auth and redirect steps, the
+    cookie jar): what neither client uses.  The clients keep no cookies and
+    follow no redirects either way.  Streamed answers still go through the
+    ``httpx.Client``.
+    """
+
+    def __init__(self, http: httpx.Client | httpx.AsyncClient, base: str, timeout: float) -> None:
+        self.base = base
+        self.headers = http.headers  # the client's defaults (httpx's and ours)
+        self.default = timeout
+        self.timeout = httpx.Timeout(timeout).as_dict()
+
+    def request(self, call: Call) -> httpx.Request:
+        fields = call.request
+        headers = self.headers
+        if (extra := fields.get("headers")) is not None:
+            headers = httpx.Headers(headers)
+            headers.update(extra)
+        timeout = self.timeout
+        if call.hold:
+            timeout = httpx.Timeout(self.default, read=self.default + call.hold).as_dict()
+        return httpx.Request(
+            fields["method"],
+            self.base + fields["url"],
+            params=fields.get("params"),
+            content=fields.get("content"),
+            data=fields.get("data"),
+            files=fields.get("files"),
+            headers=headers,
+            extensions={"timeout": timeout},
+        )
+
+
+def _pool(http: httpx.Client | httpx.AsyncClient, base: str) -> Any:
+    """The transport ``http`` sends ``base``'s requests to (its pool, a proxy
+    from the environment, or the one given), or None when this httpx does
+    not say (then every request goes through the client)."""
+    pick = getattr(http, "_transport_for_url", None)  # httpx's, not public
+    if pick is None:
+        return None
+    try:
+        return pick(httpx.URL(base))
+    except Exception:  # another httpx: go through the client
+        return None
+
+
 def _unreachable(url: str, exc: httpx.TransportError) -> RemoteError:
     if isinstance(exc, httpx.TimeoutException):
         error = RemoteError(f"the server at {url} did not answer in time ({exc!r})")
@@ -400,6 +452,24 @@ class AsyncHTTPClient:
         )
         self._server: ServerInfo | None = None
         self._inlined = _Inlined()
+        self._direct = _Direct(self._http, self.url, timeout)
+        self._pool: httpx.AsyncBaseTransport | None = _pool(self._http, self.url)
+
+    async def _send(self, call: Call) -> httpx.Response:
+        """One plain call's answer, read whole (see :class:`_Direct`)."""
+        pool = self._pool
+        if pool is None:
+            return await self._http.request(
+                **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
+            )
+        request = self._direct.request(call)
+        response = await pool.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def _run(self, flow: Flow) -> Any:
         try:
@@ -407,9 +477,7 @@ class AsyncHTTPClient:
             while True:
                 if isinstance(step, Call):
                     try:
-                        reply: Any = await self._http.request(
-                            **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
-                        )
+                        reply: Any = await self._send(step)
                     except httpx.TransportError as exc:
                         # Into the flow: waits ride out a restart, others re-raise.
                         step = flow.throw(_unreachable(self.url, exc))
@@ -459,11 +527,11 @@ class AsyncHTTPClient:
     ) -> Any:
         if isinstance(step, Line):
             return await anext(opened[id(step.response)][1], None)
+        if isinstance(step, Call):
+            return await self._send(step)
         request = self._http.build_request(
             **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
         )
-        if isinstance(step, Call):
-            return await self._http.send(request)
         response = await self._http.send(request, stream=True)
         opened[id(response)] = (response, response.aiter_lines())
         if response.status_code >= 400:
@@ -729,6 +797,24 @@ class SyncHTTPClient:
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
         self._inlined = _Inlined()
+        self._direct = _Direct(self._http, self.url, timeout)
+        self._pool: httpx.BaseTransport | None = _pool(self._http, self.url)
+
+    def _send(self, call: Call) -> httpx.Response:
+        """One plain call's answer, read whole (see :class:`_Direct`)."""
+        pool = self._pool
+        if pool is None:
+            return self._http.request(
+                **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
+            )
+        request = self._direct.request(call)
+        response = pool.handle_request(request)
+        response.request = request
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
 
     def _run(self, flow: Flow) -> Any:
         try:
@@ -736,9 +822,7 @@ class SyncHTTPClient:
             while True:
                 if isinstance(step, Call):
                     try:
-                        reply: Any = self._http.request(
-                            **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
-                        )
+                        reply: Any = self._send(step)
                     except httpx.TransportError as exc:
                         # Into the flow: waits ride out a restart, others re-raise.
                         step = flow.throw(_unreachable(self.url, exc))
@@ -788,11 +872,11 @@ class SyncHTTPClient:
     ) -> Any:
         if isinstance(step, Line):
             return next(opened[id(step.response)][1], None)
+        if isinstance(step, Call):
+            return self._send(step)
         request = self._http.build_request(
             **_absolute(self.url, step), timeout=_timeout(self.timeout, step)
         )
-        if isinstance(step, Call):
-            return self._http.send(request)
         response = self._http.send(request, stream=True)
         opened[id(response)] = (response, response.iter_lines())
         if response.status_code >= 400:

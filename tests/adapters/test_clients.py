@@ -430,19 +430,14 @@ async def test_async_lazy_endpoint_before_the_schema_is_read(server: str) -> Non
 
 
 async def test_async_wait_is_one_long_poll_under_trio(server: str) -> None:
-    seen: list[str] = []
-
-    async def count(request: httpx.Request) -> None:
-        seen.append(request.url.path)
-
-    async with AsyncHTTPClient(server) as client:
-        client._http.event_hooks["request"].append(count)
+    transport = CountingAsync()
+    async with AsyncHTTPClient(server, transport=transport) as client:
         task = await client.nap.submit(seconds=1.5)
-        seen.clear()
+        transport.paths.clear()
         with trio.fail_after(30):
             assert await task.wait() is errands.TaskStatus.SUCCESS
             assert await task.get() == "rested"
-        assert seen == ["/nap/get"]  # wait() then get(): one long poll of get
+        assert transport.paths == ["/nap/get"]  # wait() then get(): one long poll of get
 
 
 # --------------------------------------------------------------------------- many
