@@ -326,6 +326,25 @@ def _bound(port: int) -> Iterator[None]:
         yield
 
 
+def _two_free_ports(avoid: int) -> int:
+    """A free port whose neighbour below is free too, neither of them
+    ``avoid``: the test needs both (a port chosen alone was, once, next to
+    the server's own, and the command then refused that instead)."""
+    import socket
+
+    for _ in range(100):
+        high = free_port()
+        if avoid in (high, high - 1):
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", high - 1))
+            except OSError:
+                continue
+        return high
+    raise AssertionError("no two neighbouring free ports")
+
+
 def wait_until_up(url: str) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -376,7 +395,7 @@ def test_a_metrics_port_that_cannot_be_had_is_a_usage_error(tmp_path: Path) -> N
 
     same = serve("--backend", "memory://", "--metrics-port", str(port))
     assert same.returncode == 2 and "must be free ports, not --port" in same.stderr
-    busy = free_port()
+    busy = _two_free_ports(avoid=port)
     with _bound(busy):
         taken = serve("--backend", "memory://", "--metrics-port", str(busy))
         assert taken.returncode == 2, taken.stderr
