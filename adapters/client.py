@@ -458,7 +458,7 @@ class AsyncHTTPClient:
     async def _send(self, call: Call) -> httpx.Response:
         """One plain call's answer, read whole (see :class:`_Direct`)."""
         pool = self._pool
-        if pool is None:
+        if pool is None or self._http.is_closed:  # (closed: httpx says so)
             return await self._http.request(
                 **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
             )
@@ -803,7 +803,7 @@ class SyncHTTPClient:
     def _send(self, call: Call) -> httpx.Response:
         """One plain call's answer, read whole (see :class:`_Direct`)."""
         pool = self._pool
-        if pool is None:
+        if pool is None or self._http.is_closed:  # (closed: httpx says so)
             return self._http.request(
                 **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
             )

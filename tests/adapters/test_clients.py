@@ -538,6 +538,24 @@ def test_async_results_ride_along_under_asyncio(server: str) -> None:
     asyncio.run(_async_results_ride_along(server))
 
 
+def test_a_closed_client_sends_nothing(server: str) -> None:
+    client = SyncHTTPClient(server)
+    task = client.add.submit(a=1, b=2)
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.add.submit(a=1, b=2)
+    with pytest.raises(RuntimeError, match="closed"):
+        task.get_status()
+
+
+async def test_a_closed_async_client_sends_nothing(server: str) -> None:
+    client = AsyncHTTPClient(server)
+    task = await client.add.submit(a=1, b=2)
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await task.get_status()
+
+
 def test_kept_results_are_bounded() -> None:
     """Results a wait brought but nobody got are dropped oldest first past the limit."""
     kept = _Inlined()
