@@ -131,7 +131,10 @@ def _pool(http: httpx.Client | httpx.AsyncClient, base: str) -> Any:
     if pick is None:
         return None
     try:
-        return pick(httpx.URL(base))
+        url = httpx.URL(base)
+        if url.userinfo:  # credentials in the URL: httpx.Client's auth step sends them
+            return None
+        return pick(url)
     except Exception:  # another httpx: go through the client
         return None
 

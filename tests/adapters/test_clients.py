@@ -556,6 +556,20 @@ async def test_a_closed_async_client_sends_nothing(server: str) -> None:
         await task.get_status()
 
 
+def test_credentials_in_the_url_are_sent(server: str) -> None:
+    """``http://user:password@host`` sends them as basic auth (httpx's rule), on every request."""
+    seen: list[str | None] = []
+
+    class Recording(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers.get("authorization"))
+            return super().handle_request(request)
+
+    with SyncHTTPClient(server.replace("://", "://ann:secret@"), transport=Recording()) as client:
+        client.add.submit(a=1, b=2).wait(timeout=30)
+    assert seen and set(seen) == {"Basic YW5uOnNlY3JldA=="}, seen
+
+
 def test_kept_results_are_bounded() -> None:
     """Results a wait brought but nobody got are dropped oldest first past the limit."""
     kept = _Inlined()
