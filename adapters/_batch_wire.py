@@ -249,9 +249,15 @@ def result_line(
 def inline_result(media_type: str, data: bytes) -> bytes | None:
     """A stored result as JSON to inline in an answer, or None when it is
     not inlined: JSON as it is stored (as ``/get`` answers it), UTF-8 text
-    as a JSON string; bytes and images are not."""
+    as a JSON string; bytes and images are not, nor bytes that only claim
+    to be JSON (a task may return ``Annotated[bytes, MediaType(...)]``):
+    inlined, they would break the whole answer, not just their own entry."""
     media = media_type.split(";", 1)[0].strip().lower()
     if (media == _JSON_MEDIA or media.endswith("+json")) and b"\n" not in data:
+        try:
+            json.loads(data)
+        except ValueError:
+            return None
         return data
     if media.startswith("text/"):
         try:

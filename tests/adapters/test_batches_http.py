@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.realtime]
 SERVICE = textwrap.dedent(
     '''
     import pathlib
+    from typing import Annotated
+
     import trio
     import errands
 
@@ -69,6 +71,10 @@ SERVICE = textwrap.dedent(
     @svc.task
     def embed(n: int, text: str) -> int:
         return n + len(text)
+
+    @svc.task
+    def claims_json(data: str) -> Annotated[bytes, errands.MediaType("application/json")]:
+        return data.encode()
     '''
 )
 
@@ -346,6 +352,19 @@ def test_results_that_are_not_json_are_named_by_their_get(server: Server) -> Non
         httpx.get(f"{server.base}/batches/{texts['batch_id']}/results", params={"wait": "true"})
     )
     assert text["result"] == "HEY" and "result_url" not in text
+
+
+def test_a_result_that_only_claims_to_be_json_is_not_inlined(server: Server) -> None:
+    """Bytes a task says are JSON and are not: their line names their get, and
+    the stream's other lines still parse (inlined, they broke the stream)."""
+    items = [{"data": "[1, 2]"}, {"data": "{broken"}, {"data": "3"}]
+    batch = post_many(server.base, "claims_json", json=items).json()
+    lines = result_lines(
+        httpx.get(f"{server.base}/batches/{batch['batch_id']}/results", params={"wait": "true"})
+    )
+    assert [(line["index"], line["result"]) for line in lines] == [(0, [1, 2]), (1, None), (2, 3)]
+    assert lines[1]["result_url"].startswith("/claims_json/get?task_id=")
+    assert httpx.get(server.base + lines[1]["result_url"]).content == b"{broken"
 
 
 def test_unknown_batches_are_404(server: Server) -> None:
