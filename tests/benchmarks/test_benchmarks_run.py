@@ -90,8 +90,9 @@ def test_vs_bentoml_quick_runs() -> None:
     # (make test builds it) the ratio lines too.
     run_quick(
         "vs_bentoml.py",
-        "closed loop errands, hypercorn (trio worker)",
-        "bulk        errands, --server uvicorn",
+        "closed loop  errands, hypercorn (trio worker)",
+        "bulk         errands, --server uvicorn",
+        "as completed errands, hypercorn (trio worker)",
         "errands server CPU, microseconds per task",
         timeout=180,
     )
