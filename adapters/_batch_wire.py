@@ -49,6 +49,7 @@ __all__ = [
     "counts_to_json",
     "encode_error",
     "error_entry",
+    "inlinable",
     "inline_result",
     "item_error",
     "parse_result_line",
@@ -246,25 +247,47 @@ def result_line(
     return b"".join((start, b',"result":', inline, b',"error":', end, b"}\n"))
 
 
+#: Characters that end a line for some readers (httpx's ``iter_lines`` among
+#: them), as UTF-8: a result that holds one raw is not inlined in a line.
+_LINE_BREAKS = (b"\n", b"\r", "\u0085".encode(), "\u2028".encode(), "\u2029".encode())
+
+
+def inlinable(media_type: str | None) -> bool:
+    """Whether a result of ``media_type`` may be inlined (JSON or text)."""
+    if media_type is None:
+        return False
+    media = media_type.split(";", 1)[0].strip().lower()
+    return media == _JSON_MEDIA or media.endswith("+json") or media.startswith("text/")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def inline_result(media_type: str, data: bytes) -> bytes | None:
     """A stored result as JSON to inline in an answer, or None when it is
     not inlined: JSON as it is stored (as ``/get`` answers it), UTF-8 text
     as a JSON string; bytes and images are not, nor bytes that only claim
     to be JSON (a task may return ``Annotated[bytes, MediaType(...)]``):
-    inlined, they would break the whole answer, not just their own entry."""
+    inlined, they would break the whole answer, not just their own entry.
+    So JSON is inlined only when it is strict UTF-8 JSON (no ``NaN``), with
+    no raw line break of any kind (a results stream is read by lines)."""
+    if not inlinable(media_type):
+        return None
     media = media_type.split(";", 1)[0].strip().lower()
-    if (media == _JSON_MEDIA or media.endswith("+json")) and b"\n" not in data:
-        try:
-            json.loads(data)
-        except ValueError:
-            return None
-        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
     if media.startswith("text/"):
-        try:
-            return json.dumps(data.decode("utf-8")).encode()
-        except UnicodeDecodeError:
-            return None
-    return None
+        return json.dumps(text).encode()  # (escapes every line break)
+    if any(mark in data for mark in _LINE_BREAKS):
+        return None
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        return None
+    return data
 
 
 def parse_result_line(entry: Any) -> tuple[BatchResult, bool]:

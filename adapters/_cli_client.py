@@ -377,6 +377,7 @@ def _wait(client: SyncHTTPClient, args: argparse.Namespace) -> int:
             tqdm.write(f"errands: task {task.id} failed: {info.error}", file=sys.stderr)
         code = max(code, _code(status))
 
+    client._wait_results = False  # statuses only: no results carried along
     with bar:
         try:
             ended = errands.as_completed(tasks, timeout=args.timeout)

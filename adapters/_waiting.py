@@ -31,7 +31,7 @@ import trio
 from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound, TaskStatus
 
 from ._answers import Answer, json_bytes, request_json, wait_seconds
-from ._batch_wire import inline_result
+from ._batch_wire import inlinable, inline_result
 from ._protocol import HTTPError, errors_as_answers, info_to_json
 
 if TYPE_CHECKING:
@@ -318,6 +318,8 @@ async def wait_many(
 INLINE_RESULT = 64 * 1024
 #: The most bytes of inlined results in one ``POST /tasks/wait`` answer.
 INLINE_ANSWER = 1024 * 1024
+#: Below this much room left, no more results are read for an answer.
+_SMALLEST = 64
 
 
 async def _wait_and_read(
@@ -338,14 +340,17 @@ async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tup
     out: dict[str, tuple[str, bytes]] = {}
     room = INLINE_ANSWER
     for task_id in task_ids:
+        if room < _SMALLEST:
+            break  # the answer's share is spent: the rest are read by their get()
         try:
-            _, payload = await engine.result_payload(task_id)
+            # Bytes and images are never inlined: not even read.
+            _, payload = await engine.result_payload(task_id, wanted=inlinable)
         except TaskNotFound:
             continue  # expired meanwhile: its get() says so
         if payload is None or len(payload.data) > min(INLINE_RESULT, room):
             continue
         inline = inline_result(payload.media_type, payload.data)
-        if inline is not None and len(inline) <= room:
+        if inline is not None and len(inline) <= min(INLINE_RESULT, room):
             out[task_id] = (payload.media_type, inline)
             room -= len(inline)
     return out

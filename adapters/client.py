@@ -91,9 +91,10 @@ class _Direct:
 
     Measured, that skips about a third of httpx's CPU per request (merging
     the request with the client's defaults, the auth and redirect steps, the
-    cookie jar): what neither client uses.  The clients keep no cookies and
-    follow no redirects either way.  Streamed answers still go through the
-    ``httpx.Client``.
+    cookie jar): what neither client uses.  They follow no redirects either
+    way; a server that sets a cookie switches its client back to the
+    ``httpx.Client`` for good, so cookies work as before.  Streamed answers
+    always go through the ``httpx.Client``.
     """
 
     def __init__(self, http: httpx.Client | httpx.AsyncClient, base: str, timeout: float) -> None:
@@ -175,15 +176,27 @@ class _Inlined:
                 _, dropped = self._kept.popitem(last=False)
                 self._size -= len(dropped.content)
 
-    def take(self, task_id: str) -> httpx.Response | None:
+    def take(self, task_id: str, endpoint: Endpoint | None = None) -> httpx.Response | None:
+        """The answer kept for ``task_id`` (then forgotten), or None.  None for
+        an endpoint whose result is raw bytes too (``Annotated[bytes,
+        MediaType(...)]``): an inlined copy of JSON is the same value, not
+        the same bytes, so its ``get()`` asks the server."""
         with self._lock:
             response = self._kept.pop(task_id, None)
             if response is not None:
                 self._size -= len(response.content)
-            return response
+        if response is not None and endpoint is not None and _raw_bytes(endpoint):
+            return None
+        return response
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def _raw_bytes(endpoint: Endpoint) -> bool:
+    """Whether the endpoint's result is handed back as the bytes stored."""
+    output = endpoint.output
+    return output.get("type") == "string" and output.get("format") == "binary"
 
 
 @attrs.frozen(kw_only=True)
@@ -303,7 +316,7 @@ class AsyncHTTPTask:
         endpoint = server.endpoints.get(self.name)
         fetched, self._fetched = self._fetched, None
         if fetched is None:
-            fetched = self._client._inlined.take(self.id)
+            fetched = self._client._inlined.take(self.id, endpoint)
         if fetched is not None:
             return decode_result(fetched, endpoint)
         return await self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
@@ -455,6 +468,9 @@ class AsyncHTTPClient:
         )
         self._server: ServerInfo | None = None
         self._inlined = _Inlined()
+        #: Whether many-task waits (as_completed) bring results along (the
+        #: CLI's `wait`, which reads only statuses, turns it off).
+        self._wait_results = True
         self._direct = _Direct(self._http, self.url, timeout)
         self._pool: httpx.AsyncBaseTransport | None = _pool(self._http, self.url)
 
@@ -466,13 +482,25 @@ class AsyncHTTPClient:
                 **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
             )
         request = self._direct.request(call)
-        response = await pool.handle_async_request(request)
+        try:
+            response = await pool.handle_async_request(request)
+        except httpx.TransportError as exc:
+            exc.request = request  # as httpx.Client does
+            raise
         response.request = request
         try:
             await response.aread()
         finally:
             await response.aclose()
+        if "set-cookie" in response.headers:
+            self._keeps_cookies(response)
         return response
+
+    def _keeps_cookies(self, response: httpx.Response) -> None:
+        """A server (or a proxy in front) set a cookie: keep it, and send every
+        later request through httpx.Client, which sends cookies back."""
+        self._http.cookies.extract_cookies(response)
+        self._pool = None
 
     async def _run(self, flow: Flow) -> Any:
         try:
@@ -611,7 +639,9 @@ class AsyncHTTPClient:
         self, task_ids: Collection[str], timeout: float | None
     ) -> dict[str, TaskInfo | None]:
         server = await self.server_info()
-        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout, results=True)
+        flow = _flows.wait_any(
+            server, _route(server, ""), task_ids, timeout, results=self._wait_results
+        )
         found, inlined = await self._run(flow)
         self._inlined.keep(inlined)
         return found  # type: ignore[no-any-return]
@@ -666,7 +696,7 @@ class HTTPTask:
         endpoint = server.endpoints.get(self.name)
         fetched, self._fetched = self._fetched, None
         if fetched is None:
-            fetched = self._client._inlined.take(self.id)
+            fetched = self._client._inlined.take(self.id, endpoint)
         if fetched is not None:
             return decode_result(fetched, endpoint)
         return self._client._run(_flows.get(_route(server, self.name), self.id, endpoint))
@@ -800,6 +830,9 @@ class SyncHTTPClient:
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
         self._inlined = _Inlined()
+        #: Whether many-task waits (as_completed) bring results along (the
+        #: CLI's `wait`, which reads only statuses, turns it off).
+        self._wait_results = True
         self._direct = _Direct(self._http, self.url, timeout)
         self._pool: httpx.BaseTransport | None = _pool(self._http, self.url)
 
@@ -811,13 +844,25 @@ class SyncHTTPClient:
                 **_absolute(self.url, call), timeout=_timeout(self.timeout, call)
             )
         request = self._direct.request(call)
-        response = pool.handle_request(request)
+        try:
+            response = pool.handle_request(request)
+        except httpx.TransportError as exc:
+            exc.request = request  # as httpx.Client does
+            raise
         response.request = request
         try:
             response.read()
         finally:
             response.close()
+        if "set-cookie" in response.headers:
+            self._keeps_cookies(response)
         return response
+
+    def _keeps_cookies(self, response: httpx.Response) -> None:
+        """A server (or a proxy in front) set a cookie: keep it, and send every
+        later request through httpx.Client, which sends cookies back."""
+        self._http.cookies.extract_cookies(response)
+        self._pool = None
 
     def _run(self, flow: Flow) -> Any:
         try:
@@ -961,7 +1006,9 @@ class SyncHTTPClient:
         self, task_ids: Collection[str], timeout: float | None
     ) -> dict[str, TaskInfo | None]:
         server = self.server_info()
-        flow = _flows.wait_any(server, _route(server, ""), task_ids, timeout, results=True)
+        flow = _flows.wait_any(
+            server, _route(server, ""), task_ids, timeout, results=self._wait_results
+        )
         found, inlined = self._run(flow)
         self._inlined.keep(inlined)
         return found  # type: ignore[no-any-return]

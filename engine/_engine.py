@@ -623,10 +623,18 @@ class Engine:
             raise TaskCancelled(task_id)
         raise TaskNotReady(task_id, record.status.value)
 
-    async def result_payload(self, task_id: str) -> tuple[TaskRecord, Payload | None]:
-        """The record and, for a successful task, its stored result (for adapters)."""
+    async def result_payload(
+        self, task_id: str, *, wanted: Callable[[str | None], bool] | None = None
+    ) -> tuple[TaskRecord, Payload | None]:
+        """The record and, for a successful task, its stored result (for adapters).
+
+        ``wanted``: read the result only when ``wanted(record.result_type)``
+        (its media type) says so; else the payload is None.
+        """
         record = await self.load(task_id)
-        payload = await self.core.store.get_result(task_id) if record.status is SUCCESS else None
+        payload = None
+        if record.status is SUCCESS and (wanted is None or wanted(record.result_type)):
+            payload = await self.core.store.get_result(task_id)
         return record, payload
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:

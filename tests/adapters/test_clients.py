@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,11 +42,17 @@ pytestmark = [pytest.mark.realtime]
 SERVICE = textwrap.dedent(
     """
     import time
+    from typing import Annotated
+
     import trio
     import errands
     from PIL import Image
 
     svc = errands.Service("clients")
+
+    @svc.task
+    async def raw_json(data: str) -> Annotated[bytes, errands.MediaType("application/json")]:
+        return data.encode()
 
     @svc.task
     async def add(a: int, b: int) -> int:
@@ -568,6 +576,72 @@ def test_credentials_in_the_url_are_sent(server: str) -> None:
     with SyncHTTPClient(server.replace("://", "://ann:secret@"), transport=Recording()) as client:
         client.add.submit(a=1, b=2).wait(timeout=30)
     assert seen and set(seen) == {"Basic YW5uOnNlY3JldA=="}, seen
+
+
+def test_raw_bytes_come_back_as_stored_after_as_completed(server: str) -> None:
+    """An endpoint whose result is raw bytes gets the stored bytes from get(),
+    not a re-encoding of the JSON the wait brought (same value, other bytes)."""
+    with SyncHTTPClient(server) as client:
+        stored = ['{"ok": true}', "1E2", "[1,  2]"]
+        tasks = [client.raw_json.submit(data=d) for d in stored]
+        got = {t.id: t.get() for t in errands.as_completed(tasks, timeout=30)}
+        assert [got[t.id] for t in tasks] == [d.encode() for d in stored]
+
+
+def test_the_cli_wait_carries_no_results(server: str) -> None:
+    bodies: list[bytes] = []
+
+    class Recording(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/tasks/wait":
+                bodies.append(request.read())
+            return super().handle_request(request)
+
+    from errands.adapters import _cli_client, cli
+
+    with SyncHTTPClient(server, transport=Recording()) as client:
+        task = client.add.submit(a=1, b=2)
+        assert list(errands.as_completed([task], timeout=30)) == [task]
+        args = cli._parser().parse_args(["wait", task.id, "--url", server])
+        assert _cli_client._command("wait")(client, args) == 0
+    assert len(bodies) == 2
+    assert json.loads(bodies[0])["results"] is True  # as_completed
+    assert "results" not in json.loads(bodies[1])  # the CLI's wait: statuses only
+
+
+def test_an_unreachable_server_error_names_its_request() -> None:
+    with (
+        SyncHTTPClient(f"http://127.0.0.1:{free_port()}", timeout=5) as client,
+        pytest.raises(errands.RemoteError, match="cannot reach") as caught,
+    ):
+        client.server_info()
+    cause = caught.value.__cause__
+    assert isinstance(cause, httpx.TransportError)
+    assert cause.request.url.path == "/schema.json"  # as httpx.Client would set it
+
+
+def test_a_server_that_sets_cookies_gets_them_back() -> None:
+    """Plain requests skip httpx's cookie jar until a server sets a cookie;
+    from then on the client sends them back, as httpx.Client does."""
+    seen: list[str | None] = []
+    schema = json.dumps({"name": "c", "routes": [], "errands": {"max_wait": 1}}).encode()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("HTTP_COOKIE"))
+        if environ["PATH_INFO"] == "/schema.json":
+            start_response(
+                "200 OK",
+                [("content-type", "application/json"), ("set-cookie", "lb=node-2; Path=/")],
+            )
+            return [schema]
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"tasks": []}']
+
+    with SyncHTTPClient("http://testserver", transport=httpx.WSGITransport(app=app)) as client:
+        client.server_info()
+        assert client.list() == []
+        assert client.list() == []
+    assert seen == [None, "lb=node-2", "lb=node-2"]
 
 
 def test_kept_results_are_bounded() -> None:

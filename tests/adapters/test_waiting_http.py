@@ -341,6 +341,9 @@ async def test_wait_many_inlines_small_results_when_asked(
             ("large", "shaped", {"kind": "json", "size": 20_000}),
             ("not json", "claims_json", {"data": "{broken"}),
             ("real json", "claims_json", {"data": '{"ok": true}'}),
+            ("nan", "claims_json", {"data": "NaN"}),
+            ("line break", "claims_json", {"data": "[1,\r2]"}),
+            ("escaped text", "text_out", {"size": 40_000}),  # 80 KB stored, 240 KB as JSON
         ):
             answer = await client.post(f"/{route}/submit", json=body)
             ids[key] = answer.json()["task_id"]
@@ -362,7 +365,8 @@ async def test_wait_many_inlines_small_results_when_asked(
         assert done[ids["real json"]]["result"] == {"ok": True}
         # Stored bytes that claim to be JSON and are not: that task alone
         # goes without (its get() sends them as they are); the answer parses.
-        for key in ("bytes", "failed", "large", "not json"):  # (large: over 64 KiB of JSON)
+        keys = ("bytes", "failed", "large", "not json", "nan", "line break", "escaped text")
+        for key in keys:  # (large: over 64 KiB of JSON)
             assert "result" not in done[ids[key]] and "result_type" not in done[ids[key]], key
         assert done[ids["failed"]]["status"] == "failure"
         # Without results, each done entry is the task's status object, as before.
@@ -371,3 +375,20 @@ async def test_wait_many_inlines_small_results_when_asked(
         assert entry == status.json()
         wrong = await client.post("/tasks/wait", json={"task_ids": everything, "results": 1})
         assert wrong.status_code == 400 and "results" in wrong.json()["error"]
+
+
+async def test_wait_many_inlines_at_most_a_mebibyte(autojump_clock: trio.testing.MockClock) -> None:
+    """Inlined results stay within 1 MiB per answer; the rest go without."""
+    async with serving(make_app()) as client:
+        ids = []
+        for _ in range(40):  # about 49 KB of JSON each: 21 fit in 1 MiB
+            answer = await client.post("/shaped/submit", json={"kind": "json", "size": 9_000})
+            ids.append(answer.json()["task_id"])
+        await trio.sleep(1)
+        answer = await client.post("/tasks/wait", json={"task_ids": ids, "results": True})
+        done = answer.json()["done"]
+        assert len(done) == 40
+        inlined = [d for d in done if "result" in d]
+        assert 10 <= len(inlined) < 40
+        assert sum(len(json.dumps(d["result"], separators=(",", ":"))) for d in inlined) <= 2**20
+        assert inlined[0]["result"]["items"][:3] == [0, 1, 2]
