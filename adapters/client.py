@@ -103,6 +103,14 @@ class _Direct:
         self.default = timeout
         self.timeout = httpx.Timeout(timeout).as_dict()
 
+    @staticmethod
+    def sets_cookies(http: httpx.Client | httpx.AsyncClient, response: httpx.Response) -> bool:
+        """Whether the server (or a proxy in front) set a cookie; ``http`` keeps it."""
+        if "set-cookie" not in response.headers:
+            return False
+        http.cookies.extract_cookies(response)
+        return True
+
     def request(self, call: Call) -> httpx.Request:
         fields = call.request
         headers = self.headers
@@ -492,15 +500,9 @@ class AsyncHTTPClient:
             await response.aread()
         finally:
             await response.aclose()
-        if "set-cookie" in response.headers:
-            self._keeps_cookies(response)
+        if _Direct.sets_cookies(self._http, response):
+            self._pool = None  # from now on through httpx.Client, which sends them back
         return response
-
-    def _keeps_cookies(self, response: httpx.Response) -> None:
-        """A server (or a proxy in front) set a cookie: keep it, and send every
-        later request through httpx.Client, which sends cookies back."""
-        self._http.cookies.extract_cookies(response)
-        self._pool = None
 
     async def _run(self, flow: Flow) -> Any:
         try:
@@ -854,15 +856,9 @@ class SyncHTTPClient:
             response.read()
         finally:
             response.close()
-        if "set-cookie" in response.headers:
-            self._keeps_cookies(response)
+        if _Direct.sets_cookies(self._http, response):
+            self._pool = None  # from now on through httpx.Client, which sends them back
         return response
-
-    def _keeps_cookies(self, response: httpx.Response) -> None:
-        """A server (or a proxy in front) set a cookie: keep it, and send every
-        later request through httpx.Client, which sends cookies back."""
-        self._http.cookies.extract_cookies(response)
-        self._pool = None
 
     def _run(self, flow: Flow) -> Any:
         try:
