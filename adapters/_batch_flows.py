@@ -41,6 +41,7 @@ from ._flows import (
     Sleep,
     _check,
     _json,
+    _next_pause,
     _Outage,
     _through_outages,
     _wait_param,
@@ -304,11 +305,7 @@ def wait(
                 n for k, n in summary.counts.items() if k in ("success", "failure", "cancelled")
             )
             raise TimeoutError(f"batch {batch_id}: {left} tasks not final after {timeout} s")
-        if now - asked < hold / 2 or hold == 0:
-            yield Sleep(min(pause, deadline - now))
-            pause = min(pause * 2, POLL_MAX)
-        else:
-            pause = POLL_START
+        pause = yield from _next_pause(asked, now, hold, deadline, pause)
 
 
 def cancel(batch_id: str) -> Flow:

@@ -294,12 +294,18 @@ def wait(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | Non
         now = yield Clock()
         if now >= deadline:
             raise TimeoutError(f"task {task_id} is still {current.status.value} after {timeout} s")
-        if now - asked < hold / 2 or hold == 0:
-            # No long poll, or the server let go early (it is draining): back off.
-            yield Sleep(min(pause, deadline - now))
-            pause = min(pause * 2, POLL_MAX)
-        else:
-            pause = POLL_START
+        pause = yield from _next_pause(asked, now, hold, deadline, pause)
+
+
+def _next_pause(asked: float, now: float, hold: float, deadline: float, pause: float) -> Flow:
+    """After a round of a wait that found nothing final: the pause before the
+    next one.  A round the server held (a long poll) is followed at once; one
+    it answered early (no long poll, or it is draining) is followed by a
+    sleep of ``pause``, doubling up to ``POLL_MAX``."""
+    if now - asked < hold / 2 or hold == 0:
+        yield Sleep(min(pause, deadline - now))
+        return min(pause * 2, POLL_MAX)
+    return POLL_START
 
 
 def wait_fetching(server: ServerInfo, route: Endpoint, task_id: str, timeout: float | None) -> Flow:
@@ -340,12 +346,7 @@ def wait_fetching(server: ServerInfo, route: Endpoint, task_id: str, timeout: fl
         if now >= deadline:
             status = error.status if isinstance(error, TaskNotReady) else "not final"
             raise TimeoutError(f"task {task_id} is still {status} after {timeout} s")
-        if now - asked < hold / 2 or hold == 0:
-            # No long poll, or the server let go early (it is draining): back off.
-            yield Sleep(min(pause, deadline - now))
-            pause = min(pause * 2, POLL_MAX)
-        else:
-            pause = POLL_START
+        pause = yield from _next_pause(asked, now, hold, deadline, pause)
 
 
 def wait_any(
@@ -405,11 +406,7 @@ def wait_any(
         now = yield Clock()
         if now >= deadline:
             return {}, {}
-        if now - asked < hold / 2 or hold == 0:
-            yield Sleep(min(pause, deadline - now))
-            pause = min(pause * 2, POLL_MAX)
-        else:
-            pause = POLL_START
+        pause = yield from _next_pause(asked, now, hold, deadline, pause)
 
 
 def _inlined(entry: Any) -> httpx.Response | None:
