@@ -117,9 +117,7 @@ class _Direct:
         if (extra := fields.get("headers")) is not None:
             headers = httpx.Headers(headers)
             headers.update(extra)
-        timeout = self.timeout
-        if call.hold:
-            timeout = httpx.Timeout(self.default, read=self.default + call.hold).as_dict()
+        timeout = _timeout(self.default, call).as_dict() if call.hold else self.timeout
         return httpx.Request(
             fields["method"],
             self.base + fields["url"],
