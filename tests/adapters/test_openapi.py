@@ -550,13 +550,20 @@ def fuzz_app(
     return create_app(svc, grace=0.5, max_wait=0.2, backend=f"diskcache://{directory}")
 
 
+#: Seconds any one fuzzed request may take.
+REQUEST_LIMIT = 30
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(requests(), min_size=1, max_size=8))
 async def test_fuzz_no_server_errors(fuzz_app: ErrandsApp, batch: list[Request]) -> None:
     async with in_process(fuzz_app) as client:
         ids = await make_tasks(client)
         for request in batch:
-            await send(client, request, ids)
+            # Every answer is due well within this (held ones after max_wait):
+            # a request that hangs fails here, named, instead of holding the suite.
+            with trio.fail_after(REQUEST_LIMIT):
+                await send(client, request, ids)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
