@@ -358,6 +358,12 @@ class Engine:
 
     async def load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
         """The task's record; TaskNotFound when unknown, expired or malformed."""
+        return (await self.load_stored(task_id, schedule=schedule)).record
+
+    async def load_stored(self, task_id: str, *, schedule: bool = True) -> StoredTask:
+        """The task as stored, its record not decoded yet (its status and
+        expiry are read without it); TaskNotFound when unknown, expired or
+        malformed."""
         if schedule:
             await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self.check_open()
@@ -366,10 +372,10 @@ class Engine:
         stored = await self.core.store.get(task_id)
         if stored is None:
             raise TaskNotFound(task_id)
-        record = stored.record
-        if record.is_expired(self.core.now()):
+        expires_at = stored.expires_at
+        if expires_at is not None and expires_at <= self.core.now():
             raise TaskNotFound(task_id)
-        return record
+        return stored
 
     def definition(self, name: str) -> TaskDefinition:
         try:

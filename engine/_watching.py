@@ -23,6 +23,7 @@ that changed, so a thousand waiters cost the storage what one does.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
@@ -32,10 +33,13 @@ import trio
 from ._backend import Backend, Store
 from ._convert import Payload
 from ._errors import BackendError, EngineClosed
-from ._model import TaskInfo, TaskRecord, is_task_id
+from ._model import StoredTask, TaskInfo, TaskRecord, is_task_id
 from ._status import TaskStatus
 
-__all__ = ["Source", "Watchers", "next_change", "wait_any", "wait_final"]
+__all__ = ["ENDED_KEPT", "Source", "Watchers", "next_change", "wait_any", "wait_final"]
+
+#: How many tasks ended by this engine :attr:`Watchers.ended` remembers.
+ENDED_KEPT = 8192
 
 
 @attrs.define(eq=False)
@@ -83,6 +87,12 @@ class Watchers:
         self.on_end: Callable[[Any, TaskRecord | None, Payload | None], None] | None = None
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
+        #: The final status and expiry of the tasks this engine ended last
+        #: (at most :data:`ENDED_KEPT`): a wait that begins after the end
+        #: answers from here, without reading the store.  A final record
+        #: changes no more (it is only purged once expired), so this is what
+        #: a read would say, as the record handed to a parked waiter is.
+        self.ended: OrderedDict[str, tuple[TaskStatus, float | None]] = OrderedDict()
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
@@ -130,6 +140,11 @@ class Watchers:
         if watch is not None:
             watch.record = final
             watch.event.set()
+        if final is not None:
+            ended = self.ended
+            ended[task_id] = (final.status, final.expires_at)
+            if len(ended) > ENDED_KEPT:
+                ended.popitem(last=False)
         if self.ends:
             token = self.ends.pop(task_id, None)
             if token is not None and self.on_end is not None:
@@ -161,6 +176,18 @@ class Watchers:
         for listeners in self.listeners.values():
             for listener in listeners:
                 listener.event.set()
+
+    def ended_as(self, task_id: str, now: float) -> TaskStatus | None:
+        """The final status of a task this engine ended lately, unless it has
+        expired since; None when not known here."""
+        ended = self.ended.get(task_id)
+        if ended is None:
+            return None
+        status, expires_at = ended
+        if expires_at is not None and expires_at <= now:
+            del self.ended[task_id]
+            return None
+        return status
 
     def watch(self, task_id: str) -> _Watch:
         watch = self.watches.get(task_id)
@@ -211,6 +238,10 @@ class Source(Protocol):
         """The live record; TaskNotFound when unknown, expired or malformed."""
         ...
 
+    async def load_stored(self, task_id: str, *, schedule: bool = True) -> StoredTask:
+        """The live task as stored (its record not decoded); as :meth:`load`."""
+        ...
+
 
 def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
     """Whether ``record`` changed in what :func:`next_change` follows."""
@@ -235,11 +266,18 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     # yield; either the task is final (then checkpoint) or we park.
     deadline = math.inf if timeout is None else trio.current_time() + timeout
     watchers = engine.watchers
-    watch = watchers.watch(task_id)  # before reading, so no change slips between
-    record = await engine.load(task_id, schedule=False)
-    if record.status.is_final:
+    ended = watchers.ended_as(task_id, engine.clock())
+    if ended is not None:
+        engine.check_open()
         await trio.lowlevel.checkpoint()
-        return record.status
+        return ended
+    watch = watchers.watch(task_id)  # before reading, so no change slips between
+    # The stored status is enough: the record is not decoded (on a durable
+    # backend, decoding it was a tenth of a task's CPU).
+    stored = await engine.load_stored(task_id, schedule=False)
+    if stored.status.is_final:
+        await trio.lowlevel.checkpoint()
+        return stored.status
     while True:
         if not engine.is_open:
             raise EngineClosed("the engine stopped before the task finished")
@@ -252,11 +290,11 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
         if final is not None and not final.is_expired(engine.clock()):
             return final.status
         watch = watchers.watch(task_id)
-        record = await engine.load(task_id, schedule=False)
-        if record.status.is_final:
-            return record.status
+        stored = await engine.load_stored(task_id, schedule=False)
+        if stored.status.is_final:
+            return stored.status
         if trio.current_time() >= deadline:
-            raise TimeoutError(f"task {task_id} is still {record.status.value} after {timeout} s")
+            raise TimeoutError(f"task {task_id} is still {stored.status.value} after {timeout} s")
 
 
 async def next_change(

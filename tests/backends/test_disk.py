@@ -148,8 +148,14 @@ async def test_an_unreadable_record_is_an_error_not_a_loss(tmp_path: Path) -> No
     with sqlite3.connect(tmp_path / "errands.db") as conn:
         conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", task.id))
     async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        handle = client.get_task(task.id)
         with pytest.raises(errands.BackendError, match=f"record of task {task.id} is unreadable"):
-            await client.get_task(task.id).get_status()
+            await handle.get_status()
+        with pytest.raises(errands.BackendError, match=f"record of task {task.id} is unreadable"):
+            await handle.get()
+        # wait() reads the stored status alone, never decoding the record:
+        # it says the task ended, which it did.
+        assert await handle.wait(timeout=10) is TaskStatus.SUCCESS
 
 
 async def test_restart_resumes_pending_and_keeps_results(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import Backend, Engine, TaskInfo, TaskStatus
+from errands import Backend, Engine, TaskInfo, TaskStatus, _watching
 from errands._model import new_task_id
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
@@ -344,3 +344,56 @@ async def test_changes_by_another_engine_are_seen_by_polling(
         got = await watcher.wait_any([other.id])
         assert list(got) == [other.id] and 2 <= trio.current_time() - start <= 2.4
         assert runner.watchers.listeners == {} and watcher.watchers.listeners == {}
+
+
+# ---------------------------------------------------------------- wait after the end
+
+
+@svc.task(ttl=60)
+async def brief() -> int:
+    return 7
+
+
+async def test_a_wait_after_the_end_answers_without_reading_the_store(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """A task this engine ended is remembered (its final status and expiry):
+    a wait that begins later reads nothing, and once the task has expired
+    the wait says so, as a read would."""
+    backend = make_backend()
+    async with engine(backend) as eng:
+        record = await eng.submit("brief", {})
+        assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+        reads = 0
+        get = backend.store.get
+
+        async def counted(task_id: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return await get(task_id)
+
+        backend.store.get = counted  # type: ignore[method-assign]
+        for _ in range(3):
+            assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+        assert reads == 0
+        assert eng.watchers.ended_as(record.id, eng.clock()) is TaskStatus.SUCCESS
+        await trio.sleep(61)
+        with pytest.raises(errands.TaskNotFound):
+            await eng.wait(record.id, timeout=10)
+        assert reads == 1  # expired: asked the store (which may not have purged it yet)
+        assert eng.watchers.ended_as(record.id, eng.clock()) is None
+
+
+async def test_the_engine_remembers_a_bounded_number_of_ends(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with engine(MemoryBackend()) as eng:
+        watchers = eng.watchers
+        first = await eng.submit("brief", {})
+        await eng.wait(first.id, timeout=10)
+        final = await eng.load(first.id)
+        for _ in range(_watching.ENDED_KEPT):
+            watchers.notify(new_task_id(), final)
+        assert len(watchers.ended) == _watching.ENDED_KEPT
+        assert first.id not in watchers.ended  # the oldest went first
+        assert await eng.wait(first.id, timeout=10) is TaskStatus.SUCCESS  # read from the store
