@@ -427,8 +427,7 @@ def encode_result(value: Any, annotation: Any) -> Payload:
         return Payload(media_type=TEXT_MEDIA_TYPE, data=value.encode("utf-8"))
     if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
         return Payload(media_type=PNG_MEDIA_TYPE, data=image_to_png(value))
-    data = json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
-    return Payload(media_type=JSON_MEDIA_TYPE, data=data.encode("utf-8"))
+    return Payload(media_type=JSON_MEDIA_TYPE, data=dumps(converter.unstructure(value)).encode())
 
 
 def decode_result(payload: Payload, annotation: Any) -> Any:
@@ -449,9 +448,14 @@ def decode_result(payload: Payload, annotation: Any) -> Any:
     return payload.data
 
 
+#: One encoder for every document: ``json.dumps`` with options builds a new
+#: one per call (a third of the time of encoding a task record).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, refusing NaN so every stored document is valid JSON."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _check_json(value: Any, path: str, errors: list[FieldError]) -> None:
