@@ -599,6 +599,15 @@ class Engine:
         Raises:
             TaskNotReady, TaskFailed, TaskCancelled, TaskNotFound.
         """
+        ended = self.core.watchers.ended_as(task_id, self.core.now())
+        if ended is not None and ended[0] is SUCCESS:
+            # This engine stored its success: the result alone is read.
+            await trio.lowlevel.checkpoint()
+            self.check_open()
+            payload = await self.core.store.get_result(task_id)
+            if payload is not None:
+                return self._decoded(task_id, ended[1], payload)
+            # Purged meanwhile: the record says so (TaskNotFound).
         record = await self.load(task_id)
         payload = None
         if record.status is SUCCESS:
@@ -614,20 +623,24 @@ class Engine:
         task_id = record.id
         if record.status is SUCCESS:
             assert payload is not None
-            definition = self.definitions.get(record.name)
-            try:
-                return decode_result(payload, definition.return_type if definition else None)
-            except Exception as exc:
-                # Stored by another version of the task (its return type changed).
-                raise ErrandsError(
-                    f"the stored result of task {task_id} does not read as the task's "
-                    f"return type: {exc}"
-                ) from exc
+            return self._decoded(task_id, record.name, payload)
         if record.status is FAILURE:
             raise TaskFailed(task_id, str(record.error))
         if record.status is CANCELLED:
             raise TaskCancelled(task_id)
         raise TaskNotReady(task_id, record.status.value)
+
+    def _decoded(self, task_id: str, name: str, payload: Payload) -> Any:
+        """The stored result of a success as its task's return type."""
+        definition = self.definitions.get(name)
+        try:
+            return decode_result(payload, definition.return_type if definition else None)
+        except Exception as exc:
+            # Stored by another version of the task (its return type changed).
+            raise ErrandsError(
+                f"the stored result of task {task_id} does not read as the task's "
+                f"return type: {exc}"
+            ) from exc
 
     async def result_payload(
         self, task_id: str, *, wanted: Callable[[str | None], bool] | None = None

@@ -87,12 +87,13 @@ class Watchers:
         self.on_end: Callable[[Any, TaskRecord | None, Payload | None], None] | None = None
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
-        #: The final status and expiry of the tasks this engine ended last
-        #: (at most :data:`ENDED_KEPT`): a wait that begins after the end
-        #: answers from here, without reading the store.  A final record
+        #: The final status, expiry and task name of the tasks this engine
+        #: ended last (at most :data:`ENDED_KEPT`): a wait that begins after
+        #: the end answers from here without reading the store, and a
+        #: success's result is read without its record.  A final record
         #: changes no more (it is only purged once expired), so this is what
         #: a read would say, as the record handed to a parked waiter is.
-        self.ended: OrderedDict[str, tuple[TaskStatus, float | None]] = OrderedDict()
+        self.ended: OrderedDict[str, tuple[TaskStatus, float | None, str]] = OrderedDict()
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
@@ -142,7 +143,7 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status, final.expires_at)
+            ended[task_id] = (final.status, final.expires_at, final.name)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
@@ -177,17 +178,17 @@ class Watchers:
             for listener in listeners:
                 listener.event.set()
 
-    def ended_as(self, task_id: str, now: float) -> TaskStatus | None:
-        """The final status of a task this engine ended lately, unless it has
-        expired since; None when not known here."""
+    def ended_as(self, task_id: str, now: float) -> tuple[TaskStatus, str] | None:
+        """The final status and the task name of a task this engine ended
+        lately, unless it has expired since; None when not known here."""
         ended = self.ended.get(task_id)
         if ended is None:
             return None
-        status, expires_at = ended
+        status, expires_at, name = ended
         if expires_at is not None and expires_at <= now:
             del self.ended[task_id]
             return None
-        return status
+        return status, name
 
     def watch(self, task_id: str) -> _Watch:
         watch = self.watches.get(task_id)
@@ -270,7 +271,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     if ended is not None:
         engine.check_open()
         await trio.lowlevel.checkpoint()
-        return ended
+        return ended[0]
     watch = watchers.watch(task_id)  # before reading, so no change slips between
     # The stored status is enough: the record is not decoded (on a durable
     # backend, decoding it was a tenth of a task's CPU).

@@ -376,7 +376,7 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
         for _ in range(3):
             assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert reads == 0
-        assert eng.watchers.ended_as(record.id, eng.clock()) is TaskStatus.SUCCESS
+        assert eng.watchers.ended_as(record.id, eng.clock()) == (TaskStatus.SUCCESS, "brief")
         await trio.sleep(61)
         with pytest.raises(errands.TaskNotFound):
             await eng.wait(record.id, timeout=10)
@@ -397,3 +397,31 @@ async def test_the_engine_remembers_a_bounded_number_of_ends(
         assert len(watchers.ended) == _watching.ENDED_KEPT
         assert first.id not in watchers.ended  # the oldest went first
         assert await eng.wait(first.id, timeout=10) is TaskStatus.SUCCESS  # read from the store
+
+
+async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    backend = make_backend()
+    async with engine(backend) as eng:
+        record = await eng.submit("brief", {})
+        await eng.wait(record.id, timeout=10)
+        reads: list[str] = []
+        get, get_result = backend.store.get, backend.store.get_result
+
+        async def counted_get(task_id: str) -> Any:
+            reads.append("record")
+            return await get(task_id)
+
+        async def counted_result(task_id: str) -> Any:
+            reads.append("result")
+            return await get_result(task_id)
+
+        backend.store.get = counted_get  # type: ignore[method-assign]
+        backend.store.get_result = counted_result  # type: ignore[method-assign]
+        assert await eng.result(record.id) == 7
+        assert reads == ["result"]
+        await trio.sleep(61)  # expired: the record is read, and says so
+        with pytest.raises(errands.TaskNotFound):
+            await eng.result(record.id)
+        assert reads == ["result", "record"]
