@@ -21,6 +21,10 @@ What it measures, all in one process and one run, on the default
 * **errands durable, one submitter**: the same with one submitter coroutine
   (``await submit()`` one after another, then the waits), as a script or a
   notebook submits; compared with (b) too.
+* **errands durable, one submitter, then get() each**: the same, then
+  ``await task.get()`` of each task after the waits, as a script reads its
+  results (huey's ``result.get()`` in (b) reads the result too); compared
+  with (b).
 * **(a) raw diskcache ceiling**: the same number of writes per task with a
   plain ``diskcache.Cache`` (``sqlite_synchronous=2``, i.e. FULL, and
   ``eviction_policy="none"``), one thread, B tasks' writes per
@@ -181,9 +185,15 @@ class CommitMeter:
 
 
 async def errands_burst(
-    n: int, submitters: int, workers: int, base: str | None, meter: CommitMeter | None = None
+    n: int,
+    submitters: int,
+    workers: int,
+    base: str | None,
+    meter: CommitMeter | None = None,
+    read: bool = False,
 ) -> float:
-    """Seconds from the first of N concurrent submits until all N tasks are final."""
+    """Seconds from the first of N concurrent submits until all N tasks are
+    final (``read``: and each one's result was read with ``get()``)."""
     with scratch(base) as directory:
         backend = DiskCacheBackend(directory, synchronous=SYNCHRONOUS[0])
         if meter is not None:
@@ -203,6 +213,9 @@ async def errands_burst(
                     if count:
                         nursery.start_soon(submitter, count)
             statuses = [await task.wait() for task in tasks]
+            if read:
+                for task in tasks:
+                    await task.get()
             elapsed = perf_counter() - begin
     check_success(statuses)
     return elapsed
@@ -481,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm = max(n // 4, 100)
     run(errands_burst, warm, submitters, workers, base)
     run(errands_burst, warm, 1, workers, base)
+    run(errands_burst, warm, 1, workers, base, None, True)
     for size in batches:
         run(raw_diskcache, warm, size, base)
     if huey is not None:
@@ -492,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceiling_ratio = {size: Series() for size in batches}
     huey_rate, huey_ratio = Series(), Series()
     single, single_ratio = Series(), Series()
+    single_get, single_get_ratio = Series(), Series()
     fsyncs_per_task, single_fsyncs, single_commits = Series(), Series(), Series()
     per_commit, commits_per_task, calls_per_task, results_per_task = (
         Series(),
@@ -521,11 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if meter.attached:
             single_commits.add(meter.write_commits / n)
             single_fsyncs.add(meter.fsyncs / n)
+        read = n / run(errands_burst, n, 1, workers, base, None, True)
+        single_get.add(read)
         if huey is not None:
             b = n / run(huey_burst, huey, n, huey_workers, base)
             huey_rate.add(b)
             huey_ratio.add(d / b)
             single_ratio.add(one / b)
+            single_get_ratio.add(read / b)
         submit, round_trip = run(errands_sequential, seq, workers, base)
         samples = {"submit": submit, "round trip": round_trip}
         samples["set"] = run(raw_set_latency, seq, base)
@@ -539,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"throughput, tasks/s (median of {repeat} [min-max])")
     print(table.rate(f"errands durable, sync no-op, {workers} workers", durable))
     print(table.rate("errands durable, one submitter", single))
+    print(table.rate("errands durable, one submitter, then get() each", single_get))
     for size in batches:
         label = f"(a) raw diskcache, {size} task(s) per commit"
         print(table.rate(label, ceiling[size]))
@@ -559,6 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table.ratio("ratio errands / (b) huey", huey_ratio, note))
         note = f"target >= {HUEY_TARGET:.2f}: {met(single_ratio.median, HUEY_TARGET)}"
         print(table.ratio("ratio errands, one submitter / (b) huey", single_ratio, note))
+        note = f"target >= {HUEY_TARGET:.2f}: {met(single_get_ratio.median, HUEY_TARGET)}"
+        print(
+            table.ratio("ratio errands, one submitter + get() / (b) huey", single_get_ratio, note)
+        )
     else:
         print(f"  ratio errands / (b) huey: skipped, {HUEY_MISSING}")
     print()

@@ -37,6 +37,7 @@ def _check_common(out: str) -> None:
     assert "write calls per errands.db commit" in out, out
     assert "errands submit, idle engine" in out, out
     assert "errands durable, one submitter" in out, out
+    assert "errands durable, one submitter, then get() each" in out, out
     assert "of them fsynced" in out, out
 
 
@@ -46,6 +47,7 @@ def test_disk_quick_runs() -> None:
     _check_common(out)
     if importlib.util.find_spec("huey") is not None:
         assert "ratio errands / (b) huey" in out, out
+        assert "ratio errands, one submitter + get() / (b) huey" in out, out
         assert "target >= 2.00" in out, out
     else:
         assert HUEY_MISSING in out, out
