@@ -25,6 +25,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
+from errands._model import unpack_record
 from errands._status import check_transition
 
 __all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
@@ -268,8 +269,16 @@ class MemoryStore(Store):
     """Records and results in dicts, with a heap of expiry times for purging."""
 
     def __init__(self) -> None:
+        #: Records of tasks not final yet (and final ones that do not pack).
         self._records: dict[str, StoredTask] = {}
-        self._results: dict[str, Payload] = {}
+        #: Final records packed (:func:`~errands._model.pack_record`), and
+        #: results as their media type and bytes: dicts of strings and bytes
+        #: alone, which Python's garbage collector never walks, where the
+        #: objects of the history kept (a day of it by default) made every
+        #: full collection longer with each task.
+        self._final: dict[str, bytes] = {}
+        self._result_types: dict[str, str] = {}
+        self._result_data: dict[str, bytes] = {}
         self._expiry: list[tuple[float, str]] = []
         #: Batch id -> its members, (position, task id) in position order.
         self._batches: dict[str, list[tuple[int, str]]] = {}
@@ -281,8 +290,25 @@ class MemoryStore(Store):
         await trio.lowlevel.checkpoint_if_cancelled()
         return self._create(task)
 
+    def _find(self, task_id: str) -> StoredTask | None:
+        task = self._records.get(task_id)
+        if task is None:
+            packed = self._final.get(task_id)
+            if packed is not None:
+                return StoredTask.from_record(unpack_record(packed))
+        return task
+
+    def _drop_task(self, task_id: str) -> bool:
+        """Delete the record and result of ``task_id``; whether it had a record."""
+        self._result_types.pop(task_id, None)
+        self._result_data.pop(task_id, None)
+        return (
+            self._records.pop(task_id, None) is not None
+            or self._final.pop(task_id, None) is not None
+        )
+
     def _create(self, task: StoredTask) -> bool:
-        if task.id in self._records:
+        if task.id in self._records or task.id in self._final:
             return False
         self._records[task.id] = task
         batch_id = self._batch_of.get(task.id)
@@ -316,7 +342,7 @@ class MemoryStore(Store):
                 continue  # the position keeps its task id
             ordered.insert(at, (position, task_id))  # at the end, as a rule
             self._batch_of[task_id] = batch_id
-            if task_id in self._records:
+            if task_id in self._records or task_id in self._final:
                 self._batch_live[batch_id] += 1
 
     async def batch_members(
@@ -328,12 +354,16 @@ class MemoryStore(Store):
 
     async def get(self, task_id: str) -> StoredTask | None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._records.get(task_id)
+        return self._find(task_id)
 
     async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        records = self._records
-        return {i: records[i] for i in task_ids if i in records}
+        found = {}
+        for task_id in task_ids:
+            task = self._find(task_id)
+            if task is not None:
+                found[task_id] = task
+        return found
 
     async def transition(
         self,
@@ -360,21 +390,29 @@ class MemoryStore(Store):
             return False
         if token is not None and current.token != token:
             return False
-        self._records[task.id] = task
+        packed = task.packed() if task.status.is_final else None
+        if packed is not None:
+            del self._records[task.id]
+            self._final[task.id] = packed
+        else:
+            self._records[task.id] = task
         if result is not None:
-            self._results[task.id] = result
+            self._result_types[task.id] = result.media_type
+            self._result_data[task.id] = result.data
         if task.expires_at is not None:
             heapq.heappush(self._expiry, (task.expires_at, task.id))
         return True
 
     async def get_result(self, task_id: str) -> Payload | None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._results.get(task_id)
+        data = self._result_data.get(task_id)
+        if data is None:
+            return None
+        return Payload(media_type=self._result_types[task_id], data=data)
 
     async def delete(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._results.pop(task_id, None)
-        if self._records.pop(task_id, None) is None:
+        if not self._drop_task(task_id):
             return False
         self._forget(task_id)
         return True
@@ -388,9 +426,13 @@ class MemoryStore(Store):
         offset: int = 0,
     ) -> list[StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
+        every = itertools.chain(
+            self._records.values(),
+            (StoredTask.from_record(unpack_record(p)) for p in self._final.values()),
+        )
         rows = [
             t
-            for t in self._records.values()
+            for t in every
             if (name is None or t.name == name) and (status is None or t.status is status)
         ]
         rows.sort(key=lambda t: t.created_at, reverse=True)
@@ -398,11 +440,10 @@ class MemoryStore(Store):
 
     async def delete_expired(self, task_id: str, now: float) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
-        current = self._records.get(task_id)
+        current = self._find(task_id)
         if current is None or current.expires_at is None or current.expires_at > now:
             return False
-        del self._records[task_id]
-        self._results.pop(task_id, None)
+        self._drop_task(task_id)
         batch_id = self._batch_of.get(task_id)
         if batch_id is not None:
             self._batch_live[batch_id] -= 1  # its id is about to be used anew
@@ -413,10 +454,9 @@ class MemoryStore(Store):
         purged = 0
         while self._expiry and self._expiry[0][0] <= now:
             _, task_id = heapq.heappop(self._expiry)
-            current = self._records.get(task_id)
+            current = self._find(task_id)
             if current is not None and current.expires_at is not None and current.expires_at <= now:
-                del self._records[task_id]
-                self._results.pop(task_id, None)
+                self._drop_task(task_id)
                 self._forget(task_id)
                 purged += 1
         return purged

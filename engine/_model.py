@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import enum
 import json
+import marshal
 import os
 import re
 import secrets
@@ -31,7 +32,9 @@ __all__ = [
     "TaskRecord",
     "is_task_id",
     "new_task_id",
+    "pack_record",
     "task_id_from_bytes",
+    "unpack_record",
 ]
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -336,6 +339,66 @@ class TaskInfo:
         )
 
 
+def _packed_error(error: TaskError | None) -> tuple[str, str] | None:
+    return None if error is None else (error.type, error.message)
+
+
+def _unpacked_error(error: tuple[str, str] | None) -> TaskError | None:
+    return None if error is None else TaskError(type=error[0], message=error[1])
+
+
+def pack_record(record: TaskRecord) -> bytes:
+    """The record as compact bytes of this Python (``marshal``, not a storage
+    format: never written anywhere), for a store that keeps many records in
+    memory; :func:`unpack_record` gives it back.
+
+    Bytes are what Python's garbage collector never walks: a dict of them
+    is not walked either, where a history of record objects (a day of it
+    is kept by default) made every full collection longer (measured: 120 ms
+    per full collection at 30,000 kept tasks, about a quarter of the thread
+    path's time at 50,000).  Raises ValueError when the arguments are not
+    plain JSON data.
+    """
+    fields = record.__dict__
+    values = [fields[name] for name in _PLAIN_FIELDS]
+    values.append(fields["status"].value)
+    values.append(_packed_error(fields["error"]))
+    values.append(
+        tuple(
+            (a.attempt, a.started_at, a.finished_at, a.outcome.value, _packed_error(a.error))
+            for a in fields["attempts"]
+        )
+    )
+    return marshal.dumps(tuple(values))
+
+
+def unpack_record(packed: bytes) -> TaskRecord:
+    """The record :func:`pack_record` packed (equal to it, a new object)."""
+    values = marshal.loads(packed)
+    record = object.__new__(TaskRecord)
+    fields = record.__dict__
+    fields.update(zip(_PLAIN_FIELDS, values, strict=False))
+    status, error, attempts = values[len(_PLAIN_FIELDS) :]
+    fields["status"] = TaskStatus(status)
+    fields["error"] = _unpacked_error(error)
+    fields["attempts"] = tuple(
+        AttemptRecord(
+            attempt=a[0],
+            started_at=a[1],
+            finished_at=a[2],
+            outcome=AttemptOutcome(a[3]),
+            error=_unpacked_error(a[4]),
+        )
+        for a in attempts
+    )
+    return record
+
+
+_PLAIN_FIELDS = tuple(
+    a.name for a in attrs.fields(TaskRecord) if a.name not in ("status", "error", "attempts")
+)
+
+
 class StoredTask:
     """A task record as a backend holds it: the scalars it indexes, and JSON bytes.
 
@@ -381,6 +444,17 @@ class StoredTask:
         self._data = None
         self._record = record
         return self
+
+    def packed(self) -> bytes | None:
+        """The record packed (:func:`pack_record`) when this task holds it as
+        an object (built from a record); None for one built from stored
+        bytes, or whose arguments do not pack."""
+        if self._record is None or self._data is not None:
+            return None
+        try:
+            return pack_record(self._record)
+        except ValueError:
+            return None
 
     @property
     def data(self) -> bytes:

@@ -93,7 +93,8 @@ class Watchers:
         #: success's result is read without its record.  A final record
         #: changes no more (it is only purged once expired), so this is what
         #: a read would say, as the record handed to a parked waiter is.
-        self.ended: OrderedDict[str, tuple[TaskStatus, float | None, str]] = OrderedDict()
+        #: (Plain values only, so the collector stops walking the entries.)
+        self.ended: OrderedDict[str, tuple[str, float | None, str]] = OrderedDict()
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
@@ -143,7 +144,7 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status, final.expires_at, final.name)
+            ended[task_id] = (final.status.value, final.expires_at, final.name)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
@@ -188,7 +189,7 @@ class Watchers:
         if expires_at is not None and expires_at <= now:
             del self.ended[task_id]
             return None
-        return status, name
+        return TaskStatus(status), name
 
     def watch(self, task_id: str) -> _Watch:
         watch = self.watches.get(task_id)

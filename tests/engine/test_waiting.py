@@ -349,7 +349,7 @@ async def test_changes_by_another_engine_are_seen_by_polling(
 # ---------------------------------------------------------------- wait after the end
 
 
-@svc.task(ttl=60)
+@svc.task(ttl=2)
 async def brief() -> int:
     return 7
 
@@ -377,7 +377,7 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
             assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert reads == 0
         assert eng.watchers.ended_as(record.id, eng.clock()) == (TaskStatus.SUCCESS, "brief")
-        await trio.sleep(61)
+        await trio.sleep(3)
         with pytest.raises(errands.TaskNotFound):
             await eng.wait(record.id, timeout=10)
         assert reads == 1  # expired: asked the store (which may not have purged it yet)
@@ -421,7 +421,7 @@ async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
         backend.store.get_result = counted_result  # type: ignore[method-assign]
         assert await eng.result(record.id) == 7
         assert reads == ["result"]
-        await trio.sleep(61)  # expired: the record is read, and says so
+        await trio.sleep(3)  # expired: the record is read, and says so
         with pytest.raises(errands.TaskNotFound):
             await eng.result(record.id)
         assert reads == ["result", "record"]
