@@ -104,4 +104,7 @@ def test_memory_quick_runs() -> None:
         "memory.py",
         "errands: a pending task and its handle",
         "reference: a plain dict per task",
+        "errands: a finished task, live (tracemalloc)",
+        "errands: one full garbage collection then",
+        "ratio errands / plain dicts (the pause)",
     )
