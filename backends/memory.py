@@ -265,6 +265,10 @@ class MemoryQueue(Queue):
         await self._work.wait()
 
 
+def _newest_first(row: tuple[float, str, StoredTask | None]) -> tuple[float, str]:
+    return row[0], row[1]
+
+
 class MemoryStore(Store):
     """Records and results in dicts, with a heap of expiry times for purging."""
 
@@ -277,6 +281,11 @@ class MemoryStore(Store):
         #: objects of the history kept (a day of it by default) made every
         #: full collection longer with each task.
         self._final: dict[str, bytes] = {}
+        #: What :meth:`list` filters and orders the final records by, without
+        #: unpacking them (dicts of plain values, never walked either).
+        self._final_created: dict[str, float] = {}
+        self._final_status: dict[str, str] = {}
+        self._final_name: dict[str, str] = {}
         self._result_types: dict[str, str] = {}
         self._result_data: dict[str, bytes] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -302,10 +311,12 @@ class MemoryStore(Store):
         """Delete the record and result of ``task_id``; whether it had a record."""
         self._result_types.pop(task_id, None)
         self._result_data.pop(task_id, None)
-        return (
-            self._records.pop(task_id, None) is not None
-            or self._final.pop(task_id, None) is not None
-        )
+        if self._records.pop(task_id, None) is not None:
+            return True
+        if self._final.pop(task_id, None) is None:
+            return False
+        del self._final_created[task_id], self._final_status[task_id], self._final_name[task_id]
+        return True
 
     def _create(self, task: StoredTask) -> bool:
         if task.id in self._records or task.id in self._final:
@@ -394,6 +405,9 @@ class MemoryStore(Store):
         if packed is not None:
             del self._records[task.id]
             self._final[task.id] = packed
+            self._final_created[task.id] = task.created_at
+            self._final_status[task.id] = task.status.value
+            self._final_name[task.id] = task.name
         else:
             self._records[task.id] = task
         if result is not None:
@@ -426,17 +440,28 @@ class MemoryStore(Store):
         offset: int = 0,
     ) -> list[StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        every = itertools.chain(
-            self._records.values(),
-            (StoredTask.from_record(unpack_record(p)) for p in self._final.values()),
-        )
-        rows = [
-            t
-            for t in every
+        # Newest first, ties by id (as the diskcache backend orders them).
+        rows: list[tuple[float, str, StoredTask | None]] = [
+            (-t.created_at, t.id, t)
+            for t in self._records.values()
             if (name is None or t.name == name) and (status is None or t.status is status)
         ]
-        rows.sort(key=lambda t: t.created_at, reverse=True)
-        return rows[offset : offset + limit]
+        if status is None or status.is_final:
+            # Final records are filtered and ordered by their side columns;
+            # only the page's are unpacked.
+            wanted = None if status is None else status.value
+            names, statuses = self._final_name, self._final_status
+            rows.extend(
+                (-created, task_id, None)
+                for task_id, created in self._final_created.items()
+                if (name is None or names[task_id] == name)
+                and (wanted is None or statuses[task_id] == wanted)
+            )
+        rows.sort(key=_newest_first)
+        return [
+            task if task is not None else StoredTask.from_record(unpack_record(self._final[i]))
+            for _, i, task in rows[offset : offset + limit]
+        ]
 
     async def delete_expired(self, task_id: str, now: float) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()

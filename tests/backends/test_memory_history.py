@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 import errands
 from errands import TaskStatus
 from errands._model import TaskError, TaskRecord, pack_record, unpack_record
@@ -106,3 +108,40 @@ async def test_records_whose_arguments_do_not_pack_are_kept_as_objects() -> None
     )
     got = await store.get(odd.id)
     assert got is not None and got.record == done and got.status is TaskStatus.CANCELLED
+
+
+async def test_listing_unpacks_only_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list()`` filters and orders the history by its side columns: a page
+    unpacks its own rows, and a listing of live tasks none."""
+    from errands.backends import memory
+
+    unpacked = 0
+    real = memory.unpack_record
+
+    def counting(packed: bytes) -> TaskRecord:
+        nonlocal unpacked
+        unpacked += 1
+        return real(packed)
+
+    monkeypatch.setattr(memory, "unpack_record", counting)
+    backend = MemoryBackend()
+    async with errands.open_engine(svc, backend=backend) as client:
+        tasks = [await client.double.submit(x=i, tags=[]) for i in range(300)]
+        for task in tasks:
+            await task.wait(timeout=30)
+        store = backend.store
+        unpacked = 0
+        assert await store.list(status=TaskStatus.IN_PROGRESS) == []
+        assert await store.list(status=TaskStatus.PENDING) == []
+        assert unpacked == 0
+        page = await store.list(limit=5, offset=10)
+        assert unpacked == 5 and len(page) == 5
+        every = await store.list(limit=1000)
+        assert len(every) == 300
+        # Newest first; tasks created at the same moment in id order (as the
+        # diskcache backend orders them).
+        keys = [(-t.created_at, t.id) for t in every]
+        assert keys == sorted(keys)
+        assert [t.id for t in page] == [t.id for t in every[10:15]]
+        assert await store.list(name="nothing") == []
+        assert len(await store.list(name="double", status=TaskStatus.SUCCESS, limit=1000)) == 300
