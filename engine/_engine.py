@@ -362,8 +362,9 @@ class Engine:
 
     async def load_stored(self, task_id: str, *, schedule: bool = True) -> StoredTask:
         """The task as stored, its record not decoded yet (its status and
-        expiry are read without it); TaskNotFound when unknown, expired or
-        malformed."""
+        expiry are read without it, so a record whose bytes no longer
+        decode is not noticed here); TaskNotFound when unknown, expired or
+        the id is malformed."""
         if schedule:
             await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self.check_open()
@@ -599,16 +600,16 @@ class Engine:
         Raises:
             TaskNotReady, TaskFailed, TaskCancelled, TaskNotFound.
         """
+        await trio.lowlevel.checkpoint()
+        self.check_open()
         ended = self.core.watchers.ended_as(task_id, self.core.now())
         if ended is not None and ended[0] is SUCCESS:
             # This engine stored its success: the result alone is read.
-            await trio.lowlevel.checkpoint()
-            self.check_open()
             payload = await self.core.store.get_result(task_id)
             if payload is not None:
                 return self._decoded(task_id, ended[1], payload)
             # Purged meanwhile: the record says so (TaskNotFound).
-        record = await self.load(task_id)
+        record = await self.load(task_id, schedule=False)
         payload = None
         if record.status is SUCCESS:
             payload = await self.core.store.get_result(task_id)

@@ -36,10 +36,29 @@ from ._errors import BackendError, EngineClosed
 from ._model import StoredTask, TaskInfo, TaskRecord, is_task_id
 from ._status import TaskStatus
 
-__all__ = ["ENDED_KEPT", "Source", "Watchers", "next_change", "wait_any", "wait_final"]
+__all__ = [
+    "ENDED_KEPT",
+    "TRUST_MARGIN",
+    "Source",
+    "Watchers",
+    "next_change",
+    "wait_any",
+    "wait_final",
+]
 
 #: How many tasks ended by this engine :attr:`Watchers.ended` remembers.
 ENDED_KEPT = 8192
+#: Seconds before its expiry that a remembered end stops being trusted.
+TRUST_MARGIN = 60.0
+
+
+def _trusted_until(final: TaskRecord) -> float:
+    """Until when the remembered end of ``final`` answers for the store."""
+    expires_at = final.expires_at
+    if expires_at is None:
+        return math.inf
+    kept = expires_at - (final.finished_at or expires_at)
+    return expires_at - min(TRUST_MARGIN, kept / 2)
 
 
 @attrs.define(eq=False)
@@ -87,14 +106,19 @@ class Watchers:
         self.on_end: Callable[[Any, TaskRecord | None, Payload | None], None] | None = None
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
-        #: The final status, expiry and task name of the tasks this engine
-        #: ended last (at most :data:`ENDED_KEPT`): a wait that begins after
-        #: the end answers from here without reading the store, and a
-        #: success's result is read without its record.  A final record
-        #: changes no more (it is only purged once expired), so this is what
-        #: a read would say, as the record handed to a parked waiter is.
-        #: (Plain values only, so the collector stops walking the entries.)
-        self.ended: OrderedDict[str, tuple[str, float | None, str]] = OrderedDict()
+        #: The final status, the time until which it is trusted, and the
+        #: task name of the tasks this engine ended last (at most
+        #: :data:`ENDED_KEPT`): a wait that begins after the end answers from
+        #: here without reading the store, and a success's result is read
+        #: without its record.  A final record changes no more until it
+        #: expires (only expired records are purged, and only then may an
+        #: idempotency key take the id anew), so this is what a read would
+        #: say, as the record handed to a parked waiter is.  It is trusted
+        #: until :data:`TRUST_MARGIN` seconds (at most half the time it is
+        #: kept) before its expiry, so that an engine whose clock runs that
+        #: much ahead cannot have purged it yet.  (Plain values only, so the
+        #: collector stops walking the entries.)
+        self.ended: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
@@ -144,7 +168,7 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status.value, final.expires_at, final.name)
+            ended[task_id] = (final.status.value, _trusted_until(final), final.name)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
@@ -181,12 +205,13 @@ class Watchers:
 
     def ended_as(self, task_id: str, now: float) -> tuple[TaskStatus, str] | None:
         """The final status and the task name of a task this engine ended
-        lately, unless it has expired since; None when not known here."""
+        lately, while that is trusted (see :attr:`ended`); None when not
+        known here (then the store is asked)."""
         ended = self.ended.get(task_id)
         if ended is None:
             return None
-        status, expires_at, name = ended
-        if expires_at is not None and expires_at <= now:
+        status, trusted_until, name = ended
+        if trusted_until <= now:
             del self.ended[task_id]
             return None
         return TaskStatus(status), name

@@ -18,7 +18,7 @@ import trio.testing
 
 import errands
 from errands import Backend, Engine, TaskInfo, TaskStatus, _watching
-from errands._model import new_task_id
+from errands._model import TaskRecord, new_task_id
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
 
@@ -349,7 +349,7 @@ async def test_changes_by_another_engine_are_seen_by_polling(
 # ---------------------------------------------------------------- wait after the end
 
 
-@svc.task(ttl=2)
+@svc.task(ttl=10)
 async def brief() -> int:
     return 7
 
@@ -377,7 +377,7 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
             assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert reads == 0
         assert eng.watchers.ended_as(record.id, eng.clock()) == (TaskStatus.SUCCESS, "brief")
-        await trio.sleep(3)
+        await trio.sleep(11)
         with pytest.raises(errands.TaskNotFound):
             await eng.wait(record.id, timeout=10)
         assert reads == 1  # expired: asked the store (which may not have purged it yet)
@@ -421,7 +421,33 @@ async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
         backend.store.get_result = counted_result  # type: ignore[method-assign]
         assert await eng.result(record.id) == 7
         assert reads == ["result"]
-        await trio.sleep(3)  # expired: the record is read, and says so
+        await trio.sleep(11)  # expired: the record is read, and says so
         with pytest.raises(errands.TaskNotFound):
             await eng.result(record.id)
         assert reads == ["result", "record"]
+
+
+def test_a_remembered_end_is_trusted_until_shortly_before_its_expiry() -> None:
+    """Another engine whose clock runs ahead may purge a task (and reuse its
+    id) a little before this engine's clock says it expired: the end stops
+    answering for the store TRUST_MARGIN seconds before (at most half the
+    time the task is kept)."""
+    watchers = _watching.Watchers()
+    margin = _watching.TRUST_MARGIN
+    for kept, trusted in ((3600.0, 3600.0 - margin), (10.0, 5.0)):
+        record = TaskRecord(
+            id=new_task_id(),
+            name="brief",
+            args={},
+            status=TaskStatus.SUCCESS,
+            created_at=100.0,
+            finished_at=1000.0,
+            expires_at=1000.0 + kept,
+        )
+        watchers.notify(record.id, record)
+        assert watchers.ended_as(record.id, 1000.0 + trusted - 0.001) == (
+            TaskStatus.SUCCESS,
+            "brief",
+        )
+        assert watchers.ended_as(record.id, 1000.0 + trusted) is None
+        assert record.id not in watchers.ended
