@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 2000
+    if args.n < 1:
+        parser.error("--n must be at least 1")
     if args.child:
         children = {
             "errands": child_errands,
