@@ -621,15 +621,26 @@ class Engine:
         """What :meth:`result` answers for ``record`` (with its stored result
         ``payload`` when it succeeded): the decoded result, or the error.
         Plain code: any thread may call it."""
-        task_id = record.id
-        if record.status is SUCCESS:
+        error = None if record.error is None else str(record.error)
+        return self.outcome(record.id, record.status, record.name, error, payload)
+
+    def outcome(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        name: str,
+        error: str | None,
+        payload: Payload | None,
+    ) -> Any:
+        """:meth:`outcome_of` from the record's parts (``error``: its text)."""
+        if status is SUCCESS:
             assert payload is not None
-            return self._decoded(task_id, record.name, payload)
-        if record.status is FAILURE:
-            raise TaskFailed(task_id, str(record.error))
-        if record.status is CANCELLED:
+            return self._decoded(task_id, name, payload)
+        if status is FAILURE:
+            raise TaskFailed(task_id, str(error))
+        if status is CANCELLED:
             raise TaskCancelled(task_id)
-        raise TaskNotReady(task_id, record.status.value)
+        raise TaskNotReady(task_id, status.value)
 
     def _decoded(self, task_id: str, name: str, payload: Payload) -> Any:
         """The stored result of a success as its task's return type."""

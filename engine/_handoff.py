@@ -107,17 +107,25 @@ class Mailbox(Generic[T]):
 
 
 class Ticket:
-    """What the submitting thread knows of its task: its final record (and
-    its result, for a success) once this engine ended it, or ``woken`` when
-    the engine moved it on otherwise (handed back, engine stopped): then the
-    engine itself is asked.  The record and result are the very objects the
-    engine stored, not copies."""
+    """What the submitting thread knows of its task once this engine ended
+    it: its final status, expiry, name and error text, and its result's
+    media type and bytes for a success; or ``woken`` when the engine moved
+    it on otherwise (handed back, engine stopped): then the engine itself
+    is asked.
 
-    __slots__ = ("final", "result", "woken")
+    Plain values, not the final record and result objects: a script keeps
+    its handles, and every object a handle holds is walked by each full
+    garbage collection while it does."""
+
+    __slots__ = ("data", "error", "expires_at", "media_type", "name", "status", "woken")
 
     def __init__(self) -> None:
-        self.final: TaskRecord | None = None
-        self.result: Payload | None = None
+        self.status: TaskStatus | None = None  # set once ended here
+        self.expires_at: float | None = None
+        self.name = ""
+        self.error: str | None = None
+        self.media_type: str | None = None
+        self.data: bytes | None = None
         self.woken = False
 
 
@@ -205,34 +213,38 @@ class Handoff:
         ends it when the backend is volatile; None when the engine must be
         asked (not final here yet, expired, or woken without an answer).
         Raises TimeoutError when ``timeout`` passes first."""
-        if ticket.final is None and not ticket.woken:
+        if ticket.status is None and not ticket.woken:
             if not self.volatile:
                 return None  # another process may end it: the engine watches for that
             with self._condition:
                 ended = self._condition.wait_for(
-                    lambda: ticket.final is not None or ticket.woken, timeout
+                    lambda: ticket.status is not None or ticket.woken, timeout
                 )
             if not ended:
                 raise TimeoutError
-        final = self.final(ticket)
-        return None if final is None else final.status
+        return self.final(ticket)
 
-    def final(self, ticket: Ticket) -> TaskRecord | None:
-        """The task's final record from its ticket, unless expired (then the
+    def final(self, ticket: Ticket) -> TaskStatus | None:
+        """The task's final status from its ticket, unless expired (then the
         engine says TaskNotFound) or not known here."""
-        final = ticket.final
-        if final is None or final.is_expired(self._engine.core.now()):
+        status, expires_at = ticket.status, ticket.expires_at
+        if status is None or (expires_at is not None and expires_at <= self._engine.core.now()):
             return None
-        return final
+        return status
 
-    def outcome(self, ticket: Ticket) -> tuple[bool, Any]:
+    def outcome(self, ticket: Ticket, task_id: str) -> tuple[bool, Any]:
         """``(True, result)`` for a task that ended here, decoded in this
         thread (or raising its TaskFailed, TaskCancelled); ``(False, None)``
         when the engine must be asked."""
-        final = self.final(ticket)
-        if final is None or (final.status is TaskStatus.SUCCESS and ticket.result is None):
+        status = self.final(ticket)
+        if status is None:
             return False, None
-        return True, self._engine.outcome_of(final, ticket.result)
+        payload = None
+        if status is TaskStatus.SUCCESS:
+            if ticket.data is None or ticket.media_type is None:
+                return False, None
+            payload = Payload(media_type=ticket.media_type, data=ticket.data)
+        return True, self._engine.outcome(task_id, status, ticket.name, ticket.error, payload)
 
     # ------------------------------------------------------------------ the trio thread
 
@@ -306,8 +318,12 @@ class Handoff:
     ) -> None:
         with self._condition:
             if final is not None and final.status.is_final:
-                ticket.result = result
-                ticket.final = final
+                ticket.name = final.name
+                ticket.expires_at = final.expires_at
+                ticket.error = None if final.error is None else str(final.error)
+                if result is not None:
+                    ticket.media_type, ticket.data = result.media_type, result.data
+                ticket.status = final.status
             else:
                 ticket.woken = True
             self._condition.notify_all()

@@ -154,9 +154,9 @@ class Task:
         """The current status.  Raises TaskNotFound for an unknown or expired id."""
         ended = self._ended_here()
         if ended is not None:
-            final = ended[0].final(ended[1])  # final for good, unless expired
-            if final is not None:
-                return final.status
+            status = ended[0].final(ended[1])  # final for good, unless expired
+            if status is not None:
+                return status
         return self._portal.run(self._handle.get_status)
 
     def get_info(self) -> TaskInfo:
@@ -167,7 +167,7 @@ class Task:
         """The result.  Raises TaskNotReady, TaskFailed, TaskCancelled or TaskNotFound."""
         ended = self._ended_here()
         if ended is not None:
-            known, result = ended[0].outcome(ended[1])  # no round trip
+            known, result = ended[0].outcome(ended[1], self.id)  # no round trip
             if known:
                 return result
         return self._portal.run(self._handle.get)
@@ -176,7 +176,7 @@ class Task:
         """The hand-off and ticket of a task submitted and ended here, whose
         ticket can answer (None: ask the engine)."""
         ticket, handoff = self._ticket, self._portal.handoff
-        if ticket is None or handoff is None or ticket.final is None:
+        if ticket is None or handoff is None or ticket.status is None:
             return None
         _refuse_in_trio("this sync client's methods block")
         return handoff, ticket

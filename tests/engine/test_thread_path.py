@@ -268,3 +268,28 @@ def test_close_while_threads_submit_to_a_durable_backend_loses_nothing(tmp_path:
     with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
         statuses = [client.get_task(i).wait(timeout=60) for i in accepted]
         assert statuses == [TaskStatus.SUCCESS] * len(accepted)
+
+
+def test_handles_of_ended_tasks_hold_few_objects_for_the_collector() -> None:
+    """A script keeps its handles: once their tasks ended here, each handle
+    holds plain values (status, result bytes), not the record's objects,
+    which every full garbage collection would walk while the script runs."""
+    import gc
+
+    with errands.start(svc) as client:
+        warm = [client.double.submit(n=i) for i in range(200)]
+        for task in warm:
+            task.wait(timeout=15)
+        del warm, task
+        gc.collect()
+        before = len(gc.get_objects())
+        tasks = [client.double.submit(n=i) for i in range(2_000)]
+        for task in tasks:
+            assert task.wait(timeout=15) is TaskStatus.SUCCESS
+        gc.collect()
+        held = len(gc.get_objects()) - before
+        # The handle, its async handle and its ticket: three per task (with
+        # the final record and result objects it was about nine).
+        assert held < 4 * 2_000, held
+        assert [t.get() for t in tasks[:3]] == [0, 2, 4]
+        assert tasks[5].get_status() is TaskStatus.SUCCESS
