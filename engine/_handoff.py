@@ -37,6 +37,7 @@ from ._convert import Payload
 from ._errors import EngineClosed
 from ._model import TaskRecord
 from ._status import TaskStatus
+from ._watching import trusted_until
 
 if TYPE_CHECKING:
     from ._define import TaskDefinition
@@ -108,20 +109,21 @@ class Mailbox(Generic[T]):
 
 class Ticket:
     """What the submitting thread knows of its task once this engine ended
-    it: its final status, expiry, name and error text, and its result's
-    media type and bytes for a success; or ``woken`` when the engine moved
-    it on otherwise (handed back, engine stopped): then the engine itself
-    is asked.
+    it: its final status (trusted until shortly before its expiry, as the
+    engine's own remembered ends are: :func:`~errands._watching.trusted_until`),
+    name and error text, and its result's media type and bytes for a
+    success; or ``woken`` when the engine moved it on otherwise (handed
+    back, engine stopped): then the engine itself is asked.
 
     Plain values, not the final record and result objects: a script keeps
     its handles, and every object a handle holds is walked by each full
     garbage collection while it does."""
 
-    __slots__ = ("data", "error", "expires_at", "media_type", "name", "status", "woken")
+    __slots__ = ("data", "error", "media_type", "name", "status", "trusted_until", "woken")
 
     def __init__(self) -> None:
         self.status: TaskStatus | None = None  # set once ended here
-        self.expires_at: float | None = None
+        self.trusted_until = 0.0
         self.name = ""
         self.error: str | None = None
         self.media_type: str | None = None
@@ -225,10 +227,11 @@ class Handoff:
         return self.final(ticket)
 
     def final(self, ticket: Ticket) -> TaskStatus | None:
-        """The task's final status from its ticket, unless expired (then the
-        engine says TaskNotFound) or not known here."""
-        status, expires_at = ticket.status, ticket.expires_at
-        if status is None or (expires_at is not None and expires_at <= self._engine.core.now()):
+        """The task's final status from its ticket while trusted (after that
+        the engine is asked, and says TaskNotFound once it expired), or None
+        when not known here."""
+        status = ticket.status
+        if status is None or ticket.trusted_until <= self._engine.core.now():
             return None
         return status
 
@@ -319,7 +322,7 @@ class Handoff:
         with self._condition:
             if final is not None and final.status.is_final:
                 ticket.name = final.name
-                ticket.expires_at = final.expires_at
+                ticket.trusted_until = trusted_until(final)
                 ticket.error = None if final.error is None else str(final.error)
                 if result is not None:
                     ticket.media_type, ticket.data = result.media_type, result.data

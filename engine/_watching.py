@@ -42,6 +42,7 @@ __all__ = [
     "Source",
     "Watchers",
     "next_change",
+    "trusted_until",
     "wait_any",
     "wait_final",
 ]
@@ -52,8 +53,11 @@ ENDED_KEPT = 8192
 TRUST_MARGIN = 60.0
 
 
-def _trusted_until(final: TaskRecord) -> float:
-    """Until when the remembered end of ``final`` answers for the store."""
+def trusted_until(final: TaskRecord) -> float:
+    """Until when a remembered end of ``final`` (this engine stored it)
+    answers for the store: :data:`TRUST_MARGIN` seconds, at most half the
+    time it is kept, before its expiry, so that an engine whose clock runs
+    that much ahead cannot have purged it (or let a key reuse its id) yet."""
     expires_at = final.expires_at
     if expires_at is None:
         return math.inf
@@ -168,7 +172,7 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status.value, _trusted_until(final), final.name)
+            ended[task_id] = (final.status.value, trusted_until(final), final.name)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
