@@ -607,7 +607,7 @@ class Engine:
             # This engine stored its success: the result alone is read.
             payload = await self.core.store.get_result(task_id)
             if payload is not None:
-                return self._decoded(task_id, ended[1], payload)
+                return self.outcome(task_id, SUCCESS, ended[1], None, payload)
             # Purged meanwhile: the record says so (TaskNotFound).
         record = await self.load(task_id, schedule=False)
         payload = None
@@ -635,24 +635,20 @@ class Engine:
         """:meth:`outcome_of` from the record's parts (``error``: its text)."""
         if status is SUCCESS:
             assert payload is not None
-            return self._decoded(task_id, name, payload)
+            definition = self.definitions.get(name)
+            try:
+                return decode_result(payload, definition.return_type if definition else None)
+            except Exception as exc:
+                # Stored by another version of the task (its return type changed).
+                raise ErrandsError(
+                    f"the stored result of task {task_id} does not read as the task's "
+                    f"return type: {exc}"
+                ) from exc
         if status is FAILURE:
             raise TaskFailed(task_id, str(error))
         if status is CANCELLED:
             raise TaskCancelled(task_id)
         raise TaskNotReady(task_id, status.value)
-
-    def _decoded(self, task_id: str, name: str, payload: Payload) -> Any:
-        """The stored result of a success as its task's return type."""
-        definition = self.definitions.get(name)
-        try:
-            return decode_result(payload, definition.return_type if definition else None)
-        except Exception as exc:
-            # Stored by another version of the task (its return type changed).
-            raise ErrandsError(
-                f"the stored result of task {task_id} does not read as the task's "
-                f"return type: {exc}"
-            ) from exc
 
     async def result_payload(
         self, task_id: str, *, wanted: Callable[[str | None], bool] | None = None
