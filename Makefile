@@ -105,8 +105,10 @@ soak: $(STAMP)
 
 ## Load soak: 64 clients on every task route of errands serve (diskcache) for five
 ## minutes; prints the server's RSS every 10 s and its growth after the first minute.
+## Then the bounded-memory upload at full size: 100,000 lines (a 100 MB body).
 load-soak: $(STAMP)
 	$(BIN)/python benchmarks/load.py --soak 300
+	ERRANDS_UPLOAD_LINES=100000 $(BIN)/python -m pytest tests/adapters/test_batches_http.py -k large_upload -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(BENTO_VENV) $(SCHEMATHESIS_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
