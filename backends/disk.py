@@ -380,48 +380,22 @@ class DiskCacheQueue(Queue):
         now: float,
         lease_until: float,
     ) -> list[Claim]:
-        if not self._owners.holds(owner):  # the lock proves we are alive
-            what = f"cannot take the owner lock in {self._owners.directory}"
-            await trio.to_thread.run_sync(_guarded, what, self._owners.hold, owner)
+        await self.hold_owner_lock(owner)
 
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            found: list[tuple[float, int, str, str]] = []
-            for name, quota in quotas.items():
-                if quota <= 0:
-                    continue
-                found.extend(
-                    (rank, seq, task_id, name)
-                    for task_id, rank, seq in conn.execute(
-                        "SELECT id, rank, seq FROM queue WHERE owner IS NULL AND name = ?"
-                        " AND not_before <= ? ORDER BY rank, seq LIMIT ?",
-                        (name, now, min(quota, limit)),
-                    )
-                )
-            found.sort()
-            claims = []
-            for _, _, task_id, name in found[:limit]:
-                token = _next(conn, "token")
-                conn.execute(
-                    "UPDATE queue SET owner = ?, token = ?, lease_until = ?, cancel = 0"
-                    " WHERE id = ?",
-                    (owner, token, lease_until, task_id),
-                )
-                claims.append(
-                    Claim(
-                        task_id=task_id,
-                        name=name,
-                        token=token,
-                        owner=owner,
-                        lease_until=lease_until,
-                    )
-                )
-            return claims
+            return _claim(conn, owner, quotas, limit, now, lease_until)
 
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: the engine sees every claim
             # LAZY: a claim lost at a power cut is claimed again (no fsync of its own).
             claims = await self._db.run(claim, flush=Flush.LAZY)
         return claims
+
+    async def hold_owner_lock(self, owner: str) -> None:
+        """Take ``owner``'s lock before its first claim: it proves the owner alive."""
+        if not self._owners.holds(owner):
+            what = f"cannot take the owner lock in {self._owners.directory}"
+            await trio.to_thread.run_sync(_guarded, what, self._owners.hold, owner)
 
     async def renew(self, task_id: str, token: int, *, lease_until: float) -> Renewal:
         [answer] = await self.renew_many([(task_id, token)], lease_until=lease_until)
@@ -591,6 +565,47 @@ def _put(
     )
     if cursor.rowcount == 1:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    owner: str,
+    quotas: Mapping[str, int],
+    limit: int,
+    now: float,
+    lease_until: float,
+) -> list[Claim]:
+    """Claim up to ``limit`` ready entries (see :meth:`Queue.claim`)."""
+    found: list[tuple[float, int, str, str]] = []
+    for name, quota in quotas.items():
+        if quota <= 0:
+            continue
+        found.extend(
+            (rank, seq, task_id, name)
+            for task_id, rank, seq in conn.execute(
+                "SELECT id, rank, seq FROM queue WHERE owner IS NULL AND name = ?"
+                " AND not_before <= ? ORDER BY rank, seq LIMIT ?",
+                (name, now, min(quota, limit)),
+            )
+        )
+    found.sort()
+    claims = []
+    for _, _, task_id, name in found[:limit]:
+        token = _next(conn, "token")
+        conn.execute(
+            "UPDATE queue SET owner = ?, token = ?, lease_until = ?, cancel = 0 WHERE id = ?",
+            (owner, token, lease_until, task_id),
+        )
+        claims.append(
+            Claim(
+                task_id=task_id,
+                name=name,
+                token=token,
+                owner=owner,
+                lease_until=lease_until,
+            )
+        )
+    return claims
 
 
 def _holds(conn: sqlite3.Connection, claim: Claim) -> bool:
@@ -1042,6 +1057,50 @@ class DiskCacheBackend(Backend):
         if failed:
             raise failed[0]
         return begun
+
+    async def claim_and_start(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> list[tuple[Claim, StoredTask | None]]:
+        """Claim, then move each claimed ``pending`` record to ``in_progress``,
+        in one transaction."""
+        await self.queue.hold_owner_lock(owner)
+
+        def claim_and_start(conn: sqlite3.Connection) -> list[tuple[Claim, StoredTask | None]]:
+            started: list[tuple[Claim, StoredTask | None]] = []
+            for claim in _claim(conn, owner, quotas, limit, now, lease_until):
+                row = conn.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
+                    (claim.task_id, TaskStatus.PENDING.value),
+                ).fetchone()
+                begun = None
+                if row is not None:
+                    try:
+                        begun = starting(claim, _stored(row))
+                        check_transition(TaskStatus.PENDING, begun.status)
+                        data = begun.data
+                    except Exception:  # the caller's start() calls it again, and raises
+                        begun = None
+                if begun is not None:
+                    conn.execute(
+                        "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ?"
+                        " WHERE id = ?",
+                        (begun.status.value, begun.token, begun.expires_at, data, begun.id),
+                    )
+                started.append((claim, begun))
+            return started
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: the engine sees every claim
+            # LAZY: a claim or start lost at a power cut is claimed again.
+            started = await self._db.run(claim_and_start, flush=Flush.LAZY)
+        return started
 
     async def finish(
         self, task: StoredTask, *, claim: Claim, result: Payload | None = None

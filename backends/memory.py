@@ -555,6 +555,36 @@ class MemoryBackend(Backend):
         moved = self.store._transition(begun, expect=TaskStatus.PENDING, token=None, result=None)
         return begun if moved else None
 
+    async def claim_and_start(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> list[tuple[Claim, StoredTask | None]]:
+        claims = await self.queue.claim(
+            owner=owner, quotas=quotas, limit=limit, now=now, lease_until=lease_until
+        )
+        records = self.store._records
+        started: list[tuple[Claim, StoredTask | None]] = []
+        for claim in claims:
+            current = records.get(claim.task_id)
+            begun = None
+            if current is not None and current.status is TaskStatus.PENDING:
+                try:
+                    begun = starting(claim, current)
+                except Exception:  # the caller's start() calls it again, and raises
+                    begun = None
+                if begun is not None and not self.store._transition(
+                    begun, expect=TaskStatus.PENDING, token=None, result=None
+                ):
+                    begun = None
+            started.append((claim, begun))
+        return started
+
     async def finish(
         self, task: StoredTask, *, claim: Claim, result: Payload | None = None
     ) -> bool:

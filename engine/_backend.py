@@ -415,6 +415,38 @@ class Backend(abc.ABC):
         begun = starting(stored)
         return begun if await self.begin(begun, claim=claim) else None
 
+    async def claim_and_start(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> list[tuple[Claim, StoredTask | None]]:
+        """:meth:`Queue.claim` (same arguments, same claims), and :meth:`start`
+        of the claimed tasks where the backend can do it in the same step.
+
+        Each claim comes with the record its start stored (as :meth:`start`
+        returns it, ``starting(claim, pending)`` standing for its
+        ``starting``), or with None when this call did not start it: the
+        caller then calls :meth:`start` for that claim, which answers for it
+        (a record that is missing, or not ``pending``, is not started there
+        either).  ``starting`` is called at most once per claim; a claim for
+        which it raises comes back with None and its task unchanged.  If it
+        raises ``Cancelled``, nothing was claimed (as :meth:`Queue.claim`).
+
+        The default claims and starts none: the caller starts each claim with
+        :meth:`start`.  Backends that can claim and start in one round trip
+        override it (one call per dispatch round instead of one more per
+        task).
+        """
+        claims = await self.queue.claim(
+            owner=owner, quotas=quotas, limit=limit, now=now, lease_until=lease_until
+        )
+        return [(claim, None) for claim in claims]
+
     async def finish(
         self, task: StoredTask, *, claim: Claim, result: Payload | None = None
     ) -> bool:

@@ -539,6 +539,14 @@ async def test_every_method_is_a_cancel_point(backend: Backend) -> None:
         lambda: s.list(),
         lambda: s.purge_expired(NOW),
         lambda: backend.enqueue(stored(record()), priority=0, not_before=0.0),
+        lambda: backend.claim_and_start(
+            owner="w",
+            quotas={"job": 1},
+            limit=1,
+            now=NOW,
+            lease_until=NOW,
+            starting=lambda claim, pending: pending,
+        ),
     ]
     for call in calls:
         with trio.CancelScope() as scope:
@@ -679,6 +687,103 @@ async def test_start_raises_what_starting_raises_and_changes_nothing(backend: Ba
     got = await backend.store.get(rec.id)
     assert got is not None and got.status is P
     assert await backend.start(claim, starting=starting_under(claim, [])) is not None
+
+
+def claim_starting(seen: list[StoredTask]) -> Callable[[Claim, StoredTask], StoredTask]:
+    """A ``starting`` function as the engine's dispatcher passes it to
+    ``claim_and_start``; records its calls."""
+
+    def starting(claim: Claim, pending: StoredTask) -> StoredTask:
+        seen.append(pending)
+        return stored(attrs.evolve(pending.record, status=R, attempt=1, token=claim.token))
+
+    return starting
+
+
+async def claim_and_start(
+    backend: Backend,
+    starting: Callable[[Claim, StoredTask], StoredTask],
+    *,
+    quotas: dict[str, int] | None = None,
+    limit: int = 10,
+) -> list[tuple[Claim, StoredTask | None]]:
+    return await backend.claim_and_start(
+        owner="w1",
+        quotas=quotas or {"job": 10},
+        limit=limit,
+        now=NOW,
+        lease_until=NOW + 30,
+        starting=starting,
+    )
+
+
+async def test_claim_and_start_claims_as_claim_does_and_stores_what_it_started(
+    backend: Backend,
+) -> None:
+    """Each claim is a real claim, best first, within the quotas and the
+    limit; a claim that came with a record was started as stored, one that
+    came without one is started by ``start`` as any claim."""
+    recs = [record(priority=p) for p in (0, 5, 1)]
+    for rec in recs:
+        assert await backend.enqueue(stored(rec), priority=rec.priority, not_before=0.0)
+    other = record(name="other")
+    assert await backend.enqueue(stored(other), priority=9, not_before=0.0)
+    seen: list[StoredTask] = []
+    got = await claim_and_start(backend, claim_starting(seen), quotas={"job": 2}, limit=3)
+    assert [claim.task_id for claim, _ in got] == [recs[1].id, recs[2].id]  # best first
+    assert [claim.name for claim, _ in got] == ["job", "job"]
+    assert len({claim.token for claim, _ in got}) == 2
+    assert len(seen) == sum(begun is not None for _, begun in got)  # once per started claim
+    for claim, begun in got:
+        if begun is None:
+            begun = await backend.start(claim, starting=starting_under(claim, []))
+        assert begun is not None and begun.status is R and begun.token == claim.token
+        now = await backend.store.get(claim.task_id)
+        assert now is not None and reloaded(now).record == begun.record
+        assert await backend.queue.renew(claim.task_id, claim.token, lease_until=NOW + 60) is (
+            Renewal.RENEWED
+        )
+        done = attrs.evolve(begun.record, status=S, finished_at=NOW, expires_at=NOW + 60)
+        assert await backend.finish(stored(done), claim=claim)
+    # What was not claimed waits as it did.
+    assert await backend.queue.depth() == 2
+    assert await claim_and_start(backend, claim_starting([]), quotas={"job": 0}) == []
+
+
+async def test_claim_and_start_leaves_a_task_its_starting_refused_pending_and_claimed(
+    backend: Backend,
+) -> None:
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    calls: list[str] = []
+
+    def broken(claim: Claim, pending: StoredTask) -> StoredTask:
+        calls.append(pending.id)
+        raise ZeroDivisionError("the engine's own bug")
+
+    [(claim, begun)] = await claim_and_start(backend, broken)
+    assert begun is None and len(calls) <= 1
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+    # The claim holds, and start() raises what starting raises, as ever.
+    with pytest.raises(ZeroDivisionError):
+        await backend.start(claim, starting=lambda pending: broken(claim, pending))
+    assert await backend.start(claim, starting=starting_under(claim, [])) is not None
+
+
+async def test_claim_and_start_does_not_start_a_stale_entry(backend: Backend) -> None:
+    """An entry whose record is no longer pending (cancelled while it
+    waited) is claimed but not started; ``start`` then refuses it too."""
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    cancelled = attrs.evolve(rec, status=C, finished_at=NOW, expires_at=NOW + 60)
+    assert await backend.store.transition(stored(cancelled), expect=P)
+    seen: list[StoredTask] = []
+    [(claim, begun)] = await claim_and_start(backend, claim_starting(seen))
+    assert begun is None and seen == []
+    assert await backend.start(claim, starting=starting_under(claim, seen)) is None
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is C
 
 
 async def started(backend: Backend) -> tuple[TaskRecord, Claim]:
