@@ -62,7 +62,7 @@ from ._model import (
     task_id_from_bytes,
 )
 from ._options import EngineOptions
-from ._runner import Runner, Stop
+from ._runner import Run, Runner, Stop
 from ._status import TaskStatus
 from ._upkeep import Upkeep
 
@@ -818,18 +818,26 @@ class Engine:
         timeout = math.inf
         if free > 0 and quotas:
             now = self.core.now()
-            claims = await self.core.queue.claim(
+            # Claimed and started in one backend call where the backend can:
+            # a run then starts from the record this call stored.
+            unreadable: dict[str, str] = {}
+            claims = await self.backend.claim_and_start(
                 owner=self.owner,
                 quotas=quotas,
                 limit=free,
                 now=now,
                 lease_until=now + self.options.lease,
+                starting=self.runner.starting(now, unreadable),
             )
-            for claim in claims:
+            for claim, begun in claims:
                 self._active[claim.name] += 1
                 quotas[claim.name] -= 1
                 self._total += 1
-                self._runners.start_soon(self._run, claim)
+                why = unreadable.get(claim.task_id)
+                # Admitted here, before the run's first step: a cancel that
+                # sees the task in_progress finds its run.
+                run = None if begun is None or why else self.runner.admit(claim, begun.record)
+                self._runners.start_soon(self._run, claim, begun, why, run)
             if len(claims) >= free:
                 return  # there may be more ready
             # Fewer than asked: nothing more is ready for the names with room
@@ -864,9 +872,11 @@ class Engine:
         await self.core.queue.wait_for_work()
         self._wake_dispatcher()
 
-    async def _run(self, claim: Claim) -> None:
+    async def _run(
+        self, claim: Claim, begun: StoredTask | None, unreadable: str | None, run: Run | None
+    ) -> None:
         try:
-            await self.runner.run(claim)
+            await self.runner.run(claim, begun, unreadable, run)
         finally:
             self._slot_freed(claim.name)
 

@@ -241,51 +241,95 @@ class Runner:
             health.clear("runner")
         return result
 
-    async def run(self, claim: Claim) -> None:
-        """Start, call and settle one claimed task."""
-        run = await self.start(claim)
+    async def run(
+        self,
+        claim: Claim,
+        begun: StoredTask | None = None,
+        unreadable: str | None = None,
+        admitted: Run | None = None,
+    ) -> None:
+        """Start, call and settle one claimed task.
+
+        ``begun`` is its record when :meth:`Backend.claim_and_start` started
+        it already (``unreadable``: why its stored record did not decode, see
+        :meth:`starting`), and ``admitted`` its run if :meth:`admit` made it.
+        """
+        run = admitted
+        if run is None:
+            if begun is None:
+                run = await self.start(claim)
+            else:
+                run = await self.started(claim, begun, unreadable)
         if run is None:
             return
         call = Call(definition=run.definition, runs=[run], context=run.context)
         run.call = call
+        if run.stop is Stop.CANCEL:
+            # Cancelled after it was admitted, before this first step: the
+            # call begins cancelled (its attempt began; the function sees it).
+            call.member_stopped()
+        elif run.stop is not None:
+            # Handed back (shutdown) or lost before this first step: the
+            # function is not called (a hand-back does not count an attempt).
+            self._forget(call)
+            await self._settle(run, None)
+            return
         try:
             result = await self._call(call, run.record.args)
         finally:
             self._forget(call)
         await self._settle(run, result)
 
+    def starting(
+        self, now: float, unreadable: dict[str, str]
+    ) -> Callable[[Claim, StoredTask], StoredTask]:
+        """What a start at ``now`` stores: a claimed ``pending`` record as its
+        ``in_progress`` record, fenced by the claim's token.  A record whose
+        stored bytes do not decode (a bug or damage, not a fault that passes)
+        is started as a placeholder, its error kept in ``unreadable`` by task
+        id: that task then fails alone, with what can still be known of it,
+        instead of being retried for ever with its slot held and the engine
+        not ready.  Pure: a backend may call it on its own thread."""
+
+        def starting(claim: Claim, pending: StoredTask) -> StoredTask:
+            try:
+                record = pending.record
+            except BackendError as exc:
+                unreadable[pending.id] = str(exc)
+                record = _records.unreadable(pending.id, pending.name, pending.created_at)
+            return StoredTask.from_record(_records.started(record, token=claim.token, now=now))
+
+        return starting
+
     async def start(self, claim: Claim) -> Run | None:
         """Read and start the claimed task in one backend call
         (:meth:`Backend.start`); its :class:`Run`, or None when it is not to
         run here (a stale entry, a lost claim: acked, or settled at once)."""
         core = self.core
-        token = claim.token
-        now = core.now()  # read here: the wall clock may be trio's (tests)
+        unreadable: dict[str, str] = {}
+        # now read here: the wall clock may be trio's (tests)
+        starting = self.starting(core.now(), unreadable)
+        begun = await self._storage(
+            lambda: core.backend.start(claim, starting=lambda pending: starting(claim, pending))
+        )
+        return await self.started(claim, begun, unreadable.get(claim.task_id))
 
-        unreadable: list[str] = []
-
-        def starting(pending: StoredTask) -> StoredTask:
-            try:
-                record = pending.record
-            except BackendError as exc:
-                # Its stored bytes do not decode (a bug or damage, not a
-                # fault that passes): this task fails alone, with what can
-                # still be known of it, instead of being retried for ever
-                # with its slot held and the engine not ready.
-                unreadable.append(str(exc))
-                record = _records.unreadable(pending.id, pending.name, pending.created_at)
-            return StoredTask.from_record(_records.started(record, token=token, now=now))
-
-        begun = await self._storage(lambda: core.backend.start(claim, starting=starting))
+    async def started(
+        self, claim: Claim, begun: StoredTask | None, unreadable: str | None
+    ) -> Run | None:
+        """The claimed task's :class:`Run` once its start stored ``begun`` (None:
+        it did not start); None when it is not to run here (acked, or settled
+        at once)."""
+        core = self.core
         if begun is None:
             # Cancelled while waiting, gone, a duplicate entry, or our claim
             # was lost (the lease ran out while we stalled): whoever holds the
             # task now runs it.
-            await self._storage(lambda: core.queue.ack(claim.task_id, token))
+            await self._storage(lambda: core.queue.ack(claim.task_id, claim.token))
             return None
-        if unreadable:
-            log.error("task %s: %s; failed", claim.task_id, unreadable[0])
-            error = TaskError(type="UnreadableRecord", message=unreadable[0])
+        if unreadable is not None:
+            log.error("task %s: %s; failed", claim.task_id, unreadable)
+            error = TaskError(type="UnreadableRecord", message=unreadable)
             await self._finish(claim, begun.record, None, error=error)
             return None
         return await self._started(claim, begun.record)
@@ -305,22 +349,20 @@ class Runner:
             return None
         return await self._started(claim, running)
 
-    async def _started(self, claim: Claim, running: TaskRecord) -> Run | None:
-        """The claimed task is ``in_progress`` as ``running``: its :class:`Run`,
-        or None when it cannot run here (settled or handed back)."""
+    def admit(self, claim: Claim, running: TaskRecord) -> Run | None:
+        """The :class:`Run` of the claimed task started as ``running``, now
+        registered as running here; None when it cannot run here (a task
+        this engine does not know, or the engine is stopping: then
+        :meth:`_started` settles it).
+
+        Synchronous, so that the task is never seen ``in_progress`` in this
+        engine's loop without its run (a cancel finds the run to stop)."""
         core = self.core
         task_id = claim.task_id
-        core.watchers.touch(task_id)
         definition = core.definitions.get(running.name)
-        if definition is None:
-            unknown = TaskError(
-                type="UnknownTask", message=f"this engine's service has no task {running.name!r}"
-            )
-            await self._finish(claim, running, None, error=unknown)
+        if definition is None or core.stopping:
             return None
-        if core.stopping:
-            await self.hand_back(claim, running, counts=False, started=False)
-            return None
+        core.watchers.touch(task_id)
         ready = running.not_before if running.not_before is not None else running.created_at
         core.events.started(task_id, running.name, running.attempt, core.now() - ready)
         context = TaskContext(
@@ -339,6 +381,23 @@ class Runner:
             older.request_stop(Stop.LOST)
         self.running[task_id] = run
         return run
+
+    async def _started(self, claim: Claim, running: TaskRecord) -> Run | None:
+        """The claimed task is ``in_progress`` as ``running``: its :class:`Run`,
+        or None when it cannot run here (settled or handed back)."""
+        run = self.admit(claim, running)
+        if run is not None:
+            return run
+        core = self.core
+        core.watchers.touch(claim.task_id)
+        if running.name not in core.definitions:
+            unknown = TaskError(
+                type="UnknownTask", message=f"this engine's service has no task {running.name!r}"
+            )
+            await self._finish(claim, running, None, error=unknown)
+            return None
+        await self.hand_back(claim, running, counts=False, started=False)
+        return None
 
     async def run_batch(self, members: Sequence[tuple[Claim, TaskRecord]]) -> None:
         """Start the claimed tasks of one batch, call the function once with all
