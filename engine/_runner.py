@@ -96,10 +96,15 @@ class Call:
     runs: list[Run]
     #: What ``errands.current_task()`` returns inside the call.
     context: TaskContext
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    #: Set instead of cancelling ``scope`` when a sync call without a timeout
-    #: waits for its thread on this event alone (no cancel scope to enter).
-    wake: trio.Event | None = None
+    #: The cancel scope the call runs in, made as it is entered
+    #: (:meth:`enter_scope`): a sync call without a timeout has none.
+    scope: trio.CancelScope | None = None
+    #: Whether the call as a whole was stopped (its scope, even one made
+    #: later, is cancelled).
+    cancelled: bool = False
+    #: Called instead of cancelling a scope when a sync call without a
+    #: timeout waits for its thread without one.
+    wake: Callable[[], None] | None = None
     timed_out: bool = False
     #: A sync function whose thread had not returned when the call ended.
     thread_left: bool = False
@@ -109,14 +114,23 @@ class Call:
         """Whether every run in the call was asked to stop."""
         return all(run.stop is not None for run in self.runs)
 
+    def enter_scope(self) -> trio.CancelScope:
+        """A new cancel scope for the call to run in (cancelled already if the call was)."""
+        scope = self.scope = trio.CancelScope()
+        if self.cancelled:
+            scope.cancel()
+        return scope
+
     def member_stopped(self) -> None:
         if not self.stopped:
             return
         self.context._cancel()
         if self.definition.is_async or any(r.stop is not Stop.CANCEL for r in self.runs):
-            self.scope.cancel()
+            self.cancelled = True
+            if self.scope is not None:
+                self.scope.cancel()
             if self.wake is not None:
-                self.wake.set()
+                self.wake()
 
 
 def _is_engine_cancel(exc: BaseException) -> bool:
@@ -508,9 +522,9 @@ class Runner:
         token = _set_current(call.context)
         try:
             if definition.is_async:
-                with call.scope:
+                with call.enter_scope() as scope:
                     if timeout is not None:
-                        call.scope.deadline = trio.current_time() + timeout
+                        scope.deadline = trio.current_time() + timeout
                     try:
                         return outcome.Value(await func(**kwargs))
                     except BaseException as exc:
@@ -545,24 +559,22 @@ class Runner:
         if timeout is None:
             # The common case needs no cancel scope (entering one is a
             # measurable share of a no-op task): a stop sets the event too.
-            call.wake = done
-            if not call.scope.cancel_called:  # not stopped before it began
+            call.wake = done.set
+            if not call.cancelled:  # not stopped before it began
                 await done.wait()
             if box:
                 return box[0]
             call.thread_left = True
             return None  # shutdown or lost claim: the thread is left to finish alone
-        with call.scope:
-            if timeout is not None:
-                call.scope.deadline = trio.current_time() + timeout
+        with call.enter_scope() as scope:
+            scope.deadline = trio.current_time() + timeout
             await done.wait()
         if not done.is_set() and not call.stopped:
             # Timed out: a thread cannot be interrupted.  Ask it to stop, and
             # keep its slot until it really returns, so limits stay true.
             call.timed_out = True
             call.context._cancel()
-            call.scope = trio.CancelScope()
-            with call.scope:
+            with call.enter_scope():  # not cancelled: the call was not stopped
                 await done.wait()
         if not done.is_set():
             call.thread_left = True
