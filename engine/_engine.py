@@ -204,7 +204,7 @@ class Engine:
             instance = None
             if self.service.cls is not None:
                 instance = await trio.to_thread.run_sync(self.service.instantiate)
-            self.runner.open(self.service.bind(instance))
+            self.runner.open(self.service.bind(instance), spawn=self.spawn)
             async with trio.open_nursery() as keeper_nursery:
                 keeper_nursery.start_soon(self._stop_if_cancelled)
                 keeper_nursery.start_soon(health.supervise, "lease keeper", self._keep_leases)
@@ -837,7 +837,8 @@ class Engine:
                 # Admitted here, before the run's first step: a cancel that
                 # sees the task in_progress finds its run.
                 run = None if begun is None or why else self.runner.admit(claim, begun.record)
-                self._runners.start_soon(self._run, claim, begun, why, run)
+                if run is None or not self.runner.call_in_thread(run, self._slot_freed):
+                    self._runners.start_soon(self._run, claim, begun, why, run)
             if len(claims) >= free:
                 return  # there may be more ready
             # Fewer than asked: nothing more is ready for the names with room

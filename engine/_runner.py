@@ -10,6 +10,7 @@ writer, which stores coalesced ``current_task().report()`` calls.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import enum
 import logging
@@ -217,13 +218,25 @@ class Runner:
         #: keeper renews them with the runs' claims.
         self.held: dict[str, Claim] = {}
         self._progress_wake = trio.Event()
+        #: Runs called without a task of their own (:meth:`call_in_thread`)
+        #: whose call ended, waiting for the settler, with what frees their slot.
+        self._to_settle: collections.deque[
+            tuple[Run, outcome.Outcome[Any] | None, Callable[[str], None]]
+        ] = collections.deque()
+        self._settler_busy = False
+        self._spawn: Callable[..., None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self, bound: dict[str, Callable[..., Any]]) -> None:
-        """Start the worker threads (in the engine's trio run) with the bound functions."""
+    def open(
+        self, bound: dict[str, Callable[..., Any]], spawn: Callable[..., None] | None = None
+    ) -> None:
+        """Start the worker threads (in the engine's trio run) with the bound
+        functions; ``spawn(fn, *args)`` starts a task in the runners' nursery
+        (without it, every run has a task of its own)."""
         self.bound = bound
         self.threads = WorkerThreads()
+        self._spawn = spawn
 
     def close(self) -> None:
         if self.threads is not None:
@@ -539,6 +552,90 @@ class Runner:
             return await self._call_in_thread(call, func, kwargs, timeout)
         finally:
             _reset_current(token)
+
+    def call_in_thread(self, run: Run, done: Callable[[str], None]) -> bool:
+        """Start the call of the admitted ``run`` in a worker thread without a
+        trio task of its own; False, doing nothing, unless the run is one this
+        path takes.
+
+        It takes the runs of sync functions without a timeout, whose
+        arguments are read without a thread, on a volatile backend.  Such a
+        run's task would only wait for its thread and then settle; here the
+        thread's return (or a stop: shutdown, a lost claim) queues the run,
+        and one settler task settles what is queued, one run after another
+        (:meth:`_settle_queued`), then calls ``done(name)`` for each.  One
+        after another costs nothing where the backend's writes do not wait;
+        a durable backend's end of a run waits for its commit, so there each
+        run keeps its task and the ends of runs share commits.
+        """
+        definition = run.definition
+        if (
+            self._spawn is None
+            or definition.is_async
+            or definition.options.timeout is not None
+            or definition.decodes_images
+            or not self.core.backend.volatile
+            or run.stop is not None
+        ):
+            return False
+        call = Call(definition=definition, runs=[run], context=run.context)
+        run.call = call
+        try:
+            kwargs = definition.structure(run.record.args)
+        except BaseException as exc:  # as in _call: the task fails alone
+            error = FinalError(str(exc)) if isinstance(exc, InvalidArguments) else exc
+            self._forget(call)
+            self._queue_settle(run, outcome.Error(error), done)
+            return True
+        func = self.bound[definition.name]
+        token = _set_current(call.context)
+        try:
+            context = contextvars.copy_context()
+        finally:
+            _reset_current(token)
+
+        def work() -> Any:
+            return context.run(func, **kwargs)
+
+        def deliver(result: outcome.Outcome[Any]) -> None:  # on the trio thread
+            if not call.thread_left:
+                call.wake = None
+                self._forget(call)
+                self._queue_settle(run, result, done)
+
+        def abandon() -> None:
+            # Stopped for good (shutdown, lost claim): settled without
+            # waiting; the thread is left to finish alone.
+            call.wake = None
+            call.thread_left = True
+            self._forget(call)
+            self._queue_settle(run, None, done)
+
+        call.wake = abandon
+        assert self.threads is not None
+        self.threads.submit(work, deliver)
+        return True
+
+    def _queue_settle(
+        self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
+    ) -> None:
+        self._to_settle.append((run, result, done))
+        if not self._settler_busy:
+            assert self._spawn is not None
+            self._settler_busy = True
+            self._spawn(self._settle_queued)
+
+    async def _settle_queued(self) -> None:
+        """Settle the queued runs (see :meth:`call_in_thread`), until none is left."""
+        try:
+            while self._to_settle:
+                run, result, done = self._to_settle.popleft()
+                try:
+                    await self._settle(run, result)
+                finally:
+                    done(run.claim.name)
+        finally:
+            self._settler_busy = False
 
     async def _call_in_thread(
         self, call: Call, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None
