@@ -234,9 +234,15 @@ async def test_claims_of_a_killed_engine_are_recovered_without_waiting(tmp_path:
             import sys, time, errands
             svc = errands.Service("killme")
 
+            def say(line):
+                # One write per line: the task's thread and the main thread
+                # print at about the same moment (print's pieces interleave).
+                sys.stdout.write(line + "\\n")
+                sys.stdout.flush()
+
             @svc.task
             def slow(tag: str) -> str:
-                print("started", errands.current_task().attempt, flush=True)
+                say(f"started {errands.current_task().attempt}")
                 if errands.current_task().attempt == 1:
                     time.sleep(600)
                 return tag
@@ -244,7 +250,7 @@ async def test_claims_of_a_killed_engine_are_recovered_without_waiting(tmp_path:
             if __name__ == "__main__":
                 client = errands.start(svc, backend="diskcache://" + sys.argv[1], lease=60)
                 task = client.slow.submit(tag="done")
-                print("id", task.id, flush=True)
+                say(f"id {task.id}")
                 time.sleep(600)
             """
         )
@@ -273,7 +279,8 @@ def _start_then_kill(script: Path, data: Path) -> str:
         try:
             assert child.stdout is not None
             lines = [child.stdout.readline().split() for _ in range(2)]
-            task_id = next(line[1] for line in lines if line[0] == "id")
+            assert any(line[:1] == ["id"] for line in lines), lines
+            task_id = next(line[1] for line in lines if line[:1] == ["id"])
             assert ["started", "1"] in lines
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
