@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import attrs
 import pytest
 import trio
@@ -33,6 +36,27 @@ async def sleepy(seconds: float, tag: str) -> str:
     runs.append(tag)
     await trio.sleep(seconds)
     return tag
+
+
+#: Hold the victim's first attempt of sync_sleepy until set; set as it returns.
+released = threading.Event()
+victim_returned = threading.Event()
+#: The most runs of sync_sleepy at once (other than the victim's first).
+at_once = {"now": 0, "most": 0}
+
+
+@svc.task
+def sync_sleepy(tag: str) -> str:
+    attempt = errands.current_task().attempt
+    if attempt == 1 and tag == "victim":
+        released.wait(60)
+        victim_returned.set()
+        return f"{tag}-{attempt}"
+    at_once["now"] += 1
+    at_once["most"] = max(at_once["most"], at_once["now"])
+    time.sleep(0.005)
+    at_once["now"] -= 1
+    return f"{tag}-{attempt}"
 
 
 def engine(backend: object = None, **options: object) -> errands.open_engine:  # type: ignore[valid-type]
@@ -189,8 +213,9 @@ class TakeoverQueue(MemoryQueue):
     """A memory queue on which another worker steals a claim (as after a long GC
     pause or a network partition): the claim is released and re-claimed."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "sleepy") -> None:
         super().__init__()
+        self.name = name
         self.steal: str | None = None
         self.thief_token: int | None = None
 
@@ -198,7 +223,7 @@ class TakeoverQueue(MemoryQueue):
         if task_id == self.steal and self.thief_token is None:
             await self.release(task_id, token)
             [claim] = await self.claim(
-                owner="thief", quotas={"sleepy": 1}, limit=1, now=0.0, lease_until=lease_until
+                owner="thief", quotas={self.name: 1}, limit=1, now=0.0, lease_until=lease_until
             )
             self.thief_token = claim.token
         return await super().renew(task_id, token, lease_until=lease_until)
@@ -239,3 +264,49 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(
         # The thief never renews either: once its lease runs out, the task is run again.
         assert await task.wait() is TaskStatus.SUCCESS
         assert (await task.get_info()).attempt == 3
+
+
+async def test_a_sync_run_that_lost_its_claim_writes_nothing_and_frees_its_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same for a sync run on the memory backend, which has no trio task
+    of its own: the stop abandons it while its thread still blocks (it is
+    settled at once, writing nothing, and its slot is free), and the thread's
+    late return is dropped, not settled a second time (which would free the
+    slot twice: two runs at once with one worker)."""
+    released.clear()
+    victim_returned.clear()
+    at_once.update(now=0, most=0)
+    backend = MemoryBackend()
+    queue = TakeoverQueue("sync_sleepy")
+    backend.queue = queue
+    try:
+        async with engine(backend, lease=9, workers=1) as client:
+            task = await client.sync_sleepy.submit(tag="victim")
+            await trio.testing.wait_all_tasks_blocked()
+            stored = await backend.store.get(task.id)
+            assert stored is not None and stored.status is TaskStatus.IN_PROGRESS
+            old_token = stored.token
+            queue.steal = task.id
+            await trio.sleep(3.5)  # the first renewal, at lease / 3, meets the thief
+            assert queue.thief_token is not None and queue.thief_token > old_token
+            thief = attrs.evolve(stored.record, token=queue.thief_token, attempt=2)
+            assert await backend.store.transition(
+                StoredTask.from_record(thief), expect=TaskStatus.IN_PROGRESS, token=old_token
+            )
+            await trio.sleep(2)
+            stored = await backend.store.get(task.id)
+            assert stored is not None
+            assert stored.status is TaskStatus.IN_PROGRESS and stored.token == queue.thief_token
+            assert client.statistics().running == 0  # abandoned while its thread blocks
+            released.set()  # the abandoned thread returns now
+            await trio.to_thread.run_sync(victim_returned.wait)
+            # Run again once the thief's lease ran out.
+            assert await task.wait() is TaskStatus.SUCCESS
+            assert await task.get() == "victim-3"
+            others = [await client.sync_sleepy.submit(tag=f"t{i}") for i in range(20)]
+            for other in others:
+                assert await other.wait() is TaskStatus.SUCCESS
+            assert at_once["most"] == 1  # one worker: never two runs at once
+    finally:
+        released.set()
