@@ -380,6 +380,23 @@ if not delayed then return false end
 return delayed + redis.call('ZCOUNT', P .. ':q:' .. name, '-inf', '(' .. rank)
 """
 
+#: ``_CLAIM``, answering each claim with its record's fields (those of
+#: ``_FIELDS``) too: a claim and the reads of its records in one round trip.
+_CLAIM_AND_READ = _CLAIM.replace(
+    "\nreturn claims\n",
+    """
+local out = {}
+for i = 1, #claims, 3 do
+  table.insert(out, claims[i])
+  table.insert(out, claims[i + 1])
+  table.insert(out, claims[i + 2])
+  table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd'))
+end
+return out
+""",
+)
+assert _CLAIM_AND_READ != _CLAIM
+
 _CREATE = """
 return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '')
 """
@@ -471,6 +488,7 @@ _SCRIPTS = {
     "enqueue_many": _ENQUEUE_MANY,
     "add_members": _ADD_MEMBERS,
     "claim": _CLAIM,
+    "claim_and_read": _CLAIM_AND_READ,
     "renew": _RENEW,
     "ack": _ACK,
     "release": _RELEASE,
@@ -756,14 +774,10 @@ class RedisQueue(Queue):
         now: float,
         lease_until: float,
     ) -> list[Claim]:
-        pairs: list[Any] = []
-        for name, quota in quotas.items():
-            if quota > 0:
-                pairs += [name, int(quota)]
-        if not pairs or limit <= 0:
+        args = _claim_args(owner, quotas, limit, now, lease_until)
+        if args is None:
             await trio.lowlevel.checkpoint()
             return []
-        args = [owner, _num(now), _num(lease_until), int(limit), *pairs]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: no unseen claims
             flat = await self._c.script("claim", *args)
@@ -847,6 +861,19 @@ class RedisQueue(Queue):
 
 
 # ---------------------------------------------------------------------- store
+
+
+def _claim_args(
+    owner: str, quotas: Mapping[str, int], limit: int, now: float, lease_until: float
+) -> list[Any] | None:
+    """The claim scripts' arguments; None when nothing may be claimed."""
+    pairs: list[Any] = []
+    for name, quota in quotas.items():
+        if quota > 0:
+            pairs += [name, int(quota)]
+    if not pairs or limit <= 0:
+        return None
+    return [owner, _num(now), _num(lease_until), int(limit), *pairs]
 
 
 def _stored(task_id: str, fields: Sequence[Any]) -> StoredTask | None:
@@ -1139,7 +1166,11 @@ class RedisBackend(Backend):
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         # Fenced: the record moves only while the claim is held, in one script.
         check_transition(TaskStatus.PENDING, task.status)
-        args = [
+        return bool(await self._connection.script("begin", *self._begin_args(task, claim)))
+
+    @staticmethod
+    def _begin_args(task: StoredTask, claim: Claim) -> list[Any]:
+        return [
             claim.task_id,
             str(claim.token),
             TaskStatus.PENDING.value,
@@ -1147,7 +1178,72 @@ class RedisBackend(Backend):
             task.token,
             task.data,
         ]
-        return bool(await self._connection.script("begin", *args))
+
+    async def claim_and_start(
+        self,
+        *,
+        owner: str,
+        quotas: Mapping[str, int],
+        limit: int,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> list[tuple[Claim, StoredTask | None]]:
+        """Two round trips for the whole round: the claim, which reads the
+        claimed records too, and the fenced starts of those still pending."""
+        args = _claim_args(owner, quotas, limit, now, lease_until)
+        if args is None:
+            await trio.lowlevel.checkpoint()
+            return []
+        connection = self._connection
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: no unseen claims
+            flat = await connection.script("claim_and_read", *args)
+            started: list[tuple[Claim, StoredTask | None]] = []
+            for i in range(0, len(flat), 4):
+                claim = Claim(
+                    task_id=_text(flat[i]),
+                    name=_text(flat[i + 1]),
+                    token=int(flat[i + 2]),
+                    owner=owner,
+                    lease_until=lease_until,
+                )
+                pending = _stored(claim.task_id, flat[i + 3])
+                begun = None
+                if pending is not None and pending.status is TaskStatus.PENDING:
+                    try:
+                        begun = starting(claim, pending)
+                        check_transition(TaskStatus.PENDING, begun.status)
+                    except Exception:  # the caller's start() calls it again, and raises
+                        begun = None
+                started.append((claim, begun))
+            begins = [(claim, begun) for claim, begun in started if begun is not None]
+            if begins:
+                sha = connection.shas["begin"]
+
+                def add(pipe: Any) -> None:
+                    for claim, begun in begins:
+                        args = self._begin_args(begun, claim)
+                        pipe.evalsha(sha, 1, connection.route, connection.prefix, *args)
+
+                try:
+                    moved = await connection.call(add, len(begins), list)
+                except BackendError:
+                    # Claimed all the same: each run starts its task itself
+                    # (Backend.start), riding out the fault there.  A start
+                    # that ran before the connection broke reads as "not
+                    # pending" there, and the orphan finder re-queues it
+                    # within a lease.
+                    return [(claim, None) for claim, _ in started]
+                refused = {
+                    claim.task_id for (claim, _), ok in zip(begins, moved, strict=True) if not ok
+                }
+                if refused:
+                    started = [
+                        (claim, None if claim.task_id in refused else begun)
+                        for claim, begun in started
+                    ]
+        return started
 
     async def finish(
         self, task: StoredTask, *, claim: Claim, result: Payload | None = None
