@@ -750,6 +750,23 @@ async def test_claim_and_start_claims_as_claim_does_and_stores_what_it_started(
     assert await claim_and_start(backend, claim_starting([]), quotas={"job": 0}) == []
 
 
+async def test_the_built_in_backends_start_what_they_claim(backend: Backend) -> None:
+    """Not part of the contract (the default starts none), but what each
+    built-in backend does: every claimed pending task comes back started, so
+    a dispatch round costs one call (disk, memory) or two round trips
+    (Redis), not one more per task."""
+    recs = [record() for _ in range(3)]
+    for rec in recs:
+        assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    seen: list[StoredTask] = []
+    got = await claim_and_start(backend, claim_starting(seen))
+    assert len(got) == 3 and len(seen) == 3
+    assert all(begun is not None and begun.token == claim.token for claim, begun in got)
+    for claim, _ in got:
+        now = await backend.store.get(claim.task_id)
+        assert now is not None and now.status is R and now.token == claim.token
+
+
 async def test_claim_and_start_leaves_a_task_its_starting_refused_pending_and_claimed(
     backend: Backend,
 ) -> None:
