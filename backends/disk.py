@@ -58,6 +58,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
+from errands._backend import start_record
 from errands._status import check_transition
 
 from ._database import Database, Flush, private_directory, private_file
@@ -1079,14 +1080,11 @@ class DiskCacheBackend(Backend):
                     f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
                     (claim.task_id, TaskStatus.PENDING.value),
                 ).fetchone()
-                begun = None
-                if row is not None:
-                    try:
-                        begun = starting(claim, _stored(row))
-                        check_transition(TaskStatus.PENDING, begun.status)
-                        data = begun.data
-                    except Exception:  # the caller's start() calls it again, and raises
-                        begun = None
+                begun = None if row is None else start_record(starting, claim, _stored(row))
+                try:
+                    data = None if begun is None else begun.data
+                except Exception:  # as start_record: the caller's start() raises it
+                    begun = None
                 if begun is not None:
                     conn.execute(
                         "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ?"

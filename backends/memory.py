@@ -25,6 +25,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
+from errands._backend import start_record
 from errands._model import unpack_record
 from errands._status import check_transition
 
@@ -574,10 +575,7 @@ class MemoryBackend(Backend):
             current = records.get(claim.task_id)
             begun = None
             if current is not None and current.status is TaskStatus.PENDING:
-                try:
-                    begun = starting(claim, current)
-                except Exception:  # the caller's start() calls it again, and raises
-                    begun = None
+                begun = start_record(starting, claim, current)
                 if begun is not None and not self.store._transition(
                     begun, expect=TaskStatus.PENDING, token=None, result=None
                 ):

@@ -64,6 +64,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
+from errands._backend import start_record
 from errands._status import check_transition
 
 try:
@@ -1211,11 +1212,7 @@ class RedisBackend(Backend):
                 pending = _stored(claim.task_id, flat[i + 3])
                 begun = None
                 if pending is not None and pending.status is TaskStatus.PENDING:
-                    try:
-                        begun = starting(claim, pending)
-                        check_transition(TaskStatus.PENDING, begun.status)
-                    except Exception:  # the caller's start() calls it again, and raises
-                        begun = None
+                    begun = start_record(starting, claim, pending)
                 started.append((claim, begun))
             begins = [(claim, begun) for claim, begun in started if begun is not None]
             if begins:

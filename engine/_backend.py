@@ -47,9 +47,23 @@ import trio
 
 from ._convert import Payload
 from ._model import Claim, StoredTask
-from ._status import TaskStatus
+from ._status import TaskStatus, check_transition
 
-__all__ = ["Backend", "Queue", "Renewal", "Store"]
+__all__ = ["Backend", "Queue", "Renewal", "Store", "start_record"]
+
+
+def start_record(
+    starting: Callable[[Claim, StoredTask], StoredTask], claim: Claim, pending: StoredTask
+) -> StoredTask | None:
+    """``starting(claim, pending)`` for :meth:`Backend.claim_and_start`, checked
+    to be an ``in_progress`` record; None if it raised (anything: the
+    caller's :meth:`Backend.start` calls it again, and raises it there)."""
+    try:
+        begun = starting(claim, pending)
+        check_transition(TaskStatus.PENDING, begun.status)
+    except Exception:
+        return None
+    return begun
 
 
 class Renewal(enum.Enum):
