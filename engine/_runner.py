@@ -228,12 +228,9 @@ class Runner:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(
-        self, bound: dict[str, Callable[..., Any]], spawn: Callable[..., None] | None = None
-    ) -> None:
+    def open(self, bound: dict[str, Callable[..., Any]], spawn: Callable[..., None]) -> None:
         """Start the worker threads (in the engine's trio run) with the bound
-        functions; ``spawn(fn, *args)`` starts a task in the runners' nursery
-        (without it, every run has a task of its own)."""
+        functions; ``spawn(fn, *args)`` starts a task in the runners' nursery."""
         self.bound = bound
         self.threads = WorkerThreads()
         self._spawn = spawn
@@ -570,8 +567,7 @@ class Runner:
         """
         definition = run.definition
         if (
-            self._spawn is None
-            or definition.is_async
+            definition.is_async
             or definition.options.timeout is not None
             or definition.decodes_images
             or not self.core.backend.volatile
