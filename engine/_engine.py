@@ -833,12 +833,7 @@ class Engine:
                 self._active[claim.name] += 1
                 quotas[claim.name] -= 1
                 self._total += 1
-                why = unreadable.get(claim.task_id)
-                # Admitted here, before the run's first step: a cancel that
-                # sees the task in_progress finds its run.
-                run = None if begun is None or why else self.runner.admit(claim, begun.record)
-                if run is None or not self.runner.call_in_thread(run, self._slot_freed):
-                    self._runners.start_soon(self._run, claim, begun, why, run)
+                self._launch(claim, begun, unreadable.get(claim.task_id))
             if len(claims) >= free:
                 return  # there may be more ready
             # Fewer than asked: nothing more is ready for the names with room
@@ -858,6 +853,15 @@ class Engine:
         else:
             with trio.move_on_after(timeout):
                 await self._wake.wait()
+
+    def _launch(self, claim: Claim, begun: StoredTask | None, unreadable: str | None) -> None:
+        """Run a task claimed in a slot already counted as taken (``begun``,
+        ``unreadable``: as :meth:`Runner.run` takes them).  Synchronous: the
+        run is admitted here, before its first step, so a cancel that sees
+        the task ``in_progress`` finds its run."""
+        run = None if begun is None or unreadable else self.runner.admit(claim, begun.record)
+        if run is None or not self.runner.call_in_thread(run, self._slot_freed):
+            self._runners.start_soon(self._run, claim, begun, unreadable, run)
 
     async def _watch_changes(self) -> None:
         """One round of the change watcher: what other processes changed in
