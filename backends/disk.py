@@ -609,6 +609,31 @@ def _claim(
     return claims
 
 
+def _start_claimed(
+    conn: sqlite3.Connection,
+    claim: Claim,
+    starting: Callable[[Claim, StoredTask], StoredTask],
+) -> StoredTask | None:
+    """Move the claimed task's ``pending`` record to what ``starting`` makes
+    of it (see :meth:`Backend.claim_and_start`); None when it did not start."""
+    row = conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
+        (claim.task_id, TaskStatus.PENDING.value),
+    ).fetchone()
+    begun = None if row is None else start_record(starting, claim, _stored(row))
+    if begun is None:
+        return None
+    try:
+        data = begun.data
+    except Exception:  # as start_record: the caller's start() raises it
+        return None
+    conn.execute(
+        "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ? WHERE id = ?",
+        (begun.status.value, begun.token, begun.expires_at, data, begun.id),
+    )
+    return begun
+
+
 def _holds(conn: sqlite3.Connection, claim: Claim) -> bool:
     """Whether the queue entry of ``claim`` is still claimed with its token."""
     held = conn.execute(
@@ -1074,25 +1099,10 @@ class DiskCacheBackend(Backend):
         await self.queue.hold_owner_lock(owner)
 
         def claim_and_start(conn: sqlite3.Connection) -> list[tuple[Claim, StoredTask | None]]:
-            started: list[tuple[Claim, StoredTask | None]] = []
-            for claim in _claim(conn, owner, quotas, limit, now, lease_until):
-                row = conn.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
-                    (claim.task_id, TaskStatus.PENDING.value),
-                ).fetchone()
-                begun = None if row is None else start_record(starting, claim, _stored(row))
-                try:
-                    data = None if begun is None else begun.data
-                except Exception:  # as start_record: the caller's start() raises it
-                    begun = None
-                if begun is not None:
-                    conn.execute(
-                        "UPDATE tasks SET status = ?, token = ?, expires_at = ?, data = ?"
-                        " WHERE id = ?",
-                        (begun.status.value, begun.token, begun.expires_at, data, begun.id),
-                    )
-                started.append((claim, begun))
-            return started
+            return [
+                (claim, _start_claimed(conn, claim, starting))
+                for claim in _claim(conn, owner, quotas, limit, now, lease_until)
+            ]
 
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: the engine sees every claim
@@ -1131,6 +1141,39 @@ class DiskCacheBackend(Backend):
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
             created = await self._db.run(enqueue)
         return created
+
+    starts_on_enqueue = True
+
+    async def enqueue_and_start(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None = None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+        """Create, queue, claim and start in one transaction (committed as a
+        submit is: durable before it returns)."""
+        await self.queue.hold_owner_lock(owner)
+        quotas = {task.name: 1}
+
+        def enqueue(
+            conn: sqlite3.Connection,
+        ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+            if not _create(conn, task):
+                return False, None
+            _put(conn, task.id, task.name, priority, 0.0, rank)
+            for claim in _claim(conn, owner, quotas, 1, now, lease_until):
+                return True, (claim, _start_claimed(conn, claim, starting))
+            return True, None
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
+            answer = await self._db.run(enqueue)
+        return answer
 
     async def enqueue_many(
         self,

@@ -137,6 +137,43 @@ class MemoryQueue(Queue):
         lease_until: float,
     ) -> list[Claim]:
         await trio.lowlevel.checkpoint_if_cancelled()
+        return self._claim(owner, quotas, limit, now, lease_until)
+
+    def _put_claimed(
+        self,
+        task_id: str,
+        name: str,
+        priority: int,
+        rank: float | None,
+        owner: str,
+        now: float,
+        lease_until: float,
+    ) -> Claim | None:
+        """:meth:`_put` of a task due now, then :meth:`_claim` of one task of
+        its name: the same claim, without the entry's trip through the heap
+        when no ready task of that name waits ahead of it."""
+        if task_id in self._waiting or task_id in self._claimed or self._ready_waits(name, now):
+            self._put(task_id, name, priority, 0.0, rank)
+            claims = self._claim(owner, {name: 1}, 1, now, lease_until)
+            return claims[0] if claims else None
+        next(self._seq)  # as a put: the counter moves
+        self._claim_priority[task_id] = priority
+        claim = self._claimed[task_id] = Claim(
+            task_id=task_id,
+            name=name,
+            token=next(self._tokens),
+            owner=owner,
+            lease_until=lease_until,
+        )
+        return claim
+
+    def _ready_waits(self, name: str, now: float) -> bool:
+        self._promote(name, now)
+        return self._head(name) is not None
+
+    def _claim(
+        self, owner: str, quotas: Mapping[str, int], limit: int, now: float, lease_until: float
+    ) -> list[Claim]:
         left = {name: n for name, n in quotas.items() if n > 0}
         for name in left:
             self._promote(name, now)
@@ -569,19 +606,41 @@ class MemoryBackend(Backend):
         claims = await self.queue.claim(
             owner=owner, quotas=quotas, limit=limit, now=now, lease_until=lease_until
         )
-        records = self.store._records
-        started: list[tuple[Claim, StoredTask | None]] = []
-        for claim in claims:
-            current = records.get(claim.task_id)
-            begun = None
-            if current is not None and current.status is TaskStatus.PENDING:
-                begun = start_record(starting, claim, current)
-                if begun is not None and not self.store._transition(
-                    begun, expect=TaskStatus.PENDING, token=None, result=None
-                ):
-                    begun = None
-            started.append((claim, begun))
-        return started
+        return [(claim, self._start(claim, starting)) for claim in claims]
+
+    def _start(
+        self, claim: Claim, starting: Callable[[Claim, StoredTask], StoredTask]
+    ) -> StoredTask | None:
+        """The claimed task started (its stored record moved to what
+        ``starting`` made), or None when it did not start."""
+        current = self.store._records.get(claim.task_id)
+        if current is None or current.status is not TaskStatus.PENDING:
+            return None
+        begun = start_record(starting, claim, current)
+        if begun is None or not self.store._transition(
+            begun, expect=TaskStatus.PENDING, token=None, result=None
+        ):
+            return None
+        return begun
+
+    starts_on_enqueue = True
+
+    async def enqueue_and_start(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None = None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self.store._create(task):
+            return False, None
+        claim = self.queue._put_claimed(task.id, task.name, priority, rank, owner, now, lease_until)
+        return True, None if claim is None else (claim, self._start(claim, starting))
 
     async def finish(
         self, task: StoredTask, *, claim: Claim, result: Payload | None = None

@@ -327,6 +327,9 @@ class Backend(abc.ABC):
     #: only that engine changes it.  Then a submit from another thread
     #: returns before the write, and waits park without asking the engine.
     volatile: bool = False
+    #: True when :meth:`enqueue_and_start` claims and starts (the backends
+    #: that override it say so); the engine calls it only then.
+    starts_on_enqueue: bool = False
 
     async def enqueue(
         self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
@@ -349,6 +352,38 @@ class Backend(abc.ABC):
                 task.id, name=task.name, priority=priority, not_before=not_before, rank=rank
             )
         return True
+
+    async def enqueue_and_start(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None = None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+    ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+        """:meth:`enqueue` a task that is due now, then, only if it was
+        created, :meth:`claim_and_start` one task of its name for ``owner``
+        (``quotas={task.name: 1}``, ``limit=1``), in the same step: whether it
+        was created, and the claim with its started record (or None when
+        nothing was claimed).
+
+        The claim is the one a dispatch round would make right after the
+        enqueue: the new task itself unless an older or higher-ranked ready
+        task of the same name waits, which is then claimed instead.  Used by
+        a submit that finds a free slot, so that the task starts in the
+        submit's own write instead of a dispatch round's.
+
+        If it raises ``Cancelled``, nothing was created or claimed: once the
+        write has begun it finishes and the call returns.  The default
+        enqueues only and claims nothing (``starts_on_enqueue`` is False, so
+        the engine calls :meth:`enqueue`); backends that can do both in one
+        atomic step override it and set ``starts_on_enqueue``.
+        """
+        created = await self.enqueue(task, priority=priority, not_before=0.0, rank=rank)
+        return created, None
 
     async def enqueue_many(
         self,

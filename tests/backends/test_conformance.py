@@ -803,6 +803,120 @@ async def test_claim_and_start_does_not_start_a_stale_entry(backend: Backend) ->
     assert got is not None and got.status is C
 
 
+async def enqueue_and_start(
+    backend: Backend, rec: TaskRecord, starting: Callable[[Claim, StoredTask], StoredTask]
+) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+    return await backend.enqueue_and_start(
+        stored(rec),
+        priority=rec.priority,
+        owner="w1",
+        now=NOW,
+        lease_until=NOW + 30,
+        starting=starting,
+    )
+
+
+async def test_enqueue_and_start_starts_the_new_task_where_the_backend_says_so(
+    backend: Backend,
+) -> None:
+    """A backend that starts on enqueue claims the new task for the owner
+    and stores its started record; any other only enqueues it."""
+    rec = record()
+    seen: list[StoredTask] = []
+    created, started = await enqueue_and_start(backend, rec, claim_starting(seen))
+    assert created
+    if not backend.starts_on_enqueue:
+        assert started is None and seen == []
+        assert await backend.queue.depth() == 1
+        return
+    assert started is not None
+    claim, begun = started
+    assert (claim.task_id, claim.name, claim.owner) == (rec.id, "job", "w1")
+    assert claim.lease_until == NOW + 30
+    assert [t.id for t in seen] == [rec.id] and seen[0].status is P
+    assert begun is not None and begun.status is R and begun.token == claim.token
+    now = await backend.store.get(rec.id)
+    assert now is not None and reloaded(now).record == begun.record
+    assert await backend.queue.depth() == 0 and await backend.queue.contains(rec.id)
+    assert await backend.queue.renew(rec.id, claim.token, lease_until=NOW + 60) is (Renewal.RENEWED)
+    # A claim like any other: its token is newer than the last one, and the
+    # task finishes as any claimed task does.
+    other = record()
+    assert await backend.enqueue(stored(other), priority=0, not_before=0.0)
+    later = await claim_one(backend)
+    assert later is not None and later.token > claim.token
+    done = attrs.evolve(begun.record, status=S, finished_at=NOW, expires_at=NOW + 60)
+    assert await backend.finish(stored(done), claim=claim)
+    assert not await backend.queue.contains(rec.id)
+
+
+async def test_enqueue_and_start_claims_what_waits_ahead_of_the_new_task(
+    backend: Backend,
+) -> None:
+    """The claim is the one a dispatch round would make next: an older task
+    of the same name that waits goes first (the new one then waits behind
+    it), and a higher-ranked one too; a task of another name does not."""
+    if not backend.starts_on_enqueue:
+        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    older = record()
+    elsewhere = record(name="other")
+    for rec in (older, elsewhere):
+        assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    new = record()
+    created, started = await enqueue_and_start(backend, new, claim_starting([]))
+    assert created and started is not None
+    claim, begun = started
+    assert claim.task_id == older.id and begun is not None and begun.id == older.id
+    assert await backend.queue.position(new.id) == 0
+    got = await backend.store.get(new.id)
+    assert got is not None and got.status is P
+    # A task ranked higher than the new one goes first as well.
+    urgent = record(priority=5)
+    assert await backend.enqueue(stored(urgent), priority=5, not_before=0.0)
+    created, started = await enqueue_and_start(backend, record(), claim_starting([]))
+    assert created and started is not None and started[0].task_id == urgent.id
+
+
+async def test_enqueue_and_start_passes_a_delayed_task_that_is_not_due(backend: Backend) -> None:
+    if not backend.starts_on_enqueue:
+        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    delayed = record()
+    assert await backend.enqueue(stored(delayed), priority=9, not_before=NOW + 60)
+    new = record()
+    created, started = await enqueue_and_start(backend, new, claim_starting([]))
+    assert created and started is not None and started[0].task_id == new.id
+    assert await backend.queue.next_due(["job"]) == NOW + 60
+
+
+async def test_enqueue_and_start_of_an_existing_id_claims_nothing(backend: Backend) -> None:
+    rec = record()
+    waiting = record()
+    for r in (rec, waiting):
+        assert await backend.enqueue(stored(r), priority=0, not_before=0.0)
+    seen: list[StoredTask] = []
+    assert await enqueue_and_start(backend, rec, claim_starting(seen)) == (False, None)
+    assert seen == [] and await backend.queue.depth() == 2
+
+
+async def test_enqueue_and_start_leaves_a_task_its_starting_refused_pending_and_claimed(
+    backend: Backend,
+) -> None:
+    if not backend.starts_on_enqueue:
+        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+
+    def broken(claim: Claim, pending: StoredTask) -> StoredTask:
+        raise ZeroDivisionError("the engine's own bug")
+
+    rec = record()
+    created, started = await enqueue_and_start(backend, rec, broken)
+    assert created and started is not None
+    claim, begun = started
+    assert begun is None and claim.task_id == rec.id
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+    assert await backend.start(claim, starting=starting_under(claim, [])) is not None
+
+
 async def started(backend: Backend) -> tuple[TaskRecord, Claim]:
     rec = record()
     assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
