@@ -82,6 +82,10 @@ CLEANUP_SECONDS = 5.0
 #: Seconds ``cancel()`` waits for a running task to stop before answering.
 CANCEL_GRACE = 5.0
 
+#: A task a submit's write claimed and started: its claim, its started record
+#: (None: not started) and why its stored record did not read (None: it read).
+_Started = tuple[Claim, StoredTask | None, str | None]
+
 
 @attrs.frozen(kw_only=True)
 class EngineStatistics:
@@ -161,6 +165,14 @@ class Engine:
             name: min(d.concurrency or workers, workers) for name, d in self.definitions.items()
         }
         self._total = 0
+        #: Set when the claim of the dispatch round under way returns.
+        self._claiming: trio.Event | None = None
+        #: Whether ready tasks may wait that the dispatcher has not claimed: a
+        #: freed slot wakes it only then (a submit that started its task in
+        #: its own write leaves nothing waiting).
+        self._maybe_waiting = True
+        #: The names the dispatcher claims (the others have a batcher each).
+        self._dispatched = len(self._limits) - len(self._batchers)
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._open = False
@@ -433,9 +445,16 @@ class Engine:
             EngineUnavailable: storage failed; nothing was accepted.
             InvalidArguments: the key was used with other arguments.
         """
+        # A free slot: the task may start in the submit's own write.
+        slot = await self._reserve_for(record)
+        started: _Started | None = None
         try:
-            existing = await self._enqueue(
-                StoredTask.from_record(record), idempotency_key, record.priority, record.not_before
+            existing, started = await self._enqueue(
+                StoredTask.from_record(record),
+                idempotency_key,
+                record.priority,
+                record.not_before,
+                start=slot,
             )
         except EngineUnavailable:
             raise
@@ -445,6 +464,9 @@ class Engine:
                 f"the task was not accepted: storage is failing ({exc})",
                 retry_after=self.core.health.retry_after(),
             ) from exc
+        finally:
+            if slot and started is None:
+                self._slot_freed(record.name)  # the slot was not used
         self.core.health.clear("submit")
         if existing is not None:
             self._check_repeat(existing, record, idempotency_key)
@@ -452,8 +474,39 @@ class Engine:
             return existing
         self.core.submitted += 1
         self.core.events.submitted(record.id, record.name)
+        if started is not None:
+            claim, begun, unreadable = started
+            self._launch(claim, begun, unreadable)
+            if claim.task_id == record.id:
+                return record  # nothing more waits because of this submit
         self.wake_for(record.name)
         return record
+
+    async def _reserve_for(self, record: TaskRecord) -> bool:
+        """Take a slot for ``record`` to start in its submit's write, where
+        that can be: the backend starts on enqueue, the task is due now and
+        not batched, the engine runs, a slot of its name is free, and no
+        task may wait that the dispatcher has not claimed (it would go
+        first: the dispatcher claims across names in rank order).
+
+        While a dispatch round claims, its claims may fill every free slot:
+        a submit that would find one free waits for that claim to return (a
+        plain enqueue would need one more round to start it)."""
+        name = record.name
+        if (
+            not self.backend.starts_on_enqueue
+            or record.not_before is not None
+            or name in self._batchers
+        ):
+            return False
+        while self._claiming is not None and self._has_room(name):
+            await self._claiming.wait()
+        return (
+            not self._maybe_waiting
+            and self._accepting
+            and not self.core.stopping
+            and self.take(name)
+        )
 
     def check_accepting(self) -> None:
         """Raise :class:`~errands.EngineClosed` unless the engine takes tasks."""
@@ -515,7 +568,7 @@ class Engine:
         """Enqueue ``record`` whose id derives from ``key``; the live task that
         already holds the id if there is one (InvalidArguments if its
         arguments differ)."""
-        existing = await self._enqueue(
+        existing, _ = await self._enqueue(
             StoredTask.from_record(record), key, record.priority, record.not_before
         )
         if existing is None:
@@ -530,6 +583,7 @@ class Engine:
         if batcher is not None:
             batcher.wake()
         else:
+            self._maybe_waiting = True
             self._wake.set()
 
     def _validate_images(
@@ -561,27 +615,50 @@ class Engine:
         idempotency_key: str | None,
         priority: int,
         not_before: float | None,
-    ) -> TaskRecord | None:
+        *,
+        start: bool = False,
+    ) -> tuple[TaskRecord | None, _Started | None]:
         """Store and queue ``stored``; with an idempotency key, the live record
-        that already holds its id, if any (then nothing is stored)."""
+        that already holds its id, if any (then nothing is stored).  With
+        ``start`` (a slot is reserved for it), the task the backend claimed
+        and started in the same write, if any (see
+        :meth:`Backend.enqueue_and_start`)."""
         store = self.core.store
-        while not await self.backend.enqueue(
-            stored,
-            priority=priority,
-            not_before=not_before or 0.0,
-            rank=self.core.rank(priority, not_before),
-        ):
+        while True:
+            if start:
+                now = self.core.now()
+                unreadable: dict[str, str] = {}
+                created, claimed = await self.backend.enqueue_and_start(
+                    stored,
+                    priority=priority,
+                    rank=self.core.rank(priority, not_before),
+                    owner=self.owner,
+                    now=now,
+                    lease_until=now + self.options.lease,
+                    starting=self.runner.starting(now, unreadable),
+                )
+                if claimed is not None:
+                    claim, begun = claimed
+                    return None, (claim, begun, unreadable.get(claim.task_id))
+            else:
+                created = await self.backend.enqueue(
+                    stored,
+                    priority=priority,
+                    not_before=not_before or 0.0,
+                    rank=self.core.rank(priority, not_before),
+                )
+            if created:
+                return None, None
             if idempotency_key is None:
                 raise BackendError(f"task id {stored.id} already exists")  # 2**-128 odds
             existing = await store.get(stored.id)
             now = self.core.now()
             if existing is not None and not existing.record.is_expired(now):
-                return existing.record
+                return existing.record, None
             if existing is not None:
                 # Expired: the key may be used anew.  Compare-and-delete, so a
                 # concurrent submit's fresh record is never the one deleted.
                 await store.delete_expired(stored.id, now)
-        return None
 
     async def info(self, task_id: str) -> TaskInfo:
         """The task's :class:`TaskInfo` (with its queue position while pending)."""
@@ -802,6 +879,7 @@ class Engine:
     # ------------------------------------------------------------------ dispatcher
 
     def _wake_dispatcher(self) -> None:
+        self._maybe_waiting = True
         self._wake.set()
         for batcher in self._batchers.values():
             batcher.wake()
@@ -810,35 +888,51 @@ class Engine:
         """Claim what is ready and fits the free slots; then wait to be woken
         (or until the next delayed task is due)."""
         self._wake = trio.Event()
+        # Cleared here, set again by whatever queues work from now on, and by
+        # this round unless it finds nothing ready for any name.
+        self._maybe_waiting = False
         free = self.options.workers - self._total
         quotas = {
             n: self._limits[n] - self._active[n] for n in self._limits if n not in self._batchers
         }
         quotas = {n: q for n, q in quotas.items() if q > 0}
         timeout = math.inf
+        if free <= 0 or len(quotas) < self._dispatched:
+            # A name is at its limit (or every slot is taken): what waits for
+            # it is claimed when one of its slots frees.
+            self._maybe_waiting = True
         if free > 0 and quotas:
             now = self.core.now()
             # Claimed and started in one backend call where the backend can:
             # a run then starts from the record this call stored.
             unreadable: dict[str, str] = {}
-            claims = await self.backend.claim_and_start(
-                owner=self.owner,
-                quotas=quotas,
-                limit=free,
-                now=now,
-                lease_until=now + self.options.lease,
-                starting=self.runner.starting(now, unreadable),
-            )
+            self._claiming = claiming = trio.Event()
+            try:
+                claims = await self.backend.claim_and_start(
+                    owner=self.owner,
+                    quotas=quotas,
+                    limit=free,
+                    now=now,
+                    lease_until=now + self.options.lease,
+                    starting=self.runner.starting(now, unreadable),
+                )
+            finally:
+                self._claiming = None
+                claiming.set()
             for claim, begun in claims:
                 self._active[claim.name] += 1
                 quotas[claim.name] -= 1
                 self._total += 1
                 self._launch(claim, begun, unreadable.get(claim.task_id))
             if len(claims) >= free:
+                self._maybe_waiting = True
                 return  # there may be more ready
             # Fewer than asked: nothing more is ready for the names with room
-            # left, so ask only when the next delayed one is due.
+            # left, so ask only when the next delayed one is due.  A name that
+            # got all its quota may have more waiting, for its next free slot.
             names = [n for n, q in quotas.items() if q > 0]
+            if len(names) < len(quotas):
+                self._maybe_waiting = True
             due = await self.core.queue.next_due(names) if names else None
             if due is not None:
                 timeout = max(due - now, 0.001)
@@ -888,7 +982,8 @@ class Engine:
     def _slot_freed(self, name: str) -> None:
         self._active[name] -= 1
         self._total -= 1
-        self._wake.set()
+        if self._maybe_waiting:
+            self._wake.set()
         for batcher in self._batchers.values():
             batcher.slot_freed()
         if not self._total:
@@ -896,9 +991,12 @@ class Engine:
 
     # ------------------------------------------------------------------ slots (for batchers)
 
+    def _has_room(self, name: str) -> bool:
+        return self._total < self.options.workers and self._active[name] < self._limits[name]
+
     def take(self, name: str) -> bool:
         """Reserve a slot of ``name`` if one is free (see ``_batching.Slots``)."""
-        if self._total >= self.options.workers or self._active[name] >= self._limits[name]:
+        if not self._has_room(name):
             return False
         self._active[name] += 1
         self._total += 1

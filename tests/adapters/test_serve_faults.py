@@ -113,7 +113,10 @@ BUGGY = textwrap.dedent(
     from errands.backends import MemoryBackend
 
     class BuggyBackend(MemoryBackend):
-        # A backend with a bug: its claim raises something that is no storage fault.
+        # A backend with a bug: its claim raises something that is no storage
+        # fault.  Its submits only enqueue, so that the dispatcher claims.
+        starts_on_enqueue = False
+
         @classmethod
         def from_url(cls, url):
             backend = cls()

@@ -252,9 +252,10 @@ async def test_a_task_seen_in_progress_is_cancelled_at_once(backend: str, tmp_pa
 async def test_manual_retry_makes_a_new_task(autojump_clock: trio.testing.MockClock) -> None:
     calls.clear()
     async with engine() as client:
-        first = await client.refuses.submit(key="d")
+        # Delayed, so that it is surely not final yet when retried.
+        first = await client.refuses.options(delay=1).submit(key="d")
         with pytest.raises(errands.TaskNotReady):
-            await first.retry()  # not final yet
+            await first.retry()
         assert await first.wait() is TaskStatus.FAILURE
         second = await first.retry()
         assert second.id != first.id

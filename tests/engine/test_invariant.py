@@ -69,6 +69,16 @@ class _StallingBackend(Backend):
     ) -> bool:
         return await self.inner.enqueue(task, priority=priority, not_before=not_before, rank=rank)
 
+    # Submits start tasks in their own write, as the memory backend's do,
+    # and may stall right after.
+    starts_on_enqueue = True
+
+    async def enqueue_and_start(self, task: StoredTask, **kwargs: Any) -> Any:
+        answer = await self.inner.enqueue_and_start(task, **kwargs)
+        if answer[1] is not None and self.rng.random() < 0.3:
+            await trio.sleep(self.rng.uniform(0, 3 * LEASE))
+        return answer
+
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         if self.rng.random() < 0.3:
             await trio.sleep(self.rng.uniform(0, 3 * LEASE))  # stalled right after claiming
