@@ -234,19 +234,26 @@ async def test_cancellable_sync_task_stops_when_asked() -> None:
 
 @pytest.mark.parametrize("backend", ["memory", "diskcache"])
 async def test_a_task_seen_in_progress_is_cancelled_at_once(backend: str, tmp_path: object) -> None:
-    """The dispatcher claims and starts a task in one backend call, and the
-    task's run is known to the engine from that moment: a cancel made as
-    soon as the task reads ``in_progress`` stops it, instead of leaving a
-    request for the lease keeper and answering ``in_progress`` after the
-    grace period.  (Real time: a mock clock would run the leases out while
-    the database thread works.)"""
+    """A task is started in one backend call, by its submit (a slot was
+    free) or by a dispatch round (it waited for one), and its run is known
+    to the engine from that moment: a cancel made as soon as the task reads
+    ``in_progress`` stops it, instead of leaving a request for the lease
+    keeper and answering ``in_progress`` after the grace period.  (Real
+    time: a mock clock would run the leases out while the database thread
+    works.)"""
     url = "memory://" if backend == "memory" else f"diskcache://{tmp_path}"
-    async with engine(backend=url) as client:
+    async with engine(backend=url, workers=1) as client:
         for _ in range(10):
-            task = await client.forever.submit()
+            task = await client.forever.submit()  # started by its submit
             while await task.get_status() is not TaskStatus.IN_PROGRESS:
                 pass  # every read is a checkpoint: the first in_progress is seen
+            waiting = await client.forever.submit()  # no slot: it waits
+            assert await waiting.get_status() is TaskStatus.PENDING
             assert await task.cancel() is TaskStatus.CANCELLED
+            # The freed slot brings a dispatch round, which starts it.
+            while await waiting.get_status() is not TaskStatus.IN_PROGRESS:
+                pass
+            assert await waiting.cancel() is TaskStatus.CANCELLED
 
 
 async def test_manual_retry_makes_a_new_task(autojump_clock: trio.testing.MockClock) -> None:
