@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import io
 import json
+import math
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -346,6 +347,8 @@ def field_errors(exc: BaseException, path: str) -> list[FieldError]:
 
 
 _NULL = Payload(media_type=JSON_MEDIA_TYPE, data=b"null")
+_TRUE = Payload(media_type=JSON_MEDIA_TYPE, data=b"true")
+_FALSE = Payload(media_type=JSON_MEDIA_TYPE, data=b"false")
 _NONE_TYPE = type(None)
 
 
@@ -416,6 +419,15 @@ def check_result(value: Any, annotation: Any) -> list[FieldError]:
 
 def encode_result(value: Any, annotation: Any) -> Payload:
     """Store a task's return value as JSON, text, raw bytes or PNG."""
+    kind = type(value)
+    # The common scalars as JSON writes them (``float.__repr__`` is what the
+    # json module writes for a finite float), without the general pass.
+    if kind is int:
+        return Payload(media_type=JSON_MEDIA_TYPE, data=int.__repr__(value).encode())
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is float and math.isfinite(value):
+        return Payload(media_type=JSON_MEDIA_TYPE, data=float.__repr__(value).encode())
     if value is None:
         return _NULL
     if isinstance(value, Payload):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 from typing import Any
 
 import attrs
@@ -295,3 +296,30 @@ def test_non_finite_floats_are_refused() -> None:
     for bad in (float("nan"), float("inf"), -float("inf")):
         errors = errors_of("scalars", i=1, f=bad, s="", b=True)
         assert errors == {"$.f": "NaN and infinity are not valid JSON"}
+
+
+@given(
+    st.one_of(
+        st.integers(),
+        st.integers(min_value=-(10**60), max_value=10**60),
+        st.floats(),
+        st.booleans(),
+        st.none(),
+        st.text(),
+    )
+)
+def test_a_scalar_result_is_stored_as_the_json_module_writes_it(value: object) -> None:
+    """Scalars take a short path to JSON; its bytes are the json module's
+    own, and what the json module refuses (NaN, infinities) is refused."""
+    from errands._convert import encode_result
+
+    try:
+        expected = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        with pytest.raises(ValueError):
+            encode_result(value, Any)
+        return
+    payload = encode_result(value, Any)
+    assert (payload.media_type, payload.data) == ("application/json", expected)
+    if not isinstance(value, str) and value is not None:
+        assert encode_result(value, type(value)).data == expected
