@@ -114,6 +114,49 @@ local function unqueue_waiting(e, name, member, id)
   redis.call('ZREM', P .. ':d:' .. name, id)
   redis.call('ZREM', P .. ':dr:' .. name, member)
 end
+local function claim_ready(owner, now, lease_until, limit, left)
+  -- left: name -> quota; claims up to limit ready entries, best first:
+  -- {id, name, token, ...}
+  for name, _ in pairs(left) do
+    local due = redis.call('ZRANGEBYSCORE', P .. ':d:' .. name, '-inf', now)
+    for _, id in ipairs(due) do
+      local e = redis.call('HMGET', P .. ':e:' .. id, 'm', 'r')
+      redis.call('ZREM', P .. ':d:' .. name, id)
+      if e[1] then
+        redis.call('ZREM', P .. ':dr:' .. name, e[1])
+        redis.call('ZADD', P .. ':q:' .. name, e[2], e[1])
+      end
+    end
+  end
+  local claims = {}
+  local count = 0
+  while count < limit do
+    local best, best_name, best_score = nil, nil, nil
+    for name, quota in pairs(left) do
+      if quota > 0 then
+        local head = redis.call('ZRANGE', P .. ':q:' .. name, 0, 0, 'WITHSCORES')
+        if head[1] then
+          local score = tonumber(head[2])
+          if best == nil or score < best_score or (score == best_score and head[1] < best) then
+            best, best_name, best_score = head[1], name, score
+          end
+        end
+      end
+    end
+    if best == nil then break end
+    redis.call('ZREM', P .. ':q:' .. best_name, best)
+    local id = string.sub(best, 18)
+    local token = redis.call('INCR', P .. ':token')
+    redis.call('HSET', P .. ':e:' .. id, 'o', owner, 'k', token, 'l', lease_until, 'x', 0)
+    redis.call('ZADD', P .. ':leases', lease_until, id)
+    table.insert(claims, id)
+    table.insert(claims, best_name)
+    table.insert(claims, token)
+    left[best_name] = left[best_name] - 1
+    count = count + 1
+  end
+  return claims
+end
 local function index(id, name, status, created)
   redis.call('ZADD', P .. ':i:all', created, id)
   redis.call('ZADD', P .. ':i:s:' .. status, created, id)
@@ -220,49 +263,9 @@ return 1
 
 _CLAIM = """
 -- ARGV: P, owner, now, lease_until, limit, then name, quota pairs
-local owner, now, lease_until, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local left = {}
-for i = 6, #ARGV, 2 do
-  local name = ARGV[i]
-  left[name] = tonumber(ARGV[i + 1])
-  local due = redis.call('ZRANGEBYSCORE', P .. ':d:' .. name, '-inf', now)
-  for _, id in ipairs(due) do
-    local e = redis.call('HMGET', P .. ':e:' .. id, 'm', 'r')
-    redis.call('ZREM', P .. ':d:' .. name, id)
-    if e[1] then
-      redis.call('ZREM', P .. ':dr:' .. name, e[1])
-      redis.call('ZADD', P .. ':q:' .. name, e[2], e[1])
-    end
-  end
-end
-local claims = {}
-local count = 0
-while count < limit do
-  local best, best_name, best_score = nil, nil, nil
-  for name, quota in pairs(left) do
-    if quota > 0 then
-      local head = redis.call('ZRANGE', P .. ':q:' .. name, 0, 0, 'WITHSCORES')
-      if head[1] then
-        local score = tonumber(head[2])
-        if best == nil or score < best_score or (score == best_score and head[1] < best) then
-          best, best_name, best_score = head[1], name, score
-        end
-      end
-    end
-  end
-  if best == nil then break end
-  redis.call('ZREM', P .. ':q:' .. best_name, best)
-  local id = string.sub(best, 18)
-  local token = redis.call('INCR', P .. ':token')
-  redis.call('HSET', P .. ':e:' .. id, 'o', owner, 'k', token, 'l', lease_until, 'x', 0)
-  redis.call('ZADD', P .. ':leases', lease_until, id)
-  table.insert(claims, id)
-  table.insert(claims, best_name)
-  table.insert(claims, token)
-  left[best_name] = left[best_name] - 1
-  count = count + 1
-end
-return claims
+for i = 6, #ARGV, 2 do left[ARGV[i]] = tonumber(ARGV[i + 1]) end
+return claim_ready(ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), left)
 """
 
 _RENEW = """
@@ -383,9 +386,11 @@ return delayed + redis.call('ZCOUNT', P .. ':q:' .. name, '-inf', '(' .. rank)
 
 #: ``_CLAIM``, answering each claim with its record's fields (those of
 #: ``_FIELDS``) too: a claim and the reads of its records in one round trip.
-_CLAIM_AND_READ = _CLAIM.replace(
-    "\nreturn claims\n",
-    """
+_CLAIM_AND_READ = """
+-- ARGV: as claim's; answers id, name, token, record fields per claim
+local left = {}
+for i = 6, #ARGV, 2 do left[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local claims = claim_ready(ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), left)
 local out = {}
 for i = 1, #claims, 3 do
   table.insert(out, claims[i])
@@ -394,9 +399,7 @@ for i = 1, #claims, 3 do
   table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd'))
 end
 return out
-""",
-)
-assert _CLAIM_AND_READ != _CLAIM
+"""
 
 _CREATE = """
 return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '')
