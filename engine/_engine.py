@@ -499,7 +499,7 @@ class Engine:
             or name in self._batchers
         ):
             return False
-        while self._claiming is not None and self._has_room(name):
+        while self._claiming is not None and self._has_room(name) and not self._maybe_waiting:
             await self._claiming.wait()
         return (
             not self._maybe_waiting
