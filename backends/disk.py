@@ -613,14 +613,19 @@ def _start_claimed(
     conn: sqlite3.Connection,
     claim: Claim,
     starting: Callable[[Claim, StoredTask], StoredTask],
+    pending: StoredTask | None = None,
 ) -> StoredTask | None:
     """Move the claimed task's ``pending`` record to what ``starting`` makes
-    of it (see :meth:`Backend.claim_and_start`); None when it did not start."""
-    row = conn.execute(
-        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
-        (claim.task_id, TaskStatus.PENDING.value),
-    ).fetchone()
-    begun = None if row is None else start_record(starting, claim, _stored(row))
+    of it (see :meth:`Backend.claim_and_start`); None when it did not start.
+    ``pending``: its record, when this transaction created it (not read
+    again)."""
+    if pending is None:
+        row = conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
+            (claim.task_id, TaskStatus.PENDING.value),
+        ).fetchone()
+        pending = None if row is None else _stored(row)
+    begun = None if pending is None else start_record(starting, claim, pending)
     if begun is None:
         return None
     try:
@@ -632,6 +637,52 @@ def _start_claimed(
         (begun.status.value, begun.token, begun.expires_at, data, begun.id),
     )
     return begun
+
+
+def _create_started(
+    conn: sqlite3.Connection,
+    task: StoredTask,
+    priority: int,
+    rank: float | None,
+    owner: str,
+    lease_until: float,
+    starting: Callable[[Claim, StoredTask], StoredTask],
+) -> tuple[Claim, StoredTask | None]:
+    """Write the new ``pending`` task as a claim would leave it, claimed by
+    ``owner`` and started: what :func:`_create`, :func:`_put`, :func:`_claim`
+    and :func:`_start_claimed` write for a task that nothing waits ahead of,
+    in two inserts.  If ``starting`` refuses it, it is written ``pending``
+    and claimed, and comes back with None (as from ``claim_and_start``)."""
+    token = _next(conn, "token")
+    claim = Claim(
+        task_id=task.id, name=task.name, token=token, owner=owner, lease_until=lease_until
+    )
+    begun = start_record(starting, claim, task)
+    if begun is not None:
+        try:
+            begun.data  # noqa: B018 (encoded here: a failure leaves it pending)
+        except Exception:  # as start_record: the caller's start() raises it
+            begun = None
+    row = task if begun is None else begun
+    conn.execute(
+        f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (row.id, row.name, row.status.value, row.token, row.created_at, row.expires_at, row.data),
+    )
+    # seq orders waiting entries only: a release gives the entry a new one.
+    conn.execute(
+        "INSERT INTO queue (id, name, priority, seq, not_before, rank, owner, token,"
+        " lease_until, cancel) VALUES (?, ?, ?, 0, 0, ?, ?, ?, ?, 0)",
+        (
+            task.id,
+            task.name,
+            priority,
+            -priority if rank is None else rank,
+            owner,
+            token,
+            lease_until,
+        ),
+    )
+    return claim, begun
 
 
 def _holds(conn: sqlite3.Connection, claim: Claim) -> bool:
@@ -1156,18 +1207,33 @@ class DiskCacheBackend(Backend):
         starting: Callable[[Claim, StoredTask], StoredTask],
     ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
         """Create, queue, claim and start in one transaction (committed as a
-        submit is: durable before it returns)."""
+        submit is: durable before it returns).  When no ready task of its
+        name waits, the new task is written claimed and started at once: its
+        ``pending`` record is never written, nor its entry claimed apart."""
         await self.queue.hold_owner_lock(owner)
         quotas = {task.name: 1}
 
         def enqueue(
             conn: sqlite3.Connection,
         ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+            exists, queued, waits = conn.execute(
+                "SELECT (SELECT 1 FROM tasks WHERE id = ?1), (SELECT 1 FROM queue WHERE id = ?1),"
+                " (SELECT 1 FROM queue WHERE owner IS NULL AND name = ?2 AND not_before <= ?3"
+                " LIMIT 1)",
+                (task.id, task.name, now),
+            ).fetchone()
+            if exists:
+                return False, None
+            if not queued and not waits:
+                return True, _create_started(
+                    conn, task, priority, rank, owner, lease_until, starting
+                )
             if not _create(conn, task):
                 return False, None
             _put(conn, task.id, task.name, priority, 0.0, rank)
             for claim in _claim(conn, owner, quotas, 1, now, lease_until):
-                return True, (claim, _start_claimed(conn, claim, starting))
+                mine = task if claim.task_id == task.id else None
+                return True, (claim, _start_claimed(conn, claim, starting, mine))
             return True, None
 
         await trio.lowlevel.checkpoint_if_cancelled()

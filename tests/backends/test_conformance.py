@@ -850,6 +850,30 @@ async def test_enqueue_and_start_starts_the_new_task_where_the_backend_says_so(
     assert not await backend.queue.contains(rec.id)
 
 
+async def test_a_task_started_by_enqueue_and_start_is_held_like_any_claimed_task(
+    backend: Backend,
+) -> None:
+    """Its claim's lease runs out as any lease does, and a released claim
+    puts it back in line (behind what waited before it)."""
+    if not backend.starts_on_enqueue:
+        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    rec = record()
+    created, started = await enqueue_and_start(backend, rec, claim_starting([]))
+    assert created and started is not None
+    claim, _ = started
+    assert [c.task_id for c in await backend.queue.expired(NOW + 31)] == [rec.id]
+    assert await backend.queue.expired(NOW + 29) == []
+    waiting = record()
+    assert await backend.enqueue(stored(waiting), priority=0, not_before=0.0)
+    assert await backend.queue.release(rec.id, claim.token)
+    assert await backend.queue.position(rec.id) == 1
+    assert await backend.queue.depth() == 2
+    first, second = await claim_one(backend), await claim_one(backend)
+    assert first is not None and second is not None
+    assert (first.task_id, second.task_id) == (waiting.id, rec.id)
+    assert second.token > claim.token
+
+
 async def test_enqueue_and_start_claims_what_waits_ahead_of_the_new_task(
     backend: Backend,
 ) -> None:
