@@ -916,6 +916,9 @@ class Engine:
                     lease_until=now + self.options.lease,
                     starting=self.runner.starting(now, unreadable),
                 )
+            except BaseException:
+                self._maybe_waiting = True  # nothing was learnt: the next round looks
+                raise
             finally:
                 self._claiming = None
                 claiming.set()
