@@ -1005,6 +1005,7 @@ class DiskCacheBackend(Backend):
 
     queue: DiskCacheQueue
     store: DiskCacheStore
+    starts_on_enqueue = True
 
     def __init__(
         self,
@@ -1192,8 +1193,6 @@ class DiskCacheBackend(Backend):
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
             created = await self._db.run(enqueue)
         return created
-
-    starts_on_enqueue = True
 
     async def enqueue_and_start(
         self,

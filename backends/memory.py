@@ -531,6 +531,7 @@ class MemoryBackend(Backend):
     queue: MemoryQueue
     store: MemoryStore
     volatile = True
+    starts_on_enqueue = True
 
     def __init__(self) -> None:
         self.queue = MemoryQueue()
@@ -622,8 +623,6 @@ class MemoryBackend(Backend):
         ):
             return None
         return begun
-
-    starts_on_enqueue = True
 
     async def enqueue_and_start(
         self,
