@@ -476,11 +476,31 @@ class Engine:
         self.core.events.submitted(record.id, record.name)
         if started is not None:
             claim, begun, unreadable = started
+            if self.core.stopping:
+                # The engine stopped while the write was under way, and its
+                # runs are over: the task waits for the next engine.
+                await self._hand_back_started(claim, begun)
+                return record
             self._launch(claim, begun, unreadable)
             if claim.task_id == record.id:
                 return record  # nothing more waits because of this submit
         self.wake_for(record.name)
         return record
+
+    async def _hand_back_started(self, claim: Claim, begun: StoredTask | None) -> None:
+        """Give back a task claimed (and started, as ``begun``) by a submit's
+        write that returned once the engine had stopped.  If storage fails
+        here, the claim's lease runs out and the next engine re-queues it."""
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
+                if begun is None:
+                    await self.core.queue.release(claim.task_id, claim.token)
+                else:
+                    await self.runner.hand_back(claim, begun.record, counts=False, started=False)
+        except BackendError as exc:
+            log.warning("task %s: not handed back at shutdown (%s)", claim.task_id, exc)
+        finally:
+            self._slot_freed(claim.name)
 
     async def _reserve_for(self, record: TaskRecord) -> bool:
         """Take a slot for ``record`` to start in its submit's write, where

@@ -290,3 +290,45 @@ async def test_a_backend_that_does_not_start_on_enqueue_is_only_asked_to_enqueue
         task = await client.add.submit(a=1, b=1)
         assert await task.wait() is TaskStatus.SUCCESS and await task.get() == 2
     assert Plain.asked == 0
+
+
+class StallsAfterStarting(MemoryBackend):
+    """A memory backend whose ``enqueue_and_start`` stalls, once it has
+    written, until ``go`` is set (as a slow database's answer would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = trio.Event()
+        self.go = trio.Event()
+
+    async def enqueue_and_start(self, task: Any, **kwargs: Any) -> Any:
+        answer = await super().enqueue_and_start(task, **kwargs)
+        self.written.set()
+        with trio.CancelScope(shield=True):  # as the backends' writes are
+            await self.go.wait()
+        return answer
+
+
+async def test_a_task_its_submit_started_while_the_engine_stopped_is_handed_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The engine stopped while the submit's write was under way: the task
+    it started is handed back (pending and queued, for the next engine), and
+    the submit answers with its record, not an error."""
+    backend = StallsAfterStarting()
+    submitted: list[errands.AsyncTask[Any]] = []
+    async with errands.open_engine(svc, backend=backend, grace=0) as client:
+
+        async def submit() -> None:
+            submitted.append(await client.add.submit(a=1, b=2))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit)
+            await backend.written.wait()
+            await client.engine.aclose()
+            await trio.sleep(1)  # the engine has stopped (its runners are done)
+            backend.go.set()
+    [task] = submitted
+    stored = backend.store._records[task.id]
+    assert stored.status is TaskStatus.PENDING
+    assert task.id in backend.queue._waiting and task.id not in backend.queue._claimed
