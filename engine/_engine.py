@@ -167,10 +167,13 @@ class Engine:
         self._total = 0
         #: Set when the claim of the dispatch round under way returns.
         self._claiming: trio.Event | None = None
-        #: Whether ready tasks may wait that the dispatcher has not claimed: a
-        #: freed slot wakes it only then (a submit that started its task in
-        #: its own write leaves nothing waiting).
-        self._maybe_waiting = True
+        #: Names whose ready tasks may wait unclaimed, and whether tasks of
+        #: any name may (a change this engine did not make, a retry, a
+        #: failed round): a freed slot wakes the dispatcher only when one of
+        #: them may use it, and a submit starts its task in its own write
+        #: only when none of them may (see _waiting_with_room).
+        self._waiting_names: set[str] = set()
+        self._any_waiting = True
         #: The names the dispatcher claims (the others have a batcher each).
         self._dispatched = len(self._limits) - len(self._batchers)
         self._wake = trio.Event()
@@ -519,10 +522,10 @@ class Engine:
             or name in self._batchers
         ):
             return False
-        while self._claiming is not None and self._has_room(name) and not self._maybe_waiting:
+        while self._claiming is not None and self._has_room(name) and not self._waiting_with_room():
             await self._claiming.wait()
         return (
-            not self._maybe_waiting
+            not self._waiting_with_room()
             and self._accepting
             and not self.core.stopping
             and self.take(name)
@@ -603,7 +606,7 @@ class Engine:
         if batcher is not None:
             batcher.wake()
         else:
-            self._maybe_waiting = True
+            self._waiting_names.add(name)
             self._wake.set()
 
     def _validate_images(
@@ -899,7 +902,7 @@ class Engine:
     # ------------------------------------------------------------------ dispatcher
 
     def _wake_dispatcher(self) -> None:
-        self._maybe_waiting = True
+        self._any_waiting = True
         self._wake.set()
         for batcher in self._batchers.values():
             batcher.wake()
@@ -908,19 +911,28 @@ class Engine:
         """Claim what is ready and fits the free slots; then wait to be woken
         (or until the next delayed task is due)."""
         self._wake = trio.Event()
-        # Cleared here, set again by whatever queues work from now on, and by
-        # this round unless it finds nothing ready for any name.
-        self._maybe_waiting = False
+        # Cleared here; whatever queues work from now on marks it again, and
+        # so does this round for the names it cannot rule out.
+        waiting, self._waiting_names = self._waiting_names, set()
+        any_waiting, self._any_waiting = self._any_waiting, False
         free = self.options.workers - self._total
         quotas = {
             n: self._limits[n] - self._active[n] for n in self._limits if n not in self._batchers
         }
         quotas = {n: q for n, q in quotas.items() if q > 0}
         timeout = math.inf
-        if free <= 0 or len(quotas) < self._dispatched:
-            # A name is at its limit (or every slot is taken): what waits for
-            # it is claimed when one of its slots frees.
-            self._maybe_waiting = True
+        if free <= 0:
+            # Nothing is asked: what may have waited still may.
+            self._waiting_names |= waiting
+            self._any_waiting = self._any_waiting or any_waiting
+        elif len(quotas) < self._dispatched:
+            # Names at their limits are not asked: what may wait for them
+            # still may, claimed when one of their slots frees.
+            self._waiting_names.update(
+                n
+                for n in self._limits
+                if n not in quotas and n not in self._batchers and (any_waiting or n in waiting)
+            )
         if free > 0 and quotas:
             now = self.core.now()
             # Claimed and started in one backend call where the backend can:
@@ -937,7 +949,7 @@ class Engine:
                     starting=self.runner.starting(now, unreadable),
                 )
             except BaseException:
-                self._maybe_waiting = True  # nothing was learnt: the next round looks
+                self._any_waiting = True  # nothing was learnt: the next round looks
                 raise
             finally:
                 self._claiming = None
@@ -948,14 +960,13 @@ class Engine:
                 self._total += 1
                 self._launch(claim, begun, unreadable.get(claim.task_id))
             if len(claims) >= free:
-                self._maybe_waiting = True
+                self._waiting_names.update(quotas)
                 return  # there may be more ready
             # Fewer than asked: nothing more is ready for the names with room
             # left, so ask only when the next delayed one is due.  A name that
             # got all its quota may have more waiting, for its next free slot.
             names = [n for n, q in quotas.items() if q > 0]
-            if len(names) < len(quotas):
-                self._maybe_waiting = True
+            self._waiting_names.update(n for n, q in quotas.items() if q <= 0)
             due = await self.core.queue.next_due(names) if names else None
             if due is not None:
                 timeout = max(due - now, 0.001)
@@ -1005,7 +1016,7 @@ class Engine:
     def _slot_freed(self, name: str) -> None:
         self._active[name] -= 1
         self._total -= 1
-        if self._maybe_waiting:
+        if self._waiting_with_room():
             self._wake.set()
         for batcher in self._batchers.values():
             batcher.slot_freed()
@@ -1013,6 +1024,10 @@ class Engine:
             self._idle.set()
 
     # ------------------------------------------------------------------ slots (for batchers)
+
+    def _waiting_with_room(self) -> bool:
+        """Whether tasks that a free slot could run may wait unclaimed."""
+        return self._any_waiting or any(self._has_room(n) for n in self._waiting_names)
 
     def _has_room(self, name: str) -> bool:
         return self._total < self.options.workers and self._active[name] < self._limits[name]

@@ -44,6 +44,12 @@ async def gated(key: str) -> str:
     return key
 
 
+@svc.task(concurrency=1)
+async def narrow(key: str) -> str:
+    await gates[key].wait()
+    return key
+
+
 class Counted:
     """Counts the dispatcher's claim calls and the tasks submits started;
     a dispatch round's claim can be held up (``stall``)."""
@@ -165,6 +171,35 @@ async def test_with_every_slot_taken_a_submit_waits_its_turn_in_order(
         for task in waiting:
             assert await task.wait() is TaskStatus.SUCCESS
     assert order == [waiting[1].id, waiting[2].id, waiting[0].id]
+
+
+async def test_an_endpoint_waiting_at_its_limit_holds_up_no_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Tasks of one endpoint wait at its concurrency limit: another
+    endpoint's submits still start their tasks in their own write, and the
+    ends of those runs wake no dispatch round (the waiting tasks could not
+    use their slots); the waiting task starts once its endpoint's slot
+    frees."""
+    backend = CountedMemory()
+    async with errands.open_engine(svc, backend=backend, workers=4) as client:
+        await started_up(backend)
+        gates["n1"], gates["n2"] = trio.Event(), trio.Event()
+        n1 = await client.narrow.submit(key="n1")
+        n2 = await client.narrow.submit(key="n2")
+        assert backend.direct == [n1.id]  # n2 waits for narrow's one slot
+        await trio.testing.wait_all_tasks_blocked()
+        rounds = backend.rounds
+        for i in range(5):
+            task = await client.add.submit(a=i, b=i)
+            assert task.id in backend.direct
+            assert await task.wait() is TaskStatus.SUCCESS
+        assert backend.rounds == rounds
+        assert await n2.get_status() is TaskStatus.PENDING
+        gates["n2"].set()
+        gates["n1"].set()
+        assert await n2.wait() is TaskStatus.SUCCESS
+        assert backend.rounds > rounds  # narrow's freed slot brought the round
 
 
 async def test_a_submit_during_a_claim_waits_for_it_and_keeps_the_limit(
