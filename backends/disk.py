@@ -658,15 +658,23 @@ def _create_started(
         task_id=task.id, name=task.name, token=token, owner=owner, lease_until=lease_until
     )
     begun = start_record(starting, claim, task)
-    if begun is not None:
-        try:
-            begun.data  # noqa: B018 (encoded here: a failure leaves it pending)
-        except Exception:  # as start_record: the caller's start() raises it
-            begun = None
+    try:
+        # Encoded first: if that fails, the task is written pending.
+        data = None if begun is None else begun.data
+    except Exception:  # as start_record: the caller's start() raises it
+        begun = data = None
     row = task if begun is None else begun
     conn.execute(
         f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (row.id, row.name, row.status.value, row.token, row.created_at, row.expires_at, row.data),
+        (
+            row.id,
+            row.name,
+            row.status.value,
+            row.token,
+            row.created_at,
+            row.expires_at,
+            row.data if data is None else data,
+        ),
     )
     # seq orders waiting entries only: a release gives the entry a new one.
     conn.execute(
