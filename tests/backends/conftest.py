@@ -35,3 +35,22 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield made
     finally:
         await made.aclose()
+
+
+#: The backends that start a task in its submit's write
+#: (``Backend.starts_on_enqueue``); Redis keeps the dispatcher's path
+#: (docs/decisions.md), and the tests of the default cover it.
+STARTING = ["diskcache", "memory"]
+
+
+@pytest.fixture(params=STARTING)
+async def starting_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    made = FACTORIES[request.param](tmp_path, request)
+    assert made.starts_on_enqueue, f"{request.param} no longer starts on enqueue"
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.aclose()

@@ -851,12 +851,11 @@ async def test_enqueue_and_start_starts_the_new_task_where_the_backend_says_so(
 
 
 async def test_a_task_started_by_enqueue_and_start_is_held_like_any_claimed_task(
-    backend: Backend,
+    starting_backend: Backend,
 ) -> None:
     """Its claim's lease runs out as any lease does, and a released claim
     puts it back in line (behind what waited before it)."""
-    if not backend.starts_on_enqueue:
-        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    backend = starting_backend
     rec = record()
     created, started = await enqueue_and_start(backend, rec, claim_starting([]))
     assert created and started is not None
@@ -875,13 +874,12 @@ async def test_a_task_started_by_enqueue_and_start_is_held_like_any_claimed_task
 
 
 async def test_enqueue_and_start_claims_what_waits_ahead_of_the_new_task(
-    backend: Backend,
+    starting_backend: Backend,
 ) -> None:
     """The claim is the one a dispatch round would make next: an older task
     of the same name that waits goes first (the new one then waits behind
     it), and a higher-ranked one too; a task of another name does not."""
-    if not backend.starts_on_enqueue:
-        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    backend = starting_backend
     older = record()
     elsewhere = record(name="other")
     for rec in (older, elsewhere):
@@ -901,9 +899,10 @@ async def test_enqueue_and_start_claims_what_waits_ahead_of_the_new_task(
     assert created and started is not None and started[0].task_id == urgent.id
 
 
-async def test_enqueue_and_start_passes_a_delayed_task_that_is_not_due(backend: Backend) -> None:
-    if not backend.starts_on_enqueue:
-        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+async def test_enqueue_and_start_passes_a_delayed_task_that_is_not_due(
+    starting_backend: Backend,
+) -> None:
+    backend = starting_backend
     delayed = record()
     assert await backend.enqueue(stored(delayed), priority=9, not_before=NOW + 60)
     new = record()
@@ -923,10 +922,9 @@ async def test_enqueue_and_start_of_an_existing_id_claims_nothing(backend: Backe
 
 
 async def test_enqueue_and_start_leaves_a_task_its_starting_refused_pending_and_claimed(
-    backend: Backend,
+    starting_backend: Backend,
 ) -> None:
-    if not backend.starts_on_enqueue:
-        pytest.skip(f"{type(backend).__name__} does not start on enqueue")
+    backend = starting_backend
 
     def broken(claim: Claim, pending: StoredTask) -> StoredTask:
         raise ZeroDivisionError("the engine's own bug")
