@@ -4,9 +4,10 @@ On a backend that can (``Backend.starts_on_enqueue``: memory, diskcache),
 the submit's write creates, claims and starts the task in one step
 (``Backend.enqueue_and_start``), and the engine admits the run before the
 submit returns: no dispatch round, no second write.  A freed slot wakes the
-dispatcher only when tasks may wait.  These tests count the dispatcher's
-claim calls on real backends (subclassed to count), and check that slots,
-order and faults stay what they were.
+dispatcher only when tasks that could use it may wait.  These tests count
+the dispatcher's claim calls on real backends (subclassed to count), and
+check that slots, order, faults and a stop in the middle of a submit's
+write keep what they were.
 """
 
 from __future__ import annotations
