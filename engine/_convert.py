@@ -43,6 +43,7 @@ __all__ = [
     "field_errors",
     "mentions_image",
     "pixel_limit",
+    "result_checker",
 ]
 
 JSON_MEDIA_TYPE = "application/json"
@@ -365,6 +366,24 @@ _SIMPLE_RESULTS: dict[Any, Callable[[Any], bool]] = {
     str: lambda v: isinstance(v, str),
     bool: lambda v: type(v) is bool,
 }
+
+
+def result_checker(annotation: Any) -> Callable[[Any], list[FieldError]]:
+    """:func:`check_result` for one annotation, with what depends on the
+    annotation alone worked out once: a task definition keeps one."""
+    plain = _plain(annotation)
+    if plain is Any or plain is None:
+        return lambda value: check_result(value, annotation) if isinstance(value, Payload) else []
+    simple = _SIMPLE_RESULTS.get(plain)
+    if simple is None:
+        return lambda value: check_result(value, annotation)
+
+    def check(value: Any) -> list[FieldError]:
+        if simple(value):
+            return []
+        return check_result(value, annotation)  # the message, as it words it
+
+    return check
 
 
 def check_result(value: Any, annotation: Any) -> list[FieldError]:

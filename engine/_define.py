@@ -24,6 +24,7 @@ from ._convert import (
     converter,
     field_errors,
     mentions_image,
+    result_checker,
     type_name,
 )
 from ._errors import ErrandsError, FieldError, InvalidArguments
@@ -214,6 +215,7 @@ class TaskDefinition:
         self._return: Any = None
         self._by_name: dict[str, Param] = {}
         self._images: bool | None = None  # decodes_images, once known
+        self._check_result: Callable[[Any], list[FieldError]] | None = None
         try:
             self._resolve()
         except NameError:
@@ -274,6 +276,14 @@ class TaskDefinition:
         """The annotated return type (``Any`` when not annotated)."""
         self._resolve()
         return self._return
+
+    def check_result(self, value: Any) -> list[FieldError]:
+        """Whether ``value`` matches the return type (see
+        :func:`~errands._convert.check_result`): the bad fields, or ``[]``."""
+        check = self._check_result
+        if check is None:
+            check = self._check_result = result_checker(self.return_type)
+        return check(value)
 
     @property
     def decodes_images(self) -> bool:

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import pytest
@@ -323,3 +323,42 @@ def test_a_scalar_result_is_stored_as_the_json_module_writes_it(value: object) -
     assert (payload.media_type, payload.data) == ("application/json", expected)
     if not isinstance(value, str) and value is not None:
         assert encode_result(value, type(value)).data == expected
+
+
+_RESULT_TYPES: list[Any] = [
+    int,
+    float,
+    str,
+    bool,
+    Any,
+    None,
+    type(None),
+    bytes,
+    list[int],
+    dict[str, float],
+    Annotated[int, "note"],
+    Annotated[bytes, errands.MediaType("image/webp")],
+    errands.Payload,
+]
+
+
+@given(
+    st.sampled_from(_RESULT_TYPES),
+    st.one_of(
+        st.integers(),
+        st.floats(),
+        st.booleans(),
+        st.none(),
+        st.text(),
+        st.binary(),
+        st.lists(st.integers()),
+        st.dictionaries(st.text(), st.floats()),
+        st.builds(errands.Payload, media_type=st.just("text/plain"), data=st.binary()),
+    ),
+)
+def test_a_definitions_result_check_answers_as_check_result(annotation: Any, value: Any) -> None:
+    """A task definition checks results with the lookups for its return type
+    done once; its answers, messages included, are check_result's own."""
+    from errands._convert import check_result, result_checker
+
+    assert result_checker(annotation)(value) == check_result(value, annotation)
