@@ -25,7 +25,7 @@ import trio
 
 from . import _records
 from ._context import TaskContext, _reset_current, _set_current
-from ._convert import Payload, check_result, encode_result, pixel_limit, type_name
+from ._convert import Payload, encode_result, pixel_limit, type_name
 from ._core import Core
 from ._define import TaskDefinition
 from ._errors import BackendError, FieldError, FinalError, InvalidArguments
@@ -715,9 +715,9 @@ class Runner:
             )
             return
         assert isinstance(result, outcome.Value)
-        expected = run.definition.return_type
+        definition = run.definition
         try:
-            wrong = check_result(result.value, expected)
+            wrong = definition.check_result(result.value)
         except BaseException as exc:  # a strange value's own methods may raise anything
             if _is_engine_cancel(exc):
                 raise
@@ -725,13 +725,13 @@ class Runner:
         if wrong:
             error = TaskError(
                 type="InvalidResult",
-                message=f"the result does not match the return type {type_name(expected)}: "
-                + "; ".join(str(e) for e in wrong),
+                message="the result does not match the return type "
+                f"{type_name(definition.return_type)}: " + "; ".join(str(e) for e in wrong),
             )
             await self._fail_or_retry(run, record, error, final=True)
             return
         try:
-            payload = encode_result(result.value, expected)
+            payload = encode_result(result.value, definition.return_type)
         except BaseException as exc:  # whatever a strange result raises is the task's
             if _is_engine_cancel(exc):
                 raise
@@ -772,20 +772,26 @@ class Runner:
             traceback=traceback,
         )
         final = StoredTask.from_record(done)
-        tries = 0
+        health = core.health
+        try:
+            # The first try is a plain await (see _storage), the retries below.
+            stored_final = await core.backend.finish(final, claim=claim, result=payload)
+        except BackendError as exc:
+            health.fault("runner", exc)
 
-        async def finish() -> bool:
-            nonlocal tries
-            tries += 1
-            moved = await core.backend.finish(final, claim=claim, result=payload)
-            if moved or tries == 1:
-                return moved
-            # A retry: the failed try may have moved the record before it
-            # failed (a backend that makes two calls of it).
-            now = await core.store.get(claim.task_id)
-            return now is not None and now.status is status and now.token == claim.token
+            async def finish_again() -> bool:
+                moved = await core.backend.finish(final, claim=claim, result=payload)
+                if moved:
+                    return True
+                # The failed try may have moved the record before it failed
+                # (a backend that makes two calls of it).
+                now = await core.store.get(claim.task_id)
+                return now is not None and now.status is status and now.token == claim.token
 
-        stored_final = await self._storage(finish)
+            stored_final = await health.retrying("runner", finish_again)
+        else:
+            if health.failing:
+                health.clear("runner")
         if stored_final:
             core.finished += 1
             kind = _ENDED[status]
