@@ -1027,7 +1027,15 @@ class Engine:
 
     def _waiting_with_room(self) -> bool:
         """Whether tasks that a free slot could run may wait unclaimed."""
-        return self._any_waiting or any(self._has_room(n) for n in self._waiting_names)
+        if self._any_waiting:
+            return True
+        if not self._waiting_names or self._total >= self.options.workers:
+            return False
+        active, limits = self._active, self._limits
+        for name in self._waiting_names:  # noqa: SIM110 (no generator per freed slot)
+            if active[name] < limits[name]:
+                return True
+        return False
 
     def _has_room(self, name: str) -> bool:
         return self._total < self.options.workers and self._active[name] < self._limits[name]
