@@ -290,12 +290,18 @@ class Events:
         stats = self._of(name)
         if ran is not None:
             stats.run.observe(max(ran, 0.0))
-        fields = _fields(task_id, name, attempt=attempt)
         if kind is EventKind.SUCCEEDED:
             stats.succeeded += 1
             if log.isEnabledFor(logging.INFO):
+                fields = _fields(task_id, name, attempt=attempt)
                 log.info("task %s %s succeeded in %.3f s", name, task_id, ran or 0.0, extra=fields)
-        elif kind is EventKind.CANCELLED:
+            if self._listeners:
+                self._tell(
+                    TaskEvent(kind=kind, task_id=task_id, name=name, attempt=attempt, seconds=ran)
+                )
+            return
+        fields = _fields(task_id, name, attempt=attempt)
+        if kind is EventKind.CANCELLED:
             stats.cancelled += 1
             log.info("task %s %s cancelled", name, task_id, extra=fields)
         elif kind is EventKind.RETRIED:

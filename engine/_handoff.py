@@ -172,6 +172,7 @@ class Handoff:
         #: on its ticket alone).
         self.volatile = engine.backend.volatile
         self._condition = threading.Condition(threading.Lock())
+        self._parked = 0  # threads waiting on the condition (under its lock)
         self._mailbox: Mailbox[_Item] = Mailbox(trio.lowlevel.current_trio_token(), self._receive)
         self._busy = 0  # bursts being stored (trio thread only)
         self._settled = trio.Event()
@@ -219,9 +220,13 @@ class Handoff:
             if not self.volatile:
                 return None  # another process may end it: the engine watches for that
             with self._condition:
-                ended = self._condition.wait_for(
-                    lambda: ticket.status is not None or ticket.woken, timeout
-                )
+                self._parked += 1
+                try:
+                    ended = self._condition.wait_for(
+                        lambda: ticket.status is not None or ticket.woken, timeout
+                    )
+                finally:
+                    self._parked -= 1
             if not ended:
                 raise TimeoutError
         return self.final(ticket)
@@ -329,7 +334,8 @@ class Handoff:
                 ticket.status = final.status
             else:
                 ticket.woken = True
-            self._condition.notify_all()
+            if self._parked:  # an end nobody waits for wakes nobody
+                self._condition.notify_all()
 
     def _fail(self, items: list[_Item], exc: Exception) -> None:
         log.debug("submits not taken (%s): the engine is stopping", exc)
