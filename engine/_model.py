@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import json
 import marshal
+import operator
 import os
 import re
 import secrets
@@ -359,26 +360,28 @@ def pack_record(record: TaskRecord) -> bytes:
     path's time at 50,000).  Raises ValueError when the arguments are not
     plain JSON data.
     """
-    fields = record.__dict__
-    values = [fields[name] for name in _PLAIN_FIELDS]
-    values.append(fields["status"].value)
-    values.append(_packed_error(fields["error"]))
-    values.append(
-        tuple(
-            (a.attempt, a.started_at, a.finished_at, a.outcome.value, _packed_error(a.error))
-            for a in fields["attempts"]
+    attempts = record.attempts
+    return marshal.dumps(
+        (
+            _plain_values(record),
+            record.status._value_,
+            _packed_error(record.error),
+            tuple(
+                (a.attempt, a.started_at, a.finished_at, a.outcome._value_, _packed_error(a.error))
+                for a in attempts
+            )
+            if attempts
+            else (),
         )
     )
-    return marshal.dumps(tuple(values))
 
 
 def unpack_record(packed: bytes) -> TaskRecord:
     """The record :func:`pack_record` packed (equal to it, a new object)."""
-    values = marshal.loads(packed)
+    plain, status, error, attempts = marshal.loads(packed)
     record = object.__new__(TaskRecord)
     fields = record.__dict__
-    fields.update(zip(_PLAIN_FIELDS, values, strict=False))
-    status, error, attempts = values[len(_PLAIN_FIELDS) :]
+    fields.update(zip(_PLAIN_FIELDS, plain, strict=True))
     fields["status"] = TaskStatus(status)
     fields["error"] = _unpacked_error(error)
     fields["attempts"] = tuple(
@@ -397,6 +400,7 @@ def unpack_record(packed: bytes) -> TaskRecord:
 _PLAIN_FIELDS = tuple(
     a.name for a in attrs.fields(TaskRecord) if a.name not in ("status", "error", "attempts")
 )
+_plain_values = operator.attrgetter(*_PLAIN_FIELDS)
 
 
 class StoredTask:
