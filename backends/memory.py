@@ -61,8 +61,12 @@ class MemoryQueue(Queue):
         self._delayed: dict[str, list[tuple[float, int, str]]] = {}
         self._work = trio.Event()
         self._engines = 0  # engines that opened the backend (see _notify)
+        #: Per name, how many entries wait.
+        self._depth: dict[str, int] = {}
         #: Per name, the (rank, seq) of every waiting entry in queue order:
-        #: a position or a depth in O(log n), not a scan of the queue.
+        #: a position in O(log n), not a scan of the queue.  Built for a
+        #: name when a position of it is first asked, then kept: a queue
+        #: nobody asks positions of pays nothing for it.
         self._order: dict[str, SortedList] = {}
 
     def _notify(self) -> None:
@@ -73,10 +77,11 @@ class MemoryQueue(Queue):
 
     def _push(self, task_id: str, entry: _Waiting) -> None:
         self._waiting[task_id] = entry
-        order = self._order.get(entry.name)
-        if order is None:
-            order = self._order[entry.name] = SortedList()
-        order.add((entry.rank, entry.seq))
+        name = entry.name
+        self._depth[name] = self._depth.get(name, 0) + 1
+        order = self._order.get(name)
+        if order is not None:
+            order.add((entry.rank, entry.seq))
         if entry.not_before > 0.0:
             heapq.heappush(
                 self._delayed.setdefault(entry.name, []), (entry.not_before, entry.seq, task_id)
@@ -254,7 +259,10 @@ class MemoryQueue(Queue):
 
     def _drop(self, task_id: str) -> _Waiting:
         entry = self._waiting.pop(task_id)
-        self._order[entry.name].remove((entry.rank, entry.seq))
+        self._depth[entry.name] -= 1
+        order = self._order.get(entry.name)
+        if order is not None:
+            order.remove((entry.rank, entry.seq))
         return entry
 
     async def request_cancel(self, task_id: str) -> bool:
@@ -289,15 +297,19 @@ class MemoryQueue(Queue):
         await trio.lowlevel.checkpoint_if_cancelled()
         if name is None:
             return len(self._waiting)
-        order = self._order.get(name)
-        return 0 if order is None else len(order)
+        return self._depth.get(name, 0)
 
     async def position(self, task_id: str) -> int | None:
         await trio.lowlevel.checkpoint_if_cancelled()
         me = self._waiting.get(task_id)
         if me is None:
             return None
-        return int(self._order[me.name].bisect_left((me.rank, me.seq)))
+        order = self._order.get(me.name)
+        if order is None:
+            order = self._order[me.name] = SortedList(
+                (e.rank, e.seq) for e in self._waiting.values() if e.name == me.name
+            )
+        return int(order.bisect_left((me.rank, me.seq)))
 
     async def wait_for_work(self) -> None:
         await self._work.wait()

@@ -327,6 +327,38 @@ async def test_position_follows_claim_order(backend: Backend) -> None:
     assert [positions[i] for i in order] == list(range(6))
 
 
+async def test_positions_stay_exact_as_the_queue_changes(backend: Backend) -> None:
+    """Positions asked once stay exact through every later put, claim,
+    release and removal (a backend may build its index when first asked)."""
+    q = backend.queue
+    a, b, c, d, e = (new_task_id() for _ in range(5))
+
+    async def positions(*task_ids: str) -> list[int | None]:
+        return [await q.position(t) for t in task_ids]
+
+    await q.put(a, name="job", rank=NOW + 2)
+    await q.put(b, name="job", rank=NOW + 4)
+    assert await positions(a, b) == [0, 1]
+    await q.put(c, name="job", rank=NOW + 1)  # ahead of both
+    await q.put(d, name="job", rank=NOW + 3)
+    await q.put(new_task_id(), name="other", rank=-1e12)  # another name: not counted
+    assert await positions(c, a, d, b) == [0, 1, 2, 3]
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == c
+    assert await positions(c, a, d, b) == [None, 0, 1, 2]
+    assert await q.release(c, claim.token, rank=NOW + 3.5)  # between d and b
+    assert await positions(a, d, c, b) == [0, 1, 2, 3]
+    assert await q.remove(d)
+    assert await positions(a, d, c, b) == [0, None, 1, 2]
+    await q.put(e, name="job", rank=NOW)
+    assert await positions(e, a, c, b) == [0, 1, 2, 3]
+    assert await q.depth("job") == 4
+    claims = await q.claim(owner="w", quotas={"job": 9}, limit=9, now=NOW, lease_until=NOW + 30)
+    assert [c.task_id for c in claims] == [e, a, c, b]
+    assert await q.depth("job") == 0
+    assert await q.depth() == 1
+
+
 async def test_put_is_idempotent(backend: Backend) -> None:
     q = backend.queue
     task_id = new_task_id()
