@@ -119,7 +119,16 @@ class Ticket:
     its handles, and every object a handle holds is walked by each full
     garbage collection while it does."""
 
-    __slots__ = ("data", "error", "media_type", "name", "status", "trusted_until", "woken")
+    __slots__ = (
+        "data",
+        "error",
+        "media_type",
+        "name",
+        "parked",
+        "status",
+        "trusted_until",
+        "woken",
+    )
 
     def __init__(self) -> None:
         self.status: TaskStatus | None = None  # set once ended here
@@ -129,6 +138,9 @@ class Ticket:
         self.media_type: str | None = None
         self.data: bytes | None = None
         self.woken = False
+        #: Where threads waiting for this ticket's end park (made by the
+        #: first to park): an end wakes only the threads waiting for it.
+        self.parked: threading.Condition | None = None
 
 
 class _Reply:
@@ -171,8 +183,9 @@ class Handoff:
         #: every change to its tasks is this engine's (then a wait may park
         #: on its ticket alone).
         self.volatile = engine.backend.volatile
-        self._condition = threading.Condition(threading.Lock())
-        self._parked = 0  # threads waiting on the condition (under its lock)
+        #: Guards the tickets' ends; a thread that waits for one parks on
+        #: that ticket's own condition of this lock (see :class:`Ticket`).
+        self._lock = threading.Lock()
         self._mailbox: Mailbox[_Item] = Mailbox(trio.lowlevel.current_trio_token(), self._receive)
         self._busy = 0  # bursts being stored (trio thread only)
         self._settled = trio.Event()
@@ -219,14 +232,11 @@ class Handoff:
         if ticket.status is None and not ticket.woken:
             if not self.volatile:
                 return None  # another process may end it: the engine watches for that
-            with self._condition:
-                self._parked += 1
-                try:
-                    ended = self._condition.wait_for(
-                        lambda: ticket.status is not None or ticket.woken, timeout
-                    )
-                finally:
-                    self._parked -= 1
+            with self._lock:
+                parked = ticket.parked
+                if parked is None:
+                    parked = ticket.parked = threading.Condition(self._lock)
+                ended = parked.wait_for(lambda: ticket.status is not None or ticket.woken, timeout)
             if not ended:
                 raise TimeoutError
         return self.final(ticket)
@@ -324,7 +334,7 @@ class Handoff:
     def _ended(
         self, ticket: Ticket, final: TaskRecord | None, result: Payload | None = None
     ) -> None:
-        with self._condition:
+        with self._lock:
             if final is not None and final.status.is_final:
                 ticket.name = final.name
                 ticket.trusted_until = trusted_until(final)
@@ -334,8 +344,10 @@ class Handoff:
                 ticket.status = final.status
             else:
                 ticket.woken = True
-            if self._parked:  # an end nobody waits for wakes nobody
-                self._condition.notify_all()
+            parked = ticket.parked
+            if parked is not None:  # only its own waiters wake
+                parked.notify_all()
+                ticket.parked = None  # they hold it while they wake; a handle keeps no lock
 
     def _fail(self, items: list[_Item], exc: Exception) -> None:
         log.debug("submits not taken (%s): the engine is stopping", exc)
