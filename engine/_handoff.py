@@ -301,6 +301,10 @@ class Handoff:
                 # Nothing to wait for: one after another, in order.
                 for record, ticket, _ in items:
                     await self._accept(record, ticket, None)
+            elif len(items) == 1:
+                # One submit (a thread that submits one at a time): nothing
+                # to commit together, so no nursery and no task of its own.
+                await self._accept(*items[0])
             else:
                 # Concurrent writes, so the backend can commit them together.
                 async with trio.open_nursery() as nursery:
