@@ -36,6 +36,7 @@ class TaskContext:
         attempt: int,
         on_report: Callable[[TaskContext], None],
         max_message_length: int = 4096,
+        loop: tuple[int, trio.lowlevel.TrioToken] | None = None,
     ) -> None:
         self.id = id
         self._max_message = max_message_length
@@ -45,8 +46,11 @@ class TaskContext:
         self.message: str | None = None
         self._cancelled = False
         self._on_report = on_report
-        self._loop_thread = threading.get_ident()
-        self._token = trio.lowlevel.current_trio_token()
+        # The trio thread it reports to (``loop``: its ident and token, when
+        # the caller has them at hand; by default the current ones).
+        if loop is None:
+            loop = (threading.get_ident(), trio.lowlevel.current_trio_token())
+        self._loop_thread, self._token = loop
 
     @property
     def cancelled(self) -> bool:
