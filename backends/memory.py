@@ -456,7 +456,7 @@ class MemoryStore(Store):
             del self._records[task.id]
             self._final[task.id] = packed
             self._final_created[task.id] = task.created_at
-            self._final_status[task.id] = task.status.value
+            self._final_status[task.id] = task.status._value_
             self._final_name[task.id] = task.name
         else:
             self._records[task.id] = task

@@ -15,6 +15,7 @@ import contextvars
 import enum
 import logging
 import random
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -225,6 +226,10 @@ class Runner:
         ] = collections.deque()
         self._settler_busy = False
         self._spawn: Callable[..., None] | None = None
+        #: Per task name, whether its runs take :meth:`call_in_thread`.
+        self._threaded: dict[str, bool] = {}
+        #: The engine's trio thread (ident, token), for its tasks' contexts.
+        self._loop: tuple[int, trio.lowlevel.TrioToken] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,6 +238,7 @@ class Runner:
         functions; ``spawn(fn, *args)`` starts a task in the runners' nursery."""
         self.bound = bound
         self.threads = WorkerThreads()
+        self._loop = (threading.get_ident(), trio.lowlevel.current_trio_token())
         self._spawn = spawn
 
     def close(self) -> None:
@@ -395,6 +401,7 @@ class Runner:
             attempt=running.attempt,
             on_report=self._on_report,
             max_message_length=core.options.max_message_length,
+            loop=self._loop,
         )
         run = Run(claim=claim, record=running, definition=definition, context=context)
         older = self.running.get(task_id)
@@ -566,13 +573,15 @@ class Runner:
         run keeps its task and the ends of runs share commits.
         """
         definition = run.definition
-        if (
-            definition.is_async
-            or definition.options.timeout is not None
-            or definition.decodes_images
-            or not self.core.backend.volatile
-            or run.stop is not None
-        ):
+        threaded = self._threaded.get(definition.name)
+        if threaded is None:
+            threaded = self._threaded[definition.name] = not (
+                definition.is_async
+                or definition.options.timeout is not None
+                or definition.decodes_images
+                or not self.core.backend.volatile
+            )
+        if not threaded or run.stop is not None:
             return False
         call = Call(definition=definition, runs=[run], context=run.context)
         run.call = call
@@ -584,11 +593,8 @@ class Runner:
             self._queue_settle(run, outcome.Error(error), done)
             return True
         func = self.bound[definition.name]
-        token = _set_current(call.context)
-        try:
-            context = contextvars.copy_context()
-        finally:
-            _reset_current(token)
+        context = contextvars.copy_context()
+        context.run(_set_current, call.context)  # current_task() in the thread
 
         def work() -> Any:
             return context.run(func, **kwargs)

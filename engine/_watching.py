@@ -172,7 +172,7 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status.value, trusted_until(final), final.name)
+            ended[task_id] = (final.status._value_, trusted_until(final), final.name)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
