@@ -354,7 +354,7 @@ async def test_positions_stay_exact_as_the_queue_changes(backend: Backend) -> No
     assert await positions(e, a, c, b) == [0, 1, 2, 3]
     assert await q.depth("job") == 4
     claims = await q.claim(owner="w", quotas={"job": 9}, limit=9, now=NOW, lease_until=NOW + 30)
-    assert [c.task_id for c in claims] == [e, a, c, b]
+    assert [each.task_id for each in claims] == [e, a, c, b]
     assert await q.depth("job") == 0
     assert await q.depth() == 1
 
