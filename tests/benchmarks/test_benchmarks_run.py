@@ -108,3 +108,13 @@ def test_memory_quick_runs() -> None:
         "errands: one full garbage collection then",
         "ratio errands / plain dicts (the pause)",
     )
+
+
+@pytest.mark.realtime
+def test_instructions_quick_runs() -> None:
+    """Each counted loop runs (without valgrind: counting takes minutes)."""
+    run_quick(
+        "instructions.py",
+        *(f"{loop:<12} ran 50 tasks" for loop in ("thread", "async", "durable", "huey")),
+        "huey-sqlite  ran 50 tasks",
+    )
