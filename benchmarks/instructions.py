@@ -36,6 +36,7 @@ Benchmarks are not tests: nothing here asserts a figure.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -193,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     loops = args.loop or list(LOOPS)
     print("instructions per task (valgrind --tool=callgrind), errands beside huey")
+    if importlib.util.find_spec("huey") is None:
+        loops = [loop for loop in loops if not loop.startswith("huey")]
+        print("(huey not installed: pip install huey; only errands' loops follow)")
     print(_common.versions([f"huey {_common.version('huey')}"]))
     if args.quick:
         for loop in loops:

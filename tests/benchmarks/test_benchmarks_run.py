@@ -112,9 +112,9 @@ def test_memory_quick_runs() -> None:
 
 @pytest.mark.realtime
 def test_instructions_quick_runs() -> None:
-    """Each counted loop runs (without valgrind: counting takes minutes)."""
+    """Each of errands' counted loops runs (without valgrind: counting takes
+    minutes; huey's loops run too where huey is installed)."""
     run_quick(
         "instructions.py",
-        *(f"{loop:<12} ran 50 tasks" for loop in ("thread", "async", "durable", "huey")),
-        "huey-sqlite  ran 50 tasks",
+        *(f"{loop:<12} ran 50 tasks" for loop in ("thread", "async", "durable")),
     )
