@@ -9,6 +9,7 @@ taken within a round, then their median; nothing asserts a speed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.metadata
 import inspect
@@ -20,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,36 @@ def load() -> str:
     if not hasattr(os, "getloadavg"):
         return "n/a"
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def huey_app(huey: Any, sqlite: str | None = None) -> Any:
+    """huey's reference queue: ``MemoryHuey``, or ``SqliteHuey`` at ``sqlite``
+    with an fsync per commit (synchronous=FULL, as errands' default)."""
+    if sqlite is None:
+        return huey.MemoryHuey("bench", store_none=True)
+    return huey.SqliteHuey("bench", filename=sqlite, fsync=True, store_none=True)
+
+
+@contextlib.contextmanager
+def huey_consumer(app: Any, workers: int) -> Iterator[Any]:
+    """huey's consumer for ``app`` with ``workers`` threads, running; stopped
+    on exit, and the signal handlers it installs put back.  Its idle poll is
+    short (huey's default backs off to 10 s), so that workers idle before a
+    burst do not sleep through its start."""
+    consumer = app.create_consumer(
+        workers=workers,
+        worker_type="thread",
+        periodic=False,
+        initial_delay=0.001,
+        max_delay=0.05,
+        check_worker_health=False,
+    )
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # what Consumer.start() takes over
+    saved = {s: signal.getsignal(s) for s in (getattr(signal, n, None) for n in names) if s}
+    consumer.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop(graceful=True)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

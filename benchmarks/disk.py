@@ -67,7 +67,6 @@ import argparse
 import importlib
 import os
 import secrets
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -306,47 +305,20 @@ def _import_huey() -> ModuleType | None:
         return None
 
 
-@contextmanager
-def _signals_kept() -> Iterator[None]:
-    """huey's ``Consumer.start()`` installs SIGINT/SIGTERM/SIGHUP handlers; put ours back."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    saved = {s: signal.getsignal(s) for s in (getattr(signal, n, None) for n in names) if s}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-
-
 def huey_burst(huey: ModuleType, n: int, workers: int, base: str | None) -> float:
     """Seconds from the first of N enqueues until every result has been read."""
     with scratch(base) as directory:
-        app = huey.SqliteHuey(
-            "bench", filename=os.path.join(directory, "huey.db"), fsync=True, store_none=True
-        )
+        app = _common.huey_app(huey, os.path.join(directory, "huey.db"))
         noop = app.task()(huey_noop)
-
-        # A short idle poll (huey's default backs off to 10 s) so that workers
-        # idle before the burst do not sleep through its start.
-        consumer = app.create_consumer(
-            workers=workers,
-            worker_type="thread",
-            periodic=False,
-            initial_delay=0.001,
-            max_delay=0.05,
-            check_worker_health=False,
-        )
-        with _signals_kept():
-            consumer.start()
-            try:
+        try:
+            with _common.huey_consumer(app, workers):
                 begin = perf_counter()
                 results = [noop() for _ in range(n)]
                 for result in results:
                     result.get(blocking=True, timeout=120, max_delay=0.05)
                 elapsed = perf_counter() - begin
-            finally:
-                consumer.stop(graceful=True)
-                app.storage.close()
+        finally:
+            app.storage.close()
     return elapsed
 
 
@@ -354,9 +326,7 @@ def huey_enqueue_latency(huey: ModuleType, n: int, base: str | None) -> list[flo
     """Seconds of N enqueues one at a time (no consumer: enqueue only)."""
     latencies = []
     with scratch(base) as directory:
-        app = huey.SqliteHuey(
-            "bench", filename=os.path.join(directory, "huey.db"), fsync=True, store_none=True
-        )
+        app = _common.huey_app(huey, os.path.join(directory, "huey.db"))
         noop = app.task()(huey_noop)
         try:
             for _ in range(n):

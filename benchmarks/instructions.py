@@ -40,7 +40,6 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -110,31 +109,13 @@ def huey_loop(n: int, sqlite: bool = False) -> None:
     import huey
 
     with tempfile.TemporaryDirectory(prefix="errands-instructions-") as scratch:
-        if sqlite:
-            path = os.path.join(scratch, "huey.db")
-            app = huey.SqliteHuey("bench", filename=path, fsync=True, store_none=True)
-        else:
-            app = huey.MemoryHuey("bench", store_none=True)
+        app = _common.huey_app(huey, os.path.join(scratch, "huey.db") if sqlite else None)
         task = app.task()(lambda: None)
-        consumer = app.create_consumer(
-            workers=4,
-            worker_type="thread",
-            periodic=False,
-            initial_delay=0.001,
-            max_delay=0.05,
-            check_worker_health=False,
-        )
-        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        consumer.start()
-        try:
+        with _common.huey_consumer(app, 4):
             for count in (WARM // 4 if sqlite else WARM, n):
                 results = [task() for _ in range(count)]
                 for result in results:
                     result.get(blocking=True, timeout=600, max_delay=0.05)
-        finally:
-            consumer.stop(graceful=True)
-            for signum, handler in saved.items():
-                signal.signal(signum, handler)
 
 
 LOOPS: dict[str, Callable[[int], None]] = {

@@ -107,33 +107,14 @@ def durable_round(directory: str, n: int) -> float:
 
 
 def huey_round(huey: Any, n: int, workers: int, sqlite: str | None = None) -> float:
-    if sqlite is None:
-        app = huey.MemoryHuey("bench", store_none=True)
-    else:
-        app = huey.SqliteHuey("bench", filename=sqlite, fsync=True, store_none=True)
+    app = _common.huey_app(huey, sqlite)
     task = app.task()(lambda: None)
-    consumer = app.create_consumer(
-        workers=workers,
-        worker_type="thread",
-        periodic=False,
-        initial_delay=0.001,
-        max_delay=0.05,
-        check_worker_health=False,
-    )
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    consumer.start()
-    try:
+    with _common.huey_consumer(app, workers):
         start = perf_counter()
         results = [task() for _ in range(n)]
         for result in results:
             result.get(blocking=True, timeout=120, max_delay=0.05)
         elapsed = perf_counter() - start
-    finally:
-        consumer.stop(graceful=True)
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
     return n / elapsed
 
 
