@@ -26,7 +26,6 @@ from errands import (
     TaskStatus,
 )
 from errands._backend import start_record
-from errands._model import unpack_record
 from errands._status import check_transition
 
 __all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
@@ -319,23 +318,42 @@ def _newest_first(row: tuple[float, str, StoredTask | None]) -> tuple[float, str
     return row[0], row[1]
 
 
+#: A final record as :class:`MemoryStore` keeps it: status value, name,
+#: created_at, expires_at, token, the record packed.
+_Final = tuple[str, str, float, float | None, int, bytes]
+_STATUS_OF = {status.value: status for status in TaskStatus}
+
+
+def _from_final(task_id: str, final: _Final) -> StoredTask:
+    status, name, created_at, expires_at, token, packed = final
+    return StoredTask.from_packed(
+        id=task_id,
+        name=name,
+        status=_STATUS_OF[status],
+        token=token,
+        created_at=created_at,
+        expires_at=expires_at,
+        packed=packed,
+    )
+
+
 class MemoryStore(Store):
     """Records and results in dicts, with a heap of expiry times for purging."""
 
     def __init__(self) -> None:
         #: Records of tasks not final yet (and final ones that do not pack).
         self._records: dict[str, StoredTask] = {}
-        #: Final records packed (:func:`~errands._model.pack_record`), and
-        #: results as their media type and bytes: dicts of strings and bytes
-        #: alone, which Python's garbage collector never walks, where the
-        #: objects of the history kept (a day of it by default) made every
-        #: full collection longer with each task.
-        self._final: dict[str, bytes] = {}
-        #: What :meth:`list` filters and orders the final records by, without
-        #: unpacking them (dicts of plain values, never walked either).
-        self._final_created: dict[str, float] = {}
-        self._final_status: dict[str, str] = {}
-        self._final_name: dict[str, str] = {}
+        #: Final records, each as a tuple of plain values: its status value,
+        #: name, creation time, expiry, token and the record packed
+        #: (:func:`~errands._model.pack_record`); and results as their media
+        #: type and bytes.  Python's garbage collector never walks these
+        #: (tuples of strings, numbers and bytes are untracked at their first
+        #: collection), where the objects of the history kept (a day of it
+        #: by default) made every full collection longer with each task.  The
+        #: scalars beside the packed record are what :meth:`list` filters and
+        #: orders by and what a read of the status or the expiry needs,
+        #: without unpacking the record.
+        self._final: dict[str, _Final] = {}
         self._result_types: dict[str, str] = {}
         self._result_data: dict[str, bytes] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -352,9 +370,9 @@ class MemoryStore(Store):
     def _find(self, task_id: str) -> StoredTask | None:
         task = self._records.get(task_id)
         if task is None:
-            packed = self._final.get(task_id)
-            if packed is not None:
-                return StoredTask.from_record(unpack_record(packed))
+            final = self._final.get(task_id)
+            if final is not None:
+                return _from_final(task_id, final)
         return task
 
     def _drop_task(self, task_id: str) -> bool:
@@ -363,10 +381,7 @@ class MemoryStore(Store):
         self._result_data.pop(task_id, None)
         if self._records.pop(task_id, None) is not None:
             return True
-        if self._final.pop(task_id, None) is None:
-            return False
-        del self._final_created[task_id], self._final_status[task_id], self._final_name[task_id]
-        return True
+        return self._final.pop(task_id, None) is not None
 
     def _create(self, task: StoredTask) -> bool:
         if task.id in self._records or task.id in self._final:
@@ -454,10 +469,14 @@ class MemoryStore(Store):
         packed = task.packed() if task.status.is_final else None
         if packed is not None:
             del self._records[task.id]
-            self._final[task.id] = packed
-            self._final_created[task.id] = task.created_at
-            self._final_status[task.id] = task.status._value_
-            self._final_name[task.id] = task.name
+            self._final[task.id] = (
+                task.status._value_,
+                task.name,
+                task.created_at,
+                task.expires_at,
+                task.token,
+                packed,
+            )
         else:
             self._records[task.id] = task
         if result is not None:
@@ -500,16 +519,14 @@ class MemoryStore(Store):
             # Final records are filtered and ordered by their side columns;
             # only the page's are unpacked.
             wanted = None if status is None else status.value
-            names, statuses = self._final_name, self._final_status
             rows.extend(
-                (-created, task_id, None)
-                for task_id, created in self._final_created.items()
-                if (name is None or names[task_id] == name)
-                and (wanted is None or statuses[task_id] == wanted)
+                (-final[2], task_id, None)
+                for task_id, final in self._final.items()
+                if (name is None or final[1] == name) and (wanted is None or final[0] == wanted)
             )
         rows.sort(key=_newest_first)
         return [
-            task if task is not None else StoredTask.from_record(unpack_record(self._final[i]))
+            task if task is not None else _from_final(i, self._final[i])
             for _, i, task in rows[offset : offset + limit]
         ]
 

@@ -228,7 +228,7 @@ async def batch_counts(engine: Engine, batch_id: str) -> dict[str, int]:
         found = await engine.core.store.get_many(ids)
         for task_id in ids:
             stored = found.get(task_id)
-            if stored is None or stored.record.is_expired(now):
+            if stored is None or stored.is_expired(now):
                 counts["expired"] = counts.get("expired", 0) + 1
             else:
                 counts[stored.status.value] += 1

@@ -411,10 +411,23 @@ class StoredTask:
     look inside ``data``.  A backend that rebuilds a ``StoredTask`` from storage
     calls the constructor with the bytes it saved.  Built by the engine from a
     record, ``data`` is encoded only when first read, so a backend that keeps
-    objects in memory never pays for JSON.
+    objects in memory never pays for JSON.  A backend that keeps records
+    packed (:func:`pack_record`) builds one with :meth:`from_packed`: the
+    record is unpacked only when first read, so what reads the scalars alone
+    (a batch's counts, a wait, a purge) never unpacks it.
     """
 
-    __slots__ = ("_data", "_record", "created_at", "expires_at", "id", "name", "status", "token")
+    __slots__ = (
+        "_data",
+        "_packed",
+        "_record",
+        "created_at",
+        "expires_at",
+        "id",
+        "name",
+        "status",
+        "token",
+    )
 
     def __init__(
         self,
@@ -434,6 +447,7 @@ class StoredTask:
         self.created_at = created_at
         self.expires_at = expires_at
         self._data: bytes | None = data
+        self._packed: bytes | None = None
         self._record: TaskRecord | None = None
 
     @classmethod
@@ -446,13 +460,47 @@ class StoredTask:
         self.created_at = record.created_at
         self.expires_at = record.expires_at
         self._data = None
+        self._packed = None
         self._record = record
         return self
 
+    @classmethod
+    def from_packed(
+        cls,
+        *,
+        id: str,
+        name: str,
+        status: TaskStatus,
+        token: int,
+        created_at: float,
+        expires_at: float | None,
+        packed: bytes,
+    ) -> StoredTask:
+        """A task whose record is ``packed`` (:func:`pack_record`), with the
+        scalars given beside it; the record is unpacked when first read."""
+        self = cls.__new__(cls)
+        self.id = id
+        self.name = name
+        self.status = status
+        self.token = token
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self._data = None
+        self._packed = packed
+        self._record = None
+        return self
+
+    def is_expired(self, now: float) -> bool:
+        """Whether the task's retention ended by ``now`` (its record not read)."""
+        expires_at = self.expires_at
+        return expires_at is not None and expires_at <= now
+
     def packed(self) -> bytes | None:
         """The record packed (:func:`pack_record`) when this task holds it as
-        an object (built from a record); None for one built from stored
-        bytes, or whose arguments do not pack."""
+        an object or packed; None for one built from stored bytes, or whose
+        arguments do not pack."""
+        if self._packed is not None:
+            return self._packed
         if self._record is None or self._data is not None:
             return None
         try:
@@ -464,14 +512,16 @@ class StoredTask:
     def data(self) -> bytes:
         """The whole record as UTF-8 JSON."""
         if self._data is None:
-            assert self._record is not None
-            self._data = dumps(converter.unstructure(self._record)).encode("utf-8")
+            self._data = dumps(converter.unstructure(self.record)).encode("utf-8")
         return self._data
 
     @property
     def record(self) -> TaskRecord:
         """The record decoded (the engine's view); raises BackendError when unreadable."""
         if self._record is None:
+            if self._packed is not None:
+                self._record = unpack_record(self._packed)
+                return self._record
             assert self._data is not None
             try:
                 self._record = converter.structure(json.loads(self._data), TaskRecord)

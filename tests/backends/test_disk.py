@@ -158,6 +158,25 @@ async def test_an_unreadable_record_is_an_error_not_a_loss(tmp_path: Path) -> No
         assert await handle.wait(timeout=10) is TaskStatus.SUCCESS
 
 
+async def test_a_batch_counts_by_the_stored_status_alone(tmp_path: Path) -> None:
+    """Counting a batch reads each member's stored status and expiry, never
+    its record (decoding every member's JSON was most of the counts' cost):
+    an unreadable member is counted, and the others are not harmed."""
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        batch = await client.add.submit_many([{"a": i, "b": 1} for i in range(20)])
+        assert (await batch.wait(timeout=30))["success"] == 20
+    bad = batch.tasks[4].id
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad))
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        again = await client.get_batch(batch.id)
+        counts = await again.counts()
+        assert counts["success"] == 20 and counts["total"] == 20
+        with pytest.raises(errands.BackendError, match=f"record of task {bad} is unreadable"):
+            await client.get_task(bad).get_status()
+        assert await client.get_task(batch.tasks[5].id).get() == 6
+
+
 async def test_restart_resumes_pending_and_keeps_results(tmp_path: Path) -> None:
     async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
         done = await client.add.submit(a=2, b=3)
