@@ -952,6 +952,29 @@ class DiskCacheStore(Store):
 
         return await self._db.run(members, write=False)
 
+    async def batch_counts(self, batch_id: str, *, now: float) -> dict[str, int]:
+        """One query: the members joined to their tasks' status and expiry,
+        grouped (a member without a record, or past its expiry, is expired)."""
+
+        def count(conn: sqlite3.Connection) -> list[tuple[str | None, int]]:
+            rows = conn.execute(
+                "SELECT CASE WHEN t.id IS NULL OR t.expires_at <= ? THEN NULL"
+                " ELSE t.status END, count(*)"
+                " FROM batches b LEFT JOIN tasks t ON t.id = b.task_id"
+                " WHERE b.batch_id = ? GROUP BY 1",
+                (now, batch_id),
+            )
+            return [(status, int(n)) for status, n in rows]
+
+        counts = dict.fromkeys((s.value for s in TaskStatus), 0)
+        total = 0
+        for status, n in await self._db.run(count, write=False):
+            key = "expired" if status is None else status
+            counts[key] = counts.get(key, 0) + n
+            total += n
+        counts["total"] = total
+        return counts
+
     async def list(
         self,
         *,

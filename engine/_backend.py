@@ -51,6 +51,9 @@ from ._status import TaskStatus, check_transition
 
 __all__ = ["Backend", "Queue", "Renewal", "Store", "start_record"]
 
+#: Members read per step by :meth:`Store.batch_counts`'s default.
+_COUNT_CHUNK = 500
+
 
 def start_record(
     starting: Callable[[Claim, StoredTask], StoredTask], claim: Claim, pending: StoredTask
@@ -305,6 +308,34 @@ class Store(abc.ABC):
         order, skipping the first ``offset`` members, then at most ``limit``
         of them; [] for an unknown batch."""
         raise NotImplementedError(f"{type(self).__name__} does not record batches")
+
+    async def batch_counts(self, batch_id: str, *, now: float) -> dict[str, int]:
+        """How many members of batch ``batch_id`` are in each status: a key
+        per status value, ``total`` (every member), and ``expired`` for
+        members whose record is gone or whose expiry is at or before ``now``
+        (only when there are any).  All zero for an unknown batch.
+
+        Reads each member's stored status and expiry, never its record.
+        This default reads the members and their tasks in chunks; a backend
+        that can count in one query overrides it.
+        """
+        counts = dict.fromkeys((s.value for s in TaskStatus), 0)
+        total = 0
+        while True:
+            members = await self.batch_members(batch_id, offset=total, limit=_COUNT_CHUNK)
+            if not members:
+                break
+            ids = [task_id for _, task_id in members]
+            found = await self.get_many(ids)
+            for task_id in ids:
+                task = found.get(task_id)
+                if task is None or task.is_expired(now):
+                    counts["expired"] = counts.get("expired", 0) + 1
+                else:
+                    counts[task.status.value] += 1
+            total += len(ids)
+        counts["total"] = total
+        return counts
 
 
 class Backend(abc.ABC):

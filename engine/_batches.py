@@ -32,7 +32,6 @@ from ._errors import (
 )
 from ._health import HOLD
 from ._model import StoredTask, TaskError, TaskRecord, is_task_id, new_task_id
-from ._status import TaskStatus
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -215,24 +214,6 @@ class BatchWriter:
 
 
 async def batch_counts(engine: Engine, batch_id: str) -> dict[str, int]:
-    """How many members of the batch are in each status (``total`` too)."""
-    counts = dict.fromkeys((s.value for s in TaskStatus), 0)
-    total = 0
-    offset = 0
-    now = engine.core.now()
-    while True:
-        members = await engine.core.store.batch_members(batch_id, offset=offset, limit=CHUNK)
-        if not members:
-            break
-        ids = [task_id for _, task_id in members]
-        found = await engine.core.store.get_many(ids)
-        for task_id in ids:
-            stored = found.get(task_id)
-            if stored is None or stored.is_expired(now):
-                counts["expired"] = counts.get("expired", 0) + 1
-            else:
-                counts[stored.status.value] += 1
-        total += len(ids)
-        offset += len(ids)
-    counts["total"] = total
-    return counts
+    """How many members of the batch are in each status (``total`` too):
+    :meth:`Store.batch_counts`, which reads no member's record."""
+    return await engine.core.store.batch_counts(batch_id, now=engine.core.now())

@@ -1095,6 +1095,38 @@ async def test_enqueue_many_orders_by_priority_then_submission(backend: Backend)
     assert [c.task_id for c in claims] == [t.id for t in high + low]
 
 
+async def test_batch_counts_read_the_stored_status_and_expiry(backend: Backend) -> None:
+    """Pending, running, each final status, past its expiry, and deleted:
+    counted by what each member's record says now, on every backend."""
+    tasks = [stored(record()) for _ in range(7)]
+    await backend.enqueue_many(
+        tasks, priority=0, not_before=0.0, batch_id="b" * 22, positions=list(range(7))
+    )
+    ends = [(S, NOW + 100), (F, NOW + 100), (C, NOW + 100), (S, NOW - 1)]
+    for task in tasks[1:6]:
+        running = attrs.evolve(task.record, status=R, started_at=NOW)
+        assert await backend.store.transition(stored(running), expect=P)
+    for task, (status, expires_at) in zip(tasks[2:6], ends, strict=True):
+        ended = attrs.evolve(task.record, status=status, finished_at=NOW, expires_at=expires_at)
+        assert await backend.store.transition(stored(ended), expect=R)
+    assert await backend.store.delete(tasks[6].id)
+    counts = await backend.store.batch_counts("b" * 22, now=NOW)
+    assert counts == {
+        "pending": 1,
+        "in_progress": 1,
+        "success": 1,
+        "failure": 1,
+        "cancelled": 1,
+        "expired": 2,
+        "total": 7,
+    }
+    # An expiry exactly now counts as expired; an unknown batch counts nothing.
+    later = await backend.store.batch_counts("b" * 22, now=NOW + 100)
+    assert later["expired"] == 5 and later["total"] == 7 and later["success"] == 0
+    nothing = await backend.store.batch_counts("c" * 22, now=NOW)
+    assert nothing == {s.value: 0 for s in TaskStatus} | {"total": 0}
+
+
 async def test_a_batch_goes_with_its_last_record(backend: Backend) -> None:
     done = [stored(record()) for _ in range(2)]
     for task in done:
