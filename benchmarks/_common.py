@@ -251,6 +251,13 @@ class Columns:
             f"{series.span('.2f'):<{self.span}} {note}"
         ).rstrip()
 
+    def figure(self, label: str, series: Series, unit: str) -> str:
+        """A row of a small figure (two decimals) in ``unit``."""
+        return (
+            f"  {label:<{self.label}}{series.median:>{self.value}.2f}  "
+            f"{series.span('.2f'):<{self.span}} {unit}"
+        ).rstrip()
+
     def latency_header(self) -> str:
         return f"  {'':<{self.label}}{'p50':>{self.value}}  {'':<{self.span}}{'p99':>{self.value}}"
 

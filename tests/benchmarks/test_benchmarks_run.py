@@ -53,6 +53,16 @@ def test_batching_quick_runs() -> None:
 
 
 @pytest.mark.realtime
+def test_batch_counts_quick_runs() -> None:
+    run_quick(
+        "batch_counts.py",
+        "batch.counts()",
+        "ratio reference / counts (memory)",
+        "ratio reference / counts (diskcache)",
+    )
+
+
+@pytest.mark.realtime
 def test_redis_quick_runs() -> None:
     from tests.tools import find_tool
 
