@@ -30,7 +30,6 @@ from errands import (
     TaskDefinition,
     TaskError,
     TaskInfo,
-    TaskNotFound,
     TaskStatus,
 )
 from errands._batches import CHUNK, batch_counts, is_batch_id
@@ -145,54 +144,59 @@ class _ResultLines:
         self._compat = bentoml_compat
         self._hide = hide_errors
 
-    async def line(
-        self, index: int, task_id: str, status: TaskStatus | None, error: TaskError | None
-    ) -> bytes:
-        media = data = url = None
-        if status is TaskStatus.SUCCESS:
-            try:
-                record, payload = await self.engine.result_payload(task_id)
-            except TaskNotFound:
-                status = None
-            else:
-                status, error = record.status, record.error
-                if payload is not None:
+    async def lines(self, members: Sequence[_Member]) -> list[bytes]:
+        """The lines of ``members`` (index, task id, and the status and error
+        read of each), their successes' results read in one call."""
+        successes = [task_id for _, task_id, status, _ in members if status is TaskStatus.SUCCESS]
+        payloads = await self.engine.stored_results(successes) if successes else {}
+        out = []
+        for index, task_id, status, error in members:
+            media = data = url = None
+            if status is TaskStatus.SUCCESS:
+                payload = payloads.get(task_id)
+                if payload is None:
+                    status = None  # gone since it was read
+                else:
                     media, data = payload.media_type, payload.data
-                if self._get is not None:
-                    url = f"{self._get}?task_id={task_id}"
-        return result_line(
-            index,
-            task_id,
-            status,
-            error,
-            media_type=media,
-            data=data,
-            result_url=url,
-            bentoml_compat=self._compat,
-            hide_errors=self._hide,
-        )
+                    if self._get is not None:
+                        url = f"{self._get}?task_id={task_id}"
+            out.append(
+                result_line(
+                    index,
+                    task_id,
+                    status,
+                    error,
+                    media_type=media,
+                    data=data,
+                    result_url=url,
+                    bentoml_compat=self._compat,
+                    hide_errors=self._hide,
+                )
+            )
+        return out
 
     async def finished_now(
         self, indexes: Sequence[int], ids: Sequence[str], order: str
     ) -> AsyncGenerator[bytes]:
         """The tasks final now (or gone): in submission order, or by when they ended."""
-        ended: list[tuple[float, int, str, TaskStatus | None, TaskError | None]] = []
+        ended: list[tuple[float, _Member]] = []
         for start in range(0, len(ids), CHUNK):
             window = ids[start : start + CHUNK]
             found = await self.engine.wait_any(window, 0)
-            for index, task_id in zip(indexes[start : start + CHUNK], window, strict=True):
-                if task_id not in found:
-                    continue
-                info = found[task_id]
-                status = None if info is None else info.status
-                error = None if info is None else info.error
-                if order == "submission":
-                    yield await self.line(index, task_id, status, error)
-                else:
-                    ended.append((_ended_at(info), index, task_id, status, error))
-        ended.sort(key=lambda e: (e[0], e[1]))
-        for _, index, task_id, status, error in ended:
-            yield await self.line(index, task_id, status, error)
+            members = [
+                _member(index, task_id, found[task_id])
+                for index, task_id in zip(indexes[start : start + CHUNK], window, strict=True)
+                if task_id in found
+            ]
+            if order == "submission":
+                for line in await self.lines(members):
+                    yield line
+            else:
+                ended.extend((_ended_at(found[m[1]]), m) for m in members)
+        ended.sort(key=lambda e: (e[0], e[1][0]))
+        for start in range(0, len(ended), CHUNK):
+            for line in await self.lines([m for _, m in ended[start : start + CHUNK]]):
+                yield line
 
     async def in_order(self, indexes: Sequence[int], ids: Sequence[str]) -> AsyncGenerator[bytes]:
         """Every task in submission order, each once it is final."""
@@ -200,15 +204,15 @@ class _ResultLines:
         while position < len(ids):
             window = ids[position : position + CHUNK]
             found = await self.engine.wait_any(window, 0)
-            for task_id in window:
+            members = []
+            for index, task_id in zip(indexes[position : position + CHUNK], window, strict=True):
                 if task_id not in found:
                     break
-                info = found[task_id]
-                status = None if info is None else info.status
-                error = None if info is None else info.error
-                yield await self.line(indexes[position], task_id, status, error)
-                position += 1
-            else:
+                members.append(_member(index, task_id, found[task_id]))
+            for line in await self.lines(members):
+                yield line
+            position += len(members)
+            if len(members) == len(window):
                 continue
             yield FLUSH  # ids[position] is not final: what is ready goes out first
             if not await self.engine.wait_any([ids[position]], KEEPALIVE):
@@ -227,14 +231,25 @@ class _ResultLines:
                 if not found:
                     yield IDLE
                     continue
+            members = []
             for task_id in sorted(found, key=lambda i: _ended_at(found[i])):
                 index = remaining.pop(task_id, None)
-                if index is None:
-                    continue
-                info = found[task_id]
-                status = None if info is None else info.status
-                error = None if info is None else info.error
-                yield await self.line(index, task_id, status, error)
+                if index is not None:
+                    members.append(_member(index, task_id, found[task_id]))
+            for start in range(0, len(members), CHUNK):
+                for line in await self.lines(members[start : start + CHUNK]):
+                    yield line
+
+
+#: A member of a results stream: its index, task id, and status and error
+#: as read (None, None: gone).
+_Member = tuple[int, str, "TaskStatus | None", "TaskError | None"]
+
+
+def _member(index: int, task_id: str, info: TaskInfo | None) -> _Member:
+    if info is None:
+        return index, task_id, None, None
+    return index, task_id, info.status, info.error
 
 
 def _ended_at(info: TaskInfo | None) -> float:

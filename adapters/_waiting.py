@@ -320,6 +320,8 @@ INLINE_RESULT = 64 * 1024
 INLINE_ANSWER = 1024 * 1024
 #: Below this much room left, no more results are read for an answer.
 _SMALLEST = 64
+#: Successes whose results are read together for an answer.
+_INLINE_WINDOW = 64
 
 
 async def _wait_and_read(
@@ -336,21 +338,26 @@ async def _wait_and_read(
 
 async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tuple[str, bytes]]:
     """In the engine's run: the stored results of these successes that the
-    answer inlines, as (media type, JSON), by task id (see :func:`wait_many`)."""
+    answer inlines, as (media type, JSON), by task id (see :func:`wait_many`).
+    Read a window at a time (two store calls each), until the answer's
+    share is spent."""
     out: dict[str, tuple[str, bytes]] = {}
     room = INLINE_ANSWER
-    for task_id in task_ids:
+    for start in range(0, len(task_ids), _INLINE_WINDOW):
         if room < _SMALLEST:
             break  # the answer's share is spent: the rest are read by their get()
-        try:
-            # Bytes and images are never inlined: not even read.
-            _, payload = await engine.result_payload(task_id, wanted=inlinable)
-        except TaskNotFound:
-            continue  # expired meanwhile: its get() says so
-        if payload is None or len(payload.data) > min(INLINE_RESULT, room):
-            continue
-        inline = inline_result(payload.media_type, payload.data)
-        if inline is not None and len(inline) <= min(INLINE_RESULT, room):
-            out[task_id] = (payload.media_type, inline)
-            room -= len(inline)
+        window = task_ids[start : start + _INLINE_WINDOW]
+        # Bytes and images are never inlined: not even read.  Expired ones
+        # are left out: their get() says so.
+        read = await engine.result_payloads(window, wanted=inlinable)
+        for task_id in window:
+            if room < _SMALLEST:
+                break
+            _, payload = read.get(task_id, (None, None))
+            if payload is None or len(payload.data) > min(INLINE_RESULT, room):
+                continue
+            inline = inline_result(payload.media_type, payload.data)
+            if inline is not None and len(inline) <= min(INLINE_RESULT, room):
+                out[task_id] = (payload.media_type, inline)
+                room -= len(inline)
     return out

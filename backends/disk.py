@@ -898,6 +898,42 @@ class DiskCacheStore(Store):
             return found
         return await self._in_thread(self._read_result, f"{task_id}:{found}")
 
+    async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
+        ids = list(task_ids)
+
+        def find(conn: sqlite3.Connection) -> tuple[dict[str, Payload], dict[str, int]]:
+            small: dict[str, Payload] = {}
+            large: dict[str, int] = {}  # task id -> token: in diskcache
+            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT t.id, t.token, r.media_type, r.data FROM tasks t"
+                    f" LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
+                    " AND t.status = ?",
+                    (*chunk, TaskStatus.SUCCESS.value),
+                )
+                for task_id, token, media_type, data in rows:
+                    if media_type is not None:
+                        small[task_id] = Payload(media_type=media_type, data=bytes(data))
+                    else:
+                        large[task_id] = int(token)
+            return small, large
+
+        found, large = await self._db.run(find, write=False)
+        if large:
+
+            def read_large() -> dict[str, Payload]:
+                read = {}
+                for task_id, token in large.items():
+                    payload = self._read_result(f"{task_id}:{token}")
+                    if payload is not None:
+                        read[task_id] = payload
+                return read
+
+            found.update(await self._in_thread(read_large))
+        return found
+
     def _read_result(self, key: str) -> Payload | None:
         try:
             value, tag = self._results.get(key, default=None, tag=True)

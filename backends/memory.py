@@ -493,6 +493,16 @@ class MemoryStore(Store):
             return None
         return Payload(media_type=self._result_types[task_id], data=data)
 
+    async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        datas, types = self._result_data, self._result_types
+        found = {}
+        for task_id in task_ids:
+            data = datas.get(task_id)
+            if data is not None:
+                found[task_id] = Payload(media_type=types[task_id], data=data)
+        return found
+
     async def delete(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._drop_task(task_id):

@@ -880,6 +880,16 @@ def _claim_args(
     return [owner, _num(now), _num(lease_until), int(limit), *pairs]
 
 
+def _payload(media_type: Any, data: Any) -> Payload | None:
+    """A stored result from its hash fields (None when it has none)."""
+    if media_type is None or data is None:
+        return None
+    return Payload(
+        media_type=_text(media_type),
+        data=data if isinstance(data, bytes) else str(data).encode(),
+    )
+
+
 def _stored(task_id: str, fields: Sequence[Any]) -> StoredTask | None:
     name, status, token, created, expires, data = fields
     if name is None:
@@ -972,12 +982,25 @@ class RedisStore(Store):
     async def get_result(self, task_id: str) -> Payload | None:
         key = self._key(task_id)
         media_type, data = await self._c.command("hmget", key, ("rm", "rv"))
-        if media_type is None or data is None:
-            return None
-        return Payload(
-            media_type=_text(media_type),
-            data=data if isinstance(data, bytes) else str(data).encode(),
-        )
+        return _payload(media_type, data)
+
+    async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
+        ids = list(task_ids)
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+
+        def add(pipe: Any) -> None:
+            for task_id in ids:
+                pipe.hmget(self._key(task_id), ("rm", "rv"))
+
+        rows = await self._c.call(add, len(ids), list)
+        found = {}
+        for task_id, (media_type, data) in zip(ids, rows, strict=True):
+            payload = _payload(media_type, data)
+            if payload is not None:
+                found[task_id] = payload
+        return found
 
     async def delete(self, task_id: str) -> bool:
         return bool(await self._c.script("delete", task_id))

@@ -255,6 +255,17 @@ class Store(abc.ABC):
     async def get_result(self, task_id: str) -> Payload | None:
         """The stored result, or None."""
 
+    async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
+        """The stored results of those of ``task_ids`` that have one, read
+        together (a batch's results).  This default reads one at a time; a
+        backend that can read many in one step overrides it."""
+        found = {}
+        for task_id in task_ids:
+            payload = await self.get_result(task_id)
+            if payload is not None:
+                found[task_id] = payload
+        return found
+
     @abc.abstractmethod
     async def delete(self, task_id: str) -> bool:
         """Delete the record and its result.  False if there was none."""

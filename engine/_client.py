@@ -16,7 +16,9 @@ from ._status import TaskStatus
 from ._waiting import EngineWaiter, as_completed
 
 if TYPE_CHECKING:
+    from ._convert import Payload
     from ._engine import Engine, EngineStatistics
+    from ._model import StoredTask
 
 __all__ = ["AsyncBatch", "AsyncClient", "AsyncEndpoint", "AsyncTask", "by_keyword"]
 
@@ -147,19 +149,42 @@ class AsyncBatch:
     async def results(self, *, order: str = "submission") -> AsyncIterator[BatchResult]:
         """Each task's outcome as it is final: in submission ``order``
         (``"submission"``) or as they finish (``"completed"``)."""
+        async for ready in self.result_chunks(order=order):
+            for result in ready:
+                yield result
+
+    async def result_chunks(self, *, order: str = "submission") -> AsyncIterator[list[BatchResult]]:
+        """:meth:`results`, as lists of the outcomes read together.
+
+        In submission order, once a task is final the outcomes of it and of
+        the final ones right after it (up to 500) are read in two store
+        calls, not two each; a task not final yet ends the list, and is
+        waited for."""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
-        indexes = dict(zip((t.id for t in self.tasks), self.indexes, strict=True))
+        engine = self._engine
         if order == "completed":
+            indexes = dict(zip((t.id for t in self.tasks), self.indexes, strict=True))
             async for task in as_completed(self.tasks):
-                yield await _outcome(self._engine, indexes[task.id], task.id)
+                yield [await _outcome(engine, indexes[task.id], task.id)]
             return
-        for index, task in zip(self.indexes, self.tasks, strict=True):
+        tasks, position = self.tasks, 0
+        while position < len(tasks):
             try:
-                await task.wait()
+                await tasks[position].wait()
             except TaskNotFound:
                 pass
-            yield await _outcome(self._engine, index, task.id)
+            window = tasks[position : position + CHUNK]
+            read = await engine.result_payloads([t.id for t in window])
+            ready = []
+            for index, task in zip(self.indexes[position : position + CHUNK], window, strict=True):
+                got = read.get(task.id)
+                if got is not None and not got[0].status.is_final:
+                    break  # not final yet: waited for next
+                ready.append(_result_of(engine, index, task.id, got))
+            position += len(ready)
+            if ready:
+                yield ready
 
     async def cancel(self) -> dict[str, int]:
         """Cancel every task of the batch not final yet; return :meth:`counts` then.
@@ -189,20 +214,29 @@ class AsyncBatch:
 
 async def _outcome(engine: Engine, index: int, task_id: str) -> BatchResult:
     """What a batch's results report of one final (or gone) task."""
-    try:
-        record, payload = await engine.result_payload(task_id)
-    except TaskNotFound:
+    read = await engine.result_payloads([task_id])
+    return _result_of(engine, index, task_id, read.get(task_id))
+
+
+def _result_of(
+    engine: Engine, index: int, task_id: str, got: tuple[StoredTask, Payload | None] | None
+) -> BatchResult:
+    """What a batch's results report of a task, from what was read of it
+    (None: gone).  A success's record is not decoded: its stored scalars
+    and result say all."""
+    if got is None:
         return BatchResult(index=index, task_id=task_id, status="expired")
-    result = None
-    if payload is not None:
-        result = await engine.result(task_id)
-    return BatchResult(
-        index=index,
-        task_id=task_id,
-        status=record.status.value,
-        result=result,
-        error=record.error,
-    )
+    task, payload = got
+    status = task.status
+    if status is TaskStatus.SUCCESS:
+        assert payload is not None
+        return BatchResult(
+            index=index,
+            task_id=task_id,
+            status=status.value,
+            result=engine.outcome(task_id, status, task.name, None, payload),
+        )
+    return BatchResult(index=index, task_id=task_id, status=status.value, error=task.record.error)
 
 
 async def load_batch(engine: Engine, batch_id: str) -> AsyncBatch:

@@ -764,6 +764,54 @@ class Engine:
             payload = await self.core.store.get_result(task_id)
         return record, payload
 
+    async def stored_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
+        """The stored results of those of ``task_ids`` that have one (successes
+        not purged), read together in one store call (for adapters)."""
+        await trio.lowlevel.checkpoint()
+        self.check_open()
+        ids = [task_id for task_id in task_ids if is_task_id(task_id)]
+        return await self.core.store.get_results(ids) if ids else {}
+
+    async def result_payloads(
+        self,
+        task_ids: Collection[str],
+        *,
+        wanted: Callable[[str | None], bool] | None = None,
+    ) -> dict[str, tuple[StoredTask, Payload | None]]:
+        """The stored tasks and, for successes, their stored results, read
+        together: two store calls, not two per task (a batch's results).
+        Tasks unknown, expired, with a malformed id, or a success whose
+        result is gone (purged meanwhile) are left out.  The records are not
+        decoded (``StoredTask.record`` decodes one when read) unless
+        ``wanted`` is given: then a success's result is read only when
+        ``wanted(record.result_type)`` (its media type) says so, else its
+        payload is None."""
+        await trio.lowlevel.checkpoint()
+        self.check_open()
+        ids = [task_id for task_id in task_ids if is_task_id(task_id)]
+        if not ids:
+            return {}
+        stored = await self.core.store.get_many(ids)
+        now = self.core.now()
+        found: dict[str, tuple[StoredTask, Payload | None]] = {}
+        successes = []
+        for task_id in ids:
+            task = stored.get(task_id)
+            if task is None or task.is_expired(now):
+                continue
+            found[task_id] = (task, None)
+            if task.status is SUCCESS and (wanted is None or wanted(task.record.result_type)):
+                successes.append(task_id)
+        if successes:
+            payloads = await self.core.store.get_results(successes)
+            for task_id in successes:
+                payload = payloads.get(task_id)
+                if payload is None:
+                    del found[task_id]  # purged between the two reads
+                else:
+                    found[task_id] = (found[task_id][0], payload)
+        return found
+
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:
         """Block until the task is final; return its status.
 

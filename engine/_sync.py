@@ -260,19 +260,21 @@ class Batch:
         they finish (``"completed"``)."""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
-        results = self._handle.results(order=order)
+        chunks = self._handle.result_chunks(order=order)
 
-        async def step() -> BatchResult | None:
+        async def step() -> list[BatchResult] | None:
             try:
-                return await results.__anext__()
+                return await chunks.__anext__()
             except StopAsyncIteration:
                 return None
 
+        # One call into the engine per list of outcomes read together, not
+        # one per task.
         while True:
-            result = self._portal.run(step)
-            if result is None:
+            ready = self._portal.run(step)
+            if ready is None:
                 return
-            yield result
+            yield from ready
 
     def cancel(self) -> dict[str, int]:
         """Cancel every task not final yet; the counts then."""

@@ -458,6 +458,48 @@ async def test_a_storage_fault_stops_the_batch_part_way() -> None:
         assert info.json()["indexes"] == list(range(800))
 
 
+async def test_a_results_stream_reads_the_results_a_window_at_a_time() -> None:
+    """The results of final tasks are read together (one store call per
+    window of 500), in each order and with or without waiting, not one read
+    per task; a member gone meanwhile is sent as expired."""
+    svc = errands.Service("windows")
+
+    @svc.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    backend = MemoryBackend()
+    app = create_app(svc, backend=backend)
+    async with in_process(app) as client:
+        answer = await client.post("/double/submit_many", json=[{"x": i} for i in range(1100)])
+        batch_id = answer.json()["batch_id"]
+        ids = [item["task_id"] for item in answer.json()["items"]]
+        done = await client.get(f"/batches/{batch_id}", params={"wait": 30, "limit": 0})
+        assert done.json()["counts"]["success"] == 1100, done.text
+        assert await backend.store.delete(ids[600])
+        store = backend.store
+        calls = {"get_result": 0, "get_results": 0}
+        one, many = store.get_result, store.get_results
+
+        async def get_result(task_id: str) -> errands.Payload | None:
+            calls["get_result"] += 1
+            return await one(task_id)
+
+        async def get_results(task_ids: Any) -> dict[str, errands.Payload]:
+            calls["get_results"] += 1
+            return await many(task_ids)
+
+        store.get_result = get_result  # type: ignore[method-assign]
+        store.get_results = get_results  # type: ignore[method-assign]
+        for params in ({}, {"wait": "true"}, {"order": "completed"}):
+            got = result_lines(await client.get(f"/batches/{batch_id}/results", params=params))
+            by_index = {r["index"]: r for r in got}
+            assert sorted(by_index) == list(range(1100)), params
+            assert by_index[600]["status"] == "expired"
+            assert all(by_index[i]["result"] == 2 * i for i in range(1100) if i != 600)
+        assert calls == {"get_result": 0, "get_results": 9}
+
+
 def _holding_app() -> tuple[Any, list[trio.Event]]:
     """An app whose task ``hold`` ends when the test sets the event of its run."""
     svc = errands.Service("stream")

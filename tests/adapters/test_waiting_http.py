@@ -377,6 +377,45 @@ async def test_wait_many_inlines_small_results_when_asked(
         assert wrong.status_code == 400 and "results" in wrong.json()["error"]
 
 
+async def test_wait_many_reads_the_results_to_inline_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The results an answer inlines are read a window at a time (one store
+    call per 64 successes), never one by one; bytes are not even read."""
+    from errands.backends import MemoryBackend
+
+    backend = MemoryBackend()
+    async with serving(make_app(backend=backend)) as client:
+        answer = await client.post(
+            "/shaped/submit_many", json=[{"kind": "json", "size": i % 5} for i in range(200)]
+        )
+        ids = [item["task_id"] for item in answer.json()["items"]]
+        raw = (await client.post("/shaped/submit", json={"kind": "bytes"})).json()["task_id"]
+        await trio.sleep(1)
+        store = backend.store
+        asked: list[list[str]] = []
+        singles = 0
+        one, many = store.get_result, store.get_results
+
+        async def get_result(task_id: str) -> errands.Payload | None:
+            nonlocal singles
+            singles += 1
+            return await one(task_id)
+
+        async def get_results(task_ids: Any) -> dict[str, errands.Payload]:
+            asked.append(list(task_ids))
+            return await many(task_ids)
+
+        store.get_result = get_result  # type: ignore[method-assign]
+        store.get_results = get_results  # type: ignore[method-assign]
+        answer = await client.post("/tasks/wait", json={"task_ids": [*ids, raw], "results": True})
+        done = {d["task_id"]: d for d in answer.json()["done"]}
+        assert all(done[t]["result"]["n"] == i % 5 for i, t in enumerate(ids))
+        assert "result" not in done[raw]
+        assert singles == 0 and len(asked) == 4
+        assert sorted(i for window in asked for i in window) == sorted(ids)
+
+
 async def test_wait_many_inlines_at_most_a_mebibyte(autojump_clock: trio.testing.MockClock) -> None:
     """Inlined results stay within 1 MiB per answer; the rest go without."""
     async with serving(make_app()) as client:

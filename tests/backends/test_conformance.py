@@ -167,6 +167,43 @@ async def test_small_and_large_results_alike(backend: Backend) -> None:
         assert await backend.store.get_result(rec.id) == blob
 
 
+async def test_get_results_reads_many_as_get_result_reads_one(backend: Backend) -> None:
+    """Small and large results together; tasks without one (running, failed,
+    deleted, unknown) are left out, as ``get_result`` answers None for them."""
+    ids = []
+    for size in (0, 10, 40_000, None):
+        rec = record()
+        ids.append(rec.id)
+        await backend.store.create(stored(rec))
+        await backend.store.transition(stored(attrs.evolve(rec, status=R, token=3)), expect=P)
+        if size is None:
+            continue  # left running
+        blob = Payload(media_type=f"x/size-{size}", data=b"y" * size)
+        assert await backend.store.transition(
+            stored(attrs.evolve(rec, status=S, token=3)), expect=R, token=3, result=blob
+        )
+    failed = record()
+    await backend.store.create(stored(failed))
+    await backend.store.transition(stored(attrs.evolve(failed, status=R, token=1)), expect=P)
+    assert await backend.store.transition(
+        stored(attrs.evolve(failed, status=F, token=1)), expect=R, token=1
+    )
+    gone = ids[1]
+    assert await backend.store.delete(gone)
+    asked = [*ids, failed.id, new_task_id()]
+    found = await backend.store.get_results(asked)
+    one_by_one = {}
+    for task_id in asked:
+        payload = await backend.store.get_result(task_id)
+        if payload is not None:
+            one_by_one[task_id] = payload
+    assert found == one_by_one
+    assert set(found) == {ids[0], ids[2]}
+    assert found[ids[2]] == Payload(media_type="x/size-40000", data=b"y" * 40_000)
+    assert found[ids[0]] == Payload(media_type="x/size-0", data=b"")
+    assert await backend.store.get_results([]) == {}
+
+
 async def test_delete(backend: Backend) -> None:
     rec = record()
     await backend.store.create(stored(rec))

@@ -109,6 +109,55 @@ async def test_results_as_completed_come_in_finishing_order(
         assert [r.index for r in results] == [2, 1, 0]
 
 
+async def test_results_in_submission_order_come_as_each_is_final(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """A task not final yet holds back the ones after it, not the ones before;
+    those after it that are final by then come right after it."""
+    async with errands.open_engine(svc, backend=make_backend(), clock=trio_wall) as client:
+        batch = await client.square.submit_many({"x": x} for x in (0, 3, 2, 6, 4))
+        start = trio.current_time()
+        seen = []
+        async for r in batch.results():
+            seen.append((r.index, r.result, round(trio.current_time() - start)))
+        # x sleeps x % 3 seconds: 0 and 3 end at once, 2 after 2 s; 6 (at
+        # once) and 4 (after 1 s) are final by then and come right after it.
+        assert seen == [(0, 0, 0), (1, 9, 0), (2, 4, 2), (3, 36, 2), (4, 16, 2)]
+
+
+async def test_results_of_a_finished_batch_are_read_together(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """Results of final tasks are read a window at a time (two store calls
+    per 500 tasks, not two per task), across windows, gone members included."""
+    backend = make_backend()
+    async with errands.open_engine(svc, backend=backend, clock=trio_wall) as client:
+        batch = await client.square.submit_many({"x": 3 * i + 2} for i in range(1100))
+        await batch.wait()
+        gone = batch.tasks[700].id
+        assert await backend.store.delete(gone)
+        store = backend.store
+        calls = {"get_result": 0, "get_results": 0}
+        one, many = store.get_result, store.get_results
+
+        async def get_result(task_id: str) -> errands.Payload | None:
+            calls["get_result"] += 1
+            return await one(task_id)
+
+        async def get_results(task_ids: object) -> dict[str, errands.Payload]:
+            calls["get_results"] += 1
+            return await many(task_ids)  # type: ignore[arg-type]
+
+        store.get_result = get_result  # type: ignore[method-assign]
+        store.get_results = get_results  # type: ignore[method-assign]
+        results = [r async for r in batch.results()]
+        assert [r.index for r in results] == list(range(1100))
+        assert results[700].status == "expired" and results[700].result is None
+        expected = [(3 * i + 2) ** 2 for i in range(1100)]
+        assert [r.result for r in results if r.index != 700] == expected[:700] + expected[701:]
+        assert calls == {"get_result": 0, "get_results": 3}
+
+
 async def test_a_large_batch_is_written_in_chunks_and_runs_whole(
     clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
 ) -> None:
