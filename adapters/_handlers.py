@@ -209,18 +209,19 @@ class Handlers:
 
     async def get(self, task_id: str, query: dict[str, list[str]]) -> Answer:
         access = await self.life.start_if_needed()
-        record, payload = await self._after_wait(task_id, query, access.engine.result_payload)
-        if record.status is TaskStatus.SUCCESS:
+        task, payload = await self._after_wait(task_id, query, access.engine.result_payload)
+        status = task.status
+        if status is TaskStatus.SUCCESS:
             if payload is None:
                 raise self._error(TaskNotFound(task_id))
             return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
-        if record.status is TaskStatus.FAILURE:
-            error = record.error
+        if status is TaskStatus.FAILURE:
+            error = task.record.error
             shown = error.type if self.http.hide_errors and error is not None else str(error)
             raise self._error(TaskFailed(task_id, shown))
-        if record.status is TaskStatus.CANCELLED:
+        if status is TaskStatus.CANCELLED:
             raise self._error(TaskCancelled(task_id))
-        raise self._error(TaskNotReady(task_id, record.status.value))
+        raise self._error(TaskNotReady(task_id, status.value))
 
     def _error(self, exc: ErrandsError) -> HTTPError:
         error = http_error(exc, bentoml_compat=self.bentoml_compat)

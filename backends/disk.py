@@ -898,6 +898,47 @@ class DiskCacheStore(Store):
             return found
         return await self._in_thread(self._read_result, f"{task_id}:{found}")
 
+    async def get_with_results(
+        self, task_ids: Collection[str]
+    ) -> dict[str, tuple[StoredTask, Payload | None]]:
+        ids = list(task_ids)
+        success = TaskStatus.SUCCESS.value
+
+        def find(
+            conn: sqlite3.Connection,
+        ) -> tuple[dict[str, tuple[StoredTask, Payload | None]], dict[str, int]]:
+            found: dict[str, tuple[StoredTask, Payload | None]] = {}
+            large: dict[str, int] = {}  # task id -> token: in diskcache
+            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT {_STARTABLE}, r.media_type, r.data FROM tasks t"
+                    f" LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})",
+                    chunk,
+                )
+                for row in rows:
+                    task = _stored(row[:7])
+                    media_type, data = row[7], row[8]
+                    payload = None
+                    if task.status.value == success:
+                        if media_type is not None:
+                            payload = Payload(media_type=media_type, data=bytes(data))
+                        else:
+                            large[task.id] = task.token
+                    found[task.id] = (task, payload)
+            return found, large
+
+        found, large = await self._db.run(find, write=False)
+        if large:
+
+            def read_large() -> dict[str, Payload | None]:
+                return {i: self._read_result(f"{i}:{token}") for i, token in large.items()}
+
+            for task_id, payload in (await self._in_thread(read_large)).items():
+                found[task_id] = (found[task_id][0], payload)
+        return found
+
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         ids = list(task_ids)
 

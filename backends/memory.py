@@ -503,6 +503,20 @@ class MemoryStore(Store):
                 found[task_id] = Payload(media_type=types[task_id], data=data)
         return found
 
+    async def get_with_results(
+        self, task_ids: Collection[str]
+    ) -> dict[str, tuple[StoredTask, Payload | None]]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        datas, types = self._result_data, self._result_types
+        found: dict[str, tuple[StoredTask, Payload | None]] = {}
+        for task_id in task_ids:
+            task = self._find(task_id)
+            if task is not None:
+                data = datas.get(task_id)
+                payload = None if data is None else Payload(media_type=types[task_id], data=data)
+                found[task_id] = (task, payload)
+        return found
+
     async def delete(self, task_id: str) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._drop_task(task_id):

@@ -906,6 +906,7 @@ def _stored(task_id: str, fields: Sequence[Any]) -> StoredTask | None:
 
 
 _FIELDS = ("n", "s", "k", "c", "e", "d")
+_FIELDS_AND_RESULT = (*_FIELDS, "rm", "rv")
 
 
 class RedisStore(Store):
@@ -983,6 +984,26 @@ class RedisStore(Store):
         key = self._key(task_id)
         media_type, data = await self._c.command("hmget", key, ("rm", "rv"))
         return _payload(media_type, data)
+
+    async def get_with_results(
+        self, task_ids: Collection[str]
+    ) -> dict[str, tuple[StoredTask, Payload | None]]:
+        ids = list(task_ids)
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+
+        def add(pipe: Any) -> None:
+            for task_id in ids:
+                pipe.hmget(self._key(task_id), _FIELDS_AND_RESULT)
+
+        rows = await self._c.call(add, len(ids), list)
+        found: dict[str, tuple[StoredTask, Payload | None]] = {}
+        for task_id, fields in zip(ids, rows, strict=True):
+            task = _stored(task_id, fields[: len(_FIELDS)])
+            if task is not None:
+                found[task_id] = (task, _payload(*fields[len(_FIELDS) :]))
+        return found
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         ids = list(task_ids)

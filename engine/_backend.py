@@ -266,6 +266,19 @@ class Store(abc.ABC):
                 found[task_id] = payload
         return found
 
+    async def get_with_results(
+        self, task_ids: Collection[str]
+    ) -> dict[str, tuple[StoredTask, Payload | None]]:
+        """The stored tasks of those of ``task_ids`` that exist, each with its
+        stored result when it has one (a success), read together: a
+        ``get()`` of a task, a batch's results.  This default is
+        :meth:`get_many` then :meth:`get_results`; a backend that reads a
+        record and its result in one step overrides it."""
+        tasks = await self.get_many(task_ids)
+        successes = [i for i, task in tasks.items() if task.status is TaskStatus.SUCCESS]
+        results = await self.get_results(successes) if successes else {}
+        return {i: (task, results.get(i)) for i, task in tasks.items()}
+
     @abc.abstractmethod
     async def delete(self, task_id: str) -> bool:
         """Delete the record and its result.  False if there was none."""

@@ -709,13 +709,13 @@ class Engine:
             if payload is not None:
                 return self.outcome(task_id, SUCCESS, ended[1], None, payload)
             # Purged meanwhile: the record says so (TaskNotFound).
-        record = await self.load(task_id, schedule=False)
-        payload = None
-        if record.status is SUCCESS:
-            payload = await self.core.store.get_result(task_id)
+        task, payload = await self._with_result(task_id)
+        status = task.status
+        if status is SUCCESS:
             if payload is None:
-                raise TaskNotFound(task_id)  # purged between the two reads
-        return self.outcome_of(record, payload)
+                raise TaskNotFound(task_id)  # purged meanwhile
+            return self.outcome(task_id, status, task.name, None, payload)
+        return self.outcome_of(task.record, None)
 
     def outcome_of(self, record: TaskRecord, payload: Payload | None) -> Any:
         """What :meth:`result` answers for ``record`` (with its stored result
@@ -750,19 +750,21 @@ class Engine:
             raise TaskCancelled(task_id)
         raise TaskNotReady(task_id, status.value)
 
-    async def result_payload(
-        self, task_id: str, *, wanted: Callable[[str | None], bool] | None = None
-    ) -> tuple[TaskRecord, Payload | None]:
-        """The record and, for a successful task, its stored result (for adapters).
+    async def result_payload(self, task_id: str) -> tuple[StoredTask, Payload | None]:
+        """The task as stored and, for a success, its stored result, read in
+        one store call (for adapters); TaskNotFound as :meth:`load`.  The
+        payload of a success is None only when it was purged meanwhile."""
+        await trio.lowlevel.checkpoint()
+        return await self._with_result(task_id)
 
-        ``wanted``: read the result only when ``wanted(record.result_type)``
-        (its media type) says so; else the payload is None.
-        """
-        record = await self.load(task_id)
-        payload = None
-        if record.status is SUCCESS and (wanted is None or wanted(record.result_type)):
-            payload = await self.core.store.get_result(task_id)
-        return record, payload
+    async def _with_result(self, task_id: str) -> tuple[StoredTask, Payload | None]:
+        self.check_open()
+        if not is_task_id(task_id):
+            raise TaskNotFound(task_id)
+        found = (await self.core.store.get_with_results((task_id,))).get(task_id)
+        if found is None or found[0].is_expired(self.core.now()):
+            raise TaskNotFound(task_id)
+        return found
 
     async def stored_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         """The stored results of those of ``task_ids`` that have one (successes
@@ -791,8 +793,16 @@ class Engine:
         ids = [task_id for task_id in task_ids if is_task_id(task_id)]
         if not ids:
             return {}
-        stored = await self.core.store.get_many(ids)
         now = self.core.now()
+        if wanted is None:  # records and results in one store call
+            return {
+                task_id: (task, payload)
+                for task_id, (task, payload) in (
+                    await self.core.store.get_with_results(ids)
+                ).items()
+                if not task.is_expired(now) and (payload is not None or task.status is not SUCCESS)
+            }
+        stored = await self.core.store.get_many(ids)
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
         successes = []
         for task_id in ids:

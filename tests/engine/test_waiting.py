@@ -407,7 +407,8 @@ async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
         record = await eng.submit("brief", {})
         await eng.wait(record.id, timeout=10)
         reads: list[str] = []
-        get, get_result = backend.store.get, backend.store.get_result
+        store = backend.store
+        get, get_result, get_both = store.get, store.get_result, store.get_with_results
 
         async def counted_get(task_id: str) -> Any:
             reads.append("record")
@@ -417,8 +418,13 @@ async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
             reads.append("result")
             return await get_result(task_id)
 
-        backend.store.get = counted_get  # type: ignore[method-assign]
-        backend.store.get_result = counted_result  # type: ignore[method-assign]
+        async def counted_both(task_ids: Any) -> Any:
+            reads.append("record")  # and its result, in the same call
+            return await get_both(task_ids)
+
+        store.get = counted_get  # type: ignore[method-assign]
+        store.get_result = counted_result  # type: ignore[method-assign]
+        store.get_with_results = counted_both  # type: ignore[method-assign]
         assert await eng.result(record.id) == 7
         assert reads == ["result"]
         await trio.sleep(11)  # expired: the record is read, and says so
