@@ -314,8 +314,8 @@ class MemoryQueue(Queue):
         await self._work.wait()
 
 
-def _newest_first(row: tuple[float, str, StoredTask | None]) -> tuple[float, str]:
-    return row[0], row[1]
+def _live_newest_first(task: StoredTask) -> tuple[float, str]:
+    return -task.created_at, task.id
 
 
 #: A final record as :class:`MemoryStore` keeps it: status value, name,
@@ -362,6 +362,10 @@ class MemoryStore(Store):
         #: Task id -> its batch id, and batch id -> members whose record exists.
         self._batch_of: dict[str, str] = {}
         self._batch_live: dict[str, int] = {}
+        #: Every record as (-created_at, id): :meth:`list`'s order, newest
+        #: first.  Built at the first listing that needs it, then kept (a
+        #: store nobody lists, as in a script, never pays for it).
+        self._newest: SortedList | None = None
 
     async def create(self, task: StoredTask) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -379,14 +383,24 @@ class MemoryStore(Store):
         """Delete the record and result of ``task_id``; whether it had a record."""
         self._result_types.pop(task_id, None)
         self._result_data.pop(task_id, None)
-        if self._records.pop(task_id, None) is not None:
-            return True
-        return self._final.pop(task_id, None) is not None
+        live = self._records.pop(task_id, None)
+        if live is not None:
+            created_at = live.created_at
+        else:
+            final = self._final.pop(task_id, None)
+            if final is None:
+                return False
+            created_at = final[2]
+        if self._newest is not None:
+            self._newest.discard((-created_at, task_id))
+        return True
 
     def _create(self, task: StoredTask) -> bool:
         if task.id in self._records or task.id in self._final:
             return False
         self._records[task.id] = task
+        if self._newest is not None:
+            self._newest.add((-task.created_at, task.id))
         batch_id = self._batch_of.get(task.id)
         if batch_id is not None:
             self._batch_live[batch_id] += 1
@@ -534,25 +548,52 @@ class MemoryStore(Store):
     ) -> list[StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
         # Newest first, ties by id (as the diskcache backend orders them).
-        rows: list[tuple[float, str, StoredTask | None]] = [
-            (-t.created_at, t.id, t)
-            for t in self._records.values()
-            if (name is None or t.name == name) and (status is None or t.status is status)
-        ]
-        if status is None or status.is_final:
-            # Final records are filtered and ordered by their side columns;
-            # only the page's are unpacked.
-            wanted = None if status is None else status.value
-            rows.extend(
-                (-final[2], task_id, None)
-                for task_id, final in self._final.items()
-                if (name is None or final[1] == name) and (wanted is None or final[0] == wanted)
+        if status is not None and not status.is_final:
+            # Only records not final yet: the few live ones, sorted.
+            matching = [
+                t
+                for t in self._records.values()
+                if t.status is status and (name is None or t.name == name)
+            ]
+            matching.sort(key=_live_newest_first)
+            return matching[offset : offset + limit]
+        # Walk the index from the newest until the page is full: the
+        # page's records (and those skipped by offset or filters) are read,
+        # not the whole history.
+        newest = self._newest
+        if newest is None:
+            newest = self._newest = SortedList(
+                [(-t.created_at, i) for i, t in self._records.items()]
+                + [(-final[2], i) for i, final in self._final.items()]
             )
-        rows.sort(key=_newest_first)
-        return [
-            task if task is not None else _from_final(i, self._final[i])
-            for _, i, task in rows[offset : offset + limit]
-        ]
+        wanted = None if status is None else status.value
+        records, finals = self._records, self._final
+        page: list[StoredTask] = []
+        skip = offset
+        for _, task_id in newest:
+            if len(page) >= limit:
+                break
+            live = records.get(task_id)
+            if live is not None:
+                if (status is not None and live.status is not status) or (
+                    name is not None and live.name != name
+                ):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                page.append(live)
+                continue
+            final = finals[task_id]
+            if (name is not None and final[1] != name) or (
+                wanted is not None and final[0] != wanted
+            ):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            page.append(_from_final(task_id, final))
+        return page
 
     async def delete_expired(self, task_id: str, now: float) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()

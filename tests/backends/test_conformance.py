@@ -244,6 +244,59 @@ async def test_list_filters_orders_and_pages(backend: Backend) -> None:
     assert await backend.store.list(name="zzz") == []
 
 
+async def test_list_stays_exact_as_tasks_come_and_go(backend: Backend) -> None:
+    """Listed once, then records created (some at the same moment), moved,
+    deleted and purged: every listing after holds exactly the records as
+    they are, newest first (the order of ties is each backend's own, but
+    fixed: a page is the same slice of the whole listing)."""
+    live: dict[str, TaskRecord] = {}
+
+    async def check() -> None:
+        for name in (None, "a", "b"):
+            for status in (None, P, R, S, C):
+                want = {
+                    r.id
+                    for r in live.values()
+                    if (name is None or r.name == name) and (status is None or r.status is status)
+                }
+                got = await backend.store.list(name=name, status=status, limit=1000)
+                assert {t.id for t in got} == want and len(got) == len(want), (name, status)
+                times = [live[t.id].created_at for t in got]
+                assert times == sorted(times, reverse=True), (name, status)
+                page = await backend.store.list(name=name, status=status, limit=3, offset=2)
+                assert [t.id for t in page] == [t.id for t in got[2:5]], (name, status)
+
+    async def add(rec: TaskRecord) -> None:
+        assert await backend.store.create(stored(rec))
+        live[rec.id] = rec
+
+    async def move(rec: TaskRecord, **changes: object) -> None:
+        moved = attrs.evolve(live[rec.id], **changes)
+        assert await backend.store.transition(stored(moved), expect=live[rec.id].status)
+        live[rec.id] = moved
+
+    first = [record(name="ab"[i % 2], created_at=NOW + i // 3) for i in range(9)]
+    for rec in first:
+        await add(rec)
+    await check()  # the first listing (the memory backend builds its index here)
+    more = [record(name="ab"[i % 2], created_at=NOW + 1 + i % 4) for i in range(8)]
+    for rec in more:
+        await add(rec)
+    await move(first[0], status=R, started_at=NOW)
+    await move(first[0], status=S, finished_at=NOW, expires_at=NOW + 50)
+    await move(more[3], status=C, finished_at=NOW, expires_at=NOW + 5)
+    await move(first[4], status=C, finished_at=NOW, expires_at=NOW + 500)
+    await check()
+    assert await backend.store.delete(first[2].id)
+    del live[first[2].id]
+    assert await backend.store.delete(first[0].id)
+    del live[first[0].id]
+    assert await backend.store.purge_expired(NOW + 10) == 1
+    del live[more[3].id]
+    await add(record(name="a", created_at=NOW - 1))
+    await check()
+
+
 async def test_purge_expired(backend: Backend) -> None:
     old, new, live = record(), record(), record()
     for rec in (old, new, live):
