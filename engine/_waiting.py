@@ -51,6 +51,11 @@ class EngineWaiter:
     def wait_any(self, task_ids: list[str], timeout: float | None) -> Awaitable[dict[str, Any]]:
         return self.owner.wait_any(task_ids, timeout)  # type: ignore[no-any-return]
 
+    def open_waiting(self, task_ids: list[str]) -> Any:
+        """A waiting set of the engine (``Engine.waiting_set``): listened to
+        once, each round reads only what ended."""
+        return self.owner.waiting_set(task_ids)
+
 
 class AsCompleted(Iterable[H]):
     """The handles given to :func:`as_completed`, in the order their tasks end.
@@ -91,15 +96,28 @@ class AsCompleted(Iterable[H]):
         waiter: SyncWaiter = self._waiter
         remaining = self._by_id()
         deadline = math.inf if self._timeout is None else waiter.now() + self._timeout
-        while remaining:
-            left = None if deadline == math.inf else max(0.0, deadline - waiter.now())
-            done = waiter.wait_any(list(remaining), left)
-            if not done:
-                raise TimeoutError(f"{len(remaining)} tasks not finished after {self._timeout} s")
-            self.infos.update(done)
-            for task_id in list(remaining):
-                if task_id in done:
+        # A waiter that keeps a waiting set is asked, each round, only for
+        # what ended since (one listening, each id read once or twice);
+        # others are asked for every id still running, round after round.
+        opener = getattr(waiter, "open_waiting", None)
+        session = None if opener is None else opener(list(remaining))
+        try:
+            while remaining:
+                left = None if deadline == math.inf else max(0.0, deadline - waiter.now())
+                if session is None:
+                    done = waiter.wait_any(list(remaining), left)
+                else:
+                    done = session.next(left)
+                if not done:
+                    raise TimeoutError(
+                        f"{len(remaining)} tasks not finished after {self._timeout} s"
+                    )
+                self.infos.update(done)
+                for task_id in [i for i in done if i in remaining]:
                     yield from remaining.pop(task_id)
+        finally:
+            if session is not None:
+                session.close()
 
     async def __aiter__(self) -> AsyncIterator[H]:
         if self._waiter is None:
@@ -109,16 +127,26 @@ class AsCompleted(Iterable[H]):
         waiter: AsyncWaiter = self._waiter
         remaining = self._by_id()
         deadline = math.inf if self._timeout is None else waiter.now() + self._timeout
-        while remaining:
-            left = None if deadline == math.inf else max(0.0, deadline - waiter.now())
-            done = await waiter.wait_any(list(remaining), left)
-            if not done:
-                raise TimeoutError(f"{len(remaining)} tasks not finished after {self._timeout} s")
-            self.infos.update(done)
-            for task_id in list(remaining):
-                if task_id in done:
+        opener = getattr(waiter, "open_waiting", None)  # as in __iter__
+        session = None if opener is None else opener(list(remaining))
+        try:
+            while remaining:
+                left = None if deadline == math.inf else max(0.0, deadline - waiter.now())
+                if session is None:
+                    done = await waiter.wait_any(list(remaining), left)
+                else:
+                    done = await session.next(left)
+                if not done:
+                    raise TimeoutError(
+                        f"{len(remaining)} tasks not finished after {self._timeout} s"
+                    )
+                self.infos.update(done)
+                for task_id in [i for i in done if i in remaining]:
                     for task in remaining.pop(task_id):
                         yield task
+        finally:
+            if session is not None:
+                session.close()
 
 
 def as_completed(tasks: Iterable[H], *, timeout: float | None = None) -> AsCompleted[H]:

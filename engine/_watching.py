@@ -395,6 +395,70 @@ async def wait_any(
         engine.watchers.unlisten(ids, listener)
 
 
+class WaitingSet:
+    """Many tasks waited on together until each is final (``as_completed``).
+
+    :func:`wait_any` listens on, and reads, every id it is given at each
+    call, so a loop that calls it again with the ids not final yet costs the
+    whole remaining set per round: quadratic in the tasks.  A waiting set
+    listens once, reads every id once (the first :meth:`next`), then reads
+    only the ids whose ends it heard of; each id stops being listened to
+    once it is returned.  Made and used in the engine's trio run; call
+    :meth:`close` when done (it leaves nothing registered).
+    """
+
+    def __init__(self, engine: Source, task_ids: Collection[str]) -> None:
+        ids = list(dict.fromkeys(task_ids))
+        self._engine = engine
+        self._listener = _Listener(changes=False)
+        self._remaining = {i for i in ids if is_task_id(i)}
+        self._malformed: dict[str, TaskInfo | None] = {i: None for i in ids if not is_task_id(i)}
+        self._unread = [i for i in ids if i in self._remaining]
+        # Before the first read, so no end slips between.
+        engine.watchers.listen(self._remaining, self._listener)
+
+    async def next(self, timeout: float | None) -> dict[str, TaskInfo | None]:
+        """The ids that became final (or unknown, expired, malformed) since
+        the last call, each once: as :meth:`Engine.wait_any` answers them.
+        ``{}`` when ``timeout`` seconds pass first; EngineClosed when the
+        engine stops."""
+        engine = self._engine
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        await trio.lowlevel.checkpoint()
+        engine.check_open()
+        done, self._malformed = self._malformed, {}
+        unread, self._unread = self._unread, []
+        for start in range(0, len(unread), _READ_CHUNK):
+            done.update(await _finals(engine, unread[start : start + _READ_CHUNK]))
+        listener = self._listener
+        while not done and self._remaining:
+            if not engine.is_open:
+                raise EngineClosed("the engine stopped")
+            if trio.current_time() >= deadline:
+                break
+            if deadline == math.inf:
+                await listener.event.wait()
+            else:
+                with trio.move_on_at(deadline):
+                    await listener.event.wait()
+            fired = [i for i in listener.rearm() if i in self._remaining]
+            for start in range(0, len(fired), _READ_CHUNK):
+                done.update(await _finals(engine, fired[start : start + _READ_CHUNK]))
+        ended = [i for i in done if i in self._remaining]
+        self._remaining.difference_update(ended)
+        engine.watchers.unlisten(ended, listener)
+        return done
+
+    def close(self) -> None:
+        """Stop listening (the ids not returned yet are left)."""
+        self._engine.watchers.unlisten(self._remaining, self._listener)
+        self._remaining = set()
+
+
+#: Ids read per store call by a :class:`WaitingSet`.
+_READ_CHUNK = 500
+
+
 async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, read in one go."""
     if not task_ids:

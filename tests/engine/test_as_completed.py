@@ -9,6 +9,7 @@ import trio.testing
 
 import errands
 from errands import TaskStatus
+from errands.backends import MemoryBackend
 
 svc = errands.Service("many")
 
@@ -85,3 +86,92 @@ def test_sync_handles_in_a_script() -> None:
         quick = client.sleepy.submit(seconds=0)
         assert list(errands.as_completed([slow, quick], timeout=30)) == [quick, slow]
         assert slow.get() == 0.5
+
+
+async def test_each_task_is_read_at_most_twice_however_many_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Waiting listens once and reads each task once at the start and once
+    when it ends: 300 tasks ending one by one cost about 600 reads, not one
+    read of every task still running at every end (about 45,000)."""
+    backend = MemoryBackend()
+    async with errands.open_engine(svc, backend=backend) as client:
+        tasks = [await client.sleepy.submit(seconds=i) for i in range(300)]
+        store = backend.store
+        read = 0
+        get_many = store.get_many
+
+        async def counted(task_ids: object) -> object:
+            nonlocal read
+            ids = list(task_ids)  # type: ignore[call-overload]
+            read += len(ids)
+            return await get_many(ids)
+
+        store.get_many = counted  # type: ignore[method-assign]
+        ended = [t async for t in errands.as_completed(tasks)]
+        assert ended == tasks  # in order of ending: one a second
+        assert read <= 2 * len(tasks), read
+        assert not client.engine.core.watchers.listeners  # nothing left registered
+
+
+async def test_leaving_early_leaves_nothing_registered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with errands.open_engine(svc) as client:
+        tasks = [await client.sleepy.submit(seconds=s) for s in (1, 50, 60)]
+        waiting = errands.as_completed(tasks).__aiter__()
+        assert await waiting.__anext__() == tasks[0]
+        await waiting.aclose()
+        assert not client.engine.core.watchers.listeners
+
+
+@pytest.mark.realtime
+def test_sync_results_come_with_the_ends() -> None:
+    """``for t in as_completed(tasks): t.get()`` from a thread: the results
+    are read with the ends, one call into the engine per round, none per
+    ``get()``; what is not taken stays bounded, and leaving early leaves
+    nothing registered."""
+    with errands.start(svc) as client:
+        batch = client.sleepy.submit_many([{"seconds": 0.001 * (i % 7)} for i in range(200)])
+        engine = client.engine
+        gets = 0
+        result = engine.result
+
+        async def counted(task_id: str) -> object:
+            nonlocal gets
+            gets += 1
+            return await result(task_id)
+
+        engine.result = counted  # type: ignore[method-assign]
+        values = {t.id: t.get() for t in errands.as_completed(batch.tasks, timeout=60)}
+        assert values == {t.id: 0.001 * (i % 7) for i, t in enumerate(batch.tasks)}
+        assert gets == 0
+        assert len(client._portal.kept) == 0  # each taken by its get()
+        more = client.sleepy.submit_many([{"seconds": 0.5}, {"seconds": 0}])
+        for first in errands.as_completed(more.tasks, timeout=60):
+            assert first == more.tasks[1]
+            break
+        assert client._portal.run(_listeners, engine) == 0
+        more.tasks[0].wait(timeout=30)
+        assert more.tasks[0].get() == 0.5 and gets == 1  # not kept: asked of the engine
+
+
+async def _listeners(engine: errands.Engine) -> int:
+    await trio.lowlevel.checkpoint()
+    return len(engine.core.watchers.listeners)
+
+
+def test_kept_results_are_bounded() -> None:
+    from errands._convert import Payload
+    from errands._sync import _Kept
+
+    kept = _Kept()
+    big = Payload(media_type="application/json", data=b"1" * (_Kept.ONE + 1))
+    kept.keep({"big": big})
+    assert len(kept) == 0  # over one result's bound: never kept
+    piece = Payload(media_type="application/json", data=b"2" * _Kept.ONE)
+    count = _Kept.LIMIT // _Kept.ONE
+    kept.keep({f"t{i}": piece for i in range(count + 3)})
+    assert len(kept) == count  # the oldest dropped past the limit
+    assert kept.take("t0") is None and kept.take(f"t{count + 2}") == piece
+    assert kept.take(f"t{count + 2}") is None  # taken once
