@@ -267,12 +267,12 @@ class Task:
 
         Right after ``as_completed`` yielded the task, the result it read
         along, without a call into the engine."""
+        kept = self._portal.kept.take(self.id)  # taken either way: not kept on
         ended = self._ended_here()
         if ended is not None:
             known, result = ended[0].outcome(ended[1], self.id)  # no round trip
             if known:
                 return result
-        kept = self._portal.kept.take(self.id)
         if kept is not None:
             return self._handle._engine.outcome(self.id, TaskStatus.SUCCESS, self.name, None, kept)
         return self._portal.run(self._handle.get)
