@@ -221,24 +221,30 @@ class _ResultLines:
     async def as_completed(
         self, indexes: Sequence[int], ids: Sequence[str]
     ) -> AsyncGenerator[bytes]:
-        """Every task, each as it becomes final."""
+        """Every task, each as it becomes final.  The engine's waiting set
+        reads each task once at the start and once at its end (asking for
+        every task still running at each round was quadratic in a batch)."""
         remaining = dict(zip(ids, indexes, strict=True))
-        while remaining:
-            found = await self.engine.wait_any(list(remaining), 0)
-            if not found:
-                yield FLUSH
-                found = await self.engine.wait_any(list(remaining), KEEPALIVE)
+        waiting = self.engine.waiting_set(list(remaining))
+        try:
+            while remaining:
+                found = await waiting.next(0)
                 if not found:
-                    yield IDLE
-                    continue
-            members = []
-            for task_id in sorted(found, key=lambda i: _ended_at(found[i])):
-                index = remaining.pop(task_id, None)
-                if index is not None:
-                    members.append(_member(index, task_id, found[task_id]))
-            for start in range(0, len(members), CHUNK):
-                for line in await self.lines(members[start : start + CHUNK]):
-                    yield line
+                    yield FLUSH
+                    found = await waiting.next(KEEPALIVE)
+                    if not found:
+                        yield IDLE
+                        continue
+                members = []
+                for task_id in sorted(found, key=lambda i: _ended_at(found[i])):
+                    index = remaining.pop(task_id, None)
+                    if index is not None:
+                        members.append(_member(index, task_id, found[task_id]))
+                for start in range(0, len(members), CHUNK):
+                    for line in await self.lines(members[start : start + CHUNK]):
+                        yield line
+        finally:
+            waiting.close()
 
 
 #: A member of a results stream: its index, task id, and status and error

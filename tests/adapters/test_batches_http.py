@@ -537,6 +537,43 @@ async def test_a_waiting_stream_sends_blank_lines_while_it_waits(
         assert [json.loads(line)["result"] for line in text.splitlines() if line] == [1]
 
 
+async def test_a_stream_as_tasks_complete_reads_each_task_twice_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``order=completed&wait=true`` while 200 tasks end one a second: each
+    task is read a few times (the batch's counts, the start, its end), not at
+    every end (about 40,000 reads when every round read every task still
+    running)."""
+    svc = errands.Service("staggered")
+
+    @svc.task
+    async def late(x: int) -> int:
+        await trio.sleep(x)
+        return x
+
+    backend = MemoryBackend()
+    app = create_app(svc, backend=backend, workers=256)
+    async with in_process(app) as client:
+        items = [{"x": i} for i in range(200)]
+        batch_id = (await client.post("/late/submit_many", json=items)).json()["batch_id"]
+        store = backend.store
+        read = 0
+        get_many = store.get_many
+
+        async def counted(task_ids: Any) -> Any:
+            nonlocal read
+            ids = list(task_ids)
+            read += len(ids)
+            return await get_many(ids)
+
+        store.get_many = counted  # type: ignore[method-assign]
+        url = f"/batches/{batch_id}/results"
+        answer = await client.get(url, params={"order": "completed", "wait": "true"})
+        got = result_lines(answer)
+        assert [r["result"] for r in got] == list(range(200))
+        assert read <= 4 * 200, read
+
+
 async def test_a_drain_ends_a_waiting_stream(autojump_clock: trio.testing.MockClock) -> None:
     app, releases = _holding_app()
     async with in_process(app) as client:
