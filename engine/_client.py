@@ -134,14 +134,16 @@ class AsyncBatch:
         Raises TimeoutError after ``timeout`` seconds.
         """
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            # One wait per task, in turn: each reads its task once, so the
-            # whole wait reads the batch once (as_completed would re-read
-            # every unfinished task at each ending).
-            for task in self.tasks:
-                try:
-                    await task.wait()
-                except TaskNotFound:
-                    pass  # expired or gone: final enough
+            # The engine's waiting set reads the tasks once (500 a call),
+            # then each once more at its end; a task unknown or gone counts
+            # as final.
+            left = {task.id for task in self.tasks}
+            waiting = self._engine.waiting_set(left, infos=False)
+            try:
+                while left:
+                    left.difference_update(await waiting.next(None))
+            finally:
+                waiting.close()
         if scope.cancelled_caught:
             raise TimeoutError(f"batch {self.id} not finished after {timeout} s")
         return await self.counts()

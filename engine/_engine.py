@@ -890,13 +890,14 @@ class Engine:
         """
         return await _watching.wait_any(self, task_ids, timeout)
 
-    def waiting_set(self, task_ids: Collection[str]) -> _watching.WaitingSet:
+    def waiting_set(self, task_ids: Collection[str], *, infos: bool = True) -> _watching.WaitingSet:
         """Many tasks to wait on round after round (``as_completed``): each
         round returns what ended since the last, reading only those (see
-        :class:`~errands._watching.WaitingSet`).  In the engine's trio run;
+        :class:`~errands._watching.WaitingSet`); with ``infos=False`` each
+        maps to None and no record is decoded.  In the engine's trio run;
         close it when done."""
         self.check_open()
-        return _watching.WaitingSet(self, task_ids)
+        return _watching.WaitingSet(self, task_ids, infos=infos)
 
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).

@@ -407,9 +407,12 @@ class WaitingSet:
     :meth:`close` when done (it leaves nothing registered).
     """
 
-    def __init__(self, engine: Source, task_ids: Collection[str]) -> None:
+    def __init__(self, engine: Source, task_ids: Collection[str], *, infos: bool = True) -> None:
         ids = list(dict.fromkeys(task_ids))
         self._engine = engine
+        # Without infos, the answers map ids to None and records are not
+        # decoded: whether a task is final is its stored status.
+        self._read = _finals if infos else _final_ids
         self._listener = _Listener(changes=False)
         self._remaining = {i for i in ids if is_task_id(i)}
         self._malformed: dict[str, TaskInfo | None] = {i: None for i in ids if not is_task_id(i)}
@@ -429,7 +432,7 @@ class WaitingSet:
         done, self._malformed = self._malformed, {}
         unread, self._unread = self._unread, []
         for start in range(0, len(unread), _READ_CHUNK):
-            done.update(await _finals(engine, unread[start : start + _READ_CHUNK]))
+            done.update(await self._read(engine, unread[start : start + _READ_CHUNK]))
         listener = self._listener
         while not done and self._remaining:
             if not engine.is_open:
@@ -443,7 +446,7 @@ class WaitingSet:
                     await listener.event.wait()
             fired = [i for i in listener.rearm() if i in self._remaining]
             for start in range(0, len(fired), _READ_CHUNK):
-                done.update(await _finals(engine, fired[start : start + _READ_CHUNK]))
+                done.update(await self._read(engine, fired[start : start + _READ_CHUNK]))
         ended = [i for i in done if i in self._remaining]
         self._remaining.difference_update(ended)
         engine.watchers.unlisten(ended, listener)
@@ -457,6 +460,19 @@ class WaitingSet:
 
 #: Ids read per store call by a :class:`WaitingSet`.
 _READ_CHUNK = 500
+
+
+async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
+    """The final or missing ones among well-formed ``task_ids``, each to None:
+    read by their stored status and expiry, no record decoded."""
+    stored = await engine.backend.store.get_many(task_ids)
+    now = engine.clock()
+    found: dict[str, TaskInfo | None] = {}
+    for task_id in task_ids:
+        task = stored.get(task_id)
+        if task is None or task.status.is_final or task.is_expired(now):
+            found[task_id] = None
+    return found
 
 
 async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:

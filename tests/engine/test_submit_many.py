@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -165,6 +166,49 @@ async def test_results_of_a_finished_batch_are_read_together(
         # Three windows of up to 500, one store call each, and no read of a
         # single task (the waits of tasks this engine ended read nothing).
         assert calls == {"get": 0, "get_result": 0, "get_with_results": 3}
+
+
+async def test_a_batch_is_waited_for_together(
+    clock: trio.testing.MockClock,
+    make_backend: Callable[[], Backend],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Batch.wait()`` reads its tasks 500 at a time, then each once more as
+    it ends: no read of one task at a time, however many were final (here
+    the engine remembers no end of its own, as for a batch it did not run)."""
+    from errands import _watching
+
+    monkeypatch.setattr(_watching, "ENDED_KEPT", 0)
+    backend = make_backend()
+    async with errands.open_engine(svc, backend=backend, clock=trio_wall) as client:
+        done = await client.square.submit_many({"x": 3 * i} for i in range(1100))
+        await done.wait()
+        store = backend.store
+        calls = {"get": 0, "get_many": 0}
+        get, get_many = store.get, store.get_many
+
+        async def one(task_id: str) -> errands.StoredTask | None:
+            calls["get"] += 1
+            return await get(task_id)
+
+        async def many(task_ids: Any) -> dict[str, errands.StoredTask]:
+            calls["get_many"] += 1
+            return await get_many(task_ids)
+
+        store.get = one  # type: ignore[method-assign]
+        store.get_many = many  # type: ignore[method-assign]
+        counts = await done.wait()
+        assert counts["success"] == 1100
+        # (The engine's upkeep may read a task or two meanwhile; a wait that
+        # reads one task at a time reads 1,100.)
+        assert calls["get"] < 20, calls
+        # Three for the wait, three for the counts (memory, Redis), and on a
+        # backend shared with other processes a poll round or two.
+        assert calls["get_many"] < 20, calls
+        running = await client.square.submit_many({"x": x} for x in (2, 5))
+        start = trio.current_time()
+        assert (await running.wait())["success"] == 2
+        assert round(trio.current_time() - start) == 2  # until the last one ended
 
 
 async def test_a_large_batch_is_written_in_chunks_and_runs_whole(
