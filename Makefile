@@ -96,7 +96,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/batch_submit.py
-	$(BIN)/python benchmarks/batch_counts.py
+	$(BIN)/python benchmarks/batch_reads.py
 	$(BIN)/python benchmarks/load.py
 
 ## Soak: 200 kill -9 cycles on one diskcache directory (about two minutes); prints

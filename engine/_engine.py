@@ -153,6 +153,9 @@ class Engine:
             wake=self._wake_dispatcher,
         )
         self.runner = Runner(self.core)
+        #: Results read along with the ends ``as_completed`` waited for, each
+        #: kept for the next :meth:`result` of its task (bounded; any thread).
+        self.kept = _watching.Kept()
         self.upkeep = Upkeep(self.core, self.runner)
         self._batchers = {
             name: Batcher(self.core, self.runner, d, self)
@@ -702,6 +705,9 @@ class Engine:
         """
         await trio.lowlevel.checkpoint()
         self.check_open()
+        kept = self.kept.take(task_id)
+        if kept is not None:  # read along with its end by as_completed
+            return self.outcome(task_id, SUCCESS, kept[0], None, kept[1])
         ended = self.core.watchers.ended_as(task_id, self.core.now())
         if ended is not None and ended[0] is SUCCESS:
             # This engine stored its success: the result alone is read.
@@ -890,14 +896,19 @@ class Engine:
         """
         return await _watching.wait_any(self, task_ids, timeout)
 
-    def waiting_set(self, task_ids: Collection[str], *, infos: bool = True) -> _watching.WaitingSet:
+    def waiting_set(
+        self, task_ids: Collection[str], *, infos: bool = True, keep_results: bool = False
+    ) -> _watching.WaitingSet:
         """Many tasks to wait on round after round (``as_completed``): each
         round returns what ended since the last, reading only those (see
         :class:`~errands._watching.WaitingSet`); with ``infos=False`` each
-        maps to None and no record is decoded.  In the engine's trio run;
+        maps to None and no record is decoded; with ``keep_results``, the
+        results of the successes each round returns are read along and kept
+        (:attr:`kept`) for their :meth:`result`.  In the engine's trio run;
         close it when done."""
         self.check_open()
-        return _watching.WaitingSet(self, task_ids, infos=infos)
+        kept = self.kept if keep_results else None
+        return _watching.WaitingSet(self, task_ids, infos=infos, kept=kept)
 
     async def cancel(self, task_id: str) -> TaskStatus:
         """Cancel the task; return its status once it is final (or after a short grace).

@@ -10,7 +10,6 @@ interpreter exiting shuts the engine down cleanly.
 from __future__ import annotations
 
 import atexit
-import collections
 import html
 import threading
 import time
@@ -25,7 +24,6 @@ import trio
 from ._backend import Backend
 from ._batches import BatchResult
 from ._client import AsyncBatch, AsyncClient, AsyncEndpoint, AsyncTask, by_keyword
-from ._convert import Payload
 from ._engine import Engine, EngineStatistics
 from ._errors import EngineClosed, ErrandsError
 from ._handoff import Handoff, Mailbox, Ticket
@@ -73,50 +71,6 @@ _SETTLE_SECONDS = 5.0
 _BridgeCall = tuple[Callable[[], Awaitable[None]], Callable[[outcome.Outcome[Any]], None]]
 
 
-class _Kept:
-    """Results that ``as_completed`` read along with the ends it waited for,
-    each kept for the next ``get()`` of its task, which then needs no call
-    into the engine (as the HTTP clients keep what ``POST /tasks/wait``
-    brings).  Bounded: results over :attr:`ONE` bytes are not kept, and past
-    :attr:`LIMIT` bytes the oldest are dropped (their ``get()`` asks the
-    engine, as it would have anyway).  Any thread may use it."""
-
-    ONE = 64 * 1024
-    LIMIT = 16 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: collections.OrderedDict[str, Payload] = collections.OrderedDict()
-        self._size = 0
-
-    def keep(self, results: Mapping[str, Payload]) -> None:
-        with self._lock:
-            for task_id, payload in results.items():
-                if len(payload.data) > self.ONE:
-                    continue
-                old = self._kept.pop(task_id, None)
-                if old is not None:
-                    self._size -= len(old.data)
-                self._kept[task_id] = payload
-                self._size += len(payload.data)
-            while self._size > self.LIMIT:
-                _, dropped = self._kept.popitem(last=False)
-                self._size -= len(dropped.data)
-
-    def take(self, task_id: str) -> Payload | None:
-        """The result kept for ``task_id`` (then forgotten), or None."""
-        if not self._kept:
-            return None
-        with self._lock:
-            payload = self._kept.pop(task_id, None)
-            if payload is not None:
-                self._size -= len(payload.data)
-        return payload
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-
 class _Portal:
     """Runs coroutine functions in the engine's trio thread and waits for them."""
 
@@ -124,7 +78,6 @@ class _Portal:
         self.token: trio.lowlevel.TrioToken | None = None
         self.died_of: str | None = None  # set when an engine bug ended the engine
         self.handoff: Handoff | None = None  # submits from threads (set while running)
-        self.kept = _Kept()  # results as_completed read for the next get()s
 
     def _closed(self, message: str) -> EngineClosed:
         if self.died_of is not None:
@@ -181,41 +134,22 @@ class _PortalWaiter:
 
         async def make() -> Any:
             await trio.lowlevel.checkpoint()
-            return self.owner.waiting_set(task_ids)
+            return self.owner.waiting_set(task_ids, keep_results=True)
 
-        return _PortalWaitingSet(self._portal, self.owner, self._portal.run(make))
+        return _PortalWaitingSet(self._portal, self._portal.run(make))
 
 
 class _PortalWaitingSet:
-    """An engine's waiting set, used from another thread through the portal.
+    """An engine's waiting set, used from another thread through the portal:
+    one call into the engine per round (it also keeps the results of the
+    successes it returns for their ``get()``: :class:`~errands._watching.Kept`)."""
 
-    Each round also reads the stored results of the successes it returns,
-    in the same call into the engine and one store call, and keeps them
-    for their ``get()`` (:class:`_Kept`): ``for t in as_completed(tasks):
-    t.get()`` makes one call into the engine per round, not one per task.
-    """
-
-    def __init__(self, portal: _Portal, engine: Engine, waiting: Any) -> None:
+    def __init__(self, portal: _Portal, waiting: Any) -> None:
         self._portal = portal
-        self._engine = engine
         self._waiting = waiting
 
     def next(self, timeout: float | None) -> dict[str, Any]:
-        engine, waiting = self._engine, self._waiting
-
-        async def round() -> tuple[dict[str, Any], dict[str, Payload]]:
-            done: dict[str, TaskInfo | None] = await waiting.next(timeout)
-            successes = [
-                task_id
-                for task_id, info in done.items()
-                if info is not None and info.status is TaskStatus.SUCCESS
-            ]
-            return done, await engine.stored_results(successes) if successes else {}
-
-        done, results = self._portal.run(round)
-        if results:
-            self._portal.kept.keep(results)
-        return done
+        return self._portal.run(self._waiting.next, timeout)
 
     def close(self) -> None:
         async def close() -> None:
@@ -267,14 +201,15 @@ class Task:
 
         Right after ``as_completed`` yielded the task, the result it read
         along, without a call into the engine."""
-        kept = self._portal.kept.take(self.id)  # taken either way: not kept on
+        engine = self._handle._engine
+        kept = engine.kept.take(self.id)  # taken either way: not kept on
         ended = self._ended_here()
         if ended is not None:
             known, result = ended[0].outcome(ended[1], self.id)  # no round trip
             if known:
                 return result
         if kept is not None:
-            return self._handle._engine.outcome(self.id, TaskStatus.SUCCESS, self.name, None, kept)
+            return engine.outcome(self.id, TaskStatus.SUCCESS, kept[0], None, kept[1])
         return self._portal.run(self._handle.get)
 
     def _ended_here(self) -> tuple[Handoff, Ticket] | None:

@@ -53,8 +53,9 @@ class EngineWaiter:
 
     def open_waiting(self, task_ids: list[str]) -> Any:
         """A waiting set of the engine (``Engine.waiting_set``): listened to
-        once, each round reads only what ended."""
-        return self.owner.waiting_set(task_ids)
+        once, each round reads only what ended, and the results of the
+        successes along, kept for their ``get()``."""
+        return self.owner.waiting_set(task_ids, keep_results=True)
 
 
 class AsCompleted(Iterable[H]):

@@ -23,8 +23,9 @@ that changed, so a thousand waiters cost the storage what one does.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -395,6 +396,53 @@ async def wait_any(
         engine.watchers.unlisten(ids, listener)
 
 
+class Kept:
+    """Results that ``as_completed`` read along with the ends it waited for,
+    each kept (with its task's name, for its return type) for the next
+    ``get()`` of its task, which then reads nothing (and, from a thread,
+    makes no call into the engine), as the HTTP clients keep what ``POST
+    /tasks/wait`` brings.  Bounded: results over :attr:`ONE` bytes are not
+    kept, and past :attr:`LIMIT` bytes the oldest are dropped (their
+    ``get()`` reads the store, as it would have anyway).  Any thread may use
+    it."""
+
+    ONE = 64 * 1024
+    LIMIT = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[str, tuple[str, Payload]] = OrderedDict()
+        self._size = 0
+
+    def keep(self, results: Mapping[str, tuple[str, Payload]]) -> None:
+        """Keep ``results``: task id -> (task name, stored result)."""
+        with self._lock:
+            for task_id, kept in results.items():
+                if len(kept[1].data) > self.ONE:
+                    continue
+                old = self._kept.pop(task_id, None)
+                if old is not None:
+                    self._size -= len(old[1].data)
+                self._kept[task_id] = kept
+                self._size += len(kept[1].data)
+            while self._size > self.LIMIT:
+                _, dropped = self._kept.popitem(last=False)
+                self._size -= len(dropped[1].data)
+
+    def take(self, task_id: str) -> tuple[str, Payload] | None:
+        """The name and result kept for ``task_id`` (then forgotten), or None."""
+        if not self._kept:
+            return None
+        with self._lock:
+            kept = self._kept.pop(task_id, None)
+            if kept is not None:
+                self._size -= len(kept[1].data)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 class WaitingSet:
     """Many tasks waited on together until each is final (``as_completed``).
 
@@ -407,9 +455,19 @@ class WaitingSet:
     :meth:`close` when done (it leaves nothing registered).
     """
 
-    def __init__(self, engine: Source, task_ids: Collection[str], *, infos: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Source,
+        task_ids: Collection[str],
+        *,
+        infos: bool = True,
+        kept: Kept | None = None,
+    ) -> None:
         ids = list(dict.fromkeys(task_ids))
         self._engine = engine
+        # With ``kept``, each round also reads the results of the successes
+        # it returns (one store call) and keeps them for their get().
+        self._kept = kept
         # Without infos, the answers map ids to None and records are not
         # decoded: whether a task is final is its stored status.
         self._read = _finals if infos else _final_ids
@@ -450,6 +508,15 @@ class WaitingSet:
         ended = [i for i in done if i in self._remaining]
         self._remaining.difference_update(ended)
         engine.watchers.unlisten(ended, listener)
+        if self._kept is not None:
+            names = {
+                i: info.name
+                for i, info in done.items()
+                if info is not None and info.status is TaskStatus.SUCCESS
+            }
+            if names:
+                results = await engine.backend.store.get_results(names)
+                self._kept.keep({i: (names[i], payload) for i, payload in results.items()})
         return done
 
     def close(self) -> None:

@@ -53,12 +53,13 @@ def test_batching_quick_runs() -> None:
 
 
 @pytest.mark.realtime
-def test_batch_counts_quick_runs() -> None:
+def test_batch_reads_quick_runs() -> None:
     run_quick(
-        "batch_counts.py",
-        "batch.counts()",
-        "ratio reference / counts (memory)",
-        "ratio reference / counts (diskcache)",
+        "batch_reads.py",
+        "counts",
+        "ratio reference / results (memory)",
+        "ratio reference / as_completed + get (diskcache)",
+        "ratio as_completed + get / reference",
     )
 
 

@@ -146,7 +146,7 @@ def test_sync_results_come_with_the_ends() -> None:
         values = {t.id: t.get() for t in errands.as_completed(batch.tasks, timeout=60)}
         assert values == {t.id: 0.001 * (i % 7) for i, t in enumerate(batch.tasks)}
         assert gets == 0
-        assert len(client._portal.kept) == 0  # each taken by its get()
+        assert len(engine.kept) == 0  # each taken by its get()
         more = client.sleepy.submit_many([{"seconds": 0.5}, {"seconds": 0}])
         for first in errands.as_completed(more.tasks, timeout=60):
             assert first == more.tasks[1]
@@ -163,15 +163,37 @@ async def _listeners(engine: errands.Engine) -> int:
 
 def test_kept_results_are_bounded() -> None:
     from errands._convert import Payload
-    from errands._sync import _Kept
+    from errands._watching import Kept
 
-    kept = _Kept()
-    big = Payload(media_type="application/json", data=b"1" * (_Kept.ONE + 1))
-    kept.keep({"big": big})
+    kept = Kept()
+    big = Payload(media_type="application/json", data=b"1" * (Kept.ONE + 1))
+    kept.keep({"big": ("job", big)})
     assert len(kept) == 0  # over one result's bound: never kept
-    piece = Payload(media_type="application/json", data=b"2" * _Kept.ONE)
-    count = _Kept.LIMIT // _Kept.ONE
+    piece = ("job", Payload(media_type="application/json", data=b"2" * Kept.ONE))
+    count = Kept.LIMIT // Kept.ONE
     kept.keep({f"t{i}": piece for i in range(count + 3)})
     assert len(kept) == count  # the oldest dropped past the limit
     assert kept.take("t0") is None and kept.take(f"t{count + 2}") == piece
     assert kept.take(f"t{count + 2}") is None  # taken once
+
+
+async def test_async_results_come_with_the_ends(autojump_clock: trio.testing.MockClock) -> None:
+    """``async for t in as_completed(tasks): await t.get()``: each round reads
+    the results of the tasks it yields in one store call, and their
+    ``get()`` reads nothing more."""
+    backend = MemoryBackend()
+    async with errands.open_engine(svc, backend=backend) as client:
+        tasks = [await client.sleepy.submit(seconds=i % 4) for i in range(40)]
+        store = backend.store
+        single = 0
+        get_result = store.get_result
+
+        async def counted(task_id: str) -> object:
+            nonlocal single
+            single += 1
+            return await get_result(task_id)
+
+        store.get_result = counted  # type: ignore[method-assign]
+        values = {t.id: await t.get() async for t in errands.as_completed(tasks)}
+        assert values == {t.id: i % 4 for i, t in enumerate(tasks)}
+        assert single == 0 and len(client.engine.kept) == 0
