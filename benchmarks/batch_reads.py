@@ -10,7 +10,7 @@ For each backend, memory and ``DiskCacheBackend`` (in a temporary folder),
 ``wait()``); then, in each round, microseconds per member of:
 
 * **counts**: ``await batch.counts()`` (what ``wait()`` returns, ``GET
-  /batches/{id}``, ``errands batch status``, the dashboard's batch rows);
+  /batches/{id}``, ``errands wait --batch``, the dashboard's batch rows);
 * **results**: ``async for r in batch.results()``;
 * **as_completed + get**: ``async for t in errands.as_completed(batch.tasks)``
   then ``await t.get()``;
