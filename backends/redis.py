@@ -940,19 +940,25 @@ class RedisStore(Store):
         fields = await self._c.command("hmget", key, _FIELDS)
         return _stored(task_id, fields)
 
-    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+    async def _hmget_many(
+        self, task_ids: Collection[str], fields: Sequence[str]
+    ) -> list[tuple[str, Sequence[Any]]]:
+        """``fields`` of each task's hash, in one pipeline: (id, values) pairs."""
         ids = list(task_ids)
         if not ids:
             await trio.lowlevel.checkpoint()
-            return {}
+            return []
 
         def add(pipe: Any) -> None:
             for task_id in ids:
-                pipe.hmget(self._key(task_id), _FIELDS)
+                pipe.hmget(self._key(task_id), fields)
 
         rows = await self._c.call(add, len(ids), list)
+        return list(zip(ids, rows, strict=True))
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
         found = {}
-        for task_id, fields in zip(ids, rows, strict=True):
+        for task_id, fields in await self._hmget_many(task_ids, _FIELDS):
             task = _stored(task_id, fields)
             if task is not None:
                 found[task_id] = task
@@ -988,36 +994,16 @@ class RedisStore(Store):
     async def get_with_results(
         self, task_ids: Collection[str]
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
-        ids = list(task_ids)
-        if not ids:
-            await trio.lowlevel.checkpoint()
-            return {}
-
-        def add(pipe: Any) -> None:
-            for task_id in ids:
-                pipe.hmget(self._key(task_id), _FIELDS_AND_RESULT)
-
-        rows = await self._c.call(add, len(ids), list)
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
-        for task_id, fields in zip(ids, rows, strict=True):
+        for task_id, fields in await self._hmget_many(task_ids, _FIELDS_AND_RESULT):
             task = _stored(task_id, fields[: len(_FIELDS)])
             if task is not None:
                 found[task_id] = (task, _payload(*fields[len(_FIELDS) :]))
         return found
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
-        ids = list(task_ids)
-        if not ids:
-            await trio.lowlevel.checkpoint()
-            return {}
-
-        def add(pipe: Any) -> None:
-            for task_id in ids:
-                pipe.hmget(self._key(task_id), ("rm", "rv"))
-
-        rows = await self._c.call(add, len(ids), list)
         found = {}
-        for task_id, (media_type, data) in zip(ids, rows, strict=True):
+        for task_id, (media_type, data) in await self._hmget_many(task_ids, ("rm", "rv")):
             payload = _payload(media_type, data)
             if payload is not None:
                 found[task_id] = payload
