@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["find_tool", "redis_server", "wait_answering"]
+__all__ = ["Calls", "count_calls", "find_tool", "redis_server", "wait_answering"]
 
 
 def find_tool(*names: str, what: str) -> str:
@@ -121,3 +121,35 @@ def redis_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class Calls:
+    """What :func:`count_calls` saw: per method, how many calls and the
+    first argument of each (the task id, or the ids, that it was asked for)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.count = dict.fromkeys(names, 0)
+        self.first_args: dict[str, list[Any]] = {name: [] for name in names}
+
+    def ids_read(self, name: str) -> int:
+        """How many ids the calls of ``name`` asked for in all (a method of many ids)."""
+        return sum(len(ids) for ids in self.first_args[name])
+
+
+def count_calls(owner: Any, *names: str) -> Calls:
+    """Count the calls of the async methods ``names`` of the object ``owner``
+    (a store, an engine), which still do what they did: the instance's
+    methods are wrapped, its class is not touched."""
+    calls = Calls(names)
+    for name in names:
+        real = getattr(owner, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.count[_name] += 1
+            if args:
+                first = args[0]
+                calls.first_args[_name].append(list(first) if not isinstance(first, str) else first)
+            return await _real(*args, **kwargs)
+
+        setattr(owner, name, counted)
+    return calls

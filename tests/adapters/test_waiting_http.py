@@ -19,6 +19,7 @@ import errands
 from errands.adapters.asgi import ErrandsApp, create_app
 from tests.adapters._http import BASE_URL, checking_client
 from tests.conftest import trio_wall
+from tests.tools import count_calls
 
 svc = errands.Service("waits")
 
@@ -392,27 +393,13 @@ async def test_wait_many_reads_the_results_to_inline_together(
         ids = [item["task_id"] for item in answer.json()["items"]]
         raw = (await client.post("/shaped/submit", json={"kind": "bytes"})).json()["task_id"]
         await trio.sleep(1)
-        store = backend.store
-        asked: list[list[str]] = []
-        singles = 0
-        one, many = store.get_result, store.get_results
-
-        async def get_result(task_id: str) -> errands.Payload | None:
-            nonlocal singles
-            singles += 1
-            return await one(task_id)
-
-        async def get_results(task_ids: Any) -> dict[str, errands.Payload]:
-            asked.append(list(task_ids))
-            return await many(task_ids)
-
-        store.get_result = get_result  # type: ignore[method-assign]
-        store.get_results = get_results  # type: ignore[method-assign]
+        calls = count_calls(backend.store, "get_result", "get_results")
         answer = await client.post("/tasks/wait", json={"task_ids": [*ids, raw], "results": True})
         done = {d["task_id"]: d for d in answer.json()["done"]}
         assert all(done[t]["result"]["n"] == i % 5 for i, t in enumerate(ids))
         assert "result" not in done[raw]
-        assert singles == 0 and len(asked) == 4
+        asked = calls.first_args["get_results"]
+        assert calls.count["get_result"] == 0 and len(asked) == 4
         assert sorted(i for window in asked for i in window) == sorted(ids)
 
 

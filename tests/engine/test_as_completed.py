@@ -10,6 +10,7 @@ import trio.testing
 import errands
 from errands import TaskStatus
 from errands.backends import MemoryBackend
+from tests.tools import count_calls
 
 svc = errands.Service("many")
 
@@ -97,20 +98,10 @@ async def test_each_task_is_read_at_most_twice_however_many_rounds(
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend) as client:
         tasks = [await client.sleepy.submit(seconds=i) for i in range(300)]
-        store = backend.store
-        read = 0
-        get_many = store.get_many
-
-        async def counted(task_ids: object) -> object:
-            nonlocal read
-            ids = list(task_ids)  # type: ignore[call-overload]
-            read += len(ids)
-            return await get_many(ids)
-
-        store.get_many = counted  # type: ignore[method-assign]
+        calls = count_calls(backend.store, "get_many")
         ended = [t async for t in errands.as_completed(tasks)]
         assert ended == tasks  # in order of ending: one a second
-        assert read <= 2 * len(tasks), read
+        assert calls.ids_read("get_many") <= 2 * len(tasks), calls.ids_read("get_many")
         assert not client.engine.core.watchers.listeners  # nothing left registered
 
 
@@ -134,18 +125,10 @@ def test_sync_results_come_with_the_ends() -> None:
     with errands.start(svc) as client:
         batch = client.sleepy.submit_many([{"seconds": 0.001 * (i % 7)} for i in range(200)])
         engine = client.engine
-        gets = 0
-        result = engine.result
-
-        async def counted(task_id: str) -> object:
-            nonlocal gets
-            gets += 1
-            return await result(task_id)
-
-        engine.result = counted  # type: ignore[method-assign]
+        calls = count_calls(engine, "result")
         values = {t.id: t.get() for t in errands.as_completed(batch.tasks, timeout=60)}
         assert values == {t.id: 0.001 * (i % 7) for i, t in enumerate(batch.tasks)}
-        assert gets == 0
+        assert calls.count["result"] == 0
         assert len(engine.kept) == 0  # each taken by its get()
         more = client.sleepy.submit_many([{"seconds": 0.5}, {"seconds": 0}])
         for first in errands.as_completed(more.tasks, timeout=60):
@@ -153,7 +136,8 @@ def test_sync_results_come_with_the_ends() -> None:
             break
         assert client._portal.run(_listeners, engine) == 0
         more.tasks[0].wait(timeout=30)
-        assert more.tasks[0].get() == 0.5 and gets == 1  # not kept: asked of the engine
+        assert more.tasks[0].get() == 0.5  # not kept: asked of the engine
+        assert calls.count["result"] == 1
 
 
 async def _listeners(engine: errands.Engine) -> int:
@@ -184,16 +168,7 @@ async def test_async_results_come_with_the_ends(autojump_clock: trio.testing.Moc
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend) as client:
         tasks = [await client.sleepy.submit(seconds=i % 4) for i in range(40)]
-        store = backend.store
-        single = 0
-        get_result = store.get_result
-
-        async def counted(task_id: str) -> object:
-            nonlocal single
-            single += 1
-            return await get_result(task_id)
-
-        store.get_result = counted  # type: ignore[method-assign]
+        calls = count_calls(backend.store, "get_result")
         values = {t.id: await t.get() async for t in errands.as_completed(tasks)}
         assert values == {t.id: i % 4 for i, t in enumerate(tasks)}
-        assert single == 0 and len(client.engine.kept) == 0
+        assert calls.count["get_result"] == 0 and len(client.engine.kept) == 0

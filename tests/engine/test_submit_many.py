@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -15,6 +14,7 @@ import errands
 from errands import Backend, TaskStatus
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
+from tests.tools import count_calls
 
 svc = errands.Service("bulk")
 started: list[int] = []
@@ -139,27 +139,7 @@ async def test_results_of_a_finished_batch_are_read_together(
         await batch.wait()
         gone = batch.tasks[700].id
         assert await backend.store.delete(gone)
-        store = backend.store
-        calls = {"get": 0, "get_result": 0, "get_with_results": 0}
-        get, one, many = store.get, store.get_result, store.get_with_results
-
-        async def get_one(task_id: str) -> errands.StoredTask | None:
-            calls["get"] += 1
-            return await get(task_id)
-
-        async def get_result(task_id: str) -> errands.Payload | None:
-            calls["get_result"] += 1
-            return await one(task_id)
-
-        async def get_with_results(
-            task_ids: object,
-        ) -> dict[str, tuple[errands.StoredTask, errands.Payload | None]]:
-            calls["get_with_results"] += 1
-            return await many(task_ids)  # type: ignore[arg-type]
-
-        store.get = get_one  # type: ignore[method-assign]
-        store.get_result = get_result  # type: ignore[method-assign]
-        store.get_with_results = get_with_results  # type: ignore[method-assign]
+        calls = count_calls(backend.store, "get", "get_result", "get_with_results")
         results = [r async for r in batch.results()]
         assert [r.index for r in results] == list(range(1100))
         assert results[700].status == "expired" and results[700].result is None
@@ -169,8 +149,9 @@ async def test_results_of_a_finished_batch_are_read_together(
         # single task's result (nor of its record: the waits of tasks this
         # engine ended read nothing; the engine's upkeep may read one or two
         # meanwhile on a backend whose clock ran ahead in this test).
-        assert calls["get_result"] == 0 and calls["get_with_results"] == 3, calls
-        assert calls["get"] < 20, calls
+        count = calls.count
+        assert count["get_result"] == 0 and count["get_with_results"] == 3, count
+        assert count["get"] < 20, count
 
 
 async def test_a_batch_is_waited_for_together(
@@ -188,28 +169,15 @@ async def test_a_batch_is_waited_for_together(
     async with errands.open_engine(svc, backend=backend, clock=trio_wall) as client:
         done = await client.square.submit_many({"x": 3 * i} for i in range(1100))
         await done.wait()
-        store = backend.store
-        calls = {"get": 0, "get_many": 0}
-        get, get_many = store.get, store.get_many
-
-        async def one(task_id: str) -> errands.StoredTask | None:
-            calls["get"] += 1
-            return await get(task_id)
-
-        async def many(task_ids: Any) -> dict[str, errands.StoredTask]:
-            calls["get_many"] += 1
-            return await get_many(task_ids)
-
-        store.get = one  # type: ignore[method-assign]
-        store.get_many = many  # type: ignore[method-assign]
+        calls = count_calls(backend.store, "get", "get_many")
         counts = await done.wait()
         assert counts["success"] == 1100
         # (The engine's upkeep may read a task or two meanwhile; a wait that
         # reads one task at a time reads 1,100.)
-        assert calls["get"] < 20, calls
+        assert calls.count["get"] < 20, calls.count
         # Three for the wait, three for the counts (memory, Redis), and on a
         # backend shared with other processes a poll round or two.
-        assert calls["get_many"] < 20, calls
+        assert calls.count["get_many"] < 20, calls.count
         running = await client.square.submit_many({"x": x} for x in (2, 5))
         start = trio.current_time()
         assert (await running.wait())["success"] == 2
