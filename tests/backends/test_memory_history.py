@@ -26,6 +26,22 @@ def _tracked() -> int:
     return len(gc.get_objects())
 
 
+def count_unpacks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The packed records unpacked from now on (``unpack_record`` still
+    unpacks them), one entry each."""
+    from errands import _model
+
+    unpacked: list[bytes] = []
+    real = _model.unpack_record
+
+    def counting(packed: bytes) -> TaskRecord:
+        unpacked.append(packed)
+        return real(packed)
+
+    monkeypatch.setattr(_model, "unpack_record", counting)
+    return unpacked
+
+
 async def test_finished_tasks_add_no_objects_for_the_collector_to_walk() -> None:
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend, workers=64) as client:
@@ -114,31 +130,21 @@ async def test_records_whose_arguments_do_not_pack_are_kept_as_objects() -> None
 async def test_listing_unpacks_only_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
     """``list()`` filters and orders the history by its side columns: a page's
     records are unpacked when read, and a listing of live tasks unpacks none."""
-    from errands import _model
-
-    unpacked = 0
-    real = _model.unpack_record
-
-    def counting(packed: bytes) -> TaskRecord:
-        nonlocal unpacked
-        unpacked += 1
-        return real(packed)
-
-    monkeypatch.setattr(_model, "unpack_record", counting)
+    unpacks = count_unpacks(monkeypatch)
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend) as client:
         tasks = [await client.double.submit(x=i, tags=[]) for i in range(300)]
         for task in tasks:
             await task.wait(timeout=30)
         store = backend.store
-        unpacked = 0
+        unpacks.clear()
         assert await store.list(status=TaskStatus.IN_PROGRESS) == []
         assert await store.list(status=TaskStatus.PENDING) == []
-        assert unpacked == 0
+        assert len(unpacks) == 0
         page = await store.list(limit=5, offset=10)
-        assert unpacked == 0 and len(page) == 5
+        assert len(unpacks) == 0 and len(page) == 5
         assert all(t.record.id == t.id for t in page)
-        assert unpacked == 5
+        assert len(unpacks) == 5
         every = await store.list(limit=1000)
         assert len(every) == 300
         # Newest first; tasks created at the same moment in id order (as the
@@ -154,17 +160,7 @@ async def test_reads_of_the_status_alone_unpack_nothing(monkeypatch: pytest.Monk
     """A batch's counts, waits and reads of the stored status and expiry use
     the scalars kept beside each final record: nothing is unpacked (counting
     a finished batch of 10,000 unpacked every record: about 15 µs a member)."""
-    from errands import _model
-
-    unpacked = 0
-    real = _model.unpack_record
-
-    def counting(packed: bytes) -> TaskRecord:
-        nonlocal unpacked
-        unpacked += 1
-        return real(packed)
-
-    monkeypatch.setattr(_model, "unpack_record", counting)
+    unpacks = count_unpacks(monkeypatch)
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend) as client:
         batch = await client.double.submit_many([{"x": i, "tags": ["t"]} for i in range(200)])
@@ -175,8 +171,8 @@ async def test_reads_of_the_status_alone_unpack_nothing(monkeypatch: pytest.Monk
         found = await store.get_many([t.id for t in batch.tasks])
         assert {t.status for t in found.values()} == {TaskStatus.SUCCESS}
         assert all(t.expires_at is not None and t.token > 0 for t in found.values())
-        assert unpacked == 0
+        assert len(unpacks) == 0
         # The record itself is still there, whole, when it is read.
         info = await batch.tasks[3].get_info()
-        assert info.status is TaskStatus.SUCCESS and unpacked == 1
+        assert info.status is TaskStatus.SUCCESS and len(unpacks) == 1
         assert await batch.tasks[3].get() == {"x": 6, "tags": ["t"]}
