@@ -159,8 +159,8 @@ class AsyncBatch:
         """:meth:`results`, as lists of the outcomes read together.
 
         In submission order, once a task is final the outcomes of it and of
-        the final ones right after it (up to 500) are read in two store
-        calls, not two each; a task not final yet ends the list, and is
+        the final ones right after it (up to 500) are read in one store
+        call, not two each; a task not final yet ends the list, and is
         waited for."""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")

@@ -787,7 +787,8 @@ class Engine:
         wanted: Callable[[str | None], bool] | None = None,
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
         """The stored tasks and, for successes, their stored results, read
-        together: two store calls, not two per task (a batch's results).
+        together: one store call (two with ``wanted``), not two per task (a
+        batch's results).
         Tasks unknown, expired, with a malformed id, or a success whose
         result is gone (purged meanwhile) are left out.  The records are not
         decoded (``StoredTask.record`` decodes one when read) unless
