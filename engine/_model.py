@@ -440,18 +440,34 @@ class StoredTask:
         expires_at: float | None,
         data: bytes,
     ) -> None:
+        self._fill(id, name, TaskStatus(status), token, created_at, expires_at, data, None, None)
+
+    def _fill(
+        self,
+        id: str,
+        name: str,
+        status: TaskStatus,
+        token: int,
+        created_at: float,
+        expires_at: float | None,
+        data: bytes | None,
+        packed: bytes | None,
+        record: TaskRecord | None,
+    ) -> None:
         self.id = id
         self.name = name
-        self.status = TaskStatus(status)
+        self.status = status
         self.token = token
         self.created_at = created_at
         self.expires_at = expires_at
-        self._data: bytes | None = data
-        self._packed: bytes | None = None
-        self._record: TaskRecord | None = None
+        self._data = data
+        self._packed = packed
+        self._record = record
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> StoredTask:
+        # Three times per task on the hot path: the fields are set here, not
+        # through _fill (a call more each).
         self = cls.__new__(cls)
         self.id = record.id
         self.name = record.name
@@ -479,15 +495,7 @@ class StoredTask:
         """A task whose record is ``packed`` (:func:`pack_record`), with the
         scalars given beside it; the record is unpacked when first read."""
         self = cls.__new__(cls)
-        self.id = id
-        self.name = name
-        self.status = status
-        self.token = token
-        self.created_at = created_at
-        self.expires_at = expires_at
-        self._data = None
-        self._packed = packed
-        self._record = None
+        self._fill(id, name, status, token, created_at, expires_at, None, packed, None)
         return self
 
     def is_expired(self, now: float) -> bool:
