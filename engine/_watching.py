@@ -285,6 +285,16 @@ def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
     )
 
 
+async def _wait_until(event: trio.Event, deadline: float) -> None:
+    """``event.wait()``, given up at ``deadline`` (``math.inf``: never, and
+    no cancel scope is entered)."""
+    if deadline == math.inf:
+        await event.wait()
+    else:
+        with trio.move_on_at(deadline):
+            await event.wait()
+
+
 async def wait_final(engine: Source, task_id: str, timeout: float | None) -> TaskStatus:
     """:meth:`Engine.wait`."""
     try:
@@ -344,11 +354,7 @@ async def next_change(
                 raise EngineClosed("the engine stopped")
             if trio.current_time() >= deadline:
                 raise TimeoutError(f"task {task_id} did not change in {timeout} s")
-            if deadline == math.inf:
-                await listener.event.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await listener.event.wait()
+            await _wait_until(listener.event, deadline)
             listener.rearm()
             record = await engine.load(task_id, schedule=False)
         position = None
@@ -383,11 +389,7 @@ async def wait_any(
                 raise EngineClosed("the engine stopped")
             if trio.current_time() >= deadline:
                 return {}
-            if deadline == math.inf:
-                await listener.event.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await listener.event.wait()
+            await _wait_until(listener.event, deadline)
             fired = listener.rearm()
             if fired:
                 done.update(await _finals(engine, [i for i in ids if i in fired]))
@@ -497,11 +499,7 @@ class WaitingSet:
                 raise EngineClosed("the engine stopped")
             if trio.current_time() >= deadline:
                 break
-            if deadline == math.inf:
-                await listener.event.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await listener.event.wait()
+            await _wait_until(listener.event, deadline)
             fired = [i for i in listener.rearm() if i in self._remaining]
             for start in range(0, len(fired), _READ_CHUNK):
                 done.update(await self._read(engine, fired[start : start + _READ_CHUNK]))
