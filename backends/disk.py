@@ -39,7 +39,7 @@ import re
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -347,6 +347,22 @@ def _stored(row: tuple[Any, ...]) -> StoredTask:
 
 
 _TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data"
+
+#: Ids per ``IN (...)`` of one query: under SQLite's bound-variable limit.
+_IDS_PER_QUERY = 500
+
+
+def _rows_by_ids(
+    conn: sqlite3.Connection, sql: str, ids: Sequence[str], *after: Any
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (whose ``{marks}`` takes the placeholders of the
+    ids, and whose other parameters ``after`` follow them) for ``ids``, a
+    chunk of them per query."""
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), (*chunk, *after))
+
+
 _STARTABLE = ", ".join(f"t.{column}" for column in _TASK_COLUMNS.split(", "))
 
 
@@ -794,16 +810,8 @@ class DiskCacheStore(Store):
         ids = list(task_ids)
 
         def get_many(conn: sqlite3.Connection) -> dict[str, StoredTask]:
-            found: dict[str, StoredTask] = {}
-            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
-                )
-                for row in rows:
-                    found[row[0]] = _stored(row)
-            return found
+            sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({{marks}})"
+            return {row[0]: _stored(row) for row in _rows_by_ids(conn, sql, ids)}
 
         return await self._db.run(get_many, write=False)
 
@@ -909,34 +917,25 @@ class DiskCacheStore(Store):
         ) -> tuple[dict[str, tuple[StoredTask, Payload | None]], dict[str, int]]:
             found: dict[str, tuple[StoredTask, Payload | None]] = {}
             large: dict[str, int] = {}  # task id -> token: in diskcache
-            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT {_STARTABLE}, r.media_type, r.data FROM tasks t"
-                    f" LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})",
-                    chunk,
-                )
-                for row in rows:
-                    task = _stored(row[:7])
-                    media_type, data = row[7], row[8]
-                    payload = None
-                    if task.status.value == success:
-                        if media_type is not None:
-                            payload = Payload(media_type=media_type, data=bytes(data))
-                        else:
-                            large[task.id] = task.token
-                    found[task.id] = (task, payload)
+            sql = (
+                f"SELECT {_STARTABLE}, r.media_type, r.data FROM tasks t"
+                " LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
+            )
+            for row in _rows_by_ids(conn, sql, ids):
+                task = _stored(row[:7])
+                media_type, data = row[7], row[8]
+                payload = None
+                if task.status.value == success:
+                    if media_type is not None:
+                        payload = Payload(media_type=media_type, data=bytes(data))
+                    else:
+                        large[task.id] = task.token
+                found[task.id] = (task, payload)
             return found, large
 
         found, large = await self._db.run(find, write=False)
-        if large:
-
-            def read_large() -> dict[str, Payload | None]:
-                return {i: self._read_result(f"{i}:{token}") for i, token in large.items()}
-
-            for task_id, payload in (await self._in_thread(read_large)).items():
-                found[task_id] = (found[task_id][0], payload)
+        for task_id, payload in (await self._large_results(large)).items():
+            found[task_id] = (found[task_id][0], payload)
         return found
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
@@ -945,35 +944,35 @@ class DiskCacheStore(Store):
         def find(conn: sqlite3.Connection) -> tuple[dict[str, Payload], dict[str, int]]:
             small: dict[str, Payload] = {}
             large: dict[str, int] = {}  # task id -> token: in diskcache
-            for start in range(0, len(ids), 500):  # under SQLite's bound-variable limit
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT t.id, t.token, r.media_type, r.data FROM tasks t"
-                    f" LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
-                    " AND t.status = ?",
-                    (*chunk, TaskStatus.SUCCESS.value),
-                )
-                for task_id, token, media_type, data in rows:
-                    if media_type is not None:
-                        small[task_id] = Payload(media_type=media_type, data=bytes(data))
-                    else:
-                        large[task_id] = int(token)
+            sql = (
+                "SELECT t.id, t.token, r.media_type, r.data FROM tasks t"
+                " LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks}) AND t.status = ?"
+            )
+            for task_id, token, media_type, data in _rows_by_ids(
+                conn, sql, ids, TaskStatus.SUCCESS.value
+            ):
+                if media_type is not None:
+                    small[task_id] = Payload(media_type=media_type, data=bytes(data))
+                else:
+                    large[task_id] = int(token)
             return small, large
 
         found, large = await self._db.run(find, write=False)
-        if large:
-
-            def read_large() -> dict[str, Payload]:
-                read = {}
-                for task_id, token in large.items():
-                    payload = self._read_result(f"{task_id}:{token}")
-                    if payload is not None:
-                        read[task_id] = payload
-                return read
-
-            found.update(await self._in_thread(read_large))
+        for task_id, payload in (await self._large_results(large)).items():
+            if payload is not None:
+                found[task_id] = payload
         return found
+
+    async def _large_results(self, large: dict[str, int]) -> dict[str, Payload | None]:
+        """The results kept in diskcache's files (task id -> its token), read
+        in one thread hop; None where a file is gone."""
+        if not large:
+            return {}
+
+        def read() -> dict[str, Payload | None]:
+            return {i: self._read_result(f"{i}:{token}") for i, token in large.items()}
+
+        return await self._in_thread(read)
 
     def _read_result(self, key: str) -> Payload | None:
         try:
