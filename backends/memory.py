@@ -500,35 +500,32 @@ class MemoryStore(Store):
             heapq.heappush(self._expiry, (task.expires_at, task.id))
         return True
 
+    def _result(self, task_id: str) -> Payload | None:
+        data = self._result_data.get(task_id)
+        return None if data is None else Payload(media_type=self._result_types[task_id], data=data)
+
     async def get_result(self, task_id: str) -> Payload | None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        data = self._result_data.get(task_id)
-        if data is None:
-            return None
-        return Payload(media_type=self._result_types[task_id], data=data)
+        return self._result(task_id)
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        datas, types = self._result_data, self._result_types
         found = {}
         for task_id in task_ids:
-            data = datas.get(task_id)
-            if data is not None:
-                found[task_id] = Payload(media_type=types[task_id], data=data)
+            payload = self._result(task_id)
+            if payload is not None:
+                found[task_id] = payload
         return found
 
     async def get_with_results(
         self, task_ids: Collection[str]
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
         await trio.lowlevel.checkpoint_if_cancelled()
-        datas, types = self._result_data, self._result_types
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
         for task_id in task_ids:
             task = self._find(task_id)
             if task is not None:
-                data = datas.get(task_id)
-                payload = None if data is None else Payload(media_type=types[task_id], data=data)
-                found[task_id] = (task, payload)
+                found[task_id] = (task, self._result(task_id))
         return found
 
     async def delete(self, task_id: str) -> bool:
