@@ -32,6 +32,7 @@ from ._flows import (
     OUTAGE_WINDOW,
     POLL_MAX,
     POLL_START,
+    STREAM_SILENCE,
     Call,
     Clock,
     Emit,
@@ -65,9 +66,6 @@ __all__ = [
 PER_REQUEST = 2000
 #: ... and about the most bytes of items in one.
 REQUEST_BYTES = 4 * 1024 * 1024
-#: Seconds a results stream may stay silent (the server sends a blank line
-#: after 15 s); added to the client's read timeout.
-STREAM_SILENCE = 20.0
 
 
 def _path(batch_id: str, action: str = "") -> str:

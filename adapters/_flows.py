@@ -12,6 +12,7 @@ Nothing here does I/O, which keeps the two clients identical by construction.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Collection, Generator, Mapping
@@ -60,6 +61,7 @@ __all__ = [
     "wait",
     "wait_any",
     "wait_fetching",
+    "wait_stream",
 ]
 
 #: Polling a server without long polls (BentoML) starts at this interval and
@@ -69,6 +71,9 @@ POLL_MAX = 1.0
 #: How long a wait goes on trying a server that cannot be reached or has no
 #: engine running (503), as while it restarts, before it raises.
 OUTAGE_WINDOW = 60.0
+#: Seconds a streamed answer may stay silent (the server sends a blank line
+#: after 15 s); added to the client's read timeout.
+STREAM_SILENCE = 20.0
 
 
 @attrs.frozen
@@ -366,6 +371,10 @@ def wait_any(
     pause = POLL_START
     outage = _Outage()
     ids = list(task_ids)
+    if server.wait_many:
+        # The first ids the server takes in one request: the others are
+        # asked for once these have ended (as_completed asks again).
+        ids = ids[: server.max_wait_ids]
     while True:
         asked = yield Clock()
         inlined: dict[str, httpx.Response] = {}
@@ -382,12 +391,7 @@ def wait_any(
                 "headers": {"content-type": "application/json"},
             }
             response = yield from _through_outages(Call(request, hold=hold), outage, deadline)
-            body = _json(_check(response, action="wait"))
-            done = body.get("done") or ()
-            found: dict[str, TaskInfo | None] = {i.id: i for i in (info_from_json(d) for d in done)}
-            found.update(dict.fromkeys(body.get("missing") or ()))
-            if "results" in ask:
-                inlined = {d["task_id"]: r for d in done if (r := _inlined(d)) is not None}
+            found, inlined = _endings(_json(_check(response, action="wait")), "results" in ask)
         else:
             hold = 0.0
             found = {}
@@ -407,6 +411,124 @@ def wait_any(
         if now >= deadline:
             return {}, {}
         pause = yield from _next_pause(asked, now, hold, deadline, pause)
+
+
+def _endings(
+    body: Any, results: bool
+) -> tuple[dict[str, TaskInfo | None], dict[str, httpx.Response]]:
+    """The tasks a ``POST /tasks/wait`` answer (or a line of its stream)
+    names as ended (id -> TaskInfo) or unknown (id -> None), and the results
+    it inlined (id -> the answer ``get`` would have given)."""
+    if not isinstance(body, dict):
+        raise RemoteError("the server's answer to /tasks/wait is not a JSON object")
+    done = body.get("done") or ()
+    found: dict[str, TaskInfo | None] = {i.id: i for i in (info_from_json(d) for d in done)}
+    found.update(dict.fromkeys(body.get("missing") or ()))
+    if not results:
+        return found, {}
+    return found, {d["task_id"]: r for d in done if (r := _inlined(d)) is not None}
+
+
+def wait_stream(
+    server: ServerInfo,
+    task_ids: Collection[str],
+    timeout: float | None,
+    *,
+    results: bool = False,
+) -> Flow:
+    """Every task among ``task_ids`` as it ends, from one streamed ``POST
+    /tasks/wait`` (a server with ``wait_stream``): hands out, with ``Emit``,
+    each round of endings the server sends, as ``wait_any`` returns them
+    (found, inlined).  Returns once every id was handed out, or at
+    ``timeout`` with some not.
+
+    More ids than the server takes in one request (``max_wait_ids``) are
+    waited on a part at a time, in the order given: each part's tasks as
+    they end, the next part once every task of this one was handed out.  A
+    stream that ends with ids not sent (the server drained, or restarted)
+    is asked for again, for those, while the server comes back within
+    ``OUTAGE_WINDOW``.
+    """
+    start = yield Clock()
+    deadline = math.inf if timeout is None else start + timeout
+    left = dict.fromkeys(task_ids)
+    since: float | None = None  # when the stream was first found cut short
+    pause = POLL_START
+    while left:
+        part = list(itertools.islice(left, server.max_wait_ids))
+        ask: dict[str, Any] = {"task_ids": part, "stream": True}
+        if results and server.wait_results:
+            ask["results"] = True
+        opened = yield Clock()
+        # Held until the part's tasks end; with a timeout, for at most the
+        # time left, and the server's max_wait (then asked again at once).
+        hold = (
+            None
+            if deadline == math.inf
+            else _wait_param(min(deadline - opened, server.max_wait or math.inf))
+        )
+        request = {
+            "method": "POST",
+            "url": "/tasks/wait",
+            "params": {} if hold is None else {"wait": hold},
+            "content": json.dumps(ask),
+            "headers": {"content-type": "application/json"},
+        }
+        problem: Exception | None = None
+        try:
+            response = yield Open(request, hold=STREAM_SILENCE)
+        except RemoteError as exc:
+            if exc.status_code is not None:
+                raise
+            problem = exc  # unreachable: ride it out
+        else:
+            if response.status_code == 503:
+                problem = error_for(response, action="wait")
+            else:
+                _check(response, action="wait")
+            try:
+                while problem is None and (text := (yield Line(response))) is not None:
+                    if not text.strip():
+                        continue  # a keep-alive
+                    try:
+                        line = json.loads(text)
+                    except ValueError:
+                        raise RemoteError(
+                            f"the server sent a line that is not JSON: {text[:200]!r}"
+                        ) from None
+                    found, inlined = _endings(line, "results" in ask)
+                    found = {i: f for i, f in found.items() if i in left}
+                    if not found:
+                        continue
+                    for task_id in found:
+                        del left[task_id]
+                    since, pause = None, POLL_START
+                    if not any(task_id in left for task_id in part):
+                        # The part's last round: the server ends the stream
+                        # right after it; read that end first, so the answer
+                        # is not left half read when the caller stops here.
+                        while (yield Line(response)) is not None:
+                            pass
+                    yield Emit((found, inlined))
+            except RemoteError as exc:
+                if exc.status_code is not None:
+                    raise
+                problem = exc  # cut off: ask again for the rest
+        now = yield Clock()
+        if not left or now >= deadline:
+            return None
+        held_out = hold is not None and problem is None and now >= opened + float(hold)
+        if any(task_id in left for task_id in part) and not held_out:
+            # Cut short (drain, restart): ask again for the rest, with backoff.
+            since = now if since is None else since
+            if now - since >= OUTAGE_WINDOW:
+                raise problem or RemoteError(
+                    f"the server's stream of many-task waits kept ending with "
+                    f"{len(left)} tasks not final"
+                )
+            yield Sleep(min(pause, deadline - now))
+            pause = min(pause * 2, POLL_MAX)
+    return None
 
 
 def _inlined(entry: Any) -> httpx.Response | None:

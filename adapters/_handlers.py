@@ -317,6 +317,8 @@ class Handlers:
                 "max_wait": self.max_wait,
                 "wait_many": True,  # POST /tasks/wait
                 "wait_results": True,  # ... with {"results": true}
+                "wait_stream": True,  # ... with {"stream": true}
+                "max_wait_ids": self.http.max_wait_ids,
                 "events": True,  # GET <route>/events
                 "batches": True,  # <route>/submit_many and /batches/<id>
                 "max_batch_page": self.http.max_batch_page,

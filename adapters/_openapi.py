@@ -639,7 +639,12 @@ class _Builder:
                     "Answers as soon as one of the tasks is final, unknown or expired (all"
                     " such tasks are reported), or after `wait` seconds (default 0: at"
                     " once), or at once when the server drains.  Repeated ids count once;"
-                    " each list keeps the request's order."
+                    ' each list keeps the request\'s order.  With `"stream": true`, the'
+                    " answer is JSON Lines (`application/x-ndjson`): one line"
+                    ' `{"done": [...], "missing": [...]}` per round of endings (done in'
+                    " the order the tasks ended), a blank line after 15 s of silence,"
+                    " until every id was sent, or for at most `wait` seconds when given,"
+                    " or until the server drains (ask again for the rest)."
                 ),
                 "parameters": [self._wait("The longest to hold the request (default 0).")],
                 "requestBody": {
@@ -650,10 +655,21 @@ class _Builder:
                 },
                 "responses": self._common(
                     {
-                        "200": _response(
-                            "Final tasks, missing ids and the rest",
-                            {"$ref": "#/components/schemas/WaitAnswer"},
-                        ),
+                        "200": {
+                            "description": "Final tasks, missing ids and the rest; with"
+                            " stream, one line per round of endings",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/WaitAnswer"}
+                                },
+                                JSONL_TYPES[0]: {
+                                    "schema": {
+                                        "type": "string",
+                                        "description": "Objects with done and missing, one a line.",
+                                    }
+                                },
+                            },
+                        },
                         "400": _error("The body or wait is not valid"),
                         "408": _error(f"The body did not arrive within {http.read_timeout:g} s"),
                         "413": _error(f"The body is larger than {http.max_body_size} bytes"),
@@ -715,7 +731,12 @@ class _Builder:
                     "results": {
                         "type": "boolean",
                         "description": "Inline each success's result in its entry of `done`"
-                        " (JSON or text of at most 64 KiB, at most 1 MiB per answer).",
+                        " (JSON or text of at most 64 KiB, at most 1 MiB per answer or line).",
+                    },
+                    "stream": {
+                        "type": "boolean",
+                        "description": "Stream each round of endings as a line of JSON"
+                        " Lines, until every id was sent (see the operation).",
                     },
                 },
                 "required": ["task_ids"],

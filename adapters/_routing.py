@@ -15,14 +15,14 @@ from urllib.parse import parse_qs
 import anyio
 
 from ._answers import Answer, one
-from ._batch_routes import BATCH_ACTIONS, BatchRoutes, LinesStream
+from ._batch_routes import BATCH_ACTIONS, BatchRoutes
 from ._batch_submit import BatchSubmit
-from ._dashboard import PAGE_PATHS, Dashboard, DashboardStream
+from ._dashboard import PAGE_PATHS, Dashboard
 from ._handlers import Handlers
 from ._options import HTTPOptions
 from ._protocol import HTTPError
 from ._security import OPEN_PATHS, Authenticator, HostAllowList, header
-from ._waiting import EventStream, wait_many
+from ._waiting import StreamedAnswer, wait_many
 
 __all__ = ["ACTIONS", "SUBMIT_TYPES", "Router"]
 
@@ -76,9 +76,7 @@ class Router:
         elif http.dashboard:
             self.dashboard = Dashboard(handlers)
 
-    async def dispatch(
-        self, scope: Scope, receive: Receive
-    ) -> Answer | EventStream | LinesStream | DashboardStream:
+    async def dispatch(self, scope: Scope, receive: Receive) -> Answer | StreamedAnswer:
         """The answer to an HTTP request (raises HTTPError for an error answer)."""
         path: str = scope["path"]
         root = scope.get("root_path") or ""

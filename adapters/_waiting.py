@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -31,15 +32,16 @@ import trio
 from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound, TaskStatus
 
 from ._answers import Answer, json_bytes, request_json, wait_seconds
-from ._batch_wire import inlinable, inline_result
+from ._batch_wire import JSONL_TYPES, inlinable, inline_result
 from ._protocol import HTTPError, errors_as_answers, info_to_json
 
 if TYPE_CHECKING:
     from errands import Engine
+    from errands._watching import WaitingSet
 
     from ._bridge import EngineAccess
 
-__all__ = ["KEEPALIVE", "MAX_WAIT_IDS", "EventStream", "Holds", "wait_many"]
+__all__ = ["KEEPALIVE", "MAX_WAIT_IDS", "EventStream", "Holds", "WaitStream", "wait_many"]
 
 log = logging.getLogger("errands.http")
 
@@ -161,6 +163,10 @@ class StreamedAnswer:
 
     _gone = False
 
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Send the whole stream; returns when it has ended."""
+        raise NotImplementedError
+
     async def _send(self, send: Send, data: bytes, *, more: bool = True) -> None:
         try:
             await send({"type": "http.response.body", "body": data, "more_body": more})
@@ -246,7 +252,7 @@ async def wait_many(
     bentoml_compat: bool,
     max_ids: int = MAX_WAIT_IDS,
     hide_errors: bool = False,
-) -> Answer:
+) -> Answer | WaitStream:
     """``POST /tasks/wait?wait=S`` with ``{"task_ids": [...]}``.
 
     Answers ``{"done": [status objects of final tasks], "missing": [unknown
@@ -261,16 +267,23 @@ async def wait_many(
     bytes, while the answer's inlined results stay within
     :data:`INLINE_ANSWER` bytes: a client that goes on to ``get()`` each task
     as it ends (``as_completed``) needs no request for those.
+
+    With ``"stream": true``, the answer is a :class:`WaitStream` instead:
+    JSON Lines, one line per round of endings, until every id was sent, or
+    for at most S seconds when ``?wait=S`` is given.
     """
     request = request_json(body, empty=None)
     if not isinstance(request, dict):
         raise HTTPError(400, 'the body must be a JSON object: {"task_ids": [...]}')
-    unknown = sorted(set(request) - {"task_ids", "results"})
+    unknown = sorted(set(request) - {"task_ids", "results", "stream"})
     if unknown:
         raise HTTPError(400, f"unknown fields in the body: {', '.join(unknown)}")
     results = request.get("results", False)
     if not isinstance(results, bool):
         raise HTTPError(400, "results must be true or false")
+    stream = request.get("stream", False)
+    if not isinstance(stream, bool):
+        raise HTTPError(400, "stream must be true or false")
     ids = request.get("task_ids")
     if (
         not isinstance(ids, list)
@@ -280,8 +293,26 @@ async def wait_many(
         raise HTTPError(
             400, f"task_ids must be a list of 1 to {max_ids} task ids (strings) (max_wait_ids)"
         )
-    wait = wait_seconds(query, maximum=max_wait, default=0.0)
     unique = list(dict.fromkeys(ids))
+    entries = _Entries(bentoml_compat=bentoml_compat, hide_errors=hide_errors)
+    if stream:
+        # A stream is held until its tasks are final, or ``wait`` seconds.
+        limit = wait_seconds(query, maximum=max_wait, default=None)
+        held = not holds.draining and limit != 0
+        if held:
+            holds.check_room()  # a 503 now, not a stream cut short
+        with errors_as_answers(bentoml_compat=bentoml_compat):
+            waiting = await access.call(_open_waiting, access.engine, unique)
+        return WaitStream(
+            access,
+            waiting,
+            unique,
+            entries,
+            results=results,
+            wait=limit,
+            holds=holds if held else None,
+        )
+    wait = wait_seconds(query, maximum=max_wait, default=0.0)
     found: dict[str, TaskInfo | None] = {}
     inlined: dict[str, tuple[str, bytes]] = {}
     engine = access.engine
@@ -292,26 +323,37 @@ async def wait_many(
         if not found:  # timed out, drained, or no wait asked: the state now
             found, inlined = await access.call(_wait_and_read, engine, unique, 0, results)
     done = [info for i in unique if (info := found.get(i)) is not None]
-    entries = [
-        json_bytes(info_to_json(info, bentoml_compat=bentoml_compat, hide_errors=hide_errors))
-        for info in done
-    ]
-    if inlined:
-        for n, info in enumerate(done):
-            if (result := inlined.get(info.id)) is not None:
-                media, inline = result
-                # The status object with two more members; the result's JSON
-                # goes in as stored, never parsed again.
-                extra = b',"result_type":%s,"result":%s}' % (json_bytes(media), inline)
-                entries[n] = entries[n][:-1] + extra
     missing = [i for i in unique if i in found and found[i] is None]
     pending = [i for i in unique if i not in found]
     answer = b'{"done":[%s],"missing":%s,"pending":%s}' % (
-        b",".join(entries),
+        b",".join(entries.done(done, inlined)),
         json_bytes(missing),
         json_bytes(pending),
     )
     return 200, [(b"content-type", b"application/json")], answer
+
+
+class _Entries:
+    """The ``done`` entries of a many-task wait: each task's status object,
+    with its inlined result (``result_type`` and ``result``) when it has one."""
+
+    def __init__(self, *, bentoml_compat: bool, hide_errors: bool) -> None:
+        self._compat = bentoml_compat
+        self._hide = hide_errors
+
+    def done(self, infos: list[TaskInfo], inlined: dict[str, tuple[str, bytes]]) -> list[bytes]:
+        out = []
+        for info in infos:
+            entry = json_bytes(
+                info_to_json(info, bentoml_compat=self._compat, hide_errors=self._hide)
+            )
+            if (result := inlined.get(info.id)) is not None:
+                media, inline = result
+                # The status object with two more members; the result's JSON
+                # goes in as stored, never parsed again.
+                entry = entry[:-1] + b',"result_type":%s,"result":%s}' % (json_bytes(media), inline)
+            out.append(entry)
+        return out
 
 
 #: The largest result ``POST /tasks/wait`` inlines (bytes of its JSON).
@@ -361,3 +403,122 @@ async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tup
                 out[task_id] = (payload.media_type, inline)
                 room -= len(inline)
     return out
+
+
+# ---------------------------------------------------------------------- streamed
+
+
+async def _open_waiting(engine: Engine, task_ids: list[str]) -> WaitingSet:
+    return engine.waiting_set(task_ids)
+
+
+async def _close_waiting(waiting: WaitingSet) -> None:
+    waiting.close()
+
+
+async def _next_round(
+    engine: Engine, waiting: WaitingSet, timeout: float, results: bool
+) -> tuple[dict[str, TaskInfo | None], dict[str, tuple[str, bytes]]]:
+    """In the engine's run: what ended since the last round (at most
+    ``timeout`` seconds of waiting for it), and the results to inline."""
+    found = await waiting.next(timeout)
+    if not results or not found:
+        return found, {}
+    succeeded = [i for i, f in found.items() if f is not None and f.status is SUCCESS]
+    return found, await _inlined_results(engine, succeeded) if succeeded else {}
+
+
+def _ended_at(info: TaskInfo) -> float:
+    moment = info.finished_at
+    return float("-inf") if moment is None else moment.timestamp()
+
+
+_JSONL_HEADERS = stream_headers(JSONL_TYPES[0].encode())
+
+
+class WaitStream(StreamedAnswer):
+    """``POST /tasks/wait`` with ``{"stream": true}``: JSON Lines, one line
+    per round of endings, ``{"done": [...], "missing": [...]}`` as the
+    answer without a stream has them (done in the order the tasks ended);
+    a blank line after KEEPALIVE seconds of silence.  It ends when every id
+    was sent, after ``?wait=`` seconds when given, on drain (a client
+    reading it then asks again for the rest), or when the client goes away.
+
+    The engine's waiting set listens once and reads each task at the start
+    and at its end: a client that waits on many tasks as they end
+    (``as_completed``) costs the server the tasks, not the tasks times the
+    rounds, as asking again with every id still running does.
+    """
+
+    def __init__(
+        self,
+        access: EngineAccess,
+        waiting: WaitingSet,
+        task_ids: list[str],
+        entries: _Entries,
+        *,
+        results: bool,
+        wait: float | None,
+        holds: Holds | None,
+    ) -> None:
+        self._access = access
+        self._waiting = waiting
+        self._left = set(task_ids)
+        self._entries = entries
+        self._results = results
+        self._wait = wait
+        self._holds = holds  # None: one round, at once (draining, or wait=0)
+        self._gone = False
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Send the whole stream; returns when it has ended."""
+        await send({"type": "http.response.start", "status": 200, "headers": _JSONL_HEADERS})
+        try:
+            if self._holds is None:
+                await self._round(send, 0)
+            else:
+                with self._holds.hold(checked=True):
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                        await self._pump(send)
+                        group.cancel_scope.cancel()
+        except EngineClosed:
+            pass  # the stream ends short: the client asks again for the rest
+        except Exception:
+            # After the answer began there is no error answer: the stream ends short.
+            log.exception("a many-task wait stream ended by an error")
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self._access.call(_close_waiting, self._waiting)
+                except Exception:
+                    pass  # the engine stopped: nothing is left to close
+        if not self._gone:
+            await self._send(send, b"", more=False)
+
+    async def _pump(self, send: Send) -> None:
+        deadline = math.inf if self._wait is None else anyio.current_time() + self._wait
+        while self._left and not self._gone:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                return
+            if not await self._round(send, min(KEEPALIVE, left)):
+                await self._send(send, b"\n")
+
+    async def _round(self, send: Send, timeout: float) -> bool:
+        """One round of endings sent as a line (False: none came in ``timeout``)."""
+        engine = self._access.engine
+        found, inlined = await self._access.call(
+            _next_round, engine, self._waiting, timeout, self._results
+        )
+        if not found:
+            return False
+        self._left.difference_update(found)
+        done = sorted((f for f in found.values() if f is not None), key=_ended_at)
+        missing = [i for i, f in found.items() if f is None]
+        line = b'{"done":[%s],"missing":%s}\n' % (
+            b",".join(self._entries.done(done, inlined)),
+            json_bytes(missing),
+        )
+        await self._send(send, line)
+        return True

@@ -97,6 +97,11 @@ class ServerInfo:
     wait_many: bool
     #: Whether it inlines the results of successes (``"results": true``).
     wait_results: bool = False
+    #: Whether it streams the endings as they come (``"stream": true``).
+    wait_stream: bool = False
+    #: The most task ids one ``POST /tasks/wait`` names (errands' default
+    #: when the server does not say).
+    max_wait_ids: int = 10_000
     #: Whether ``<route>/submit_many`` and ``/batches/<id>`` are served.
     batches: bool = False
     #: The most task ids one ``GET /batches/<id>`` page holds (``?limit=``).
@@ -126,6 +131,10 @@ def parse_schema(body: Any) -> ServerInfo:
         max_wait=float(max_wait) if isinstance(max_wait, int | float) else None,
         wait_many=bool(extra.get("wait_many", False)),
         wait_results=bool(extra.get("wait_results", False)),
+        wait_stream=bool(extra.get("wait_stream", False)),
+        max_wait_ids=most
+        if isinstance(most := extra.get("max_wait_ids"), int) and most > 0
+        else 10_000,
         batches=bool(extra.get("batches", False)),
         max_batch_page=page if isinstance(page := extra.get("max_batch_page"), int) else None,
     )

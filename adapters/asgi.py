@@ -26,9 +26,7 @@ from errands._open import build_options
 from errands._options import DEFAULTS
 
 from ._answers import Answer, json_bytes
-from ._batch_routes import LinesStream
 from ._bridge import BridgedEngine, EngineAccess, LocalEngine
-from ._dashboard import DashboardStream
 from ._handlers import Handlers
 from ._lifecycle import EngineLife
 from ._metrics import Metrics
@@ -36,7 +34,7 @@ from ._options import HTTP_DEFAULTS, HTTPOptions
 from ._protocol import BENTOML_STATUS, HTTPError
 from ._routing import Router
 from ._security import AuthCheck, Authenticator, HostAllowList
-from ._waiting import EventStream, Holds
+from ._waiting import Holds, StreamedAnswer
 
 __all__ = ["BENTOML_STATUS", "DEFAULT_MAX_BODY", "ErrandsApp", "create_app"]
 
@@ -194,7 +192,7 @@ class ErrandsApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer: Answer | EventStream | LinesStream | DashboardStream
+        answer: Answer | StreamedAnswer
         try:
             self.metrics.check_port(scope)  # a --metrics-port answers metrics only
             answer = await self._router.dispatch(scope, receive)
@@ -203,7 +201,7 @@ class ErrandsApp:
         except Exception:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             answer = _error_answer(HTTPError(500, "internal server error"))
-        if isinstance(answer, EventStream | LinesStream | DashboardStream):
+        if isinstance(answer, StreamedAnswer):
             await answer.run(send, receive)  # its own errors: after the start, no 500
             return
         status, headers, body = answer

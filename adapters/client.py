@@ -18,7 +18,16 @@ import collections
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any
 
 import anyio
@@ -272,6 +281,9 @@ class _AsyncWaiter:
     ) -> dict[str, TaskInfo | None]:
         return await self.owner._wait_any(task_ids, timeout)
 
+    def open_waiting(self, task_ids: list[str]) -> _AsyncWaitSession:
+        return _AsyncWaitSession(self.owner, task_ids)
+
 
 class _SyncWaiter:
     """``errands.as_completed`` over HTTPTask handles of one client."""
@@ -288,6 +300,68 @@ class _SyncWaiter:
         self, task_ids: Collection[str], timeout: float | None
     ) -> dict[str, TaskInfo | None]:
         return self.owner._wait_any(task_ids, timeout)
+
+    def open_waiting(self, task_ids: list[str]) -> _SyncWaitSession:
+        return _SyncWaitSession(self.owner, task_ids)
+
+
+class _AsyncWaitSession:
+    """``as_completed``'s rounds over one client: one streamed ``POST
+    /tasks/wait`` for every task (``wait_stream``), opened at the first
+    round with its timeout, which holds for the whole session; a server
+    without it is asked again, each round, for every task not ended yet."""
+
+    def __init__(self, client: AsyncHTTPClient, task_ids: list[str]) -> None:
+        self._client = client
+        self._left = dict.fromkeys(task_ids)
+        self._rounds: AsyncGenerator[Any] | None = None
+
+    async def next(self, timeout: float | None) -> dict[str, TaskInfo | None]:
+        client = self._client
+        if self._rounds is None:
+            server = await client.server_info()
+            if not server.wait_stream:
+                found = await client._wait_any(list(self._left), timeout)
+                for task_id in found:
+                    self._left.pop(task_id, None)
+                return found
+            flow = _flows.wait_stream(server, self._left, timeout, results=client._wait_results)
+            self._rounds = client._iterate(flow)
+        found, inlined = await anext(self._rounds, ({}, {}))
+        client._inlined.keep(inlined)
+        return found
+
+    async def aclose(self) -> None:
+        if self._rounds is not None:
+            await self._rounds.aclose()
+
+
+class _SyncWaitSession:
+    """:class:`_AsyncWaitSession` for :class:`SyncHTTPClient`."""
+
+    def __init__(self, client: SyncHTTPClient, task_ids: list[str]) -> None:
+        self._client = client
+        self._left = dict.fromkeys(task_ids)
+        self._rounds: Generator[Any] | None = None
+
+    def next(self, timeout: float | None) -> dict[str, TaskInfo | None]:
+        client = self._client
+        if self._rounds is None:
+            server = client.server_info()
+            if not server.wait_stream:
+                found = client._wait_any(list(self._left), timeout)
+                for task_id in found:
+                    self._left.pop(task_id, None)
+                return found
+            flow = _flows.wait_stream(server, self._left, timeout, results=client._wait_results)
+            self._rounds = client._iterate(flow)
+        found, inlined = next(self._rounds, ({}, {}))
+        client._inlined.keep(inlined)
+        return found
+
+    def close(self) -> None:
+        if self._rounds is not None:
+            self._rounds.close()
 
 
 # ====================================================================== async
@@ -525,7 +599,7 @@ class AsyncHTTPClient:
         finally:
             flow.close()
 
-    async def _iterate(self, flow: Flow) -> AsyncIterator[Any]:
+    async def _iterate(self, flow: Flow) -> AsyncGenerator[Any]:
         """Drive a flow that hands out values (``Emit``) and may stream answers
         (``Open``, ``Line``); yields each value."""
         opened: dict[int, tuple[httpx.Response, AsyncIterator[str]]] = {}
@@ -550,7 +624,8 @@ class AsyncHTTPClient:
             return
         finally:
             flow.close()
-            for response, _ in opened.values():
+            for response, lines in opened.values():
+                await lines.aclose()  # type: ignore[attr-defined]  # (an async generator)
                 await response.aclose()
 
     async def _transfer(
@@ -881,7 +956,7 @@ class SyncHTTPClient:
         finally:
             flow.close()
 
-    def _iterate(self, flow: Flow) -> Iterator[Any]:
+    def _iterate(self, flow: Flow) -> Generator[Any]:
         """Drive a flow that hands out values (``Emit``) and may stream answers
         (``Open``, ``Line``); yields each value."""
         opened: dict[int, tuple[httpx.Response, Iterator[str]]] = {}

@@ -147,7 +147,12 @@ class AsCompleted(Iterable[H]):
                         yield task
         finally:
             if session is not None:
-                session.close()
+                # An HTTP client's session closes its stream (``aclose``).
+                aclose = getattr(session, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                else:
+                    session.close()
 
 
 def as_completed(tasks: Iterable[H], *, timeout: float | None = None) -> AsCompleted[H]:

@@ -36,6 +36,7 @@ from tests.adapters.test_cli import free_port, serving
 
 #: /metrics says one request is held (with or without a process label).
 HELD_ONE = re.compile(r"(?m)^errands_http_held(\{[^}]*\})? 1\.0$")
+HELD_TWO = re.compile(r"(?m)^errands_http_held(\{[^}]*\})? 2\.0$")
 
 pytestmark = [pytest.mark.realtime]
 
@@ -493,16 +494,77 @@ def test_async_as_completed_under_asyncio(server: str) -> None:
     asyncio.run(_async_as_completed(server))
 
 
-def test_as_completed_waits_on_many_in_one_request_per_ending(server: str) -> None:
+def test_as_completed_waits_on_many_in_one_streamed_request(server: str) -> None:
     transport = Counting()
     with SyncHTTPClient(server, transport=transport) as client:
-        assert client.server_info().wait_many
+        assert client.server_info().wait_stream
         tasks = [client.nap.submit(seconds=s) for s in (0.6, 1.2)]
         transport.paths.clear()
         order = list(errands.as_completed(tasks, timeout=30))
         assert order == tasks
-        # held by the server until each ending: no polling of each task
-        assert transport.paths == ["/tasks/wait", "/tasks/wait"]
+        # One request, streamed by the server as each task ends: no polling
+        # of each task, and no request again with the tasks still running.
+        assert transport.paths == ["/tasks/wait"]
+
+
+def test_as_completed_yields_each_task_as_it_ends_from_the_stream(server: str) -> None:
+    """The stream is read as it comes: the quick task is yielded while the
+    other still runs (here, the loop then cancels it, which ends it)."""
+    transport = Counting()
+    with SyncHTTPClient(server, transport=transport) as client:
+        long = client.nap.submit(seconds=600)
+        quick = client.add.submit(a=1, b=1)
+        transport.paths.clear()
+        order = []
+        for task in errands.as_completed([long, quick], timeout=30):
+            order.append(task)
+            if task is quick:
+                long.cancel()
+        assert order == [quick, long]
+        assert long.get_status() is errands.TaskStatus.CANCELLED
+        assert transport.paths[:2] == ["/tasks/wait", "/nap/cancel"], transport.paths
+        assert transport.paths.count("/tasks/wait") == 1
+
+
+class OlderServer(Counting):
+    """The schema of an errands server without streamed waits."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path != "/schema.json":
+            return response
+        schema = json.loads(response.read())
+        del schema["errands"]["wait_stream"]
+        return httpx.Response(200, json=schema)
+
+
+@pytest.fixture(scope="module")
+def few_ids_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server that takes at most 5 ids in one ``POST /tasks/wait``."""
+    where = tmp_path_factory.mktemp("few-ids")
+    (where / "service.py").write_text(SERVICE)
+    args = ["service.py:svc", "--backend", "memory://", "--max-wait-ids", "5"]
+    with serving(args, where) as (_, base):
+        yield base
+
+
+@pytest.mark.parametrize("transport", [Counting, OlderServer])
+def test_as_completed_over_more_tasks_than_one_wait_takes(
+    few_ids_server: str, transport: type[Counting]
+) -> None:
+    """More handles than the server takes ids in one ``POST /tasks/wait``:
+    every task is yielded (they were a 400 before), the stream a part at a
+    time; a server without streamed waits is asked for a part at a time too."""
+    counting = transport()
+    with SyncHTTPClient(few_ids_server, transport=counting) as client:
+        assert client.server_info().max_wait_ids == 5
+        tasks = [client.add.submit(a=n, b=0) for n in range(12)]
+        counting.paths.clear()
+        got = {t.id: t.get() for t in errands.as_completed(tasks, timeout=30)}
+        assert [got[t.id] for t in tasks] == list(range(12))
+        assert set(counting.paths) == {"/tasks/wait"}, counting.paths  # results rode along
+        if transport is Counting:
+            assert len(counting.paths) == 3  # parts of 5, 5 and 2
 
 
 def test_as_completed_then_get_needs_no_get_requests(server: str) -> None:
@@ -682,16 +744,19 @@ def test_images_stay_bytes_without_pillow(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
-    """A durable server restarts while a client waits: the wait goes on (the
-    drain answers the held poll, the client retries while the server is
-    down) and ends with the task's real end."""
+    """A durable server restarts while a client waits: the wait, and the
+    stream of an ``as_completed``, go on (the drain answers the held poll
+    and ends the stream, the client retries while the server is down) and
+    end with the tasks' real ends."""
     (tmp_path / "service.py").write_text(SERVICE)
     port = free_port()
     args = ["service.py:svc", "--backend", "diskcache://./data"]
     outcome: list[object] = []
+    ended: list[object] = []
     with serving(args, tmp_path, port=port) as (proc, base):
         client = SyncHTTPClient(base)
         task = client.nap.submit(seconds=2)
+        others = [client.nap.submit(seconds=s) for s in (2, 2.5)]
 
         def wait() -> None:
             try:
@@ -699,16 +764,25 @@ def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
             except BaseException as exc:  # checked below
                 outcome.append(exc)
 
-        waiter = threading.Thread(target=wait)
-        waiter.start()
+        def as_completed() -> None:
+            try:
+                ended.extend(errands.as_completed(others, timeout=60))
+            except BaseException as exc:  # checked below
+                ended.append(exc)
+
+        threads = [threading.Thread(target=wait), threading.Thread(target=as_completed)]
+        for thread in threads:
+            thread.start()
         deadline = time.monotonic() + 20
-        while not HELD_ONE.search(httpx.get(f"{base}/metrics").text):
-            assert time.monotonic() < deadline, "the wait was not held"
+        while not HELD_TWO.search(httpx.get(f"{base}/metrics").text):
+            assert time.monotonic() < deadline, "the waits were not held"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    assert not outcome, outcome  # still waiting while the server is down
+    assert not outcome and not ended, (outcome, ended)  # still waiting while the server is down
     with serving(args, tmp_path, port=port):
-        waiter.join(timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
         assert outcome == [errands.TaskStatus.SUCCESS]
+        assert ended == others
         assert task.get() == "rested"
         client.close()

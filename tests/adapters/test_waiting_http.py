@@ -301,6 +301,8 @@ async def test_wait_many_is_held_at_most_max_wait(autojump_clock: trio.testing.M
         (b'{"task_ids": [1]}', {}, "task_ids"),
         (b"{}", {}, "task_ids"),
         (b'{"task_ids": ["a"], "mode": "all"}', {}, "mode"),
+        (b'{"task_ids": ["a"], "stream": 1}', {}, "stream"),
+        (b'{"task_ids": ["a"], "stream": true}', {"wait": "-1"}, "wait"),
         (json.dumps({"task_ids": ["a"] * 10_001}).encode(), {}, "task_ids"),
         (b'{"task_ids": ["a"]}', {"wait": "-1"}, "wait"),
         (b'{"task_ids": ["a"]}', {"wait": "inf"}, "wait"),
@@ -418,3 +420,105 @@ async def test_wait_many_inlines_at_most_a_mebibyte(autojump_clock: trio.testing
         assert 10 <= len(inlined) < 40
         assert sum(len(json.dumps(d["result"], separators=(",", ":"))) for d in inlined) <= 2**20
         assert inlined[0]["result"]["items"][:3] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- streamed
+
+
+def stream_lines(answer: httpx.Response) -> list[dict[str, Any] | None]:
+    """The lines of a streamed wait: each round as JSON, a keep-alive as None."""
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/x-ndjson"
+    assert answer.text.endswith("\n") or not answer.text, answer.text
+    return [json.loads(line) if line else None for line in answer.text.split("\n")[:-1]]
+
+
+async def test_wait_stream_sends_each_round_as_tasks_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``"stream": true``: one line per round of endings, each as the
+    answer without a stream has them, until every id was sent; a blank
+    line after 15 s of silence; results inlined when asked."""
+    async with serving(make_app()) as client:
+        slow = await submit(client, "nap", seconds=20)
+        fast = await submit(client, "nap", seconds=4)
+        ghost = "A" * 22
+        start = trio.current_time()
+        body = {"task_ids": [slow, "bad", fast, ghost, slow], "stream": True, "results": True}
+        answer = await client.post("/tasks/wait", json=body)
+        assert trio.current_time() - start == pytest.approx(20)  # until the last ended
+        lines = stream_lines(answer)
+        assert lines[0] == {"done": [], "missing": ["bad", ghost]}  # at once
+        assert [d["task_id"] for d in lines[1]["done"]] == [fast] and lines[1]["missing"] == []
+        assert lines[2] is None  # 15 s after the last line: a keep-alive
+        assert [d["task_id"] for d in lines[3]["done"]] == [slow] and len(lines) == 4
+        entry = lines[3]["done"][0]
+        assert entry["result"] == "rested" and entry["result_type"].startswith("text/plain")
+        status = await client.get("/nap/status", params={"task_id": slow})
+        assert {k: v for k, v in entry.items() if not k.startswith("result")} == status.json()
+
+
+async def test_wait_stream_is_bounded_by_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``?wait=`` bounds a stream as it bounds any wait (at most
+    ``max_wait``); ``wait=0`` sends the state now."""
+    async with serving(make_app()) as client:
+        task_id = await submit(client, "nap", seconds=500)
+        quick = await submit(client, "nap", seconds=1)
+        await trio.sleep(2)
+        start = trio.current_time()
+        body = {"task_ids": [task_id, quick], "stream": True}
+        now = await client.post("/tasks/wait", params={"wait": 0}, json=body)
+        assert trio.current_time() == start
+        assert [[d["task_id"] for d in line["done"]] for line in stream_lines(now)] == [[quick]]
+        held = await client.post("/tasks/wait", params={"wait": 30}, json=body)
+        assert trio.current_time() - start == pytest.approx(30)
+        # The first round at once, then keep-alives at 15 and 30 s.
+        assert stream_lines(held)[1:] == [None, None]
+        longer = await client.post("/tasks/wait", params={"wait": 31}, json=body)
+        assert longer.status_code == 400 and longer.json()["limit"] == "max_wait"
+
+
+async def test_a_drain_ends_a_stream_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        task_id = await submit(client, "nap", seconds=500)
+        answers: list[httpx.Response] = []
+
+        async def ask() -> None:
+            body = {"task_ids": [task_id], "stream": True}
+            answers.append(await client.post("/tasks/wait", json=body))
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert "\nerrands_http_held 1.0\n" in (await client.get("/metrics")).text
+            app.drain()
+        assert trio.current_time() == start
+        assert stream_lines(answers[0]) == []  # ended short: the client asks again
+        again = await client.post("/tasks/wait", json={"task_ids": [task_id], "stream": True})
+        assert stream_lines(again) == [] and trio.current_time() == start  # one round, at once
+
+
+async def test_wait_stream_reads_each_task_at_most_twice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """300 tasks ending one a second: one line each, and about 600 reads
+    in all (each task at the start and at its end), where asking again for
+    every task still running at each end reads about 45,000."""
+    from errands.backends import MemoryBackend
+
+    backend = MemoryBackend()
+    async with serving(make_app(backend=backend)) as client:
+        answer = await client.post(
+            "/nap/submit_many", json=[{"seconds": 1 + i} for i in range(300)]
+        )
+        ids = [item["task_id"] for item in answer.json()["items"]]
+        calls = count_calls(backend.store, "get_many")
+        answer = await client.post("/tasks/wait", json={"task_ids": ids, "stream": True})
+        lines = [line for line in stream_lines(answer) if line is not None]
+        assert [d["task_id"] for line in lines for d in line["done"]] == ids  # in order of ending
+        assert len(lines) == 300
+        assert calls.ids_read("get_many") <= 2 * len(ids), calls.ids_read("get_many")
