@@ -204,17 +204,14 @@ class Feed:
         depth = await engine.backend.queue.depth()
         self.recent.sample(wall, depth)
         running = len(await store.list(status=TaskStatus.IN_PROGRESS, limit=1000))
-        newest = await store.list(limit=WINDOW)
         counts = dict.fromkeys((s.value for s in TaskStatus), 0)
         finished = [0] * BUCKETS
         start = wall - BUCKETS * BUCKET
-        for stored in newest:
-            record = stored.record
-            if record.is_expired(wall):
+        for status, expires_at, ended in await store.newest_ends(WINDOW):
+            if expires_at is not None and expires_at <= wall:
                 continue
-            counts[stored.status.value] += 1
-            ended = record.finished_at
-            if stored.status.is_final and ended is not None and ended >= start:
+            counts[status.value] += 1
+            if status.is_final and ended is not None and ended >= start:
                 finished[min(int((ended - start) // BUCKET), BUCKETS - 1)] += 1
         depths: list[int | None] = [None] * BUCKETS
         for moment, value in self.recent.depths:

@@ -58,7 +58,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
-from errands._backend import start_record
+from errands._backend import NewestEnds, start_record
 from errands._status import check_transition
 
 from ._database import Database, Flush, private_directory, private_file
@@ -1072,6 +1072,21 @@ class DiskCacheStore(Store):
                 sql += " WHERE " + " AND ".join(where)
             sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
             return [_stored(r) for r in conn.execute(sql, (*params, limit, offset))]
+
+        return await self._db.run(rows, write=False)
+
+    async def newest_ends(self, limit: int) -> NewestEnds:
+        """One query; ``finished_at`` is read out of the record's JSON by
+        SQLite, the record never decoded (the dashboard reads the newest 500
+        up to four times a second: 27 ms a read when each was decoded)."""
+
+        def rows(conn: sqlite3.Connection) -> NewestEnds:
+            query = conn.execute(
+                "SELECT status, expires_at, json_extract(CAST(data AS TEXT), '$.finished_at')"
+                " FROM tasks ORDER BY created_at DESC, id LIMIT ?",
+                (limit,),
+            )
+            return [(TaskStatus(status), expires, ended) for status, expires, ended in query]
 
         return await self._db.run(rows, write=False)
 

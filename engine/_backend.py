@@ -49,10 +49,14 @@ from ._convert import Payload
 from ._model import Claim, StoredTask
 from ._status import TaskStatus, check_transition
 
-__all__ = ["Backend", "Queue", "Renewal", "Store", "start_record"]
+__all__ = ["Backend", "NewestEnds", "Queue", "Renewal", "Store", "start_record"]
 
 #: Members read per step by :meth:`Store.batch_counts`'s default.
 _COUNT_CHUNK = 500
+
+#: What :meth:`Store.newest_ends` returns: ``(status, expires_at, finished_at)``
+#: of each of the newest records.
+NewestEnds = list[tuple[TaskStatus, float | None, float | None]]
 
 
 def start_record(
@@ -293,6 +297,17 @@ class Store(abc.ABC):
         offset: int = 0,
     ) -> list[StoredTask]:
         """Records, newest first, filtered by name and status."""
+
+    async def newest_ends(self, limit: int) -> NewestEnds:
+        """``(status, expires_at, finished_at)`` of the newest ``limit``
+        records, newest first (as :meth:`list` orders them): what a summary
+        of recent work (the dashboard's counts and chart) needs.  This
+        default reads the records; a backend whose records are encoded
+        overrides it to read these three values without decoding them."""
+        return [
+            (task.status, task.expires_at, task.record.finished_at)
+            for task in await self.list(limit=limit)
+        ]
 
     @abc.abstractmethod
     async def purge_expired(self, now: float) -> int:

@@ -297,6 +297,27 @@ async def test_list_stays_exact_as_tasks_come_and_go(backend: Backend) -> None:
     await check()
 
 
+async def test_newest_ends_are_the_listing_s_status_expiry_and_end(backend: Backend) -> None:
+    """``newest_ends``: status, expiry and end of the newest records, in
+    the listing's order, as the records hold them."""
+    recs = [record(created_at=NOW + i) for i in range(5)]
+    for rec in recs:
+        await backend.store.create(stored(rec))
+    running = attrs.evolve(recs[1], status=R, started_at=NOW + 2)
+    assert await backend.store.transition(stored(running), expect=P)
+    started = attrs.evolve(recs[2], status=R, started_at=NOW + 3)
+    assert await backend.store.transition(stored(started), expect=P)
+    for rec, status, ended in ((started, S, NOW + 3.25), (recs[4], C, NOW + 7.5)):
+        done = attrs.evolve(rec, status=status, finished_at=ended, expires_at=ended + 60)
+        assert await backend.store.transition(stored(done), expect=rec.status)
+    listed = await backend.store.list(limit=4)
+    ends = await backend.store.newest_ends(4)
+    assert ends == [(t.status, t.expires_at, t.record.finished_at) for t in listed]
+    assert ends[0] == (C, NOW + 67.5, NOW + 7.5) and ends[2] == (S, NOW + 63.25, NOW + 3.25)
+    assert ends[1] == (P, None, None) and ends[3] == (R, None, None)
+    assert await backend.store.newest_ends(0) == []
+
+
 async def test_purge_expired(backend: Backend) -> None:
     old, new, live = record(), record(), record()
     for rec in (old, new, live):
