@@ -67,7 +67,7 @@ from ._owners import OwnerLocks
 __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
 
 #: Bumped when the on-disk layout changes incompatibly.
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 #: Results smaller than this (bytes) are stored in errands.db with the status
 #: change that makes them the task's result; larger ones in diskcache's files.
 INLINE_RESULT_LIMIT = 32 * 1024
@@ -252,7 +252,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     token INTEGER NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    args BLOB
 );
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, created_at);
@@ -299,13 +300,13 @@ def _setup(conn: sqlite3.Connection) -> None:
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [("format", FORMAT_VERSION), ("seq", "0"), ("token", "0")],
         )
-    elif row[0] != FORMAT_VERSION:
+    elif row[0] not in _READABLE_FORMATS:
         raise BackendError(
             f"this directory holds errands data in format {row[0]!r}, but this version "
             f"of errands reads format {FORMAT_VERSION!r}; use another directory or the "
             "matching errands version"
         )
-    _migrate(conn)
+    _migrate(conn, FORMAT_VERSION if row is None else row[0])
     _execute(conn, _INDEXES)
 
 
@@ -315,14 +316,37 @@ def _execute(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database an earlier errands made (in this format) up to this schema."""
+#: The formats this errands opens: the one it writes, and the one before it
+#: (tasks stored whole), which :func:`_migrate` brings up to it.
+_READABLE_FORMATS = (FORMAT_VERSION, "1")
+
+
+def _migrate(conn: sqlite3.Connection, found: str) -> None:
+    """Bring a database an earlier errands made (in format ``found``) up to
+    this schema and format."""
+    if not any(column[1] == "args" for column in conn.execute("PRAGMA table_info(tasks)")):
+        conn.execute("ALTER TABLE tasks ADD COLUMN args BLOB")
+    if found != FORMAT_VERSION:
+        _split_args(conn)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT_VERSION,))
     if not any(column[1] == "rank" for column in conn.execute("PRAGMA table_info(queue)")):
         # Made before priority aging: its waiting entries keep the order they
         # had (higher priority first, then put order), which rank -priority is.
         conn.execute("ALTER TABLE queue ADD COLUMN rank REAL NOT NULL DEFAULT 0")
         conn.execute("UPDATE queue SET rank = -priority")
     conn.execute("DROP INDEX IF EXISTS queue_waiting")  # its order, (priority, seq), is gone
+
+
+def _split_args(conn: sqlite3.Connection) -> None:
+    """Format 1 kept each task whole in ``data``: its arguments move to
+    ``args``, by SQLite's JSON functions (no record decoded in Python).  A
+    record that is not valid JSON stays whole, as unreadable as it was."""
+    conn.execute(
+        "UPDATE tasks SET args = CAST(json_extract(CAST(data AS TEXT), '$.args') AS BLOB),"
+        " data = CAST(json_remove(CAST(data AS TEXT), '$.args') AS BLOB)"
+        " WHERE args IS NULL AND json_valid(CAST(data AS TEXT))"
+        " AND json_type(CAST(data AS TEXT), '$.args') = 'object'"
+    )
 
 
 def _next(conn: sqlite3.Connection, counter: str) -> int:
@@ -334,19 +358,33 @@ def _next(conn: sqlite3.Connection, counter: str) -> int:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredTask:
-    task_id, name, status, token, created_at, expires_at, data = row
-    return StoredTask(
+    task_id, name, status, token, created_at, expires_at, data, args = row
+    if args is None:  # (a record that _migrate could not read stays whole)
+        return StoredTask(
+            id=task_id,
+            name=name,
+            status=TaskStatus(status),
+            token=token,
+            created_at=created_at,
+            expires_at=expires_at,
+            data=bytes(data),
+        )
+    return StoredTask.from_parts(
         id=task_id,
         name=name,
         status=TaskStatus(status),
         token=token,
         created_at=created_at,
         expires_at=expires_at,
-        data=bytes(data),
+        state=bytes(data),
+        args=bytes(args),
     )
 
 
-_TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data"
+#: A task's row: its record in two parts, ``data`` (JSON without the
+#: arguments, rewritten at each change) and ``args`` (JSON, written once).
+_TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data, args"
+_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?"
 
 #: Ids per ``IN (...)`` of one query: under SQLite's bound-variable limit.
 _IDS_PER_QUERY = 500
@@ -645,7 +683,7 @@ def _start_claimed(
     if begun is None:
         return None
     try:
-        data = begun.data
+        data = begun.state_data
     except Exception:  # as start_record: the caller's start() raises it
         return None
     conn.execute(
@@ -676,12 +714,12 @@ def _create_started(
     begun = start_record(starting, claim, task)
     try:
         # Encoded first: if that fails, the task is written pending.
-        data = None if begun is None else begun.data
+        data = None if begun is None else begun.state_data
     except Exception:  # as start_record: the caller's start() raises it
         begun = data = None
     row = task if begun is None else begun
     conn.execute(
-        f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})",
         (
             row.id,
             row.name,
@@ -689,7 +727,8 @@ def _create_started(
             row.token,
             row.created_at,
             row.expires_at,
-            row.data if data is None else data,
+            row.state_data if data is None else data,
+            task.args_data,
         ),
     )
     # seq orders waiting entries only: a release gives the entry a new one.
@@ -756,7 +795,7 @@ def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> No
 
 def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
     cursor = conn.execute(
-        f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})",
         (
             task.id,
             task.name,
@@ -764,7 +803,8 @@ def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
             task.token,
             task.created_at,
             task.expires_at,
-            task.data,
+            task.state_data,
+            task.args_data,
         ),
     )
     return cursor.rowcount == 1
@@ -838,7 +878,7 @@ class DiskCacheStore(Store):
         """:meth:`transition`, and ``then(conn)`` in the same transaction
         whether or not the record moved."""
         check_transition(expect, task.status)
-        data = task.data
+        data = task.state_data  # the arguments, written once, never change
         key = f"{task.id}:{task.token}"
         inline = result is not None and len(result.data) < INLINE_RESULT_LIMIT
         if result is not None and not inline:
@@ -922,8 +962,8 @@ class DiskCacheStore(Store):
                 " LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
             )
             for row in _rows_by_ids(conn, sql, ids):
-                task = _stored(row[:7])
-                media_type, data = row[7], row[8]
+                task = _stored(row[:8])
+                media_type, data = row[8], row[9]
                 payload = None
                 if task.status.value == success:
                     if media_type is not None:
@@ -1203,7 +1243,7 @@ class DiskCacheBackend(Backend):
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         """Check the claim and move the record ``pending -> in_progress`` in one transaction."""
         check_transition(TaskStatus.PENDING, task.status)
-        data = task.data
+        data = task.state_data
 
         def begin(conn: sqlite3.Connection) -> bool:
             if not _holds(conn, claim):
@@ -1242,7 +1282,7 @@ class DiskCacheBackend(Backend):
             try:
                 begun = starting(_stored(row))
                 check_transition(TaskStatus.PENDING, begun.status)
-                data = begun.data
+                data = begun.state_data
             except Exception as exc:  # the engine's, not the database's: raised as it is
                 failed.append(exc)
                 return None

@@ -415,12 +415,20 @@ class StoredTask:
     packed (:func:`pack_record`) builds one with :meth:`from_packed`: the
     record is unpacked only when first read, so what reads the scalars alone
     (a batch's counts, a wait, a purge) never unpacks it.
+
+    A backend may instead keep a task's arguments apart from the rest of its
+    record (:attr:`args_data` once, when the task is created; then
+    :attr:`state_data` at each change, which never holds them: a task's
+    arguments never change, and may be large) and rebuild it with
+    :meth:`from_parts`.
     """
 
     __slots__ = (
+        "_args",
         "_data",
         "_packed",
         "_record",
+        "_state",
         "created_at",
         "expires_at",
         "id",
@@ -463,6 +471,8 @@ class StoredTask:
         self._data = data
         self._packed = packed
         self._record = record
+        self._state: bytes | None = None
+        self._args: bytes | None = None
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> StoredTask:
@@ -478,6 +488,7 @@ class StoredTask:
         self._data = None
         self._packed = None
         self._record = record
+        self._state = self._args = None
         return self
 
     @classmethod
@@ -497,6 +508,42 @@ class StoredTask:
         self = cls.__new__(cls)
         self._fill(id, name, status, token, created_at, expires_at, None, packed, None)
         return self
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        id: str,
+        name: str,
+        status: TaskStatus,
+        token: int,
+        created_at: float,
+        expires_at: float | None,
+        state: bytes,
+        args: bytes,
+    ) -> StoredTask:
+        """A task stored as two parts (:attr:`state_data` and :attr:`args_data`),
+        with the scalars given beside them; decoded when first read."""
+        self = cls.__new__(cls)
+        self._fill(id, name, status, token, created_at, expires_at, None, None, None)
+        self._state, self._args = state, args
+        return self
+
+    @property
+    def state_data(self) -> bytes:
+        """The record as UTF-8 JSON without its ``args`` (see the class)."""
+        if self._state is None:
+            plain = converter.unstructure(self.record)
+            del plain["args"]  # never encoded: they may be large
+            self._state = dumps(plain).encode("utf-8")
+        return self._state
+
+    @property
+    def args_data(self) -> bytes:
+        """The record's ``args`` as UTF-8 JSON (see the class)."""
+        if self._args is None:
+            self._args = dumps(self.record.args).encode("utf-8")
+        return self._args
 
     def is_expired(self, now: float) -> bool:
         """Whether the task's retention ended by ``now`` (its record not read)."""
@@ -530,9 +577,14 @@ class StoredTask:
             if self._packed is not None:
                 self._record = unpack_record(self._packed)
                 return self._record
-            assert self._data is not None
             try:
-                self._record = converter.structure(json.loads(self._data), TaskRecord)
+                if self._state is not None:
+                    plain = json.loads(self._state)
+                    plain["args"] = json.loads(self._args or b"")
+                else:
+                    assert self._data is not None
+                    plain = json.loads(self._data)
+                self._record = converter.structure(plain, TaskRecord)
             except Exception as exc:
                 raise BackendError(f"stored record of task {self.id} is unreadable: {exc}") from exc
         return self._record

@@ -4,6 +4,7 @@ processes, real clock (the backend's thread does real work)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -139,6 +140,83 @@ async def test_a_queue_made_before_priority_aging_is_migrated(tmp_path: Path) ->
     await backend.aclose()
     with sqlite3.connect(tmp_path / "errands.db") as conn:
         assert dict(conn.execute("SELECT id, rank FROM queue")) == ranks
+
+
+async def test_a_task_s_arguments_are_written_once_apart_from_its_record(
+    tmp_path: Path,
+) -> None:
+    """``args`` holds the arguments, written when the task is created;
+    ``data``, rewritten at each change (start, end), never holds them: large
+    arguments (an image, a document) were written, fsynced and encoded to
+    JSON again at each change."""
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        task = await client.add.submit(a=40, b=2)
+        await task.wait(timeout=10)
+        again = await task.retry()  # the arguments read back whole
+        await again.wait(timeout=10)
+        assert await task.get() == await again.get() == 42
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        rows = dict(conn.execute("SELECT id, data FROM tasks"))
+        args = dict(conn.execute("SELECT id, args FROM tasks"))
+        updates = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    assert updates == ("2",)
+    for task_id in (task.id, again.id):
+        assert json.loads(args[task_id]) == {"a": 40, "b": 2}
+        record = json.loads(rows[task_id])
+        assert "args" not in record and record["status"] == "success"
+
+
+#: A task as format "1" stored it: the whole record, arguments included, in ``data``.
+_FORMAT_1_RECORD = {
+    "id": "Kh0yYgm3SUS2Fo4yNWz6WQ",
+    "name": "add",
+    "args": {"a": 1, "b": 2},
+    "status": "pending",
+    "created_at": 1_800_000_000.0,
+    "attempt": 0,
+    "max_attempts": 3,
+    "priority": 0,
+    "ttl": 86400.0,
+}
+
+
+async def test_tasks_stored_whole_by_format_1_are_split_when_opened(tmp_path: Path) -> None:
+    """A database of format "1" opens: each record's arguments move to
+    ``args`` (by SQLite, once), a record that is not JSON stays as it was, and
+    the tasks run as they would have."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    await backend.aclose()  # a database of this format, with no task
+    old = dict(_FORMAT_1_RECORD)
+    broken = "Ab0yYgm3SUS2Fo4yNWz6WQ"
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
+        for task_id, data in ((old["id"], json.dumps(old).encode()), (broken, b"{garbage")):
+            conn.execute(
+                "INSERT INTO tasks (id, name, status, token, created_at, expires_at, data)"
+                " VALUES (?, 'add', 'pending', 0, 1800000000.0, NULL, ?)",
+                (task_id, data),
+            )
+        conn.execute(
+            "INSERT INTO queue (id, name, priority, seq, not_before) VALUES (?, 'add', 0, 1, 0)",
+            (old["id"],),
+        )
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        moved = client.get_task(old["id"])
+        assert await moved.wait(timeout=10) is TaskStatus.SUCCESS
+        assert await moved.get() == 3
+        with pytest.raises(errands.BackendError, match="unreadable"):
+            await client.get_task(broken).get_status()
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == ("2",)
+        data, args = conn.execute(
+            "SELECT data, args FROM tasks WHERE id = ?", (old["id"],)
+        ).fetchone()
+        assert json.loads(args) == {"a": 1, "b": 2} and "args" not in json.loads(data)
+        assert conn.execute("SELECT data, args FROM tasks WHERE id = ?", (broken,)).fetchone() == (
+            b"{garbage",
+            None,
+        )
 
 
 async def test_an_unreadable_record_is_an_error_not_a_loss(tmp_path: Path) -> None:
