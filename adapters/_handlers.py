@@ -30,7 +30,7 @@ from ._bridge import EngineAccess
 from ._jsonschema import input_schema, output_schema
 from ._lifecycle import EngineLife
 from ._metrics import Metrics
-from ._multipart import MultipartError, parse_multipart, takes_list, takes_text
+from ._multipart import MultipartError, parse_multipart, takes_bytes, takes_list, takes_text
 from ._openapi import openapi_document
 from ._options import HTTPOptions
 from ._protocol import (
@@ -109,6 +109,7 @@ class Handlers:
                     body,
                     lists=lambda name: _takes_list(definition, name),
                     texts=lambda name: _takes_str(definition, name),
+                    raw=lambda name: _takes_bytes(definition, name),
                     max_parts=self.http.max_parts,
                 )
             except MultipartError as exc:
@@ -369,3 +370,7 @@ def _takes_list(definition: TaskDefinition, name: str) -> bool:
 
 def _takes_str(definition: TaskDefinition, name: str) -> bool:
     return any(p.name == name and takes_text(p.annotation) for p in definition.params)
+
+
+def _takes_bytes(definition: TaskDefinition, name: str) -> bool:
+    return any(p.name == name and takes_bytes(p.annotation) for p in definition.params)

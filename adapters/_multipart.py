@@ -1,7 +1,10 @@
 """``multipart/form-data`` submit bodies, for arguments that are files.
 
-Parsed with python-multipart.  A file part becomes the argument's bytes (as
-base64 text, the form in which bytes are stored as JSON).  Other parts hold
+Parsed with python-multipart.  A file part becomes the argument's bytes:
+as they are for an argument of type ``bytes`` (encoded to base64 once, when
+the arguments are checked: not encoded here, then decoded back to be
+checked), as base64 text (the form in which bytes are stored as JSON) for
+any other.  Other parts hold
 JSON text (as BentoML's clients send them); a part that is not valid JSON is
 taken as a plain string.
 
@@ -29,7 +32,14 @@ from python_multipart.multipart import Field, File
 
 from ._answers import loads
 
-__all__ = ["MultipartError", "parse_multipart", "takes_list", "takes_text", "without_none"]
+__all__ = [
+    "MultipartError",
+    "parse_multipart",
+    "takes_bytes",
+    "takes_list",
+    "takes_text",
+    "without_none",
+]
 
 
 class MultipartError(ValueError):
@@ -57,12 +67,18 @@ def takes_text(annotation: Any) -> bool:
     return annotation is str
 
 
+def takes_bytes(annotation: Any) -> bool:
+    """Whether an argument of this type takes a file part's bytes as they are."""
+    return annotation is bytes
+
+
 def parse_multipart(
     content_type: str,
     body: bytes,
     *,
     lists: Callable[[str], bool] = lambda name: False,
     texts: Callable[[str], bool] = lambda name: False,
+    raw: Callable[[str], bool] = lambda name: False,
     max_parts: int = 100,
 ) -> dict[str, Any]:
     """The named arguments in a ``multipart/form-data`` body.
@@ -72,10 +88,12 @@ def parse_multipart(
     ``texts(name)`` tells whether it
     takes a string: its field is then the text as sent (``-F label=42`` is
     ``"42"``), unless the text is a JSON string literal, as BentoML's clients
-    send strings.  More than ``max_parts`` parts is a :class:`MultipartError`.
+    send strings.  ``raw(name)`` tells whether it takes bytes as they are
+    (see :func:`takes_bytes`): one file part is then its bytes, not base64.
+    More than ``max_parts`` parts is a :class:`MultipartError`.
     """
     fields: dict[str, list[Any]] = {}
-    files: dict[str, list[str]] = {}
+    files: dict[str, list[bytes]] = {}
     count = 0
 
     def counted() -> None:
@@ -104,7 +122,7 @@ def parse_multipart(
         name = part.field_name.decode("utf-8") if part.field_name else ""
         handle = part.file_object
         handle.seek(0)
-        files.setdefault(name, []).append(base64.b64encode(handle.read()).decode("ascii"))
+        files.setdefault(name, []).append(handle.read())
         part.close()
 
     headers = {
@@ -129,5 +147,9 @@ def parse_multipart(
         else:
             arguments[name] = values[0]
     for name, parts in files.items():
-        arguments[name] = parts if len(parts) > 1 or lists(name) else parts[0]
+        if len(parts) == 1 and raw(name) and not lists(name):
+            arguments[name] = parts[0]
+            continue
+        texts_of = [base64.b64encode(part).decode("ascii") for part in parts]
+        arguments[name] = texts_of if len(parts) > 1 or lists(name) else texts_of[0]
     return arguments

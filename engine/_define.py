@@ -315,7 +315,8 @@ class TaskDefinition:
 
         Args:
             arguments: named arguments, as Python values or (``from_json``) as
-                data decoded from JSON.
+                data decoded from JSON, where an argument of type ``bytes``
+                may also be bytes (a file of a multipart form).
 
         Raises:
             InvalidArguments: naming every unknown, missing or ill-typed field.
@@ -348,10 +349,11 @@ class TaskDefinition:
                     continue
                 out[p.name] = value
                 continue
-            if annotation is bytes and not from_json and type(value) is bytes:
-                # Bytes given as bytes: their base64 is valid by construction
-                # (decoding it back to check it took twice as long as encoding:
-                # 14 ms a submit of 1 MB).
+            if annotation is bytes and type(value) is bytes:
+                # Bytes given as bytes (by Python code, or a file of a
+                # multipart form even ``from_json``): their base64 is valid by
+                # construction (decoding it back to check it took twice as
+                # long as encoding it: 14 ms a submit of 1 MB).
                 out[p.name] = converter.unstructure(value)
                 continue
             try:

@@ -9,8 +9,16 @@ from typing import Any
 
 import pytest
 
+import errands
+from errands import _convert
 from errands.adapters._answers import number, one, wait_seconds
-from errands.adapters._multipart import MultipartError, parse_multipart, takes_list, takes_text
+from errands.adapters._multipart import (
+    MultipartError,
+    parse_multipart,
+    takes_bytes,
+    takes_list,
+    takes_text,
+)
 from errands.adapters._protocol import HTTPError
 
 BOUNDARY = "b0undary"
@@ -28,10 +36,18 @@ def form(*parts: tuple[str, bytes, bool]) -> bytes:
 
 
 def read(
-    body: bytes, *, lists: Collection[str] = (), texts: Collection[str] = ()
+    body: bytes,
+    *,
+    lists: Collection[str] = (),
+    texts: Collection[str] = (),
+    raw: Collection[str] = (),
 ) -> dict[str, Any]:
     return parse_multipart(
-        CONTENT_TYPE, body, lists=lambda n: n in lists, texts=lambda n: n in texts
+        CONTENT_TYPE,
+        body,
+        lists=lambda n: n in lists,
+        texts=lambda n: n in texts,
+        raw=lambda n: n in raw,
     )
 
 
@@ -61,6 +77,38 @@ def test_other_arguments_take_one_part() -> None:
         read(both)
 
 
+def test_a_file_for_bytes_is_its_bytes_and_is_encoded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file part of an argument of type ``bytes`` is its bytes as they
+    are: the check of the arguments encodes them to base64 once, and never
+    decodes that back (it did, for every file: 18 ms a submit of 5 MB on
+    the server's loop).  Other arguments still get base64 text."""
+    blob = bytes(range(256)) * 64
+    assert read(form(("data", blob, True)), raw={"data"}) == {"data": blob}
+    assert read(form(("data", blob, True))) == {"data": b64(blob)}
+    two = form(("data", b"\x00", True), ("data", b"\x01", True))
+    assert read(two, raw={"data"}, lists={"data"}) == {"data": [b64(b"\x00"), b64(b"\x01")]}
+
+    svc = errands.Service("forms")
+
+    @svc.task
+    def size(data: bytes) -> int:
+        return len(data)
+
+    decoded: list[int] = []
+    real = base64.b64decode
+
+    def counting(data: Any, *args: Any, **kwargs: Any) -> bytes:
+        decoded.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(_convert.base64, "b64decode", counting)
+    arguments = read(form(("data", blob, True)), raw={"data"})
+    assert svc.tasks["size"].validate(arguments, from_json=True) == {"data": b64(blob)}
+    assert decoded == []
+
+
 def test_json_parts_are_strict() -> None:
     """NaN is no JSON (as in JSON bodies): the part is kept as text, and the
     task's converter refuses it where a number is due."""
@@ -71,6 +119,7 @@ def test_which_arguments_take_lists_and_text() -> None:
     assert takes_list(list[bytes]) and takes_list(list[str] | None) and takes_list(tuple[int, ...])
     assert not takes_list(bytes) and not takes_list(dict[str, int]) and not takes_list(str | None)
     assert takes_text(str) and not takes_text(str | None) and not takes_text(bytes)
+    assert takes_bytes(bytes) and not takes_bytes(bytes | None) and not takes_bytes(list[bytes])
 
 
 @pytest.mark.parametrize("text", ["", "x", "1_000", "٣", "nan", "inf", "1e", "0x10", " 1"])
