@@ -133,19 +133,37 @@ def _structure_bool(value: object, _: type) -> bool:
     raise StrictTypeError(f"expected a boolean, got {_kind(value)}")
 
 
+#: Bytes per piece when large bytes are encoded to base64 (a multiple of 3),
+#: and characters per piece when decoded (the same piece, as base64).
+_PIECE = 3 * 256 * 1024
+_PIECE_TEXT = _PIECE // 3 * 4
+
+
 def _structure_bytes(value: object, _: type) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
         try:
-            return base64.b64decode(value.encode("ascii"), validate=True)
+            if len(value) <= _PIECE_TEXT:
+                return base64.b64decode(value.encode("ascii"), validate=True)
+            # In pieces: one call on many megabytes holds the GIL throughout
+            # (the engine's loop stalls); between pieces other threads run.
+            return b"".join(
+                base64.b64decode(value[i : i + _PIECE_TEXT].encode("ascii"), validate=True)
+                for i in range(0, len(value), _PIECE_TEXT)
+            )
         except (binascii.Error, UnicodeEncodeError):
             raise StrictTypeError("expected base64-encoded bytes") from None
     raise StrictTypeError(f"expected base64-encoded bytes, got {_kind(value)}")
 
 
 def _unstructure_bytes(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+    if len(value) <= _PIECE:
+        return base64.b64encode(value).decode("ascii")
+    view = memoryview(value)  # in pieces, as _structure_bytes decodes
+    return "".join(
+        base64.b64encode(view[i : i + _PIECE]).decode("ascii") for i in range(0, len(value), _PIECE)
+    )
 
 
 def _structure_datetime(value: object, _: type) -> dt.datetime:

@@ -511,6 +511,10 @@ class Runner:
         """Call the task function with the stored ``args``; None when the call
         was stopped (see ``Run.stop``) or timed out (``call.timed_out``)."""
         definition = call.definition
+        if not definition.is_async:
+            # Decoded in the worker thread, just before the call: large
+            # arguments (bytes, images, long lists) never stall the loop.
+            return await self._invoke(call, args, decode=True)
         try:
             kwargs = await self._structure(definition, args)
         except InvalidArguments as exc:
@@ -531,8 +535,22 @@ class Runner:
         with pixel_limit(self.core.options.max_image_pixels):
             return definition.structure(args)
 
-    async def _invoke(self, call: Call, kwargs: dict[str, Any]) -> outcome.Outcome[Any] | None:
-        """Call the function with typed ``kwargs`` (on the loop, or in a thread)."""
+    def _decode_here(self, definition: TaskDefinition, args: dict[str, Any]) -> dict[str, Any]:
+        """Stored JSON arguments as typed values, in the calling (worker)
+        thread; arguments that do not read fail the task for good."""
+        try:
+            if definition.decodes_images:
+                return self._structure_images(definition, args)
+            return definition.structure(args)
+        except InvalidArguments as exc:
+            raise FinalError(str(exc)) from None
+
+    async def _invoke(
+        self, call: Call, kwargs: dict[str, Any], *, decode: bool = False
+    ) -> outcome.Outcome[Any] | None:
+        """Call the function with typed ``kwargs`` (on the loop, or in a
+        thread); with ``decode``, a sync function's ``kwargs`` are its stored
+        arguments, decoded in its thread."""
         definition = call.definition
         func = self.bound[definition.name]
         timeout = definition.options.timeout
@@ -553,7 +571,7 @@ class Runner:
                 if not call.stopped:
                     call.timed_out = True
                 return None
-            return await self._call_in_thread(call, func, kwargs, timeout)
+            return await self._call_in_thread(call, func, kwargs, timeout, decode=decode)
         finally:
             _reset_current(token)
 
@@ -562,8 +580,9 @@ class Runner:
         trio task of its own; False, doing nothing, unless the run is one this
         path takes.
 
-        It takes the runs of sync functions without a timeout, whose
-        arguments are read without a thread, on a volatile backend.  Such a
+        It takes the runs of sync functions without a timeout, on a
+        volatile backend (their arguments are decoded in the thread, as on
+        every path of a sync function).  Such a
         run's task would only wait for its thread and then settle; here the
         thread's return (or a stop: shutdown, a lost claim) queues the run,
         and one settler task settles what is queued, one run after another
@@ -578,26 +597,21 @@ class Runner:
             threaded = self._threaded[definition.name] = not (
                 definition.is_async
                 or definition.options.timeout is not None
-                or definition.decodes_images
                 or not self.core.backend.volatile
             )
         if not threaded or run.stop is not None:
             return False
         call = Call(definition=definition, runs=[run], context=run.context)
         run.call = call
-        try:
-            kwargs = definition.structure(run.record.args)
-        except BaseException as exc:  # as in _call: the task fails alone
-            error = FinalError(str(exc)) if isinstance(exc, InvalidArguments) else exc
-            self._forget(call)
-            self._queue_settle(run, outcome.Error(error), done)
-            return True
+        args = run.record.args
         func = self.bound[definition.name]
         context = contextvars.copy_context()
         context.run(_set_current, call.context)  # current_task() in the thread
 
         def work() -> Any:
-            return context.run(func, **kwargs)
+            # Decoded here, in the thread (as in _call): arguments that do
+            # not read fail the task alone, for good.
+            return context.run(func, **self._decode_here(definition, args))
 
         def deliver(result: outcome.Outcome[Any]) -> None:  # on the trio thread
             if not call.thread_left:
@@ -640,14 +654,22 @@ class Runner:
             self._settler_busy = False
 
     async def _call_in_thread(
-        self, call: Call, func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None
+        self,
+        call: Call,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        *,
+        decode: bool = False,
     ) -> outcome.Outcome[Any] | None:
         done = trio.Event()
         box: list[outcome.Outcome[Any]] = []
         context = contextvars.copy_context()
+        definition = call.definition
 
         def work() -> Any:
-            return context.run(func, **kwargs)
+            values = self._decode_here(definition, kwargs) if decode else kwargs
+            return context.run(func, **values)
 
         def deliver(result: outcome.Outcome[Any]) -> None:
             box.append(result)  # on the trio thread
