@@ -688,14 +688,15 @@ class Engine:
 
     async def info(self, task_id: str) -> TaskInfo:
         """The task's :class:`TaskInfo` (with its queue position while pending)."""
-        record = await self.load(task_id)
+        stored = await self.load_stored(task_id)
         position = None
-        if record.status is PENDING:
+        if stored.status is PENDING:
             position = await self.core.queue.position(task_id)
-        return TaskInfo.from_record(record, position=position)
+        return stored.info(position=position)
 
     async def status(self, task_id: str) -> TaskStatus:
-        return (await self.load(task_id)).status
+        # The record is read (an unreadable one is reported), not its arguments.
+        return (await self.load_stored(task_id)).info().status
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.
@@ -976,7 +977,7 @@ class Engine:
         """Tasks, newest first (expired ones left out)."""
         now = self.core.now()
         rows = await self.core.store.list(name=name, status=status, limit=limit, offset=offset)
-        return [TaskInfo.from_record(r.record) for r in rows if not r.record.is_expired(now)]
+        return [r.info() for r in rows if not r.is_expired(now)]
 
     # ------------------------------------------------------------------ dispatcher
 

@@ -552,6 +552,5 @@ async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskIn
         if task is None:
             found[task_id] = None
         elif task.status.is_final:
-            record = task.record
-            found[task_id] = None if record.is_expired(now) else TaskInfo.from_record(record)
+            found[task_id] = None if task.is_expired(now) else task.info()
     return found
