@@ -203,7 +203,7 @@ class Feed:
         wall = engine.clock()
         depth = await engine.backend.queue.depth()
         self.recent.sample(wall, depth)
-        running = len(await store.list(status=TaskStatus.IN_PROGRESS, limit=1000))
+        running = len(await store.list(status=TaskStatus.IN_PROGRESS, limit=1000, arguments=False))
         counts = dict.fromkeys((s.value for s in TaskStatus), 0)
         finished = [0] * BUCKETS
         start = wall - BUCKETS * BUCKET

@@ -381,10 +381,33 @@ def _stored(row: tuple[Any, ...]) -> StoredTask:
     )
 
 
+def _listed(row: tuple[Any, ...]) -> StoredTask:
+    """A row of ``_LISTED_COLUMNS``: the task without its arguments, unless
+    they are in ``data`` (a record stored whole)."""
+    *head, kind = row
+    if kind == "null":
+        return _stored((*head, None))
+    task_id, name, status, token, created_at, expires_at, data = head
+    return StoredTask.from_parts(
+        id=task_id,
+        name=name,
+        status=TaskStatus(status),
+        token=token,
+        created_at=created_at,
+        expires_at=expires_at,
+        state=bytes(data),
+        args=None,
+    )
+
+
 #: A task's row: its record in two parts, ``data`` (JSON without the
 #: arguments, rewritten at each change) and ``args`` (JSON, written once).
 _TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data, args"
 _TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?"
+#: The same without the arguments: whether ``data`` holds them instead.
+#: (``typeof``: SQLite reads the type without the value; ``IS NULL`` read
+#: the value, megabytes for large arguments.)
+_LISTED_COLUMNS = "id, name, status, token, created_at, expires_at, data, typeof(args)"
 
 #: Ids per ``IN (...)`` of one query: under SQLite's bound-variable limit.
 _IDS_PER_QUERY = 500
@@ -1098,7 +1121,13 @@ class DiskCacheStore(Store):
         status: TaskStatus | None = None,
         limit: int = 100,
         offset: int = 0,
+        arguments: bool = True,
     ) -> list[StoredTask]:
+        """Without ``arguments``, the ``args`` column is not read (50 tasks of
+        1 MB each: 65 MB copied out of SQLite per listing)."""
+        columns = _TASK_COLUMNS if arguments else _LISTED_COLUMNS
+        build = _stored if arguments else _listed
+
         def rows(conn: sqlite3.Connection) -> list[StoredTask]:
             where, params = [], []
             if name is not None:
@@ -1107,11 +1136,11 @@ class DiskCacheStore(Store):
             if status is not None:
                 where.append("status = ?")
                 params.append(status.value)
-            sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+            sql = f"SELECT {columns} FROM tasks"
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
-            return [_stored(r) for r in conn.execute(sql, (*params, limit, offset))]
+            return [build(r) for r in conn.execute(sql, (*params, limit, offset))]
 
         return await self._db.run(rows, write=False)
 

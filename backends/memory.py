@@ -542,6 +542,7 @@ class MemoryStore(Store):
         status: TaskStatus | None = None,
         limit: int = 100,
         offset: int = 0,
+        arguments: bool = True,  # records are whole here: always read
     ) -> list[StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
         # Newest first, ties by id (as the diskcache backend orders them).

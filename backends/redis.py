@@ -1022,6 +1022,7 @@ class RedisStore(Store):
         status: TaskStatus | None = None,
         limit: int = 100,
         offset: int = 0,
+        arguments: bool = True,  # records are whole here: always read
     ) -> list[StoredTask]:
         p = self._c.prefix
         if name is not None and status is not None:

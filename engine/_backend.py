@@ -295,8 +295,15 @@ class Store(abc.ABC):
         status: TaskStatus | None = None,
         limit: int = 100,
         offset: int = 0,
+        arguments: bool = True,
     ) -> list[StoredTask]:
-        """Records, newest first, filtered by name and status."""
+        """Records, newest first, filtered by name and status.
+
+        ``arguments=False``: the caller reads each task's scalars and
+        :meth:`StoredTask.info` only (a listing to show); a backend that
+        stores arguments apart may leave them unread, and such a task's
+        ``record`` then raises.  Other backends ignore it.
+        """
 
     async def newest_ends(self, limit: int) -> NewestEnds:
         """``(status, expires_at, finished_at)`` of the newest ``limit``

@@ -976,7 +976,9 @@ class Engine:
     ) -> list[TaskInfo]:
         """Tasks, newest first (expired ones left out)."""
         now = self.core.now()
-        rows = await self.core.store.list(name=name, status=status, limit=limit, offset=offset)
+        rows = await self.core.store.list(
+            name=name, status=status, limit=limit, offset=offset, arguments=False
+        )
         return [r.info() for r in rows if not r.is_expired(now)]
 
     # ------------------------------------------------------------------ dispatcher

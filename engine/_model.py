@@ -520,10 +520,12 @@ class StoredTask:
         created_at: float,
         expires_at: float | None,
         state: bytes,
-        args: bytes,
+        args: bytes | None,
     ) -> StoredTask:
         """A task stored as two parts (:attr:`state_data` and :attr:`args_data`),
-        with the scalars given beside them; decoded when first read."""
+        with the scalars given beside them; decoded when first read.  With
+        ``args`` None (not read: a listing), :meth:`info` reads it and
+        :attr:`record` raises."""
         self = cls.__new__(cls)
         self._fill(id, name, status, token, created_at, expires_at, None, None, None)
         self._state, self._args = state, args
@@ -578,7 +580,9 @@ class StoredTask:
                 self._record = unpack_record(self._packed)
                 return self._record
             if self._state is not None:
-                self._record = self._decoded(self._state, self._args or b"")
+                if self._args is None:
+                    raise RuntimeError(f"the arguments of task {self.id} were not read")
+                self._record = self._decoded(self._state, self._args)
             else:
                 assert self._data is not None
                 self._record = self._decoded(self._data, None)

@@ -297,6 +297,29 @@ async def test_list_stays_exact_as_tasks_come_and_go(backend: Backend) -> None:
     await check()
 
 
+async def test_a_listing_without_arguments_lists_the_same_tasks(backend: Backend) -> None:
+    """``list(arguments=False)``: the same tasks, in the same order, each
+    with the same scalars and ``info()`` (a backend may leave the arguments
+    unread)."""
+    recs = [record(name="ab"[i % 2], created_at=NOW + i, args={"x": i}) for i in range(5)]
+    for rec in recs:
+        await backend.store.create(stored(rec))
+    done = attrs.evolve(recs[3], status=C, finished_at=NOW + 9, expires_at=NOW + 99)
+    assert await backend.store.transition(stored(done), expect=P)
+    for query in ({}, {"name": "a"}, {"status": C}, {"limit": 2, "offset": 1}):
+        whole = await backend.store.list(**query)  # type: ignore[arg-type]
+        listed = await backend.store.list(arguments=False, **query)  # type: ignore[arg-type]
+        assert [t.id for t in listed] == [t.id for t in whole], query
+        for a, b in zip(whole, listed, strict=True):
+            assert (a.status, a.token, a.created_at, a.expires_at) == (
+                b.status,
+                b.token,
+                b.created_at,
+                b.expires_at,
+            )
+            assert a.info() == b.info()
+
+
 async def test_newest_ends_are_the_listing_s_status_expiry_and_end(backend: Backend) -> None:
     """``newest_ends``: status, expiry and end of the newest records, in
     the listing's order, as the records hold them."""
