@@ -64,6 +64,16 @@ def test_batch_reads_quick_runs() -> None:
 
 
 @pytest.mark.realtime
+def test_payloads_quick_runs() -> None:
+    run_quick(
+        "payloads.py",
+        "ratio argument / result, 0.1 MB (memory)",
+        "ratio argument / result, 0.1 MB (diskcache)",
+        "ratio listing / reference (diskcache)",
+    )
+
+
+@pytest.mark.realtime
 def test_redis_quick_runs() -> None:
     from tests.tools import find_tool
 
