@@ -309,11 +309,12 @@ class Store(abc.ABC):
         """``(status, expires_at, finished_at)`` of the newest ``limit``
         records, newest first (as :meth:`list` orders them): what a summary
         of recent work (the dashboard's counts and chart) needs.  This
-        default reads the records; a backend whose records are encoded
-        overrides it to read these three values without decoding them."""
+        default reads the records without their arguments; a backend whose
+        records are encoded may override it to read these three values
+        without decoding them."""
         return [
-            (task.status, task.expires_at, task.record.finished_at)
-            for task in await self.list(limit=limit)
+            (task.status, task.expires_at, task.without_args().finished_at)
+            for task in await self.list(limit=limit, arguments=False)
         ]
 
     @abc.abstractmethod

@@ -359,9 +359,13 @@ def pack_record(record: TaskRecord) -> bytes:
     per full collection at 30,000 kept tasks, about a quarter of the thread
     path's time at 50,000).  Raises ValueError when the arguments are not
     plain JSON data.
+
+    The arguments are packed last, after the length of the rest, so that
+    what reads a status (:meth:`StoredTask.info`) unpacks the rest alone:
+    they may be megabytes.
     """
     attempts = record.attempts
-    return marshal.dumps(
+    rest = marshal.dumps(
         (
             _plain_values(record),
             record.status._value_,
@@ -374,14 +378,19 @@ def pack_record(record: TaskRecord) -> bytes:
             else (),
         )
     )
+    return len(rest).to_bytes(4, "little") + rest + marshal.dumps(record.args)
 
 
-def unpack_record(packed: bytes) -> TaskRecord:
-    """The record :func:`pack_record` packed (equal to it, a new object)."""
-    plain, status, error, attempts = marshal.loads(packed)
+def unpack_record(packed: bytes, *, args: bool = True) -> TaskRecord:
+    """The record :func:`pack_record` packed (equal to it, a new object);
+    without ``args``, its arguments are left out (empty)."""
+    view = memoryview(packed)
+    end = 4 + int.from_bytes(view[:4], "little")
+    plain, status, error, attempts = marshal.loads(view[4:end])
     record = object.__new__(TaskRecord)
     fields = record.__dict__
     fields.update(zip(_PLAIN_FIELDS, plain, strict=True))
+    fields["args"] = marshal.loads(view[end:]) if args else {}
     fields["status"] = TaskStatus(status)
     fields["error"] = _unpacked_error(error)
     fields["attempts"] = tuple(
@@ -398,7 +407,9 @@ def unpack_record(packed: bytes) -> TaskRecord:
 
 
 _PLAIN_FIELDS = tuple(
-    a.name for a in attrs.fields(TaskRecord) if a.name not in ("status", "error", "attempts")
+    a.name
+    for a in attrs.fields(TaskRecord)
+    if a.name not in ("args", "status", "error", "attempts")
 )
 _plain_values = operator.attrgetter(*_PLAIN_FIELDS)
 
@@ -589,17 +600,21 @@ class StoredTask:
         return self._record
 
     def info(self, *, position: int | None = None) -> TaskInfo:
-        """The task's :class:`TaskInfo`.  A task whose arguments are stored
-        apart (:meth:`from_parts`) and not decoded yet is read without them:
-        a status has none, and they may be megabytes (a listing of 50 tasks
-        of 1 MB each decoded 65 MB of JSON)."""
-        record = self._record
-        if record is None and self._state is not None and self._packed is None:
-            # Decoded with empty arguments: this record goes no further.
-            record = self._decoded(self._state, b"{}")
-        elif record is None:
-            record = self.record
-        return TaskInfo.from_record(record, position=position)
+        """The task's :class:`TaskInfo` (see :meth:`without_args`)."""
+        return TaskInfo.from_record(self.without_args(), position=position)
+
+    def without_args(self) -> TaskRecord:
+        """The record, with its ``args`` left out (empty) unless decoded
+        already: what a status, a listing or a summary reads (a status has no
+        arguments, and they may be megabytes: a listing of 50 tasks of 1 MB
+        each decoded 65 MB of JSON).  Never to be stored or run."""
+        if self._record is not None:
+            return self._record
+        if self._packed is not None:
+            return unpack_record(self._packed, args=False)
+        if self._state is not None:
+            return self._decoded(self._state, b"{}")
+        return self.record
 
     def _decoded(self, data: bytes, args: bytes | None) -> TaskRecord:
         """``data`` (with ``args`` apart, or whole when None) as a record."""
