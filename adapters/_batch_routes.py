@@ -71,7 +71,7 @@ async def _batch_name(engine: Engine, batch_id: str) -> str:
     """The endpoint of a batch's tasks ("" when none of the first is kept)."""
     store = engine.backend.store
     members = await store.batch_members(batch_id, limit=CHUNK)
-    found = await store.get_many([task_id for _, task_id in members])
+    found = await store.get_many([task_id for _, task_id in members], arguments=False)
     return next((stored.name for stored in found.values()), "")
 
 

@@ -869,12 +869,16 @@ class DiskCacheStore(Store):
 
         return await self._db.run(get, write=False)
 
-    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+    async def get_many(
+        self, task_ids: Collection[str], *, arguments: bool = True
+    ) -> dict[str, StoredTask]:
         ids = list(task_ids)
+        columns = _TASK_COLUMNS if arguments else _LISTED_COLUMNS
+        build = _stored if arguments else _listed
 
         def get_many(conn: sqlite3.Connection) -> dict[str, StoredTask]:
-            sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({{marks}})"
-            return {row[0]: _stored(row) for row in _rows_by_ids(conn, sql, ids)}
+            sql = f"SELECT {columns} FROM tasks WHERE id IN ({{marks}})"
+            return {row[0]: build(row) for row in _rows_by_ids(conn, sql, ids)}
 
         return await self._db.run(get_many, write=False)
 

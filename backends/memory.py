@@ -446,7 +446,12 @@ class MemoryStore(Store):
         await trio.lowlevel.checkpoint_if_cancelled()
         return self._find(task_id)
 
-    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+    async def get_many(
+        self,
+        task_ids: Collection[str],
+        *,
+        arguments: bool = True,  # records are whole here: always read
+    ) -> dict[str, StoredTask]:
         await trio.lowlevel.checkpoint_if_cancelled()
         found = {}
         for task_id in task_ids:

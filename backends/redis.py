@@ -956,7 +956,12 @@ class RedisStore(Store):
         rows = await self._c.call(add, len(ids), list)
         return list(zip(ids, rows, strict=True))
 
-    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+    async def get_many(
+        self,
+        task_ids: Collection[str],
+        *,
+        arguments: bool = True,  # records are whole here: always read
+    ) -> dict[str, StoredTask]:
         found = {}
         for task_id, fields in await self._hmget_many(task_ids, _FIELDS):
             task = _stored(task_id, fields)

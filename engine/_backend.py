@@ -222,12 +222,15 @@ class Store(abc.ABC):
     async def get(self, task_id: str) -> StoredTask | None:
         """The record, or None."""
 
-    async def get_many(self, task_ids: Collection[str]) -> dict[str, StoredTask]:
+    async def get_many(
+        self, task_ids: Collection[str], *, arguments: bool = True
+    ) -> dict[str, StoredTask]:
         """The records of those ``task_ids`` that exist, by id (missing ones left out).
 
         A read of many records for waiters on many tasks.  The default calls
         :meth:`get` for each id; backends that can read them in one go
         override it.  Records may be read at slightly different moments.
+        ``arguments=False``: as for :meth:`list`.
         """
         await trio.lowlevel.checkpoint()
         found: dict[str, StoredTask] = {}
@@ -373,7 +376,7 @@ class Store(abc.ABC):
             if not members:
                 break
             ids = [task_id for _, task_id in members]
-            found = await self.get_many(ids)
+            found = await self.get_many(ids, arguments=False)
             for task_id in ids:
                 task = found.get(task_id)
                 if task is None or task.is_expired(now):

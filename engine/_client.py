@@ -252,7 +252,9 @@ async def load_batch(engine: Engine, batch_id: str) -> AsyncBatch:
                 break
     if not members:
         raise BatchNotFound(batch_id)
-    found = await engine.core.store.get_many([task_id for _, task_id in members[:CHUNK]])
+    found = await engine.core.store.get_many(
+        [task_id for _, task_id in members[:CHUNK]], arguments=False
+    )
     name = next((stored.name for stored in found.values()), "")
     return AsyncBatch(
         engine, batch_id, name, [(index, AsyncTask(engine, i, name)) for index, i in members]

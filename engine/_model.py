@@ -543,6 +543,12 @@ class StoredTask:
         return self
 
     @property
+    def version_data(self) -> bytes:
+        """Stored bytes that change whenever the record does (its arguments
+        never do): what a poll for changes compares, never encoded anew."""
+        return self._state if self._state is not None else self.data
+
+    @property
     def state_data(self) -> bytes:
         """The record as UTF-8 JSON without its ``args`` (see the class)."""
         if self._state is None:

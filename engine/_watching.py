@@ -144,7 +144,7 @@ class Watchers:
         if not ids:
             return
         self.poll_reads += 1
-        found = await store.get_many(ids)
+        found = await store.get_many(ids, arguments=False)
         now = clock()
         for task_id in ids:
             task = found.get(task_id)
@@ -152,7 +152,7 @@ class Watchers:
                 self._seen.pop(task_id, None)
                 self.notify(task_id)
                 continue
-            data = task.data
+            data = task.version_data
             if self._seen.get(task_id) == data:
                 continue
             self._seen[task_id] = data
@@ -530,7 +530,7 @@ _READ_CHUNK = 500
 async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, each to None:
     read by their stored status and expiry, no record decoded."""
-    stored = await engine.backend.store.get_many(task_ids)
+    stored = await engine.backend.store.get_many(task_ids, arguments=False)
     now = engine.clock()
     found: dict[str, TaskInfo | None] = {}
     for task_id in task_ids:
@@ -544,7 +544,7 @@ async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskIn
     """The final or missing ones among well-formed ``task_ids``, read in one go."""
     if not task_ids:
         return {}
-    stored = await engine.backend.store.get_many(task_ids)
+    stored = await engine.backend.store.get_many(task_ids, arguments=False)
     now = engine.clock()
     found: dict[str, TaskInfo | None] = {}
     for task_id in task_ids:

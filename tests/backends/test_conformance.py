@@ -318,6 +318,13 @@ async def test_a_listing_without_arguments_lists_the_same_tasks(backend: Backend
                 b.expires_at,
             )
             assert a.info() == b.info()
+    ids = [r.id for r in recs]
+    whole = await backend.store.get_many(ids)
+    read = await backend.store.get_many(ids, arguments=False)
+    assert read.keys() == whole.keys() == set(ids)
+    for task_id, task in read.items():
+        assert task.info() == whole[task_id].info() and task.status is whole[task_id].status
+        assert task.version_data == whole[task_id].version_data  # what a poll compares
 
 
 async def test_newest_ends_are_the_listing_s_status_expiry_and_end(backend: Backend) -> None:

@@ -186,6 +186,11 @@ async def test_statuses_and_listings_never_decode_the_arguments(tmp_path: Path) 
         [row] = await client.engine.backend.store.list(arguments=False)
         with pytest.raises(RuntimeError, match="not read"):
             row.record  # noqa: B018
+        # Nor for a many-task wait (nor a poll for other processes' changes).
+        assert await client.engine.wait_any([task.id], 0) == {}
+        read = await client.engine.backend.store.get_many([task.id], arguments=False)
+        with pytest.raises(RuntimeError, match="not read"):
+            read[task.id].record  # noqa: B018
         with pytest.raises(errands.BackendError, match="unreadable"):
             await client.engine.load(task.id)  # the whole record: its arguments too
 
