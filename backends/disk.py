@@ -357,9 +357,13 @@ def _next(conn: sqlite3.Connection, counter: str) -> int:
     return int(row[0])
 
 
-def _stored(row: tuple[Any, ...]) -> StoredTask:
+def _stored(row: tuple[Any, ...], *, read: bool = True) -> StoredTask:
+    """A row of ``_TASK_COLUMNS``; with ``read`` False, of ``_LISTED_COLUMNS``
+    (its last value the type of ``args``, not ``args``): the task without
+    its arguments, unless they are in ``data``."""
     task_id, name, status, token, created_at, expires_at, data, args = row
-    if args is None:  # (a record that _migrate could not read stays whole)
+    if args is None or args == "null":
+        # Stored whole (a record that _migrate could not read stays so).
         return StoredTask(
             id=task_id,
             name=name,
@@ -377,27 +381,12 @@ def _stored(row: tuple[Any, ...]) -> StoredTask:
         created_at=created_at,
         expires_at=expires_at,
         state=bytes(data),
-        args=bytes(args),
+        args=bytes(args) if read else None,
     )
 
 
 def _listed(row: tuple[Any, ...]) -> StoredTask:
-    """A row of ``_LISTED_COLUMNS``: the task without its arguments, unless
-    they are in ``data`` (a record stored whole)."""
-    *head, kind = row
-    if kind == "null":
-        return _stored((*head, None))
-    task_id, name, status, token, created_at, expires_at, data = head
-    return StoredTask.from_parts(
-        id=task_id,
-        name=name,
-        status=TaskStatus(status),
-        token=token,
-        created_at=created_at,
-        expires_at=expires_at,
-        state=bytes(data),
-        args=None,
-    )
+    return _stored(row, read=False)
 
 
 #: A task's row: its record in two parts, ``data`` (JSON without the

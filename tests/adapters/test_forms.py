@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 import errands
-from errands import _convert
 from errands.adapters._answers import number, one, wait_seconds
 from errands.adapters._multipart import (
     MultipartError,
@@ -20,6 +19,7 @@ from errands.adapters._multipart import (
     takes_text,
 )
 from errands.adapters._protocol import HTTPError
+from tests.tools import spy_b64decodes
 
 BOUNDARY = "b0undary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -96,14 +96,7 @@ def test_a_file_for_bytes_is_its_bytes_and_is_encoded_once(
     def size(data: bytes) -> int:
         return len(data)
 
-    decoded: list[int] = []
-    real = base64.b64decode
-
-    def counting(data: Any, *args: Any, **kwargs: Any) -> bytes:
-        decoded.append(len(data))
-        return real(data, *args, **kwargs)
-
-    monkeypatch.setattr(_convert.base64, "b64decode", counting)
+    decoded = spy_b64decodes(monkeypatch)
     arguments = read(form(("data", blob, True)), raw={"data"})
     assert svc.tasks["size"].validate(arguments, from_json=True) == {"data": b64(blob)}
     assert decoded == []

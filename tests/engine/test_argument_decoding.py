@@ -4,16 +4,14 @@ images, long lists) never stall the engine's loop."""
 
 from __future__ import annotations
 
-import base64
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import errands
-from errands import _convert
 from errands.backends import DiskCacheBackend, MemoryBackend
+from tests.tools import spy_b64decodes
 
 pytestmark = pytest.mark.realtime
 
@@ -38,18 +36,12 @@ async def test_a_sync_task_s_arguments_are_decoded_in_its_thread(
     """On each path a sync task takes (memory: settled in a batch, or with
     a timeout in a task of its own; diskcache: a task of its own), its
     bytes are decoded off the loop's thread."""
-    decoded_on: list[int] = []
-    real = base64.b64decode
-
-    def spy(data: Any, *args: Any, **kwargs: Any) -> bytes:
-        decoded_on.append(threading.get_ident())
-        return real(data, *args, **kwargs)
-
-    monkeypatch.setattr(_convert.base64, "b64decode", spy)
+    decoded = spy_b64decodes(monkeypatch)
     backend = MemoryBackend() if kind == "memory" else DiskCacheBackend(tmp_path)
     async with errands.open_engine(svc, backend=backend) as client:
         task = await getattr(client, name).submit(data=b"\x00" * 1000)
         assert await task.wait(timeout=10) is errands.TaskStatus.SUCCESS
         assert await task.get() == 1000
     loop = threading.get_ident()  # the engine ran in this trio run
+    decoded_on = [thread for _, thread in decoded]
     assert decoded_on and loop not in decoded_on, decoded_on
