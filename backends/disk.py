@@ -362,27 +362,18 @@ def _stored(row: tuple[Any, ...], *, read: bool = True) -> StoredTask:
     (its last value the type of ``args``, not ``args``): the task without
     its arguments, unless they are in ``data``."""
     task_id, name, status, token, created_at, expires_at, data, args = row
+    scalars: dict[str, Any] = {
+        "id": task_id,
+        "name": name,
+        "status": TaskStatus(status),
+        "token": token,
+        "created_at": created_at,
+        "expires_at": expires_at,
+    }
     if args is None or args == "null":
         # Stored whole (a record that _migrate could not read stays so).
-        return StoredTask(
-            id=task_id,
-            name=name,
-            status=TaskStatus(status),
-            token=token,
-            created_at=created_at,
-            expires_at=expires_at,
-            data=bytes(data),
-        )
-    return StoredTask.from_parts(
-        id=task_id,
-        name=name,
-        status=TaskStatus(status),
-        token=token,
-        created_at=created_at,
-        expires_at=expires_at,
-        state=bytes(data),
-        args=bytes(args) if read else None,
-    )
+        return StoredTask(**scalars, data=bytes(data))
+    return StoredTask.from_parts(**scalars, state=bytes(data), args=bytes(args) if read else None)
 
 
 def _listed(row: tuple[Any, ...]) -> StoredTask:
