@@ -20,7 +20,10 @@ one Redis Cluster slot):
 
 * ``P:t:<id>`` hash, a task: ``n`` name, ``s`` status, ``k`` token, ``c``
   created_at, ``e`` expires_at (empty while not final), ``d`` the record's
-  JSON, ``b`` its batch; ``rm`` and ``rv`` its result (media type, bytes).
+  JSON without its arguments, ``a`` the arguments' JSON (written once: they
+  never change, and may be megabytes), ``b`` its batch; ``rm`` and ``rv``
+  its result (media type, bytes).  A record that an errands of before wrote
+  (``d`` whole, no ``a``) is read whole, and written whole.
 * ``P:i:all``, ``P:i:s:<status>``, ``P:i:n:<name>``, ``P:i:ns:<name>:<status>``
   sorted sets of ids by created_at, for listing; ``P:x`` ids by expires_at,
   for purging.
@@ -177,6 +180,13 @@ local function set_expiry(t, id, created, expires)
   if keep < MARGIN then keep = MARGIN end
   redis.call('EXPIRE', t, keep)
 end
+-- A record written whole (``d`` with its arguments, no ``a``: by an errands
+-- before the arguments were kept apart) must stay whole: a write of the rest
+-- alone (``whole`` not '1') is refused with -1, changing nothing, and the
+-- caller sends the record whole.
+local function stored_whole(t, whole)
+  return whole ~= '1' and redis.call('EXISTS', t) == 1 and redis.call('HEXISTS', t, 'a') == 0
+end
 local function move_status(id, name, created, old, new)
   if old == new then return end
   redis.call('ZREM', P .. ':i:s:' .. old, id)
@@ -184,11 +194,11 @@ local function move_status(id, name, created, old, new)
   redis.call('ZADD', P .. ':i:s:' .. new, created, id)
   redis.call('ZADD', P .. ':i:ns:' .. name .. ':' .. new, created, id)
 end
-local function create(id, name, status, token, created, expires, data, batch)
+local function create(id, name, status, token, created, expires, data, args, batch)
   local t = P .. ':t:' .. id
   if redis.call('EXISTS', t) == 1 then return 0 end
   redis.call('HSET', t, 'n', name, 's', status, 'k', token, 'c', created, 'e', expires,
-             'd', data, 'b', batch)
+             'd', data, 'a', args, 'b', batch)
   index(id, name, status, created)
   if batch ~= '' then redis.call('INCR', P .. ':bl:' .. batch) end
   set_expiry(t, id, created, expires)
@@ -216,24 +226,25 @@ return queue_put(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 
 _ENQUEUE = """
--- ARGV: P, id, name, status, token, created, expires, data, priority, not_before, rank
-if create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '') == 0 then
+-- ARGV: P, id, name, status, token, created, expires, data, args, priority,
+--       not_before, rank
+if create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '') == 0 then
   return 0
 end
-queue_put(ARGV[2], ARGV[3], ARGV[9], ARGV[10], ARGV[11])
+queue_put(ARGV[2], ARGV[3], ARGV[10], ARGV[11], ARGV[12])
 return 1
 """
 
 _ENQUEUE_MANY = """
 -- ARGV: P, priority, not_before, rank, batch, then per task:
---   id, name, status, token, created, expires, data, position
+--   id, name, status, token, created, expires, data, args, position
 local priority, not_before, rank, batch = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local answers = {}
-for i = 6, #ARGV, 8 do
+for i = 6, #ARGV, 9 do
   local id = ARGV[i]
-  local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 7], id)
+  local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 8], id)
   local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-                      ARGV[i + 6], batch)
+                      ARGV[i + 6], ARGV[i + 7], batch)
   if made == 1 then
     queue_put(id, ARGV[i + 1], priority, not_before, rank)
   elseif added == 1 and redis.call('EXISTS', P .. ':t:' .. id) == 1 then
@@ -396,39 +407,41 @@ for i = 1, #claims, 3 do
   table.insert(out, claims[i])
   table.insert(out, claims[i + 1])
   table.insert(out, claims[i + 2])
-  table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd'))
+  table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd', 'a'))
 end
 return out
 """
 
 _CREATE = """
-return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '')
+return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '')
 """
 
 _TRANSITION = """
 -- ARGV: P, id, expect, token ('' for any), status, new token, expires, data,
---       has_result, media_type, result
+--       whole, has_result, media_type, result
 local id, expect, token = ARGV[2], ARGV[3], ARGV[4]
 local t = P .. ':t:' .. id
 local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
 if not f[1] or f[1] ~= expect or (token ~= '' and f[2] ~= token) then return 0 end
+if stored_whole(t, ARGV[9]) then return -1 end
 local status = ARGV[5]
 move_status(id, f[3], f[4], f[1], status)
 redis.call('HSET', t, 's', status, 'k', ARGV[6], 'e', ARGV[7], 'd', ARGV[8])
-if ARGV[9] == '1' then redis.call('HSET', t, 'rm', ARGV[10], 'rv', ARGV[11]) end
+if ARGV[10] == '1' then redis.call('HSET', t, 'rm', ARGV[11], 'rv', ARGV[12]) end
 set_expiry(t, id, f[4], ARGV[7])
 redis.call('PUBLISH', P .. ':changes', id)
 return 1
 """
 
 _BEGIN = """
--- ARGV: P, id, claim token, expect, status, new token, data
+-- ARGV: P, id, claim token, expect, status, new token, data, whole
 local id, token = ARGV[2], ARGV[3]
 local f = redis.call('HMGET', P .. ':e:' .. id, 'o', 'k')
 if not f[1] or f[1] == '' or f[2] ~= token then return 0 end
 local t = P .. ':t:' .. id
 local g = redis.call('HMGET', t, 's', 'n', 'c')
 if not g[1] or g[1] ~= ARGV[4] then return 0 end
+if stored_whole(t, ARGV[8]) then return -1 end
 move_status(id, g[2], g[3], g[1], ARGV[5])
 redis.call('HSET', t, 's', ARGV[5], 'k', ARGV[6], 'd', ARGV[7])
 redis.call('PUBLISH', P .. ':changes', id)
@@ -436,17 +449,18 @@ return 1
 """
 
 _FINISH = """
--- ARGV: P, id, claim token, status, new token, expires, data,
+-- ARGV: P, id, claim token, status, new token, expires, data, whole,
 --       has_result, media_type, result
 local id, token = ARGV[2], ARGV[3]
 local moved = 0
 local t = P .. ':t:' .. id
 local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
 if f[1] == 'in_progress' and f[2] == token then
+  if stored_whole(t, ARGV[8]) then return -1 end
   local status = ARGV[4]
   move_status(id, f[3], f[4], f[1], status)
   redis.call('HSET', t, 's', status, 'k', ARGV[5], 'e', ARGV[6], 'd', ARGV[7])
-  if ARGV[8] == '1' then redis.call('HSET', t, 'rm', ARGV[9], 'rv', ARGV[10]) end
+  if ARGV[9] == '1' then redis.call('HSET', t, 'rm', ARGV[10], 'rv', ARGV[11]) end
   set_expiry(t, id, f[4], ARGV[6])
   redis.call('PUBLISH', P .. ':changes', id)
   moved = 1
@@ -515,6 +529,11 @@ _SCRIPTS = {
 def _num(value: float) -> str:
     """A float as Lua and Redis read it back exactly."""
     return repr(float(value))
+
+
+#: What a script that writes a record answers when the record is stored whole
+#: (by an errands of before): nothing changed; send it whole.
+_WHOLE = -1
 
 
 def _result_args(result: Payload | None) -> list[Any]:
@@ -890,22 +909,34 @@ def _payload(media_type: Any, data: Any) -> Payload | None:
     )
 
 
-def _stored(task_id: str, fields: Sequence[Any]) -> StoredTask | None:
-    name, status, token, created, expires, data = fields
+def _stored(task_id: str, fields: Sequence[Any], *, read: bool = True) -> StoredTask | None:
+    """The task of ``_FIELDS``; with ``read`` False, of ``_LISTED_FIELDS`` (no
+    ``a``): the task without its arguments."""
+    name, status, token, created, expires, data, *rest = fields
     if name is None:
         return None
-    return StoredTask(
-        id=task_id,
-        name=_text(name),
-        status=TaskStatus(_text(status)),
-        token=int(token),
-        created_at=float(created),
-        expires_at=None if not expires else float(expires),
-        data=data if isinstance(data, bytes) else str(data).encode(),
-    )
+    args = rest[0] if rest else None
+    scalars: dict[str, Any] = {
+        "id": task_id,
+        "name": _text(name),
+        "status": TaskStatus(_text(status)),
+        "token": int(token),
+        "created_at": float(created),
+        "expires_at": None if not expires else float(expires),
+    }
+    data = _bytes(data)
+    if read and args is None:  # stored whole
+        return StoredTask(**scalars, data=data)
+    return StoredTask.from_parts(**scalars, state=data, args=_bytes(args) if read else None)
 
 
-_FIELDS = ("n", "s", "k", "c", "e", "d")
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+_FIELDS = ("n", "s", "k", "c", "e", "d", "a")
+#: The fields of a task without its arguments (a listing reads ``info()``).
+_LISTED_FIELDS = _FIELDS[:-1]
 _FIELDS_AND_RESULT = (*_FIELDS, "rm", "rv")
 
 
@@ -928,7 +959,8 @@ class RedisStore(Store):
             task.token,
             _num(task.created_at),
             expires,
-            task.data,
+            task.state_data,
+            task.args_data,
         ]
 
     async def create(self, task: StoredTask) -> bool:
@@ -960,11 +992,12 @@ class RedisStore(Store):
         self,
         task_ids: Collection[str],
         *,
-        arguments: bool = True,  # records are whole here: always read
+        arguments: bool = True,
     ) -> dict[str, StoredTask]:
         found = {}
-        for task_id, fields in await self._hmget_many(task_ids, _FIELDS):
-            task = _stored(task_id, fields)
+        fields_read = _FIELDS if arguments else _LISTED_FIELDS
+        for task_id, fields in await self._hmget_many(task_ids, fields_read):
+            task = _stored(task_id, fields, read=arguments)
             if task is not None:
                 found[task_id] = task
         return found
@@ -979,17 +1012,19 @@ class RedisStore(Store):
     ) -> bool:
         check_transition(expect, task.status)  # InvalidTransition before any I/O
         expires = "" if task.expires_at is None else _num(task.expires_at)
-        args: list[Any] = [
+        head: list[Any] = [
             task.id,
             expect.value,
             "" if token is None else str(token),
             task.status.value,
             task.token,
             expires,
-            task.data,
-            *_result_args(result),
         ]
-        return bool(await self._c.script("transition", *args))
+        tail = _result_args(result)
+        moved = await self._c.script("transition", *head, task.state_data, "0", *tail)
+        if moved == _WHOLE:
+            moved = await self._c.script("transition", *head, task.data, "1", *tail)
+        return bool(moved)
 
     async def get_result(self, task_id: str) -> Payload | None:
         key = self._key(task_id)
@@ -1027,7 +1062,7 @@ class RedisStore(Store):
         status: TaskStatus | None = None,
         limit: int = 100,
         offset: int = 0,
-        arguments: bool = True,  # records are whole here: always read
+        arguments: bool = True,
     ) -> list[StoredTask]:
         p = self._c.prefix
         if name is not None and status is not None:
@@ -1042,7 +1077,7 @@ class RedisStore(Store):
             await trio.lowlevel.checkpoint()
             return []
         ids = await self._c.command("zrevrange", index, offset, offset + limit - 1)
-        found = await self.get_many([_text(i) for i in ids])
+        found = await self.get_many([_text(i) for i in ids], arguments=arguments)
         return [found[_text(i)] for i in ids if _text(i) in found]
 
     async def purge_expired(self, now: float) -> int:
@@ -1206,17 +1241,21 @@ class RedisBackend(Backend):
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         # Fenced: the record moves only while the claim is held, in one script.
         check_transition(TaskStatus.PENDING, task.status)
-        return bool(await self._connection.script("begin", *self._begin_args(task, claim)))
+        moved = await self._connection.script("begin", *self._begin_args(task, claim))
+        if moved == _WHOLE:
+            args = self._begin_args(task, claim, whole=True)
+            moved = await self._connection.script("begin", *args)
+        return bool(moved)
 
     @staticmethod
-    def _begin_args(task: StoredTask, claim: Claim) -> list[Any]:
+    def _begin_args(task: StoredTask, claim: Claim, *, whole: bool = False) -> list[Any]:
         return [
             claim.task_id,
             str(claim.token),
             TaskStatus.PENDING.value,
             task.status.value,
             task.token,
-            task.data,
+            *((task.data, "1") if whole else (task.state_data, "0")),
         ]
 
     async def claim_and_start(
@@ -1271,6 +1310,13 @@ class RedisBackend(Backend):
                     # pending" there, and the orphan finder re-queues it
                     # within a lease.
                     return [(claim, None) for claim, _ in started]
+                for n, ((claim, begun), ok) in enumerate(zip(begins, moved, strict=True)):
+                    if ok == _WHOLE:  # stored whole: started whole (rare, one more trip)
+                        try:
+                            args = self._begin_args(begun, claim, whole=True)
+                            moved[n] = await connection.script("begin", *args)
+                        except BackendError:
+                            moved[n] = False  # the run starts its task itself
                 refused = {
                     claim.task_id for (claim, _), ok in zip(begins, moved, strict=True) if not ok
                 }
@@ -1287,16 +1333,12 @@ class RedisBackend(Backend):
         # The fenced move (with the result) and the ack, in one script.
         check_transition(TaskStatus.IN_PROGRESS, task.status)
         expires = "" if task.expires_at is None else _num(task.expires_at)
-        args: list[Any] = [
-            claim.task_id,
-            str(claim.token),
-            task.status.value,
-            task.token,
-            expires,
-            task.data,
-            *_result_args(result),
-        ]
-        return bool(await self._connection.script("finish", *args))
+        head: list[Any] = [claim.task_id, str(claim.token), task.status.value, task.token, expires]
+        tail = _result_args(result)
+        moved = await self._connection.script("finish", *head, task.state_data, "0", *tail)
+        if moved == _WHOLE:
+            moved = await self._connection.script("finish", *head, task.data, "1", *tail)
+        return bool(moved)
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
