@@ -217,7 +217,7 @@ class Handlers:
                 raise self._error(TaskNotFound(task_id))
             return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
         if status is TaskStatus.FAILURE:
-            error = task.record.error
+            error = task.without_args().error
             shown = error.type if self.http.hide_errors and error is not None else str(error)
             raise self._error(TaskFailed(task_id, shown))
         if status is TaskStatus.CANCELLED:

@@ -405,6 +405,7 @@ def _rows_by_ids(
 
 
 _STARTABLE = ", ".join(f"t.{column}" for column in _TASK_COLUMNS.split(", "))
+_LISTED_STARTABLE = _STARTABLE.replace("t.args", "typeof(t.args)")
 
 
 class DiskCacheQueue(Queue):
@@ -965,11 +966,11 @@ class DiskCacheStore(Store):
             found: dict[str, tuple[StoredTask, Payload | None]] = {}
             large: dict[str, int] = {}  # task id -> token: in diskcache
             sql = (
-                f"SELECT {_STARTABLE}, r.media_type, r.data FROM tasks t"
+                f"SELECT {_LISTED_STARTABLE}, r.media_type, r.data FROM tasks t"
                 " LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
             )
             for row in _rows_by_ids(conn, sql, ids):
-                task = _stored(row[:8])
+                task = _listed(row[:8])
                 media_type, data = row[8], row[9]
                 payload = None
                 if task.status.value == success:

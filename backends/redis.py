@@ -937,7 +937,7 @@ def _bytes(value: Any) -> bytes:
 _FIELDS = ("n", "s", "k", "c", "e", "d", "a")
 #: The fields of a task without its arguments (a listing reads ``info()``).
 _LISTED_FIELDS = _FIELDS[:-1]
-_FIELDS_AND_RESULT = (*_FIELDS, "rm", "rv")
+_LISTED_AND_RESULT = (*_LISTED_FIELDS, "rm", "rv")
 
 
 class RedisStore(Store):
@@ -1035,10 +1035,10 @@ class RedisStore(Store):
         self, task_ids: Collection[str]
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
-        for task_id, fields in await self._hmget_many(task_ids, _FIELDS_AND_RESULT):
-            task = _stored(task_id, fields[: len(_FIELDS)])
+        for task_id, fields in await self._hmget_many(task_ids, _LISTED_AND_RESULT):
+            task = _stored(task_id, fields[: len(_LISTED_FIELDS)], read=False)
             if task is not None:
-                found[task_id] = (task, _payload(*fields[len(_FIELDS) :]))
+                found[task_id] = (task, _payload(*fields[len(_LISTED_FIELDS) :]))
         return found
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:

@@ -278,10 +278,13 @@ class Store(abc.ABC):
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
         """The stored tasks of those of ``task_ids`` that exist, each with its
         stored result when it has one (a success), read together: a
-        ``get()`` of a task, a batch's results.  This default is
-        :meth:`get_many` then :meth:`get_results`; a backend that reads a
-        record and its result in one step overrides it."""
-        tasks = await self.get_many(task_ids)
+        ``get()`` of a task, a batch's results.  The tasks are read as
+        :meth:`get_many` with ``arguments=False`` reads them (what a result
+        or an error needs is never the arguments, which may be megabytes).
+        This default is :meth:`get_many` then :meth:`get_results`; a
+        backend that reads a record and its result in one step overrides
+        it."""
+        tasks = await self.get_many(task_ids, arguments=False)
         successes = [i for i, task in tasks.items() if task.status is TaskStatus.SUCCESS]
         results = await self.get_results(successes) if successes else {}
         return {i: (task, results.get(i)) for i, task in tasks.items()}

@@ -238,7 +238,8 @@ def _result_of(
             status=status.value,
             result=engine.outcome(task_id, status, task.name, None, payload),
         )
-    return BatchResult(index=index, task_id=task_id, status=status.value, error=task.record.error)
+    error = task.without_args().error
+    return BatchResult(index=index, task_id=task_id, status=status.value, error=error)
 
 
 async def load_batch(engine: Engine, batch_id: str) -> AsyncBatch:

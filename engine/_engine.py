@@ -722,7 +722,7 @@ class Engine:
             if payload is None:
                 raise TaskNotFound(task_id)  # purged meanwhile
             return self.outcome(task_id, status, task.name, None, payload)
-        return self.outcome_of(task.record, None)
+        return self.outcome_of(task.without_args(), None)
 
     def outcome_of(self, record: TaskRecord, payload: Payload | None) -> Any:
         """What :meth:`result` answers for ``record`` (with its stored result
@@ -758,9 +758,11 @@ class Engine:
         raise TaskNotReady(task_id, status.value)
 
     async def result_payload(self, task_id: str) -> tuple[StoredTask, Payload | None]:
-        """The task as stored and, for a success, its stored result, read in
-        one store call (for adapters); TaskNotFound as :meth:`load`.  The
-        payload of a success is None only when it was purged meanwhile."""
+        """The task as stored (without its arguments, as
+        :meth:`result_payloads` reads it) and, for a success, its stored
+        result, read in one store call (for adapters); TaskNotFound as
+        :meth:`load`.  The payload of a success is None only when it was
+        purged meanwhile."""
         await trio.lowlevel.checkpoint()
         return await self._with_result(task_id)
 
@@ -791,10 +793,11 @@ class Engine:
         together: one store call (two with ``wanted``), not two per task (a
         batch's results).
         Tasks unknown, expired, with a malformed id, or a success whose
-        result is gone (purged meanwhile) are left out.  The records are not
-        decoded (``StoredTask.record`` decodes one when read) unless
-        ``wanted`` is given: then a success's result is read only when
-        ``wanted(record.result_type)`` (its media type) says so, else its
+        result is gone (purged meanwhile) are left out.  The tasks are read
+        without their arguments (``info()``, ``without_args()`` and the
+        scalars; ``record`` may raise), and their records are not decoded
+        unless ``wanted`` is given: then a success's result is read only
+        when ``wanted(result_type)`` (its media type) says so, else its
         payload is None."""
         await trio.lowlevel.checkpoint()
         self.check_open()
@@ -810,7 +813,7 @@ class Engine:
                 ).items()
                 if not task.is_expired(now) and (payload is not None or task.status is not SUCCESS)
             }
-        stored = await self.core.store.get_many(ids)
+        stored = await self.core.store.get_many(ids, arguments=False)
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
         successes = []
         for task_id in ids:
@@ -818,7 +821,9 @@ class Engine:
             if task is None or task.is_expired(now):
                 continue
             found[task_id] = (task, None)
-            if task.status is SUCCESS and (wanted is None or wanted(task.record.result_type)):
+            if task.status is SUCCESS and (
+                wanted is None or wanted(task.without_args().result_type)
+            ):
                 successes.append(task_id)
         if successes:
             payloads = await self.core.store.get_results(successes)

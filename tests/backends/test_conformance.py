@@ -202,12 +202,15 @@ async def test_get_results_reads_many_as_get_result_reads_one(backend: Backend) 
     assert found[ids[2]] == Payload(media_type="x/size-40000", data=b"y" * 40_000)
     assert found[ids[0]] == Payload(media_type="x/size-0", data=b"")
     assert await backend.store.get_results([]) == {}
-    # Records and results together, as get_many and get_result read them.
+    # Records and results together, as get_many (without the arguments)
+    # and get_result read them.
     both = await backend.store.get_with_results(asked)
     records = await backend.store.get_many(asked)
     assert set(both) == set(records) == {ids[0], ids[2], ids[3], failed.id}
     for task_id, (task, payload) in both.items():
-        assert task.record == records[task_id].record and task.status is records[task_id].status
+        assert task.info() == records[task_id].info() and task.status is records[task_id].status
+        whole = records[task_id].record
+        assert task.without_args() == attrs.evolve(whole, args={}) or task.without_args() == whole
         assert payload == one_by_one.get(task_id)
     assert await backend.store.get_with_results([]) == {}
 

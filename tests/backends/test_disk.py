@@ -179,6 +179,8 @@ async def test_statuses_and_listings_never_decode_the_arguments(tmp_path: Path) 
         handle = client.get_task(task.id)
         assert await handle.get_status() is TaskStatus.PENDING
         assert (await handle.get_info()).status is TaskStatus.PENDING
+        with pytest.raises(errands.TaskNotReady):  # get() reads no arguments either
+            await handle.get()
         [listed] = await client.engine.list()
         assert listed.id == task.id and listed.status is TaskStatus.PENDING
         # Not even read for a listing (typeof(), not the value: 50 tasks of

@@ -53,6 +53,17 @@ async def test_arguments_are_written_once_apart_from_the_record(redis_url: str) 
         assert {t.info().status for t in listed} == {TaskStatus.SUCCESS}
         with pytest.raises(RuntimeError, match="not read"):
             listed[0].record  # noqa: B018
+    # get() reads the result and the rest, never the arguments (an image
+    # given as input was sent again with every get()): from an engine that
+    # did not end the task, so it reads the store.
+    raw.hset(f"{{{prefix}}}:t:{task.id}", "a", b"{not json")
+    other_backend = RedisBackend(redis_url, prefix=prefix)
+    async with errands.open_engine(svc, backend=other_backend) as other:
+        assert await other.get_task(task.id).get() == 42
+        read, payload = (await other_backend.store.get_with_results([task.id]))[task.id]
+        assert payload is not None and read.info().status is TaskStatus.SUCCESS
+        with pytest.raises(RuntimeError, match="not read"):
+            read.record  # noqa: B018
     raw.close()
 
 
