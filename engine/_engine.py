@@ -695,8 +695,9 @@ class Engine:
         return stored.info(position=position)
 
     async def status(self, task_id: str) -> TaskStatus:
-        # The record is read (an unreadable one is reported), not its arguments.
-        return (await self.load_stored(task_id)).info().status
+        # The record is read (an unreadable one is reported), not its
+        # arguments; no TaskInfo is built for one status.
+        return (await self.load_stored(task_id)).without_args().status
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.
