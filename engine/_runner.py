@@ -705,79 +705,89 @@ class Runner:
     # ------------------------------------------------------------------ settling
 
     async def _settle(self, run: Run, result: outcome.Outcome[Any] | None) -> None:
-        claim, record = run.claim, run.record
-        context = run.context
-        if context.progress != record.progress or context.message != record.message:
-            record = record.replace(progress=context.progress, message=context.message)
-        if run.stop is Stop.LOST:
-            log.warning(
-                "task %s: claim taken over by another worker; result dropped", claim.task_id
-            )
-            return
-        call = run.call
-        assert call is not None
-        if run.stop is Stop.SHUTDOWN:
-            # A thread still running may yet do the work: that attempt counts.
-            await self.hand_back(claim, record, counts=call.thread_left)
-            return
-        async_value = run.definition.is_async and isinstance(result, outcome.Value)
-        if run.stop is Stop.CANCEL and not async_value:
-            # A sync function that returns after a cancel request stopped early.
-            await self._finish(claim, record, None, cancelled=True)
-            return
-        if call.timed_out:
-            timeout = run.definition.options.timeout
-            error = TaskError(
-                type="TimeoutError", message=f"the task took longer than its timeout of {timeout} s"
-            )
-            await self._fail_or_retry(run, record, error, final=False)
-            return
-        if isinstance(result, outcome.Error):
-            exc = result.error
-            error = task_error(exc)
-            final = isinstance(exc, FinalError)
-            if not final:
-                log.debug("task %s raised %s", claim.task_id, error)
-            await self._fail_or_retry(
-                run, record, error, final=final, traceback=_traceback_text(exc)
-            )
-            return
-        assert isinstance(result, outcome.Value)
-        definition = run.definition
+        """Store how the admitted ``run`` ended (``result``: its outcome, None
+        when it was stopped), then let its objects go.
+
+        A run and its call refer to each other: the cycle is broken here, so
+        that what the run held is freed at once by reference counting, not
+        later by the garbage collector (``tests/engine/test_garbage.py``)."""
         try:
-            wrong = definition.check_result(result.value)
-        except BaseException as exc:  # a strange value's own methods may raise anything
-            if _is_engine_cancel(exc):
-                raise
-            wrong = [FieldError(path="$", message=_text(exc))]
-        if wrong:
-            error = TaskError(
-                type="InvalidResult",
-                message="the result does not match the return type "
-                f"{type_name(definition.return_type)}: " + "; ".join(str(e) for e in wrong),
-            )
-            await self._fail_or_retry(run, record, error, final=True)
-            return
-        try:
-            payload = encode_result(result.value, definition.return_type)
-        except BaseException as exc:  # whatever a strange result raises is the task's
-            if _is_engine_cancel(exc):
-                raise
-            error = TaskError(
-                type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
-            )
-            await self._fail_or_retry(run, record, error, final=True)
-            return
-        limit = self.core.options.max_result_size
-        if len(payload.data) > limit:
-            error = TaskError(
-                type="InvalidResult",
-                message=f"the result is {len(payload.data)} bytes; the limit is {limit} "
-                "(max_result_size)",
-            )
-            await self._fail_or_retry(run, record, error, final=True)
-            return
-        await self._finish(claim, record, payload)
+            claim, record = run.claim, run.record
+            context = run.context
+            if context.progress != record.progress or context.message != record.message:
+                record = record.replace(progress=context.progress, message=context.message)
+            if run.stop is Stop.LOST:
+                log.warning(
+                    "task %s: claim taken over by another worker; result dropped", claim.task_id
+                )
+                return
+            call = run.call
+            assert call is not None
+            if run.stop is Stop.SHUTDOWN:
+                # A thread still running may yet do the work: that attempt counts.
+                await self.hand_back(claim, record, counts=call.thread_left)
+                return
+            async_value = run.definition.is_async and isinstance(result, outcome.Value)
+            if run.stop is Stop.CANCEL and not async_value:
+                # A sync function that returns after a cancel request stopped early.
+                await self._finish(claim, record, None, cancelled=True)
+                return
+            if call.timed_out:
+                timeout = run.definition.options.timeout
+                error = TaskError(
+                    type="TimeoutError",
+                    message=f"the task took longer than its timeout of {timeout} s",
+                )
+                await self._fail_or_retry(run, record, error, final=False)
+                return
+            if isinstance(result, outcome.Error):
+                exc = result.error
+                error = task_error(exc)
+                final = isinstance(exc, FinalError)
+                if not final:
+                    log.debug("task %s raised %s", claim.task_id, error)
+                await self._fail_or_retry(
+                    run, record, error, final=final, traceback=_traceback_text(exc)
+                )
+                return
+            assert isinstance(result, outcome.Value)
+            definition = run.definition
+            try:
+                wrong = definition.check_result(result.value)
+            except BaseException as exc:  # a strange value's own methods may raise anything
+                if _is_engine_cancel(exc):
+                    raise
+                wrong = [FieldError(path="$", message=_text(exc))]
+            if wrong:
+                error = TaskError(
+                    type="InvalidResult",
+                    message="the result does not match the return type "
+                    f"{type_name(definition.return_type)}: " + "; ".join(str(e) for e in wrong),
+                )
+                await self._fail_or_retry(run, record, error, final=True)
+                return
+            try:
+                payload = encode_result(result.value, definition.return_type)
+            except BaseException as exc:  # whatever a strange result raises is the task's
+                if _is_engine_cancel(exc):
+                    raise
+                error = TaskError(
+                    type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
+                )
+                await self._fail_or_retry(run, record, error, final=True)
+                return
+            limit = self.core.options.max_result_size
+            if len(payload.data) > limit:
+                error = TaskError(
+                    type="InvalidResult",
+                    message=f"the result is {len(payload.data)} bytes; the limit is {limit} "
+                    "(max_result_size)",
+                )
+                await self._fail_or_retry(run, record, error, final=True)
+                return
+            await self._finish(claim, record, payload)
+        finally:
+            run.call = None
 
     async def _finish(
         self,
