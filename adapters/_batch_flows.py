@@ -9,7 +9,6 @@ ids, waiting on a batch with long polls, cancel, and the results stream
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
+import pybase64
 
 from errands import (
     BatchResult,
@@ -80,7 +80,7 @@ def _file_value(name: str, value: Any) -> Any:
     """A file argument in a JSON item: base64 text (a str is sent as it is)."""
     if isinstance(value, str):
         return value
-    return base64.b64encode(_file_part(name, value)[1]).decode("ascii")
+    return pybase64.b64encode_as_string(_file_part(name, value)[1])
 
 
 def _item_line(

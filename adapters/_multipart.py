@@ -19,13 +19,13 @@ how each argument is read; the OpenAPI document describes the same.
 
 from __future__ import annotations
 
-import base64
 import io
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pybase64
 from python_multipart import parse_form
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import Field, File
@@ -150,6 +150,6 @@ def parse_multipart(
         if len(parts) == 1 and raw(name) and not lists(name):
             arguments[name] = parts[0]
             continue
-        texts_of = [base64.b64encode(part).decode("ascii") for part in parts]
+        texts_of = [pybase64.b64encode_as_string(part) for part in parts]
         arguments[name] = texts_of if len(parts) > 1 or lists(name) else texts_of[0]
     return arguments

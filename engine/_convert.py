@@ -8,8 +8,6 @@ task's annotations, and stored as JSON.  Results are stored as a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import contextvars
 import dataclasses
@@ -26,6 +24,7 @@ import attrs
 import cattrs
 import cattrs.cols
 import cattrs.gen
+import pybase64
 
 from ._errors import FieldError
 
@@ -134,8 +133,9 @@ def _structure_bool(value: object, _: type) -> bool:
 
 
 #: Bytes per piece when large bytes are encoded to base64 (a multiple of 3),
-#: and characters per piece when decoded (the same piece, as base64).
-_PIECE = 3 * 256 * 1024
+#: and characters per piece when decoded (the same piece, as base64): one
+#: call holds the GIL throughout, about 1.5 ms a piece here.
+_PIECE = 3 * 4 * 1024 * 1024
 _PIECE_TEXT = _PIECE // 3 * 4
 
 
@@ -143,26 +143,26 @@ def _structure_bytes(value: object, _: type) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
+        # pybase64 (SIMD): about 50 times the standard library's speed here,
+        # as strict as the published schema's pattern (docs/decisions.md).
         try:
             if len(value) <= _PIECE_TEXT:
-                return base64.b64decode(value.encode("ascii"), validate=True)
-            # In pieces: one call on many megabytes holds the GIL throughout
-            # (the engine's loop stalls); between pieces other threads run.
+                return pybase64.b64decode(value, validate=True)
             return b"".join(
-                base64.b64decode(value[i : i + _PIECE_TEXT].encode("ascii"), validate=True)
+                pybase64.b64decode(value[i : i + _PIECE_TEXT], validate=True)
                 for i in range(0, len(value), _PIECE_TEXT)
             )
-        except (binascii.Error, UnicodeEncodeError):
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise StrictTypeError("expected base64-encoded bytes") from None
     raise StrictTypeError(f"expected base64-encoded bytes, got {_kind(value)}")
 
 
 def _unstructure_bytes(value: bytes) -> str:
     if len(value) <= _PIECE:
-        return base64.b64encode(value).decode("ascii")
+        return pybase64.b64encode_as_string(value)
     view = memoryview(value)  # in pieces, as _structure_bytes decodes
     return "".join(
-        base64.b64encode(view[i : i + _PIECE]).decode("ascii") for i in range(0, len(value), _PIECE)
+        pybase64.b64encode_as_string(view[i : i + _PIECE]) for i in range(0, len(value), _PIECE)
     )
 
 

@@ -158,17 +158,16 @@ def count_calls(owner: Any, *names: str) -> Calls:
 def spy_b64decodes(monkeypatch: Any) -> list[tuple[int, int]]:
     """Every base64 decode errands' converter makes from now on (it still
     decodes): the length of the text and the ident of the thread, each."""
-    import base64
     import threading
 
     from errands import _convert
 
     seen: list[tuple[int, int]] = []
-    real = base64.b64decode
+    real = _convert.pybase64.b64decode
 
     def spy(data: Any, *args: Any, **kwargs: Any) -> bytes:
         seen.append((len(data), threading.get_ident()))
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(_convert.base64, "b64decode", spy)
+    monkeypatch.setattr(_convert.pybase64, "b64decode", spy)
     return seen

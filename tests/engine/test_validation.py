@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import re
 from typing import Annotated, Any
 
 import attrs
@@ -186,6 +187,35 @@ def test_bytes_given_as_bytes_are_encoded_not_decoded_back(
     assert out["blob"] == base64.b64encode(blob).decode() and decoded == []
     errors = errors_of("special", from_json=True, when="2026-01-01", day="2026-01-01", blob="x!")
     assert errors == {"$.blob": "expected base64-encoded bytes"} and len(decoded) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["QUJD=", "QQ", "QQ=", "QUJ D", "QUJD\n", "-_-_", "é", "QQ==QQ=="],
+)
+def test_base64_is_as_strict_as_the_published_pattern(text: str) -> None:
+    """What the schema's base64 pattern refuses, the check refuses too
+    (the standard library's decoder took "QUJD=", padding after a whole
+    group: docs/decisions.md, pybase64)."""
+    from errands.adapters._jsonschema import BASE64
+
+    assert re.fullmatch(BASE64, text) is None
+    errors = errors_of("special", from_json=True, when="2026-01-01", day="2026-01-01", blob=text)
+    assert errors == {"$.blob": "expected base64-encoded bytes"}
+
+
+@pytest.mark.parametrize("size", [0, 1, 12 * 1024 * 1024 - 1, 12 * 1024 * 1024 + 5])
+def test_bytes_round_trip_whole_and_in_pieces(size: int) -> None:
+    """Encoded and decoded in pieces of 12 MiB: the same bytes come back
+    across a piece's end, and the text is the standard base64 of them."""
+    import base64
+
+    blob = (bytes(range(251)) * (size // 251 + 1))[:size]
+    out = validate("special", when="2026-01-01T00:00:00", day="2026-01-01", blob=blob)
+    assert out["blob"] == base64.b64encode(blob).decode()
+    assert svc.tasks["special"].structure(out)["blob"] == blob
+    # Given as base64 text (JSON): checked, then decoded the same.
+    assert svc.tasks["special"].validate(out, from_json=True) == out
 
 
 def test_any_must_still_be_json() -> None:
