@@ -507,6 +507,43 @@ def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+#: Strings at least this long in :func:`dumps_arguments` are checked for
+#: being base64 text, which JSON writes as it is.
+_VERBATIM = 64 * 1024
+
+
+def dumps_arguments(arguments: Mapping[str, Any]) -> str:
+    """:func:`dumps` of a task's arguments (the same text), faster when they
+    hold large ``bytes``: their base64 text needs no escaping, so it is
+    written as it is instead of being scanned character by character by the
+    ``json`` module (25-36 ms for 5 MB here).  That a long string is plain
+    base64 is checked by decoding it (``pybase64``: about half a
+    millisecond for 5 MB); any other string is encoded as usual."""
+    if not any(isinstance(v, str) and len(v) >= _VERBATIM for v in arguments.values()):
+        return _ENCODER.encode(arguments)
+    encode = _ENCODER.encode
+    pieces = ["{"]
+    for key, value in arguments.items():
+        if len(pieces) > 1:
+            pieces.append(",")
+        pieces.append(encode(key))
+        if isinstance(value, str) and len(value) >= _VERBATIM and _is_base64(value):
+            pieces += (':"', value, '"')  # copied once, by the join
+        else:
+            pieces += (":", encode(value))
+    pieces.append("}")
+    return "".join(pieces)
+
+
+def _is_base64(text: str) -> bool:
+    """Whether ``text`` is strict base64 (its alphabet and padding only)."""
+    try:
+        pybase64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_json(value: Any, path: str, errors: list[FieldError]) -> None:
     """Name the first non-JSON value under ``path``, for values typed ``Any``."""
     if value is None or isinstance(value, str | bool | int):

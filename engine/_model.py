@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import cattrs.gen
 
-from ._convert import converter, dumps
+from ._convert import converter, dumps, dumps_arguments
 from ._errors import BackendError
 from ._status import TaskStatus
 
@@ -561,7 +561,7 @@ class StoredTask:
     def args_data(self) -> bytes:
         """The record's ``args`` as UTF-8 JSON (see the class)."""
         if self._args is None:
-            self._args = dumps(self.record.args).encode("utf-8")
+            self._args = dumps_arguments(self.record.args).encode("utf-8")
         return self._args
 
     def is_expired(self, now: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import enum
@@ -410,3 +411,42 @@ def test_a_definitions_result_check_answers_as_check_result(annotation: Any, val
     from errands._convert import check_result, result_checker
 
     assert result_checker(annotation)(value) == check_result(value, annotation)
+
+
+_LONG = 64 * 1024  # what dumps_arguments checks as possible base64
+
+
+def _long_text(seed: bytes, extra: int, odd: str, at: int) -> str:
+    """The base64 of at least ``_LONG`` bytes, with ``odd`` put in at ``at``."""
+    text = base64.b64encode((seed * (_LONG // len(seed) + 1))[: _LONG + extra]).decode()
+    return text[:at] + odd + text[at:]
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.one_of(
+            st.integers(),
+            st.text(max_size=20),
+            st.lists(st.integers(), max_size=3),
+            # long strings: base64 text, or text that is not quite (an
+            # escape, a line break, bad padding, a non-ASCII character)
+            st.builds(
+                _long_text,
+                st.binary(min_size=1, max_size=9),
+                st.integers(min_value=0, max_value=7),
+                st.sampled_from(["", '"', "\\", "\n", "=", "é", "\x00"]),
+                st.integers(min_value=0, max_value=3),
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_arguments_are_stored_as_the_same_json_text(arguments: dict[str, Any]) -> None:
+    """Long base64 text is written as it is; the document is the one the
+    json module writes, character for character, whatever the strings."""
+    from errands._convert import dumps, dumps_arguments
+
+    text = dumps_arguments(arguments)
+    assert text == dumps(arguments)
+    assert json.loads(text) == arguments
