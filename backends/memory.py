@@ -26,6 +26,7 @@ from errands import (
     TaskStatus,
 )
 from errands._backend import start_record
+from errands._model import Packed
 from errands._status import check_transition
 
 __all__ = ["MemoryBackend", "MemoryQueue", "MemoryStore"]
@@ -320,7 +321,7 @@ def _live_newest_first(task: StoredTask) -> tuple[float, str]:
 
 #: A final record as :class:`MemoryStore` keeps it: status value, name,
 #: created_at, expires_at, token, the record packed.
-_Final = tuple[str, str, float, float | None, int, bytes]
+_Final = tuple[str, str, float, float | None, int, Packed]
 _STATUS_OF = {status.value: status for status in TaskStatus}
 
 
