@@ -524,6 +524,8 @@ def dumps_arguments(arguments: Mapping[str, Any]) -> str:
     encode = _ENCODER.encode
     pieces = ["{"]
     for key, value in arguments.items():
+        if not isinstance(key, str):  # the json module's own rules for other keys
+            return _ENCODER.encode(arguments)
         if len(pieces) > 1:
             pieces.append(",")
         pieces.append(encode(key))

@@ -450,3 +450,6 @@ def test_arguments_are_stored_as_the_same_json_text(arguments: dict[str, Any]) -
     text = dumps_arguments(arguments)
     assert text == dumps(arguments)
     assert json.loads(text) == arguments
+    # Keys that are not strings (a record built by other code): as json writes them.
+    odd = {1: _long_text(b"x", 0, "", 0), **arguments}
+    assert dumps_arguments(odd) == dumps(odd)
