@@ -512,7 +512,7 @@ def dumps(value: Any) -> str:
 _VERBATIM = 64 * 1024
 
 
-def dumps_arguments(arguments: Mapping[str, Any]) -> str:
+def dumps_arguments(arguments: Mapping[Any, Any]) -> str:
     """:func:`dumps` of a task's arguments (the same text), faster when they
     hold large ``bytes``: their base64 text needs no escaping, so it is
     written as it is instead of being scanned character by character by the
