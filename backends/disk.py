@@ -67,10 +67,16 @@ from ._owners import OwnerLocks
 __all__ = ["FORMAT_VERSION", "DiskCacheBackend", "DiskCacheQueue", "DiskCacheStore"]
 
 #: Bumped when the on-disk layout changes incompatibly.
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 #: Results smaller than this (bytes) are stored in errands.db with the status
 #: change that makes them the task's result; larger ones in diskcache's files.
 INLINE_RESULT_LIMIT = 32 * 1024
+#: Arguments (JSON bytes) at least this large are kept in ``large_args``, not
+#: in the task's row: SQLite rewrites a whole row at each change of it (the
+#: start, the end), overflow pages included, and 5 MB of bytes as base64
+#: cost about 8 ms of writes and reads a rewrite.  Smaller ones stay in the
+#: row, where reading them needs no second lookup.
+ARGS_APART_LIMIT = 16 * 1024
 
 log = logging.getLogger("errands.backends")
 T = TypeVar("T")
@@ -283,6 +289,7 @@ CREATE TABLE IF NOT EXISTS results (
     media_type TEXT NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS large_args (id TEXT PRIMARY KEY, args BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_claims ON queue (lease_until) WHERE owner IS NOT NULL;
 """
 
@@ -316,9 +323,11 @@ def _execute(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-#: The formats this errands opens: the one it writes, and the one before it
-#: (tasks stored whole), which :func:`_migrate` brings up to it.
-_READABLE_FORMATS = (FORMAT_VERSION, "1")
+#: The formats this errands opens: the one it writes, and the ones before it,
+#: which :func:`_migrate` brings up to it: "2" (large arguments in the
+#: task's row, where this format reads them still) and "1" (tasks stored
+#: whole).
+_READABLE_FORMATS = (FORMAT_VERSION, "2", "1")
 
 
 def _migrate(conn: sqlite3.Connection, found: str) -> None:
@@ -326,8 +335,9 @@ def _migrate(conn: sqlite3.Connection, found: str) -> None:
     this schema and format."""
     if not any(column[1] == "args" for column in conn.execute("PRAGMA table_info(tasks)")):
         conn.execute("ALTER TABLE tasks ADD COLUMN args BLOB")
-    if found != FORMAT_VERSION:
+    if found == "1":
         _split_args(conn)
+    if found != FORMAT_VERSION:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT_VERSION,))
     if not any(column[1] == "rank" for column in conn.execute("PRAGMA table_info(queue)")):
         # Made before priority aging: its waiting entries keep the order they
@@ -381,13 +391,24 @@ def _listed(row: tuple[Any, ...]) -> StoredTask:
 
 
 #: A task's row: its record in two parts, ``data`` (JSON without the
-#: arguments, rewritten at each change) and ``args`` (JSON, written once).
-_TASK_COLUMNS = "id, name, status, token, created_at, expires_at, data, args"
+#: arguments, rewritten at each change) and ``args`` (JSON, written once;
+#: NULL when they are in ``large_args``, see ``ARGS_APART_LIMIT``).
+_INSERTED_COLUMNS = "id, name, status, token, created_at, expires_at, data, args"
 _TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?"
+#: A task read back (from ``tasks t``), its arguments wherever they are
+#: (``coalesce`` reads ``large_args`` only when the row has none).
+_TASK_COLUMNS = (
+    "t.id, t.name, t.status, t.token, t.created_at, t.expires_at, t.data,"
+    " coalesce(t.args, (SELECT a.args FROM large_args a WHERE a.id = t.id))"
+)
 #: The same without the arguments: whether ``data`` holds them instead.
 #: (``typeof``: SQLite reads the type without the value; ``IS NULL`` read
 #: the value, megabytes for large arguments.)
-_LISTED_COLUMNS = "id, name, status, token, created_at, expires_at, data, typeof(args)"
+_LISTED_COLUMNS = (
+    "t.id, t.name, t.status, t.token, t.created_at, t.expires_at, t.data,"
+    " coalesce(nullif(typeof(t.args), 'null'),"
+    " (SELECT typeof(a.args) FROM large_args a WHERE a.id = t.id), 'null')"
+)
 
 #: Ids per ``IN (...)`` of one query: under SQLite's bound-variable limit.
 _IDS_PER_QUERY = 500
@@ -402,10 +423,6 @@ def _rows_by_ids(
     for start in range(0, len(ids), _IDS_PER_QUERY):
         chunk = ids[start : start + _IDS_PER_QUERY]
         yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), (*chunk, *after))
-
-
-_STARTABLE = ", ".join(f"t.{column}" for column in _TASK_COLUMNS.split(", "))
-_LISTED_STARTABLE = _STARTABLE.replace("t.args", "typeof(t.args)")
 
 
 class DiskCacheQueue(Queue):
@@ -679,7 +696,7 @@ def _start_claimed(
     again)."""
     if pending is None:
         row = conn.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? AND status = ?",
+            f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.id = ? AND t.status = ?",
             (claim.task_id, TaskStatus.PENDING.value),
         ).fetchone()
         pending = None if row is None else _stored(row)
@@ -722,19 +739,7 @@ def _create_started(
     except Exception:  # as start_record: the caller's start() raises it
         begun = data = None
     row = task if begun is None else begun
-    conn.execute(
-        f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})",
-        (
-            row.id,
-            row.name,
-            row.status.value,
-            row.token,
-            row.created_at,
-            row.expires_at,
-            row.state_data if data is None else data,
-            task.args_data,
-        ),
-    )
+    _insert(conn, "INSERT", row, row.state_data if data is None else data, task.args_data)
     # seq orders waiting entries only: a release gives the entry a new one.
     conn.execute(
         "INSERT INTO queue (id, name, priority, seq, not_before, rank, owner, token,"
@@ -798,8 +803,17 @@ def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> No
 
 
 def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
+    return _insert(conn, "INSERT OR IGNORE", task, task.state_data, task.args_data)
+
+
+def _insert(
+    conn: sqlite3.Connection, verb: str, task: StoredTask, state: bytes, args: bytes
+) -> bool:
+    """Write a new task's row (``verb``: INSERT, or INSERT OR IGNORE), with
+    large arguments in ``large_args``; whether the row was written."""
+    apart = len(args) >= ARGS_APART_LIMIT
     cursor = conn.execute(
-        f"INSERT OR IGNORE INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})",
+        f"{verb} INTO tasks ({_INSERTED_COLUMNS}) VALUES ({_TASK_VALUES})",
         (
             task.id,
             task.name,
@@ -807,11 +821,15 @@ def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
             task.token,
             task.created_at,
             task.expires_at,
-            task.state_data,
-            task.args_data,
+            state,
+            None if apart else args,
         ),
     )
-    return cursor.rowcount == 1
+    if cursor.rowcount != 1:
+        return False
+    if apart:
+        conn.execute("INSERT OR REPLACE INTO large_args (id, args) VALUES (?, ?)", (task.id, args))
+    return True
 
 
 class DiskCacheStore(Store):
@@ -844,7 +862,7 @@ class DiskCacheStore(Store):
     async def get(self, task_id: str) -> StoredTask | None:
         def get(conn: sqlite3.Connection) -> StoredTask | None:
             row = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+                f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)
             ).fetchone()
             return None if row is None else _stored(row)
 
@@ -858,7 +876,7 @@ class DiskCacheStore(Store):
         build = _stored if arguments else _listed
 
         def get_many(conn: sqlite3.Connection) -> dict[str, StoredTask]:
-            sql = f"SELECT {columns} FROM tasks WHERE id IN ({{marks}})"
+            sql = f"SELECT {columns} FROM tasks t WHERE t.id IN ({{marks}})"
             return {row[0]: build(row) for row in _rows_by_ids(conn, sql, ids)}
 
         return await self._db.run(get_many, write=False)
@@ -966,7 +984,7 @@ class DiskCacheStore(Store):
             found: dict[str, tuple[StoredTask, Payload | None]] = {}
             large: dict[str, int] = {}  # task id -> token: in diskcache
             sql = (
-                f"SELECT {_LISTED_STARTABLE}, r.media_type, r.data FROM tasks t"
+                f"SELECT {_LISTED_COLUMNS}, r.media_type, r.data FROM tasks t"
                 " LEFT JOIN results r ON r.id = t.id WHERE t.id IN ({marks})"
             )
             for row in _rows_by_ids(conn, sql, ids):
@@ -1049,6 +1067,7 @@ class DiskCacheStore(Store):
             if expired_by is not None and (row[1] is None or row[1] > expired_by):
                 return None  # compare-and-delete: not (or no longer) expired
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            conn.execute("DELETE FROM large_args WHERE id = ?", (task_id,))
             conn.execute("DELETE FROM results WHERE id = ?", (task_id,))
             if expired_by is None:  # (an expired id is deleted to be used anew)
                 _drop_empty_batches(conn, [task_id])
@@ -1108,7 +1127,7 @@ class DiskCacheStore(Store):
         offset: int = 0,
         arguments: bool = True,
     ) -> list[StoredTask]:
-        """Without ``arguments``, the ``args`` column is not read (50 tasks of
+        """Without ``arguments``, the arguments are not read (50 tasks of
         1 MB each: 65 MB copied out of SQLite per listing)."""
         columns = _TASK_COLUMNS if arguments else _LISTED_COLUMNS
         build = _stored if arguments else _listed
@@ -1116,15 +1135,15 @@ class DiskCacheStore(Store):
         def rows(conn: sqlite3.Connection) -> list[StoredTask]:
             where, params = [], []
             if name is not None:
-                where.append("name = ?")
+                where.append("t.name = ?")
                 params.append(name)
             if status is not None:
-                where.append("status = ?")
+                where.append("t.status = ?")
                 params.append(status.value)
-            sql = f"SELECT {columns} FROM tasks"
+            sql = f"SELECT {columns} FROM tasks t"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+            sql += " ORDER BY t.created_at DESC, t.id LIMIT ? OFFSET ?"
             return [build(r) for r in conn.execute(sql, (*params, limit, offset))]
 
         return await self._db.run(rows, write=False)
@@ -1151,6 +1170,7 @@ class DiskCacheStore(Store):
                 (now,),
             ).fetchall()
             conn.executemany("DELETE FROM results WHERE id = ?", [(i,) for i, _ in gone])
+            conn.executemany("DELETE FROM large_args WHERE id = ?", [(i,) for i, _ in gone])
             conn.execute(
                 "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
             )
@@ -1287,7 +1307,7 @@ class DiskCacheBackend(Backend):
 
         def start(conn: sqlite3.Connection) -> StoredTask | None:
             row = conn.execute(
-                f"SELECT {_STARTABLE} FROM tasks t JOIN queue q ON q.id = t.id"
+                f"SELECT {_TASK_COLUMNS} FROM tasks t JOIN queue q ON q.id = t.id"
                 " WHERE t.id = ? AND t.status = ? AND q.token = ? AND q.owner IS NOT NULL",
                 (claim.task_id, TaskStatus.PENDING.value, claim.token),
             ).fetchone()
