@@ -868,6 +868,15 @@ class DiskCacheStore(Store):
 
         return await self._db.run(get, write=False)
 
+    async def get_state(self, task_id: str) -> StoredTask | None:
+        def get_state(conn: sqlite3.Connection) -> StoredTask | None:
+            row = conn.execute(
+                f"SELECT {_LISTED_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)
+            ).fetchone()
+            return None if row is None else _listed(row)
+
+        return await self._db.run(get_state, write=False)
+
     async def get_many(
         self, task_ids: Collection[str], *, arguments: bool = True
     ) -> dict[str, StoredTask]:

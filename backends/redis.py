@@ -972,6 +972,11 @@ class RedisStore(Store):
         fields = await self._c.command("hmget", key, _FIELDS)
         return _stored(task_id, fields)
 
+    async def get_state(self, task_id: str) -> StoredTask | None:
+        key = self._key(task_id)
+        fields = await self._c.command("hmget", key, _LISTED_FIELDS)
+        return _stored(task_id, fields, read=False)
+
     async def _hmget_many(
         self, task_ids: Collection[str], fields: Sequence[str]
     ) -> list[tuple[str, Sequence[Any]]]:

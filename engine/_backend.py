@@ -222,6 +222,13 @@ class Store(abc.ABC):
     async def get(self, task_id: str) -> StoredTask | None:
         """The record, or None."""
 
+    async def get_state(self, task_id: str) -> StoredTask | None:
+        """The record without its arguments where this backend keeps them
+        apart (as ``get_many(..., arguments=False)`` reads it), or None:
+        for what reads a status or :meth:`StoredTask.without_args` alone
+        (arguments may be megabytes).  The default calls :meth:`get_many`."""
+        return (await self.get_many((task_id,), arguments=False)).get(task_id)
+
     async def get_many(
         self, task_ids: Collection[str], *, arguments: bool = True
     ) -> dict[str, StoredTask]:

@@ -378,17 +378,22 @@ class Engine:
         """The task's record; TaskNotFound when unknown, expired or malformed."""
         return (await self.load_stored(task_id, schedule=schedule)).record
 
-    async def load_stored(self, task_id: str, *, schedule: bool = True) -> StoredTask:
+    async def load_stored(
+        self, task_id: str, *, schedule: bool = True, arguments: bool = True
+    ) -> StoredTask:
         """The task as stored, its record not decoded yet (its status and
         expiry are read without it, so a record whose bytes no longer
         decode is not noticed here); TaskNotFound when unknown, expired or
-        the id is malformed."""
+        the id is malformed.  Without ``arguments``, a backend that keeps
+        them apart does not read them (they may be megabytes): for what
+        reads the status or :meth:`StoredTask.without_args` alone."""
         if schedule:
             await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self.check_open()
         if not is_task_id(task_id):
             raise TaskNotFound(task_id)
-        stored = await self.core.store.get(task_id)
+        store = self.core.store
+        stored = await (store.get(task_id) if arguments else store.get_state(task_id))
         if stored is None:
             raise TaskNotFound(task_id)
         expires_at = stored.expires_at
@@ -688,7 +693,7 @@ class Engine:
 
     async def info(self, task_id: str) -> TaskInfo:
         """The task's :class:`TaskInfo` (with its queue position while pending)."""
-        stored = await self.load_stored(task_id)
+        stored = await self.load_stored(task_id, arguments=False)
         position = None
         if stored.status is PENDING:
             position = await self.core.queue.position(task_id)
@@ -697,7 +702,7 @@ class Engine:
     async def status(self, task_id: str) -> TaskStatus:
         # The record is read (an unreadable one is reported), not its
         # arguments; no TaskInfo is built for one status.
-        return (await self.load_stored(task_id)).without_args().status
+        return (await self.load_stored(task_id, arguments=False)).without_args().status
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.

@@ -270,7 +270,9 @@ class Source(Protocol):
         """The live record; TaskNotFound when unknown, expired or malformed."""
         ...
 
-    async def load_stored(self, task_id: str, *, schedule: bool = True) -> StoredTask:
+    async def load_stored(
+        self, task_id: str, *, schedule: bool = True, arguments: bool = True
+    ) -> StoredTask:
         """The live task as stored (its record not decoded); as :meth:`load`."""
         ...
 
@@ -316,7 +318,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     watch = watchers.watch(task_id)  # before reading, so no change slips between
     # The stored status is enough: the record is not decoded (on a durable
     # backend, decoding it was a tenth of a task's CPU).
-    stored = await engine.load_stored(task_id, schedule=False)
+    stored = await engine.load_stored(task_id, schedule=False, arguments=False)
     if stored.status.is_final:
         await trio.lowlevel.checkpoint()
         return stored.status
@@ -332,7 +334,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
         if final is not None and not final.is_expired(engine.clock()):
             return final.status
         watch = watchers.watch(task_id)
-        stored = await engine.load_stored(task_id, schedule=False)
+        stored = await engine.load_stored(task_id, schedule=False, arguments=False)
         if stored.status.is_final:
             return stored.status
         if trio.current_time() >= deadline:
@@ -348,7 +350,9 @@ async def next_change(
     ids = (task_id,)
     engine.watchers.listen(ids, listener)  # before reading, so no change slips between
     try:
-        record = await engine.load(task_id)
+        # Neither the arguments (which may be megabytes) nor their decoding:
+        # a TaskInfo has none.
+        record = (await engine.load_stored(task_id, arguments=False)).without_args()
         while since is not None and not _differs(record, since):
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")
@@ -356,7 +360,8 @@ async def next_change(
                 raise TimeoutError(f"task {task_id} did not change in {timeout} s")
             await _wait_until(listener.event, deadline)
             listener.rearm()
-            record = await engine.load(task_id, schedule=False)
+            stored = await engine.load_stored(task_id, schedule=False, arguments=False)
+            record = stored.without_args()
         position = None
         if record.status is TaskStatus.PENDING:
             try:

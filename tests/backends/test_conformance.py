@@ -81,6 +81,28 @@ async def test_get_many_reads_the_records_that_exist(backend: Backend) -> None:
     assert len(got) == 1200 and unknown not in got
 
 
+async def test_get_state_reads_the_record_as_a_status_needs_it(backend: Backend) -> None:
+    """``get_state``: what a status, a wait or an info reads; the arguments
+    left out where the backend keeps them apart (large ones are, on disk)."""
+    small = record()
+    large = record(args={"text": "x" * 100_000})
+    for rec in (small, large):
+        assert await backend.store.create(stored(rec))
+        got = await backend.store.get_state(rec.id)
+        assert got is not None
+        assert (got.id, got.name, got.status, got.token) == (rec.id, "job", P, 0)
+        assert got.without_args().status is P
+        assert got.info() == stored(rec).info()
+    running = attrs.evolve(large, status=R, attempt=1, token=7)
+    assert await backend.store.transition(stored(running), expect=P)
+    got = await backend.store.get_state(large.id)
+    assert got is not None and (got.status, got.token) == (R, 7)
+    assert got.without_args().attempt == 1
+    assert await backend.store.get_state(new_task_id()) is None
+    whole = await backend.store.get(large.id)
+    assert whole is not None and whole.record.args == {"text": "x" * 100_000}
+
+
 async def test_create_refuses_a_duplicate_id(backend: Backend) -> None:
     rec = record()
     assert await backend.store.create(stored(rec))

@@ -20,10 +20,11 @@ import trio
 
 import errands
 from errands import TaskStatus
+from errands._model import StoredTask
 from errands._registry import resolve_backend
 from errands.backends import DiskCacheBackend
 from errands.backends._owners import OwnerLocks
-from errands.backends.disk import ARGS_APART_LIMIT, FORMAT_VERSION
+from errands.backends.disk import ARGS_APART_LIMIT, FORMAT_VERSION, DiskCacheStore
 
 pytestmark = pytest.mark.realtime
 
@@ -303,6 +304,35 @@ async def test_tasks_stored_whole_by_format_1_are_split_when_opened(tmp_path: Pa
             b"{garbage",
             None,
         )
+
+
+async def test_a_status_a_wait_and_a_long_poll_read_no_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what runs, cancels or retries a task reads its arguments: a
+    status, an info, a wait and a long poll of its changes read the record
+    without them (5 MB of bytes are 6.7 MB of base64, about 5 ms of SQLite
+    per read, and ``next_change`` decoded them too)."""
+    read: list[str] = []
+    whole_get = DiskCacheStore.get
+
+    async def get(self: DiskCacheStore, task_id: str) -> StoredTask | None:
+        read.append(task_id)
+        return await whole_get(self, task_id)
+
+    monkeypatch.setattr(DiskCacheStore, "get", get)
+    data = bytes(ARGS_APART_LIMIT)
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        task = await client.measure.options(delay=3600).submit(data=data)
+        assert await task.get_status() is TaskStatus.PENDING
+        assert (await task.get_info()).status is TaskStatus.PENDING
+        with pytest.raises(TimeoutError):
+            await task.wait(timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await client.engine.next_change(task.id, await task.get_info(), timeout=0.05)
+        assert read == []
+        assert await task.cancel() is TaskStatus.CANCELLED  # reads it, as it must
+        assert read == [task.id]
 
 
 async def test_large_arguments_in_a_format_2_row_still_run(tmp_path: Path) -> None:

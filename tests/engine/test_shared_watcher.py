@@ -38,7 +38,14 @@ async def _reads_while_waiting(waiters: int) -> dict[str, int]:
                     nursery.start_soon(client.engine.next_change, task.id, await task.get_info())
         assert await task.get_status() is TaskStatus.SUCCESS
         after = backend.faults.calls
-        return {k: after.get(k, 0) - before.get(k, 0) for k in ("store.get", "store.get_many")}
+        counts = {
+            k: after.get(k, 0) - before.get(k, 0)
+            for k in ("store.get", "store.get_state", "store.get_many")
+        }
+        return {
+            "store.get_many": counts["store.get_many"],
+            "reads": counts["store.get"] + counts["store.get_state"],
+        }
 
 
 async def test_a_thousand_waiters_cost_storage_what_one_does(
@@ -52,5 +59,5 @@ async def test_a_thousand_waiters_cost_storage_what_one_does(
     # ... and each waiter reads its task a fixed number of times, however long
     # it waits: its first read, once when the watcher first sees the task, and
     # once at the end (polling each on its own would be ~95 reads per waiter).
-    assert many["store.get"] <= 3 * 1000 + 20, many
-    assert one["store.get"] <= 3 + 20, one
+    assert many["reads"] <= 3 * 1000 + 20, many
+    assert one["reads"] <= 3 + 20, one

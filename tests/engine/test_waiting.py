@@ -365,14 +365,20 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
         record = await eng.submit("brief", {})
         assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         reads = 0
-        get = backend.store.get
+        get, get_state = backend.store.get, backend.store.get_state
 
         async def counted(task_id: str) -> Any:
             nonlocal reads
             reads += 1
             return await get(task_id)
 
+        async def counted_state(task_id: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return await get_state(task_id)
+
         backend.store.get = counted  # type: ignore[method-assign]
+        backend.store.get_state = counted_state  # type: ignore[method-assign]
         for _ in range(3):
             assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert reads == 0
