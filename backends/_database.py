@@ -132,12 +132,19 @@ class _TransactionLost(Exception):
 
 
 class _Call(Generic[T]):
-    __slots__ = ("done", "flush", "fn", "result", "token", "write")
+    __slots__ = ("committed", "done", "flush", "fn", "result", "token", "write")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], write: bool, flush: Flush) -> None:
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        write: bool,
+        flush: Flush,
+        committed: Callable[[T], object] | None = None,
+    ) -> None:
         self.fn = fn
         self.write = write
         self.flush = flush if write else Flush.LAZY
+        self.committed = committed
         self.result: outcome.Outcome[T] | None = None
         self.done = trio.Event()
         self.token = trio.lowlevel.current_trio_token()
@@ -226,11 +233,15 @@ class Database:
         *,
         write: bool = True,
         flush: Flush = Flush.NOW,
+        committed: Callable[[T], object] | None = None,
     ) -> T:
         """Run ``fn(connection)`` in the next transaction and return its result.
 
         Blocks (parks) until that transaction committed, and for a write of
-        ``flush`` NOW or SOON until it is durable.  A caller cancelled
+        ``flush`` NOW or SOON until it is durable.  ``committed(result)``, if
+        given, is called on the database thread as soon as that is so, before
+        this call's caller hears back (when ``fn`` succeeded and the
+        transaction committed; it must be quick and must not raise).  A caller cancelled
         before the call is queued changes nothing; cancelled while it waits,
         the call still happens and its result is dropped.
 
@@ -240,7 +251,7 @@ class Database:
                 the database is not open or its thread has ended.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do nothing
-        call = _Call(fn, write, flush)
+        call = _Call(fn, write, flush, committed)
         with self._lock:
             if self._thread is None:
                 raise BackendError(f"database {self.path} is not open")
@@ -429,6 +440,12 @@ class Database:
             if write:
                 self.commits += 1
                 self.synced += self._level == "FULL"
+            for call in batch:
+                if call.committed is not None and isinstance(call.result, outcome.Value):
+                    try:
+                        call.committed(call.result.value)
+                    except Exception:  # a bug: the caller still hears back as usual
+                        log.exception("a commit callback of %s failed", self.path)
         except (sqlite3.Error, _TransactionLost) as exc:
             cause = exc.__cause__ if isinstance(exc, _TransactionLost) else exc
             error = BackendError(f"database {self.path} failed: {type(cause).__name__}: {cause}")

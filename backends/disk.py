@@ -802,6 +802,17 @@ def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> No
         )
 
 
+def _if_created(on_stored: Callable[[], None]) -> Callable[[bool | tuple[bool, Any]], None]:
+    """A commit callback (on the database thread) that calls ``on_stored``
+    when the enqueue's answer says the task was created."""
+
+    def committed(answer: bool | tuple[bool, Any]) -> None:
+        if answer if isinstance(answer, bool) else answer[0]:
+            on_stored()
+
+    return committed
+
+
 def _create(conn: sqlite3.Connection, task: StoredTask) -> bool:
     return _insert(conn, "INSERT OR IGNORE", task, task.state_data, task.args_data)
 
@@ -1211,6 +1222,7 @@ class DiskCacheBackend(Backend):
     queue: DiskCacheQueue
     store: DiskCacheStore
     starts_on_enqueue = True
+    reports_stored = True  # a submit's commit, on the database thread
 
     def __init__(
         self,
@@ -1386,7 +1398,13 @@ class DiskCacheBackend(Backend):
         )
 
     async def enqueue(
-        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> bool:
         def enqueue(conn: sqlite3.Connection) -> bool:
             if not _create(conn, task):
@@ -1394,9 +1412,10 @@ class DiskCacheBackend(Backend):
             _put(conn, task.id, task.name, priority, not_before, rank)
             return True
 
+        committed = None if on_stored is None else _if_created(on_stored)
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
-            created = await self._db.run(enqueue)
+            created = await self._db.run(enqueue, committed=committed)
         return created
 
     async def enqueue_and_start(
@@ -1409,6 +1428,7 @@ class DiskCacheBackend(Backend):
         now: float,
         lease_until: float,
         starting: Callable[[Claim, StoredTask], StoredTask],
+        on_stored: Callable[[], None] | None = None,
     ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
         """Create, queue, claim and start in one transaction (committed as a
         submit is: durable before it returns).  When no ready task of its
@@ -1440,9 +1460,10 @@ class DiskCacheBackend(Backend):
                 return True, (claim, _start_claimed(conn, claim, starting, mine))
             return True, None
 
+        committed = None if on_stored is None else _if_created(on_stored)
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
-            answer = await self._db.run(enqueue)
+            answer = await self._db.run(enqueue, committed=committed)
         return answer
 
     async def enqueue_many(

@@ -646,7 +646,13 @@ class MemoryBackend(Backend):
         self.queue._engines -= 1
 
     async def enqueue(
-        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        on_stored: Callable[[], None] | None = None,  # not reported: reports_stored is False
     ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self.store._create(task):
@@ -734,6 +740,7 @@ class MemoryBackend(Backend):
         now: float,
         lease_until: float,
         starting: Callable[[Claim, StoredTask], StoredTask],
+        on_stored: Callable[[], None] | None = None,  # not reported: reports_stored is False
     ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self.store._create(task):

@@ -1214,7 +1214,13 @@ class RedisBackend(Backend):
         return changed
 
     async def enqueue(
-        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        on_stored: Callable[[], None] | None = None,  # not reported: reports_stored is False
     ) -> bool:
         rank_ = -priority if rank is None else rank
         row = RedisStore._row(task)

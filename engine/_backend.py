@@ -421,13 +421,27 @@ class Backend(abc.ABC):
     #: True when :meth:`enqueue_and_start` claims and starts (the backends
     #: that override it say so); the engine calls it only then.
     starts_on_enqueue: bool = False
+    #: True when :meth:`enqueue` and :meth:`enqueue_and_start` call their
+    #: ``on_stored`` (the backends that do say so; the engine passes it only
+    #: then): with no argument, from any thread, as soon as the created task
+    #: is as durable as the backend promises, before the call returns.  A
+    #: submit from another thread then returns without waiting for the
+    #: engine's loop to hear of the write.
+    reports_stored: bool = False
 
     async def enqueue(
-        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> bool:
         """Create the record and put its id on the queue (as :meth:`Queue.put`
         with these ``priority``, ``not_before`` and ``rank``); False (and
-        nothing done) if the id already exists.
+        nothing done) if the id already exists.  ``on_stored``: see
+        ``reports_stored`` (ignored here).
 
         If it raises ``Cancelled``, nothing was created: once the write has
         begun it finishes and the call returns.  The default runs the two calls
@@ -454,6 +468,7 @@ class Backend(abc.ABC):
         now: float,
         lease_until: float,
         starting: Callable[[Claim, StoredTask], StoredTask],
+        on_stored: Callable[[], None] | None = None,
     ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
         """:meth:`enqueue` a task that is due now, then, only if it was
         created, :meth:`claim_and_start` one task of its name for ``owner``
@@ -471,7 +486,8 @@ class Backend(abc.ABC):
         write has begun it finishes and the call returns.  The default
         enqueues only and claims nothing (``starts_on_enqueue`` is False, so
         the engine calls :meth:`enqueue`); backends that can do both in one
-        atomic step override it and set ``starts_on_enqueue``.
+        atomic step override it and set ``starts_on_enqueue``.  ``on_stored``:
+        as for :meth:`enqueue`.
         """
         created = await self.enqueue(task, priority=priority, not_before=0.0, rank=rank)
         return created, None

@@ -447,10 +447,19 @@ class Engine:
         )
         return await self.accept(record, idempotency_key)
 
-    async def accept(self, record: TaskRecord, idempotency_key: str | None = None) -> TaskRecord:
+    async def accept(
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        *,
+        on_stored: Callable[[], None] | None = None,
+    ) -> TaskRecord:
         """Store and queue the new ``pending`` ``record`` (checked and built by
         the caller: :meth:`validate`, :meth:`new_record`); the record, or the
-        live one its idempotency key already stands for.
+        live one its idempotency key already stands for.  ``on_stored``
+        (without a key): called from any thread as soon as the record is
+        stored, where the backend tells (``Backend.reports_stored``), before
+        this returns; not called when it tells nothing or nothing was created.
 
         Raises:
             EngineUnavailable: storage failed; nothing was accepted.
@@ -466,6 +475,7 @@ class Engine:
                 record.priority,
                 record.not_before,
                 start=slot,
+                on_stored=on_stored if self.backend.reports_stored else None,
             )
         except EngineUnavailable:
             raise
@@ -648,13 +658,17 @@ class Engine:
         not_before: float | None,
         *,
         start: bool = False,
+        on_stored: Callable[[], None] | None = None,
     ) -> tuple[TaskRecord | None, _Started | None]:
         """Store and queue ``stored``; with an idempotency key, the live record
         that already holds its id, if any (then nothing is stored).  With
         ``start`` (a slot is reserved for it), the task the backend claimed
         and started in the same write, if any (see
-        :meth:`Backend.enqueue_and_start`)."""
+        :meth:`Backend.enqueue_and_start`).  ``on_stored``: passed on to the
+        backend, which reports the write (``Backend.reports_stored``)."""
         store = self.core.store
+        # Only to a backend that takes it (one written before it may not).
+        told: dict[str, Any] = {} if on_stored is None else {"on_stored": on_stored}
         while True:
             if start:
                 now = self.core.now()
@@ -667,6 +681,7 @@ class Engine:
                     now=now,
                     lease_until=now + self.options.lease,
                     starting=self.runner.starting(now, unreadable),
+                    **told,
                 )
                 if claimed is not None:
                     claim, begun = claimed
@@ -677,6 +692,7 @@ class Engine:
                     priority=priority,
                     not_before=not_before or 0.0,
                     rank=self.core.rank(priority, not_before),
+                    **told,
                 )
             if created:
                 return None, None

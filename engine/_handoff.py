@@ -26,6 +26,7 @@ so a handle used right after its submit always finds its task.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -144,7 +145,10 @@ class Ticket:
 
 
 class _Reply:
-    """The answer to a submit whose caller waits for the write (durable backends)."""
+    """The answer to a submit whose caller waits for the write (durable
+    backends).  Sent once: from the backend's thread as soon as the write is
+    durable (``Backend.reports_stored``), else from the engine's loop; a
+    second send (the loop's, after the backend's) changes nothing."""
 
     __slots__ = ("_lock", "error", "record")
 
@@ -316,8 +320,13 @@ class Handoff:
                 self._settled.set()
 
     async def _accept(self, record: TaskRecord, ticket: Ticket, reply: _Reply | None) -> None:
+        # A durable backend that reports its commit answers the submitter
+        # from its own thread, without waiting for this loop to wake.
+        # (Ordering holds: the submitter's next call into the engine settles
+        # this burst first.)
+        on_stored = None if reply is None else functools.partial(reply.send, record, None)
         try:
-            await self._engine.accept(record)
+            await self._engine.accept(record, on_stored=on_stored)
         except BaseException as exc:
             self._engine.core.watchers.ends.pop(record.id, None)
             if reply is not None:

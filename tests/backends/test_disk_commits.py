@@ -124,3 +124,38 @@ async def test_a_held_write_goes_on_its_own_when_no_submit_comes(tmp_path: Path)
         assert db.synced == 6
     finally:
         await db.aclose()
+
+
+async def test_committed_is_told_on_the_database_thread_once_durable(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run(..., committed=)``: called with the call's result on the
+    database thread, after the fsynced commit and before the caller hears
+    back (a submit from another thread is answered from there); not for a
+    call that failed; a callback that raises is logged, and the call's
+    result comes back all the same."""
+    told: list[tuple[object, bool, list[str]]] = []
+
+    def committed(result: object) -> None:
+        told.append((result, db.synced == 1, _rows(tmp_path / "t.db")))
+
+    def insert_and_answer(conn: sqlite3.Connection) -> str:
+        _insert("a")(conn)
+        return "created"
+
+    assert await db.run(insert_and_answer, committed=committed) == "created"
+    assert told == [("created", True, ["a"])]
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(Exception, match="no"):
+        await db.run(broken, committed=committed)
+    assert len(told) == 1
+
+    def raises(result: object) -> None:
+        raise RuntimeError("a bug")
+
+    await db.run(_insert("b"), committed=raises)
+    assert _rows(tmp_path / "t.db") == ["a", "b"]
+    assert "a commit callback" in caplog.text

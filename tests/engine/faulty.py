@@ -94,7 +94,13 @@ class FaultyBackend(Backend):
         self.poll_interval = inner.poll_interval
 
     async def enqueue(
-        self, task: StoredTask, *, priority: int, not_before: float, rank: float | None = None
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         self.faults.check("backend.enqueue")

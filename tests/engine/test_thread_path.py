@@ -8,6 +8,7 @@ whatever a thread gets done meanwhile did not need the loop.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import errands
 from errands import TaskStatus
-from errands.backends import DiskCacheBackend
+from errands.backends import DiskCacheBackend, disk
 
 pytestmark = pytest.mark.realtime
 
@@ -195,6 +197,42 @@ def test_a_durable_submit_returns_once_stored(
         assert client.get_task(first.id).wait(timeout=15) is TaskStatus.SUCCESS
         assert [client.get_task(t.id).wait(timeout=15) for t in burst] == [TaskStatus.SUCCESS] * 30
         assert client.get_task(burst[7].id).get() == 14
+
+
+def test_a_durable_submit_hears_its_commit_from_the_database_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On ``DiskCacheBackend`` a submit from a thread returns as soon as its
+    write is durable: the database thread answers it, so an engine's loop
+    that is busy (held still here, right after it issued the write) does not
+    delay it (about 0.2 ms of a 1.5 ms submit, measured, before)."""
+    thaw.clear()
+    with errands.start(svc, backend=DiskCacheBackend(tmp_path)) as client:
+
+        async def token() -> trio.lowlevel.TrioToken:
+            return trio.lowlevel.current_trio_token()
+
+        loop = client._portal.run(token)
+        original = disk._insert
+
+        def insert(*args: Any) -> bool:
+            written = original(*args)
+            loop.run_sync_soon(thaw.wait, 30)  # the loop is held still from here
+            return written
+
+        monkeypatch.setattr(disk, "_insert", insert)
+        try:
+            submit = Background(lambda: client.double.submit(n=21))
+            assert submit.done_within(5), "the submit waited for the engine's loop"
+            task = submit.result()
+            with sqlite3.connect(tmp_path / "errands.db") as conn:  # stored, as promised
+                assert conn.execute(
+                    "SELECT COUNT(*) FROM tasks WHERE id = ?", (task.id,)
+                ).fetchone() == (1,)
+        finally:
+            monkeypatch.setattr(disk, "_insert", original)
+            thaw.set()
+        assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 42
 
 
 @svc.task(ttl_success=0.05)
