@@ -31,7 +31,11 @@ for its commit):
   backend=DiskCacheBackend(dir))`` (``synchronous="FULL"``: a submit returns
   once its record is fsynced), in a fresh temporary directory per round;
 * **huey** (the reference): ``huey.SqliteHuey(fsync=True)`` (synchronous=FULL
-  too) with the same H thread workers, enqueue N then read each result.
+  too) with the same H thread workers, enqueue N then read each result;
+* **one submit at a time** (latency, microseconds): ``submit()`` from this
+  thread to an idle durable engine, each task waited for before the next
+  submit, against one huey enqueue at a time (no consumer: the enqueue
+  alone).
 
 Rates are tasks per second; the ratio errands / huey is taken within each
 round.  Issue 14's goal: at least 1.0x MemoryHuey.  Benchmarks are not
@@ -49,7 +53,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import _common
-from _common import NOISE_NOTE, Columns, Series, load, met
+from _common import NOISE_NOTE, Columns, Latency, Series, load, met
 
 import errands
 
@@ -106,6 +110,36 @@ def durable_round(directory: str, n: int) -> float:
         return errands_round(client, n)[0]
 
 
+def durable_latency(directory: str, n: int) -> list[float]:
+    """Seconds of N submits one at a time to an idle engine on DiskCacheBackend."""
+    from errands.backends import DiskCacheBackend
+
+    latencies = []
+    with errands.start(svc, backend=DiskCacheBackend(directory)) as client:
+        client.noop.submit().wait(timeout=60)  # warm-up
+        for _ in range(n):
+            start = perf_counter()
+            task = client.noop.submit()
+            latencies.append(perf_counter() - start)
+            task.wait(timeout=60)
+    return latencies
+
+
+def huey_enqueue_latency(huey: Any, n: int, sqlite: str) -> list[float]:
+    """Seconds of N ``SqliteHuey`` enqueues one at a time (no consumer)."""
+    app = _common.huey_app(huey, sqlite)
+    task = app.task()(lambda: None)
+    latencies = []
+    try:
+        for _ in range(n):
+            start = perf_counter()
+            task()
+            latencies.append(perf_counter() - start)
+    finally:
+        app.storage.close()
+    return latencies
+
+
 def huey_round(huey: Any, n: int, workers: int, sqlite: str | None = None) -> float:
     app = _common.huey_app(huey, sqlite)
     task = app.task()(lambda: None)
@@ -151,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours, submits, waits, hops, gets = Series(), Series(), Series(), Series(), Series()
     theirs, ratio = Series(), Series()
     durable, durable_ref, durable_ratio = Series(), Series(), Series()
+    one_at_a_time, huey_enqueue = Latency(), Latency()
+    sequential = max(args.durable_n // 10, 20)
     with errands.start(svc) as client:
         errands_round(client, min(args.n, 500))  # warm-up
         for _ in range(args.repeat):
@@ -174,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 durable_ref.add(reference)
                 durable_ratio.add(rate / reference)
+            one_at_a_time.add(durable_latency(os.path.join(scratch, "alone"), sequential))
+            if huey is not None:
+                huey_enqueue.add(
+                    huey_enqueue_latency(huey, sequential, os.path.join(scratch, "alone.db"))
+                )
     table = Columns(label=46, value=11)
     print(f"tasks per second (median of {args.repeat} [min-max])")
     print(table.rate("errands: submit N, then wait each", ours))
@@ -205,6 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"target >= {DURABLE_TARGET:g}: {met(durable_ratio.median, DURABLE_TARGET)}",
                 )
             )
+        print()
+        print(
+            f"one submit at a time ({sequential}), microseconds (median of {args.repeat} [min-max])"
+        )
+        latency_table = Columns(label=46, value=9, span=17)
+        print(latency_table.latency_header())
+        print(latency_table.latency("errands submit from a thread, idle engine", one_at_a_time))
+        if huey_enqueue.p50.values:
+            print(latency_table.latency("reference: huey SqliteHuey enqueue", huey_enqueue))
     print()
     print(f"took {perf_counter() - wall:.1f} s; load average at end: {load()}")
     return 0

@@ -102,6 +102,7 @@ def test_threadpath_quick_runs() -> None:
         "errands: submit N, then wait each",
         "bare portal hop",
         "errands DiskCacheBackend: submit N, wait each",
+        "errands submit from a thread, idle engine",
     )
 
 
