@@ -337,6 +337,26 @@ def huey_app(huey: Any, sqlite: str | None = None) -> Any:
     return huey.SqliteHuey("bench", filename=sqlite, fsync=True, store_none=True)
 
 
+def huey_enqueue_latency(huey: Any, n: int, sqlite: str) -> list[float]:
+    """Seconds of N ``SqliteHuey`` enqueues at ``sqlite``, one at a time, of
+    a no-op task (no consumer: the enqueue alone)."""
+    app = huey_app(huey, sqlite)
+    task = app.task()(_huey_noop)
+    latencies = []
+    try:
+        for _ in range(n):
+            start = time.perf_counter()
+            task()
+            latencies.append(time.perf_counter() - start)
+    finally:
+        app.storage.close()
+    return latencies
+
+
+def _huey_noop() -> None:
+    pass
+
+
 @contextlib.contextmanager
 def huey_consumer(app: Any, workers: int) -> Iterator[Any]:
     """huey's consumer for ``app`` with ``workers`` threads, running; stopped

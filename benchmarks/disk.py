@@ -324,18 +324,8 @@ def huey_burst(huey: ModuleType, n: int, workers: int, base: str | None) -> floa
 
 def huey_enqueue_latency(huey: ModuleType, n: int, base: str | None) -> list[float]:
     """Seconds of N enqueues one at a time (no consumer: enqueue only)."""
-    latencies = []
     with scratch(base) as directory:
-        app = _common.huey_app(huey, os.path.join(directory, "huey.db"))
-        noop = app.task()(huey_noop)
-        try:
-            for _ in range(n):
-                t0 = perf_counter()
-                noop()
-                latencies.append(perf_counter() - t0)
-        finally:
-            app.storage.close()
-    return latencies
+        return _common.huey_enqueue_latency(huey, n, os.path.join(directory, "huey.db"))
 
 
 # ---------------------------------------------------------------------- running and reporting

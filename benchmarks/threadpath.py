@@ -125,21 +125,6 @@ def durable_latency(directory: str, n: int) -> list[float]:
     return latencies
 
 
-def huey_enqueue_latency(huey: Any, n: int, sqlite: str) -> list[float]:
-    """Seconds of N ``SqliteHuey`` enqueues one at a time (no consumer)."""
-    app = _common.huey_app(huey, sqlite)
-    task = app.task()(lambda: None)
-    latencies = []
-    try:
-        for _ in range(n):
-            start = perf_counter()
-            task()
-            latencies.append(perf_counter() - start)
-    finally:
-        app.storage.close()
-    return latencies
-
-
 def huey_round(huey: Any, n: int, workers: int, sqlite: str | None = None) -> float:
     app = _common.huey_app(huey, sqlite)
     task = app.task()(lambda: None)
@@ -212,9 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 durable_ratio.add(rate / reference)
             one_at_a_time.add(durable_latency(os.path.join(scratch, "alone"), sequential))
             if huey is not None:
-                huey_enqueue.add(
-                    huey_enqueue_latency(huey, sequential, os.path.join(scratch, "alone.db"))
-                )
+                alone = os.path.join(scratch, "alone.db")
+                huey_enqueue.add(_common.huey_enqueue_latency(huey, sequential, alone))
     table = Columns(label=46, value=11)
     print(f"tasks per second (median of {args.repeat} [min-max])")
     print(table.rate("errands: submit N, then wait each", ours))
