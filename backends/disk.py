@@ -3,7 +3,9 @@
 Layout of the directory::
 
     errands.db     SQLite (WAL): task records, the queue and small results, one
-                   transaction per batch of calls (group commit, see _database.py)
+                   transaction per batch of calls (group commit, see _database.py);
+                   arguments of 16 KiB and up in a table of their own
+                   (``large_args``), written once, never with the row's changes
     owners/        one lock file per live engine, to tell dead owners at once
     results/       a diskcache.Cache of large result payloads (32 KiB and up:
                    images), kept in its files, not in SQLite rows
