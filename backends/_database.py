@@ -240,10 +240,10 @@ class Database:
         Blocks (parks) until that transaction committed, and for a write of
         ``flush`` NOW or SOON until it is durable.  ``committed(result)``, if
         given, is called on the database thread as soon as that is so, before
-        this call's caller hears back (when ``fn`` succeeded and the
-        transaction committed; it must be quick and must not raise).  A caller cancelled
-        before the call is queued changes nothing; cancelled while it waits,
-        the call still happens and its result is dropped.
+        this call's caller hears back (only when ``fn`` succeeded and the
+        transaction committed; it must be quick and must not raise).  A
+        caller cancelled before the call is queued changes nothing; cancelled
+        while it waits, the call still happens and its result is dropped.
 
         Raises:
             BackendError: for anything that went wrong, ``fn``'s own errors

@@ -85,6 +85,9 @@ CANCEL_GRACE = 5.0
 #: A task a submit's write claimed and started: its claim, its started record
 #: (None: not started) and why its stored record did not read (None: it read).
 _Started = tuple[Claim, StoredTask | None, str | None]
+#: The keywords ``_enqueue`` adds to a backend's write when there is no
+#: ``on_stored`` to pass (shared, never changed: no dict per submit).
+_NOT_TOLD: Mapping[str, Any] = {}
 
 
 @attrs.frozen(kw_only=True)
@@ -475,7 +478,7 @@ class Engine:
                 record.priority,
                 record.not_before,
                 start=slot,
-                on_stored=on_stored if self.backend.reports_stored else None,
+                on_stored=on_stored,
             )
         except EngineUnavailable:
             raise
@@ -664,11 +667,13 @@ class Engine:
         that already holds its id, if any (then nothing is stored).  With
         ``start`` (a slot is reserved for it), the task the backend claimed
         and started in the same write, if any (see
-        :meth:`Backend.enqueue_and_start`).  ``on_stored``: passed on to the
-        backend, which reports the write (``Backend.reports_stored``)."""
+        :meth:`Backend.enqueue_and_start`).  ``on_stored``: passed on to a
+        backend that reports its writes (``Backend.reports_stored``); to no
+        other (one written before the keyword may not take it)."""
         store = self.core.store
-        # Only to a backend that takes it (one written before it may not).
-        told: dict[str, Any] = {} if on_stored is None else {"on_stored": on_stored}
+        told = _NOT_TOLD
+        if on_stored is not None and self.backend.reports_stored:
+            told = {"on_stored": on_stored}
         while True:
             if start:
                 now = self.core.now()
