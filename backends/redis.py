@@ -22,8 +22,13 @@ one Redis Cluster slot):
   created_at, ``e`` expires_at (empty while not final), ``d`` the record's
   JSON without its arguments, ``a`` the arguments' JSON (written once: they
   never change, and may be megabytes), ``b`` its batch; ``rm`` and ``rv``
-  its result (media type, bytes).  A record that an errands of before wrote
-  (``d`` whole, no ``a``) is read whole, and written whole.
+  its result (media type, bytes).  Arguments of 16 KiB or more are not in
+  ``a`` but in ``P:a:<id>`` (``A`` is then ``1``): a string staged by a
+  plain ``SET`` under ``P:u:<random>`` (with an expiry, for a submit that
+  never reaches its script) in the pipeline of the script that creates the
+  task, which renames it into place; it expires and is deleted with its
+  task.  A record that an errands of before wrote (``d`` whole, no ``a``)
+  is read whole, and written whole.
 * ``P:i:all``, ``P:i:s:<status>``, ``P:i:n:<name>``, ``P:i:ns:<name>:<status>``
   sorted sets of ids by created_at, for listing; ``P:x`` ids by expires_at,
   for purging.
@@ -86,6 +91,16 @@ T = TypeVar("T")
 EXPIRY_MARGIN = 3600
 #: Ids purged per script call (a script blocks Redis while it runs).
 PURGE_BATCH = 500
+#: Arguments of this many bytes of JSON or more are kept in a key of their
+#: own (``a:<id>``), staged with a plain ``SET`` and renamed into place by
+#: the script that creates the task: through the script's arguments, Redis
+#: copied 6.7 MB into Lua and out again (15 ms), and reading them back out
+#: of a script cost as much again.  Below it, a second key per task and a
+#: second read per claim would cost more than the copy.
+ARGS_APART_LIMIT = 16 * 1024
+#: Seconds staged arguments outlive a submit that never reached its script
+#: (a client gone between the two); the script renames them out of the way.
+STAGED_TTL = 3600
 
 
 # ---------------------------------------------------------------------- scripts
@@ -179,6 +194,7 @@ local function set_expiry(t, id, created, expires)
   local keep = math.floor(tonumber(expires) - tonumber(created)) + MARGIN
   if keep < MARGIN then keep = MARGIN end
   redis.call('EXPIRE', t, keep)
+  redis.call('EXPIRE', P .. ':a:' .. id, keep)  -- its arguments, if kept apart
 end
 -- A record written whole (``d`` with its arguments, no ``a``: by an errands
 -- before the arguments were kept apart) must stay whole: a write of the rest
@@ -186,6 +202,16 @@ end
 -- caller sends the record whole.
 local function stored_whole(t, whole)
   return whole ~= '1' and redis.call('EXISTS', t) == 1 and redis.call('HEXISTS', t, 'a') == 0
+    and redis.call('HEXISTS', t, 'A') == 0
+end
+-- Arguments staged for a task (``staged`` not ''): SET beforehand under
+-- ``u:<staged>`` by the same pipeline, they must be there before anything
+-- is written (a SET that Redis refused fails the script, writing nothing).
+local function check_staged(staged)
+  if staged ~= '' and redis.call('EXISTS', P .. ':u:' .. staged) == 0 then
+    return redis.error_reply('errands: the arguments of a task did not reach redis')
+  end
+  return nil
 end
 local function move_status(id, name, created, old, new)
   if old == new then return end
@@ -194,11 +220,23 @@ local function move_status(id, name, created, old, new)
   redis.call('ZADD', P .. ':i:s:' .. new, created, id)
   redis.call('ZADD', P .. ':i:ns:' .. name .. ':' .. new, created, id)
 end
-local function create(id, name, status, token, created, expires, data, args, batch)
+local function create(id, name, status, token, created, expires, data, args, batch, staged)
   local t = P .. ':t:' .. id
-  if redis.call('EXISTS', t) == 1 then return 0 end
-  redis.call('HSET', t, 'n', name, 's', status, 'k', token, 'c', created, 'e', expires,
-             'd', data, 'a', args, 'b', batch)
+  if redis.call('EXISTS', t) == 1 then
+    if staged ~= '' then redis.call('DEL', P .. ':u:' .. staged) end
+    return 0
+  end
+  if staged == '' then
+    redis.call('HSET', t, 'n', name, 's', status, 'k', token, 'c', created, 'e', expires,
+               'd', data, 'a', args, 'b', batch)
+  else
+    -- Renamed into place, not copied; it kept the staging key's expiry.
+    local a = P .. ':a:' .. id
+    redis.call('RENAME', P .. ':u:' .. staged, a)
+    redis.call('PERSIST', a)
+    redis.call('HSET', t, 'n', name, 's', status, 'k', token, 'c', created, 'e', expires,
+               'd', data, 'A', '1', 'b', batch)
+  end
   index(id, name, status, created)
   if batch ~= '' then redis.call('INCR', P .. ':bl:' .. batch) end
   set_expiry(t, id, created, expires)
@@ -209,7 +247,7 @@ local function delete(id, drop_batch)
   local f = redis.call('HMGET', t, 'n', 's', 'b')
   if not f[1] then return 0 end
   unindex(id, f[1], f[2])
-  redis.call('DEL', t)
+  redis.call('DEL', t, P .. ':a:' .. id)
   local batch = f[3]
   -- (An expired id deleted to be used anew keeps its batch as it is.)
   if drop_batch and batch and batch ~= '' then
@@ -226,25 +264,32 @@ return queue_put(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 
 _ENQUEUE = """
--- ARGV: P, id, name, status, token, created, expires, data, args, priority,
---       not_before, rank
-if create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '') == 0 then
+-- ARGV: P, id, name, status, token, created, expires, data, args, staged,
+--       priority, not_before, rank
+local lost = check_staged(ARGV[10])
+if lost then return lost end
+if create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '',
+          ARGV[10]) == 0 then
   return 0
 end
-queue_put(ARGV[2], ARGV[3], ARGV[10], ARGV[11], ARGV[12])
+queue_put(ARGV[2], ARGV[3], ARGV[11], ARGV[12], ARGV[13])
 return 1
 """
 
 _ENQUEUE_MANY = """
 -- ARGV: P, priority, not_before, rank, batch, then per task:
---   id, name, status, token, created, expires, data, args, position
+--   id, name, status, token, created, expires, data, args, staged, position
 local priority, not_before, rank, batch = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+for i = 6, #ARGV, 10 do
+  local lost = check_staged(ARGV[i + 8])
+  if lost then return lost end
+end
 local answers = {}
-for i = 6, #ARGV, 9 do
+for i = 6, #ARGV, 10 do
   local id = ARGV[i]
-  local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 8], id)
+  local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 9], id)
   local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-                      ARGV[i + 6], ARGV[i + 7], batch)
+                      ARGV[i + 6], ARGV[i + 7], batch, ARGV[i + 8])
   if made == 1 then
     queue_put(id, ARGV[i + 1], priority, not_before, rank)
   elseif added == 1 and redis.call('EXISTS', P .. ':t:' .. id) == 1 then
@@ -407,13 +452,17 @@ for i = 1, #claims, 3 do
   table.insert(out, claims[i])
   table.insert(out, claims[i + 1])
   table.insert(out, claims[i + 2])
-  table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd', 'a'))
+  table.insert(out, redis.call('HMGET', P .. ':t:' .. claims[i], 'n', 's', 'k', 'c', 'e', 'd', 'a',
+                                'A'))
 end
 return out
 """
 
 _CREATE = """
-return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '')
+local lost = check_staged(ARGV[10])
+if lost then return lost end
+return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], '',
+              ARGV[10])
 """
 
 _TRANSITION = """
@@ -547,6 +596,10 @@ def _first(replies: list[Any]) -> Any:
     return replies[0]
 
 
+def _last(replies: list[Any]) -> Any:
+    return replies[-1]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -634,6 +687,22 @@ class _Connection:
         return await self.call(
             lambda pipe: pipe.evalsha(sha, 1, self.route, self.prefix, *args), 1, _first
         )
+
+    async def script_staged(
+        self, name: str, args: Sequence[Any], staged: Sequence[tuple[str, bytes]]
+    ) -> Any:
+        """The script ``name``, sent right after a ``SET`` of each staged key
+        (arguments kept apart, see ``ARGS_APART_LIMIT``), in one pipeline."""
+        if not staged:
+            return await self.script(name, *args)
+        sha = self.shas[name]
+
+        def add(pipe: Any) -> None:
+            for key, value in staged:
+                pipe.set(key, value, ex=STAGED_TTL)
+            pipe.evalsha(sha, 1, self.route, self.prefix, *args)
+
+        return await self.call(add, len(staged) + 1, _last)
 
     async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.call(lambda pipe: getattr(pipe, method)(*args, **kwargs), 1, _first)
@@ -911,7 +980,8 @@ def _payload(media_type: Any, data: Any) -> Payload | None:
 
 def _stored(task_id: str, fields: Sequence[Any], *, read: bool = True) -> StoredTask | None:
     """The task of ``_FIELDS``; with ``read`` False, of ``_LISTED_FIELDS`` (no
-    ``a``): the task without its arguments."""
+    ``a``): the task without its arguments.  Arguments kept apart (``A``)
+    must be in ``a`` already (:meth:`RedisStore._with_apart`)."""
     name, status, token, created, expires, data, *rest = fields
     if name is None:
         return None
@@ -934,9 +1004,14 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-_FIELDS = ("n", "s", "k", "c", "e", "d", "a")
+_FIELDS = ("n", "s", "k", "c", "e", "d", "a", "A")
 #: The fields of a task without its arguments (a listing reads ``info()``).
-_LISTED_FIELDS = _FIELDS[:-1]
+_LISTED_FIELDS = _FIELDS[:-2]
+
+
+def _apart(fields: Sequence[Any]) -> bool:
+    """Whether a task read with ``_FIELDS`` keeps its arguments in ``a:<id>``."""
+    return fields[0] is not None and fields[6] is None and bool(fields[7])
 _LISTED_AND_RESULT = (*_LISTED_FIELDS, "rm", "rv")
 
 
@@ -949,10 +1024,13 @@ class RedisStore(Store):
     def _key(self, task_id: str) -> str:
         return f"{self._c.prefix}:t:{task_id}"
 
-    @staticmethod
-    def _row(task: StoredTask) -> list[Any]:
+    def _row(self, task: StoredTask) -> tuple[list[Any], tuple[str, bytes] | None]:
+        """The create scripts' arguments for ``task`` (id, name, status,
+        token, created, expires, data, args, staged), and the staged
+        arguments to ``SET`` first when they are kept apart."""
         expires = "" if task.expires_at is None else _num(task.expires_at)
-        return [
+        args = task.args_data
+        row = [
             task.id,
             task.name,
             task.status.value,
@@ -960,16 +1038,40 @@ class RedisStore(Store):
             _num(task.created_at),
             expires,
             task.state_data,
-            task.args_data,
         ]
+        if len(args) < ARGS_APART_LIMIT:
+            return [*row, args, ""], None
+        nonce = os.urandom(12).hex()
+        return [*row, "", nonce], (f"{self._c.prefix}:u:{nonce}", args)
 
     async def create(self, task: StoredTask) -> bool:
-        row = self._row(task)
-        return bool(await self._c.script("create", *row))
+        row, staged = self._row(task)
+        return bool(await self._c.script_staged("create", row, [staged] if staged else []))
+
+    async def _with_apart(self, rows: Sequence[tuple[str, list[Any]]]) -> None:
+        """Fill in ``a`` of the rows (read with ``_FIELDS``) whose arguments
+        are kept apart, in one round trip; a row whose arguments are gone
+        (its task deleted meanwhile) reads as not found."""
+        apart = [(task_id, fields) for task_id, fields in rows if _apart(fields)]
+        if not apart:
+            return
+        prefix = self._c.prefix
+
+        def add(pipe: Any) -> None:
+            for task_id, _ in apart:
+                pipe.get(f"{prefix}:a:{task_id}")
+
+        values = await self._c.call(add, len(apart), list)
+        for (_, fields), value in zip(apart, values, strict=True):
+            if value is None:
+                fields[0] = None
+            else:
+                fields[6] = value
 
     async def get(self, task_id: str) -> StoredTask | None:
         key = self._key(task_id)
-        fields = await self._c.command("hmget", key, _FIELDS)
+        fields = list(await self._c.command("hmget", key, _FIELDS))
+        await self._with_apart([(task_id, fields)])
         return _stored(task_id, fields)
 
     async def get_state(self, task_id: str) -> StoredTask | None:
@@ -1001,7 +1103,10 @@ class RedisStore(Store):
     ) -> dict[str, StoredTask]:
         found = {}
         fields_read = _FIELDS if arguments else _LISTED_FIELDS
-        for task_id, fields in await self._hmget_many(task_ids, fields_read):
+        rows = [(i, list(f)) for i, f in await self._hmget_many(task_ids, fields_read)]
+        if arguments:
+            await self._with_apart(rows)
+        for task_id, fields in rows:
             task = _stored(task_id, fields, read=arguments)
             if task is not None:
                 found[task_id] = task
@@ -1223,11 +1328,13 @@ class RedisBackend(Backend):
         on_stored: Callable[[], None] | None = None,  # not reported: reports_stored is False
     ) -> bool:
         rank_ = -priority if rank is None else rank
-        row = RedisStore._row(task)
+        row, staged = self.store._row(task)
         args = [*row, int(priority), _num(not_before), _num(rank_)]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            created = await self._connection.script("enqueue", *args)
+            created = await self._connection.script_staged(
+                "enqueue", args, [staged] if staged else []
+            )
         return bool(created)
 
     async def enqueue_many(
@@ -1242,11 +1349,15 @@ class RedisBackend(Backend):
     ) -> list[bool]:
         rank_ = -priority if rank is None else rank
         args: list[Any] = [int(priority), _num(not_before), _num(rank_), batch_id]
+        staged: list[tuple[str, bytes]] = []
         for task, position in zip(tasks, positions, strict=True):
-            args += [*RedisStore._row(task), int(position)]
+            row, apart = self.store._row(task)
+            args += [*row, int(position)]
+            if apart is not None:
+                staged.append(apart)
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            answers = await self._connection.script("enqueue_many", *args)
+            answers = await self._connection.script_staged("enqueue_many", args, staged)
         return [bool(a) for a in answers]
 
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
@@ -1289,16 +1400,21 @@ class RedisBackend(Backend):
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):  # begun, it finishes: no unseen claims
             flat = await connection.script("claim_and_read", *args)
+            rows = [(_text(flat[i]), list(flat[i + 3])) for i in range(0, len(flat), 4)]
+            try:
+                await self.store._with_apart(rows)
+            except BackendError:  # each run reads its task itself (Backend.start)
+                rows = [(task_id, [None] * len(_FIELDS)) for task_id, _ in rows]
             started: list[tuple[Claim, StoredTask | None]] = []
-            for i in range(0, len(flat), 4):
+            for i, (task_id, fields) in zip(range(0, len(flat), 4), rows, strict=True):
                 claim = Claim(
-                    task_id=_text(flat[i]),
+                    task_id=task_id,
                     name=_text(flat[i + 1]),
                     token=int(flat[i + 2]),
                     owner=owner,
                     lease_until=lease_until,
                 )
-                pending = _stored(claim.task_id, flat[i + 3])
+                pending = _stored(claim.task_id, fields)
                 begun = None
                 if pending is not None and pending.status is TaskStatus.PENDING:
                     begun = start_record(starting, claim, pending)
