@@ -14,6 +14,7 @@ import redis
 import errands
 from errands import StoredTask, TaskStatus
 from errands._model import TaskRecord, new_task_id
+from errands.backends import redis as redis_backend
 from errands.backends.redis import RedisBackend
 
 pytestmark = pytest.mark.realtime
@@ -113,7 +114,9 @@ def _keys(raw: redis.Redis, prefix: str, kind: str) -> list[bytes]:
     return sorted(raw.scan_iter(match=f"{{{prefix}}}:{kind}:*"))
 
 
-async def test_large_arguments_are_kept_in_a_key_of_their_own(redis_url: str) -> None:
+async def test_large_arguments_are_kept_in_a_key_of_their_own(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Arguments of 16 KiB or more go to ``a:<id>``, written with a plain
     ``SET`` and renamed into place by the script that creates the task, and
     read with a plain ``GET``: sent through a Lua script they were copied in
@@ -122,6 +125,8 @@ async def test_large_arguments_are_kept_in_a_key_of_their_own(redis_url: str) ->
     ``a``.  The key lives and dies with its record: it runs, retries, is
     read by another process, expires with it, and a delete or a purge
     drops it."""
+    # Read back in pieces of 10,000 bytes (1 MB in use), so that they are joined.
+    monkeypatch.setattr(redis_backend, "READ_PIECE", 10_000)
     backend, raw, prefix = backend_and_raw(redis_url)
     data = bytes(range(256)) * 256  # 64 KiB: about 87 KiB of JSON
     async with errands.open_engine(svc, backend=backend) as client:
@@ -169,6 +174,8 @@ async def test_large_arguments_are_kept_in_a_key_of_their_own(redis_url: str) ->
         # Until its task ends, the key keeps no expiry (not the staged one's).
         assert raw.ttl(f"{{{prefix}}}:a:{pending.id}") == -1
         assert await other.store.delete(pending.id)
+        raw.delete(f"{{{prefix}}}:a:{in_batch.id}")  # gone between the two reads
+        assert await other.store.get(in_batch.id) is None
         assert await other.store.delete(big.id)
         assert raw.exists(f"{{{prefix}}}:a:{big.id}") == 0
         assert await other.store.purge_expired(time.time() + 10**9) == 3
