@@ -23,12 +23,14 @@ one Redis Cluster slot):
   JSON without its arguments, ``a`` the arguments' JSON (written once: they
   never change, and may be megabytes), ``b`` its batch; ``rm`` and ``rv``
   its result (media type, bytes).  Arguments of 16 KiB or more are not in
-  ``a`` but in ``P:a:<id>`` (``A`` is then ``1``): a string staged by a
-  plain ``SET`` under ``P:u:<random>`` (with an expiry, for a submit that
-  never reaches its script) in the pipeline of the script that creates the
-  task, which renames it into place; it expires and is deleted with its
-  task.  A record that an errands of before wrote (``d`` whole, no ``a``)
-  is read whole, and written whole.
+  ``a`` but in ``P:a:<id>`` (``A`` is then their length), and results of
+  16 KiB or more not in ``rv`` but in ``P:r:<id>`` (``R`` their length):
+  strings staged by a plain ``SET`` under ``P:u:<random>`` (with an
+  expiry, for a call that never reaches its script) in the pipeline of the
+  script that creates or ends the task, which renames them into place (or
+  drops them, when the record did not move), and read back in 1 MB pieces;
+  they expire and are deleted with their task.  A record that an errands of
+  before wrote (``d`` whole, no ``a``) is read whole, and written whole.
 * ``P:i:all``, ``P:i:s:<status>``, ``P:i:n:<name>``, ``P:i:ns:<name>:<status>``
   sorted sets of ids by created_at, for listing; ``P:x`` ids by expires_at,
   for purging.
@@ -91,13 +93,13 @@ T = TypeVar("T")
 EXPIRY_MARGIN = 3600
 #: Ids purged per script call (a script blocks Redis while it runs).
 PURGE_BATCH = 500
-#: Arguments of this many bytes of JSON or more are kept in a key of their
-#: own (``a:<id>``), staged with a plain ``SET`` and renamed into place by
-#: the script that creates the task: through the script's arguments, Redis
-#: copied 6.7 MB into Lua and out again (15 ms), and reading them back out
-#: of a script cost as much again.  Below it, a second key per task and a
-#: second read per claim would cost more than the copy.
-ARGS_APART_LIMIT = 16 * 1024
+#: Arguments (their JSON) and results of this many bytes or more are kept in
+#: a key of their own (``a:<id>``, ``r:<id>``), staged with a plain ``SET``
+#: and renamed into place by the script that creates or ends the task:
+#: through the script's arguments, Redis copied 6.7 MB into Lua (15 ms), and
+#: reading them back out of a script cost as much again.  Below it, a second
+#: key per task and a second read would cost more than the copy.
+APART_LIMIT = 16 * 1024
 #: Seconds staged arguments outlive a submit that never reached its script
 #: (a client gone between the two); the script renames them out of the way.
 STAGED_TTL = 3600
@@ -198,7 +200,8 @@ local function set_expiry(t, id, created, expires)
   local keep = math.floor(tonumber(expires) - tonumber(created)) + MARGIN
   if keep < MARGIN then keep = MARGIN end
   redis.call('EXPIRE', t, keep)
-  redis.call('EXPIRE', P .. ':a:' .. id, keep)  -- its arguments, if kept apart
+  redis.call('EXPIRE', P .. ':a:' .. id, keep)  -- its arguments and result, if kept apart
+  redis.call('EXPIRE', P .. ':r:' .. id, keep)
 end
 -- A record written whole (``d`` with its arguments, no ``a``: by an errands
 -- before the arguments were kept apart) must stay whole: a write of the rest
@@ -213,9 +216,29 @@ end
 -- is written (a SET that Redis refused fails the script, writing nothing).
 local function check_staged(staged)
   if staged ~= '' and redis.call('EXISTS', P .. ':u:' .. staged) == 0 then
-    return redis.error_reply('errands: the arguments of a task did not reach redis')
+    return redis.error_reply('errands: the arguments or the result of a task did not reach redis')
   end
   return nil
+end
+-- A result, from the scripts' has_result, media_type, result: has '1' with
+-- the bytes in ``rv``, '2' with the name of their staged key (``r:<id>``,
+-- with its length in ``R``); '0' no result.
+local function put_result(t, id, has, media_type, value)
+  local r = P .. ':r:' .. id
+  if has == '1' then
+    redis.call('HSET', t, 'rm', media_type, 'rv', value)
+    redis.call('HDEL', t, 'R')
+    redis.call('DEL', r)
+  elseif has == '2' then
+    redis.call('RENAME', P .. ':u:' .. value, r)
+    redis.call('PERSIST', r)
+    redis.call('HSET', t, 'rm', media_type, 'R', redis.call('STRLEN', r))
+    redis.call('HDEL', t, 'rv')
+  end
+end
+-- A staged result that its script did not store (the record did not move).
+local function drop_staged(has, value)
+  if has == '2' then redis.call('DEL', P .. ':u:' .. value) end
 end
 local function move_status(id, name, created, old, new)
   if old == new then return end
@@ -251,7 +274,7 @@ local function delete(id, drop_batch)
   local f = redis.call('HMGET', t, 'n', 's', 'b')
   if not f[1] then return 0 end
   unindex(id, f[1], f[2])
-  redis.call('DEL', t, P .. ':a:' .. id)
+  redis.call('DEL', t, P .. ':a:' .. id, P .. ':r:' .. id)
   local batch = f[3]
   -- (An expired id deleted to be used anew keeps its batch as it is.)
   if drop_batch and batch and batch ~= '' then
@@ -471,16 +494,27 @@ return create(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARG
 
 _TRANSITION = """
 -- ARGV: P, id, expect, token ('' for any), status, new token, expires, data,
---       whole, has_result, media_type, result
+--       whole, has_result, media_type, result (see put_result)
 local id, expect, token = ARGV[2], ARGV[3], ARGV[4]
+local has, result = ARGV[10], ARGV[12]
+if has == '2' then
+  local lost = check_staged(result)
+  if lost then return lost end
+end
 local t = P .. ':t:' .. id
 local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
-if not f[1] or f[1] ~= expect or (token ~= '' and f[2] ~= token) then return 0 end
-if stored_whole(t, ARGV[9]) then return -1 end
+if not f[1] or f[1] ~= expect or (token ~= '' and f[2] ~= token) then
+  drop_staged(has, result)
+  return 0
+end
+if stored_whole(t, ARGV[9]) then
+  drop_staged(has, result)
+  return -1
+end
 local status = ARGV[5]
 move_status(id, f[3], f[4], f[1], status)
 redis.call('HSET', t, 's', status, 'k', ARGV[6], 'e', ARGV[7], 'd', ARGV[8])
-if ARGV[10] == '1' then redis.call('HSET', t, 'rm', ARGV[11], 'rv', ARGV[12]) end
+put_result(t, id, has, ARGV[11], result)
 set_expiry(t, id, f[4], ARGV[7])
 redis.call('PUBLISH', P .. ':changes', id)
 return 1
@@ -503,20 +537,30 @@ return 1
 
 _FINISH = """
 -- ARGV: P, id, claim token, status, new token, expires, data, whole,
---       has_result, media_type, result
+--       has_result, media_type, result (see put_result)
 local id, token = ARGV[2], ARGV[3]
+local has, result = ARGV[9], ARGV[11]
+if has == '2' then
+  local lost = check_staged(result)
+  if lost then return lost end
+end
 local moved = 0
 local t = P .. ':t:' .. id
 local f = redis.call('HMGET', t, 's', 'k', 'n', 'c')
 if f[1] == 'in_progress' and f[2] == token then
-  if stored_whole(t, ARGV[8]) then return -1 end
+  if stored_whole(t, ARGV[8]) then
+    drop_staged(has, result)
+    return -1
+  end
   local status = ARGV[4]
   move_status(id, f[3], f[4], f[1], status)
   redis.call('HSET', t, 's', status, 'k', ARGV[5], 'e', ARGV[6], 'd', ARGV[7])
-  if ARGV[9] == '1' then redis.call('HSET', t, 'rm', ARGV[10], 'rv', ARGV[11]) end
+  put_result(t, id, has, ARGV[10], result)
   set_expiry(t, id, f[4], ARGV[6])
   redis.call('PUBLISH', P .. ':changes', id)
   moved = 1
+else
+  drop_staged(has, result)
 end
 -- The ack, whether or not the record moved: the entry goes if this claim holds it.
 local e = P .. ':e:' .. id
@@ -589,11 +633,15 @@ def _num(value: float) -> str:
 _WHOLE = -1
 
 
-def _result_args(result: Payload | None) -> list[Any]:
-    """The three script arguments that carry a result: has-one, media type, bytes."""
+def _result_args(prefix: str, result: Payload | None) -> tuple[list[Any], list[tuple[str, bytes]]]:
+    """The three script arguments that carry a result (has-one, media type,
+    bytes or staged key: see ``put_result``), and what to stage for them."""
     if result is None:
-        return ["0", "", ""]
-    return ["1", result.media_type, result.data]
+        return ["0", "", ""], []
+    if len(result.data) < APART_LIMIT:
+        return ["1", result.media_type, result.data], []
+    nonce = os.urandom(12).hex()
+    return ["2", result.media_type, nonce], [(f"{prefix}:u:{nonce}", result.data)]
 
 
 def _first(replies: list[Any]) -> Any:
@@ -696,7 +744,7 @@ class _Connection:
         self, name: str, args: Sequence[Any], staged: Sequence[tuple[str, bytes]]
     ) -> Any:
         """The script ``name``, sent right after a ``SET`` of each staged key
-        (arguments kept apart, see ``ARGS_APART_LIMIT``), in one pipeline."""
+        (arguments or a result kept apart, see ``APART_LIMIT``), in one pipeline."""
         if not staged:
             return await self.script(name, *args)
         sha = self.shas[name]
@@ -1019,7 +1067,9 @@ def _apart(fields: Sequence[Any]) -> bool:
     return fields[0] is not None and fields[6] is None and bool(fields[7])
 
 
-_LISTED_AND_RESULT = (*_LISTED_FIELDS, "rm", "rv")
+#: A result's fields: media type, bytes, or the length of those kept apart.
+_RESULT_FIELDS = ("rm", "rv", "R")
+_LISTED_AND_RESULT = (*_LISTED_FIELDS, *_RESULT_FIELDS)
 
 
 class RedisStore(Store):
@@ -1046,7 +1096,7 @@ class RedisStore(Store):
             expires,
             task.state_data,
         ]
-        if len(args) < ARGS_APART_LIMIT:
+        if len(args) < APART_LIMIT:
             return [*row, args, ""], None
         nonce = os.urandom(12).hex()
         return [*row, "", nonce], (f"{self._c.prefix}:u:{nonce}", args)
@@ -1055,30 +1105,48 @@ class RedisStore(Store):
         row, staged = self._row(task)
         return bool(await self._c.script_staged("create", row, [staged] if staged else []))
 
-    async def _with_apart(self, rows: Sequence[tuple[str, list[Any]]]) -> None:
-        """Fill in ``a`` of the rows (read with ``_FIELDS``) whose arguments
-        are kept apart, in one round trip (``READ_PIECE`` at a time); a row
-        whose arguments are gone (its task deleted meanwhile) reads as not
-        found."""
-        apart = [(task_id, fields, int(fields[7])) for task_id, fields in rows if _apart(fields)]
-        if not apart:
-            return
-        prefix = self._c.prefix
-        count = sum(-(-size // READ_PIECE) for _, _, size in apart)
+    async def _read_apart(self, wanted: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        """The strings kept apart at these (key, length) pairs, read in
+        ``READ_PIECE`` pieces in one round trip; None for one not there whole
+        (its task deleted meanwhile)."""
+        count = sum(-(-size // READ_PIECE) for _, size in wanted)
 
         def add(pipe: Any) -> None:
-            for task_id, _, size in apart:
-                key = f"{prefix}:a:{task_id}"
+            for key, size in wanted:
                 for at in range(0, size, READ_PIECE):
                     pipe.getrange(key, at, at + READ_PIECE - 1)
 
         pieces = iter(await self._c.call(add, count, list))
-        for _, fields, size in apart:
+        values: list[bytes | None] = []
+        for _, size in wanted:
             value = b"".join([next(pieces) for _ in range(0, size, READ_PIECE)])
-            if len(value) == size:
-                fields[6] = value
-            else:
+            values.append(value if len(value) == size else None)
+        return values
+
+    async def _with_apart(self, rows: Sequence[tuple[str, list[Any]]]) -> None:
+        """Fill in ``a`` of the rows (read with ``_FIELDS``) whose arguments
+        are kept apart; a row whose arguments are gone reads as not found."""
+        apart = [(task_id, fields) for task_id, fields in rows if _apart(fields)]
+        if not apart:
+            return
+        prefix = self._c.prefix
+        wanted = [(f"{prefix}:a:{task_id}", int(fields[7])) for task_id, fields in apart]
+        for (_, fields), value in zip(apart, await self._read_apart(wanted), strict=True):
+            if value is None:
                 fields[0] = None
+            else:
+                fields[6] = value
+
+    async def _with_results(self, rows: Sequence[tuple[str, list[Any]]]) -> None:
+        """Fill in ``rv`` of the rows (ending in ``_RESULT_FIELDS``) whose
+        result is kept apart; one that is gone reads as no result."""
+        apart = [(task_id, fields) for task_id, fields in rows if fields[-1] and not fields[-2]]
+        if not apart:
+            return
+        prefix = self._c.prefix
+        wanted = [(f"{prefix}:r:{task_id}", int(fields[-1])) for task_id, fields in apart]
+        for (_, fields), value in zip(apart, await self._read_apart(wanted), strict=True):
+            fields[-2] = value
 
     async def get(self, task_id: str) -> StoredTask | None:
         key = self._key(task_id)
@@ -1142,30 +1210,37 @@ class RedisStore(Store):
             task.token,
             expires,
         ]
-        tail = _result_args(result)
-        moved = await self._c.script("transition", *head, task.state_data, "0", *tail)
+        tail, staged = _result_args(self._c.prefix, result)
+        state = [*head, task.state_data, "0", *tail]
+        moved = await self._c.script_staged("transition", state, staged)
         if moved == _WHOLE:
-            moved = await self._c.script("transition", *head, task.data, "1", *tail)
+            whole = [*head, task.data, "1", *tail]
+            moved = await self._c.script_staged("transition", whole, staged)
         return bool(moved)
 
     async def get_result(self, task_id: str) -> Payload | None:
-        key = self._key(task_id)
-        media_type, data = await self._c.command("hmget", key, ("rm", "rv"))
-        return _payload(media_type, data)
+        fields = list(await self._c.command("hmget", self._key(task_id), _RESULT_FIELDS))
+        await self._with_results([(task_id, fields)])
+        return _payload(fields[0], fields[1])
 
     async def get_with_results(
         self, task_ids: Collection[str]
     ) -> dict[str, tuple[StoredTask, Payload | None]]:
         found: dict[str, tuple[StoredTask, Payload | None]] = {}
-        for task_id, fields in await self._hmget_many(task_ids, _LISTED_AND_RESULT):
-            task = _stored(task_id, fields[: len(_LISTED_FIELDS)], read=False)
+        listed = len(_LISTED_FIELDS)
+        rows = [(i, list(f)) for i, f in await self._hmget_many(task_ids, _LISTED_AND_RESULT)]
+        await self._with_results(rows)
+        for task_id, fields in rows:
+            task = _stored(task_id, fields[:listed], read=False)
             if task is not None:
-                found[task_id] = (task, _payload(*fields[len(_LISTED_FIELDS) :]))
+                found[task_id] = (task, _payload(fields[listed], fields[listed + 1]))
         return found
 
     async def get_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         found = {}
-        for task_id, (media_type, data) in await self._hmget_many(task_ids, ("rm", "rv")):
+        rows = [(i, list(f)) for i, f in await self._hmget_many(task_ids, _RESULT_FIELDS)]
+        await self._with_results(rows)
+        for task_id, (media_type, data, _) in rows:
             payload = _payload(media_type, data)
             if payload is not None:
                 found[task_id] = payload
@@ -1473,10 +1548,12 @@ class RedisBackend(Backend):
         check_transition(TaskStatus.IN_PROGRESS, task.status)
         expires = "" if task.expires_at is None else _num(task.expires_at)
         head: list[Any] = [claim.task_id, str(claim.token), task.status.value, task.token, expires]
-        tail = _result_args(result)
-        moved = await self._connection.script("finish", *head, task.state_data, "0", *tail)
+        tail, staged = _result_args(self._connection.prefix, result)
+        state = [*head, task.state_data, "0", *tail]
+        moved = await self._connection.script_staged("finish", state, staged)
         if moved == _WHOLE:
-            moved = await self._connection.script("finish", *head, task.data, "1", *tail)
+            whole = [*head, task.data, "1", *tail]
+            moved = await self._connection.script_staged("finish", whole, staged)
         return bool(moved)
 
     @classmethod

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import errands
-from errands import StoredTask, TaskStatus
+from errands import Payload, StoredTask, TaskStatus
 from errands._model import TaskRecord, new_task_id
 from errands.backends import redis as redis_backend
 from errands.backends.redis import RedisBackend
@@ -188,7 +188,8 @@ async def test_large_arguments_are_kept_in_a_key_of_their_own(
 async def test_arguments_lost_on_their_way_create_nothing(redis_url: str) -> None:
     """The script that creates a task checks that its staged arguments
     arrived before it writes anything: a ``SET`` that Redis refused (out of
-    memory) fails the submit, and leaves no record without arguments."""
+    memory) fails the submit, and leaves no record without arguments.  So
+    do the scripts that store a result."""
     backend, raw, prefix = backend_and_raw(redis_url)
     await backend.open()
     record = TaskRecord(
@@ -205,6 +206,68 @@ async def test_arguments_lost_on_their_way_create_nothing(redis_url: str) -> Non
             await backend._connection.script("create", *row[:-2], "", "never-staged")
         assert raw.exists(f"{{{prefix}}}:t:{record.id}") == 0
         assert await backend.store.get(record.id) is None
+        # The same for a result kept apart, by the scripts that end a task.
+        assert await backend.store.create(StoredTask.from_record(record))
+        head = [record.id, "pending", "", "in_progress", 1, "", b"{}", "0"]
+        with pytest.raises(errands.BackendError, match="result"):
+            await backend._connection.script("transition", *head, "2", "a/b", "never-staged")
+        read = await backend.store.get_state(record.id)
+        assert read is not None and read.status is TaskStatus.PENDING
     finally:
         await backend.aclose()
+    raw.close()
+
+
+@svc.task
+def produce(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256)
+
+
+async def test_large_results_are_kept_in_a_key_of_their_own(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result of 16 KiB or more goes to ``r:<id>`` like large arguments:
+    staged by a plain ``SET``, renamed into place by the script that ends
+    the task, read back in pieces (a 5 MB result was copied into Lua, then
+    read as one reply by redis-py's parser: 20-28 ms).  ``R`` holds its
+    length; small results stay in ``rv``."""
+    monkeypatch.setattr(redis_backend, "READ_PIECE", 10_000)
+    backend, raw, prefix = backend_and_raw(redis_url)
+    async with errands.open_engine(svc, backend=backend) as client:
+        big = await client.produce.submit(n=64 * 1024)
+        small = await client.produce.submit(n=256)
+        for task in (big, small):
+            assert await task.wait(timeout=30) is TaskStatus.SUCCESS
+        assert await big.get() == bytes(range(256)) * 256
+        assert await small.get() == bytes(range(256))
+        fields = raw.hgetall(f"{{{prefix}}}:t:{big.id}")
+        kept = f"{{{prefix}}}:r:{big.id}"
+        assert b"rv" not in fields and int(fields[b"R"]) == raw.strlen(kept) == 64 * 1024
+        ttl = raw.ttl(f"{{{prefix}}}:t:{big.id}")  # final: both expire alike
+        assert ttl > 0 and abs(raw.ttl(kept) - ttl) <= 1
+        assert b"R" not in raw.hgetall(f"{{{prefix}}}:t:{small.id}")
+        assert _keys(raw, prefix, "u") == []
+    other = RedisBackend(redis_url, prefix=prefix)  # another process reads them
+    await other.open()
+    try:
+        store = other.store
+        payload = await store.get_result(big.id)
+        assert payload is not None and payload.data == bytes(range(256)) * 256
+        results = await store.get_results([big.id, small.id, "missing"])
+        assert {i: p.data for i, p in results.items()} == {
+            big.id: bytes(range(256)) * 256,
+            small.id: bytes(range(256)),
+        }
+        both = await store.get_with_results([big.id, small.id])
+        assert both[big.id][1] == results[big.id] and both[small.id][1] == results[small.id]
+        # A write that does not move the record (a lost claim) leaves nothing staged.
+        task = await store.get_state(big.id)
+        assert task is not None
+        big_payload = Payload(media_type="application/octet-stream", data=b"z" * 50_000)
+        assert not await store.transition(task, expect=TaskStatus.IN_PROGRESS, result=big_payload)
+        assert _keys(raw, prefix, "u") == []
+        assert await store.delete(big.id)
+        assert _keys(raw, prefix, "r") == []
+    finally:
+        await other.aclose()
     raw.close()
