@@ -15,6 +15,7 @@ import importlib.metadata
 import inspect
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -37,6 +38,7 @@ __all__ = [
     "STOP_TIMEOUT",
     "Columns",
     "Latency",
+    "RedisServer",
     "Series",
     "ServeProcess",
     "check_success",
@@ -90,6 +92,50 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+class RedisServer:
+    """A redis-server of our own on 127.0.0.1 (no persistence), stopped by its
+    PID.  Exits the script when there is no ``redis-server`` on PATH.
+
+    It imports redis-py, which this folder's redis.py shadows while the
+    folder is first on ``sys.path``: a script that starts one moves the
+    folder to the end of its path first."""
+
+    def __init__(self, folder: Path) -> None:
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("redis-server not found on PATH (apt-get install redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if self.client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("redis-server did not start")
+            time.sleep(0.02)
+
+    def commands(self) -> int:
+        """Commands Redis has run so far (but INFO)."""
+        info = self.client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in info.items() if k != "cmdstat_info")
+
+    def stop(self) -> None:
+        self.client.close()
+        stop_process(self.process, "redis-server")
 
 
 def wait_until_ready(

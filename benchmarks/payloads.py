@@ -6,9 +6,11 @@ Run it::
     python benchmarks/payloads.py --quick        # seconds: a smoke run, figures meaningless
 
 An image to transform, a document to read, audio to transcribe: the task
-takes bytes.  For each backend, memory and ``DiskCacheBackend`` (in a
-temporary folder), ``errands.start()`` with two sync tasks, and in each
-round, milliseconds of:
+takes bytes.  For each backend, memory, ``DiskCacheBackend`` (in a
+temporary folder) and, when ``redis-server`` is on PATH, ``RedisBackend``
+(on a redis-server of its own, on 127.0.0.1, stopped by its PID),
+``errands.start()`` with two sync tasks, and in each round, milliseconds
+of:
 
 * **argument**: ``submit(data=<S MB of bytes>)``, ``wait()``, ``get()`` (the
   task returns the length);
@@ -23,17 +25,30 @@ The ratios argument / result and listing / reference are taken within each
 round.  Benchmarks are not tests: nothing here asserts a speed.
 """
 
+# ruff: noqa: E402
+# (``python benchmarks/payloads.py`` puts benchmarks/ first on sys.path, where
+# benchmarks/redis.py shadows redis-py, which the Redis backend imports; that
+# folder moves to the end before the imports below.)
+
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
+
+import argparse
+import contextlib
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import _common
-from _common import NOISE_NOTE, Columns, Series, load
+from _common import NOISE_NOTE, Columns, RedisServer, Series, load
 
 import errands
 from errands.backends import DiskCacheBackend
@@ -103,6 +118,16 @@ def measure(backend: Any, sizes: Sequence[int], listed: int, repeat: int) -> dic
     return out
 
 
+@contextlib.contextmanager
+def redis_url(folder: str) -> Iterator[str]:
+    """A redis-server of this run's own, for as long as the block runs."""
+    server = RedisServer(Path(folder))
+    try:
+        yield f"{server.url}?prefix=payloads"
+    finally:
+        server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -131,11 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Columns(label=50, value=11)
     with tempfile.TemporaryDirectory(prefix="errands-payloads-") as scratch:
         backends = {
-            "memory": lambda: None,
-            "diskcache": lambda: DiskCacheBackend(os.path.join(scratch, "q")),
+            "memory": contextlib.nullcontext,
+            "diskcache": lambda: contextlib.nullcontext(
+                DiskCacheBackend(os.path.join(scratch, "q"))
+            ),
         }
+        if shutil.which("redis-server"):
+            backends["redis"] = lambda: redis_url(scratch)
+        else:
+            print("redis: not measured (no redis-server on PATH)")
         for label, make in backends.items():
-            found = measure(make(), sizes, args.listed, args.repeat)
+            with make() as backend:
+                found = measure(backend, sizes, args.listed, args.repeat)
             print()
             print(f"{label}: milliseconds (median of {args.repeat} [min-max])")
             for size, mb in zip(sizes, args.size, strict=True):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import _common
-from _common import NOISE_NOTE, Columns, Series, load, met
+from _common import NOISE_NOTE, Columns, RedisServer, Series, load, met
 
 import errands
 
@@ -51,52 +50,9 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "redis_work"
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(WORK))
-import redis  # noqa: E402  (redis-py, now that this folder is off the path)
 
 TARGET = 5.0
 perf_counter = time.perf_counter
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of our own (no persistence), stopped by its PID."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server not found on PATH (apt-get install redis-server)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(folder)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if self.client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("redis-server did not start")
-            time.sleep(0.02)
-
-    def commands(self) -> int:
-        info = self.client.info("commandstats")
-        return sum(int(v["calls"]) for k, v in info.items() if k != "cmdstat_info")
-
-    def stop(self) -> None:
-        self.client.close()
-        _common.stop_process(self.process, "redis-server")
 
 
 def start_workers(

@@ -74,6 +74,18 @@ def test_payloads_quick_runs() -> None:
 
 
 @pytest.mark.realtime
+def test_payloads_quick_runs_on_redis() -> None:
+    from tests.tools import find_tool
+
+    find_tool("redis-server", what="the large arguments benchmark on Redis")
+    run_quick(
+        "payloads.py",
+        "ratio argument / result, 0.1 MB (redis)",
+        "ratio listing / reference (redis)",
+    )
+
+
+@pytest.mark.realtime
 def test_redis_quick_runs() -> None:
     from tests.tools import find_tool
 
