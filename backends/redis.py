@@ -116,7 +116,12 @@ local P = ARGV[1]
 local function entry_member(seq, id)
   return string.format('%016.0f', seq) .. ':' .. id
 end
-local function queue_put(id, name, priority, not_before, rank)
+-- ``quiet``: the caller announces the name itself (once for many puts).
+local function announce(name)
+  redis.call('SADD', P .. ':names', name)
+  redis.call('PUBLISH', P .. ':work', name)
+end
+local function queue_put(id, name, priority, not_before, rank, quiet)
   local e = P .. ':e:' .. id
   if redis.call('EXISTS', e) == 1 then return 0 end
   local seq = redis.call('INCR', P .. ':seq')
@@ -129,8 +134,7 @@ local function queue_put(id, name, priority, not_before, rank)
   else
     redis.call('ZADD', P .. ':q:' .. name, rank, member)
   end
-  redis.call('SADD', P .. ':names', name)
-  redis.call('PUBLISH', P .. ':work', name)
+  if not quiet then announce(name) end
   return 1
 end
 local function unqueue_waiting(e, name, member, id)
@@ -312,19 +316,22 @@ for i = 6, #ARGV, 10 do
   if lost then return lost end
 end
 local answers = {}
+local queued = {}
 for i = 6, #ARGV, 10 do
   local id = ARGV[i]
   local added = redis.call('ZADD', P .. ':b:' .. batch, 'NX', ARGV[i + 9], id)
   local made = create(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
                       ARGV[i + 6], ARGV[i + 7], batch, ARGV[i + 8])
   if made == 1 then
-    queue_put(id, ARGV[i + 1], priority, not_before, rank)
+    queue_put(id, ARGV[i + 1], priority, not_before, rank, true)
+    queued[ARGV[i + 1]] = true
   elseif added == 1 and redis.call('EXISTS', P .. ':t:' .. id) == 1 then
     redis.call('HSET', P .. ':t:' .. id, 'b', batch)
     redis.call('INCR', P .. ':bl:' .. batch)
   end
   table.insert(answers, made)
 end
+for name, _ in pairs(queued) do announce(name) end  -- one wake-up per name, not per task
 return answers
 """
 

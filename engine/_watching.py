@@ -88,10 +88,15 @@ class _Listener:
     changes: bool  # woken by every change (started, progress), not only final ones
     event: trio.Event = attrs.field(factory=trio.Event)
     fired: set[str] = attrs.field(factory=set)
+    #: Of ``fired``, the ids that were final or gone when they fired (this
+    #: engine stored the end, or the change watcher read it): an owner that
+    #: needs to know no more than that need not read them again.
+    ended: set[str] = attrs.field(factory=set)
 
     def rearm(self) -> set[str]:
         """A fresh event; returns (and forgets) the ids that fired before."""
         fired, self.fired = self.fired, set()
+        self.ended = set()
         self.event = trio.Event()
         return fired
 
@@ -145,28 +150,40 @@ class Watchers:
             return
         self.poll_reads += 1
         found = await store.get_many(ids, arguments=False)
-        now = clock()
+        self.observe(ids, found, clock())
+
+    def observe(self, ids: Collection[str], found: Mapping[str, StoredTask], now: float) -> None:
+        """What a read of ``ids`` (done after they were watched) found, as a
+        round of the change watcher takes it: wake the waiters of those that
+        changed since last seen.  A waiter's own read may be passed too, so
+        that the watcher's next round need not read those tasks again."""
         for task_id in ids:
             task = found.get(task_id)
             if task is None or (task.expires_at is not None and task.expires_at <= now):
                 self._seen.pop(task_id, None)
-                self.notify(task_id)
+                self.notify(task_id, gone_or_final=True)
                 continue
             data = task.version_data
             if self._seen.get(task_id) == data:
                 continue
             self._seen[task_id] = data
             if task.status.is_final:
-                self.notify(task_id)
+                self.notify(task_id, gone_or_final=True)
             else:
                 self.touch(task_id)
 
     def notify(
-        self, task_id: str, final: TaskRecord | None = None, result: Payload | None = None
+        self,
+        task_id: str,
+        final: TaskRecord | None = None,
+        result: Payload | None = None,
+        *,
+        gone_or_final: bool = False,
     ) -> None:
         """Wake the waiters of a task that the engine moved on (``final``: the
         final record it stored, handed to them so they need not read it back;
-        ``result``: the result it stored with it, for :attr:`ends`)."""
+        ``result``: the result it stored with it, for :attr:`ends`;
+        ``gone_or_final``: it was read final, expired or gone just now)."""
         watch = self.watches.pop(task_id, None)
         if watch is not None:
             watch.record = final
@@ -182,8 +199,11 @@ class Watchers:
                 self.on_end(token, final, result)
         listeners = self.listeners.get(task_id)
         if listeners is not None:
+            known = gone_or_final or final is not None
             for listener in listeners:
                 listener.fired.add(task_id)
+                if known:
+                    listener.ended.add(task_id)
                 listener.event.set()
 
     def touch(self, task_id: str) -> None:
@@ -505,7 +525,12 @@ class WaitingSet:
             if trio.current_time() >= deadline:
                 break
             await _wait_until(listener.event, deadline)
+            known = listener.ended
             fired = [i for i in listener.rearm() if i in self._remaining]
+            if self._read is _final_ids and known:
+                # Known to be final or gone: what a read would answer (None).
+                done.update((i, None) for i in fired if i in known)
+                fired = [i for i in fired if i not in known]
             for start in range(0, len(fired), _READ_CHUNK):
                 done.update(await self._read(engine, fired[start : start + _READ_CHUNK]))
         ended = [i for i in done if i in self._remaining]
@@ -532,11 +557,23 @@ class WaitingSet:
 _READ_CHUNK = 500
 
 
+async def _read_watched(
+    engine: Source, task_ids: Collection[str]
+) -> tuple[Mapping[str, StoredTask], float]:
+    """The stored state of ``task_ids`` (listened to already) and the time;
+    an engine that watches for other processes' changes takes the read as
+    its own, so its next round need not read them again."""
+    stored = await engine.backend.store.get_many(task_ids, arguments=False)
+    now = engine.clock()
+    if engine.backend.poll_interval is not None:
+        engine.watchers.observe(task_ids, stored, now)
+    return stored, now
+
+
 async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, each to None:
     read by their stored status and expiry, no record decoded."""
-    stored = await engine.backend.store.get_many(task_ids, arguments=False)
-    now = engine.clock()
+    stored, now = await _read_watched(engine, task_ids)
     found: dict[str, TaskInfo | None] = {}
     for task_id in task_ids:
         task = stored.get(task_id)
@@ -549,8 +586,7 @@ async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskIn
     """The final or missing ones among well-formed ``task_ids``, read in one go."""
     if not task_ids:
         return {}
-    stored = await engine.backend.store.get_many(task_ids, arguments=False)
-    now = engine.clock()
+    stored, now = await _read_watched(engine, task_ids)
     found: dict[str, TaskInfo | None] = {}
     for task_id in task_ids:
         task = stored.get(task_id)

@@ -284,3 +284,24 @@ def test_the_sync_client_submits_many() -> None:
         assert batch.wait(timeout=30)["success"] == 2
         assert [r.result for r in batch.results()] == [0, 9]
         assert client.get_batch(batch.id).counts()["total"] == 2
+
+
+async def test_a_batch_wait_does_not_read_again_what_this_engine_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``batch.wait()`` reads each task once when it starts waiting; a task
+    that this engine then ends is known final from its end, not read again
+    (each used to be read twice)."""
+    backend = MemoryBackend()
+    async with errands.open_engine(svc, backend=backend) as client:
+        batch = await client.square.submit_many([{"x": x} for x in range(300)])
+        calls = count_calls(backend.store, "get_many")
+        waiting = client.engine.waiting_set([t.id for t in batch.tasks], infos=False)
+        left = {t.id for t in batch.tasks}
+        try:
+            while left:
+                left.difference_update(await waiting.next(None))
+        finally:
+            waiting.close()
+        assert calls.ids_read("get_many") == 300
+        assert (await batch.counts())["success"] == 299

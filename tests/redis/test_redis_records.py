@@ -16,6 +16,7 @@ from errands import Payload, StoredTask, TaskStatus
 from errands._model import TaskRecord, new_task_id
 from errands.backends import redis as redis_backend
 from errands.backends.redis import RedisBackend
+from tests.tools import count_calls
 
 pytestmark = pytest.mark.realtime
 
@@ -271,3 +272,48 @@ async def test_large_results_are_kept_in_a_key_of_their_own(
     finally:
         await other.aclose()
     raw.close()
+
+
+async def test_a_batch_is_announced_once_per_name(redis_url: str) -> None:
+    """``submit_many`` publishes one ``work`` message per task name, not
+    one per task: every process on the prefix parses each message (about
+    60 µs in redis-py) and wakes its dispatcher for it, and a batch of
+    10,000 sent 10,000 of them to each."""
+    backend, raw, prefix = backend_and_raw(redis_url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{{{prefix}}}:work")
+    async with errands.open_engine(svc, backend=backend, workers=0) as client:
+        batch = await client.add.submit_many([{"a": i, "b": 1} for i in range(50)])
+        assert len(batch.tasks) == 50
+        single = await client.add.submit(a=1, b=2)
+        assert single.id
+    messages = []
+    deadline = time.monotonic() + 10
+    while len(messages) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message is not None:
+            messages.append(message["data"])
+    assert messages == [b"add", b"add"]  # the batch's one, the single submit's one
+    assert pubsub.get_message(timeout=0.5) is None
+    assert raw.zcard(f"{{{prefix}}}:q:add") == 51  # all queued, none lost
+    pubsub.close()
+    raw.close()
+
+
+async def test_a_batch_wait_reads_an_end_heard_of_once(redis_url: str) -> None:
+    """A batch waited on in one process, run in another: the wait's first
+    read of its tasks serves the change watcher too, which then reads each
+    task when it hears of its start and of its end, and the wait takes the
+    end it read as it is.  With the counts read at the end, at most four
+    reads per task; there were five and more (the watcher read every task
+    again at its first round, and the wait read each end again)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    waiter = RedisBackend(redis_url, prefix=prefix)
+    async with errands.open_engine(svc, backend=waiter, workers=0) as client:
+        batch = await client.add.submit_many([{"a": i, "b": 1} for i in range(50)])
+        calls = count_calls(waiter.store, "get_many")
+        runner = RedisBackend(redis_url, prefix=prefix)
+        async with errands.open_engine(svc, backend=runner):
+            counts = await batch.wait(timeout=30)
+        assert counts["success"] == 50
+        assert calls.ids_read("get_many") <= 4 * 50, calls.first_args["get_many"]
