@@ -640,6 +640,13 @@ def _num(value: float) -> str:
 _WHOLE = -1
 
 
+def _stage(prefix: str, data: bytes) -> tuple[str, list[tuple[str, bytes]]]:
+    """A random staging name for ``data`` kept apart (``APART_LIMIT``), and
+    the ``SET`` that :meth:`_Connection.script_staged` sends before its script."""
+    nonce = os.urandom(12).hex()
+    return nonce, [(f"{prefix}:u:{nonce}", data)]
+
+
 def _result_args(prefix: str, result: Payload | None) -> tuple[list[Any], list[tuple[str, bytes]]]:
     """The three script arguments that carry a result (has-one, media type,
     bytes or staged key: see ``put_result``), and what to stage for them."""
@@ -647,8 +654,8 @@ def _result_args(prefix: str, result: Payload | None) -> tuple[list[Any], list[t
         return ["0", "", ""], []
     if len(result.data) < APART_LIMIT:
         return ["1", result.media_type, result.data], []
-    nonce = os.urandom(12).hex()
-    return ["2", result.media_type, nonce], [(f"{prefix}:u:{nonce}", result.data)]
+    nonce, staged = _stage(prefix, result.data)
+    return ["2", result.media_type, nonce], staged
 
 
 def _first(replies: list[Any]) -> Any:
@@ -1088,7 +1095,7 @@ class RedisStore(Store):
     def _key(self, task_id: str) -> str:
         return f"{self._c.prefix}:t:{task_id}"
 
-    def _row(self, task: StoredTask) -> tuple[list[Any], tuple[str, bytes] | None]:
+    def _row(self, task: StoredTask) -> tuple[list[Any], list[tuple[str, bytes]]]:
         """The create scripts' arguments for ``task`` (id, name, status,
         token, created, expires, data, args, staged), and the staged
         arguments to ``SET`` first when they are kept apart."""
@@ -1104,13 +1111,13 @@ class RedisStore(Store):
             task.state_data,
         ]
         if len(args) < APART_LIMIT:
-            return [*row, args, ""], None
-        nonce = os.urandom(12).hex()
-        return [*row, "", nonce], (f"{self._c.prefix}:u:{nonce}", args)
+            return [*row, args, ""], []
+        nonce, staged = _stage(self._c.prefix, args)
+        return [*row, "", nonce], staged
 
     async def create(self, task: StoredTask) -> bool:
         row, staged = self._row(task)
-        return bool(await self._c.script_staged("create", row, [staged] if staged else []))
+        return bool(await self._c.script_staged("create", row, staged))
 
     async def _read_apart(self, wanted: Sequence[tuple[str, int]]) -> list[bytes | None]:
         """The strings kept apart at these (key, length) pairs, read in
@@ -1426,9 +1433,7 @@ class RedisBackend(Backend):
         args = [*row, int(priority), _num(not_before), _num(rank_)]
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
-            created = await self._connection.script_staged(
-                "enqueue", args, [staged] if staged else []
-            )
+            created = await self._connection.script_staged("enqueue", args, staged)
         return bool(created)
 
     async def enqueue_many(
@@ -1447,8 +1452,7 @@ class RedisBackend(Backend):
         for task, position in zip(tasks, positions, strict=True):
             row, apart = self.store._row(task)
             args += [*row, int(position)]
-            if apart is not None:
-                staged.append(apart)
+            staged += apart
         await trio.lowlevel.checkpoint_if_cancelled()
         with trio.CancelScope(shield=True):
             answers = await self._connection.script_staged("enqueue_many", args, staged)
