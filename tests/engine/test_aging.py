@@ -16,6 +16,7 @@ from errands import Backend, TaskStatus
 from errands._aging import rank
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
+from tests.tools import mock_clock
 
 svc = errands.Service("aging")
 #: When each task started (trio time), by tag.
@@ -69,7 +70,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 def clock(kind: str) -> trio.testing.MockClock:
     """Autojump; for diskcache only after a short real pause, as its calls run in a
     thread during which the trio side looks idle (see test_waiting.py)."""
-    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+    return mock_clock(kind)
 
 
 def slack(kind: str) -> float:

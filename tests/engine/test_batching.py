@@ -20,6 +20,7 @@ import errands
 from errands import Backend, TaskStatus
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
+from tests.tools import mock_clock
 
 #: (trio time at the call, the items) of every call of the batchable tasks.
 calls: list[tuple[float, list[int]]] = []
@@ -76,7 +77,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def clock(kind: str) -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+    return mock_clock(kind)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import errands
 from errands import Backend, TaskStatus
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
-from tests.tools import count_calls
+from tests.tools import count_calls, mock_clock
 
 svc = errands.Service("bulk")
 started: list[int] = []
@@ -49,7 +49,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def clock(kind: str) -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+    return mock_clock(kind)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from errands import Backend, Engine, TaskInfo, TaskStatus, _watching
 from errands._model import TaskRecord, new_task_id
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
+from tests.tools import mock_clock
 
 svc = errands.Service("waiting")
 
@@ -65,7 +66,7 @@ def clock(kind: str) -> trio.testing.MockClock:
     """Autojump, but for diskcache only after a short real pause: its calls run in a
     thread, during which the trio side looks idle and would jump ahead at once.  A
     late disk call still jumps, but only to the backend's next poll (0.1 s on)."""
-    return trio.testing.MockClock(autojump_threshold=0 if kind == "memory" else 0.01)
+    return mock_clock(kind)
 
 
 @pytest.fixture
