@@ -317,6 +317,54 @@ def _setup(conn: sqlite3.Connection) -> None:
         )
     _migrate(conn, FORMAT_VERSION if row is None else row[0])
     _execute(conn, _INDEXES)
+    _keep_depths(conn)
+
+
+#: The waiting entries of each name, kept by the database itself (the
+#: triggers below) as entries are put, claimed, released and removed: a
+#: queue's depth is then read, not counted (a count of 100,000 waiting
+#: entries took about 10 ms, on the one thread every write waits for).
+#: Being the database's own, they stay right whoever writes: another
+#: process, or an errands that knows nothing of them.
+_DEPTH_TABLE = (
+    "CREATE TABLE queue_depth (name TEXT PRIMARY KEY, waiting INTEGER NOT NULL) WITHOUT ROWID"
+)
+_DEPTH_TRIGGERS = {
+    "queue_depth_put": "AFTER INSERT ON queue WHEN NEW.owner IS NULL BEGIN"
+    " INSERT OR IGNORE INTO queue_depth (name, waiting) VALUES (NEW.name, 0);"
+    " UPDATE queue_depth SET waiting = waiting + 1 WHERE name = NEW.name; END",
+    "queue_depth_gone": "AFTER DELETE ON queue WHEN OLD.owner IS NULL BEGIN"
+    " UPDATE queue_depth SET waiting = waiting - 1 WHERE name = OLD.name; END",
+    "queue_depth_left": "AFTER UPDATE OF owner, name ON queue"
+    " WHEN OLD.owner IS NULL AND (NEW.owner IS NOT NULL OR NEW.name IS NOT OLD.name) BEGIN"
+    " UPDATE queue_depth SET waiting = waiting - 1 WHERE name = OLD.name; END",
+    "queue_depth_joined": "AFTER UPDATE OF owner, name ON queue"
+    " WHEN NEW.owner IS NULL AND (OLD.owner IS NOT NULL OR NEW.name IS NOT OLD.name) BEGIN"
+    " INSERT OR IGNORE INTO queue_depth (name, waiting) VALUES (NEW.name, 0);"
+    " UPDATE queue_depth SET waiting = waiting + 1 WHERE name = NEW.name; END",
+}
+
+
+def _keep_depths(conn: sqlite3.Connection) -> None:
+    """Make the depth counts and their triggers where they are missing (a
+    new database, or one an earlier errands made), counting the queue once,
+    in the setup's transaction: no write comes between the count and the
+    triggers."""
+    ours = ("queue_depth", *_DEPTH_TRIGGERS)
+    marks = ", ".join("?" * len(ours))
+    found = conn.execute(f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({marks})", ours)
+    if found.fetchone()[0] == len(ours):
+        return
+    for name in _DEPTH_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute("DROP TABLE IF EXISTS queue_depth")
+    conn.execute(_DEPTH_TABLE)
+    conn.execute(
+        "INSERT INTO queue_depth (name, waiting)"
+        " SELECT name, COUNT(*) FROM queue WHERE owner IS NULL GROUP BY name"
+    )
+    for name, body in _DEPTH_TRIGGERS.items():
+        conn.execute(f"CREATE TRIGGER {name} {body}")
 
 
 def _execute(conn: sqlite3.Connection, script: str) -> None:
@@ -594,13 +642,14 @@ class DiskCacheQueue(Queue):
 
     async def depth(self, name: str | None = None) -> int:
         def depth(conn: sqlite3.Connection) -> int:
+            # Read from the counts the database keeps (see _DEPTH_TRIGGERS).
             if name is None:
-                row = conn.execute("SELECT COUNT(*) FROM queue WHERE owner IS NULL").fetchone()
+                row = conn.execute("SELECT TOTAL(waiting) FROM queue_depth").fetchone()
             else:
                 row = conn.execute(
-                    "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?", (name,)
+                    "SELECT waiting FROM queue_depth WHERE name = ?", (name,)
                 ).fetchone()
-            return int(row[0])
+            return 0 if row is None else int(row[0])
 
         return await self._db.run(depth, write=False)
 

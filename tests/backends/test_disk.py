@@ -5,6 +5,7 @@ processes, real clock (the backend's thread does real work)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -19,8 +20,8 @@ import pytest
 import trio
 
 import errands
-from errands import TaskStatus
-from errands._model import StoredTask
+from errands import Renewal, TaskStatus
+from errands._model import StoredTask, TaskRecord, new_task_id
 from errands._registry import resolve_backend
 from errands.backends import DiskCacheBackend
 from errands.backends._owners import OwnerLocks
@@ -148,6 +149,150 @@ async def test_a_queue_made_before_priority_aging_is_migrated(tmp_path: Path) ->
     await backend.aclose()
     with sqlite3.connect(tmp_path / "errands.db") as conn:
         assert dict(conn.execute("SELECT id, rank FROM queue")) == ranks
+
+
+def _waiting_counted(path: Path) -> tuple[int, dict[str, int]]:
+    """The waiting entries of the queue, counted the slow way (all, by name)."""
+    with sqlite3.connect(path / "errands.db") as conn:
+        named = dict(
+            conn.execute("SELECT name, COUNT(*) FROM queue WHERE owner IS NULL GROUP BY name")
+        )
+    return sum(named.values()), named
+
+
+async def _depths(backend: DiskCacheBackend, names: list[str]) -> tuple[int, dict[str, int]]:
+    q = backend.queue
+    named = {name: await q.depth(name) for name in names}
+    return await q.depth(), {name: n for name, n in named.items() if n}
+
+
+async def test_the_queue_depth_follows_every_move_of_an_entry(tmp_path: Path) -> None:
+    """``depth()`` answers from counts the database keeps as entries come
+    and go: after each kind of move they equal a count of the queue."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    q = backend.queue
+    names = ["a", "b"]
+
+    async def check() -> None:
+        assert await _depths(backend, names) == _waiting_counted(tmp_path)
+
+    try:
+        ids = [new_task_id() for _ in range(8)]
+        for i, task_id in enumerate(ids):
+            await q.put(task_id, name=names[i % 2], not_before=500.0 if i == 7 else 0.0)
+        await q.put(ids[0], name="a")  # already there: nothing moves
+        await check()
+        assert await q.depth() == 8
+        quotas = {"a": 2, "b": 1}
+        claims = await q.claim(owner="w", quotas=quotas, limit=3, now=1.0, lease_until=60.0)
+        await check()
+        assert await q.depth() == 5
+        assert await q.release(claims[0].task_id, claims[0].token, not_before=2.0)
+        await check()
+        assert await q.ack(claims[1].task_id, claims[1].token)
+        assert await q.request_cancel(claims[2].task_id)
+        renewal = await q.renew(claims[2].task_id, claims[2].token, lease_until=90.0)
+        assert renewal is Renewal.CANCEL_REQUESTED
+        await check()
+        assert await q.remove(ids[7])  # the delayed one
+        assert not await q.remove(claims[2].task_id)  # claimed: stays
+        await check()
+        [lost] = await q.expired(100.0)
+        assert await q.release(lost.task_id, lost.token)
+        await check()
+        record = StoredTask.from_record(
+            TaskRecord(
+                id=new_task_id(), name="b", args={}, status=TaskStatus.PENDING, created_at=1.0
+            )
+        )
+        assert await backend.enqueue(record, priority=0, not_before=0.0)
+        await check()
+        assert await q.depth() == 7 and await q.depth("b") == 3 and await q.depth("c") == 0
+    finally:
+        await backend.aclose()
+
+
+async def test_the_queue_depth_is_read_without_counting_the_queue(tmp_path: Path) -> None:
+    """The depth of a deep queue costs what a shallow one's does (SQLite's
+    virtual-machine steps, counted by a progress handler on the backend's
+    connection), where counting the entries took steps in proportion."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    q = backend.queue
+    steps = [0]
+
+    def count(conn: sqlite3.Connection) -> None:
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        conn.set_progress_handler(step, 1)
+
+    def stop(conn: sqlite3.Connection) -> None:
+        conn.set_progress_handler(None, 1)
+
+    async def steps_of_depth() -> int:
+        await backend._db.run(count, write=False)
+        steps[0] = 0
+        assert await q.depth() == await q.depth("job")
+        taken = steps[0]
+        await backend._db.run(stop, write=False)
+        return taken
+
+    async def put(n: int) -> None:
+        async with trio.open_nursery() as nursery:  # shares commits
+            for _ in range(n):
+                nursery.start_soon(functools.partial(q.put, new_task_id(), name="job"))
+
+    try:
+        await put(10)
+        shallow = await steps_of_depth()
+        await put(3000)
+        assert await q.depth() == 3010
+        deep = await steps_of_depth()
+    finally:
+        await backend.aclose()
+    assert deep <= shallow + 20, (shallow, deep)
+
+
+async def test_depth_counts_are_made_for_a_queue_that_had_none(tmp_path: Path) -> None:
+    """A database written before the counts were kept (or by a process that
+    dropped them) gets them, counted, when opened; writes that bypass this
+    errands (an older one sharing the directory) keep them right, since the
+    database itself keeps them."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    try:
+        for name in ("a", "a", "b"):
+            await backend.queue.put(new_task_id(), name=name)
+    finally:
+        await backend.aclose()
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        for (trigger,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        ).fetchall():
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE queue_depth")
+        conn.execute(
+            "INSERT INTO queue (id, name, priority, seq, not_before, rank)"
+            " VALUES ('x', 'b', 0, 9, 0, 0)"
+        )
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    try:
+        assert await _depths(backend, ["a", "b"]) == (4, {"a": 2, "b": 2})
+        with sqlite3.connect(tmp_path / "errands.db") as conn:  # as an older errands writes
+            conn.execute("DELETE FROM queue WHERE id = 'x'")
+            conn.execute(
+                "INSERT INTO queue (id, name, priority, seq, not_before, rank, owner)"
+                " VALUES ('y', 'c', 0, 10, 0, 0, 'elsewhere')"
+            )
+            conn.execute("UPDATE queue SET owner = NULL WHERE id = 'y'")
+        assert await _depths(backend, ["a", "b", "c"]) == (4, {"a": 2, "b": 1, "c": 1})
+        assert await _depths(backend, ["a", "b", "c"]) == _waiting_counted(tmp_path)
+    finally:
+        await backend.aclose()
 
 
 async def test_a_task_s_arguments_are_written_once_apart_from_its_record(
