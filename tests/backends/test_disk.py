@@ -23,7 +23,7 @@ import errands
 from errands import Renewal, TaskStatus
 from errands._model import StoredTask, TaskRecord, new_task_id
 from errands._registry import resolve_backend
-from errands.backends import DiskCacheBackend
+from errands.backends import DiskCacheBackend, disk
 from errands.backends._owners import OwnerLocks
 from errands.backends.disk import ARGS_APART_LIMIT, FORMAT_VERSION, DiskCacheStore
 
@@ -254,6 +254,82 @@ async def test_the_queue_depth_is_read_without_counting_the_queue(tmp_path: Path
     finally:
         await backend.aclose()
     assert deep <= shallow + 20, (shallow, deep)
+
+
+async def test_positions_deep_in_a_queue_are_read_from_its_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a queue of more than ``EXACT_POSITIONS`` waiting entries of one
+    name whose positions are asked often, positions come from the name's
+    order, read once and kept for ``ORDER_FRESH`` seconds: a status polled
+    again costs SQLite the same steps whatever the queue's depth (a count
+    of the entries ahead took steps in proportion).  A short queue's
+    positions, and the first ones asked of a deep queue, are counted."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    q = backend.queue
+    steps = [0]
+
+    def count(conn: sqlite3.Connection) -> None:
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        conn.set_progress_handler(step, 1)
+
+    async def position_and_steps(task_id: str) -> tuple[int | None, int]:
+        await backend._db.run(count, write=False)
+        steps[0] = 0
+        at = await q.position(task_id)
+        taken = steps[0]
+        await backend._db.run(lambda conn: conn.set_progress_handler(None, 1), write=False)
+        return at, taken
+
+    def counted(task_id: str) -> int:
+        with sqlite3.connect(tmp_path / "errands.db") as conn:
+            name, rank, seq = conn.execute(
+                "SELECT name, rank, seq FROM queue WHERE id = ?", (task_id,)
+            ).fetchone()
+            (ahead,) = conn.execute(
+                "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?"
+                " AND (rank < ? OR (rank = ? AND seq < ?))",
+                (name, rank, rank, seq),
+            ).fetchone()
+        return int(ahead)
+
+    try:
+        ids = [new_task_id() for _ in range(3000)]
+        for task_id in ids[:10]:
+            await q.put(task_id, name="job")
+        shallow, shallow_steps = await position_and_steps(ids[9])
+        assert shallow == counted(ids[9]) == 9  # counted: exact
+        async with trio.open_nursery() as nursery:
+            for task_id in ids[10:-1]:
+                nursery.start_soon(functools.partial(q.put, task_id, name="job"))
+        await q.put(ids[-1], name="job")
+        await q.put(new_task_id(), name="other")
+        await q.put(ids[-1], name="job")  # already waiting: unchanged
+        for _ in range(disk.COUNTS_BEFORE_ORDER):  # counted, exact
+            first, first_steps = await position_and_steps(ids[-1])
+            assert first == counted(ids[-1]) == 2999
+            assert first_steps > 3000
+        assert await q.position(ids[-1]) == 2999  # reads the order
+        again, again_steps = await position_and_steps(ids[-1])
+        middle, middle_steps = await position_and_steps(ids[1500])
+        assert (again, middle) == (2999, counted(ids[1500]))
+        assert max(again_steps, middle_steps) <= shallow_steps + 20, (
+            shallow_steps,
+            again_steps,
+            middle_steps,
+        )
+        claims = await q.claim(owner="w", quotas={"job": 5}, limit=5, now=1.0, lease_until=9.0)
+        assert len(claims) == 5
+        assert await q.position(claims[0].task_id) is None  # not waiting any more
+        assert await q.position(ids[-1]) == 2999  # from the order read before the claims
+        monkeypatch.setattr(disk, "ORDER_FRESH", 0.0)  # too old now: read again
+        assert await q.position(ids[-1]) == counted(ids[-1]) == 2994
+    finally:
+        await backend.aclose()
 
 
 async def test_depth_counts_are_made_for_a_queue_that_had_none(tmp_path: Path) -> None:
