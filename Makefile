@@ -101,6 +101,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batch_submit.py
 	$(BIN)/python benchmarks/batch_reads.py
 	$(BIN)/python benchmarks/payloads.py
+	$(BIN)/python benchmarks/deep_queue.py
 	$(BIN)/python benchmarks/load.py
 
 ## Soak: 200 kill -9 cycles on one diskcache directory (about two minutes); prints

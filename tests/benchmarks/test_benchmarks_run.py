@@ -108,6 +108,16 @@ def test_batch_submit_quick_runs() -> None:
 
 
 @pytest.mark.realtime
+def test_deep_queue_quick_runs() -> None:
+    run_quick(
+        "deep_queue.py",
+        "ratio submit, deep / short",
+        "ratio status of the last task, deep / short",
+        "server CPU, 2000 waiting",
+    )
+
+
+@pytest.mark.realtime
 def test_threadpath_quick_runs() -> None:
     run_quick(
         "threadpath.py",
