@@ -299,6 +299,10 @@ CREATE INDEX IF NOT EXISTS queue_claims ON queue (lease_until) WHERE owner IS NO
 #: Run after :func:`_migrate`: indexes on columns that older databases lacked.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS queue_ranked ON queue (name, rank, seq) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS queue_ready ON queue (name, rank, seq)
+    WHERE owner IS NULL AND not_before = 0;
+CREATE INDEX IF NOT EXISTS queue_delayed ON queue (name, not_before)
+    WHERE owner IS NULL AND not_before > 0;
 """
 
 
@@ -681,12 +685,23 @@ class DiskCacheQueue(Queue):
 
     async def next_due(self, names: Sequence[str]) -> float | None:
         def next_due(conn: sqlite3.Connection) -> float | None:
-            marks = ",".join("?" * len(names))
-            row = conn.execute(
-                f"SELECT MIN(not_before) FROM queue WHERE owner IS NULL AND name IN ({marks})",
-                tuple(names),
-            ).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
+            due = None
+            for name in names:  # each by its indexes (see _promote)
+                ready = conn.execute(
+                    "SELECT 1 FROM queue WHERE owner IS NULL AND not_before = 0 AND name = ?"
+                    " LIMIT 1",
+                    (name,),
+                ).fetchone()
+                if ready is not None:
+                    return 0.0
+                (first,) = conn.execute(
+                    "SELECT MIN(not_before) FROM queue"
+                    " WHERE owner IS NULL AND not_before > 0 AND name = ?",
+                    (name,),
+                ).fetchone()
+                if first is not None and (due is None or first < due):
+                    due = float(first)
+            return due
 
         if not names:
             await trio.lowlevel.checkpoint()
@@ -781,6 +796,23 @@ def _put(
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
 
 
+def _promote(conn: sqlite3.Connection, name: str, now: float) -> None:
+    """The waiting entries of ``name`` delayed till ``now`` or before join
+    the ready ones (``not_before`` 0), in rank order with them.
+
+    Delayed entries are kept out of the ready order (index ``queue_ready``)
+    and found by when they are due (``queue_delayed``): in one order, every
+    claim, and every submit that looks for a ready task of its name, walked
+    past all the entries not due yet (4 ms per submit at 20,000 of them, 16
+    at 60,000).  An errands of before, sharing the directory, claims by
+    ``not_before <= now`` and reads 0 as due: the two agree."""
+    conn.execute(
+        "UPDATE queue SET not_before = 0"
+        " WHERE owner IS NULL AND not_before > 0 AND name = ? AND not_before <= ?",
+        (name, now),
+    )
+
+
 def _claim(
     conn: sqlite3.Connection,
     owner: str,
@@ -794,12 +826,13 @@ def _claim(
     for name, quota in quotas.items():
         if quota <= 0:
             continue
+        _promote(conn, name, now)
         found.extend(
             (rank, seq, task_id, name)
             for task_id, rank, seq in conn.execute(
-                "SELECT id, rank, seq FROM queue WHERE owner IS NULL AND name = ?"
-                " AND not_before <= ? ORDER BY rank, seq LIMIT ?",
-                (name, now, min(quota, limit)),
+                "SELECT id, rank, seq FROM queue WHERE owner IS NULL AND not_before = 0"
+                " AND name = ? ORDER BY rank, seq LIMIT ?",
+                (name, min(quota, limit)),
             )
         )
     found.sort()
@@ -1578,12 +1611,15 @@ class DiskCacheBackend(Backend):
         def enqueue(
             conn: sqlite3.Connection,
         ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
-            exists, queued, waits = conn.execute(
+            exists, queued, ready, due = conn.execute(
                 "SELECT (SELECT 1 FROM tasks WHERE id = ?1), (SELECT 1 FROM queue WHERE id = ?1),"
-                " (SELECT 1 FROM queue WHERE owner IS NULL AND name = ?2 AND not_before <= ?3"
-                " LIMIT 1)",
+                " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before = 0 AND name = ?2"
+                " LIMIT 1),"
+                " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before > 0 AND name = ?2"
+                " AND not_before <= ?3 LIMIT 1)",
                 (task.id, task.name, now),
             ).fetchone()
+            waits = ready or due
             if exists:
                 return False, None
             if not queued and not waits:

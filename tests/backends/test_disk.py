@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -328,6 +329,85 @@ async def test_positions_deep_in_a_queue_are_read_from_its_order(
         assert await q.position(ids[-1]) == 2999  # from the order read before the claims
         monkeypatch.setattr(disk, "ORDER_FRESH", 0.0)  # too old now: read again
         assert await q.position(ids[-1]) == counted(ids[-1]) == 2994
+    finally:
+        await backend.aclose()
+
+
+async def test_tasks_waiting_for_later_cost_nothing_to_the_ready_ones(tmp_path: Path) -> None:
+    """Entries delayed till later are kept out of the ready order and
+    looked up by when they are due: a claim, a submit that starts its task
+    and the next due time cost SQLite the same steps with 3,000 of them
+    waiting as with 10 (each walked past all of them before).  Once due
+    they are claimed in rank order among the ready ones, as before."""
+    backend = DiskCacheBackend(tmp_path)
+    await backend.open()
+    q = backend.queue
+    steps = [0]
+
+    def count(conn: sqlite3.Connection) -> None:
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        conn.set_progress_handler(step, 1)
+
+    async def steps_of(call: Callable[[], Awaitable[object]]) -> tuple[object, int]:
+        await backend._db.run(count, write=False)
+        steps[0] = 0
+        answer = await call()
+        taken = steps[0]
+        await backend._db.run(lambda conn: conn.set_progress_handler(None, 1), write=False)
+        return answer, taken
+
+    def new_task() -> StoredTask:
+        return StoredTask.from_record(
+            TaskRecord(
+                id=new_task_id(), name="job", args={}, status=TaskStatus.PENDING, created_at=1.0
+            )
+        )
+
+    async def costs() -> list[int]:
+        ready = new_task_id()
+        await q.put(ready, name="job", rank=5.0)
+        claims, claim = await steps_of(
+            lambda: q.claim(owner="w", quotas={"job": 1}, limit=1, now=100.0, lease_until=130.0)
+        )
+        assert [c.task_id for c in claims] == [ready]  # type: ignore[attr-defined]
+        due, next_due = await steps_of(lambda: q.next_due(["job"]))
+        assert due == 10_000.0
+        started, submit = await steps_of(
+            lambda: backend.enqueue_and_start(
+                new_task(),
+                priority=0,
+                owner="w",
+                now=100.0,
+                lease_until=130.0,
+                starting=lambda claim, pending: pending,
+            )
+        )
+        assert started[1] is not None  # type: ignore[index]
+        return [claim, next_due, submit]
+
+    async def delay(n: int) -> None:
+        async with trio.open_nursery() as nursery:  # shares commits
+            for i in range(n):
+                put = functools.partial(q.put, new_task_id(), name="job", rank=float(i % 7))
+                nursery.start_soon(functools.partial(put, not_before=10_000.0 + i))
+
+    try:
+        await delay(10)
+        few = await costs()
+        await delay(3000)
+        many = await costs()
+        assert all(m <= f + 50 for f, m in zip(few, many, strict=True)), (few, many)
+        # Due: claimed in rank order with the ready ones.
+        await q.put("ready-late", name="job", rank=0.5)
+        await q.put("due-first", name="job", not_before=50.0, rank=0.0)
+        await q.put("due-last", name="job", not_before=60.0, rank=1.0)
+        assert await q.next_due(["job"]) == 0.0  # ready ones wait
+        claims = await q.claim(owner="w", quotas={"job": 9}, limit=9, now=100.0, lease_until=130.0)
+        order = [c.task_id for c in claims]
+        assert order[:3] == ["due-first", "ready-late", "due-last"], order
     finally:
         await backend.aclose()
 

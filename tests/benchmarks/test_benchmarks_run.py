@@ -113,7 +113,8 @@ def test_deep_queue_quick_runs() -> None:
         "deep_queue.py",
         "ratio submit, deep / short",
         "ratio status of the last task, deep / short",
-        "server CPU, 2000 waiting",
+        "ratio submit of a no-op, deep / short",
+        "server CPU per request, 2000 waiting",
     )
 
 
