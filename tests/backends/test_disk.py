@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -167,6 +168,34 @@ async def _depths(backend: DiskCacheBackend, names: list[str]) -> tuple[int, dic
     return await q.depth(), {name: n for name, n in named.items() if n}
 
 
+T = TypeVar("T")
+
+
+async def _steps(backend: DiskCacheBackend, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """``await call()``, and the SQLite virtual-machine steps the backend's
+    connection took meanwhile (a progress handler called at every step)."""
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    def count(conn: sqlite3.Connection) -> None:
+        conn.set_progress_handler(step, 1)
+
+    def stop(conn: sqlite3.Connection) -> None:
+        conn.set_progress_handler(None, 1)
+
+    await backend._db.run(count, write=False)
+    steps[0] = 0
+    try:
+        answer = await call()
+    finally:
+        taken = steps[0]
+        await backend._db.run(stop, write=False)
+    return answer, taken
+
+
 async def test_the_queue_depth_follows_every_move_of_an_entry(tmp_path: Path) -> None:
     """``depth()`` answers from counts the database keeps as entries come
     and go: after each kind of move they equal a count of the queue."""
@@ -221,24 +250,13 @@ async def test_the_queue_depth_is_read_without_counting_the_queue(tmp_path: Path
     backend = DiskCacheBackend(tmp_path)
     await backend.open()
     q = backend.queue
-    steps = [0]
 
-    def count(conn: sqlite3.Connection) -> None:
-        def step() -> int:
-            steps[0] += 1
-            return 0
-
-        conn.set_progress_handler(step, 1)
-
-    def stop(conn: sqlite3.Connection) -> None:
-        conn.set_progress_handler(None, 1)
+    async def depths() -> tuple[int, int]:
+        return await q.depth(), await q.depth("job")
 
     async def steps_of_depth() -> int:
-        await backend._db.run(count, write=False)
-        steps[0] = 0
-        assert await q.depth() == await q.depth("job")
-        taken = steps[0]
-        await backend._db.run(stop, write=False)
+        (total, named), taken = await _steps(backend, depths)
+        assert total == named
         return taken
 
     async def put(n: int) -> None:
@@ -269,22 +287,9 @@ async def test_positions_deep_in_a_queue_are_read_from_its_order(
     backend = DiskCacheBackend(tmp_path)
     await backend.open()
     q = backend.queue
-    steps = [0]
-
-    def count(conn: sqlite3.Connection) -> None:
-        def step() -> int:
-            steps[0] += 1
-            return 0
-
-        conn.set_progress_handler(step, 1)
 
     async def position_and_steps(task_id: str) -> tuple[int | None, int]:
-        await backend._db.run(count, write=False)
-        steps[0] = 0
-        at = await q.position(task_id)
-        taken = steps[0]
-        await backend._db.run(lambda conn: conn.set_progress_handler(None, 1), write=False)
-        return at, taken
+        return await _steps(backend, functools.partial(q.position, task_id))
 
     def counted(task_id: str) -> int:
         with sqlite3.connect(tmp_path / "errands.db") as conn:
@@ -342,22 +347,9 @@ async def test_tasks_waiting_for_later_cost_nothing_to_the_ready_ones(tmp_path: 
     backend = DiskCacheBackend(tmp_path)
     await backend.open()
     q = backend.queue
-    steps = [0]
-
-    def count(conn: sqlite3.Connection) -> None:
-        def step() -> int:
-            steps[0] += 1
-            return 0
-
-        conn.set_progress_handler(step, 1)
 
     async def steps_of(call: Callable[[], Awaitable[object]]) -> tuple[object, int]:
-        await backend._db.run(count, write=False)
-        steps[0] = 0
-        answer = await call()
-        taken = steps[0]
-        await backend._db.run(lambda conn: conn.set_progress_handler(None, 1), write=False)
-        return answer, taken
+        return await _steps(backend, call)
 
     def new_task() -> StoredTask:
         return StoredTask.from_record(
