@@ -158,10 +158,12 @@ class AsyncBatch:
     async def result_chunks(self, *, order: str = "submission") -> AsyncIterator[list[BatchResult]]:
         """:meth:`results`, as lists of the outcomes read together.
 
-        In submission order, once a task is final the outcomes of it and of
-        the final ones right after it (up to 500) are read in one store
-        call, not two each; a task not final yet ends the list, and is
-        waited for."""
+        In submission order, the batch is waited on as a waiting set (each
+        task read when the wait begins, then once at its end, whatever its
+        turn); once the task whose turn it is has ended, the outcomes of it
+        and of the ended ones right after it (up to 500) are read in one
+        store call.  (Reading a window of the next 500 at each end of the
+        task whose turn it was read each task about twenty times.)"""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
         engine = self._engine
@@ -170,23 +172,28 @@ class AsyncBatch:
             async for task in as_completed(self.tasks):
                 yield [await _outcome(engine, indexes[task.id], task.id)]
             return
-        tasks, position = self.tasks, 0
-        while position < len(tasks):
-            try:
-                await tasks[position].wait()
-            except TaskNotFound:
-                pass
-            window = tasks[position : position + CHUNK]
-            read = await engine.result_payloads([t.id for t in window])
-            ready = []
-            for index, task in zip(self.indexes[position : position + CHUNK], window, strict=True):
-                got = read.get(task.id)
-                if got is not None and not got[0].status.is_final:
-                    break  # not final yet: waited for next
-                ready.append(_result_of(engine, index, task.id, got))
-            position += len(ready)
-            if ready:
-                yield ready
+        ids = [task.id for task in self.tasks]
+        last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
+        ended: set[str] = set()
+        position = 0
+        waiting = engine.waiting_set(ids, infos=False)
+        try:
+            while position < len(ids):
+                if ids[position] not in ended:
+                    ended.update(await waiting.next(None))
+                    continue
+                turn = position
+                while position < len(ids) and position - turn < CHUNK and ids[position] in ended:
+                    position += 1
+                window = ids[turn:position]
+                read = await engine.result_payloads(window)
+                yield [
+                    _result_of(engine, index, task_id, read.get(task_id))
+                    for index, task_id in zip(self.indexes[turn:position], window, strict=True)
+                ]
+                ended.difference_update(i for at, i in enumerate(window, turn) if last[i] == at)
+        finally:
+            waiting.close()
 
     async def cancel(self) -> dict[str, int]:
         """Cancel every task of the batch not final yet; return :meth:`counts` then.

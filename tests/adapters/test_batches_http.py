@@ -552,6 +552,32 @@ async def test_a_stream_as_tasks_complete_reads_each_task_twice_at_most(
         assert calls.ids_read("get_many") <= 5 * 200, calls.ids_read("get_many")
 
 
+async def test_a_stream_in_submission_order_reads_each_task_a_few_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``wait=true`` in submission order while 200 tasks end one a second:
+    each task is read four times (the batch's name and counts, when the
+    stream begins, at its end), not with a window of the next 500 tasks at
+    every end (21,099 reads)."""
+    svc = errands.Service("staggered")
+
+    @svc.task
+    async def late(x: int) -> int:
+        await trio.sleep(x)
+        return x
+
+    backend = MemoryBackend()
+    app = create_app(svc, backend=backend, workers=256)
+    async with in_process(app) as client:
+        items = [{"x": i} for i in range(200)]
+        batch_id = (await client.post("/late/submit_many", json=items)).json()["batch_id"]
+        calls = count_calls(backend.store, "get_many")
+        answer = await client.get(f"/batches/{batch_id}/results", params={"wait": "true"})
+        got = result_lines(answer)
+        assert [(r["index"], r["result"]) for r in got] == [(i, i) for i in range(200)]
+        assert calls.ids_read("get_many") <= 4 * 200, calls.ids_read("get_many")
+
+
 async def test_a_drain_ends_a_waiting_stream(autojump_clock: trio.testing.MockClock) -> None:
     app, releases = _holding_app()
     async with in_process(app) as client:
