@@ -32,7 +32,7 @@ from errands import (
     TaskInfo,
     TaskStatus,
 )
-from errands._batches import CHUNK, batch_counts, is_batch_id
+from errands._batches import CHUNK, SPAN, batch_counts, is_batch_id
 from errands._client import load_batch
 
 from ._answers import Answer, json_answer, number, one, wait_seconds
@@ -200,17 +200,23 @@ class _ResultLines:
 
     async def in_order(self, indexes: Sequence[int], ids: Sequence[str]) -> AsyncGenerator[bytes]:
         """Every task in submission order, each once it is final.  The
-        engine's waiting set reads each task when the stream begins and
-        once at its end; an end that comes before its turn is kept until
-        then (reading a window of the next tasks at each end of the one
-        whose turn it was read each about a hundred times in a batch of
-        200 ending in order)."""
+        engine's waiting set, over 5,000 members at a time, reads each task
+        when the wait on its span begins and once at its end; an end that
+        comes before its turn is kept until then (reading a window of the
+        next tasks at each end of the one whose turn it was read each about
+        a hundred times in a batch of 200 ending in order)."""
         last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
         final: dict[str, TaskInfo | None] = {}
-        position = 0
-        waiting = self.engine.waiting_set(list(ids))
+        position = span = 0
+        waiting = None
         try:
             while position < len(ids):
+                if position >= span:  # the next span of members is waited on
+                    if waiting is not None:
+                        waiting.close()
+                    span = position + SPAN
+                    waiting = self.engine.waiting_set(list(ids[position:span]))
+                assert waiting is not None
                 found = await waiting.next(0)
                 if not found and ids[position] not in final:
                     yield FLUSH  # ids[position] is not final: what is ready went out first
@@ -229,7 +235,8 @@ class _ResultLines:
                     for line in await self.lines(members[start : start + CHUNK]):
                         yield line
         finally:
-            waiting.close()
+            if waiting is not None:
+                waiting.close()
 
     async def as_completed(
         self, indexes: Sequence[int], ids: Sequence[str]

@@ -42,6 +42,10 @@ log = logging.getLogger("errands.engine")
 
 #: Items written per backend call.
 CHUNK = 500
+#: Members a results stream in submission order waits on at a time (a
+#: waiting set of each span in turn): the first results of a large batch
+#: need not wait for every member's status to be read.
+SPAN = 10 * CHUNK
 
 
 def is_batch_id(value: object) -> bool:

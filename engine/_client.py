@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._batches import CHUNK, BatchResult, BatchWriter, batch_counts, is_batch_id
+from ._batches import CHUNK, SPAN, BatchResult, BatchWriter, batch_counts, is_batch_id
 from ._define import TaskDefinition
 from ._errors import BatchNotFound, CannotCancel, ErrandsError, TaskNotFound
 from ._model import TaskInfo
@@ -158,12 +158,13 @@ class AsyncBatch:
     async def result_chunks(self, *, order: str = "submission") -> AsyncIterator[list[BatchResult]]:
         """:meth:`results`, as lists of the outcomes read together.
 
-        In submission order, the batch is waited on as a waiting set (each
-        task read when the wait begins, then once at its end, whatever its
-        turn); once the task whose turn it is has ended, the outcomes of it
-        and of the ended ones right after it (up to 500) are read in one
-        store call.  (Reading a window of the next 500 at each end of the
-        task whose turn it was read each task about twenty times.)"""
+        In submission order, the batch is waited on as a waiting set, 5,000
+        members at a time (each task read when the wait on its span begins,
+        then once at its end, whatever its turn); once the task whose turn
+        it is has ended, the outcomes of it and of the ended ones right
+        after it (up to 500) are read in one store call.  (Reading a window
+        of the next 500 at each end of the task whose turn it was read each
+        task about twenty times.)"""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
         engine = self._engine
@@ -175,11 +176,17 @@ class AsyncBatch:
         ids = [task.id for task in self.tasks]
         last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
         ended: set[str] = set()
-        position = 0
-        waiting = engine.waiting_set(ids, infos=False)
+        position = span = 0
+        waiting = None
         try:
             while position < len(ids):
                 if ids[position] not in ended:
+                    if position >= span:  # the next span of members is waited on
+                        if waiting is not None:
+                            waiting.close()
+                        span = position + SPAN
+                        waiting = engine.waiting_set(ids[position:span], infos=False)
+                    assert waiting is not None
                     ended.update(await waiting.next(None))
                     continue
                 turn = position
@@ -193,7 +200,8 @@ class AsyncBatch:
                 ]
                 ended.difference_update(i for at, i in enumerate(window, turn) if last[i] == at)
         finally:
-            waiting.close()
+            if waiting is not None:
+                waiting.close()
 
     async def cancel(self) -> dict[str, int]:
         """Cancel every task of the batch not final yet; return :meth:`counts` then.

@@ -552,13 +552,17 @@ async def test_a_stream_as_tasks_complete_reads_each_task_twice_at_most(
         assert calls.ids_read("get_many") <= 5 * 200, calls.ids_read("get_many")
 
 
+@pytest.mark.parametrize("span", [None, 7])
 async def test_a_stream_in_submission_order_reads_each_task_a_few_times(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, span: int | None
 ) -> None:
     """``wait=true`` in submission order while 200 tasks end one a second:
     each task is read four times (the batch's name and counts, when the
     stream begins, at its end), not with a window of the next 500 tasks at
-    every end (21,099 reads)."""
+    every end (21,099 reads).  A batch is waited on a span of members at a
+    time (made small here)."""
+    if span is not None:
+        monkeypatch.setattr(_batch_routes, "SPAN", span)
     svc = errands.Service("staggered")
 
     @svc.task

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import Backend, TaskStatus
+from errands import Backend, TaskStatus, _client
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
 from tests.tools import count_calls, mock_clock
@@ -307,14 +307,18 @@ async def test_a_batch_wait_does_not_read_again_what_this_engine_ended(
         assert (await batch.counts())["success"] == 299
 
 
+@pytest.mark.parametrize("span", [None, 7])
 async def test_results_in_submission_order_read_each_task_a_few_times(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, span: int | None
 ) -> None:
     """``batch.results()`` in submission order waits on the batch as a
     waiting set does (each task read when the wait begins and once at its
     end), then reads the outcomes of the tasks whose turn has come: at most
     three reads per task.  It read a window of up to 500 tasks again at
-    each end of the task whose turn it was: here 6,223 reads for 300 tasks."""
+    each end of the task whose turn it was: here 6,223 reads for 300 tasks.
+    A batch is waited on a span of members at a time (made small here)."""
+    if span is not None:
+        monkeypatch.setattr(_client, "SPAN", span)
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend, workers=8) as client:
         batch = await client.square.submit_many([{"x": x} for x in range(300)])
