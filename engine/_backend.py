@@ -193,7 +193,9 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def position(self, task_id: str) -> int | None:
         """How many waiting entries of the same name would be claimed before this
-        one, or None if it is not waiting."""
+        one, or None if it is not waiting.  Exact, except that a backend may
+        answer far back in a deep queue from its order of a moment before
+        (the diskcache backend: at most a second old, by default)."""
 
     async def wait_for_work(self) -> None:
         """Block until another engine may have put or released work.

@@ -301,6 +301,9 @@ class TaskInfo:
     error: TaskError | None
     retry_of: str | None
     expires_at: dt.datetime | None
+    #: While pending: how many waiting tasks of its name go before it.  Far
+    #: back in a deep queue whose positions are asked often, the diskcache
+    #: backend answers from the queue's order of up to a second before.
     position: int | None = None
     #: The traceback of the error that failed the task, when it raised one.
     traceback: str | None = None
