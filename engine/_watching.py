@@ -132,14 +132,15 @@ class Watchers:
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
-    ) -> None:
+    ) -> int:
         """Read every watched task once and wake the waiters of those that
         changed since the last round (or expired, or are gone).
 
         A task seen for the first time counts as changed: its waiters look
         again, so a change between their own read and this round is not missed.
         With ``only`` (the backend said which tasks changed), just those of
-        the watched tasks are read, and the ones not seen before.
+        the watched tasks are read, and the ones not seen before.  Returns
+        how many tasks it read.
         """
         ids = self.watches.keys() | self.listeners.keys()
         for gone in self._seen.keys() - ids:
@@ -147,10 +148,11 @@ class Watchers:
         if only is not None:
             ids = {i for i in ids if i in only or i not in self._seen}
         if not ids:
-            return
+            return 0
         self.poll_reads += 1
         found = await store.get_many(ids, arguments=False)
         self.observe(ids, found, clock())
+        return len(ids)
 
     def observe(self, ids: Collection[str], found: Mapping[str, StoredTask], now: float) -> None:
         """What a read of ``ids`` (done after they were watched) found, as a

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import Backend, TaskStatus, _client
+from errands import Backend, TaskStatus, _client, _engine
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
 from tests.tools import count_calls, mock_clock
@@ -328,3 +328,27 @@ async def test_results_in_submission_order_read_each_task_a_few_times(
         assert [r.result for r in results[:4]] == [0, 1, 4, 9]
         read = calls.ids_read("get_many") + calls.ids_read("get_with_results")
         assert read <= 3 * 300, read
+
+
+@pytest.fixture
+def disk_clock() -> trio.testing.MockClock:
+    return mock_clock("diskcache")
+
+
+async def test_the_change_watcher_reads_waited_tasks_within_its_budget(
+    disk_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a backend that cannot tell what changed (diskcache), each round of
+    the change watcher reads every waited task; a round that read many
+    pauses in proportion, so the watcher reads at most ``WATCH_READS``
+    tasks a second (made small here: 1,000).  Waiting 5 s on 500 tasks
+    that do not run read them about 50 times (25,000 reads) before."""
+    monkeypatch.setattr(_engine, "WATCH_READS", 1000)
+    backend = DiskCacheBackend(tmp_path / "data", synchronous="NORMAL")
+    async with errands.open_engine(svc, backend=backend, workers=0) as client:
+        batch = await client.square.submit_many([{"x": x} for x in range(500)])
+        calls = count_calls(backend.store, "get_many")
+        with pytest.raises(TimeoutError):
+            await batch.wait(timeout=5)
+        read = calls.ids_read("get_many")
+        assert 1000 <= read <= 500 + 5 * 1000 + 500, read  # its own read, then the rounds
