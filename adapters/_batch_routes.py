@@ -32,7 +32,7 @@ from errands import (
     TaskInfo,
     TaskStatus,
 )
-from errands._batches import CHUNK, SPAN, batch_counts, is_batch_id
+from errands._batches import CHUNK, InTurn, batch_counts, is_batch_id
 from errands._client import load_batch
 
 from ._answers import Answer, json_answer, number, one, wait_seconds
@@ -199,44 +199,24 @@ class _ResultLines:
                 yield line
 
     async def in_order(self, indexes: Sequence[int], ids: Sequence[str]) -> AsyncGenerator[bytes]:
-        """Every task in submission order, each once it is final.  The
-        engine's waiting set, over 5,000 members at a time, reads each task
-        when the wait on its span begins and once at its end; an end that
-        comes before its turn is kept until then (reading a window of the
-        next tasks at each end of the one whose turn it was read each about
-        a hundred times in a batch of 200 ending in order)."""
-        last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
-        final: dict[str, TaskInfo | None] = {}
-        position = span = 0
-        waiting = None
+        """Every task in submission order, each once it is final (as its
+        turn comes: :class:`~errands._batches.InTurn`)."""
+        in_turn = InTurn(self.engine, ids, infos=True)
         try:
-            while position < len(ids):
-                if position >= span:  # the next span of members is waited on
-                    if waiting is not None:
-                        waiting.close()
-                    span = position + SPAN
-                    waiting = self.engine.waiting_set(list(ids[position:span]))
-                assert waiting is not None
-                found = await waiting.next(0)
-                if not found and ids[position] not in final:
-                    yield FLUSH  # ids[position] is not final: what is ready went out first
-                    found = await waiting.next(KEEPALIVE)
-                    if not found:
+            while not in_turn.done:
+                turn = await in_turn.next(0)
+                if not turn:
+                    yield FLUSH  # the next is not final: what is ready went out first
+                    turn = await in_turn.next(KEEPALIVE)
+                    if not turn:
                         yield IDLE
                         continue
-                final.update(found)
-                members = []
-                while position < len(ids) and ids[position] in final:
-                    task_id = ids[position]
-                    info = final[task_id] if last[task_id] > position else final.pop(task_id)
-                    members.append(_member(indexes[position], task_id, info))
-                    position += 1
+                members = [_member(indexes[at], task_id, info) for at, task_id, info in turn]
                 for start in range(0, len(members), CHUNK):
                     for line in await self.lines(members[start : start + CHUNK]):
                         yield line
         finally:
-            if waiting is not None:
-                waiting.close()
+            in_turn.close()
 
     async def as_completed(
         self, indexes: Sequence[int], ids: Sequence[str]

@@ -31,12 +31,13 @@ from ._errors import (
     LimitExceeded,
 )
 from ._health import HOLD
-from ._model import StoredTask, TaskError, TaskRecord, is_task_id, new_task_id
+from ._model import StoredTask, TaskError, TaskInfo, TaskRecord, is_task_id, new_task_id
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._watching import WaitingSet
 
-__all__ = ["BatchItem", "BatchResult", "BatchWriter", "batch_id_for", "is_batch_id"]
+__all__ = ["BatchItem", "BatchResult", "BatchWriter", "InTurn", "batch_id_for", "is_batch_id"]
 
 log = logging.getLogger("errands.engine")
 
@@ -46,6 +47,62 @@ CHUNK = 500
 #: waiting set of each span in turn): the first results of a large batch
 #: need not wait for every member's status to be read.
 SPAN = 10 * CHUNK
+
+
+class InTurn:
+    """A batch's members in submission order, each once it has ended: the
+    results streams in that order (``batch.results()``, the HTTP stream
+    with ``wait=true``).
+
+    The members are waited on as a waiting set, :data:`SPAN` of them at a
+    time: each is read when the wait on its span begins and once at its
+    end, whatever its turn, and an end that comes before its turn is kept
+    until then.  (Reading a window of the next 500 at each end of the
+    member whose turn it was read each about twenty times.)  In the
+    engine's trio run; call :meth:`close` when done.
+    """
+
+    def __init__(self, engine: Engine, ids: Sequence[str], *, infos: bool) -> None:
+        self._engine = engine
+        self._ids = ids
+        self._infos = infos
+        self._last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
+        self._ended: dict[str, TaskInfo | None] = {}
+        self._waiting: WaitingSet | None = None
+        self._span = 0
+        #: The first member not handed out yet.
+        self.position = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self._ids)
+
+    async def next(self, timeout: float | None) -> list[tuple[int, str, TaskInfo | None]]:
+        """The members whose turn came since the last call (position, task
+        id, and its info as the waiting set read it: None without
+        ``infos``, or when gone); ``[]`` when ``timeout`` seconds pass first."""
+        ids, ended = self._ids, self._ended
+        if not self.done and ids[self.position] not in ended:
+            if self.position >= self._span:  # the next span of members is waited on
+                self.close()
+                self._span = self.position + SPAN
+                self._waiting = self._engine.waiting_set(
+                    ids[self.position : self._span], infos=self._infos
+                )
+            assert self._waiting is not None
+            ended.update(await self._waiting.next(timeout))
+        turn: list[tuple[int, str, TaskInfo | None]] = []
+        while not self.done and ids[self.position] in ended:
+            at, task_id = self.position, ids[self.position]
+            info = ended[task_id] if self._last[task_id] > at else ended.pop(task_id)
+            turn.append((at, task_id, info))
+            self.position += 1
+        return turn
+
+    def close(self) -> None:
+        if self._waiting is not None:
+            self._waiting.close()
+            self._waiting = None
 
 
 def is_batch_id(value: object) -> bool:

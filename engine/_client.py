@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._batches import CHUNK, SPAN, BatchResult, BatchWriter, batch_counts, is_batch_id
+from ._batches import CHUNK, BatchResult, BatchWriter, InTurn, batch_counts, is_batch_id
 from ._define import TaskDefinition
 from ._errors import BatchNotFound, CannotCancel, ErrandsError, TaskNotFound
 from ._model import TaskInfo
@@ -158,13 +158,10 @@ class AsyncBatch:
     async def result_chunks(self, *, order: str = "submission") -> AsyncIterator[list[BatchResult]]:
         """:meth:`results`, as lists of the outcomes read together.
 
-        In submission order, the batch is waited on as a waiting set, 5,000
-        members at a time (each task read when the wait on its span begins,
-        then once at its end, whatever its turn); once the task whose turn
-        it is has ended, the outcomes of it and of the ended ones right
-        after it (up to 500) are read in one store call.  (Reading a window
-        of the next 500 at each end of the task whose turn it was read each
-        task about twenty times.)"""
+        In submission order, the members come as their turn comes
+        (:class:`~errands._batches.InTurn`: each read when the wait begins
+        and once at its end); the outcomes of a turn's members are read
+        together, up to 500 in one store call."""
         if order not in ("submission", "completed"):
             raise ValueError(f"order must be 'submission' or 'completed', not {order!r}")
         engine = self._engine
@@ -173,35 +170,19 @@ class AsyncBatch:
             async for task in as_completed(self.tasks):
                 yield [await _outcome(engine, indexes[task.id], task.id)]
             return
-        ids = [task.id for task in self.tasks]
-        last = {task_id: at for at, task_id in enumerate(ids)}  # where each is forgotten
-        ended: set[str] = set()
-        position = span = 0
-        waiting = None
+        in_turn = InTurn(engine, [task.id for task in self.tasks], infos=False)
         try:
-            while position < len(ids):
-                if ids[position] not in ended:
-                    if position >= span:  # the next span of members is waited on
-                        if waiting is not None:
-                            waiting.close()
-                        span = position + SPAN
-                        waiting = engine.waiting_set(ids[position:span], infos=False)
-                    assert waiting is not None
-                    ended.update(await waiting.next(None))
-                    continue
-                turn = position
-                while position < len(ids) and position - turn < CHUNK and ids[position] in ended:
-                    position += 1
-                window = ids[turn:position]
-                read = await engine.result_payloads(window)
-                yield [
-                    _result_of(engine, index, task_id, read.get(task_id))
-                    for index, task_id in zip(self.indexes[turn:position], window, strict=True)
-                ]
-                ended.difference_update(i for at, i in enumerate(window, turn) if last[i] == at)
+            while not in_turn.done:
+                turn = await in_turn.next(None)
+                for start in range(0, len(turn), CHUNK):
+                    members = turn[start : start + CHUNK]
+                    read = await engine.result_payloads([task_id for _, task_id, _ in members])
+                    yield [
+                        _result_of(engine, self.indexes[at], task_id, read.get(task_id))
+                        for at, task_id, _ in members
+                    ]
         finally:
-            if waiting is not None:
-                waiting.close()
+            in_turn.close()
 
     async def cancel(self) -> dict[str, int]:
         """Cancel every task of the batch not final yet; return :meth:`counts` then.

@@ -28,6 +28,7 @@ import trio
 import trio.testing
 
 import errands
+from errands import _batches
 from errands.adapters import AsyncHTTPClient, SyncHTTPClient, _batch_routes
 from errands.adapters._protocol import ErrorAnswer, http_error, rebuild_error
 from errands.adapters.asgi import create_app
@@ -568,7 +569,7 @@ async def test_a_stream_in_submission_order_reads_each_task_a_few_times(
     every end (21,099 reads).  A batch is waited on a span of members at a
     time (made small here)."""
     if span is not None:
-        monkeypatch.setattr(_batch_routes, "SPAN", span)
+        monkeypatch.setattr(_batches, "SPAN", span)
     got, read = await _staggered_stream({"wait": "true"})
     assert [(r["index"], r["result"]) for r in got] == [(i, i) for i in range(200)]
     assert read <= 4 * 200, read

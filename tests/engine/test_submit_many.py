@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import Backend, TaskStatus, _client, _engine
+from errands import Backend, TaskStatus, _batches, _engine
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
 from tests.tools import count_calls, mock_clock
@@ -318,7 +318,7 @@ async def test_results_in_submission_order_read_each_task_a_few_times(
     each end of the task whose turn it was: here 6,223 reads for 300 tasks.
     A batch is waited on a span of members at a time (made small here)."""
     if span is not None:
-        monkeypatch.setattr(_client, "SPAN", span)
+        monkeypatch.setattr(_batches, "SPAN", span)
     backend = MemoryBackend()
     async with errands.open_engine(svc, backend=backend, workers=8) as client:
         batch = await client.square.submit_many([{"x": x} for x in range(300)])
