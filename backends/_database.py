@@ -178,6 +178,10 @@ class Database:
         self.max_hold = max_hold
         self.commits = 0
         self.synced = 0
+        #: Connections opened so far (one at a time; a new one after a failure).
+        self.connections = 0
+        #: What :meth:`version` said when the first connection was opened.
+        self.first_version: tuple[int, int] | None = None
         self._setup = setup
         self._synchronous = synchronous
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
@@ -265,6 +269,18 @@ class Database:
         assert call.result is not None
         return call.result.unwrap()
 
+    async def version(self) -> tuple[int, int]:
+        """A value that changes when another connection (another process, or
+        another :class:`Database` of this one) committed a change since the
+        last call, and never for this one's own commits: SQLite's
+        ``data_version``, paired with the number of the connection that read
+        it (a new connection counts its own)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+            return self.connections, conn.execute("PRAGMA data_version").fetchone()[0]
+
+        return await self.run(read, write=False)
+
     # ------------------------------------------------------------------ the thread
 
     def _connect(self) -> sqlite3.Connection:
@@ -286,6 +302,9 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             self._setup(conn)
             conn.execute("COMMIT")
+            self.connections += 1
+            if self.first_version is None:
+                self.first_version = (1, conn.execute("PRAGMA data_version").fetchone()[0])
         except BaseException as exc:
             conn.close()  # discards the transaction, if one is open
             if isinstance(exc, sqlite3.DatabaseError):

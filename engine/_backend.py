@@ -630,12 +630,16 @@ class Backend(abc.ABC):
 
     async def changed_tasks(self) -> Collection[str] | None:
         """Block until tasks may have been changed by another process; return
-        their ids, or None when any may have (look at every watched task).
+        their ids, or None when any may have (look at every watched task),
+        or an empty collection when none has since the last call.
 
         Used by the engine's change watcher on shared backends
         (``poll_interval`` not None).  The default sleeps ``poll_interval``
         seconds and returns None: a poll.  Backends that hear of changes
-        (Redis pub/sub) return as soon as they do, with the ids.
+        (Redis pub/sub) return as soon as they do, with the ids; backends
+        that can tell that nothing changed (diskcache: SQLite's
+        ``data_version``) say so.  They may leave out the changes that the
+        engine which calls made itself: it heard of those already.
         """
         await trio.sleep(self.poll_interval if self.poll_interval is not None else math.inf)
         return None

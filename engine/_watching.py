@@ -139,13 +139,18 @@ class Watchers:
         A task seen for the first time counts as changed: its waiters look
         again, so a change between their own read and this round is not missed.
         With ``only`` (the backend said which tasks changed), just those of
-        the watched tasks are read, and the ones not seen before.  Returns
-        how many tasks it read.
+        the watched tasks are read, and the ones not seen before; with
+        ``only`` empty (nothing changed since the last round), none.
+        Returns how many tasks it read.
         """
         ids = self.watches.keys() | self.listeners.keys()
         for gone in self._seen.keys() - ids:
             del self._seen[gone]
         if only is not None:
+            if not only:
+                # No change since the last round, so none since a waiter's
+                # own read either: the waiter saw the latest.
+                return 0
             ids = {i for i in ids if i in only or i not in self._seen}
         if not ids:
             return 0

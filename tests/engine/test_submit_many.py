@@ -335,20 +335,51 @@ def disk_clock() -> trio.testing.MockClock:
     return mock_clock("diskcache")
 
 
-async def test_the_change_watcher_reads_waited_tasks_within_its_budget(
-    disk_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+async def test_a_process_alone_on_its_directory_reads_no_waited_task_for_changes(
+    disk_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    """On a backend that cannot tell what changed (diskcache), each round of
-    the change watcher reads every waited task; a round that read many
-    pauses in proportion, so the watcher reads at most ``WATCH_READS``
-    tasks a second (made small here: 1,000).  Waiting 5 s on 500 tasks
-    that do not run read them about 50 times (25,000 reads) before."""
-    monkeypatch.setattr(_engine, "WATCH_READS", 1000)
+    """The change watcher looks for changes that other processes make; on
+    diskcache, SQLite tells whether any other connection committed since
+    its last round, and while none did it reads nothing.  Waiting 5 s on
+    500 tasks that do not run read them at each round before (about
+    25,000 reads): now only the wait's own first read."""
     backend = DiskCacheBackend(tmp_path / "data", synchronous="NORMAL")
     async with errands.open_engine(svc, backend=backend, workers=0) as client:
         batch = await client.square.submit_many([{"x": x} for x in range(500)])
         calls = count_calls(backend.store, "get_many")
         with pytest.raises(TimeoutError):
             await batch.wait(timeout=5)
+        assert calls.ids_read("get_many") == 500
+
+
+async def test_the_change_watcher_reads_waited_tasks_within_its_budget(
+    disk_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """While another process writes to the directory, diskcache cannot tell
+    which tasks it changed: each round of the change watcher reads every
+    waited task, and a round that read many pauses in proportion, so the
+    watcher reads at most ``WATCH_READS`` tasks a second (made small here:
+    1,000).  Waiting 5 s on 500 tasks that do not run read them about 50
+    times (25,000 reads) before."""
+    monkeypatch.setattr(_engine, "WATCH_READS", 1000)
+    backend = DiskCacheBackend(tmp_path / "data", synchronous="NORMAL")
+    other = DiskCacheBackend(tmp_path / "data", synchronous="NORMAL")  # another connection
+    async with (
+        errands.open_engine(svc, backend=backend, workers=0) as client,
+        errands.open_engine(svc, backend=other, workers=0) as elsewhere,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def write_now_and_then() -> None:
+            while True:
+                await elsewhere.square.submit(x=0)
+                await trio.sleep(0.05)
+
+        nursery.start_soon(write_now_and_then)
+        batch = await client.square.submit_many([{"x": x} for x in range(500)])
+        calls = count_calls(backend.store, "get_many")
+        with pytest.raises(TimeoutError):
+            await batch.wait(timeout=5)
         read = calls.ids_read("get_many")
         assert 1000 <= read <= 500 + 5 * 1000 + 500, read  # its own read, then the rounds
+        nursery.cancel_scope.cancel()

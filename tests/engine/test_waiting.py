@@ -321,12 +321,17 @@ async def test_wait_any_many_ids(
 
 
 @pytest.mark.parametrize("kind", ["diskcache"])
+@pytest.mark.parametrize("shared", [False, True], ids=["two backends", "one backend object"])
 async def test_changes_by_another_engine_are_seen_by_polling(
-    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend], shared: bool
 ) -> None:
     """Two engines on one directory: one runs the tasks, the other (a pure
-    client) follows them; it sees each change within a poll interval."""
-    async with engine(make_backend()) as runner, engine(make_backend(), workers=0) as watcher:
+    client) follows them; it sees each change within a poll interval.  Also
+    when both use one backend object (one database connection, whose own
+    commits SQLite does not count as changes)."""
+    first = make_backend()
+    second = first if shared else make_backend()
+    async with engine(first) as runner, engine(second, workers=0) as watcher:
         assert watcher.backend.poll_interval == pytest.approx(0.1)
         record = await watcher.submit("stepper", {"steps": 2})
         info = await watcher.next_change(record.id)
