@@ -92,11 +92,16 @@ class _Listener:
     #: engine stored the end, or the change watcher read it): an owner that
     #: needs to know no more than that need not read them again.
     ended: set[str] = attrs.field(factory=set)
+    #: Of ``ended``, the final records that this engine stored (handed to
+    #: :meth:`Watchers.notify`): an owner that needs the record has it
+    #: without reading it back.
+    finals: dict[str, TaskRecord] = attrs.field(factory=dict)
 
     def rearm(self) -> set[str]:
         """A fresh event; returns (and forgets) the ids that fired before."""
         fired, self.fired = self.fired, set()
         self.ended = set()
+        self.finals = {}
         self.event = trio.Event()
         return fired
 
@@ -211,6 +216,8 @@ class Watchers:
                 listener.fired.add(task_id)
                 if known:
                     listener.ended.add(task_id)
+                    if final is not None:
+                        listener.finals[task_id] = final
                 listener.event.set()
 
     def touch(self, task_id: str) -> None:
@@ -422,9 +429,11 @@ async def wait_any(
             if trio.current_time() >= deadline:
                 return {}
             await _wait_until(listener.event, deadline)
+            finals = listener.finals
             fired = listener.rearm()
             if fired:
-                done.update(await _finals(engine, [i for i in ids if i in fired]))
+                unread = _from_finals(engine, [i for i in ids if i in fired], finals, done)
+                done.update(await _finals(engine, unread))
         return done
     finally:
         engine.watchers.unlisten(ids, listener)
@@ -532,12 +541,14 @@ class WaitingSet:
             if trio.current_time() >= deadline:
                 break
             await _wait_until(listener.event, deadline)
-            known = listener.ended
+            known, finals = listener.ended, listener.finals
             fired = [i for i in listener.rearm() if i in self._remaining]
             if self._read is _final_ids and known:
                 # Known to be final or gone: what a read would answer (None).
                 done.update((i, None) for i in fired if i in known)
                 fired = [i for i in fired if i not in known]
+            elif finals:
+                fired = _from_finals(engine, fired, finals, done)
             for start in range(0, len(fired), _READ_CHUNK):
                 done.update(await self._read(engine, fired[start : start + _READ_CHUNK]))
         ended = [i for i in done if i in self._remaining]
@@ -587,6 +598,26 @@ async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, Tas
         if task is None or task.status.is_final or task.is_expired(now):
             found[task_id] = None
     return found
+
+
+def _from_finals(
+    engine: Source,
+    task_ids: list[str],
+    finals: Mapping[str, TaskRecord],
+    done: dict[str, TaskInfo | None],
+) -> list[str]:
+    """Answer into ``done`` those of ``task_ids`` whose final record this
+    engine stored (``finals``), as :func:`_finals` would after a read;
+    returns the others, to be read."""
+    now = engine.clock()
+    unread = []
+    for task_id in task_ids:
+        final = finals.get(task_id)
+        if final is None:
+            unread.append(task_id)
+        else:
+            done[task_id] = None if final.is_expired(now) else TaskInfo.from_record(final)
+    return unread
 
 
 async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
