@@ -32,7 +32,7 @@ from errands import (
     TaskInfo,
     TaskStatus,
 )
-from errands._batches import CHUNK, InTurn, batch_counts, is_batch_id
+from errands._batches import CHUNK, InTurn, batch_counts, is_batch_id, members_name
 from errands._client import load_batch
 
 from ._answers import Answer, json_answer, number, one, wait_seconds
@@ -69,10 +69,8 @@ _STREAM_HEADERS = stream_headers(JSONL_TYPES[0].encode())
 
 async def _batch_name(engine: Engine, batch_id: str) -> str:
     """The endpoint of a batch's tasks ("" when none of the first is kept)."""
-    store = engine.backend.store
-    members = await store.batch_members(batch_id, limit=CHUNK)
-    found = await store.get_many([task_id for _, task_id in members], arguments=False)
-    return next((stored.name for stored in found.values()), "")
+    members = await engine.backend.store.batch_members(batch_id, limit=CHUNK)
+    return await members_name(engine, [task_id for _, task_id in members])
 
 
 async def owner(engine: Engine, batch_id: str) -> str | None:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._batches import CHUNK, BatchResult, BatchWriter, InTurn, batch_counts, is_batch_id
+from ._batches import (
+    CHUNK,
+    BatchResult,
+    BatchWriter,
+    InTurn,
+    batch_counts,
+    is_batch_id,
+    members_name,
+)
 from ._define import TaskDefinition
 from ._errors import BatchNotFound, CannotCancel, ErrandsError, TaskNotFound
 from ._model import TaskInfo
@@ -249,10 +257,7 @@ async def load_batch(engine: Engine, batch_id: str) -> AsyncBatch:
                 break
     if not members:
         raise BatchNotFound(batch_id)
-    found = await engine.core.store.get_many(
-        [task_id for _, task_id in members[:CHUNK]], arguments=False
-    )
-    name = next((stored.name for stored in found.values()), "")
+    name = await members_name(engine, [task_id for _, task_id in members[:CHUNK]])
     return AsyncBatch(
         engine, batch_id, name, [(index, AsyncTask(engine, i, name)) for index, i in members]
     )

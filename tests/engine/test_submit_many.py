@@ -383,3 +383,23 @@ async def test_the_change_watcher_reads_waited_tasks_within_its_budget(
         read = calls.ids_read("get_many")
         assert 1000 <= read <= 500 + 5 * 1000 + 500, read  # its own read, then the rounds
         nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_opened_by_id_reads_one_member_for_its_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The members of a batch share their task name: opening a batch by id
+    (``get_batch``, every HTTP results stream) reads the first member
+    still kept, not the first 500 (most of a bulk's reads after its own).
+    When the first is gone, the next ones say it."""
+    backend = MemoryBackend()
+    async with errands.open_engine(svc, backend=backend, workers=0) as client:
+        batch = await client.square.submit_many([{"x": x} for x in range(640)])
+        calls = count_calls(backend.store, "get_many")
+        again = await client.get_batch(batch.id)
+        assert again.name == "square" and len(again.tasks) == 640
+        assert calls.ids_read("get_many") == 1
+        assert await backend.store.delete(batch.tasks[0].id)
+        again = await client.get_batch(batch.id)
+        assert again.name == "square"
+        assert calls.ids_read("get_many") == 1 + 1 + 499
