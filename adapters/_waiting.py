@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ import anyio
 import sniffio
 import trio
 
-from errands import EngineClosed, ErrandsError, TaskInfo, TaskNotFound, TaskStatus
+from errands import EngineClosed, ErrandsError, Payload, TaskInfo, TaskNotFound, TaskStatus
 
 from ._answers import Answer, json_bytes, request_json, wait_seconds
 from ._batch_wire import JSONL_TYPES, inlinable, inline_result
@@ -378,11 +378,14 @@ async def _wait_and_read(
     return found, await _inlined_results(engine, succeeded) if succeeded else {}
 
 
-async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tuple[str, bytes]]:
+async def _inlined_results(
+    engine: Engine, task_ids: list[str], types: Mapping[str, str | None] | None = None
+) -> dict[str, tuple[str, bytes]]:
     """In the engine's run: the stored results of these successes that the
     answer inlines, as (media type, JSON), by task id (see :func:`wait_many`).
     Read a window at a time (two store calls each), until the answer's
-    share is spent."""
+    share is spent.  ``types``: the result types of those whose records the
+    wait had in hand, which are not read again for them."""
     out: dict[str, tuple[str, bytes]] = {}
     room = INLINE_ANSWER
     for start in range(0, len(task_ids), _INLINE_WINDOW):
@@ -391,11 +394,11 @@ async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tup
         window = task_ids[start : start + _INLINE_WINDOW]
         # Bytes and images are never inlined: not even read.  Expired ones
         # are left out: their get() says so.
-        read = await engine.result_payloads(window, wanted=inlinable)
+        read = await _window_results(engine, window, types or {})
         for task_id in window:
             if room < _SMALLEST:
                 break
-            _, payload = read.get(task_id, (None, None))
+            payload = read.get(task_id)
             if payload is None or len(payload.data) > min(INLINE_RESULT, room):
                 continue
             inline = inline_result(payload.media_type, payload.data)
@@ -403,6 +406,20 @@ async def _inlined_results(engine: Engine, task_ids: list[str]) -> dict[str, tup
                 out[task_id] = (payload.media_type, inline)
                 room -= len(inline)
     return out
+
+
+async def _window_results(
+    engine: Engine, window: list[str], types: Mapping[str, str | None]
+) -> dict[str, Payload]:
+    """The inlinable results of these successes, by task id: read with
+    their records, except where ``types`` knows the result type already."""
+    known = [i for i in window if i in types]
+    results = await engine.result_payloads([i for i in window if i not in types], wanted=inlinable)
+    read = {i: payload for i, (_, payload) in results.items() if payload is not None}
+    wanted = [i for i in known if inlinable(types[i])]
+    if wanted:
+        read.update(await engine.backend.store.get_results(wanted))
+    return read
 
 
 # ---------------------------------------------------------------------- streamed
@@ -425,7 +442,9 @@ async def _next_round(
     if not results or not found:
         return found, {}
     succeeded = [i for i, f in found.items() if f is not None and f.status is SUCCESS]
-    return found, await _inlined_results(engine, succeeded) if succeeded else {}
+    if not succeeded:
+        return found, {}
+    return found, await _inlined_results(engine, succeeded, waiting.result_types)
 
 
 def _ended_at(info: TaskInfo) -> float:

@@ -514,6 +514,10 @@ class WaitingSet:
         # Without infos, the answers map ids to None and records are not
         # decoded: whether a task is final is its stored status.
         self._read = _finals if infos else _final_ids
+        #: The stored result types (media types) of the successes that the
+        #: last :meth:`next` answered, where it knew them (with infos): what
+        #: a caller that reads their results would read the records for.
+        self.result_types: dict[str, str | None] = {}
         self._listener = _Listener(changes=False)
         self._remaining = {i for i in ids if is_task_id(i)}
         self._malformed: dict[str, TaskInfo | None] = {i: None for i in ids if not is_task_id(i)}
@@ -531,9 +535,10 @@ class WaitingSet:
         await trio.lowlevel.checkpoint()
         engine.check_open()
         done, self._malformed = self._malformed, {}
+        types = self.result_types = {}
         unread, self._unread = self._unread, []
         for start in range(0, len(unread), _READ_CHUNK):
-            done.update(await self._read(engine, unread[start : start + _READ_CHUNK]))
+            done.update(await self._read(engine, unread[start : start + _READ_CHUNK], types))
         listener = self._listener
         while not done and self._remaining:
             if not engine.is_open:
@@ -548,9 +553,9 @@ class WaitingSet:
                 done.update((i, None) for i in fired if i in known)
                 fired = [i for i in fired if i not in known]
             elif finals:
-                fired = _from_finals(engine, fired, finals, done)
+                fired = _from_finals(engine, fired, finals, done, types)
             for start in range(0, len(fired), _READ_CHUNK):
-                done.update(await self._read(engine, fired[start : start + _READ_CHUNK]))
+                done.update(await self._read(engine, fired[start : start + _READ_CHUNK], types))
         ended = [i for i in done if i in self._remaining]
         self._remaining.difference_update(ended)
         engine.watchers.unlisten(ended, listener)
@@ -588,7 +593,9 @@ async def _read_watched(
     return stored, now
 
 
-async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
+async def _final_ids(
+    engine: Source, task_ids: Collection[str], types: dict[str, str | None] | None = None
+) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, each to None:
     read by their stored status and expiry, no record decoded."""
     stored, now = await _read_watched(engine, task_ids)
@@ -600,11 +607,22 @@ async def _final_ids(engine: Source, task_ids: Collection[str]) -> dict[str, Tas
     return found
 
 
+def _answer(record: TaskRecord, now: float, types: dict[str, str | None] | None) -> TaskInfo | None:
+    """A final record as :func:`_finals` answers it (None once expired),
+    noting a success's result type in ``types``."""
+    if record.is_expired(now):
+        return None
+    if types is not None and record.status is TaskStatus.SUCCESS:
+        types[record.id] = record.result_type
+    return TaskInfo.from_record(record)
+
+
 def _from_finals(
     engine: Source,
     task_ids: list[str],
     finals: Mapping[str, TaskRecord],
     done: dict[str, TaskInfo | None],
+    types: dict[str, str | None] | None = None,
 ) -> list[str]:
     """Answer into ``done`` those of ``task_ids`` whose final record this
     engine stored (``finals``), as :func:`_finals` would after a read;
@@ -616,12 +634,15 @@ def _from_finals(
         if final is None:
             unread.append(task_id)
         else:
-            done[task_id] = None if final.is_expired(now) else TaskInfo.from_record(final)
+            done[task_id] = _answer(final, now, types)
     return unread
 
 
-async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskInfo | None]:
-    """The final or missing ones among well-formed ``task_ids``, read in one go."""
+async def _finals(
+    engine: Source, task_ids: Collection[str], types: dict[str, str | None] | None = None
+) -> dict[str, TaskInfo | None]:
+    """The final or missing ones among well-formed ``task_ids``, read in one
+    go (the result types of the successes noted in ``types``)."""
     if not task_ids:
         return {}
     stored, now = await _read_watched(engine, task_ids)
@@ -631,5 +652,5 @@ async def _finals(engine: Source, task_ids: Collection[str]) -> dict[str, TaskIn
         if task is None:
             found[task_id] = None
         elif task.status.is_final:
-            found[task_id] = None if task.is_expired(now) else task.info()
+            found[task_id] = _answer(task.without_args(), now, types)
     return found
