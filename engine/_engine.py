@@ -742,10 +742,14 @@ class Engine:
         kept = self.kept.take(task_id)
         if kept is not None:  # read along with its end by as_completed
             return self.outcome(task_id, SUCCESS, kept[0], None, kept[1])
-        ended = self.core.watchers.ended_as(task_id, self.core.now())
+        watchers = self.core.watchers
+        ended = watchers.ended_as(task_id, self.core.now())
         if ended is not None and ended[0] is SUCCESS:
-            # This engine stored its success: the result alone is read.
-            payload = await self.core.store.get_result(task_id)
+            # This engine stored its success: the result alone is read, when
+            # it was too large to keep with the end.
+            payload = watchers.ended_result(task_id)
+            if payload is None:
+                payload = await self.core.store.get_result(task_id)
             if payload is not None:
                 return self.outcome(task_id, SUCCESS, ended[1], None, payload)
             # Purged meanwhile: the record says so (TaskNotFound).

@@ -50,6 +50,9 @@ __all__ = [
 
 #: How many tasks ended by this engine :attr:`Watchers.ended` remembers.
 ENDED_KEPT = 8192
+#: The largest result (bytes) that :attr:`Watchers.ended` keeps with its
+#: task's end: at most ``ENDED_KEPT`` of them, 8 MiB.
+KEPT_RESULT = 1024
 #: Seconds before its expiry that a remembered end stops being trusted.
 TRUST_MARGIN = 60.0
 
@@ -121,19 +124,23 @@ class Watchers:
         self.on_end: Callable[[Any, TaskRecord | None, Payload | None], None] | None = None
         #: Rounds of the change watcher that read storage (for tests and statistics).
         self.poll_reads = 0
-        #: The final status, the time until which it is trusted, and the
-        #: task name of the tasks this engine ended last (at most
+        #: The final status, the time until which it is trusted, the task
+        #: name and a small result's media type and bytes (see
+        #: :data:`KEPT_RESULT`) of the tasks this engine ended last (at most
         #: :data:`ENDED_KEPT`): a wait that begins after the end answers from
         #: here without reading the store, and a success's result is read
-        #: without its record.  A final record changes no more until it
-        #: expires (only expired records are purged, and only then may an
-        #: idempotency key take the id anew), so this is what a read would
-        #: say, as the record handed to a parked waiter is.  It is trusted
+        #: without its record, or not at all when it is kept here.  A final
+        #: record changes no more until it expires (only expired records are
+        #: purged, and only then may an idempotency key take the id anew), so
+        #: this is what a read would say, as the record handed to a parked
+        #: waiter is.  It is trusted
         #: until :data:`TRUST_MARGIN` seconds (at most half the time it is
         #: kept) before its expiry, so that an engine whose clock runs that
         #: much ahead cannot have purged it yet.  (Plain values only, so the
         #: collector stops walking the entries.)
-        self.ended: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
+        self.ended: OrderedDict[str, tuple[str, float, str, str | None, bytes | None]] = (
+            OrderedDict()
+        )
 
     async def poll_round(
         self, store: Store, clock: Callable[[], float], *, only: Collection[str] | None = None
@@ -202,7 +209,10 @@ class Watchers:
             watch.event.set()
         if final is not None:
             ended = self.ended
-            ended[task_id] = (final.status._value_, trusted_until(final), final.name)
+            kept: tuple[str, bytes] | tuple[None, None] = (None, None)
+            if result is not None and len(result.data) <= KEPT_RESULT:
+                kept = (result.media_type, result.data)
+            ended[task_id] = (final.status._value_, trusted_until(final), final.name, *kept)
             if len(ended) > ENDED_KEPT:
                 ended.popitem(last=False)
         if self.ends:
@@ -249,11 +259,21 @@ class Watchers:
         ended = self.ended.get(task_id)
         if ended is None:
             return None
-        status, trusted_until, name = ended
+        status, trusted_until, name, _, _ = ended
         if trusted_until <= now:
             del self.ended[task_id]
             return None
         return TaskStatus(status), name
+
+    def ended_result(self, task_id: str) -> Payload | None:
+        """The result of a success this engine stored lately, when it was
+        small enough to keep (:data:`KEPT_RESULT`): what a read of the store
+        would give while :meth:`ended_as` trusts the end (a stored result
+        never changes)."""
+        ended = self.ended.get(task_id)
+        if ended is None or ended[3] is None or ended[4] is None:
+            return None
+        return Payload(media_type=ended[3], data=ended[4])
 
     def watch(self, task_id: str) -> _Watch:
         watch = self.watches.get(task_id)

@@ -21,7 +21,7 @@ from errands import Backend, Engine, TaskInfo, TaskStatus, _watching
 from errands._model import TaskRecord, new_task_id
 from errands.backends import DiskCacheBackend, MemoryBackend
 from tests.conftest import trio_wall
-from tests.tools import mock_clock
+from tests.tools import count_calls, mock_clock
 
 svc = errands.Service("waiting")
 
@@ -396,6 +396,32 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
         assert eng.watchers.ended_as(record.id, eng.clock()) is None
 
 
+@svc.task
+async def text(size: int) -> str:
+    return "x" * size
+
+
+async def test_a_small_result_comes_with_its_end_not_from_the_store(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """The result of a task this engine ended lately is kept with its end
+    when small (at most ``KEPT_RESULT`` bytes): ``get()`` after ``wait()``
+    reads nothing (on diskcache, a trip to the database per task); a
+    larger result is read from the store as before."""
+    backend = make_backend()
+    async with engine(backend) as eng:
+        small = await eng.submit("text", {"size": 10})
+        large = await eng.submit("text", {"size": _watching.KEPT_RESULT + 1})
+        for record in (small, large):
+            assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+        calls = count_calls(backend.store, "get_result", "get_with_results")
+        for _ in range(2):
+            assert await eng.result(small.id) == "x" * 10
+        assert calls.count == {"get_result": 0, "get_with_results": 0}
+        assert await eng.result(large.id) == "x" * (_watching.KEPT_RESULT + 1)
+        assert calls.count == {"get_result": 1, "get_with_results": 0}
+
+
 async def test_the_engine_remembers_a_bounded_number_of_ends(
     clock: trio.testing.MockClock,
 ) -> None:
@@ -438,11 +464,11 @@ async def test_the_result_of_a_success_ended_here_is_read_without_its_record(
         store.get_result = counted_result  # type: ignore[method-assign]
         store.get_with_results = counted_both  # type: ignore[method-assign]
         assert await eng.result(record.id) == 7
-        assert reads == ["result"]
+        assert reads == []  # a small result is kept with the end (see below)
         await trio.sleep(11)  # expired: the record is read, and says so
         with pytest.raises(errands.TaskNotFound):
             await eng.result(record.id)
-        assert reads == ["result", "record"]
+        assert reads == ["record"]
 
 
 def test_a_remembered_end_is_trusted_until_shortly_before_its_expiry() -> None:
