@@ -210,14 +210,12 @@ class Handlers:
 
     async def get(self, task_id: str, query: dict[str, list[str]]) -> Answer:
         access = await self.life.start_if_needed()
-        task, payload = await self._after_wait(task_id, query, access.engine.result_payload)
-        status = task.status
+        status, error, payload = await self._after_wait(task_id, query, access.engine.final_outcome)
         if status is TaskStatus.SUCCESS:
             if payload is None:
                 raise self._error(TaskNotFound(task_id))
             return 200, [(b"content-type", payload.media_type.encode("latin-1"))], payload.data
         if status is TaskStatus.FAILURE:
-            error = task.without_args().error
             shown = error.type if self.http.hide_errors and error is not None else str(error)
             raise self._error(TaskFailed(task_id, shown))
         if status is TaskStatus.CANCELLED:

@@ -55,6 +55,7 @@ from ._health import HOLD, Health, State
 from ._model import (
     Claim,
     StoredTask,
+    TaskError,
     TaskInfo,
     TaskRecord,
     is_task_id,
@@ -802,6 +803,26 @@ class Engine:
         purged meanwhile."""
         await trio.lowlevel.checkpoint()
         return await self._with_result(task_id)
+
+    async def final_outcome(
+        self, task_id: str
+    ) -> tuple[TaskStatus, TaskError | None, Payload | None]:
+        """For adapters: the task's status, its error when it failed, and a
+        success's stored result (None only when purged meanwhile), as
+        :meth:`result_payload` reads them; TaskNotFound as :meth:`load`.  A
+        success this engine ended lately whose result it kept (see
+        :meth:`result`) reads nothing."""
+        await trio.lowlevel.checkpoint()
+        self.check_open()
+        watchers = self.core.watchers
+        ended = watchers.ended_as(task_id, self.core.now())
+        if ended is not None and ended[0] is SUCCESS:
+            payload = watchers.ended_result(task_id)
+            if payload is not None:
+                return SUCCESS, None, payload
+        task, payload = await self._with_result(task_id)
+        status = task.status
+        return status, task.without_args().error if status is FAILURE else None, payload
 
     async def _with_result(self, task_id: str) -> tuple[StoredTask, Payload | None]:
         self.check_open()

@@ -68,3 +68,31 @@ async def test_long_poll_times_out_with_the_current_state(
         assert answer.status_code == 400
     missing = await client.get("/nap/status", params={"task_id": "x" * 22, "wait": 5})
     assert missing.status_code == 404
+
+
+async def test_a_long_polled_get_of_a_small_result_reads_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``GET /{name}/get?wait=`` (what the clients' ``wait()`` sends) of a
+    task this server's engine ended answers a small result from the end it
+    remembers: no store read (on diskcache, a trip to the database per
+    request).  A failure is read and answered as before."""
+    from errands.backends import MemoryBackend
+    from tests.tools import count_calls
+
+    backend = MemoryBackend()
+    app = create_app(
+        svc, backend=backend, max_wait=30, options=errands.EngineOptions(clock=trio_wall)
+    )
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
+            bad = (await client.post("/nap/submit", json={"seconds": -1})).json()["task_id"]
+            calls = count_calls(backend.store, "get_with_results", "get_result", "get")
+            got = await client.get("/nap/get", params={"task_id": task_id, "wait": 10})
+            assert got.status_code == 200 and got.text == "rested"
+            assert calls.count == {"get_with_results": 0, "get_result": 0, "get": 0}
+            failed = await client.get("/nap/get", params={"task_id": bad, "wait": 10})
+            assert failed.status_code == 500 and "ValueError" in failed.text
+            assert calls.count["get_with_results"] == 1
