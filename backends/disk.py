@@ -1416,11 +1416,14 @@ class DiskCacheBackend(Backend):
         self._opened = 0
         #: What ``Database.version`` said at the last ``changed_tasks``.
         self._version: tuple[int, int] | None = None
+        #: Whether more than one engine had this object open since then.
+        self._shared = False
 
     async def open(self) -> None:
         """Create the directory if needed and open the database and result cache."""
         self._opened += 1
         if self._opened > 1:
+            self._shared = True
             await trio.lowlevel.checkpoint()
             return
         try:
@@ -1480,13 +1483,15 @@ class DiskCacheBackend(Backend):
         process alone on its directory nobody else makes (a batch of 8,000
         tasks waited on: 26.7 reads a task).  Engines that share this
         backend object write through one connection and each hears only of
-        its own changes: then it is always None.
+        its own changes: then it is always None, and once more after the
+        others closed (for what they wrote just before).
         """
         assert self.poll_interval is not None  # positive, by the constructor
         await trio.sleep(self.poll_interval)
         version = await self._db.version()
         last, self._version = self._version, version
-        if version != last or self._opened > 1:
+        shared, self._shared = self._shared, self._opened > 1
+        if version != last or shared:
             return None
         return ()
 

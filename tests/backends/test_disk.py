@@ -891,3 +891,53 @@ async def test_an_unreadable_task_waiting_for_a_batch_fails_alone(tmp_path: Path
         info = await failed.get_info()
         assert info.error is not None and info.error.type == "UnreadableRecord"
         assert client.statistics().ready
+
+
+def _record(name: str = "add") -> StoredTask:
+    return StoredTask.from_record(
+        TaskRecord(
+            id=new_task_id(), name=name, args={}, status=TaskStatus.PENDING, created_at=1.0
+        )
+    )
+
+
+async def test_changed_tasks_tells_another_connection_s_commits_from_its_own(
+    tmp_path: Path,
+) -> None:
+    """``changed_tasks()`` answers nothing changed (``()``) while only this
+    backend object wrote, and None (read every waited task) after another
+    one on the directory (another process) committed."""
+    backend = DiskCacheBackend(tmp_path / "data", poll_interval=0.01, synchronous="NORMAL")
+    other = DiskCacheBackend(tmp_path / "data", poll_interval=0.01, synchronous="NORMAL")
+    await backend.open()
+    await other.open()
+    try:
+        assert await backend.changed_tasks() == ()
+        assert await backend.store.create(_record())
+        assert await backend.changed_tasks() == ()  # its own commit
+        assert await other.store.create(_record())
+        assert await backend.changed_tasks() is None
+        assert await backend.changed_tasks() == ()
+    finally:
+        await other.aclose()
+        await backend.aclose()
+
+
+async def test_changed_tasks_reads_all_while_and_just_after_engines_share_the_object(
+    tmp_path: Path,
+) -> None:
+    """Engines sharing one backend object commit through one connection,
+    and SQLite counts none of those commits as another's: while two have
+    it open, and at the first call after one closed (what it wrote just
+    before closing), ``changed_tasks()`` answers None."""
+    backend = DiskCacheBackend(tmp_path / "data", poll_interval=0.01, synchronous="NORMAL")
+    await backend.open()
+    try:
+        await backend.open()  # a second engine
+        assert await backend.changed_tasks() is None
+        assert await backend.store.create(_record())  # by the second engine
+        await backend.aclose()  # which then closes
+        assert await backend.changed_tasks() is None
+        assert await backend.changed_tasks() == ()
+    finally:
+        await backend.aclose()
