@@ -414,10 +414,11 @@ def _split_args(conn: sqlite3.Connection) -> None:
     )
 
 
-def _next(conn: sqlite3.Connection, counter: str) -> int:
+def _next(conn: sqlite3.Connection, counter: str, step: int = 1) -> int:
+    """Move ``counter`` on by ``step``; its new value (the last one taken)."""
     row = conn.execute(
-        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ? RETURNING value",
-        (counter,),
+        "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = ? RETURNING value",
+        (step, counter),
     ).fetchone()
     return int(row[0])
 
@@ -796,6 +797,42 @@ def _put(
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'seq'")
 
 
+class _Puts:
+    """:func:`_put` of many entries in one transaction, the counter read
+    once and moved once at the end (not twice per entry)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._added = 0
+        self._base = 0
+
+    def __enter__(self) -> Callable[[str, str, int, float, float | None], None]:
+        row = self._conn.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'seq'")
+        self._base = int(row.fetchone()[0])
+        return self._put
+
+    def _put(
+        self, task_id: str, name: str, priority: int, not_before: float, rank: float | None
+    ) -> None:
+        cursor = self._conn.execute(
+            "INSERT INTO queue (id, name, priority, seq, not_before, rank)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                task_id,
+                name,
+                priority,
+                self._base + self._added + 1,
+                not_before,
+                -priority if rank is None else rank,
+            ),
+        )
+        self._added += cursor.rowcount
+
+    def __exit__(self, *exc: object) -> None:
+        if self._added and exc[0] is None:
+            _next(self._conn, "seq", self._added)
+
+
 def _promote(conn: sqlite3.Connection, name: str, now: float) -> None:
     """The waiting entries of ``name`` delayed till ``now`` or before join
     the ready ones (``not_before`` 0), in rank order with them.
@@ -836,23 +873,31 @@ def _claim(
             )
         )
     found.sort()
-    claims = []
-    for _, _, task_id, name in found[:limit]:
-        token = _next(conn, "token")
-        conn.execute(
-            "UPDATE queue SET owner = ?, token = ?, lease_until = ?, cancel = 0 WHERE id = ?",
-            (owner, token, lease_until, task_id),
-        )
-        claims.append(
-            Claim(
-                task_id=task_id,
-                name=name,
-                token=token,
-                owner=owner,
-                lease_until=lease_until,
-            )
-        )
+    chosen = found[:limit]
+    if not chosen:
+        return []
+    # The tokens of this claim, in one step of the counter: each claim's
+    # own, larger than any before it (transactions are serial).
+    last = _next(conn, "token", len(chosen))
+    claims = [
+        Claim(task_id=task_id, name=name, token=token, owner=owner, lease_until=lease_until)
+        for token, (_, _, task_id, name) in enumerate(chosen, last - len(chosen) + 1)
+    ]
+    conn.executemany(
+        "UPDATE queue SET owner = ?, token = ?, lease_until = ?, cancel = 0 WHERE id = ?",
+        [(owner, claim.token, lease_until, claim.task_id) for claim in claims],
+    )
     return claims
+
+
+def _pending_records(conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str, StoredTask]:
+    """The ``pending`` records of ``task_ids`` (read in one query, not one
+    each), by id."""
+    if not task_ids:
+        return {}
+    sql = f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.id IN ({{marks}}) AND t.status = ?"
+    pending = TaskStatus.PENDING.value
+    return {row[0]: _stored(row) for row in _rows_by_ids(conn, sql, task_ids, pending)}
 
 
 def _start_claimed(
@@ -860,12 +905,13 @@ def _start_claimed(
     claim: Claim,
     starting: Callable[[Claim, StoredTask], StoredTask],
     pending: StoredTask | None = None,
+    read: bool = False,
 ) -> StoredTask | None:
     """Move the claimed task's ``pending`` record to what ``starting`` makes
     of it (see :meth:`Backend.claim_and_start`); None when it did not start.
-    ``pending``: its record, when this transaction created it (not read
-    again)."""
-    if pending is None:
+    ``pending``: its record, when this transaction created it or ``read``
+    it already (None then: it is not pending)."""
+    if pending is None and not read:
         row = conn.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.id = ? AND t.status = ?",
             (claim.task_id, TaskStatus.PENDING.value),
@@ -1568,9 +1614,11 @@ class DiskCacheBackend(Backend):
         await self.queue.hold_owner_lock(owner)
 
         def claim_and_start(conn: sqlite3.Connection) -> list[tuple[Claim, StoredTask | None]]:
+            claims = _claim(conn, owner, quotas, limit, now, lease_until)
+            pending = _pending_records(conn, [claim.task_id for claim in claims])
             return [
-                (claim, _start_claimed(conn, claim, starting))
-                for claim in _claim(conn, owner, quotas, limit, now, lease_until)
+                (claim, _start_claimed(conn, claim, starting, pending.get(claim.task_id), True))
+                for claim in claims
             ]
 
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -1684,11 +1732,12 @@ class DiskCacheBackend(Backend):
         def enqueue(conn: sqlite3.Connection) -> list[bool]:
             _add_members(conn, batch_id, members)
             answers = []
-            for task in tasks:
-                created = _create(conn, task)
-                if created:
-                    _put(conn, task.id, task.name, priority, not_before, rank)
-                answers.append(created)
+            with _Puts(conn) as put:
+                for task in tasks:
+                    created = _create(conn, task)
+                    if created:
+                        put(task.id, task.name, priority, not_before, rank)
+                    answers.append(created)
             return answers
 
         await trio.lowlevel.checkpoint_if_cancelled()
