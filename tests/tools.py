@@ -187,3 +187,56 @@ def spy_b64decodes(monkeypatch: Any) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(_convert.pybase64, "b64decode", spy)
     return seen
+
+
+def sample_records() -> list[Any]:
+    """One task record of each kind the engine stores (``TaskRecord``s):
+    pending, started, started again after a retry, failed, succeeded,
+    cancelled, handed back (counting and not), lost (with attempts left
+    and without)."""
+    from errands import TaskStatus
+    from errands._model import TaskError, TaskRecord
+    from errands._records import (
+        cancelled_pending,
+        finished,
+        handed_back,
+        lost,
+        retry_later,
+        started,
+    )
+
+    error = TaskError(type="ValueError", message="bad é")
+    pending = TaskRecord(
+        id="abcdefghijklmnopqrstuv",
+        name="double",
+        args={"x": 1, "nested": {"list": [1, 2.5, None, True, "é"]}},
+        status=TaskStatus.PENDING,
+        created_at=1_800_000_000.0,
+        priority=-3,
+        retry_of="vutsrqponmlkjihgfedcba",
+        ttl_failure=5.0,
+    )
+    first = started(pending, token=5, now=1_800_000_001.0)
+    again = started(
+        retry_later(first, error=error, now=1_800_000_002.0, not_before=1_800_000_003.0),
+        token=6,
+        now=1_800_000_004.0,
+    )
+    return [
+        pending,
+        first,
+        again,
+        finished(
+            again.replace(progress=0.5, message="half"),
+            status=TaskStatus.FAILURE,
+            now=1_800_000_005.0,
+            error=error,
+            traceback="Traceback ...",
+        ),
+        finished(first, status=TaskStatus.SUCCESS, now=1_800_000_002.0, result_type="int"),
+        cancelled_pending(pending, now=1_800_000_001.0),
+        handed_back(first, counts=False, now=1_800_000_002.0),
+        handed_back(first, counts=True, now=1_800_000_002.0),
+        lost(first, now=1_800_000_002.0),
+        lost(first.replace(attempt=3, max_attempts=3), now=1_800_000_002.0),
+    ]

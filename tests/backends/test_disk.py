@@ -895,9 +895,7 @@ async def test_an_unreadable_task_waiting_for_a_batch_fails_alone(tmp_path: Path
 
 def _record(name: str = "add") -> StoredTask:
     return StoredTask.from_record(
-        TaskRecord(
-            id=new_task_id(), name=name, args={}, status=TaskStatus.PENDING, created_at=1.0
-        )
+        TaskRecord(id=new_task_id(), name=name, args={}, status=TaskStatus.PENDING, created_at=1.0)
     )
 
 

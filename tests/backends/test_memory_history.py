@@ -10,8 +10,9 @@ import pytest
 import errands
 from errands import TaskStatus
 from errands._model import TaskError, TaskRecord, pack_record, unpack_record
-from errands._records import finished, retry_later, started
+from errands._records import finished, started
 from errands.backends import MemoryBackend
+from tests.tools import sample_records
 
 svc = errands.Service("history")
 
@@ -78,33 +79,13 @@ async def test_finished_tasks_add_no_objects_for_the_collector_to_walk() -> None
 
 
 def test_a_packed_record_unpacks_equal() -> None:
-    record = TaskRecord(
-        id="abcdefghijklmnopqrstuv",
-        name="double",
-        args={"x": 1, "nested": {"list": [1, 2.5, None, True, "é"]}},
-        status=TaskStatus.PENDING,
-        created_at=1_800_000_000.0,
-        priority=-3,
-        retry_of="vutsrqponmlkjihgfedcba",
-    )
-    first = started(record, token=5, now=1_800_000_001.0)
-    error = TaskError(type="ValueError", message="bad")
-    again = started(
-        retry_later(first, error=error, now=1_800_000_002.0, not_before=1_800_000_003.0),
-        token=6,
-        now=1_800_000_004.0,
-    )
-    done = finished(
-        again.replace(progress=0.5, message="half"),
-        status=TaskStatus.FAILURE,
-        now=1_800_000_005.0,
-        error=error,
-        traceback="Traceback ...",
-    )
-    for each in (record, first, again, done):
+    records = sample_records()
+    for each in records:
         assert unpack_record(pack_record(each)) == each
-    back = unpack_record(pack_record(done))
-    assert back.status is TaskStatus.FAILURE and back.error == error
+    back = unpack_record(pack_record(records[3]))
+    assert back.status is TaskStatus.FAILURE and back.error == TaskError(
+        type="ValueError", message="bad é"
+    )
     assert [a.outcome.value for a in back.attempts] == ["failure", "failure"]
 
 
