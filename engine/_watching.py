@@ -133,11 +133,10 @@ class Watchers:
         #: record changes no more until it expires (only expired records are
         #: purged, and only then may an idempotency key take the id anew), so
         #: this is what a read would say, as the record handed to a parked
-        #: waiter is.  It is trusted
-        #: until :data:`TRUST_MARGIN` seconds (at most half the time it is
-        #: kept) before its expiry, so that an engine whose clock runs that
-        #: much ahead cannot have purged it yet.  (Plain values only, so the
-        #: collector stops walking the entries.)
+        #: waiter is.  It is trusted until :data:`TRUST_MARGIN` seconds (at
+        #: most half the time it is kept) before its expiry, so that an
+        #: engine whose clock runs that much ahead cannot have purged it yet.
+        #: (Plain values only, so the collector stops walking the entries.)
         self.ended: OrderedDict[str, tuple[str, float, str, str | None, bytes | None]] = (
             OrderedDict()
         )
@@ -617,7 +616,8 @@ async def _final_ids(
     engine: Source, task_ids: Collection[str], types: dict[str, str | None] | None = None
 ) -> dict[str, TaskInfo | None]:
     """The final or missing ones among well-formed ``task_ids``, each to None:
-    read by their stored status and expiry, no record decoded."""
+    read by their stored status and expiry, no record decoded (so no
+    result type is noted in ``types``)."""
     stored, now = await _read_watched(engine, task_ids)
     found: dict[str, TaskInfo | None] = {}
     for task_id in task_ids:
