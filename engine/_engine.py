@@ -835,11 +835,26 @@ class Engine:
 
     async def stored_results(self, task_ids: Collection[str]) -> dict[str, Payload]:
         """The stored results of those of ``task_ids`` that have one (successes
-        not purged), read together in one store call (for adapters)."""
+        not purged), read together in one store call (for adapters).  The
+        small results of successes this engine ended lately (see
+        :meth:`result`) are not read."""
         await trio.lowlevel.checkpoint()
         self.check_open()
-        ids = [task_id for task_id in task_ids if is_task_id(task_id)]
-        return await self.core.store.get_results(ids) if ids else {}
+        watchers, now = self.core.watchers, self.core.now()
+        found: dict[str, Payload] = {}
+        ids = []
+        for task_id in task_ids:
+            ended = watchers.ended_as(task_id, now)
+            payload = None
+            if ended is not None and ended[0] is SUCCESS:
+                payload = watchers.ended_result(task_id)
+            if payload is not None:
+                found[task_id] = payload
+            elif is_task_id(task_id):
+                ids.append(task_id)
+        if ids:
+            found.update(await self.core.store.get_results(ids))
+        return found
 
     async def result_payloads(
         self,

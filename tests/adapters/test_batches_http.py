@@ -28,7 +28,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import _batches
+from errands import _batches, _watching
 from errands.adapters import AsyncHTTPClient, SyncHTTPClient, _batch_routes
 from errands.adapters._protocol import ErrorAnswer, http_error, rebuild_error
 from errands.adapters.asgi import create_app
@@ -460,10 +460,17 @@ async def test_a_storage_fault_stops_the_batch_part_way() -> None:
         assert info.json()["indexes"] == list(range(800))
 
 
-async def test_a_results_stream_reads_the_results_a_window_at_a_time() -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["read", "kept with the ends"])
+async def test_a_results_stream_reads_the_results_a_window_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
     """The results of final tasks are read together (one store call per
     window of 500), in each order and with or without waiting, not one read
-    per task; a member gone meanwhile is sent as expired."""
+    per task; a member gone meanwhile is sent as expired.  The small results
+    of tasks that this engine ended lately are kept with their ends and not
+    read at all (here, when ``kept``; else none is kept)."""
+    if not kept:
+        monkeypatch.setattr(_watching, "KEPT_RESULT", -1)
     svc = errands.Service("windows")
 
     @svc.task
@@ -486,7 +493,7 @@ async def test_a_results_stream_reads_the_results_a_window_at_a_time() -> None:
             assert sorted(by_index) == list(range(1100)), params
             assert by_index[600]["status"] == "expired"
             assert all(by_index[i]["result"] == 2 * i for i in range(1100) if i != 600)
-        assert calls.count == {"get_result": 0, "get_results": 9}
+        assert calls.count == {"get_result": 0, "get_results": 0 if kept else 9}
 
 
 def _holding_app() -> tuple[Any, list[trio.Event]]:
