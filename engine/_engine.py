@@ -743,12 +743,12 @@ class Engine:
         kept = self.kept.take(task_id)
         if kept is not None:  # read along with its end by as_completed
             return self.outcome(task_id, SUCCESS, kept[0], None, kept[1])
-        watchers = self.core.watchers
-        ended = watchers.ended_as(task_id, self.core.now())
+        watchers, now = self.core.watchers, self.core.now()
+        ended = watchers.ended_as(task_id, now)
         if ended is not None and ended[0] is SUCCESS:
             # This engine stored its success: the result alone is read, when
             # it was too large to keep with the end.
-            payload = watchers.ended_result(task_id)
+            payload = watchers.kept_result(task_id, now)
             if payload is None:
                 payload = await self.core.store.get_result(task_id)
             if payload is not None:
@@ -814,12 +814,9 @@ class Engine:
         :meth:`result`) reads nothing."""
         await trio.lowlevel.checkpoint()
         self.check_open()
-        watchers = self.core.watchers
-        ended = watchers.ended_as(task_id, self.core.now())
-        if ended is not None and ended[0] is SUCCESS:
-            payload = watchers.ended_result(task_id)
-            if payload is not None:
-                return SUCCESS, None, payload
+        payload = self.core.watchers.kept_result(task_id, self.core.now())
+        if payload is not None:
+            return SUCCESS, None, payload
         task, payload = await self._with_result(task_id)
         status = task.status
         return status, task.without_args().error if status is FAILURE else None, payload
@@ -840,14 +837,11 @@ class Engine:
         :meth:`result`) are not read."""
         await trio.lowlevel.checkpoint()
         self.check_open()
-        watchers, now = self.core.watchers, self.core.now()
+        kept, now = self.core.watchers.kept_result, self.core.now()
         found: dict[str, Payload] = {}
         ids = []
         for task_id in task_ids:
-            ended = watchers.ended_as(task_id, now)
-            payload = None
-            if ended is not None and ended[0] is SUCCESS:
-                payload = watchers.ended_result(task_id)
+            payload = kept(task_id, now)
             if payload is not None:
                 found[task_id] = payload
             elif is_task_id(task_id):

@@ -264,13 +264,13 @@ class Watchers:
             return None
         return TaskStatus(status), name
 
-    def ended_result(self, task_id: str) -> Payload | None:
+    def kept_result(self, task_id: str, now: float) -> Payload | None:
         """The result of a success this engine stored lately, when it was
-        small enough to keep (:data:`KEPT_RESULT`): what a read of the store
-        would give while :meth:`ended_as` trusts the end (a stored result
-        never changes)."""
+        small enough to keep (:data:`KEPT_RESULT`) and its end is still
+        trusted (as :meth:`ended_as`): what a read of the store would give
+        (a stored result never changes); else None."""
         ended = self.ended.get(task_id)
-        if ended is None or ended[3] is None or ended[4] is None:
+        if ended is None or ended[1] <= now or ended[3] is None or ended[4] is None:
             return None
         return Payload(media_type=ended[3], data=ended[4])
 
