@@ -411,12 +411,23 @@ async def _inlined_results(
 async def _window_results(
     engine: Engine, window: list[str], types: Mapping[str, str | None]
 ) -> dict[str, Payload]:
-    """The inlinable results of these successes, by task id: read with
-    their records, except where ``types`` knows the result type already."""
-    known = [i for i in window if i in types]
-    results = await engine.result_payloads([i for i in window if i not in types], wanted=inlinable)
-    read = {i: payload for i, (_, payload) in results.items() if payload is not None}
-    wanted = [i for i in known if inlinable(types[i])]
+    """The inlinable results of these successes, by task id.  Small ones
+    that the engine kept with their ends are not read; the others are read
+    with their records, except where ``types`` knows the result type
+    already."""
+    kept = engine.kept_results(window)
+    read = {i: payload for i, payload in kept.items() if inlinable(payload.media_type)}
+    unknown, wanted = [], []
+    for task_id in window:
+        if task_id in kept:
+            continue
+        if task_id not in types:
+            unknown.append(task_id)
+        elif inlinable(types[task_id]):
+            wanted.append(task_id)
+    if unknown:
+        results = await engine.result_payloads(unknown, wanted=inlinable)
+        read.update((i, payload) for i, (_, payload) in results.items() if payload is not None)
     if wanted:
         read.update(await engine.backend.store.get_results(wanted))
     return read

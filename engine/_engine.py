@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -837,17 +837,23 @@ class Engine:
         :meth:`result`) are not read."""
         await trio.lowlevel.checkpoint()
         self.check_open()
+        found = self.kept_results(task_ids)
+        ids = [i for i in task_ids if i not in found and is_task_id(i)]
+        if ids:
+            found.update(await self.core.store.get_results(ids))
+        return found
+
+    def kept_results(self, task_ids: Iterable[str]) -> dict[str, Payload]:
+        """The small results of those of ``task_ids`` that are successes this
+        engine ended lately, kept with their ends (see :meth:`result`): what
+        the store would give, without reading it.  The others are left out.
+        For adapters, in the engine's run."""
         kept, now = self.core.watchers.kept_result, self.core.now()
         found: dict[str, Payload] = {}
-        ids = []
         for task_id in task_ids:
             payload = kept(task_id, now)
             if payload is not None:
                 found[task_id] = payload
-            elif is_task_id(task_id):
-                ids.append(task_id)
-        if ids:
-            found.update(await self.core.store.get_results(ids))
         return found
 
     async def result_payloads(
