@@ -12,6 +12,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import trio
+
 import errands
 from errands import (
     ErrandsError,
@@ -50,6 +52,10 @@ _JSON = [(b"content-type", b"application/json")]
 
 T = TypeVar("T")
 
+#: Seconds a read of the queue's depth serves the room checks that follow,
+#: while what they let in keeps the count at most half of ``max_pending``.
+DEPTH_REUSE = 1.0
+
 
 class Handlers:
     """The routes of one app: submit, status, get, cancel, retry, events,
@@ -69,6 +75,9 @@ class Handlers:
         self.max_pending = http.max_pending
         self.max_wait = http.max_wait
         self._submitting = 0  # submits between their queue-depth check and their answer
+        #: When the queue's depth was last read, and that depth plus the
+        #: tasks let in since (see :meth:`_check_queue_room`).
+        self._depth = (-math.inf, 0)
         self._schema: bytes | None = None
         self._openapi: dict[str, bytes] = {}  # by root_path
         #: ``/metrics``: this app's own Prometheus registry.
@@ -162,6 +171,13 @@ class Handlers:
         over with."""
         if self.max_pending is None:
             return
+        now = trio.current_time()
+        read_at, counted = self._depth
+        if now - read_at < DEPTH_REUSE and counted + self._submitting <= self.max_pending // 2:
+            # Far below the limit: the depth read lately, plus what passed
+            # since (never less than the truth here, as claims only lower it).
+            self._depth = (read_at, counted + count)
+            return
         depth = await engine.backend.queue.depth()
         waiting = depth + self._submitting - count
         if waiting + count > self.max_pending:
@@ -170,6 +186,7 @@ class Handlers:
                 "retry later"
             )
             raise HTTPError(429, message, retry_after=1)
+        self._depth = (trio.current_time(), depth + count)
 
     async def _after_wait(
         self, task_id: str, query: dict[str, list[str]], read: Callable[[str], Awaitable[T]]
