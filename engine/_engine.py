@@ -388,6 +388,11 @@ class Engine:
         """The task's record; TaskNotFound when unknown, expired or malformed."""
         return (await self.load_stored(task_id, schedule=schedule)).record
 
+    def runs_here(self, task_id: str) -> bool:
+        """Whether this engine is running the task now, or storing its end
+        (for waiting: such a task is in progress, and its end is told here)."""
+        return self.runner.runs(task_id)
+
     async def load_stored(
         self, task_id: str, *, schedule: bool = True, arguments: bool = True
     ) -> StoredTask:

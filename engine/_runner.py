@@ -212,6 +212,8 @@ class Runner:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.running: dict[str, Run] = {}
+        #: Tasks whose ends :meth:`_settle` is storing (their calls ended).
+        self.settling: set[str] = set()
         self.bound: dict[str, Callable[..., Any]] = {}
         self.threads: WorkerThreads | None = None
         self._dirty: dict[str, Run] = {}
@@ -248,6 +250,12 @@ class Runner:
     def stop_all(self, reason: Stop) -> None:
         for run in list(self.running.values()):
             run.request_stop(reason)
+
+    def runs(self, task_id: str) -> bool:
+        """Whether this engine runs the task now, or is storing its end: it
+        is in progress, and its end will be told to this engine's waiters
+        (unless its claim was lost: then the watcher sees it)."""
+        return task_id in self.running or task_id in self.settling
 
     def holds(self, task_id: str, token: int) -> Run | None:
         """The run of ``task_id`` under claim ``token``, if this engine runs it."""
@@ -711,6 +719,8 @@ class Runner:
         A run and its call refer to each other: the cycle is broken here, so
         that what the run held is freed at once by reference counting, not
         later by the garbage collector (``tests/engine/test_garbage.py``)."""
+        task_id = run.claim.task_id
+        self.settling.add(task_id)
         try:
             claim, record = run.claim, run.record
             context = run.context
@@ -788,6 +798,7 @@ class Runner:
             await self._finish(claim, record, payload)
         finally:
             run.call = None
+            self.settling.discard(task_id)
 
     async def _finish(
         self,

@@ -319,6 +319,10 @@ class Source(Protocol):
         """Raise EngineClosed unless the engine runs."""
         ...
 
+    def runs_here(self, task_id: str) -> bool:
+        """Whether this engine is running the task (or storing its end)."""
+        ...
+
     async def load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
         """The live record; TaskNotFound when unknown, expired or malformed."""
         ...
@@ -369,12 +373,17 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
         await trio.lowlevel.checkpoint()
         return ended[0]
     watch = watchers.watch(task_id)  # before reading, so no change slips between
-    # The stored status is enough: the record is not decoded (on a durable
-    # backend, decoding it was a tenth of a task's CPU).
-    stored = await engine.load_stored(task_id, schedule=False, arguments=False)
-    if stored.status.is_final:
-        await trio.lowlevel.checkpoint()
-        return stored.status
+    if not engine.runs_here(task_id):
+        # (A task this engine runs is in progress, and its end comes here:
+        # nothing to read.  A claim lost meanwhile is the watcher's to see.)
+        # The stored status is enough: the record is not decoded (on a
+        # durable backend, decoding it was a tenth of a task's CPU).
+        stored = await engine.load_stored(task_id, schedule=False, arguments=False)
+        if stored.status.is_final:
+            await trio.lowlevel.checkpoint()
+            return stored.status
+    else:
+        engine.check_open()
     while True:
         if not engine.is_open:
             raise EngineClosed("the engine stopped before the task finished")

@@ -396,6 +396,26 @@ async def test_a_wait_after_the_end_answers_without_reading_the_store(
         assert eng.watchers.ended_as(record.id, eng.clock()) is None
 
 
+async def test_a_wait_on_a_task_this_engine_runs_reads_nothing(
+    clock: trio.testing.MockClock, make_backend: Callable[[], Backend]
+) -> None:
+    """A task this engine is running (or storing the end of) is in
+    progress, and its end will be told here: a wait that begins then does
+    not read the store first (on diskcache, a trip to the database per
+    wait; the HTTP long poll after a submit is one)."""
+    backend = make_backend()
+    async with engine(backend) as eng:
+        record = await eng.submit("sleepy", {"seconds": 5})
+        await started(eng, record.id)
+        calls = count_calls(backend.store, "get", "get_state", "get_many")
+        with pytest.raises(TimeoutError):
+            await eng.wait(record.id, timeout=1)
+        # Its timeout reads the stored status once, to say what it is.
+        assert calls.count == {"get": 0, "get_state": 1, "get_many": 0}
+        assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+        assert calls.count == {"get": 0, "get_state": 1, "get_many": 0}
+
+
 @svc.task
 async def text(size: int) -> str:
     return "x" * size
