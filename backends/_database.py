@@ -132,7 +132,7 @@ class _TransactionLost(Exception):
 
 
 class _Call(Generic[T]):
-    __slots__ = ("committed", "done", "flush", "fn", "result", "token", "write")
+    __slots__ = ("answer", "committed", "done", "flush", "fn", "result", "token", "write")
 
     def __init__(
         self,
@@ -140,14 +140,21 @@ class _Call(Generic[T]):
         write: bool,
         flush: Flush,
         committed: Callable[[T], object] | None = None,
+        answer: Callable[[outcome.Outcome[T]], object] | None = None,
     ) -> None:
         self.fn = fn
         self.write = write
         self.flush = flush if write else Flush.LAZY
         self.committed = committed
         self.result: outcome.Outcome[T] | None = None
-        self.done = trio.Event()
-        self.token = trio.lowlevel.current_trio_token()
+        #: Set for a call from a trio run (``token``: that run); a call from
+        #: another thread has ``answer`` instead, called on the database thread.
+        self.answer = answer
+        if answer is None:
+            self.done: trio.Event | None = trio.Event()
+            self.token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+        else:
+            self.done = self.token = None
 
 
 class Database:
@@ -265,9 +272,35 @@ class Database:
         if ended is not None:
             # A new error each time: one shared instance would grow a traceback per raise.
             raise BackendError(str(ended)) from ended.__cause__
+        assert call.done is not None
         await call.done.wait()
         assert call.result is not None
         return call.result.unwrap()
+
+    def call_from_thread(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        answer: Callable[[outcome.Outcome[T]], object],
+    ) -> None:
+        """From any thread but a trio run's: queue the write ``fn(connection)``
+        (flushed NOW) without waiting, as :meth:`run` would run it; once its
+        transaction committed and is durable (or failed), ``answer(outcome)``
+        is called on the database thread: the value, or the BackendError.
+        It must be quick and must not raise.
+
+        Raises:
+            BackendError: at once, when the database is not open or its
+                thread has ended (then ``answer`` is never called).
+        """
+        call = _Call(fn, True, Flush.NOW, answer=answer)
+        with self._lock:
+            if self._thread is None:
+                raise BackendError(f"database {self.path} is not open")
+            ended = self._ended
+            if ended is None:
+                self._calls.put(call)
+        if ended is not None:
+            raise BackendError(str(ended)) from ended.__cause__
 
     async def version(self) -> tuple[int, int]:
         """A value that changes when another connection (another process, or
@@ -483,7 +516,14 @@ class Database:
     def _deliver(batch: list[_Call[Any]]) -> None:
         by_run: dict[trio.lowlevel.TrioToken, list[_Call[Any]]] = {}
         for call in batch:
-            by_run.setdefault(call.token, []).append(call)
+            if call.token is not None:
+                by_run.setdefault(call.token, []).append(call)
+                continue
+            assert call.answer is not None and call.result is not None
+            try:
+                call.answer(call.result)
+            except Exception:  # a bug: the other callers still hear back
+                log.exception("an answer callback of a database call failed")
         for token, calls in by_run.items():
             try:
                 token.run_sync_soon(_wake_all, calls)
@@ -493,4 +533,5 @@ class Database:
 
 def _wake_all(calls: list[_Call[Any]]) -> None:
     for call in calls:
+        assert call.done is not None
         call.done.set()

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import diskcache
+import outcome
 import trio
 from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW, MODE_TEXT, UNKNOWN
 
@@ -1440,6 +1441,7 @@ class DiskCacheBackend(Backend):
     store: DiskCacheStore
     starts_on_enqueue = True
     reports_stored = True  # a submit's commit, on the database thread
+    enqueues_from_threads = True  # on the database thread, without the engine's loop
 
     def __init__(
         self,
@@ -1665,6 +1667,32 @@ class DiskCacheBackend(Backend):
         with trio.CancelScope(shield=True):  # begun, it finishes: the caller gets the id
             created = await self._db.run(enqueue, committed=committed)
         return created
+
+    def enqueue_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None,
+        answer: Callable[[bool | BackendError], object],
+    ) -> None:
+        def enqueue(conn: sqlite3.Connection) -> bool:
+            if not _create(conn, task):
+                return False
+            _put(conn, task.id, task.name, priority, not_before, rank)
+            return True
+
+        def answered(result: outcome.Outcome[bool]) -> None:
+            if isinstance(result, outcome.Value):
+                answer(result.value)
+            elif isinstance(result, outcome.Error):
+                error = result.error  # the database's errors are all BackendError
+                if not isinstance(error, BackendError):
+                    error = BackendError(f"{type(error).__name__}: {error}")
+                answer(error)
+
+        self._db.call_from_thread(enqueue, answered)
 
     async def enqueue_and_start(
         self,

@@ -46,6 +46,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import trio
 
 from ._convert import Payload
+from ._errors import BackendError
 from ._model import Claim, StoredTask
 from ._status import TaskStatus, check_transition
 
@@ -430,6 +431,32 @@ class Backend(abc.ABC):
     #: submit from another thread then returns without waiting for the
     #: engine's loop to hear of the write.
     reports_stored: bool = False
+    #: True when :meth:`enqueue_from_thread` works (the backends that
+    #: implement it say so): a submit from another thread is then stored by
+    #: the backend without a trip through the engine's loop.
+    enqueues_from_threads: bool = False
+
+    def enqueue_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None,
+        answer: Callable[[bool | BackendError], object],
+    ) -> None:
+        """From any thread but the engine's loop: start :meth:`enqueue` of
+        ``task`` and return without waiting.  ``answer`` is then called once,
+        from a thread of the backend's, with whether the task was created
+        (False: the id existed, nothing done), as soon as it is as durable as
+        the backend promises, or with the BackendError that stopped the
+        write (then nothing was stored).  It must be quick and must not
+        raise.  Raises BackendError at once (and ``answer`` is never called)
+        when the backend cannot take the write (it is closed).
+
+        Only backends that set ``enqueues_from_threads`` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not enqueue from threads")
 
     async def enqueue(
         self,

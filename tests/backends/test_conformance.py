@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import attrs
 import pytest
 import trio
 
-from errands import Backend, Claim, InvalidTransition, Payload, Renewal, StoredTask, TaskStatus
+from errands import (
+    Backend,
+    BackendError,
+    Claim,
+    InvalidTransition,
+    Payload,
+    Renewal,
+    StoredTask,
+    TaskStatus,
+)
 from errands._model import TaskRecord, new_task_id
 
 P, R, S, F, C = (
@@ -407,6 +417,60 @@ async def test_enqueue_creates_and_queues_together(backend: Backend) -> None:
     assert not await backend.queue.contains(rec.id)
     got = await backend.store.get(rec.id)
     assert got is not None and got.name == "job"
+
+
+async def _enqueue_from_thread(backend: Backend, task: StoredTask) -> object:
+    """``enqueue_from_thread`` called from a plain thread, as a submit from a
+    script's thread makes it; what ``answer`` got (from the backend's thread)."""
+    answered = threading.Event()
+    got: list[object] = []
+
+    def answer(created: object) -> None:
+        got.append((created, threading.current_thread() is not caller))
+        answered.set()
+
+    def call() -> None:
+        backend.enqueue_from_thread(task, priority=0, not_before=0.0, rank=None, answer=answer)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    await trio.to_thread.run_sync(caller.join)
+    assert await trio.to_thread.run_sync(answered.wait, 10)
+    [(created, elsewhere)] = got
+    assert elsewhere  # the backend's own thread, not the caller's
+    return created
+
+
+async def test_enqueue_from_thread_creates_and_queues_where_the_backend_says_so(
+    backend: Backend,
+) -> None:
+    """``enqueue_from_thread``: what :meth:`enqueue` does, from a thread that
+    does not wait for a trio run; a backend without it says so."""
+    rec = record()
+    if not backend.enqueues_from_threads:
+        with pytest.raises(NotImplementedError):
+            backend.enqueue_from_thread(
+                stored(rec), priority=0, not_before=0.0, rank=None, answer=print
+            )
+        return
+    assert await _enqueue_from_thread(backend, stored(rec)) is True
+    got = await backend.store.get(rec.id)
+    assert got is not None and reloaded(got).record == rec
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == rec.id
+    # A duplicate id is neither stored again nor queued again.
+    await backend.queue.ack(rec.id, claim.token)
+    assert await _enqueue_from_thread(backend, stored(attrs.evolve(rec, name="other"))) is False
+    assert not await backend.queue.contains(rec.id)
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.name == "job"
+    # A closed backend refuses at once, and never answers.
+    await backend.aclose()
+    with pytest.raises(BackendError):
+        backend.enqueue_from_thread(
+            stored(record()), priority=0, not_before=0.0, rank=None, answer=print
+        )
+    await backend.open()
 
 
 # ---------------------------------------------------------------- queue
