@@ -495,11 +495,7 @@ class Engine:
         except EngineUnavailable:
             raise
         except BackendError as exc:
-            self.core.health.fault("submit", exc, hold=HOLD)
-            raise EngineUnavailable(
-                f"the task was not accepted: storage is failing ({exc})",
-                retry_after=self.core.health.retry_after(),
-            ) from exc
+            raise self.not_accepted(exc) from exc
         finally:
             if slot and started is None:
                 self._slot_freed(record.name)  # the slot was not used
@@ -508,8 +504,7 @@ class Engine:
             self._check_repeat(existing, record, idempotency_key)
             log.debug("idempotent repeat of %s %s", record.name, record.id)
             return existing
-        self.core.submitted += 1
-        self.core.events.submitted(record.id, record.name)
+        self.accepted(record)
         if started is not None:
             claim, begun, unreadable = started
             if self.core.stopping:
@@ -522,6 +517,21 @@ class Engine:
                 return record  # nothing more waits because of this submit
         self.wake_for(record.name)
         return record
+
+    def not_accepted(self, exc: BackendError) -> EngineUnavailable:
+        """Record a submit's storage fault (any thread); the error its caller gets."""
+        self.core.health.fault("submit", exc, hold=HOLD)
+        error = EngineUnavailable(
+            f"the task was not accepted: storage is failing ({exc})",
+            retry_after=self.core.health.retry_after(),
+        )
+        error.__cause__ = exc
+        return error
+
+    def accepted(self, record: TaskRecord) -> None:
+        """Count and announce a new task stored (on the engine's loop)."""
+        self.core.submitted += 1
+        self.core.events.submitted(record.id, record.name)
 
     async def _hand_back_started(self, claim: Claim, begun: StoredTask | None) -> None:
         """Give back a task claimed (and started, as ``begun``) by a submit's

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from ._convert import Payload
-from ._errors import EngineClosed
-from ._model import TaskRecord
+from ._errors import BackendError, EngineClosed
+from ._model import StoredTask, TaskRecord
 from ._status import TaskStatus
 from ._watching import trusted_until
 
@@ -172,6 +172,9 @@ class _Reply:
 
 
 _Item = tuple[TaskRecord, Ticket, "_Reply | None"]
+#: What a backend that stores from threads tells the engine's loop after the
+#: write: the task stored, with its ticket.
+_Stored = tuple[TaskRecord, Ticket]
 
 
 class Handoff:
@@ -187,10 +190,16 @@ class Handoff:
         #: every change to its tasks is this engine's (then a wait may park
         #: on its ticket alone).
         self.volatile = engine.backend.volatile
+        #: Whether a submit is stored by the backend from the caller's
+        #: thread (``Backend.enqueues_from_threads``), the engine's loop
+        #: told after the write, rather than handed to the loop first.
+        self.direct = not self.volatile and engine.backend.enqueues_from_threads
         #: Guards the tickets' ends; a thread that waits for one parks on
         #: that ticket's own condition of this lock (see :class:`Ticket`).
         self._lock = threading.Lock()
-        self._mailbox: Mailbox[_Item] = Mailbox(trio.lowlevel.current_trio_token(), self._receive)
+        token = trio.lowlevel.current_trio_token()
+        self._mailbox: Mailbox[_Item] = Mailbox(token, self._receive)
+        self._stored: Mailbox[_Stored] = Mailbox(token, self._were_stored)
         self._busy = 0  # bursts being stored (trio thread only)
         self._settled = trio.Event()
         self._settled.set()
@@ -219,6 +228,8 @@ class Handoff:
             definition, args, now=engine.core.now(), priority=priority, delay=delay, key=None
         )
         ticket = Ticket()
+        if self.direct:
+            return self._store_here(record, ticket), ticket
         reply = None if self.volatile else _Reply()
         try:
             self._mailbox.put((record, ticket, reply))
@@ -227,6 +238,40 @@ class Handoff:
         if reply is not None:
             record = reply.wait()
         return record, ticket
+
+    def _store_here(self, record: TaskRecord, ticket: Ticket) -> TaskRecord:
+        """Have the backend store ``record`` (its own thread answers, once
+        the write is durable) and tell the engine's loop after: no trip
+        through the loop before the write (the caller's thread)."""
+        engine = self._engine
+        reply = _Reply()
+        stored = self._stored
+
+        def answer(created: bool | BackendError) -> None:  # on the backend's thread
+            if created is True:
+                engine.core.health.clear("submit")
+                try:
+                    stored.put((record, ticket))
+                except trio.RunFinishedError:
+                    pass  # stored all the same: the next engine runs it
+                reply.send(record, None)
+                return
+            if not isinstance(created, BackendError):
+                created = BackendError(f"task id {record.id} already exists")  # 2**-128 odds
+            reply.send(None, engine.not_accepted(created))
+
+        try:
+            engine.backend.enqueue_from_thread(
+                StoredTask.from_record(record),
+                priority=record.priority,
+                not_before=record.not_before or 0.0,
+                rank=engine.core.rank(record.priority, record.not_before),
+                answer=answer,
+            )
+        except BackendError as exc:  # it takes no more writes: closed, or closing
+            engine.check_accepting()
+            raise engine.not_accepted(exc) from exc
+        return reply.wait()
 
     def wait(self, ticket: Ticket, timeout: float | None) -> TaskStatus | None:
         """The task's final status from its ticket, parking until the engine
@@ -277,10 +322,23 @@ class Handoff:
 
     async def settle(self) -> None:
         """Store every submit handed over so far (what a call from a thread
-        does first, so a handle finds its task)."""
+        does first, so a handle finds its task), and take in those the
+        backend stored from their threads."""
+        self._stored.deliver_now()
         self._mailbox.deliver_now()
         while self._busy:
             await self._settled.wait()
+
+    def _were_stored(self, items: list[_Stored]) -> None:
+        # On the trio thread, in a run_sync_soon callback: must not raise.
+        # Each was stored before this runs, and before any claim of it can
+        # reach this loop (the backend answers its calls in order).
+        engine = self._engine
+        ends = engine.core.watchers.ends
+        for record, ticket in items:
+            ends[record.id] = ticket
+            engine.accepted(record)
+            engine.wake_for(record.name)
 
     def _receive(self, items: list[_Item]) -> None:
         # On the trio thread, in a run_sync_soon callback: must not raise.

@@ -64,7 +64,8 @@ class _Fault:
 class Health:
     """The engine's state and its current storage faults.
 
-    Written on the engine's trio thread; safe to read from any thread.
+    Written on the engine's trio thread (a submit's fault and its clearing
+    also from the thread that stored it); safe to read from any thread.
     """
 
     def __init__(self) -> None:

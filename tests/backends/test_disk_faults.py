@@ -298,3 +298,74 @@ def test_a_full_disk_is_a_backend_error_and_loses_nothing_accepted(tmp_path: Pat
     assert report["lost"] == 0 and report["queued"] is True, report
     assert report["large_after_reopen"] is True, report
     assert report["value_files"] == 1 and report["empty_folders"] == [], report  # no debris
+
+
+THREAD_SUBMITS_ON_A_FULL_DISK = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from pathlib import Path
+
+    import errands
+    from errands.backends import DiskCacheBackend
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    _, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
+    data = Path(sys.argv[1])
+    svc = errands.Service("full")
+
+    @svc.task(concurrency=1)
+    async def hold(pad: str) -> None:
+        import trio
+
+        await trio.sleep(3600)
+
+    report = {}
+    with errands.start(svc, backend=DiskCacheBackend(data), grace=0.1) as client:
+        accepted = [client.hold.submit(pad="x").id]
+        limit = max(p.stat().st_size for p in data.rglob("*") if p.is_file()) + 256 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, HARD))
+        for _ in range(5000):
+            try:
+                accepted.append(client.hold.submit(pad="x" * 2000).id)
+            except errands.EngineUnavailable as exc:
+                report["refused"] = [str(exc).startswith("the task was not accepted"),
+                                     exc.retry_after]
+                break
+        report["accepted_under_limit"] = len(accepted)
+        report["fault_seen"] = client.statistics().storage_error is not None
+        resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
+        for _ in range(20):
+            accepted.append(client.hold.submit(pad="y").id)
+        report["fault_cleared"] = client.statistics().storage_error is None
+    with errands.start(svc, backend=DiskCacheBackend(data), grace=0.1) as client:
+        lost = 0
+        for task_id in accepted:
+            try:
+                client.get_task(task_id).get_status()
+            except errands.TaskNotFound:
+                lost += 1
+        report["lost"] = lost
+    print(json.dumps(report))
+    """
+)
+
+
+def test_submits_from_a_thread_on_a_full_disk_are_refused_and_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """Submits from a plain thread, stored by the database thread without
+    the engine's loop: a full disk refuses them with EngineUnavailable (the
+    engine's health says so until a submit is stored again), and every
+    submit that returned a task is there for the next engine."""
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_SUBMITS_ON_A_FULL_DISK, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["refused"] == [True, 1.0], report
+    assert report["accepted_under_limit"] > 1, report  # the limit was reached by submits
+    assert report["fault_seen"] is True and report["fault_cleared"] is True, report
+    assert report["lost"] == 0, report
