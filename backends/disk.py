@@ -1020,6 +1020,39 @@ def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> No
         )
 
 
+def _enqueue_and_start(
+    conn: sqlite3.Connection,
+    task: StoredTask,
+    priority: int,
+    rank: float | None,
+    owner: str,
+    now: float,
+    lease_until: float,
+    starting: Callable[[Claim, StoredTask], StoredTask],
+) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+    """The transaction of :meth:`DiskCacheBackend.enqueue_and_start`."""
+    exists, queued, ready, due = conn.execute(
+        "SELECT (SELECT 1 FROM tasks WHERE id = ?1), (SELECT 1 FROM queue WHERE id = ?1),"
+        " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before = 0 AND name = ?2"
+        " LIMIT 1),"
+        " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before > 0 AND name = ?2"
+        " AND not_before <= ?3 LIMIT 1)",
+        (task.id, task.name, now),
+    ).fetchone()
+    waits = ready or due
+    if exists:
+        return False, None
+    if not queued and not waits:
+        return True, _create_started(conn, task, priority, rank, owner, lease_until, starting)
+    if not _create(conn, task):
+        return False, None
+    _put(conn, task.id, task.name, priority, 0.0, rank)
+    for claim in _claim(conn, owner, {task.name: 1}, 1, now, lease_until):
+        mine = task if claim.task_id == task.id else None
+        return True, (claim, _start_claimed(conn, claim, starting, mine))
+    return True, None
+
+
 def _if_created(on_stored: Callable[[], None]) -> Callable[[bool | tuple[bool, Any]], None]:
     """A commit callback (on the database thread) that calls ``on_stored``
     when the enqueue's answer says the task was created."""
@@ -1711,33 +1744,13 @@ class DiskCacheBackend(Backend):
         name waits, the new task is written claimed and started at once: its
         ``pending`` record is never written, nor its entry claimed apart."""
         await self.queue.hold_owner_lock(owner)
-        quotas = {task.name: 1}
 
         def enqueue(
             conn: sqlite3.Connection,
         ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
-            exists, queued, ready, due = conn.execute(
-                "SELECT (SELECT 1 FROM tasks WHERE id = ?1), (SELECT 1 FROM queue WHERE id = ?1),"
-                " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before = 0 AND name = ?2"
-                " LIMIT 1),"
-                " (SELECT 1 FROM queue WHERE owner IS NULL AND not_before > 0 AND name = ?2"
-                " AND not_before <= ?3 LIMIT 1)",
-                (task.id, task.name, now),
-            ).fetchone()
-            waits = ready or due
-            if exists:
-                return False, None
-            if not queued and not waits:
-                return True, _create_started(
-                    conn, task, priority, rank, owner, lease_until, starting
-                )
-            if not _create(conn, task):
-                return False, None
-            _put(conn, task.id, task.name, priority, 0.0, rank)
-            for claim in _claim(conn, owner, quotas, 1, now, lease_until):
-                mine = task if claim.task_id == task.id else None
-                return True, (claim, _start_claimed(conn, claim, starting, mine))
-            return True, None
+            return _enqueue_and_start(
+                conn, task, priority, rank, owner, now, lease_until, starting
+            )
 
         committed = None if on_stored is None else _if_created(on_stored)
         await trio.lowlevel.checkpoint_if_cancelled()
