@@ -576,6 +576,10 @@ class DiskCacheQueue(Queue):
             claims = await self._db.run(claim, flush=Flush.LAZY)
         return claims
 
+    def holds_owner_lock(self, owner: str) -> bool:
+        """Whether this process holds ``owner``'s lock already (any thread)."""
+        return self._owners.holds(owner)
+
     async def hold_owner_lock(self, owner: str) -> None:
         """Take ``owner``'s lock before its first claim: it proves the owner alive."""
         if not self._owners.holds(owner):
@@ -1051,6 +1055,24 @@ def _enqueue_and_start(
         mine = task if claim.task_id == task.id else None
         return True, (claim, _start_claimed(conn, claim, starting, mine))
     return True, None
+
+
+def _answering(
+    answer: Callable[[T | BackendError], object],
+) -> Callable[[outcome.Outcome[T]], None]:
+    """A database call's answer callback that hands ``answer`` the value, or
+    the BackendError (the database's errors are all BackendError)."""
+
+    def answered(result: outcome.Outcome[T]) -> None:
+        if isinstance(result, outcome.Value):
+            answer(result.value)
+        elif isinstance(result, outcome.Error):
+            error = result.error
+            if not isinstance(error, BackendError):
+                error = BackendError(f"{type(error).__name__}: {error}")
+            answer(error)
+
+    return answered
 
 
 def _if_created(on_stored: Callable[[], None]) -> Callable[[bool | tuple[bool, Any]], None]:
@@ -1716,16 +1738,32 @@ class DiskCacheBackend(Backend):
             _put(conn, task.id, task.name, priority, not_before, rank)
             return True
 
-        def answered(result: outcome.Outcome[bool]) -> None:
-            if isinstance(result, outcome.Value):
-                answer(result.value)
-            elif isinstance(result, outcome.Error):
-                error = result.error  # the database's errors are all BackendError
-                if not isinstance(error, BackendError):
-                    error = BackendError(f"{type(error).__name__}: {error}")
-                answer(error)
+        self._db.call_from_thread(enqueue, _answering(answer))
 
-        self._db.call_from_thread(enqueue, answered)
+    def enqueue_and_start_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+        answer: Callable[
+            [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
+        ],
+    ) -> bool:
+        if not self.queue.holds_owner_lock(owner):
+            return False  # its first claim takes it, on the engine's loop
+
+        def enqueue(
+            conn: sqlite3.Connection,
+        ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
+            return _enqueue_and_start(conn, task, priority, rank, owner, now, lease_until, starting)
+
+        self._db.call_from_thread(enqueue, _answering(answer))
+        return True
 
     async def enqueue_and_start(
         self,
@@ -1748,9 +1786,7 @@ class DiskCacheBackend(Backend):
         def enqueue(
             conn: sqlite3.Connection,
         ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
-            return _enqueue_and_start(
-                conn, task, priority, rank, owner, now, lease_until, starting
-            )
+            return _enqueue_and_start(conn, task, priority, rank, owner, now, lease_until, starting)
 
         committed = None if on_stored is None else _if_created(on_stored)
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -458,6 +458,29 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not enqueue from threads")
 
+    def enqueue_and_start_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+        answer: Callable[
+            [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
+        ],
+    ) -> bool:
+        """:meth:`enqueue_and_start` as :meth:`enqueue_from_thread` starts
+        :meth:`enqueue`: from any thread, without waiting; ``answer`` gets
+        what :meth:`enqueue_and_start` returns, or the BackendError.  False
+        (nothing done, ``answer`` never called) when it cannot be done here
+        now: then :meth:`enqueue_from_thread` can.  Raises as
+        :meth:`enqueue_from_thread`.  The default says False.
+        """
+        return False
+
     async def enqueue(
         self,
         task: StoredTask,

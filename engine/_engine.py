@@ -533,10 +533,13 @@ class Engine:
         self.core.submitted += 1
         self.core.events.submitted(record.id, record.name)
 
-    async def _hand_back_started(self, claim: Claim, begun: StoredTask | None) -> None:
+    async def _hand_back_started(
+        self, claim: Claim, begun: StoredTask | None, slotted: bool = True
+    ) -> None:
         """Give back a task claimed (and started, as ``begun``) by a submit's
-        write that returned once the engine had stopped.  If storage fails
-        here, the claim's lease runs out and the next engine re-queues it."""
+        write that returned once the engine had stopped (or, ``slotted``
+        False, that found no slot free).  If storage fails here, the claim's
+        lease runs out and the next engine re-queues it."""
         try:
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 if begun is None:
@@ -544,9 +547,12 @@ class Engine:
                 else:
                     await self.runner.hand_back(claim, begun.record, counts=False, started=False)
         except BackendError as exc:
-            log.warning("task %s: not handed back at shutdown (%s)", claim.task_id, exc)
+            log.warning("task %s: not handed back (%s)", claim.task_id, exc)
         finally:
-            self._slot_freed(claim.name)
+            if slotted:
+                self._slot_freed(claim.name)
+            else:
+                self.wake_for(claim.name)  # it waits again
 
     async def _reserve_for(self, record: TaskRecord) -> bool:
         """Take a slot for ``record`` to start in its submit's write, where
@@ -573,6 +579,41 @@ class Engine:
             and not self.core.stopping
             and self.take(name)
         )
+
+    def may_start_from_thread(self, record: TaskRecord) -> bool:
+        """From another thread, a hint: whether ``record``, submitted now,
+        would find a slot free with nothing else waiting for one, so that
+        its write may start it (see :meth:`adopt_started`).  Reads plain
+        values that the engine's loop writes: it may be stale, never wrong
+        in what it lets happen (the loop takes the slot, or hands the task
+        back)."""
+        name = record.name
+        return (
+            self.backend.starts_on_enqueue
+            and record.not_before is None
+            and self._accepting
+            and not self.core.stopping
+            and self._claiming is None
+            and not self._any_waiting
+            and not self._waiting_names
+            and name not in self._batchers
+            and self._total < self.options.workers
+            and self._active.get(name, 0) < self._limits.get(name, 0)
+        )
+
+    def adopt_started(
+        self, record: TaskRecord, claim: Claim, begun: StoredTask | None, unreadable: str | None
+    ) -> None:
+        """On the loop: the write of ``record`` (a submit from another thread,
+        see :meth:`may_start_from_thread`) also claimed and started ``claim``'s
+        task (``record`` itself, or one of its name that waited ahead).  It
+        runs if a slot of its name is free; else it goes back to the queue."""
+        if self._accepting and not self.core.stopping and self.take(claim.name):
+            self._launch(claim, begun, unreadable)
+        else:
+            self.spawn(self._hand_back_started, claim, begun, False)
+        if claim.task_id != record.id:
+            self.wake_for(record.name)
 
     def check_accepting(self) -> None:
         """Raise :class:`~errands.EngineClosed` unless the engine takes tasks."""

@@ -36,7 +36,7 @@ import trio
 
 from ._convert import Payload
 from ._errors import BackendError, EngineClosed
-from ._model import StoredTask, TaskRecord
+from ._model import Claim, StoredTask, TaskRecord
 from ._status import TaskStatus
 from ._watching import trusted_until
 
@@ -173,8 +173,10 @@ class _Reply:
 
 _Item = tuple[TaskRecord, Ticket, "_Reply | None"]
 #: What a backend that stores from threads tells the engine's loop after the
-#: write: the task stored, with its ticket.
-_Stored = tuple[TaskRecord, Ticket]
+#: write: the task stored, with its ticket, and what the write claimed and
+#: started, if it did (the claim, the started record, an unreadable one's error).
+_Started = tuple[Claim, "StoredTask | None", "str | None"]
+_Stored = tuple[TaskRecord, Ticket, "_Started | None"]
 
 
 class Handoff:
@@ -244,14 +246,17 @@ class Handoff:
         the write is durable) and tell the engine's loop after: no trip
         through the loop before the write (the caller's thread)."""
         engine = self._engine
+        backend = engine.backend
         reply = _Reply()
         stored = self._stored
+        unreadable: dict[str, str] = {}
 
-        def answer(created: bool | BackendError) -> None:  # on the backend's thread
+        def answer(created: bool | BackendError, started: _Started | None = None) -> None:
+            # On the backend's thread.
             if created is True:
                 engine.core.health.clear("submit")
                 try:
-                    stored.put((record, ticket))
+                    stored.put((record, ticket, started))
                 except trio.RunFinishedError:
                     pass  # stored all the same: the next engine runs it
                 reply.send(record, None)
@@ -260,14 +265,44 @@ class Handoff:
                 created = BackendError(f"task id {record.id} already exists")  # 2**-128 odds
             reply.send(None, engine.not_accepted(created))
 
+        def answer_started(
+            answered: tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError,
+        ) -> None:
+            if isinstance(answered, BackendError):
+                answer(answered)
+                return
+            created, claimed = answered
+            if claimed is None:
+                answer(created)
+                return
+            claim, begun = claimed
+            answer(created, (claim, begun, unreadable.get(claim.task_id)))
+
+        task = StoredTask.from_record(record)
+        rank = engine.core.rank(record.priority, record.not_before)
         try:
-            engine.backend.enqueue_from_thread(
-                StoredTask.from_record(record),
-                priority=record.priority,
-                not_before=record.not_before or 0.0,
-                rank=engine.core.rank(record.priority, record.not_before),
-                answer=answer,
-            )
+            # Started in its own write when the engine looks free for it.
+            now = engine.core.now()
+            if not (
+                engine.may_start_from_thread(record)
+                and backend.enqueue_and_start_from_thread(
+                    task,
+                    priority=record.priority,
+                    rank=rank,
+                    owner=engine.owner,
+                    now=now,
+                    lease_until=now + engine.options.lease,
+                    starting=engine.runner.starting(now, unreadable),
+                    answer=answer_started,
+                )
+            ):
+                backend.enqueue_from_thread(
+                    task,
+                    priority=record.priority,
+                    not_before=record.not_before or 0.0,
+                    rank=rank,
+                    answer=answer,
+                )
         except BackendError as exc:  # it takes no more writes: closed, or closing
             engine.check_accepting()
             raise engine.not_accepted(exc) from exc
@@ -335,10 +370,13 @@ class Handoff:
         # reach this loop (the backend answers its calls in order).
         engine = self._engine
         ends = engine.core.watchers.ends
-        for record, ticket in items:
+        for record, ticket, started in items:
             ends[record.id] = ticket
             engine.accepted(record)
-            engine.wake_for(record.name)
+            if started is None:
+                engine.wake_for(record.name)
+            else:
+                engine.adopt_started(record, *started)
 
     def _receive(self, items: list[_Item]) -> None:
         # On the trio thread, in a run_sync_soon callback: must not raise.

@@ -1120,6 +1120,54 @@ async def test_enqueue_and_start_starts_the_new_task_where_the_backend_says_so(
     assert not await backend.queue.contains(rec.id)
 
 
+async def test_enqueue_and_start_from_thread_does_what_enqueue_and_start_does(
+    backend: Backend,
+) -> None:
+    """From a plain thread, where the backend can (``enqueues_from_threads``,
+    once the owner has claimed here before): the same step as
+    :meth:`enqueue_and_start`, answered from the backend's thread; where it
+    cannot, False and nothing done."""
+    first = record()
+    assert (await enqueue_and_start(backend, first, claim_starting([])))[0]  # the owner claimed
+    rec = record()
+    seen: list[StoredTask] = []
+    answered = threading.Event()
+    got: list[object] = []
+
+    def answer(value: object) -> None:
+        got.append(value)
+        answered.set()
+
+    def call() -> bool:
+        return backend.enqueue_and_start_from_thread(
+            stored(rec),
+            priority=0,
+            rank=None,
+            owner="w1",
+            now=NOW,
+            lease_until=NOW + 30,
+            starting=claim_starting(seen),
+            answer=answer,
+        )
+
+    done = await trio.to_thread.run_sync(call)
+    if not backend.enqueues_from_threads:
+        assert done is False and not await backend.queue.contains(rec.id)
+        return
+    assert done is True
+    assert await trio.to_thread.run_sync(answered.wait, 10)
+    [(created, started)] = got  # type: ignore[misc]
+    assert created is True
+    if not backend.starts_on_enqueue:
+        assert started is None
+        return
+    claim, begun = started
+    assert (claim.task_id, claim.owner) == (rec.id, "w1")
+    assert begun is not None and begun.status is R and begun.token == claim.token
+    now = await backend.store.get(rec.id)
+    assert now is not None and reloaded(now).record == begun.record
+
+
 async def test_a_task_started_by_enqueue_and_start_is_held_like_any_claimed_task(
     starting_backend: Backend,
 ) -> None:

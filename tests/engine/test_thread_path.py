@@ -239,6 +239,61 @@ def test_a_durable_submit_is_stored_without_the_loop(
         assert client.get_task(tasks[7].id).get() == 14
 
 
+running_now = [0, 0]  # running now, the most at once
+running_lock = threading.Lock()
+
+
+@svc.task(concurrency=1)
+def one_at_a_time(n: int) -> int:
+    with running_lock:
+        running_now[0] += 1
+        running_now[1] = max(running_now[1], running_now[0])
+    time.sleep(0.002)
+    with running_lock:
+        running_now[0] -= 1
+    return n
+
+
+def test_durable_submits_from_threads_start_in_their_write_within_the_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit from a thread to a durable engine that looks free starts its
+    task in its own write, as a submit from trio code does: one write, no
+    dispatch round.  Threads that submit at once may all see it free: the
+    engine's loop then runs those that a slot takes and puts the others
+    back in the queue, so a concurrency of one still holds."""
+    running_now[:] = [0, 0]
+    backend = DiskCacheBackend(tmp_path)
+    with errands.start(svc, backend=backend) as client:
+        assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
+        rounds = []
+        real = type(backend).claim_and_start
+
+        async def counted(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
+            rounds.append(1)
+            return await real(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(backend), "claim_and_start", counted)
+        for n in range(20):  # one at a time: each starts in its own write
+            task = client.double.submit(n=n)
+            assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 2 * n
+        assert len(rounds) <= 2, rounds  # (a round may still come, unasked)
+
+        start = threading.Barrier(6)
+
+        def burst(k: int) -> list[Any]:
+            start.wait(15)
+            return [client.one_at_a_time.submit(n=k * 100 + i) for i in range(10)]
+
+        threads = [Background(lambda k=k: burst(k)) for k in range(6)]
+        tasks = [t for thread in threads for t in thread.result()]
+        assert [t.wait(timeout=30) for t in tasks] == [TaskStatus.SUCCESS] * 60
+        assert sorted(t.get() for t in tasks) == sorted(
+            k * 100 + i for k in range(6) for i in range(10)
+        )
+    assert running_now[1] == 1  # never two at once
+
+
 def test_a_durable_submit_hears_its_commit_from_the_database_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
