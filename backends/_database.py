@@ -263,15 +263,7 @@ class Database:
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: do nothing
         call = _Call(fn, write, flush, committed)
-        with self._lock:
-            if self._thread is None:
-                raise BackendError(f"database {self.path} is not open")
-            ended = self._ended
-            if ended is None:
-                self._calls.put(call)
-        if ended is not None:
-            # A new error each time: one shared instance would grow a traceback per raise.
-            raise BackendError(str(ended)) from ended.__cause__
+        self._queue(call)
         assert call.done is not None
         await call.done.wait()
         assert call.result is not None
@@ -292,7 +284,10 @@ class Database:
             BackendError: at once, when the database is not open or its
                 thread has ended (then ``answer`` is never called).
         """
-        call = _Call(fn, True, Flush.NOW, answer=answer)
+        self._queue(_Call(fn, True, Flush.NOW, answer=answer))
+
+    def _queue(self, call: _Call[Any]) -> None:
+        """Queue ``call`` for the thread; BackendError when it takes no more."""
         with self._lock:
             if self._thread is None:
                 raise BackendError(f"database {self.path} is not open")
@@ -300,6 +295,7 @@ class Database:
             if ended is None:
                 self._calls.put(call)
         if ended is not None:
+            # A new error each time: one shared instance would grow a traceback per raise.
             raise BackendError(str(ended)) from ended.__cause__
 
     async def version(self) -> tuple[int, int]:
