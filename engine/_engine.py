@@ -608,10 +608,17 @@ class Engine:
         see :meth:`may_start_from_thread`) also claimed and started ``claim``'s
         task (``record`` itself, or one of its name that waited ahead).  It
         runs if a slot of its name is free; else it goes back to the queue."""
-        if self._accepting and not self.core.stopping and self.take(claim.name):
-            self._launch(claim, begun, unreadable)
-        else:
-            self.spawn(self._hand_back_started, claim, begun, False)
+        try:
+            if self._accepting and not self.core.stopping and self.take(claim.name):
+                self._launch(claim, begun, unreadable)
+            else:
+                self.spawn(self._hand_back_started, claim, begun, False)
+        except RuntimeError:
+            # The engine's runs are over (its write came back while it
+            # stopped): the claim's lease runs out, and the next engine
+            # puts the task back in the queue.
+            log.debug("task %s: started by a submit as the engine stopped", claim.task_id)
+            return
         if claim.task_id != record.id:
             self.wake_for(record.name)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -428,3 +429,23 @@ def test_handles_of_ended_tasks_hold_few_objects_for_the_collector() -> None:
         assert held < 4 * 2_000, held
         assert [t.get() for t in tasks[:3]] == [0, 2, 4]
         assert tasks[5].get_status() is TaskStatus.SUCCESS
+
+
+async def test_a_start_that_comes_back_after_the_engine_stopped_is_left_to_its_lease(
+    tmp_path: Path,
+) -> None:
+    """A thread's submit whose write started its task, answered while the
+    engine stops (its database finishes the calls queued before it
+    closes): the engine can neither run it nor hand it back, and must not
+    fail in the loop's callback either (the claim's lease runs out, and
+    the next engine on the directory puts the task back in the queue)."""
+    directory = tmp_path / "queue"
+    async with errands.open_engine(svc, backend=DiskCacheBackend(directory)) as client:
+        engine = client.engine
+        record = await engine.submit("double", {"n": 4})
+        assert await engine.wait(record.id, timeout=15) is TaskStatus.SUCCESS
+    late = attrs.evolve(record, id=errands._model.new_task_id())
+    claim = errands.Claim(
+        task_id=late.id, name="double", token=99, owner=engine.owner, lease_until=0.0
+    )
+    engine.adopt_started(late, claim, None, None)  # stopped: left as it is, no error
