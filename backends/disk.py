@@ -1690,7 +1690,13 @@ class DiskCacheBackend(Backend):
         """Move the record and ack the claim in one transaction."""
 
         def ack(conn: sqlite3.Connection) -> None:
-            _ack(conn, claim.task_id, claim.token)
+            # Unless the record was put back to pending meanwhile: the
+            # release that follows makes its entry wait again.
+            conn.execute(
+                "DELETE FROM queue WHERE id = ?1 AND token = ?2 AND owner IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = 'pending')",
+                (claim.task_id, claim.token),
+            )
 
         # SOON: durable before the runner hears back, sharing a submit's fsync if one comes.
         return await self.store._transition(

@@ -755,7 +755,11 @@ class MemoryBackend(Backend):
         moved = self.store._transition(
             task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result
         )
-        self.queue._ack(claim.task_id, claim.token)
+        now = None if moved else self.store._records.get(claim.task_id)
+        if now is None or now.status is not TaskStatus.PENDING:
+            # (A record put back to pending meanwhile keeps its entry: the
+            # release that follows makes it wait again.)
+            self.queue._ack(claim.task_id, claim.token)
         return moved
 
     @classmethod

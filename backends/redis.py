@@ -569,12 +569,16 @@ if f[1] == 'in_progress' and f[2] == token then
 else
   drop_staged(has, result)
 end
--- The ack, whether or not the record moved: the entry goes if this claim holds it.
-local e = P .. ':e:' .. id
-local g = redis.call('HMGET', e, 'o', 'k')
-if g[1] and g[1] ~= '' and g[2] == token then
-  redis.call('DEL', e)
-  redis.call('ZREM', P .. ':leases', id)
+-- The ack, whether or not the record moved: the entry goes if this claim
+-- holds it, unless the record was put back to pending meanwhile (the
+-- release that follows makes the entry wait again).
+if moved == 1 or f[1] ~= 'pending' then
+  local e = P .. ':e:' .. id
+  local g = redis.call('HMGET', e, 'o', 'k')
+  if g[1] and g[1] ~= '' and g[2] == token then
+    redis.call('DEL', e)
+    redis.call('ZREM', P .. ':leases', id)
+  end
 end
 return moved
 """

@@ -660,14 +660,18 @@ class Backend(abc.ABC):
     ) -> bool:
         """End a run: :meth:`Store.transition` the ``in_progress`` record held
         with ``claim.token`` to ``task`` (saving ``result`` with it), then
-        :meth:`Queue.ack` the claim, whether or not the record moved.
+        :meth:`Queue.ack` the claim, whether or not the record moved, except
+        when the record is ``pending``.
 
         Returns whether the record moved.  A refused move (the record was
         cancelled, or a newer claim holds it) changes no record, and the
         entry still goes if this claim holds it: a task whose record moved on
-        must not stay queued under a dead claim.
+        must not stay queued under a dead claim.  A record put back to
+        ``pending`` (another engine's upkeep found the lease run out, and
+        releases the entry next) keeps its entry: acked, the task would
+        wait with nothing in the queue.
 
-        The default makes the two calls in order, so a failure between them
+        The default makes the calls in order, so a failure between them
         leaves the record moved and the entry claimed (the upkeep acks such
         an entry when its lease runs out).  Backends that can do both in one
         atomic step override it.
@@ -675,7 +679,9 @@ class Backend(abc.ABC):
         moved = await self.store.transition(
             task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result
         )
-        await self.queue.ack(claim.task_id, claim.token)
+        now = None if moved else await self.store.get_state(claim.task_id)
+        if now is None or now.status is not TaskStatus.PENDING:
+            await self.queue.ack(claim.task_id, claim.token)
         return moved
 
     async def changed_tasks(self) -> Collection[str] | None:

@@ -959,6 +959,34 @@ async def test_start_raises_what_starting_raises_and_changes_nothing(backend: Ba
     assert await backend.start(claim, starting=starting_under(claim, [])) is not None
 
 
+async def test_a_late_finish_leaves_the_entry_of_a_task_put_back_meanwhile(
+    backend: Backend,
+) -> None:
+    """The reaper of another engine puts back a task whose lease ran out:
+    its record back to ``pending`` (compare-and-set on the token), then its
+    entry released.  A worker that stalled past its lease and finishes
+    between the two does not store its outcome (the record moved on), and
+    must not drop the entry either: the release that follows makes it
+    waiting again, and the task runs again (before, on diskcache, the
+    finish's ack deleted it, and the task stayed ``pending`` with nothing
+    in the queue until a sweep's reconcile, a minute later)."""
+    rec = record()
+    assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    [(claim, begun)] = await claim_and_start(backend, claim_starting([]))
+    assert begun is not None
+    lost = attrs.evolve(begun.record, status=P)
+    assert await backend.store.transition(stored(lost), expect=R, token=claim.token)
+    done = attrs.evolve(begun.record, status=S, finished_at=NOW, expires_at=NOW + 60)
+    payload = Payload(media_type="application/json", data=b"1")
+    assert not await backend.finish(stored(done), claim=claim, result=payload)
+    await backend.queue.release(claim.task_id, claim.token)
+    assert await backend.queue.depth() == 1
+    again = await claim_one(backend)
+    assert again is not None and again.task_id == rec.id and again.token > claim.token
+    got = await backend.store.get(rec.id)
+    assert got is not None and got.status is P
+
+
 def claim_starting(seen: list[StoredTask]) -> Callable[[Claim, StoredTask], StoredTask]:
     """A ``starting`` function as the engine's dispatcher passes it to
     ``claim_and_start``; records its calls."""
