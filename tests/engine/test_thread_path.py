@@ -228,7 +228,10 @@ def test_a_durable_submit_is_stored_without_the_loop(
             ids = [first.id, *(t.id for t in burst.result())]
             marks = ", ".join("?" * len(ids))
             found = conn.execute(f"SELECT status FROM tasks WHERE id IN ({marks})", ids)
-            assert [status for (status,) in found] == ["pending"] * 31
+            rows = found.fetchall()
+            assert len(rows) == 31
+            # Waiting, or started in its write (the engine has slots free).
+            assert {status for (status,) in rows} <= {"pending", "in_progress"}
         thaw.set()
         assert first.wait(timeout=15) is TaskStatus.SUCCESS and first.get() == 42
         assert client.statistics().submitted == 32  # freeze, then these: all counted
