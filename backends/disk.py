@@ -1024,6 +1024,20 @@ def _drop_empty_batches(conn: sqlite3.Connection, task_ids: Sequence[str]) -> No
         )
 
 
+def _enqueue(
+    conn: sqlite3.Connection,
+    task: StoredTask,
+    priority: int,
+    not_before: float,
+    rank: float | None,
+) -> bool:
+    """The transaction of :meth:`DiskCacheBackend.enqueue`."""
+    if not _create(conn, task):
+        return False
+    _put(conn, task.id, task.name, priority, not_before, rank)
+    return True
+
+
 def _enqueue_and_start(
     conn: sqlite3.Connection,
     task: StoredTask,
@@ -1048,9 +1062,8 @@ def _enqueue_and_start(
         return False, None
     if not queued and not waits:
         return True, _create_started(conn, task, priority, rank, owner, lease_until, starting)
-    if not _create(conn, task):
+    if not _enqueue(conn, task, priority, 0.0, rank):
         return False, None
-    _put(conn, task.id, task.name, priority, 0.0, rank)
     for claim in _claim(conn, owner, {task.name: 1}, 1, now, lease_until):
         mine = task if claim.task_id == task.id else None
         return True, (claim, _start_claimed(conn, claim, starting, mine))
@@ -1718,10 +1731,7 @@ class DiskCacheBackend(Backend):
         on_stored: Callable[[], None] | None = None,
     ) -> bool:
         def enqueue(conn: sqlite3.Connection) -> bool:
-            if not _create(conn, task):
-                return False
-            _put(conn, task.id, task.name, priority, not_before, rank)
-            return True
+            return _enqueue(conn, task, priority, not_before, rank)
 
         committed = None if on_stored is None else _if_created(on_stored)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -1739,10 +1749,7 @@ class DiskCacheBackend(Backend):
         answer: Callable[[bool | BackendError], object],
     ) -> None:
         def enqueue(conn: sqlite3.Connection) -> bool:
-            if not _create(conn, task):
-                return False
-            _put(conn, task.id, task.name, priority, not_before, rank)
-            return True
+            return _enqueue(conn, task, priority, not_before, rank)
 
         self._db.call_from_thread(enqueue, _answering(answer))
 

@@ -272,11 +272,11 @@ class Handoff:
                 answer(answered)
                 return
             created, claimed = answered
-            if claimed is None:
+            if claimed is not None:
+                claim, begun = claimed
+                answer(created, (claim, begun, unreadable.get(claim.task_id)))
+            else:
                 answer(created)
-                return
-            claim, begun = claimed
-            answer(created, (claim, begun, unreadable.get(claim.task_id)))
 
         task = StoredTask.from_record(record)
         rank = engine.core.rank(record.priority, record.not_before)
