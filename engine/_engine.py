@@ -582,24 +582,39 @@ class Engine:
 
     def may_start_from_thread(self, record: TaskRecord) -> bool:
         """From another thread, a hint: whether ``record``, submitted now,
-        would find a slot free with nothing else waiting for one, so that
-        its write may start it (see :meth:`adopt_started`).  Reads plain
-        values that the engine's loop writes: it may be stale, never wrong
-        in what it lets happen (the loop takes the slot, or hands the task
-        back)."""
+        would find a slot of its name free with no task of another name
+        waiting for one, so that its write may start it (see
+        :meth:`adopt_started`).  Reads plain values that the engine's loop
+        writes: it may be stale, never wrong in what it lets happen (the
+        loop takes the slot, or hands the task back).
+
+        Tasks of its own name that may wait, or a dispatch round's claim
+        under way, do not rule it out: the write claims the head of its
+        name's queue, as a round would, and the round's claims count
+        their slots as the write's do.  A thread submitting in a loop while
+        earlier tasks ran otherwise kept the queue busy with a round for
+        every two or three submits (``docs/decisions.md``)."""
         name = record.name
         return (
             self.backend.starts_on_enqueue
             and record.not_before is None
             and self._accepting
             and not self.core.stopping
-            and self._claiming is None
             and not self._any_waiting
-            and not self._waiting_names
             and name not in self._batchers
             and self._total < self.options.workers
             and self._active.get(name, 0) < self._limits.get(name, 0)
+            and not self._others_waiting_with_room(name)
         )
+
+    def _others_waiting_with_room(self, name: str) -> bool:
+        """Whether tasks of a name other than ``name`` may wait unclaimed with
+        a slot of theirs free (read from another thread: copies, no writes)."""
+        waiting = self._waiting_names
+        if not waiting or (len(waiting) == 1 and name in waiting):
+            return False
+        active, limits = self._active, self._limits
+        return any(n != name and active.get(n, 0) < limits.get(n, 0) for n in list(waiting))
 
     def adopt_started(
         self, record: TaskRecord, claim: Claim, begun: StoredTask | None, unreadable: str | None
