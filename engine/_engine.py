@@ -582,18 +582,21 @@ class Engine:
 
     def may_start_from_thread(self, record: TaskRecord) -> bool:
         """From another thread, a hint: whether ``record``, submitted now,
-        would find a slot of its name free with no task of another name
-        waiting for one, so that its write may start it (see
-        :meth:`adopt_started`).  Reads plain values that the engine's loop
-        writes: it may be stale, never wrong in what it lets happen (the
-        loop takes the slot, or hands the task back).
+        would find a slot of its name free, with no dispatch round's claim
+        under way and no task of another name waiting for a slot it could
+        take, so that its write may start it (see :meth:`adopt_started`).
+        Reads plain values that the engine's loop writes: it may be stale,
+        never wrong in what it lets happen (the loop takes the slot, or
+        hands the task back; a round whose claim it overtook puts back
+        what no longer fits).
 
-        Tasks of its own name that may wait, or a dispatch round's claim
-        under way, do not rule it out: the write claims the head of its
-        name's queue, as a round would, and the round's claims count
-        their slots as the write's do.  A thread submitting in a loop while
-        earlier tasks ran otherwise kept the queue busy with a round for
-        every two or three submits (``docs/decisions.md``)."""
+        Tasks of its own name that may wait do not rule it out: the write
+        claims the head of its name's queue, as a round would.  Nor do
+        tasks of names at their limits, as for a submit from trio code
+        (:meth:`_reserve_for`).  Before, any of these sent the submit to
+        the queue, for a round to claim; a thread submitting in a loop
+        while earlier tasks ran kept a round going for every two or three
+        submits (``docs/decisions.md``)."""
         name = record.name
         return (
             self.backend.starts_on_enqueue
@@ -601,6 +604,7 @@ class Engine:
             and self._accepting
             and not self.core.stopping
             and not self._any_waiting
+            and self._claiming is None
             and name not in self._batchers
             and self._total < self.options.workers
             and self._active.get(name, 0) < self._limits.get(name, 0)
@@ -1193,10 +1197,15 @@ class Engine:
                 self._claiming = None
                 claiming.set()
             for claim, begun in claims:
-                self._active[claim.name] += 1
                 quotas[claim.name] -= 1
-                self._total += 1
-                self._launch(claim, begun, unreadable.get(claim.task_id))
+                if self.take(claim.name):
+                    self._launch(claim, begun, unreadable.get(claim.task_id))
+                else:
+                    # A submit from a thread started a task of this name in
+                    # its own write while this claim was under way (see
+                    # may_start_from_thread): it took a slot this round
+                    # counted on, so this one waits again.
+                    self.spawn(self._hand_back_started, claim, begun, False)
             if len(claims) >= free:
                 self._waiting_names.update(quotas)
                 return  # there may be more ready

@@ -8,6 +8,7 @@ whatever a thread gets done meanwhile did not need the loop.
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ import trio
 
 import errands
 from errands import TaskStatus
+from errands._engine import Engine
 from errands.backends import DiskCacheBackend, disk
 
 pytestmark = pytest.mark.realtime
@@ -300,15 +302,88 @@ def test_durable_submits_from_threads_start_in_their_write_within_the_limits(
     assert running_now[1] == 1  # never two at once
 
 
-def test_a_durable_submit_from_a_thread_starts_while_a_round_claims(
+held_started = collections.defaultdict(threading.Event)
+held_release = collections.defaultdict(threading.Event)
+held_now = [0, 0]  # running now, the most at once
+
+
+@svc.task(concurrency=1)
+def one_held(n: int) -> int:
+    with running_lock:
+        held_now[0] += 1
+        held_now[1] = max(held_now[1], held_now[0])
+    held_started[n].set()
+    held_release[n].wait(15)
+    with running_lock:
+        held_now[0] -= 1
+    return n
+
+
+def test_a_thread_submit_starts_in_its_write_while_another_name_waits_at_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A dispatch round's claim in flight, and a task of the same name that
-    may wait for it, do not send a submit from a thread to the queue: its
-    write claims the head of its name's queue itself, as the round would.
-    Before, such a submit waited for another round; a thread submitting in
-    a loop while earlier tasks ran took a round for every two or three
-    tasks (the thread path's benchmark on ``DiskCacheBackend``)."""
+    """Tasks of another name that wait only for a slot of their own (their
+    name at its concurrency limit) do not send a submit from a thread to
+    the queue, as they do not hold up a submit from trio code: its write
+    starts it.  Before, any task that might wait did, and the submit
+    waited for a dispatch round."""
+    held_now[:] = [0, 0]
+    held_started.clear()
+    held_release.clear()
+    backend = DiskCacheBackend(tmp_path)
+    claims = [0]  # under way
+    real_claim = type(backend).claim_and_start
+
+    async def counted(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
+        claims[0] += 1
+        try:
+            return await real_claim(self, *args, **kwargs)
+        finally:
+            claims[0] -= 1
+
+    queued: list[str] = []  # names of the tasks written waiting
+    real_enqueue = type(backend).enqueue_from_thread
+
+    def enqueue(self: DiskCacheBackend, task: Any, **kwargs: Any) -> None:
+        queued.append(task.name)
+        real_enqueue(self, task, **kwargs)
+
+    monkeypatch.setattr(type(backend), "claim_and_start", counted)
+    monkeypatch.setattr(type(backend), "enqueue_from_thread", enqueue)
+    with errands.start(svc, backend=backend, grace=0.1) as client:
+        try:
+            running = client.one_held.submit(n=1)
+            assert held_started[1].wait(15)
+            waiting = client.one_held.submit(n=2)  # its name is at its limit: it waits
+            assert queued[-1:] == ["one_held"]
+            # The round it woke finds nothing for the names with room; a
+            # claim under way still sends a submit to the queue (as before).
+            assert waiting.get_status() is TaskStatus.PENDING  # (through the loop)
+            deadline = time.monotonic() + 15
+            while claims[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            task = client.double.submit(n=21)
+            assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 42
+            assert "double" not in queued  # started in its write
+        finally:
+            held_release[1].set()
+            held_release[2].set()
+        assert running.wait(timeout=15) is TaskStatus.SUCCESS
+        assert waiting.wait(timeout=15) is TaskStatus.SUCCESS
+
+
+def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round counts on the slots that were free when it began to claim.
+    A submit from a thread whose hint was read before (a stale hint: it
+    said the engine was free) may start a task of the same name in its
+    own write meanwhile; then the round's claim no longer fits the name's
+    limit: it is put back in the queue and runs when the slot frees, never
+    beside the other."""
+    held_now[:] = [0, 0]
+    held_started.clear()
+    held_release.clear()
     backend = DiskCacheBackend(tmp_path)
     gate = threading.Event()
     claiming = threading.Event()
@@ -319,26 +394,27 @@ def test_a_durable_submit_from_a_thread_starts_while_a_round_claims(
         await trio.to_thread.run_sync(gate.wait, 30)
         return await real(self, *args, **kwargs)
 
+    hint = Engine.may_start_from_thread
     with errands.start(svc, backend=backend, grace=0.1) as client:
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
         monkeypatch.setattr(type(backend), "claim_and_start", gated)
         try:
-            # Queued (not due yet): the loop wakes a round, whose claim waits.
-            later = client.double.options(delay=60).submit(n=2)
+            client.one_held.options(delay=60).submit(n=0)  # wakes a round: its claim waits
             assert claiming.wait(15)
-            task = client.double.submit(n=21)
-            assert task.wait(timeout=10) is TaskStatus.SUCCESS and task.get() == 42
-            assert later.get_status() is TaskStatus.PENDING
-            # A task of another name that may wait with a slot free goes
-            # first (the round claims across names in rank order): then a
-            # submit still waits for the round.
-            client.one_at_a_time.options(delay=60).submit(n=3)
-            behind = client.double.submit(n=5)
-            with pytest.raises(TimeoutError):
-                behind.wait(timeout=0.3)
+            # Read before that round began: the engine looked free.
+            monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
+            first = client.one_held.submit(n=1)
+            monkeypatch.setattr(Engine, "may_start_from_thread", hint)
+            assert held_started[1].wait(15)
+            second = client.one_held.submit(n=2)  # waits: the round's claim takes it
         finally:
             gate.set()
-        assert behind.wait(timeout=15) is TaskStatus.SUCCESS and behind.get() == 10
+        assert not held_started[2].wait(0.3)  # put back: the first still runs
+        held_release[1].set()
+        held_release[2].set()
+        assert first.wait(timeout=15) is TaskStatus.SUCCESS and first.get() == 1
+        assert second.wait(timeout=15) is TaskStatus.SUCCESS and second.get() == 2
+    assert held_now[1] == 1  # never two at once
 
 
 def test_a_durable_submit_hears_its_commit_from_the_database_thread(
