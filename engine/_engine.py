@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import threading
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -88,6 +89,9 @@ CLEANUP_SECONDS = 5.0
 WATCH_READS = 20_000
 #: Seconds ``cancel()`` waits for a running task to stop before answering.
 CANCEL_GRACE = 5.0
+#: The longest a submit from a thread waits for a dispatch round's claim
+#: under way (see :meth:`Engine.wait_for_claim_from_thread`).
+THREAD_CLAIM_WAIT = 0.05
 
 #: A task a submit's write claimed and started: its claim, its started record
 #: (None: not started) and why its stored record did not read (None: it read).
@@ -178,8 +182,11 @@ class Engine:
             name: min(d.concurrency or workers, workers) for name, d in self.definitions.items()
         }
         self._total = 0
-        #: Set when the claim of the dispatch round under way returns.
+        #: Set when the claim of the dispatch round under way returns, and
+        #: its claims are counted (``_claim_done``: the same, for threads).
         self._claiming: trio.Event | None = None
+        self._claim_done = threading.Event()
+        self._claim_done.set()
         #: Names whose ready tasks may wait unclaimed, and whether tasks of
         #: any name may (a change this engine did not make, a retry, a
         #: failed round): a freed slot wakes the dispatcher only when one of
@@ -583,8 +590,9 @@ class Engine:
     def may_start_from_thread(self, record: TaskRecord) -> bool:
         """From another thread, a hint: whether ``record``, submitted now,
         would find a slot of its name free, with no dispatch round's claim
-        under way and no task of another name waiting for a slot it could
-        take, so that its write may start it (see :meth:`adopt_started`).
+        under way (:meth:`wait_for_claim_from_thread` waits for one first)
+        and no task of another name waiting for a slot it could take, so
+        that its write may start it (see :meth:`adopt_started`).
         Reads plain values that the engine's loop writes: it may be stale,
         never wrong in what it lets happen (the loop takes the slot, or
         hands the task back; a round whose claim it overtook puts back
@@ -610,6 +618,24 @@ class Engine:
             and self._active.get(name, 0) < self._limits.get(name, 0)
             and not self._others_waiting_with_room(name)
         )
+
+    def wait_for_claim_from_thread(self, record: TaskRecord) -> None:
+        """From another thread, before :meth:`may_start_from_thread`: while a
+        dispatch round's claim is under way and ``record`` would find a slot
+        of its name free, wait for that claim to return and be counted (at
+        most ``THREAD_CLAIM_WAIT`` seconds), as a submit from trio code does
+        (:meth:`_reserve_for`).  The submit then starts in its own write if a
+        slot is still free; without the wait it went to the queue, and the
+        round it woke kept the next submit waiting in turn (a thread
+        submitting in a loop took a round for every two submits)."""
+        name = record.name
+        if (
+            self._claiming is not None
+            and record.not_before is None
+            and self._total < self.options.workers
+            and self._active.get(name, 0) < self._limits.get(name, 0)
+        ):
+            self._claim_done.wait(THREAD_CLAIM_WAIT)
 
     def _others_waiting_with_room(self, name: str) -> bool:
         """Whether tasks of a name other than ``name`` may wait unclaimed with
@@ -1181,31 +1207,35 @@ class Engine:
             # a run then starts from the record this call stored.
             unreadable: dict[str, str] = {}
             self._claiming = claiming = trio.Event()
+            self._claim_done.clear()
             try:
-                claims = await self.backend.claim_and_start(
-                    owner=self.owner,
-                    quotas=quotas,
-                    limit=free,
-                    now=now,
-                    lease_until=now + self.options.lease,
-                    starting=self.runner.starting(now, unreadable),
-                )
-            except BaseException:
-                self._any_waiting = True  # nothing was learnt: the next round looks
-                raise
+                try:
+                    claims = await self.backend.claim_and_start(
+                        owner=self.owner,
+                        quotas=quotas,
+                        limit=free,
+                        now=now,
+                        lease_until=now + self.options.lease,
+                        starting=self.runner.starting(now, unreadable),
+                    )
+                except BaseException:
+                    self._any_waiting = True  # nothing was learnt: the next round looks
+                    raise
+                for claim, begun in claims:
+                    quotas[claim.name] -= 1
+                    if self.take(claim.name):
+                        self._launch(claim, begun, unreadable.get(claim.task_id))
+                    else:
+                        # A submit from a thread started a task of this name
+                        # in its own write while this claim was under way
+                        # (its hint was stale, see may_start_from_thread):
+                        # it took a slot this round counted on, so this one
+                        # waits again.
+                        self.spawn(self._hand_back_started, claim, begun, False)
             finally:
                 self._claiming = None
                 claiming.set()
-            for claim, begun in claims:
-                quotas[claim.name] -= 1
-                if self.take(claim.name):
-                    self._launch(claim, begun, unreadable.get(claim.task_id))
-                else:
-                    # A submit from a thread started a task of this name in
-                    # its own write while this claim was under way (see
-                    # may_start_from_thread): it took a slot this round
-                    # counted on, so this one waits again.
-                    self.spawn(self._hand_back_started, claim, begun, False)
+                self._claim_done.set()
             if len(claims) >= free:
                 self._waiting_names.update(quotas)
                 return  # there may be more ready

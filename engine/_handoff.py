@@ -282,6 +282,7 @@ class Handoff:
         rank = engine.core.rank(record.priority, record.not_before)
         try:
             # Started in its own write when the engine looks free for it.
+            engine.wait_for_claim_from_thread(record)
             now = engine.core.now()
             if not (
                 engine.may_start_from_thread(record)

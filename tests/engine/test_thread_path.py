@@ -22,6 +22,7 @@ import trio
 
 import errands
 from errands import TaskStatus
+from errands import _engine as engine_module
 from errands._engine import Engine
 from errands.backends import DiskCacheBackend, disk
 
@@ -330,7 +331,7 @@ def test_a_thread_submit_starts_in_its_write_while_another_name_waits_at_its_lim
     held_now[:] = [0, 0]
     held_started.clear()
     held_release.clear()
-    backend = DiskCacheBackend(tmp_path)
+    backend = DiskCacheBackend(tmp_path, poll_interval=60)  # (see the test below)
     claims = [0]  # under way
     real_claim = type(backend).claim_and_start
 
@@ -370,6 +371,67 @@ def test_a_thread_submit_starts_in_its_write_while_another_name_waits_at_its_lim
             held_release[2].set()
         assert running.wait(timeout=15) is TaskStatus.SUCCESS
         assert waiting.wait(timeout=15) is TaskStatus.SUCCESS
+
+
+def test_a_thread_submit_waits_for_a_claim_under_way_then_starts_in_its_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a dispatch round's claim is under way, a submit from a thread
+    that would find a slot free waits for it (as a submit from trio code
+    does), then starts in its own write.  Before, it went to the queue,
+    and the round it woke held up the next submit in turn: a thread
+    submitting in a loop took a round for every two submits.  The wait is
+    short: a claim that does not come back does not hold the submit."""
+    # Polled rarely: a poll wakes the dispatcher, which sends submits to
+    # the queue until its next round has looked.
+    backend = DiskCacheBackend(tmp_path, poll_interval=60)
+    gates: list[threading.Event] = []
+    claiming = threading.Event()
+    real_claim = type(backend).claim_and_start
+
+    async def gated(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
+        gate = gates[-1]
+        claiming.set()
+        await trio.to_thread.run_sync(gate.wait, 30)
+        return await real_claim(self, *args, **kwargs)
+
+    queued: list[int] = []  # the arguments of the tasks written waiting
+    real_enqueue = type(backend).enqueue_from_thread
+
+    def enqueue(self: DiskCacheBackend, task: Any, **kwargs: Any) -> None:
+        queued.append(task.record.args.get("n"))
+        real_enqueue(self, task, **kwargs)
+
+    monkeypatch.setattr(type(backend), "enqueue_from_thread", enqueue)
+    monkeypatch.setattr(engine_module, "THREAD_CLAIM_WAIT", 30.0)
+    with errands.start(svc, backend=backend, grace=0.1) as client:
+        assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
+        monkeypatch.setattr(type(backend), "claim_and_start", gated)
+        gates.append(threading.Event())
+        try:
+            client.double.options(delay=60).submit(n=0)  # wakes a round: its claim waits
+            assert claiming.wait(15)
+            patient = Background(lambda: client.double.submit(n=21))
+            assert not patient.done_within(0.3), "it did not wait for the claim"
+        finally:
+            gates[-1].set()
+        task = patient.result()
+        assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 42
+        assert 21 not in queued  # started in its own write
+
+        # A claim that does not come back: the submit waits a moment, then queues.
+        monkeypatch.setattr(engine_module, "THREAD_CLAIM_WAIT", 0.05)
+        claiming.clear()
+        gates.append(threading.Event())
+        try:
+            client.double.options(delay=60).submit(n=0)
+            assert claiming.wait(15)
+            hasty = Background(lambda: client.double.submit(n=2))
+            assert hasty.done_within(15)
+            assert queued[-1] == 2
+        finally:
+            gates[-1].set()
+        assert hasty.result().wait(timeout=15) is TaskStatus.SUCCESS
 
 
 def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
