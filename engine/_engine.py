@@ -654,8 +654,8 @@ class Engine:
         task (``record`` itself, or one of its name that waited ahead).  It
         runs if a slot of its name is free; else it goes back to the queue."""
         try:
-            if self._accepting and not self.core.stopping and self.take(claim.name):
-                self._launch(claim, begun, unreadable)
+            if self._accepting and not self.core.stopping:
+                self._run_or_put_back(claim, begun, unreadable)
             else:
                 self.spawn(self._hand_back_started, claim, begun, False)
         except RuntimeError:
@@ -666,6 +666,23 @@ class Engine:
             return
         if claim.task_id != record.id:
             self.wake_for(record.name)
+
+    def _run_or_put_back(
+        self, claim: Claim, begun: StoredTask | None, unreadable: str | None
+    ) -> None:
+        """Run a task that a claim or a submit's write started, in a free slot
+        of its name; with none free, put it back in the queue.  A task whose
+        stored record did not read (``unreadable``) is failed at once, slot
+        or not: nothing of it runs, and its start stored a placeholder that
+        must not wait in the queue as if it were the task."""
+        if self.take(claim.name):
+            self._launch(claim, begun, unreadable)
+        elif unreadable is not None:
+            self._active[claim.name] += 1  # for the one write that fails it
+            self._total += 1
+            self._launch(claim, begun, unreadable)
+        else:
+            self.spawn(self._hand_back_started, claim, begun, False)
 
     def check_accepting(self) -> None:
         """Raise :class:`~errands.EngineClosed` unless the engine takes tasks."""
@@ -1223,15 +1240,10 @@ class Engine:
                     raise
                 for claim, begun in claims:
                     quotas[claim.name] -= 1
-                    if self.take(claim.name):
-                        self._launch(claim, begun, unreadable.get(claim.task_id))
-                    else:
-                        # A submit from a thread started a task of this name
-                        # in its own write while this claim was under way
-                        # (its hint was stale, see may_start_from_thread):
-                        # it took a slot this round counted on, so this one
-                        # waits again.
-                        self.spawn(self._hand_back_started, claim, begun, False)
+                    # A slot this round counted on may be gone: a batcher's
+                    # round, or a submit from a thread that started a task
+                    # in its own write, took it while this claim was out.
+                    self._run_or_put_back(claim, begun, unreadable.get(claim.task_id))
             finally:
                 self._claiming = None
                 claiming.set()

@@ -479,6 +479,53 @@ def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
     assert held_now[1] == 1  # never two at once
 
 
+def test_an_unreadable_task_a_round_claims_without_a_slot_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's claim that no longer fits is put back in the queue, but not
+    a task whose stored record did not read: its start stored a
+    placeholder, which must not wait in the queue as if it were the task
+    (run later, it would call the function with no arguments).  It fails
+    at once as unreadable, as it would in a slot."""
+    held_started.clear()
+    held_release.clear()
+    with errands.start(svc, backend=DiskCacheBackend(tmp_path), grace=0.1) as client:
+        bad = client.double.options(delay=2.0).submit(n=4)
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad.id))
+    backend = DiskCacheBackend(tmp_path, poll_interval=60)
+    gate = threading.Event()
+    claiming = threading.Event()
+    real = type(backend).claim_and_start
+
+    async def gated(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
+        claiming.set()
+        await trio.to_thread.run_sync(gate.wait, 30)
+        return await real(self, *args, **kwargs)
+
+    with errands.start(svc, backend=backend, workers=1, grace=0.1) as client:
+        # A claim has run (it takes the engine's owner lock, which a start in
+        # a thread's write needs); the next round claims the bad task when
+        # it is due, and waits at the gate.
+        assert client.one_at_a_time.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
+        monkeypatch.setattr(type(backend), "claim_and_start", gated)
+        try:
+            assert claiming.wait(15)
+            # The one slot goes to a submit whose hint was read before that
+            # round began (stale: it said the engine was free).
+            monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
+            holder = client.one_held.submit(n=1)
+            assert held_started[1].wait(15)
+        finally:
+            gate.set()
+        failed = client.get_task(bad.id)
+        assert failed.wait(timeout=15) is TaskStatus.FAILURE
+        info = failed.get_info()
+        assert info.error is not None and info.error.type == "UnreadableRecord"
+        held_release[1].set()
+        assert holder.wait(timeout=15) is TaskStatus.SUCCESS
+
+
 def test_a_durable_submit_hears_its_commit_from_the_database_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
