@@ -9,6 +9,7 @@ whatever a thread gets done meanwhile did not need the loop.
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
 import threading
 import time
@@ -246,18 +247,35 @@ def test_a_durable_submit_is_stored_without_the_loop(
         assert client.get_task(tasks[7].id).get() == 14
 
 
-running_now = [0, 0]  # running now, the most at once
-running_lock = threading.Lock()
+class AtOnce:
+    """Counts the calls of a task running at once, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        self.now = self.most = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+one_at_a_time_runs = AtOnce()
 
 
 @svc.task(concurrency=1)
 def one_at_a_time(n: int) -> int:
-    with running_lock:
-        running_now[0] += 1
-        running_now[1] = max(running_now[1], running_now[0])
-    time.sleep(0.002)
-    with running_lock:
-        running_now[0] -= 1
+    with one_at_a_time_runs.running():
+        time.sleep(0.002)
     return n
 
 
@@ -269,7 +287,7 @@ def test_durable_submits_from_threads_start_in_their_write_within_the_limits(
     dispatch round.  Threads that submit at once may all see it free: the
     engine's loop then runs those that a slot takes and puts the others
     back in the queue, so a concurrency of one still holds."""
-    running_now[:] = [0, 0]
+    one_at_a_time_runs.reset()
     backend = DiskCacheBackend(tmp_path)
     with errands.start(svc, backend=backend) as client:
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
@@ -300,24 +318,48 @@ def test_durable_submits_from_threads_start_in_their_write_within_the_limits(
         assert sorted(t.get() for t in tasks) == sorted(
             k * 100 + i for k in range(6) for i in range(10)
         )
-    assert running_now[1] == 1  # never two at once
+    assert one_at_a_time_runs.most == 1  # never two at once
 
 
 held_started = collections.defaultdict(threading.Event)
 held_release = collections.defaultdict(threading.Event)
-held_now = [0, 0]  # running now, the most at once
+one_held_runs = AtOnce()
 
 
 @svc.task(concurrency=1)
 def one_held(n: int) -> int:
-    with running_lock:
-        held_now[0] += 1
-        held_now[1] = max(held_now[1], held_now[0])
-    held_started[n].set()
-    held_release[n].wait(15)
-    with running_lock:
-        held_now[0] -= 1
+    with one_held_runs.running():
+        held_started[n].set()
+        held_release[n].wait(15)
     return n
+
+
+class GatedClaims:
+    """Makes ``backend``'s dispatch rounds hold their claims at a gate, once
+    :meth:`install` is called: ``claiming`` is set when one waits there."""
+
+    def __init__(self, backend: DiskCacheBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.claiming = threading.Event()
+        self._backend = backend
+        self._monkeypatch = monkeypatch
+
+    def install(self) -> None:
+        real = type(self._backend).claim_and_start
+        gates = self
+
+        async def gated(backend: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
+            gate = gates.gate
+            gates.claiming.set()
+            await trio.to_thread.run_sync(gate.wait, 30)
+            return await real(backend, *args, **kwargs)
+
+        self._monkeypatch.setattr(type(self._backend), "claim_and_start", gated)
+
+    def next_gate(self) -> None:
+        """A new closed gate, for the next claim."""
+        self.claiming.clear()
+        self.gate = threading.Event()
 
 
 def test_a_thread_submit_starts_in_its_write_while_another_name_waits_at_its_limit(
@@ -328,7 +370,7 @@ def test_a_thread_submit_starts_in_its_write_while_another_name_waits_at_its_lim
     the queue, as they do not hold up a submit from trio code: its write
     starts it.  Before, any task that might wait did, and the submit
     waited for a dispatch round."""
-    held_now[:] = [0, 0]
+    one_held_runs.reset()
     held_started.clear()
     held_release.clear()
     backend = DiskCacheBackend(tmp_path, poll_interval=60)  # (see the test below)
@@ -385,16 +427,7 @@ def test_a_thread_submit_waits_for_a_claim_under_way_then_starts_in_its_write(
     # Polled rarely: a poll wakes the dispatcher, which sends submits to
     # the queue until its next round has looked.
     backend = DiskCacheBackend(tmp_path, poll_interval=60)
-    gates: list[threading.Event] = []
-    claiming = threading.Event()
-    real_claim = type(backend).claim_and_start
-
-    async def gated(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
-        gate = gates[-1]
-        claiming.set()
-        await trio.to_thread.run_sync(gate.wait, 30)
-        return await real_claim(self, *args, **kwargs)
-
+    claims = GatedClaims(backend, monkeypatch)
     queued: list[int] = []  # the arguments of the tasks written waiting
     real_enqueue = type(backend).enqueue_from_thread
 
@@ -406,31 +439,29 @@ def test_a_thread_submit_waits_for_a_claim_under_way_then_starts_in_its_write(
     monkeypatch.setattr(engine_module, "THREAD_CLAIM_WAIT", 30.0)
     with errands.start(svc, backend=backend, grace=0.1) as client:
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
-        monkeypatch.setattr(type(backend), "claim_and_start", gated)
-        gates.append(threading.Event())
+        claims.install()
         try:
             client.double.options(delay=60).submit(n=0)  # wakes a round: its claim waits
-            assert claiming.wait(15)
+            assert claims.claiming.wait(15)
             patient = Background(lambda: client.double.submit(n=21))
             assert not patient.done_within(0.3), "it did not wait for the claim"
         finally:
-            gates[-1].set()
+            claims.gate.set()
         task = patient.result()
         assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 42
         assert 21 not in queued  # started in its own write
 
         # A claim that does not come back: the submit waits a moment, then queues.
         monkeypatch.setattr(engine_module, "THREAD_CLAIM_WAIT", 0.05)
-        claiming.clear()
-        gates.append(threading.Event())
+        claims.next_gate()
         try:
             client.double.options(delay=60).submit(n=0)
-            assert claiming.wait(15)
+            assert claims.claiming.wait(15)
             hasty = Background(lambda: client.double.submit(n=2))
             assert hasty.done_within(15)
             assert queued[-1] == 2
         finally:
-            gates[-1].set()
+            claims.gate.set()
         assert hasty.result().wait(timeout=15) is TaskStatus.SUCCESS
 
 
@@ -443,26 +474,18 @@ def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
     own write meanwhile; then the round's claim no longer fits the name's
     limit: it is put back in the queue and runs when the slot frees, never
     beside the other."""
-    held_now[:] = [0, 0]
+    one_held_runs.reset()
     held_started.clear()
     held_release.clear()
     backend = DiskCacheBackend(tmp_path)
-    gate = threading.Event()
-    claiming = threading.Event()
-    real = type(backend).claim_and_start
-
-    async def gated(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
-        claiming.set()
-        await trio.to_thread.run_sync(gate.wait, 30)
-        return await real(self, *args, **kwargs)
-
+    claims = GatedClaims(backend, monkeypatch)
     hint = Engine.may_start_from_thread
     with errands.start(svc, backend=backend, grace=0.1) as client:
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
-        monkeypatch.setattr(type(backend), "claim_and_start", gated)
+        claims.install()
         try:
             client.one_held.options(delay=60).submit(n=0)  # wakes a round: its claim waits
-            assert claiming.wait(15)
+            assert claims.claiming.wait(15)
             # Read before that round began: the engine looked free.
             monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
             first = client.one_held.submit(n=1)
@@ -470,13 +493,13 @@ def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
             assert held_started[1].wait(15)
             second = client.one_held.submit(n=2)  # waits: the round's claim takes it
         finally:
-            gate.set()
+            claims.gate.set()
         assert not held_started[2].wait(0.3)  # put back: the first still runs
         held_release[1].set()
         held_release[2].set()
         assert first.wait(timeout=15) is TaskStatus.SUCCESS and first.get() == 1
         assert second.wait(timeout=15) is TaskStatus.SUCCESS and second.get() == 2
-    assert held_now[1] == 1  # never two at once
+    assert one_held_runs.most == 1  # never two at once
 
 
 def test_an_unreadable_task_a_round_claims_without_a_slot_fails_alone(
@@ -494,30 +517,22 @@ def test_an_unreadable_task_a_round_claims_without_a_slot_fails_alone(
     with sqlite3.connect(tmp_path / "errands.db") as conn:
         conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad.id))
     backend = DiskCacheBackend(tmp_path, poll_interval=60)
-    gate = threading.Event()
-    claiming = threading.Event()
-    real = type(backend).claim_and_start
-
-    async def gated(self: DiskCacheBackend, *args: Any, **kwargs: Any) -> Any:
-        claiming.set()
-        await trio.to_thread.run_sync(gate.wait, 30)
-        return await real(self, *args, **kwargs)
-
+    claims = GatedClaims(backend, monkeypatch)
     with errands.start(svc, backend=backend, workers=1, grace=0.1) as client:
         # A claim has run (it takes the engine's owner lock, which a start in
         # a thread's write needs); the next round claims the bad task when
         # it is due, and waits at the gate.
         assert client.one_at_a_time.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
-        monkeypatch.setattr(type(backend), "claim_and_start", gated)
+        claims.install()
         try:
-            assert claiming.wait(15)
+            assert claims.claiming.wait(15)
             # The one slot goes to a submit whose hint was read before that
             # round began (stale: it said the engine was free).
             monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
             holder = client.one_held.submit(n=1)
             assert held_started[1].wait(15)
         finally:
-            gate.set()
+            claims.gate.set()
         failed = client.get_task(bad.id)
         assert failed.wait(timeout=15) is TaskStatus.FAILURE
         info = failed.get_info()
