@@ -356,6 +356,12 @@ class GatedClaims:
 
         self._monkeypatch.setattr(type(self._backend), "claim_and_start", gated)
 
+    def hold_a_round(self, endpoint: Any) -> None:
+        """Submit a task not due yet: the engine's loop wakes a dispatch round,
+        whose claim then waits at the gate."""
+        endpoint.options(delay=60).submit(n=0)
+        assert self.claiming.wait(15)
+
     def next_gate(self) -> None:
         """A new closed gate, for the next claim."""
         self.claiming.clear()
@@ -441,8 +447,7 @@ def test_a_thread_submit_waits_for_a_claim_under_way_then_starts_in_its_write(
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
         claims.install()
         try:
-            client.double.options(delay=60).submit(n=0)  # wakes a round: its claim waits
-            assert claims.claiming.wait(15)
+            claims.hold_a_round(client.double)
             patient = Background(lambda: client.double.submit(n=21))
             assert not patient.done_within(0.3), "it did not wait for the claim"
         finally:
@@ -455,8 +460,7 @@ def test_a_thread_submit_waits_for_a_claim_under_way_then_starts_in_its_write(
         monkeypatch.setattr(engine_module, "THREAD_CLAIM_WAIT", 0.05)
         claims.next_gate()
         try:
-            client.double.options(delay=60).submit(n=0)
-            assert claims.claiming.wait(15)
+            claims.hold_a_round(client.double)
             hasty = Background(lambda: client.double.submit(n=2))
             assert hasty.done_within(15)
             assert queued[-1] == 2
@@ -484,8 +488,7 @@ def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
         assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
         claims.install()
         try:
-            client.one_held.options(delay=60).submit(n=0)  # wakes a round: its claim waits
-            assert claims.claiming.wait(15)
+            claims.hold_a_round(client.one_held)
             # Read before that round began: the engine looked free.
             monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
             first = client.one_held.submit(n=1)
