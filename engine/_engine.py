@@ -517,7 +517,7 @@ class Engine:
             if self.core.stopping:
                 # The engine stopped while the write was under way, and its
                 # runs are over: the task waits for the next engine.
-                await self._hand_back_started(claim, begun)
+                await self._hand_back_started(claim, begun, unreadable=unreadable)
                 return record
             self._launch(claim, begun, unreadable)
             if claim.task_id == record.id:
@@ -541,16 +541,25 @@ class Engine:
         self.core.events.submitted(record.id, record.name)
 
     async def _hand_back_started(
-        self, claim: Claim, begun: StoredTask | None, slotted: bool = True
+        self,
+        claim: Claim,
+        begun: StoredTask | None,
+        slotted: bool = True,
+        unreadable: str | None = None,
     ) -> None:
         """Give back a task claimed (and started, as ``begun``) by a submit's
         write that returned once the engine had stopped (or, ``slotted``
         False, that found no slot free).  If storage fails here, the claim's
-        lease runs out and the next engine re-queues it."""
+        lease runs out and the next engine re-queues it.  A task whose
+        stored record did not read (``unreadable``) is failed instead: its
+        start stored a placeholder, which must not wait in the queue as if
+        it were the task."""
         try:
             with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                 if begun is None:
                     await self.core.queue.release(claim.task_id, claim.token)
+                elif unreadable is not None:
+                    await self.runner.started(claim, begun, unreadable)  # fails it
                 else:
                     await self.runner.hand_back(claim, begun.record, counts=False, started=False)
         except BackendError as exc:
@@ -657,7 +666,7 @@ class Engine:
             if self._accepting and not self.core.stopping:
                 self._run_or_put_back(claim, begun, unreadable)
             else:
-                self.spawn(self._hand_back_started, claim, begun, False)
+                self.spawn(self._hand_back_started, claim, begun, False, unreadable)
         except RuntimeError:
             # The engine's runs are over (its write came back while it
             # stopped): the claim's lease runs out, and the next engine

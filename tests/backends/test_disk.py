@@ -16,7 +16,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -874,6 +874,51 @@ async def test_an_unreadable_waiting_task_fails_alone(tmp_path: Path) -> None:
         assert info.error is not None and info.error.type == "UnreadableRecord"
         assert "unreadable" in info.error.message
         assert client.statistics().ready
+
+
+async def test_an_unreadable_task_a_submit_started_as_the_engine_stopped_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit's write may claim and start the task that waits at the head
+    of its name's queue.  If the write comes back once the engine began to
+    stop, that task goes back to the queue, unless its stored record did
+    not read: its start stored a placeholder, which must not wait in the
+    queue as if it were the task (run later, with no arguments).  It is
+    failed as unreadable, as it would be in a slot."""
+    async with errands.open_engine(svc, backend=DiskCacheBackend(tmp_path)) as client:
+        bad = await client.add.options(delay=0.1).submit(a=1, b=1)
+    with sqlite3.connect(tmp_path / "errands.db") as conn:
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (b"{garbage", bad.id))
+    await trio.sleep(0.2)  # due: the submit below finds it at the head of the queue
+    backend = DiskCacheBackend(tmp_path)
+    looked = trio.Event()
+
+    async def nothing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        looked.set()
+        return []  # dispatch rounds claim nothing here: the submit's write does
+
+    async def not_due(self: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(type(backend), "claim_and_start", nothing)
+    monkeypatch.setattr(type(backend.queue), "next_due", not_due)
+    real = type(backend).enqueue_and_start
+    async with errands.open_engine(svc, backend=backend) as client:
+        engine = client.engine
+
+        async def stopping_meanwhile(self: Any, *args: Any, **kwargs: Any) -> Any:
+            engine.core.stopping = True  # the engine begins to stop meanwhile
+            return await real(self, *args, **kwargs)
+
+        await looked.wait()  # the engine's first round has looked
+        monkeypatch.setattr(type(backend), "enqueue_and_start", stopping_meanwhile)
+        good = await client.add.submit(a=2, b=2)
+        monkeypatch.setattr(type(backend), "enqueue_and_start", real)
+        engine.core.stopping = False
+        info = await client.get_task(bad.id).get_info()
+        assert info.status is TaskStatus.FAILURE, info
+        assert info.error is not None and info.error.type == "UnreadableRecord"
+        assert await good.get_status() is TaskStatus.PENDING
 
 
 async def test_an_unreadable_task_waiting_for_a_batch_fails_alone(tmp_path: Path) -> None:
