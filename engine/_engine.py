@@ -623,8 +623,7 @@ class Engine:
             and not self._any_waiting
             and self._claiming is None
             and name not in self._batchers
-            and self._total < self.options.workers
-            and self._active.get(name, 0) < self._limits.get(name, 0)
+            and self._has_room(name)
             and not self._others_waiting_with_room(name)
         )
 
@@ -637,13 +636,7 @@ class Engine:
         slot is still free; without the wait it went to the queue, and the
         round it woke kept the next submit waiting in turn (a thread
         submitting in a loop took a round for every two submits)."""
-        name = record.name
-        if (
-            self._claiming is not None
-            and record.not_before is None
-            and self._total < self.options.workers
-            and self._active.get(name, 0) < self._limits.get(name, 0)
-        ):
+        if self._claiming is not None and record.not_before is None and self._has_room(record.name):
             self._claim_done.wait(THREAD_CLAIM_WAIT)
 
     def _others_waiting_with_room(self, name: str) -> bool:
