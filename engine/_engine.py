@@ -187,6 +187,12 @@ class Engine:
         self._claiming: trio.Event | None = None
         self._claim_done = threading.Event()
         self._claim_done.set()
+        #: Submits from threads that may start their tasks in their own
+        #: writes and whose loop has not taken their slots yet, by name
+        #: (see :meth:`may_start_from_thread`), under ``_thread_lock``.
+        self._thread_lock = threading.Lock()
+        self._thread_starts: dict[str, int] = dict.fromkeys(self.definitions, 0)
+        self._thread_starts_total = 0
         #: Names whose ready tasks may wait unclaimed, and whether tasks of
         #: any name may (a change this engine did not make, a retry, a
         #: failed round): a freed slot wakes the dispatcher only when one of
@@ -615,7 +621,7 @@ class Engine:
         while earlier tasks ran kept a round going for every two or three
         submits (``docs/decisions.md``)."""
         name = record.name
-        return (
+        if not (
             self.backend.starts_on_enqueue
             and record.not_before is None
             and self._accepting
@@ -623,9 +629,29 @@ class Engine:
             and not self._any_waiting
             and self._claiming is None
             and name not in self._batchers
-            and self._has_room(name)
             and not self._others_waiting_with_room(name)
-        )
+        ):
+            return False
+        # Threads that submit at once count each other's starts, so that
+        # they do not all take the same free slot.
+        with self._thread_lock:
+            starting = self._thread_starts
+            if (
+                self._total + self._thread_starts_total < self.options.workers
+                and self._active[name] + starting[name] < self._limits[name]
+            ):
+                starting[name] += 1
+                self._thread_starts_total += 1
+                return True
+        return False
+
+    def thread_start_done(self, name: str) -> None:
+        """A start :meth:`may_start_from_thread` counted is over: its loop took
+        the slot, put the task back, or the write did not start it (any
+        thread)."""
+        with self._thread_lock:
+            self._thread_starts[name] -= 1
+            self._thread_starts_total -= 1
 
     def wait_for_claim_from_thread(self, record: TaskRecord) -> None:
         """From another thread, before :meth:`may_start_from_thread`: while a
@@ -664,8 +690,10 @@ class Engine:
             # The engine's runs are over (its write came back while it
             # stopped): the claim's lease runs out, and the next engine
             # puts the task back in the queue.
+            self.thread_start_done(record.name)
             log.debug("task %s: started by a submit as the engine stopped", claim.task_id)
             return
+        self.thread_start_done(record.name)  # after the slot was taken
         if claim.task_id != record.id:
             self.wake_for(record.name)
 

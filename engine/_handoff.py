@@ -269,13 +269,16 @@ class Handoff:
             answered: tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError,
         ) -> None:
             if isinstance(answered, BackendError):
+                engine.thread_start_done(record.name)
                 answer(answered)
                 return
             created, claimed = answered
-            if claimed is not None:
+            if claimed is not None and created is True:
                 claim, begun = claimed
+                # The loop counts it done once it took the slot (adopt_started).
                 answer(created, (claim, begun, unreadable.get(claim.task_id)))
             else:
+                engine.thread_start_done(record.name)
                 answer(created)
 
         task = StoredTask.from_record(record)
@@ -284,19 +287,23 @@ class Handoff:
             # Started in its own write when the engine looks free for it.
             engine.wait_for_claim_from_thread(record)
             now = engine.core.now()
-            if not (
-                engine.may_start_from_thread(record)
-                and backend.enqueue_and_start_from_thread(
-                    task,
-                    priority=record.priority,
-                    rank=rank,
-                    owner=engine.owner,
-                    now=now,
-                    lease_until=now + engine.options.lease,
-                    starting=engine.runner.starting(now, unreadable),
-                    answer=answer_started,
-                )
-            ):
+            starts = engine.may_start_from_thread(record)
+            if starts:
+                try:
+                    starts = backend.enqueue_and_start_from_thread(
+                        task,
+                        priority=record.priority,
+                        rank=rank,
+                        owner=engine.owner,
+                        now=now,
+                        lease_until=now + engine.options.lease,
+                        starting=engine.runner.starting(now, unreadable),
+                        answer=answer_started,
+                    )
+                finally:
+                    if not starts:
+                        engine.thread_start_done(record.name)
+            if not starts:
                 backend.enqueue_from_thread(
                     task,
                     priority=record.priority,

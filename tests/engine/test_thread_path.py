@@ -334,6 +334,15 @@ def one_held(n: int) -> int:
     return n
 
 
+def stale_hint(engine: Engine, record: Any) -> bool:
+    """A hint read before the engine's state changed: it says the engine is
+    free, and counts the start as the real hint does."""
+    with engine._thread_lock:
+        engine._thread_starts[record.name] += 1
+        engine._thread_starts_total += 1
+    return True
+
+
 class GatedClaims:
     """Makes ``backend``'s dispatch rounds hold their claims at a gate, once
     :meth:`install` is called: ``claiming`` is set when one waits there."""
@@ -490,7 +499,7 @@ def test_a_round_claim_that_a_thread_submit_overtook_waits_again(
         try:
             claims.hold_a_round(client.one_held)
             # Read before that round began: the engine looked free.
-            monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
+            monkeypatch.setattr(Engine, "may_start_from_thread", stale_hint)
             first = client.one_held.submit(n=1)
             monkeypatch.setattr(Engine, "may_start_from_thread", hint)
             assert held_started[1].wait(15)
@@ -531,7 +540,7 @@ def test_an_unreadable_task_a_round_claims_without_a_slot_fails_alone(
             assert claims.claiming.wait(15)
             # The one slot goes to a submit whose hint was read before that
             # round began (stale: it said the engine was free).
-            monkeypatch.setattr(Engine, "may_start_from_thread", lambda *_: True)
+            monkeypatch.setattr(Engine, "may_start_from_thread", stale_hint)
             holder = client.one_held.submit(n=1)
             assert held_started[1].wait(15)
         finally:
@@ -542,6 +551,30 @@ def test_an_unreadable_task_a_round_claims_without_a_slot_fails_alone(
         assert info.error is not None and info.error.type == "UnreadableRecord"
         held_release[1].set()
         assert holder.wait(timeout=15) is TaskStatus.SUCCESS
+
+
+def test_threads_submitting_at_once_start_no_more_tasks_than_slots(
+    tmp_path: Path, frozen_loop: Callable[[errands.SyncClient], None]
+) -> None:
+    """Submits from threads that find a slot free start their tasks in
+    their own writes; they count each other's starts, so that submits the
+    loop has not heard of yet do not all take the same free slot (the
+    extra ones were started in storage, then put back by another write;
+    a process killed meanwhile left them counted as attempts)."""
+    directory = tmp_path / "queue"
+    with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
+        assert client.one_at_a_time.submit(n=0).wait(timeout=15) is TaskStatus.SUCCESS
+        frozen_loop(client)  # the loop hears of no start meanwhile
+        tasks = [client.one_at_a_time.submit(n=i) for i in range(1, 6)]
+        with sqlite3.connect(directory / "errands.db") as conn:
+            ids = [t.id for t in tasks]
+            marks = ", ".join("?" * len(ids))
+            found = conn.execute(f"SELECT status FROM tasks WHERE id IN ({marks})", ids)
+            statuses = sorted(status for (status,) in found.fetchall())
+        assert len(statuses) == 5
+        assert statuses.count("in_progress") <= 1, statuses  # one slot of its name
+        thaw.set()
+        assert [t.wait(timeout=15) for t in tasks] == [TaskStatus.SUCCESS] * 5
 
 
 def test_a_durable_submit_hears_its_commit_from_the_database_thread(
