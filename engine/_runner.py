@@ -327,7 +327,8 @@ class Runner:
         is started as a placeholder, its error kept in ``unreadable`` by task
         id: that task then fails alone, with what can still be known of it,
         instead of being retried for ever with its slot held and the engine
-        not ready.  Pure: a backend may call it on its own thread."""
+        not ready.  Pure: a backend may call it on its own thread, and more
+        than once for one claim (the same record each time)."""
 
         def starting(claim: Claim, pending: StoredTask) -> StoredTask:
             try:

@@ -6,6 +6,7 @@ which share the commit of the next submit (``backends/_database.py``,
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from errands import BackendError
 from errands.backends._database import Database, Flush
 
 pytestmark = pytest.mark.realtime
@@ -159,3 +161,116 @@ async def test_committed_is_told_on_the_database_thread_once_durable(
     await db.run(_insert("b"), committed=raises)
     assert _rows(tmp_path / "t.db") == ["a", "b"]
     assert "a commit callback" in caplog.text
+
+
+# ---------------------------------------------------------------------- how a batch runs
+
+
+def _traced(statements: list[str]):  # type: ignore[no-untyped-def]
+    """A setup that also records every statement the connection runs."""
+
+    def setup(conn: sqlite3.Connection) -> None:
+        _setup(conn)
+        conn.set_trace_callback(statements.append)
+
+    return setup
+
+
+async def _one_batch(db: Database, calls: list[tuple[object, dict[str, object]]]) -> list[object]:
+    """Run ``calls`` ((fn, keywords of run)) in one transaction of ``db``:
+    queued while a first call holds the database thread, so that the thread
+    takes them all at once when it lets go.  Each call's result, or the
+    exception it raised."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        holding.set()
+        release.wait(10)
+
+    results: list[object] = [None] * len(calls)
+
+    async def run(index: int, fn: object, keywords: dict[str, object]) -> None:
+        try:
+            results[index] = await db.run(fn, **keywords)  # type: ignore[arg-type]
+        except Exception as exc:
+            results[index] = exc
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run, hold)
+            await trio.to_thread.run_sync(holding.wait)
+            for index, (fn, keywords) in enumerate(calls):
+                nursery.start_soon(run, index, fn, keywords)
+                await trio.testing.wait_all_tasks_blocked()  # queued in this order
+            release.set()
+    return results
+
+
+async def test_the_calls_of_a_batch_run_without_savepoints(tmp_path: Path) -> None:
+    """A savepoint per call made SQLite copy every page a call changed into
+    its statement journal: a batch whose calls all succeed takes none."""
+    statements: list[str] = []
+    db = Database(tmp_path / "t.db", setup=_traced(statements))
+    await db.open()
+    try:
+        statements.clear()
+        results = await _one_batch(db, [(_insert(x), {}) for x in ("a", "b", "c")])
+        assert results == [None, None, None]
+        assert db.commits == 2  # the holding call's, then the three's
+    finally:
+        await db.aclose()
+    assert not [s for s in statements if "SAVEPOINT" in s or "ROLLBACK" in s]
+    assert _rows(tmp_path / "t.db") == ["a", "b", "c"]
+
+
+async def test_a_failed_write_is_undone_alone_and_the_others_commit_once(
+    tmp_path: Path,
+) -> None:
+    """A write that fails undoes only itself: the batch is rolled back and
+    run again, each call in its own savepoint; what the others wrote is
+    committed once, and each caller hears back once."""
+    statements: list[str] = []
+    db = Database(tmp_path / "t.db", setup=_traced(statements))
+    await db.open()
+    runs: list[str] = []
+
+    def counted(value: str):  # type: ignore[no-untyped-def]
+        def insert(conn: sqlite3.Connection) -> str:
+            runs.append(value)
+            _insert(value)(conn)
+            return value
+
+        return insert
+
+    def fails(conn: sqlite3.Connection) -> None:
+        runs.append("fails")
+        _insert("never")(conn)
+        raise ValueError("a bad call")
+
+    def reads(conn: sqlite3.Connection) -> int:
+        return _count(conn)
+
+    try:
+        statements.clear()
+        results = await _one_batch(
+            db,
+            [
+                (counted("a"), {}),
+                (fails, {}),
+                (reads, {"write": False}),
+                (counted("b"), {"flush": Flush.SOON}),
+            ],
+        )
+        assert results[0] == "a"
+        assert isinstance(results[1], BackendError) and "a bad call" in str(results[1])
+        assert results[2] == 1  # "a" before it; never what the failed call wrote
+        assert results[3] == "b"
+        # Ran together until the failure, then again apart.
+        assert runs == ["a", "fails", "a", "fails", "b"]
+        assert sum("SAVEPOINT" in s for s in statements) == 3  # one per write, the second time
+        with trio.fail_after(10):
+            assert await db.run(_count, write=False) == 2
+    finally:
+        await db.aclose()
+    assert _rows(tmp_path / "t.db") == ["a", "b"]
