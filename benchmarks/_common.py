@@ -59,6 +59,14 @@ NOISE_NOTE = "(figures are noisy on a shared machine; the ratios are what count)
 #: Seconds a benchmark's server may take to start answering, and to stop after SIGTERM.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+#: Popen options for every server a benchmark starts: its own session, as a
+#: server started from its own terminal or by a service manager has.  Linux
+#: with ``sched_autogroup`` shares the CPU fairly between sessions, then
+#: between the threads inside each: a server left in the session of a
+#: benchmark that runs 16 client threads would get a sixteenth of the core
+#: it competes for, and a reference started in its own session (BentoML's,
+#: which needs a process group) would not.  Stopped by PID all the same.
+SERVER_SESSION: dict[str, Any] = {"start_new_session": True}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -115,6 +123,7 @@ class RedisServer:
              "--appendonly", "no", "--dir", str(folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            **SERVER_SESSION,
         )  # fmt: skip
         self.client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 15
@@ -215,7 +224,12 @@ class ServeProcess:
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                **SERVER_SESSION,
             )
         self.pid = self.process.pid
 

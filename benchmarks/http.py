@@ -207,7 +207,11 @@ class Server:
             fd = listener.fileno()
             argv = [sys.executable, os.path.abspath(__file__), "--serve", server, app, str(fd)]
             self.process = subprocess.Popen(
-                argv, pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+                argv,
+                pass_fds=(fd,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                **_common.SERVER_SESSION,
             )
         finally:
             listener.close()  # the server process holds its own copy
