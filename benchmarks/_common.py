@@ -189,7 +189,8 @@ class ServeProcess:
     ``folder/server.log``.
 
     ``options`` are more ``errands serve`` flags; ``env`` is the server's
-    environment (default: this process's).
+    environment (default: this process's).  The server runs in ``folder``:
+    a relative backend path (``diskcache://./data``) is its own.
     """
 
     def __init__(
@@ -225,6 +226,7 @@ class ServeProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 argv,
+                cwd=folder,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -18,7 +18,11 @@ started before the warm-up and stopped at the end by their PIDs:
 
 The errands servers use the memory backend by default (``--backend`` to
 change it): this measures the HTTP path; ``benchmarks/disk.py`` measures the
-durable one.  BentoML keeps its tasks in SQLite, as it always does.
+durable one.  Each server runs in a folder of its own, so that
+``--backend diskcache://./data`` gives each its own database (an absolute
+path would make the two servers share one queue).  BentoML keeps its tasks
+in SQLite, as it always does.  Every server runs in a session of its own,
+as a deployed server does (``docs/decisions.md``).
 
 Three workloads, the ones of issue 14, each a rate in tasks per second:
 

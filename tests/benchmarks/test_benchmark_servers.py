@@ -46,6 +46,9 @@ def test_errands_serve_runs_in_its_own_session(tmp_path: Path) -> None:
     try:
         server.wait_ready()
         assert os.getsid(server.pid) == server.pid != os.getsid(0)
+        # In its own folder: a relative backend path is this server's own.
+        if Path("/proc/self/cwd").exists():  # Linux
+            assert Path(os.readlink(f"/proc/{server.pid}/cwd")) == tmp_path.resolve()
     finally:
         assert server.stop() == 0, server.log_tail()
 
