@@ -1698,7 +1698,12 @@ class DiskCacheBackend(Backend):
         return started
 
     async def finish(
-        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
     ) -> bool:
         """Move the record and ack the claim in one transaction."""
 
@@ -1711,15 +1716,20 @@ class DiskCacheBackend(Backend):
                 (claim.task_id, claim.token),
             )
 
-        # SOON: durable before the runner hears back, sharing a submit's fsync if one comes.
+        # SOON: durable before the runner hears back, sharing a submit's fsync
+        # if one comes.  NOW when someone waits on it: the submit that would
+        # share the commit is the waiter's next one, which waits for this end.
         return await self.store._transition(
             task,
             expect=TaskStatus.IN_PROGRESS,
             token=claim.token,
             result=result,
             then=ack,
-            flush=Flush.SOON,
+            flush=Flush.NOW if waited else Flush.SOON,
         )
+
+    def expedite(self) -> None:
+        self._db.expedite()
 
     async def enqueue(
         self,

@@ -749,8 +749,14 @@ class MemoryBackend(Backend):
         return True, None if claim is None else (claim, self._start(claim, starting))
 
     async def finish(
-        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
     ) -> bool:
+        # (Nothing is held back here: ``waited`` changes nothing.)
         await trio.lowlevel.checkpoint_if_cancelled()
         moved = self.store._transition(
             task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result

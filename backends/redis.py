@@ -1557,8 +1557,14 @@ class RedisBackend(Backend):
         return started
 
     async def finish(
-        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
     ) -> bool:
+        # (Nothing is held back here: ``waited`` changes nothing.)
         # The fenced move (with the result) and the ack, in one script.
         check_transition(TaskStatus.IN_PROGRESS, task.status)
         expires = "" if task.expires_at is None else _num(task.expires_at)

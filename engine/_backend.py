@@ -659,12 +659,23 @@ class Backend(abc.ABC):
         return [(claim, None) for claim in claims]
 
     async def finish(
-        self, task: StoredTask, *, claim: Claim, result: Payload | None = None
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
     ) -> bool:
         """End a run: :meth:`Store.transition` the ``in_progress`` record held
         with ``claim.token`` to ``task`` (saving ``result`` with it), then
         :meth:`Queue.ack` the claim, whether or not the record moved, except
         when the record is ``pending``.
+
+        ``waited``: someone in this process waits on this end (a ``wait()``,
+        a long poll).  A backend that holds the ends of runs back to share a
+        commit with the next submit (the diskcache backend) writes this one
+        without holding it: the waiter's next submit cannot come before the
+        end it waits on.  Others ignore it.
 
         Returns whether the record moved.  A refused move (the record was
         cancelled, or a newer claim holds it) changes no record, and the
@@ -686,6 +697,14 @@ class Backend(abc.ABC):
         if now is None or now.status is not TaskStatus.PENDING:
             await self.queue.ack(claim.task_id, claim.token)
         return moved
+
+    def expedite(self) -> None:
+        """Someone in this process began to wait on an end that this engine
+        is storing right now (its :meth:`finish` is under way, ``waited``
+        false): a backend that holds such writes back to share a commit
+        (see :meth:`finish`) writes them now.  Called on the trio thread;
+        quick, and never raises.  The default does nothing."""
+        return  # nothing is held back
 
     async def changed_tasks(self) -> Collection[str] | None:
         """Block until tasks may have been changed by another process; return

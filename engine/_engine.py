@@ -406,6 +406,15 @@ class Engine:
         (for waiting: such a task is in progress, and its end is told here)."""
         return self.runner.runs(task_id)
 
+    def expedite(self, task_ids: Collection[str]) -> None:
+        """A waiter parks on these tasks: if this engine is storing the end
+        of one of them, the backend writes it without holding it back (an
+        end stored from now on sees the waiter itself: ``Backend.finish``'s
+        ``waited``)."""
+        settling = self.runner.settling
+        if settling and any(task_id in settling for task_id in task_ids):
+            self.backend.expedite()
+
     async def load_stored(
         self, task_id: str, *, schedule: bool = True, arguments: bool = True
     ) -> StoredTask:

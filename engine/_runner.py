@@ -823,14 +823,18 @@ class Runner:
         )
         final = StoredTask.from_record(done)
         health = core.health
+        # Someone waits on this end: the backend is not to hold it back.
+        waited = core.watchers.waited(claim.task_id)
         try:
             # The first try is a plain await (see _storage), the retries below.
-            stored_final = await core.backend.finish(final, claim=claim, result=payload)
+            stored_final = await core.backend.finish(
+                final, claim=claim, result=payload, waited=waited
+            )
         except BackendError as exc:
             health.fault("runner", exc)
 
             async def finish_again() -> bool:
-                moved = await core.backend.finish(final, claim=claim, result=payload)
+                moved = await core.backend.finish(final, claim=claim, result=payload, waited=waited)
                 if moved:
                     return True
                 # The failed try may have moved the record before it failed

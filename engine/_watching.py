@@ -280,6 +280,11 @@ class Watchers:
             watch = self.watches[task_id] = _Watch()
         return watch
 
+    def waited(self, task_id: str) -> bool:
+        """Whether someone in this process waits on the task (a wait, a
+        long poll, a many-task wait): its end is not to be held back."""
+        return task_id in self.watches or task_id in self.listeners
+
     def drop_if_idle(self, task_id: str) -> None:
         """Drop the task's watch unless another waiter is parked on it."""
         watch = self.watches.get(task_id)
@@ -321,6 +326,11 @@ class Source(Protocol):
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this engine is running the task (or storing its end)."""
+        ...
+
+    def expedite(self, task_ids: Collection[str]) -> None:
+        """A waiter is about to park on these tasks: the ends of theirs that
+        this engine is storing now are written without being held back."""
         ...
 
     async def load(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
@@ -384,6 +394,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
             return stored.status
     else:
         engine.check_open()
+        engine.expedite((task_id,))  # its end may be on its way to storage
     while True:
         if not engine.is_open:
             raise EngineClosed("the engine stopped before the task finished")
@@ -415,6 +426,8 @@ async def next_change(
         # Neither the arguments (which may be megabytes) nor their decoding:
         # a TaskInfo has none.
         record = (await engine.load_stored(task_id, arguments=False)).without_args()
+        if since is not None and not _differs(record, since):
+            engine.expedite(ids)
         while since is not None and not _differs(record, since):
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")
@@ -451,6 +464,8 @@ async def wait_any(
         await trio.lowlevel.checkpoint()
         engine.check_open()
         done.update(await _finals(engine, ids))
+        if not done:
+            engine.expedite(ids)
         while not done:
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")

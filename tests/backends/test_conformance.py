@@ -1307,6 +1307,23 @@ async def test_finish_moves_the_record_saves_the_result_and_acks(backend: Backen
     assert not await backend.queue.ack(claim.task_id, claim.token)  # acked already
 
 
+async def test_a_waited_finish_stores_the_same_and_expedite_is_harmless(
+    backend: Backend,
+) -> None:
+    """``waited`` (someone waits on the end) may change how soon the end is
+    committed, never what is stored; ``expedite()`` changes nothing stored."""
+    backend.expedite()  # nothing under way: nothing to do
+    running, claim = await started(backend)
+    done = attrs.evolve(running, status=S, finished_at=NOW, expires_at=NOW + 60)
+    payload = Payload(media_type="application/json", data=b"[2]")
+    backend.expedite()
+    assert await backend.finish(stored(done), claim=claim, result=payload, waited=True)
+    got = await backend.store.get(running.id)
+    assert got is not None and reloaded(got).record == done
+    assert await backend.store.get_result(running.id) == payload
+    assert not await backend.queue.contains(running.id)
+
+
 async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(backend: Backend) -> None:
     running, stale = await started(backend)
     # The lease ran out: recovery put the task back and a fresh claim started it.

@@ -100,6 +100,24 @@ def _count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
 
 
+async def test_expedite_commits_what_is_held_at_once(db: Database, tmp_path: Path) -> None:
+    """For a caller that waits on a held write (an end someone waits on):
+    the held writes commit now, fsynced, in one commit, not at the next submit."""
+    await db.run(_insert("submit 1"))
+    await db.run(_insert("submit 2"))
+    before = (db.commits, db.synced)
+    with trio.fail_after(10):  # held, they would wait a minute
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: db.run(_insert("claim"), flush=Flush.LAZY))
+            nursery.start_soon(lambda: db.run(_insert("finish"), flush=Flush.SOON))
+            await trio.testing.wait_all_tasks_blocked()
+            db.expedite()
+    assert (db.commits - before[0], db.synced - before[1]) == (1, 1)
+    assert _rows(tmp_path / "t.db") == ["claim", "finish", "submit 1", "submit 2"]
+    await db.aclose()
+    db.expedite()  # closed: nothing held, nothing raised
+
+
 async def test_held_writes_are_committed_when_the_database_closes(tmp_path: Path) -> None:
     db = Database(tmp_path / "t.db", setup=_setup, max_hold=60.0)
     await db.open()
