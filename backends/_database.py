@@ -36,9 +36,10 @@ uncommitted, until the next ``NOW`` call is due (twice the gap, at most
 ``max_hold``) and go in its transaction: a submitter that sends one submit
 after another gets one commit and one fsync per task, not two or three.
 An end that someone in this process waits on is not held (the engine says
-so: ``Backend.finish(waited=True)`` makes it ``NOW``), and a wait that
-begins while an end is held has the held writes committed at once
-(:meth:`Database.expedite`): a caller that submits, waits, then submits
+so: ``Backend.finish(waited=True)`` makes it ``AWAITED``: fsynced, never
+held, taking the held writes along, but not counted as a submit), and a
+wait that begins while an end is held has the held writes committed at
+once (:meth:`Database.expedite`): a caller that submits, waits, then submits
 again sends its next submit only once its end is stored, so holding that
 end for the next submit cost it the whole hold every task.
 Reads are never held.  What a reader sees is always committed; a ``SOON``
@@ -92,6 +93,11 @@ class Flush(enum.Enum):
     #: writes whose loss at a power cut is harmless (the task runs again).
     #: May be held for a NOW call's commit.
     LAZY = "lazy"
+    #: Fsynced before the caller hears back, never held, and takes what is
+    #: held along, as NOW; but not a submit: it does not count in the gap
+    #: between NOW calls that decides whether writes are held.  For a write
+    #: someone waits on (an end a ``wait()`` is parked on).
+    AWAITED = "awaited"
 
 
 def private_directory(path: Path) -> None:
@@ -312,7 +318,7 @@ class Database:
         next NOW call cannot come first.  Quick; never raises (a closed
         database has nothing held)."""
         try:
-            self._queue(_Call(_nothing, True, Flush.NOW, answer=_ignore))
+            self._queue(_Call(_nothing, True, Flush.AWAITED, answer=_ignore))
         except BackendError:
             pass
 
@@ -468,7 +474,7 @@ class Database:
             self._last_now = now
             batch, self._held = self._held + batch, []
             return batch
-        if stop:
+        if stop or any(call.flush is Flush.AWAITED for call in batch):
             batch, self._held = self._held + batch, []
             return batch
         if self._gap >= self.max_hold:

@@ -1717,15 +1717,16 @@ class DiskCacheBackend(Backend):
             )
 
         # SOON: durable before the runner hears back, sharing a submit's fsync
-        # if one comes.  NOW when someone waits on it: the submit that would
-        # share the commit is the waiter's next one, which waits for this end.
+        # if one comes.  AWAITED (not held) when someone waits on it: the
+        # submit that would share the commit is the waiter's next one, which
+        # waits for this end.
         return await self.store._transition(
             task,
             expect=TaskStatus.IN_PROGRESS,
             token=claim.token,
             result=result,
             then=ack,
-            flush=Flush.NOW if waited else Flush.SOON,
+            flush=Flush.AWAITED if waited else Flush.SOON,
         )
 
     def expedite(self) -> None:

@@ -61,11 +61,13 @@ async def test_only_writes_that_must_be_durable_wait_for_an_fsync(tmp_path: Path
         assert (db.commits, db.synced) == (2, 1)
         await db.run(_insert("soon"), flush=Flush.SOON)  # no submits coming: at once
         assert (db.commits, db.synced) == (3, 2)
+        await db.run(_insert("awaited"), flush=Flush.AWAITED)
+        assert (db.commits, db.synced) == (4, 3)
         await db.run(lambda conn: conn.execute("SELECT 1").fetchone(), write=False)
-        assert (db.commits, db.synced) == (3, 2)  # a read commits nothing
+        assert (db.commits, db.synced) == (4, 3)  # a read commits nothing
     finally:
         await db.aclose()
-    assert _rows(tmp_path / "t.db") == ["lazy", "now", "soon"]
+    assert _rows(tmp_path / "t.db") == ["awaited", "lazy", "now", "soon"]
 
 
 async def test_normal_never_fsyncs(tmp_path: Path) -> None:
@@ -74,7 +76,7 @@ async def test_normal_never_fsyncs(tmp_path: Path) -> None:
     try:
         for flush in Flush:
             await db.run(_insert(flush.value), flush=flush)
-        assert (db.commits, db.synced) == (3, 0)
+        assert (db.commits, db.synced) == (len(Flush), 0)
     finally:
         await db.aclose()
 
@@ -98,6 +100,35 @@ async def test_while_submits_come_the_other_writes_share_their_commit(
 
 def _count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+
+async def test_an_awaited_write_is_not_held_and_takes_the_held_along(
+    db: Database, tmp_path: Path
+) -> None:
+    """An end someone waits on: committed at once, fsynced, with what was
+    held; and not a submit: what comes after it is still held for the next
+    submit, as before it."""
+    await db.run(_insert("submit 1"))
+    await db.run(_insert("submit 2"))
+    gap = db._gap
+    before = (db.commits, db.synced)
+    with trio.fail_after(10):  # held, it would wait a minute
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: db.run(_insert("claim"), flush=Flush.LAZY))
+            await trio.testing.wait_all_tasks_blocked()
+            await db.run(_insert("waited end"), flush=Flush.AWAITED)
+    assert (db.commits - before[0], db.synced - before[1]) == (1, 1)
+    assert db._gap == gap  # the rhythm of the submits is unchanged
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: db.run(_insert("finish"), flush=Flush.SOON))
+        with trio.fail_after(10):  # still held for the next submit
+            while len(db._held) != 1:
+                await trio.sleep(0.001)
+        await db.run(_insert("submit 3"))
+    assert (db.commits - before[0], db.synced - before[1]) == (2, 2)
+    assert _rows(tmp_path / "t.db") == [
+        "claim", "finish", "submit 1", "submit 2", "submit 3", "waited end"
+    ]  # fmt: skip
 
 
 async def test_expedite_commits_what_is_held_at_once(db: Database, tmp_path: Path) -> None:
