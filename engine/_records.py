@@ -45,9 +45,17 @@ _OUTCOMES = {
 def unreadable(task_id: str, name: str, created_at: float) -> TaskRecord:
     """A ``pending`` record standing for one whose stored bytes do not
     decode: what the store's columns still tell (its arguments are lost);
-    the runner fails it at once."""
+    the runner fails it at once.  One attempt only: started, it replaces
+    the stored record, so an engine that dies before failing it leaves the
+    placeholder to recovery, which then fails it (its attempt lost) instead
+    of running it as the task, without its arguments or options."""
     return TaskRecord(
-        id=task_id, name=name, args={}, status=TaskStatus.PENDING, created_at=created_at
+        id=task_id,
+        name=name,
+        args={},
+        status=TaskStatus.PENDING,
+        created_at=created_at,
+        max_attempts=1,
     )
 
 

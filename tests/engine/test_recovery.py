@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import errands
-from errands import Renewal, StoredTask, TaskStatus
+from errands import Renewal, StoredTask, TaskStatus, _records
 from errands._model import TaskRecord, new_task_id
 from errands.backends import MemoryBackend
 from errands.backends.memory import MemoryQueue
@@ -183,6 +183,42 @@ async def test_dead_worker_on_last_attempt_fails_the_task(
         assert info.error is not None and info.error.type == "WorkerLost"
         with pytest.raises(errands.TaskFailed, match="stopped responding"):
             await task.get()
+    assert runs == []
+
+
+@svc.task
+async def no_arguments() -> str:
+    runs.append("no_arguments")
+    return "ran"
+
+
+async def test_a_placeholder_left_by_a_dead_worker_fails_and_never_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A record that did not decode is started as a placeholder (no
+    arguments, default options) and failed at once; a worker that died
+    between the two leaves the placeholder in progress.  Recovery fails it:
+    it does not run the placeholder as the task."""
+    runs.clear()
+    backend = MemoryBackend()
+    now = trio_wall()
+    task_id = new_task_id()
+    placeholder = _records.unreadable(task_id, "no_arguments", now)
+    assert await backend.store.create(StoredTask.from_record(placeholder))
+    await backend.queue.put(task_id, name="no_arguments")
+    [claim] = await backend.queue.claim(
+        owner="dead-worker", quotas={"no_arguments": 1}, limit=1, now=now, lease_until=now + 30
+    )
+    started = _records.started(placeholder, token=claim.token, now=now)
+    assert await backend.store.transition(
+        StoredTask.from_record(started), expect=TaskStatus.PENDING
+    )
+    async with engine(backend, lease=30) as client:
+        task = client.get_task(task_id)
+        assert await task.wait() is TaskStatus.FAILURE
+        info = await task.get_info()
+        assert info.attempt == 1
+        assert info.error is not None and info.error.type == "WorkerLost"
     assert runs == []
 
 
