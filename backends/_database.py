@@ -230,6 +230,8 @@ class Database:
         #: When the last NOW call came, and the usual time between two (a moving average).
         self._last_now = 0.0
         self._gap = math.inf
+        #: Calls of :meth:`expedite` so far.
+        self.expedites = 0
         #: The ``synchronous`` level the connection commits with now.
         self._level = synchronous
 
@@ -315,8 +317,11 @@ class Database:
         """From any thread: commit the writes held for a NOW call's commit
         (see the module docstring) now, with an fsync, instead of when the
         next NOW call comes.  For a caller that waits on a held write, whose
-        next NOW call cannot come first.  Quick; never raises (a closed
-        database has nothing held)."""
+        next NOW call cannot come first.  Counted in :attr:`expedites`, so
+        that a write prepared meanwhile and queued after can tell it is
+        waited for too.  Quick; never raises (a closed database has nothing
+        held)."""
+        self.expedites += 1
         try:
             self._queue(_Call(_nothing, True, Flush.AWAITED, answer=_ignore))
         except BackendError:

@@ -1212,6 +1212,7 @@ class DiskCacheStore(Store):
         check_transition(expect, task.status)
         data = task.state_data  # the arguments, written once, never change
         key = f"{task.id}:{task.token}"
+        expedited = self._db.expedites
         inline = result is not None and len(result.data) < INLINE_RESULT_LIMIT
         if result is not None and not inline:
             # A large result goes to diskcache first, under this attempt's own
@@ -1249,6 +1250,10 @@ class DiskCacheStore(Store):
                 then(conn)
             return moved
 
+        if flush is Flush.SOON and self._db.expedites != expedited:
+            # A waiter came while a large result was written: its expedite
+            # found nothing held yet, so this end is not to be held either.
+            flush = Flush.AWAITED
         moved = await self._db.run(transition, flush=flush)
         if not moved and result is not None and not inline:
             await self._in_thread(self._results.delete, key)

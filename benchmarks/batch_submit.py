@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend="memory://",
         options=["--task-slots", "0", "--max-pending", str(total), "--log-level", "warning"],
     )
-    server.wait_ready()
     try:
+        server.wait_ready()
         http_single(server.url, min(args.single_n, 50))  # warm-up
         http_bulk(server.url, min(args.n, 2000))
         single, bulk, ratio = Series(), Series(), Series()

@@ -700,9 +700,10 @@ class Backend(abc.ABC):
 
     def expedite(self) -> None:
         """Someone in this process began to wait on an end that this engine
-        is storing right now (its :meth:`finish` is under way, ``waited``
-        false): a backend that holds such writes back to share a commit
-        (see :meth:`finish`) writes them now.  Called on the trio thread;
+        is storing right now (its :meth:`finish` is under way with ``waited``
+        false, perhaps not handed to storage yet): a backend that holds such
+        writes back to share a commit (see :meth:`finish`) writes them now,
+        and does not hold the end when it comes.  Called on the trio thread;
         quick, and never raises.  The default does nothing."""
         return  # nothing is held back
 

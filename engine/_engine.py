@@ -410,7 +410,10 @@ class Engine:
         """A waiter parks on these tasks: if this engine is storing the end
         of one of them, the backend writes it without holding it back (an
         end stored from now on sees the waiter itself: ``Backend.finish``'s
-        ``waited``)."""
+        ``waited``).  A task running here needs nothing now: its end will
+        see the waiter.  (The claim and the start of a task that did not
+        start in its submit's write may still be held, for at most the
+        database's ``max_hold`` each.)"""
         settling = self.runner.settling
         if settling and any(task_id in settling for task_id in task_ids):
             self.backend.expedite()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import enum
+import inspect
 import logging
 import random
 import threading
@@ -232,6 +233,9 @@ class Runner:
         self._threaded: dict[str, bool] = {}
         #: The engine's trio thread (ident, token), for its tasks' contexts.
         self._loop: tuple[int, trio.lowlevel.TrioToken] | None = None
+        #: Whether the backend's ``finish`` takes ``waited`` (one written
+        #: before it existed does not: it is then not passed).
+        self._finish_takes_waited = _takes_keyword(core.backend.finish, "waited")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -369,7 +373,11 @@ class Runner:
         if unreadable is not None:
             log.error("task %s: %s; failed", claim.task_id, unreadable)
             error = TaskError(type="UnreadableRecord", message=unreadable)
-            await self._finish(claim, begun.record, None, error=error)
+            self.settling.add(claim.task_id)  # a waiter that comes now expedites its end
+            try:
+                await self._finish(claim, begun.record, None, error=error)
+            finally:
+                self.settling.discard(claim.task_id)
             return None
         return await self._started(claim, begun.record)
 
@@ -823,18 +831,14 @@ class Runner:
         )
         final = StoredTask.from_record(done)
         health = core.health
-        # Someone waits on this end: the backend is not to hold it back.
-        waited = core.watchers.waited(claim.task_id)
         try:
             # The first try is a plain await (see _storage), the retries below.
-            stored_final = await core.backend.finish(
-                final, claim=claim, result=payload, waited=waited
-            )
+            stored_final = await self._store_end(final, claim, payload)
         except BackendError as exc:
             health.fault("runner", exc)
 
             async def finish_again() -> bool:
-                moved = await core.backend.finish(final, claim=claim, result=payload, waited=waited)
+                moved = await self._store_end(final, claim, payload)
                 if moved:
                     return True
                 # The failed try may have moved the record before it failed
@@ -868,6 +872,15 @@ class Runner:
             core.watchers.notify(claim.task_id, done, payload)
         else:
             core.watchers.notify(claim.task_id)
+
+    async def _store_end(self, final: StoredTask, claim: Claim, payload: Payload | None) -> bool:
+        """``Backend.finish``, telling it whether someone in this process
+        waits on this end now (then it is not to be held back)."""
+        backend = self.core.backend
+        if not self._finish_takes_waited:
+            return await backend.finish(final, claim=claim, result=payload)
+        waited = self.core.watchers.waited(claim.task_id)
+        return await backend.finish(final, claim=claim, result=payload, waited=waited)
 
     async def _fail_or_retry(
         self,
@@ -979,3 +992,16 @@ class Runner:
                     self._dirty.setdefault(task_id, run)
             if self._dirty:
                 self._progress_wake.set()
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in parameters
+    )

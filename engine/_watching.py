@@ -583,6 +583,8 @@ class WaitingSet:
         for start in range(0, len(unread), _READ_CHUNK):
             done.update(await self._read(engine, unread[start : start + _READ_CHUNK], types))
         listener = self._listener
+        if not done and self._remaining:
+            engine.expedite(self._remaining)  # about to park: see Engine.expedite
         while not done and self._remaining:
             if not engine.is_open:
                 raise EngineClosed("the engine stopped")

@@ -41,6 +41,11 @@ def gated() -> int:
     return 8
 
 
+@svc.task
+def large() -> str:
+    return "x" * 40_000  # past the inline limit: written to its own file first
+
+
 def _hold_long(backend: DiskCacheBackend) -> None:
     """A minute's hold: what is held waits for a submit, not for the clock."""
     backend._db.max_hold = 60.0
@@ -108,3 +113,47 @@ def test_a_thread_that_submits_then_waits_is_never_held(tmp_path: Path) -> None:
             task = client.noop.submit()
             assert task.wait(timeout=20) is errands.TaskStatus.SUCCESS
             assert task.get() == 7
+
+
+async def _submits_then_waits(client: errands.AsyncClient) -> None:
+    """Submits one after another: from here on, what can be held is held."""
+    for _ in range(3):
+        await (await client.noop.submit()).wait()
+
+
+async def _until_held(backend: DiskCacheBackend, flush: Flush) -> None:
+    with trio.fail_after(20):
+        while not any(call.flush is flush for call in backend._db._held):
+            await trio.sleep(0.001)
+
+
+async def test_as_completed_on_an_end_held_has_it_written_at_once(
+    client: errands.AsyncClient,
+) -> None:
+    backend = client.engine.backend
+    assert isinstance(backend, DiskCacheBackend)
+    await _submits_then_waits(client)
+    task = await client.noop.submit()  # nobody waits on it yet: its end is held
+    await _until_held(backend, Flush.SOON)
+    with trio.fail_after(20):
+        async for done in errands.as_completed([task]):
+            assert await done.get() == 7
+
+
+async def test_a_wait_that_comes_while_a_large_result_is_written_is_not_held(
+    client: errands.AsyncClient,
+) -> None:
+    """The waiter parks while the end's result file is being written, before
+    the end reaches the database: nothing is held yet for it to expedite, so
+    the end, when it comes, must not be held either."""
+    await _submits_then_waits(client)
+    task = await client.large.submit()
+    settling = client.engine.runner.settling
+    with trio.fail_after(20):
+        while task.id not in settling:
+            await trio.lowlevel.checkpoint()
+    assert client.engine.backend._db.expedites == 0  # type: ignore[attr-defined]
+    with trio.fail_after(20):
+        assert await task.wait() is errands.TaskStatus.SUCCESS
+    assert len(await task.get()) == 40_000
+
