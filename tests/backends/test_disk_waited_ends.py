@@ -156,4 +156,3 @@ async def test_a_wait_that_comes_while_a_large_result_is_written_is_not_held(
     with trio.fail_after(20):
         assert await task.wait() is errands.TaskStatus.SUCCESS
     assert len(await task.get()) == 40_000
-
