@@ -35,7 +35,8 @@ for its commit):
 * **one submit at a time** (latency, microseconds): ``submit()`` from this
   thread to an idle durable engine, each task waited for before the next
   submit, against one huey enqueue at a time (no consumer: the enqueue
-  alone).
+  alone); and the same loop's **submit -> final**: from the submit to the
+  end of ``wait()`` (what a script that needs each answer pays a task).
 
 Rates are tasks per second; the ratio errands / huey is taken within each
 round.  Issue 14's goal: at least 1.0x MemoryHuey.  Benchmarks are not
@@ -110,19 +111,23 @@ def durable_round(directory: str, n: int) -> float:
         return errands_round(client, n)[0]
 
 
-def durable_latency(directory: str, n: int) -> list[float]:
-    """Seconds of N submits one at a time to an idle engine on DiskCacheBackend."""
+def durable_latency(directory: str, n: int) -> tuple[list[float], list[float]]:
+    """Seconds of N submits one at a time to an idle engine on
+    DiskCacheBackend, each waited for before the next: the submits alone,
+    and each submit until its ``wait()`` returned."""
     from errands.backends import DiskCacheBackend
 
-    latencies = []
+    submits, finals = [], []
     with errands.start(svc, backend=DiskCacheBackend(directory)) as client:
         client.noop.submit().wait(timeout=60)  # warm-up
         for _ in range(n):
             start = perf_counter()
             task = client.noop.submit()
-            latencies.append(perf_counter() - start)
+            submitted = perf_counter()
             task.wait(timeout=60)
-    return latencies
+            submits.append(submitted - start)
+            finals.append(perf_counter() - start)
+    return submits, finals
 
 
 def huey_round(huey: Any, n: int, workers: int, sqlite: str | None = None) -> float:
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours, submits, waits, hops, gets = Series(), Series(), Series(), Series(), Series()
     theirs, ratio = Series(), Series()
     durable, durable_ref, durable_ratio = Series(), Series(), Series()
-    one_at_a_time, huey_enqueue = Latency(), Latency()
+    one_at_a_time, to_final, huey_enqueue = Latency(), Latency(), Latency()
     sequential = max(args.durable_n // 10, 20)
     with errands.start(svc) as client:
         errands_round(client, min(args.n, 500))  # warm-up
@@ -195,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 durable_ref.add(reference)
                 durable_ratio.add(rate / reference)
-            one_at_a_time.add(durable_latency(os.path.join(scratch, "alone"), sequential))
+            submits_alone, finals = durable_latency(os.path.join(scratch, "alone"), sequential)
+            one_at_a_time.add(submits_alone)
+            to_final.add(finals)
             if huey is not None:
                 alone = os.path.join(scratch, "alone.db")
                 huey_enqueue.add(_common.huey_enqueue_latency(huey, sequential, alone))
@@ -237,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_table = Columns(label=46, value=9, span=17)
         print(latency_table.latency_header())
         print(latency_table.latency("errands submit from a thread, idle engine", one_at_a_time))
+        print(latency_table.latency("errands submit -> final (wait), idle engine", to_final))
         if huey_enqueue.p50.values:
             print(latency_table.latency("reference: huey SqliteHuey enqueue", huey_enqueue))
     print()

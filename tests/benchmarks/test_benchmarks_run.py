@@ -126,6 +126,7 @@ def test_threadpath_quick_runs() -> None:
         "bare portal hop",
         "errands DiskCacheBackend: submit N, wait each",
         "errands submit from a thread, idle engine",
+        "errands submit -> final (wait), idle engine",
     )
 
 
