@@ -150,7 +150,7 @@ class BentoServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                **_common.SERVER_SESSION,  # its own process group, stopped with killpg
             )
         self.pid = self.process.pid
 
