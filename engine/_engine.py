@@ -674,7 +674,12 @@ class Engine:
         slot is still free; without the wait it went to the queue, and the
         round it woke kept the next submit waiting in turn (a thread
         submitting in a loop took a round for every two submits)."""
-        if self._claiming is not None and record.not_before is None and self._has_room(record.name):
+        if (
+            self._claiming is not None
+            and self.backend.starts_on_enqueue  # else the write cannot start it: no wait
+            and record.not_before is None
+            and self._has_room(record.name)
+        ):
             self._claim_done.wait(THREAD_CLAIM_WAIT)
 
     def _others_waiting_with_room(self, name: str) -> bool:
