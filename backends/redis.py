@@ -679,17 +679,24 @@ def _text(value: Any) -> str:
 
 class _Op:
     """One backend call on its way to Redis: the commands it adds to a
-    pipeline, how to read their replies, and where the answer goes."""
+    pipeline, how to read their replies, and where the answer goes: the
+    trio run waiting on ``event``, or, for a call from another thread,
+    ``answer`` (called on the I/O thread)."""
 
-    __slots__ = ("add", "count", "error", "event", "read", "result")
+    __slots__ = ("add", "answer", "count", "error", "event", "read", "result")
 
     def __init__(
-        self, add: Callable[[Any], None], count: int, read: Callable[[list[Any]], Any]
+        self,
+        add: Callable[[Any], None],
+        count: int,
+        read: Callable[[list[Any]], Any],
+        answer: Callable[[Any], object] | None = None,
     ) -> None:
         self.add = add
         self.count = count
         self.read = read
-        self.event = trio.Event()
+        self.answer = answer
+        self.event: trio.Event | None = None if answer is not None else trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -747,10 +754,30 @@ class _Connection:
         op = _Op(add, count, read)
         self._pending.append(op)
         self._work.set()
+        assert op.event is not None
         await op.event.wait()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[no-any-return]
+
+    def call_from_thread(
+        self,
+        add: Callable[[Any], None],
+        count: int,
+        read: Callable[[list[Any]], Any],
+        answer: Callable[[Any], object],
+    ) -> None:
+        """From any thread but a trio run's: queue ``add(pipeline)`` as
+        :meth:`call` does, without waiting; ``answer`` gets ``read(replies)``,
+        or the BackendError, on the I/O thread.  Raises BackendError at once
+        (``answer`` never called) when the connection takes no more calls.
+
+        Nothing queued is left unanswered: the I/O thread, once running,
+        sends every call queued before it saw the stop (as for :meth:`call`)."""
+        if self._stop.is_set() or self._io is None:
+            raise BackendError("redis: the backend is closed")
+        self._pending.append(_Op(add, count, read, answer))
+        self._work.set()
 
     async def script(self, name: str, *args: Any) -> Any:
         sha = self.shas[name]
@@ -765,6 +792,23 @@ class _Connection:
         (arguments or a result kept apart, see ``APART_LIMIT``), in one pipeline."""
         if not staged:
             return await self.script(name, *args)
+        return await self.call(*self._staged(name, args, staged))
+
+    def script_staged_from_thread(
+        self,
+        name: str,
+        args: Sequence[Any],
+        staged: Sequence[tuple[str, bytes]],
+        answer: Callable[[Any], object],
+    ) -> None:
+        """:meth:`script_staged` from another thread: ``answer`` gets the
+        script's reply or the BackendError (see :meth:`call_from_thread`)."""
+        self.call_from_thread(*self._staged(name, args, staged), answer)
+
+    def _staged(
+        self, name: str, args: Sequence[Any], staged: Sequence[tuple[str, bytes]]
+    ) -> tuple[Callable[[Any], None], int, Callable[[list[Any]], Any]]:
+        """The pipeline additions, command count and reply reader of :meth:`script_staged`."""
         sha = self.shas[name]
 
         def add(pipe: Any) -> None:
@@ -772,7 +816,7 @@ class _Connection:
                 pipe.set(key, value, ex=STAGED_TTL)
             pipe.evalsha(sha, 1, self.route, self.prefix, *args)
 
-        return await self.call(add, len(staged) + 1, _last)
+        return add, len(staged) + 1, _last
 
     async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.call(lambda pipe: getattr(pipe, method)(*args, **kwargs), 1, _first)
@@ -804,7 +848,7 @@ class _Connection:
             error = BackendError(f"redis: {type(exc).__name__}: {exc}")
             for op in ops:
                 op.error = error
-            self._deliver(self._finish, ops)
+            self._answer(ops)
             return
         at = 0
         for op in ops:
@@ -823,13 +867,30 @@ class _Connection:
                     op.error = BackendError(f"redis: unexpected reply: {exc}")
             done.append(op)
         if done:
-            self._deliver(self._finish, done)
+            self._answer(done)
         if again:
             self._execute(again, load_scripts=True)
+
+    def _answer(self, ops: list[_Op]) -> None:
+        """Hand the answered ``ops`` back: calls from threads here and now,
+        first (what they tell the trio run reaches it before the answers of
+        the calls queued after them), the trio run's in one wake-up."""
+        waiting = []
+        for op in ops:
+            if op.answer is None:
+                waiting.append(op)
+                continue
+            try:
+                op.answer(op.result if op.error is None else op.error)
+            except Exception:  # a bug: the other callers still hear back
+                log.exception("an answer to a redis call from a thread failed")
+        if waiting:
+            self._deliver(self._finish, waiting)
 
     @staticmethod
     def _finish(ops: list[_Op]) -> None:
         for op in ops:
+            assert op.event is not None
             op.event.set()
 
     # ------------------------------------------------------------------ listener
@@ -1339,6 +1400,9 @@ class RedisBackend(Backend):
 
     queue: RedisQueue
     store: RedisStore
+    #: A submit from another thread (a script's, ``errands.start()``) goes
+    #: to the I/O thread without a trip through the engine's loop.
+    enqueues_from_threads = True
 
     def __init__(
         self,
@@ -1439,6 +1503,50 @@ class RedisBackend(Backend):
         with trio.CancelScope(shield=True):
             created = await self._connection.script_staged("enqueue", args, staged)
         return bool(created)
+
+    def enqueue_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        not_before: float,
+        rank: float | None,
+        answer: Callable[[bool | BackendError], object],
+    ) -> None:
+        # The record is encoded here, in the caller's thread; the script is
+        # the one enqueue sends, in the I/O thread's next pipeline.
+        rank_ = -priority if rank is None else rank
+        row, staged = self.store._row(task)
+        args = [*row, int(priority), _num(not_before), _num(rank_)]
+
+        def answered(reply: Any) -> None:
+            answer(reply if isinstance(reply, BackendError) else bool(reply))
+
+        self._connection.script_staged_from_thread("enqueue", args, staged, answered)
+
+    def enqueue_and_start_from_thread(
+        self,
+        task: StoredTask,
+        *,
+        priority: int,
+        rank: float | None,
+        owner: str,
+        now: float,
+        lease_until: float,
+        starting: Callable[[Claim, StoredTask], StoredTask],
+        answer: Callable[
+            [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
+        ],
+    ) -> bool:
+        # Nothing starts in a submit's write here (starts_on_enqueue is
+        # False): the enqueue alone, answered as enqueue_and_start would be.
+        def answered(created: bool | BackendError) -> None:
+            answer(created if isinstance(created, BackendError) else (created, None))
+
+        self.enqueue_from_thread(
+            task, priority=priority, not_before=0.0, rank=rank, answer=answered
+        )
+        return True
 
     async def enqueue_many(
         self,

@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,32 @@ def test_a_durable_submit_is_stored_without_the_loop(
         assert client.get_task(first.id).wait(timeout=15) is TaskStatus.SUCCESS
         assert [client.get_task(t.id).wait(timeout=15) for t in tasks] == [TaskStatus.SUCCESS] * 30
         assert client.get_task(tasks[7].id).get() == 14
+
+
+def test_a_redis_submit_is_stored_without_the_loop(
+    redis_url: str, frozen_loop: Callable[[errands.SyncClient], None]
+) -> None:
+    """On ``RedisBackend`` too, a submit from a thread goes to the backend's
+    I/O thread, which answers it once Redis has run the enqueue: it returns,
+    stored, while the engine's loop is held still (it went through the loop
+    before, and waited for it, both ways); the loop hears of it after."""
+    import redis
+
+    from errands.backends.redis import RedisBackend
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    with errands.start(svc, backend=RedisBackend(redis_url, prefix=prefix), grace=0.1) as client:
+        frozen_loop(client)
+        submit = Background(lambda: [client.double.submit(n=i) for i in range(20)])
+        assert submit.done_within(15), "the submit waited for the engine's loop"
+        tasks = submit.result()
+        with redis.Redis.from_url(redis_url) as direct:  # stored, as promised
+            statuses = {direct.hget(f"{{{prefix}}}:t:{t.id}", "s") for t in tasks}
+        assert statuses == {b"pending"}
+        thaw.set()
+        assert [t.wait(timeout=15) for t in tasks] == [TaskStatus.SUCCESS] * 20
+        assert tasks[7].get() == 14
+        assert client.statistics().submitted == 21  # freeze, then these: all counted
 
 
 class AtOnce:
@@ -656,11 +683,35 @@ def test_many_threads_submit_wait_and_get_at_once() -> None:
         assert client.statistics().submitted == 6 * 300
 
 
-def test_close_while_threads_submit_to_a_durable_backend_loses_nothing(tmp_path: Path) -> None:
-    directory = tmp_path / "queue"
+Place = Callable[[], errands.Backend]
+
+
+def _disk_place(tmp_path: Path, request: pytest.FixtureRequest) -> Place:
+    return lambda: DiskCacheBackend(tmp_path / "queue")
+
+
+def _redis_place(tmp_path: Path, request: pytest.FixtureRequest) -> Place:
+    from errands.backends.redis import RedisBackend
+
+    url = request.getfixturevalue("redis_url")  # skipped, loudly, without redis-server
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    return lambda: RedisBackend(url, prefix=prefix)
+
+
+@pytest.mark.parametrize("place", [_disk_place, _redis_place], ids=["diskcache", "redis"])
+def test_close_while_threads_submit_to_a_durable_backend_loses_nothing(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    place: Callable[[Path, pytest.FixtureRequest], Place],
+) -> None:
+    """Backends that store submits from threads (``enqueues_from_threads``)
+    answer every one across ``close()``: none hangs, and every submit that
+    returned a task is stored (the next engine on the same place runs it)."""
+    backend = place(tmp_path, request)
+    assert backend().enqueues_from_threads
     accepted: list[str] = []
     refused: list[BaseException] = []
-    client = errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1)
+    client = errands.start(svc, backend=backend(), grace=0.1)
 
     def submitter(k: int) -> None:
         for i in range(10_000):
@@ -681,7 +732,7 @@ def test_close_while_threads_submit_to_a_durable_backend_loses_nothing(tmp_path:
     assert not any(t.is_alive() for t in threads), "a submit hung across close()"
     assert len(refused) == 3  # each thread was told, none hung
     # Every submit that returned a task is stored: the next engine runs them all.
-    with errands.start(svc, backend=DiskCacheBackend(directory), grace=0.1) as client:
+    with errands.start(svc, backend=backend(), grace=0.1) as client:
         statuses = [client.get_task(i).wait(timeout=60) for i in accepted]
         assert statuses == [TaskStatus.SUCCESS] * len(accepted)
 
