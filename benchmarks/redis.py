@@ -20,6 +20,12 @@ For each worker count W, in the same run and on the same redis-server:
   ``rq.SimpleWorker`` processes (no fork), each timed from the first enqueue
   (``Queue.enqueue_many``) until RQ's finished-job registry holds every job.
 
+and, on the same redis-server, **one submit from a thread** (latency, microseconds):
+``submit()`` of one no-op task at a time from this thread to
+``errands.start(svc, backend=url, workers=0)`` (as a script or a Flask view
+hands work to Redis-backed workers; it returns once Redis has run the
+enqueue), beside one RQ ``Queue.enqueue`` at a time (the reference).
+
 Rates are tasks per second; the ratio errands / RQ is taken per round.  The
 issue's goal is at least 5x RQ.  It also prints the Redis memory per waiting
 task (``MEMORY USAGE`` of the task's keys, with a one-item JSON record) and
@@ -152,6 +158,40 @@ def rq_round(server: RedisServer, workers: int, n: int, worker_class: str | None
     return n / elapsed
 
 
+def submit_latency(server: RedisServer, n: int) -> list[float]:
+    """Seconds of each of ``n`` submits from this thread, one at a time, to
+    an engine with no task slots (nothing runs; the tasks are dropped with
+    the prefix's keys when the server stops)."""
+    from bench_tasks import svc
+
+    url = f"{server.url}?prefix=lat{time.monotonic_ns()}"
+    took = []
+    with errands.start(svc, backend=url, workers=0) as client:
+        for _ in range(min(n, 50)):
+            client.noop.submit()  # warm: the connection and the scripts
+        for _ in range(n):
+            began = perf_counter()
+            client.noop.submit()
+            took.append(perf_counter() - began)
+    return took
+
+
+def rq_enqueue_latency(server: RedisServer, n: int) -> list[float]:
+    """Seconds of each of ``n`` RQ enqueues, one at a time (no worker)."""
+    import bench_tasks
+    from rq import Queue
+
+    queue = Queue(f"lat{time.monotonic_ns()}", connection=server.client)
+    for _ in range(min(n, 50)):
+        queue.enqueue(bench_tasks.rq_noop)
+    took = []
+    for _ in range(n):
+        began = perf_counter()
+        queue.enqueue(bench_tasks.rq_noop)
+        took.append(perf_counter() - began)
+    return took
+
+
 def memory_per_task(server: RedisServer) -> float:
     """Bytes of Redis memory per waiting task (``INFO memory`` before and after)."""
     import trio
@@ -178,11 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rq-n", type=int, default=1000, help="RQ jobs (default 1000)")
     parser.add_argument("--workers", default="1,2,4", help="worker counts (default 1,2,4)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians (default 1)")
+    parser.add_argument(
+        "--latency-n", type=int, default=500, help="single submits from a thread (default 500)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args(argv)
     counts = [int(w) for w in args.workers.split(",")]
     if args.quick:
-        args.n, args.rq_n, counts, args.repeat = 300, 16, [1], 1
+        args.n, args.rq_n, counts, args.repeat, args.latency_n = 300, 16, [1], 1, 20
     try:
         import rq
     except ImportError as exc:
@@ -244,6 +287,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(table.ratio("ratio errands / RQ SimpleWorker", vs_simple))
             print()
+        ours_latency, rq_latency = _common.Latency(), _common.Latency()
+        for _ in range(args.repeat):
+            ours_latency.add(submit_latency(server, args.latency_n))
+            if rq is not None:
+                rq_latency.add(rq_enqueue_latency(server, args.latency_n))
+        print(
+            f"one submit from a thread ({args.latency_n}), microseconds "
+            f"(median of {args.repeat} [min-max])"
+        )
+        print(table.latency_header())
+        print(table.latency("errands.start() on Redis: submit()", ours_latency))
+        if rq is not None:
+            print(table.latency("reference: RQ Queue.enqueue", rq_latency))
+        print()
         print(f"Redis memory per waiting task: {per_task:,.0f} bytes (one-item JSON record)")
     finally:
         server.stop()

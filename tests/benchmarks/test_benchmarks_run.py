@@ -93,6 +93,7 @@ def test_redis_quick_runs() -> None:
     run_quick(
         "redis.py",
         "errands (submit_many, then wait)",
+        "errands.start() on Redis: submit()",
         "Redis memory per waiting task",
         timeout=180,
     )
