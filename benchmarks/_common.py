@@ -43,6 +43,7 @@ __all__ = [
     "ServeProcess",
     "check_success",
     "free_port",
+    "guarded",
     "load",
     "met",
     "percentile",
@@ -67,6 +68,32 @@ STOP_TIMEOUT = 15.0
 #: it competes for, and a reference started in its own session (BentoML's,
 #: which needs a process group) would not.  Stopped by PID all the same.
 SERVER_SESSION: dict[str, Any] = {"start_new_session": True}
+
+#: Run as ``python -c GUARD PARENT_PID PROGRAM ARGS...``: asks Linux to send
+#: SIGTERM to this process when the thread that started it ends
+#: (``PR_SET_PDEATHSIG``, which ``exec`` keeps), then becomes PROGRAM.  A
+#: benchmark killed outright (SIGKILL, a test's timeout) would otherwise
+#: leave its servers running: they are in sessions of their own.  A fresh
+#: interpreter does it, not ``preexec_fn``, which is unsafe in a parent
+#: with threads.
+_GUARD = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the benchmark that started this server is gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """``argv`` to start a server that ends when the thread starting it
+    ends, as the benchmark's main thread does (Linux; elsewhere ``argv``
+    unchanged: stop the servers by hand after a benchmark killed outright)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *argv]
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -119,8 +146,8 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(folder)],
+            guarded([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                     "--appendonly", "no", "--dir", str(folder)]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             **SERVER_SESSION,
@@ -225,7 +252,7 @@ class ServeProcess:
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                argv,
+                guarded(argv),
                 cwd=folder,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

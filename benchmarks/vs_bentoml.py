@@ -144,7 +144,7 @@ class BentoServer:
         argv += ["--port", self.url.rpartition(":")[2]]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                argv,
+                _common.guarded(argv),
                 cwd=folder,
                 env=env,
                 stdin=subprocess.DEVNULL,
