@@ -274,6 +274,43 @@ def test_a_redis_submit_is_stored_without_the_loop(
         assert client.statistics().submitted == 21  # freeze, then these: all counted
 
 
+def test_a_redis_submit_from_a_thread_while_redis_is_down_is_refused_then_works_again(
+    tmp_path: Path,
+) -> None:
+    """The direct path reports a Redis that went away as the loop's path
+    did: ``EngineUnavailable`` at once (nothing accepted, no hang), and
+    submits work again once Redis is back."""
+    from errands.backends.redis import RedisBackend
+    from tests.tools import redis_server
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    with redis_server(tmp_path / "first") as url:
+        client = errands.start(svc, backend=RedisBackend(url, prefix=prefix), grace=0.1)
+        try:
+            assert client.double.submit(n=1).wait(timeout=15) is TaskStatus.SUCCESS
+            port = int(url.rpartition(":")[2].partition("/")[0])
+        except BaseException:
+            client.close()
+            raise
+    try:
+        refused = Background(lambda: client.double.submit(n=2))
+        assert refused.done_within(30), "a submit hung while Redis was down"
+        with pytest.raises(errands.EngineUnavailable):
+            refused.result()
+        with redis_server(tmp_path / "second", port=port):
+            deadline = time.monotonic() + 30  # a bound on a hang, not a timing
+            while True:
+                try:
+                    task = client.double.submit(n=3)
+                    break
+                except errands.EngineUnavailable:
+                    assert time.monotonic() < deadline, "submits did not work again"
+                    time.sleep(0.1)
+            assert task.wait(timeout=15) is TaskStatus.SUCCESS and task.get() == 6
+    finally:
+        client.close()
+
+
 class AtOnce:
     """Counts the calls of a task running at once, and the most at once."""
 
