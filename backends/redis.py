@@ -1524,30 +1524,6 @@ class RedisBackend(Backend):
 
         self._connection.script_staged_from_thread("enqueue", args, staged, answered)
 
-    def enqueue_and_start_from_thread(
-        self,
-        task: StoredTask,
-        *,
-        priority: int,
-        rank: float | None,
-        owner: str,
-        now: float,
-        lease_until: float,
-        starting: Callable[[Claim, StoredTask], StoredTask],
-        answer: Callable[
-            [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
-        ],
-    ) -> bool:
-        # Nothing starts in a submit's write here (starts_on_enqueue is
-        # False): the enqueue alone, answered as enqueue_and_start would be.
-        def answered(created: bool | BackendError) -> None:
-            answer(created if isinstance(created, BackendError) else (created, None))
-
-        self.enqueue_from_thread(
-            task, priority=priority, not_before=0.0, rank=rank, answer=answered
-        )
-        return True
-
     async def enqueue_many(
         self,
         tasks: Sequence[StoredTask],

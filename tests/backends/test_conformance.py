@@ -1151,10 +1151,11 @@ async def test_enqueue_and_start_starts_the_new_task_where_the_backend_says_so(
 async def test_enqueue_and_start_from_thread_does_what_enqueue_and_start_does(
     backend: Backend,
 ) -> None:
-    """From a plain thread, where the backend can (``enqueues_from_threads``,
-    once the owner has claimed here before): the same step as
-    :meth:`enqueue_and_start`, answered from the backend's thread; where it
-    cannot, False and nothing done."""
+    """From a plain thread, where the backend can (``enqueues_from_threads``
+    and ``starts_on_enqueue``, once the owner has claimed here before): the
+    same step as :meth:`enqueue_and_start`, answered from the backend's
+    thread; where it cannot, False and nothing done (the engine then calls
+    :meth:`enqueue_from_thread`)."""
     first = record()
     assert (await enqueue_and_start(backend, first, claim_starting([])))[0]  # the owner claimed
     rec = record()
@@ -1179,16 +1180,13 @@ async def test_enqueue_and_start_from_thread_does_what_enqueue_and_start_does(
         )
 
     done = await trio.to_thread.run_sync(call)
-    if not backend.enqueues_from_threads:
+    if not (backend.enqueues_from_threads and backend.starts_on_enqueue):
         assert done is False and not await backend.queue.contains(rec.id)
         return
     assert done is True
     assert await trio.to_thread.run_sync(answered.wait, 10)
     [(created, started)] = got  # type: ignore[misc]
     assert created is True
-    if not backend.starts_on_enqueue:
-        assert started is None
-        return
     claim, begun = started
     assert (claim.task_id, claim.owner) == (rec.id, "w1")
     assert begun is not None and begun.status is R and begun.token == claim.token
