@@ -723,9 +723,8 @@ class _Connection:
             "username": options.get("username"),
             "password": options.get("password"),
         }
+        self._settings = settings
         self.client = redis.Redis.from_url(url, max_connections=4, **settings)
-        # The listener's own client: its thread alone uses and closes it.
-        self._listen_client = redis.Redis.from_url(url, max_connections=2, **settings)
         self.sources = {name: _PRELUDE + src for name, src in _SCRIPTS.items()}
         self.shas = {
             name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
@@ -734,6 +733,10 @@ class _Connection:
         self._pending: collections.deque[_Op] = collections.deque()
         self._work = threading.Event()
         self._stop = threading.Event()
+        #: Guards the end of the I/O thread against a call from a thread
+        #: queued meanwhile (see :meth:`call_from_thread`).
+        self._lock = threading.Lock()
+        self._io_ended = False
         self._io: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -749,11 +752,8 @@ class _Connection:
         """Queue ``add(pipeline)`` (``count`` commands) for the I/O thread and
         return ``read(replies)``; redis errors arrive as BackendError."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._stop.is_set():
-            raise BackendError("redis: the backend is closed")
         op = _Op(add, count, read)
-        self._pending.append(op)
-        self._work.set()
+        self._queue(op)
         assert op.event is not None
         await op.event.wait()
         if op.error is not None:
@@ -772,11 +772,17 @@ class _Connection:
         or the BackendError, on the I/O thread.  Raises BackendError at once
         (``answer`` never called) when the connection takes no more calls.
 
-        Nothing queued is left unanswered: the I/O thread, once running,
-        sends every call queued before it saw the stop (as for :meth:`call`)."""
-        if self._stop.is_set() or self._io is None:
-            raise BackendError("redis: the backend is closed")
-        self._pending.append(_Op(add, count, read, answer))
+        Nothing queued is left unanswered: the I/O thread ends only under
+        the lock, with nothing queued, once the stop is set; a call queued
+        before that is sent, one that comes after is refused."""
+        self._queue(_Op(add, count, read, answer))
+
+    def _queue(self, op: _Op) -> None:
+        """Queue ``op`` for the I/O thread; BackendError when it takes no more."""
+        with self._lock:
+            if self._stop.is_set() or self._io is None or self._io_ended:
+                raise BackendError("redis: the backend is closed")
+            self._pending.append(op)
         self._work.set()
 
     async def script(self, name: str, *args: Any) -> Any:
@@ -821,7 +827,7 @@ class _Connection:
     async def command(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.call(lambda pipe: getattr(pipe, method)(*args, **kwargs), 1, _first)
 
-    def _io_loop(self) -> None:
+    def _io_loop(self, stop: threading.Event) -> None:
         while True:
             self._work.wait(timeout=1.0)
             self._work.clear()
@@ -830,8 +836,12 @@ class _Connection:
                 while self._pending and len(ops) < 512:
                     ops.append(self._pending.popleft())
                 self._execute(ops, load_scripts=False)
-            if self._stop.is_set() and not self._pending:
-                return
+            if stop.is_set():
+                with self._lock:
+                    if not self._pending:  # else a call came meanwhile: sent first
+                        if self._stop is stop:  # not started again since
+                            self._io_ended = True
+                        return
 
     def _execute(self, ops: list[_Op], *, load_scripts: bool) -> None:
         done: list[_Op] = []
@@ -896,11 +906,25 @@ class _Connection:
     # ------------------------------------------------------------------ listener
 
     def start(self) -> None:
-        """Start the I/O and listener threads (from the trio run that uses them)."""
-        self._token = trio.lowlevel.current_trio_token()
-        self._io = threading.Thread(target=self._io_loop, name="errands-redis-io", daemon=True)
+        """Start the I/O and listener threads (from the trio run that uses
+        them).  Again after :meth:`close`, for the next engine: new threads,
+        each with the stop of its own start (a listener still ending, which
+        nobody waits for, cannot outlive its start)."""
+        with self._lock:
+            if self._io is not None:  # started before: a new start of its own
+                self._stop = threading.Event()
+                self._io_ended = False
+            stop = self._stop
+            self._token = trio.lowlevel.current_trio_token()
+            self._io = threading.Thread(
+                target=self._io_loop, args=(stop,), name="errands-redis-io", daemon=True
+            )
         self._io.start()
-        self._thread = threading.Thread(target=self._listen, name="errands-redis", daemon=True)
+        # The listener's own client: its thread alone uses and closes it.
+        listen = redis.Redis.from_url(self.url, max_connections=2, **self._settings)
+        self._thread = threading.Thread(
+            target=self._listen, args=(stop, listen), name="errands-redis", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -916,19 +940,19 @@ class _Connection:
         except trio.RunFinishedError:
             self._stop.set()
 
-    def _listen(self) -> None:
+    def _listen(self, stop: threading.Event, client: Any) -> None:
         work, changes = f"{self.prefix}:work", f"{self.prefix}:changes"
         backoff = 0.05
         connected_before = False
-        while not self._stop.is_set():
-            pubsub = self._listen_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        while not stop.is_set():
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(work, changes)
                 if connected_before:
                     self._deliver(self.on_reconnect)  # messages may have been missed
                 connected_before = True
                 backoff = 0.05
-                while not self._stop.is_set():
+                while not stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is None:
                         continue
@@ -946,14 +970,14 @@ class _Connection:
                         self._deliver(self.on_changes, ids)
             except Exception as exc:  # a lost connection: reconnect, whatever it raised
                 log.debug("redis listener: %s; reconnecting", exc)
-                self._stop.wait(backoff)
+                stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 try:
                     pubsub.close()
                 except Exception:  # closing a broken connection
                     pass
-        self._listen_client.close()
+        client.close()
 
     def close(self) -> None:
         self.stop()

@@ -473,6 +473,27 @@ async def test_enqueue_from_thread_creates_and_queues_where_the_backend_says_so(
     await backend.open()
 
 
+async def test_a_backend_closed_by_one_engine_serves_the_next(backend: Backend) -> None:
+    """One backend object, opened and closed by one engine after another
+    (``errands.start(svc, backend=b)`` twice in a notebook): the second
+    finds what the first stored, and stores, claims and answers threads
+    as the first did."""
+    first = record()
+    assert await backend.enqueue(stored(first), priority=0, not_before=0.0)
+    await backend.aclose()
+    await backend.open()
+    second = record()
+    assert await backend.enqueue(stored(second), priority=0, not_before=0.0)
+    got = await backend.store.get(first.id)
+    assert got is not None and reloaded(got).record == first
+    claimed = {c.task_id for c in [await claim_one(backend), await claim_one(backend)] if c}
+    assert claimed == {first.id, second.id}
+    if backend.enqueues_from_threads:
+        third = record()
+        assert await _enqueue_from_thread(backend, stored(third)) is True
+        assert await backend.queue.contains(third.id)
+
+
 # ---------------------------------------------------------------- queue
 
 
