@@ -800,21 +800,11 @@ class _Connection:
             return await self.script(name, *args)
         return await self.call(*self._staged(name, args, staged))
 
-    def script_staged_from_thread(
-        self,
-        name: str,
-        args: Sequence[Any],
-        staged: Sequence[tuple[str, bytes]],
-        answer: Callable[[Any], object],
-    ) -> None:
-        """:meth:`script_staged` from another thread: ``answer`` gets the
-        script's reply or the BackendError (see :meth:`call_from_thread`)."""
-        self.call_from_thread(*self._staged(name, args, staged), answer)
-
     def _staged(
         self, name: str, args: Sequence[Any], staged: Sequence[tuple[str, bytes]]
     ) -> tuple[Callable[[Any], None], int, Callable[[list[Any]], Any]]:
-        """The pipeline additions, command count and reply reader of :meth:`script_staged`."""
+        """The pipeline additions, command count and reply reader of
+        :meth:`script_staged` (for :meth:`call`, or :meth:`call_from_thread`)."""
         sha = self.shas[name]
 
         def add(pipe: Any) -> None:
@@ -1546,7 +1536,8 @@ class RedisBackend(Backend):
         def answered(reply: Any) -> None:
             answer(reply if isinstance(reply, BackendError) else bool(reply))
 
-        self._connection.script_staged_from_thread("enqueue", args, staged, answered)
+        connection = self._connection
+        connection.call_from_thread(*connection._staged("enqueue", args, staged), answered)
 
     async def enqueue_many(
         self,
