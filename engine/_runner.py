@@ -207,6 +207,14 @@ def _split(
     return shares
 
 
+def _reported(run: Run) -> TaskRecord:
+    """The run's record with its last reported progress and message."""
+    record, context = run.record, run.context
+    if context.progress != record.progress or context.message != record.message:
+        return record.replace(progress=context.progress, message=context.message)
+    return record
+
+
 class Runner:
     """Runs claimed tasks for one engine (see the module docstring)."""
 
@@ -731,10 +739,7 @@ class Runner:
         task_id = run.claim.task_id
         self.settling.add(task_id)
         try:
-            claim, record = run.claim, run.record
-            context = run.context
-            if context.progress != record.progress or context.message != record.message:
-                record = record.replace(progress=context.progress, message=context.message)
+            claim, record = run.claim, _reported(run)
             if run.stop is Stop.LOST:
                 log.warning(
                     "task %s: claim taken over by another worker; result dropped", claim.task_id
@@ -770,44 +775,47 @@ class Runner:
                 )
                 return
             assert isinstance(result, outcome.Value)
-            definition = run.definition
-            try:
-                wrong = definition.check_result(result.value)
-            except BaseException as exc:  # a strange value's own methods may raise anything
-                if _is_engine_cancel(exc):
-                    raise
-                wrong = [FieldError(path="$", message=_text(exc))]
-            if wrong:
-                error = TaskError(
-                    type="InvalidResult",
-                    message="the result does not match the return type "
-                    f"{type_name(definition.return_type)}: " + "; ".join(str(e) for e in wrong),
-                )
-                await self._fail_or_retry(run, record, error, final=True)
+            stored = self._stored_value(run.definition, result.value)
+            if isinstance(stored, TaskError):
+                await self._fail_or_retry(run, record, stored, final=True)
                 return
-            try:
-                payload = encode_result(result.value, definition.return_type)
-            except BaseException as exc:  # whatever a strange result raises is the task's
-                if _is_engine_cancel(exc):
-                    raise
-                error = TaskError(
-                    type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
-                )
-                await self._fail_or_retry(run, record, error, final=True)
-                return
-            limit = self.core.options.max_result_size
-            if len(payload.data) > limit:
-                error = TaskError(
-                    type="InvalidResult",
-                    message=f"the result is {len(payload.data)} bytes; the limit is {limit} "
-                    "(max_result_size)",
-                )
-                await self._fail_or_retry(run, record, error, final=True)
-                return
-            await self._finish(claim, record, payload)
+            await self._finish(claim, record, stored)
         finally:
             run.call = None
             self.settling.discard(task_id)
+
+    def _stored_value(self, definition: TaskDefinition, value: Any) -> Payload | TaskError:
+        """A returned ``value`` as it is stored; or, where it does not match
+        the return type, cannot be encoded or is too large, the error that
+        fails its task for good."""
+        try:
+            wrong = definition.check_result(value)
+        except BaseException as exc:  # a strange value's own methods may raise anything
+            if _is_engine_cancel(exc):
+                raise
+            wrong = [FieldError(path="$", message=_text(exc))]
+        if wrong:
+            return TaskError(
+                type="InvalidResult",
+                message="the result does not match the return type "
+                f"{type_name(definition.return_type)}: " + "; ".join(str(e) for e in wrong),
+            )
+        try:
+            payload = encode_result(value, definition.return_type)
+        except BaseException as exc:  # whatever a strange result raises is the task's
+            if _is_engine_cancel(exc):
+                raise
+            return TaskError(
+                type="InvalidResult", message=f"the result cannot be stored: {_text(exc)}"
+            )
+        limit = self.core.options.max_result_size
+        if len(payload.data) > limit:
+            return TaskError(
+                type="InvalidResult",
+                message=f"the result is {len(payload.data)} bytes; the limit is {limit} "
+                "(max_result_size)",
+            )
+        return payload
 
     async def _finish(
         self,
@@ -821,14 +829,7 @@ class Runner:
     ) -> None:
         core = self.core
         status = CANCELLED if cancelled else (FAILURE if error is not None else SUCCESS)
-        done = _records.finished(
-            record,
-            status=status,
-            now=core.now(),
-            error=error,
-            result_type=payload.media_type if payload is not None else None,
-            traceback=traceback,
-        )
+        done = self._final(record, status, payload, error, traceback)
         final = StoredTask.from_record(done)
         health = core.health
         try:
@@ -850,13 +851,45 @@ class Runner:
         else:
             if health.failing:
                 health.clear("runner")
+        self._told(claim, record, done, payload, error, traceback, stored_final)
+
+    def _final(
+        self,
+        record: TaskRecord,
+        status: TaskStatus,
+        payload: Payload | None,
+        error: TaskError | None,
+        traceback: str | None,
+    ) -> TaskRecord:
+        """The running ``record`` ended in the final ``status``, now."""
+        return _records.finished(
+            record,
+            status=status,
+            now=self.core.now(),
+            error=error,
+            result_type=payload.media_type if payload is not None else None,
+            traceback=traceback,
+        )
+
+    def _told(
+        self,
+        claim: Claim,
+        record: TaskRecord,
+        done: TaskRecord,
+        payload: Payload | None,
+        error: TaskError | None,
+        traceback: str | None,
+        stored_final: bool,
+    ) -> None:
+        """Count, announce and wake the waiters of a run's end: stored as
+        ``done`` when ``stored_final``, else refused (the record moved on)."""
+        core = self.core
         if stored_final:
             core.finished += 1
-            kind = _ENDED[status]
             ended = done.finished_at
             ran = None if record.started_at is None or ended is None else ended - record.started_at
             core.events.ended(
-                kind,
+                _ENDED[done.status],
                 record.id,
                 record.name,
                 record.attempt,
@@ -864,14 +897,12 @@ class Runner:
                 error=None if error is None else str(error),
                 traceback=traceback,
             )
-        else:
-            log.warning(
-                "task %s: its record moved on; outcome %s not stored", record.id, status.value
-            )
-        if stored_final:
             core.watchers.notify(claim.task_id, done, payload)
-        else:
-            core.watchers.notify(claim.task_id)
+            return
+        log.warning(
+            "task %s: its record moved on; outcome %s not stored", record.id, done.status.value
+        )
+        core.watchers.notify(claim.task_id)
 
     def _store_end(
         self, final: StoredTask, claim: Claim, payload: Payload | None
