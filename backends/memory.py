@@ -632,6 +632,7 @@ class MemoryBackend(Backend):
     store: MemoryStore
     volatile = True
     starts_on_enqueue = True
+    finishes_now = True
 
     def __init__(self) -> None:
         self.queue = MemoryQueue()
@@ -758,6 +759,9 @@ class MemoryBackend(Backend):
     ) -> bool:
         # (Nothing is held back here: ``waited`` changes nothing.)
         await trio.lowlevel.checkpoint_if_cancelled()
+        return self.finish_now(task, claim=claim, result=result)
+
+    def finish_now(self, task: StoredTask, *, claim: Claim, result: Payload | None = None) -> bool:
         moved = self.store._transition(
             task, expect=TaskStatus.IN_PROGRESS, token=claim.token, result=result
         )

@@ -421,6 +421,9 @@ class Backend(abc.ABC):
     #: only that engine changes it.  Then a submit from another thread
     #: returns before the write, and waits park without asking the engine.
     volatile: bool = False
+    #: True when :meth:`finish_now` stores a run's end at once (the
+    #: backends that implement it say so); the engine calls it only then.
+    finishes_now: bool = False
     #: True when :meth:`enqueue_and_start` claims and starts (the backends
     #: that override it say so); the engine calls it only then.
     starts_on_enqueue: bool = False
@@ -697,6 +700,17 @@ class Backend(abc.ABC):
         if now is None or now.status is not TaskStatus.PENDING:
             await self.queue.ack(claim.task_id, claim.token)
         return moved
+
+    def finish_now(self, task: StoredTask, *, claim: Claim, result: Payload | None = None) -> bool:
+        """:meth:`finish`, done at once: synchronously, on the engine's
+        thread, with no schedule point, no I/O and no ``BackendError``.
+        Called only where :attr:`finishes_now` is true: storage in this
+        process's memory can, storage anywhere else cannot.  The engine then
+        stores the end of a run that returned without a coroutine step of
+        its own (``docs/performance.md``).  A subclass that overrides
+        :meth:`finish` and not this one keeps its :meth:`finish` called.
+        The default raises ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not finish at once")
 
     def expedite(self) -> None:
         """Someone in this process began to wait on an end that this engine

@@ -63,6 +63,24 @@ async def claim_one(backend: Backend, name: str = "job", now: float = NOW, lease
 # ---------------------------------------------------------------- store
 
 
+#: The two ways a run's end is stored: ``finish``, and ``finish_now`` where
+#: the backend says it finishes at once (``Backend.finishes_now``).
+ENDS = ["finish", "finish_now"]
+
+
+async def end_run(
+    backend: Backend, way: str, task: StoredTask, *, claim: Claim, result: Payload | None = None
+) -> bool:
+    """Store a run's end ``way``; a backend that does not finish at once
+    refuses ``finish_now`` (and the end is then stored by ``finish``)."""
+    if way == "finish_now":
+        if backend.finishes_now:
+            return backend.finish_now(task, claim=claim, result=result)
+        with pytest.raises(NotImplementedError):
+            backend.finish_now(task, claim=claim, result=result)
+    return await backend.finish(task, claim=claim, result=result)
+
+
 async def test_create_and_get(backend: Backend) -> None:
     rec = record()
     assert await backend.store.create(stored(rec))
@@ -980,8 +998,9 @@ async def test_start_raises_what_starting_raises_and_changes_nothing(backend: Ba
     assert await backend.start(claim, starting=starting_under(claim, [])) is not None
 
 
+@pytest.mark.parametrize("way", ENDS)
 async def test_a_late_finish_leaves_the_entry_of_a_task_put_back_meanwhile(
-    backend: Backend,
+    backend: Backend, way: str
 ) -> None:
     """The reaper of another engine puts back a task whose lease ran out:
     its record back to ``pending`` (compare-and-set on the token), then its
@@ -999,7 +1018,7 @@ async def test_a_late_finish_leaves_the_entry_of_a_task_put_back_meanwhile(
     assert await backend.store.transition(stored(lost), expect=R, token=claim.token)
     done = attrs.evolve(begun.record, status=S, finished_at=NOW, expires_at=NOW + 60)
     payload = Payload(media_type="application/json", data=b"1")
-    assert not await backend.finish(stored(done), claim=claim, result=payload)
+    assert not await end_run(backend, way, stored(done), claim=claim, result=payload)
     await backend.queue.release(claim.task_id, claim.token)
     assert await backend.queue.depth() == 1
     again = await claim_one(backend)
@@ -1314,11 +1333,18 @@ async def started(backend: Backend) -> tuple[TaskRecord, Claim]:
     return begun.record, claim
 
 
-async def test_finish_moves_the_record_saves_the_result_and_acks(backend: Backend) -> None:
+async def test_the_backends_in_memory_and_only_they_finish_at_once(backend: Backend) -> None:
+    assert backend.finishes_now is backend.volatile
+
+
+@pytest.mark.parametrize("way", ENDS)
+async def test_finish_moves_the_record_saves_the_result_and_acks(
+    backend: Backend, way: str
+) -> None:
     running, claim = await started(backend)
     done = attrs.evolve(running, status=S, finished_at=NOW, expires_at=NOW + 60)
     payload = Payload(media_type="application/json", data=b"[1]")
-    assert await backend.finish(stored(done), claim=claim, result=payload)
+    assert await end_run(backend, way, stored(done), claim=claim, result=payload)
     got = await backend.store.get(running.id)
     assert got is not None and reloaded(got).record == done
     assert await backend.store.get_result(running.id) == payload
@@ -1343,7 +1369,10 @@ async def test_a_waited_finish_stores_the_same_and_expedite_is_harmless(
     assert not await backend.queue.contains(running.id)
 
 
-async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(backend: Backend) -> None:
+@pytest.mark.parametrize("way", ENDS)
+async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(
+    backend: Backend, way: str
+) -> None:
     running, stale = await started(backend)
     # The lease ran out: recovery put the task back and a fresh claim started it.
     back = attrs.evolve(running, status=P, token=0)
@@ -1354,7 +1383,7 @@ async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(backend: 
     assert await backend.start(fresh, starting=starting_under(fresh, [])) is not None
     late = attrs.evolve(running, status=S, finished_at=NOW, expires_at=NOW + 60)
     payload = Payload(media_type="application/json", data=b'"late"')
-    assert not await backend.finish(stored(late), claim=stale, result=payload)
+    assert not await end_run(backend, way, stored(late), claim=stale, result=payload)
     got = await backend.store.get(running.id)
     assert got is not None and got.status is R and got.token == fresh.token
     assert await backend.store.get_result(running.id) is None  # nothing of it saved
@@ -1364,13 +1393,14 @@ async def test_finish_refuses_a_stale_token_and_leaves_the_newer_claim(backend: 
     )  # the fresh claim's entry stays
 
 
-async def test_finish_acks_even_when_the_record_moved_on(backend: Backend) -> None:
+@pytest.mark.parametrize("way", ENDS)
+async def test_finish_acks_even_when_the_record_moved_on(backend: Backend, way: str) -> None:
     running, claim = await started(backend)
     # Failed by someone else (its worker judged lost) while this claim still held it.
     lost = attrs.evolve(running, status=F, finished_at=NOW, expires_at=NOW + 60)
     assert await backend.store.transition(stored(lost), expect=R, token=claim.token)
     done = attrs.evolve(running, status=S, finished_at=NOW + 1, expires_at=NOW + 61)
-    assert not await backend.finish(stored(done), claim=claim, result=None)
+    assert not await end_run(backend, way, stored(done), claim=claim, result=None)
     got = await backend.store.get(running.id)
     assert got is not None and got.status is F
     assert not await backend.queue.contains(running.id)  # acked all the same
