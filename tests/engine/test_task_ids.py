@@ -1,4 +1,4 @@
-"""Task ids: 128 random bits each, never repeated, not even across a fork."""
+"""Task ids: 132 random bits each, never repeated, not even across a fork."""
 
 from __future__ import annotations
 
