@@ -40,6 +40,7 @@ from errands._sync import task_html
 from . import _batch_flows, _flows
 from ._flows import Call, Clock, Emit, Flow, Line, Open, Sleep
 from ._http_batch import AsyncHTTPBatch, HTTPBatch
+from ._plain_http import PLAIN_FIELDS, PlainConnections
 from ._wire import Endpoint, ServerInfo, decode_result
 
 __all__ = [
@@ -910,9 +911,29 @@ class SyncHTTPClient:
         self._wait_results = True
         self._direct = _Direct(self._http, self.url, timeout)
         self._pool: httpx.BaseTransport | None = _pool(self._http, self.url)
+        #: Where plain calls go over ``http.client`` (see ``_plain_http``).
+        self._plain: PlainConnections | None = None
+        if transport is None and PlainConnections.serves(self.url, self._pool, self._http):
+            self._plain = PlainConnections(self.url, self._http.headers, timeout, _tls_context())
 
     def _send(self, call: Call) -> httpx.Response:
-        """One plain call's answer, read whole (see :class:`_Direct`)."""
+        """One plain call's answer, read whole (see :class:`_Direct` and
+        ``_plain_http``)."""
+        plain, fields = self._plain, call.request
+        if plain is not None and fields.keys() <= PLAIN_FIELDS and not self._http.is_closed:
+            response = plain.send(
+                fields["method"],
+                fields["url"],
+                params=fields.get("params"),
+                content=fields.get("content"),
+                headers=fields.get("headers"),
+                hold=call.hold,
+            )
+            if _Direct.sets_cookies(self._http, response):
+                # From now on through httpx.Client, which sends them back.
+                self._plain = self._pool = None
+                plain.close()
+            return response
         pool = self._pool
         if pool is None or self._http.is_closed:  # (closed: httpx says so)
             return self._http.request(
@@ -1085,6 +1106,8 @@ class SyncHTTPClient:
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
+        if self._plain is not None:
+            self._plain.close()
 
     def __enter__(self) -> SyncHTTPClient:
         return self

@@ -786,3 +786,46 @@ def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
         assert ended == others
         assert task.get() == "rested"
         client.close()
+
+
+def test_plain_calls_keep_one_connection_and_drop_one_the_server_closed(tmp_path: Path) -> None:
+    """The sync client's plain calls go over kept-alive ``http.client``
+    connections: calls one after another share one.  After a server
+    restart, the idle connection that the old server closed is dropped
+    before use, and the next call goes through on a new one: no error, and
+    nothing sent on a dead connection."""
+    (tmp_path / "service.py").write_text(SERVICE)
+    port = free_port()
+    with serving(["service.py:svc"], tmp_path, port=port) as (proc, base):
+        client = SyncHTTPClient(base)
+        plain = client._plain
+        assert plain is not None  # a plain http:// URL, no proxy, no transport given
+        for n in range(5):
+            task = client.add.submit(a=n, b=1)
+            task.wait(timeout=30)
+            assert task.get() == n + 1
+        assert len(plain._idle) == 1
+        kept = plain._idle[0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    with serving(["service.py:svc"], tmp_path, port=port):
+        task = client.add.submit(a=2, b=3)
+        task.wait(timeout=30)
+        assert task.get() == 5
+        assert len(plain._idle) == 1 and plain._idle[0] is not kept
+        client.close()
+        assert plain._idle == []
+
+
+def test_a_client_whose_url_a_proxy_serves_keeps_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy from the environment is httpx's to use: such a client sends
+    every call through httpx, as before.  (Multipart uploads do too:
+    ``test_cli_client.py``'s file arguments.)"""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    url = f"http://127.0.0.1:{free_port()}"
+    with SyncHTTPClient(url) as direct:
+        assert direct._plain is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with SyncHTTPClient(url) as proxied:
+        assert proxied._plain is None
