@@ -46,7 +46,11 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
 def task_id_from_bytes(raw: bytes) -> str:
     """16 bytes as a task id: 22 url-safe characters, never starting with
     ``-`` (a command line would take such an id for an option)."""
-    text = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return _no_leading_dash(base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"))
+
+
+def _no_leading_dash(text: str) -> str:
+    """A task id's characters, its first one made ``x`` if it was ``-``."""
     return "x" + text[1:] if text.startswith("-") else text
 
 
@@ -74,7 +78,7 @@ class _RandomIds:
                 self._text, offset = base64.urlsafe_b64encode(raw).decode("ascii"), 0
             self._offset = offset + size
             text = self._text[offset : offset + size]
-        return "x" + text[1:] if text[0] == "-" else text  # as task_id_from_bytes
+        return _no_leading_dash(text)
 
     def forget(self) -> None:
         self._lock = threading.Lock()

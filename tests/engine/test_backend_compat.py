@@ -4,6 +4,8 @@ a ``finish`` that takes it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio.testing
 
 import errands
@@ -60,20 +62,13 @@ class CountingBackend(MemoryBackend):
         super().__init__()
         self.now = self.later = 0
 
-    def finish_now(self, task: StoredTask, *, claim: Claim, result: Payload | None = None) -> bool:
+    def finish_now(self, task: StoredTask, **kwargs: Any) -> bool:
         self.now += 1
-        return super().finish_now(task, claim=claim, result=result)
+        return super().finish_now(task, **kwargs)
 
-    async def finish(
-        self,
-        task: StoredTask,
-        *,
-        claim: Claim,
-        result: Payload | None = None,
-        waited: bool = False,
-    ) -> bool:
+    async def finish(self, task: StoredTask, **kwargs: Any) -> bool:
         self.later += 1
-        return await super().finish(task, claim=claim, result=result, waited=waited)
+        return await super().finish(task, **kwargs)
 
 
 async def test_ends_on_a_backend_that_finishes_at_once_are_stored_at_once(
