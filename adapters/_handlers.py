@@ -189,11 +189,17 @@ class Handlers:
         self._depth = (trio.current_time(), depth + count)
 
     async def _after_wait(
-        self, task_id: str, query: dict[str, list[str]], read: Callable[[str], Awaitable[T]]
+        self,
+        task_id: str,
+        query: dict[str, list[str]],
+        read: Callable[[str], Awaitable[T]],
+        waited: Callable[[str, float], Awaitable[T]] | None = None,
     ) -> T:
         """``read(task_id)`` (an engine method), after ``?wait=S`` if asked:
         held until the task is final or S seconds pass (more than
         ``max_wait`` is a 400); event-driven, no polling inside.
+        ``waited(task_id, S)``, when given, is the wait and the read in one
+        (an engine method that need not read what the wait handed it).
 
         The wait and the read are one call where the engine runs: under an
         asyncio server that is one crossing of the bridge per request, not
@@ -206,6 +212,9 @@ class Handlers:
             engine = access.engine
 
             async def wait_then_read() -> T:
+                assert wait is not None
+                if waited is not None:
+                    return await waited(task_id, wait)
                 try:
                     await engine.wait(task_id, wait)
                 except TimeoutError:
@@ -222,7 +231,8 @@ class Handlers:
 
     async def status(self, task_id: str, query: dict[str, list[str]]) -> Answer:
         access = await self.life.start_if_needed()
-        info = await self._after_wait(task_id, query, access.engine.info)
+        engine = access.engine
+        info = await self._after_wait(task_id, query, engine.info, engine.wait_info)
         return json_answer(200, self._info(info))
 
     async def get(self, task_id: str, query: dict[str, list[str]]) -> Answer:

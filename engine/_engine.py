@@ -1092,6 +1092,24 @@ class Engine:
         """
         return await _watching.wait_final(self, task_id, timeout)
 
+    async def wait_info(self, task_id: str, timeout: float) -> TaskInfo:
+        """The task's :class:`TaskInfo` once it is final, or as it is when
+        ``timeout`` seconds passed first (a long poll of its status).  A
+        final record that this engine stored while the caller waited is
+        answered as it was stored, not read back (on a durable backend, a
+        trip to the database per long poll).
+
+        Raises:
+            TaskNotFound: unknown, expired or malformed id.
+        """
+        try:
+            _, final = await _watching.wait_final_record(self, task_id, timeout)
+        except TimeoutError:
+            final = None
+        if final is None:
+            return await self.info(task_id)
+        return TaskInfo.from_record(final)
+
     async def next_change(
         self, task_id: str, since: TaskInfo | None = None, timeout: float | None = None
     ) -> TaskInfo:

@@ -46,6 +46,7 @@ __all__ = [
     "trusted_until",
     "wait_any",
     "wait_final",
+    "wait_final_record",
 ]
 
 #: How many tasks ended by this engine :attr:`Watchers.ended` remembers.
@@ -366,13 +367,26 @@ async def _wait_until(event: trio.Event, deadline: float) -> None:
 
 async def wait_final(engine: Source, task_id: str, timeout: float | None) -> TaskStatus:
     """:meth:`Engine.wait`."""
+    return (await wait_final_record(engine, task_id, timeout))[0]
+
+
+async def wait_final_record(
+    engine: Source, task_id: str, timeout: float | None
+) -> tuple[TaskStatus, TaskRecord | None]:
+    """:func:`wait_final`, and the final record when the engine handed it to
+    this waiter (it stored that record while the waiter was parked): what a
+    read of the store would give, so a caller that wants the record need not
+    read it back.  None when the status was read, or known from an earlier
+    end (:meth:`Watchers.ended_as`)."""
     try:
         return await _wait_final(engine, task_id, timeout)
     finally:
         engine.watchers.drop_if_idle(task_id)
 
 
-async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> TaskStatus:
+async def _wait_final(
+    engine: Source, task_id: str, timeout: float | None
+) -> tuple[TaskStatus, TaskRecord | None]:
     # Exactly one schedule point on every path: the first read does not
     # yield; either the task is final (then checkpoint) or we park.
     deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -381,7 +395,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
     if ended is not None:
         engine.check_open()
         await trio.lowlevel.checkpoint()
-        return ended[0]
+        return ended[0], None
     watch = watchers.watch(task_id)  # before reading, so no change slips between
     if not engine.runs_here(task_id):
         # (A task this engine runs is in progress, and its end comes here:
@@ -391,7 +405,7 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
         stored = await engine.load_stored(task_id, schedule=False, arguments=False)
         if stored.status.is_final:
             await trio.lowlevel.checkpoint()
-            return stored.status
+            return stored.status, None
     else:
         engine.check_open()
         engine.expedite((task_id,))  # its end may be on its way to storage
@@ -405,11 +419,11 @@ async def _wait_final(engine: Source, task_id: str, timeout: float | None) -> Ta
                 await watch.event.wait()
         final = watch.record
         if final is not None and not final.is_expired(engine.clock()):
-            return final.status
+            return final.status, final
         watch = watchers.watch(task_id)
         stored = await engine.load_stored(task_id, schedule=False, arguments=False)
         if stored.status.is_final:
-            return stored.status
+            return stored.status, None
         if trio.current_time() >= deadline:
             raise TimeoutError(f"task {task_id} is still {stored.status.value} after {timeout} s")
 

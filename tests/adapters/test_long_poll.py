@@ -70,6 +70,33 @@ async def test_long_poll_times_out_with_the_current_state(
     assert missing.status_code == 404
 
 
+async def test_a_long_polled_status_of_a_task_that_ends_meanwhile_reads_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``GET /{name}/status?wait=`` of a task that ends while the request is
+    held answers the final record the engine stored and handed to it: no
+    store read after the wait (on diskcache, a trip to the database per
+    request), and the same answer as a status read after."""
+    from errands.backends import MemoryBackend
+    from tests.tools import count_calls
+
+    backend = MemoryBackend()
+    app = create_app(
+        svc, backend=backend, max_wait=30, options=errands.EngineOptions(clock=trio_wall)
+    )
+    async with app.running():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
+            await client.get("/nap/status", params={"task_id": task_id})  # running by now
+            calls = count_calls(backend.store, "get", "get_state", "get_many")
+            held = await client.get("/nap/status", params={"task_id": task_id, "wait": 10})
+            assert held.status_code == 200 and held.json()["status"] == "success"
+            assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
+            after = await client.get("/nap/status", params={"task_id": task_id})
+            assert held.json() == after.json()
+
+
 async def test_a_long_polled_get_of_a_small_result_reads_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -416,6 +416,34 @@ async def test_a_wait_on_a_task_this_engine_runs_reads_nothing(
         assert calls.count == {"get": 0, "get_state": 1, "get_many": 0}
 
 
+async def test_a_status_waited_for_comes_with_the_end_not_from_the_store(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    """``wait_info`` (a long poll of a status) on a task that ends while it
+    waits answers the final record this engine stored, as a read would
+    give it, without reading it back (on diskcache, a trip to the database
+    per long poll); one that times out reads the state of the moment."""
+    backend = make_backend()
+    async with engine(backend) as eng:
+        record = await eng.submit("stepper", {"steps": 2})
+        await started(eng, record.id)
+        calls = count_calls(backend.store, "get", "get_state", "get_many")
+        start = trio.current_time()
+        info = await eng.wait_info(record.id, 10)
+        assert trio.current_time() - start == close_to(kind, 3)
+        assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
+        assert seen(info) == ("success", 1.0, "step 2", 1)
+        assert info == await eng.info(record.id)  # what the store says
+        slow = await eng.submit("sleepy", {"seconds": 50})
+        await started(eng, slow.id)
+        before = calls.count["get_state"]
+        info = await eng.wait_info(slow.id, 1)
+        assert info.status is TaskStatus.IN_PROGRESS
+        assert calls.count["get_state"] > before  # timed out: the state now, read
+        with pytest.raises(errands.TaskNotFound):
+            await eng.wait_info(new_task_id(), 1)
+
+
 @svc.task
 async def text(size: int) -> str:
     return "x" * size
