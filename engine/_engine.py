@@ -1094,10 +1094,10 @@ class Engine:
 
     async def wait_info(self, task_id: str, timeout: float) -> TaskInfo:
         """The task's :class:`TaskInfo` once it is final, or as it is when
-        ``timeout`` seconds passed first (a long poll of its status).  A
-        final record that this engine stored while the caller waited is
-        answered as it was stored, not read back (on a durable backend, a
-        trip to the database per long poll).
+        ``timeout`` seconds passed first (a long poll of its status).  The
+        final task that the wait read, or that this engine stored and handed
+        to it, is not read again (on a durable backend, a trip to the
+        database per long poll).
 
         Raises:
             TaskNotFound: unknown, expired or malformed id.
@@ -1108,7 +1108,7 @@ class Engine:
             final = None
         if final is None:
             return await self.info(task_id)
-        return TaskInfo.from_record(final)
+        return final.info()
 
     async def next_change(
         self, task_id: str, since: TaskInfo | None = None, timeout: float | None = None

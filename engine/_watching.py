@@ -372,12 +372,12 @@ async def wait_final(engine: Source, task_id: str, timeout: float | None) -> Tas
 
 async def wait_final_record(
     engine: Source, task_id: str, timeout: float | None
-) -> tuple[TaskStatus, TaskRecord | None]:
-    """:func:`wait_final`, and the final record when the engine handed it to
-    this waiter (it stored that record while the waiter was parked): what a
-    read of the store would give, so a caller that wants the record need not
-    read it back.  None when the status was read, or known from an earlier
-    end (:meth:`Watchers.ended_as`)."""
+) -> tuple[TaskStatus, StoredTask | None]:
+    """:func:`wait_final`, and the final task as stored when the wait has it:
+    read by the wait itself, or handed to it by the engine that stored it
+    while it was parked (what a read would give), so that a caller that
+    wants more than the status need not read it again.  None when the
+    status came from an end remembered here (:meth:`Watchers.ended_as`)."""
     try:
         return await _wait_final(engine, task_id, timeout)
     finally:
@@ -386,7 +386,7 @@ async def wait_final_record(
 
 async def _wait_final(
     engine: Source, task_id: str, timeout: float | None
-) -> tuple[TaskStatus, TaskRecord | None]:
+) -> tuple[TaskStatus, StoredTask | None]:
     # Exactly one schedule point on every path: the first read does not
     # yield; either the task is final (then checkpoint) or we park.
     deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -405,7 +405,7 @@ async def _wait_final(
         stored = await engine.load_stored(task_id, schedule=False, arguments=False)
         if stored.status.is_final:
             await trio.lowlevel.checkpoint()
-            return stored.status, None
+            return stored.status, stored
     else:
         engine.check_open()
         engine.expedite((task_id,))  # its end may be on its way to storage
@@ -419,11 +419,11 @@ async def _wait_final(
                 await watch.event.wait()
         final = watch.record
         if final is not None and not final.is_expired(engine.clock()):
-            return final.status, final
+            return final.status, StoredTask.from_record(final)
         watch = watchers.watch(task_id)
         stored = await engine.load_stored(task_id, schedule=False, arguments=False)
         if stored.status.is_final:
-            return stored.status, None
+            return stored.status, stored
         if trio.current_time() >= deadline:
             raise TimeoutError(f"task {task_id} is still {stored.status.value} after {timeout} s")
 

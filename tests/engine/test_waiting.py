@@ -434,6 +434,10 @@ async def test_a_status_waited_for_comes_with_the_end_not_from_the_store(
         assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
         assert seen(info) == ("success", 1.0, "step 2", 1)
         assert info == await eng.info(record.id)  # what the store says
+        eng.watchers.ended.clear()  # as after a restart: its end not remembered
+        before = calls.count["get_state"]
+        assert await eng.wait_info(record.id, 10) == info
+        assert calls.count["get_state"] == before + 1  # read by the wait, not again
         slow = await eng.submit("sleepy", {"seconds": 50})
         await started(eng, slow.id)
         before = calls.count["get_state"]
