@@ -892,7 +892,17 @@ class Engine:
                 await store.delete_expired(stored.id, now)
 
     async def info(self, task_id: str) -> TaskInfo:
-        """The task's :class:`TaskInfo` (with its queue position while pending)."""
+        """The task's :class:`TaskInfo` (with its queue position while pending).
+
+        A task this engine is running is answered from its record as stored
+        (:meth:`Runner.stored_record`), not read back: a client that polls
+        the status of a running task (BentoML's does) costs a durable
+        backend no transaction per poll."""
+        running = self.runner.stored_record(task_id)
+        if running is not None and not running.is_expired(self.core.now()):
+            await trio.lowlevel.checkpoint()
+            self.check_open()
+            return TaskInfo.from_record(running)
         stored = await self.load_stored(task_id, arguments=False)
         position = None
         if stored.status is PENDING:

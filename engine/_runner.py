@@ -226,6 +226,8 @@ class Runner:
         self.bound: dict[str, Callable[..., Any]] = {}
         self.threads: WorkerThreads | None = None
         self._dirty: dict[str, Run] = {}
+        #: The reports the progress writer is storing in its current round.
+        self._writing: dict[str, Run] = {}
         #: Claims of batch members not started yet, by task id: the lease
         #: keeper renews them with the runs' claims.
         self.held: dict[str, Claim] = {}
@@ -270,6 +272,17 @@ class Runner:
         is in progress, and its end will be told to this engine's waiters
         (unless its claim was lost: then the watcher sees it)."""
         return task_id in self.running or task_id in self.settling
+
+    def stored_record(self, task_id: str) -> TaskRecord | None:
+        """The record of a task this engine is running, as it is stored: none
+        of its reports waits to be stored or is being stored, and its run was
+        not asked to stop.  None when the store is to be read instead."""
+        run = self.running.get(task_id)
+        if run is None or run.stop is not None:
+            return None
+        if task_id in self._dirty or task_id in self._writing:
+            return None
+        return run.record
 
     def holds(self, task_id: str, token: int) -> Run | None:
         """The run of ``task_id`` under claim ``token``, if this engine runs it."""
@@ -1043,6 +1056,7 @@ class Runner:
         await self._progress_wake.wait()
         self._progress_wake = trio.Event()
         dirty, self._dirty = self._dirty, {}
+        self._writing = dirty  # (what is left of it: each is deleted once stored)
         store, watchers = self.core.store, self.core.watchers
         try:
             while dirty:
@@ -1057,6 +1071,7 @@ class Runner:
                     watchers.touch(task_id)
                 del dirty[task_id]
         finally:
+            self._writing = {}
             # Reports not stored (storage failed) are tried again; newer ones win.
             for task_id, run in dirty.items():
                 if self.running.get(task_id) is run:

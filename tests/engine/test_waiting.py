@@ -448,6 +448,75 @@ async def test_a_status_waited_for_comes_with_the_end_not_from_the_store(
             await eng.wait_info(new_task_id(), 1)
 
 
+async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    """``info()`` of a task this engine runs answers the run's record as
+    stored (what a poll of a running task's status asks, again and again;
+    on diskcache, a trip to the database each).  While a report waits to be
+    stored, or is being stored, the store is read instead; once stored, the
+    record with it is answered."""
+    backend = make_backend()
+    async with engine(backend) as eng:
+        record = await eng.submit("stepper", {"steps": 3})
+        await started(eng, record.id)
+        calls = count_calls(backend.store, "get", "get_state", "get_many")
+        polled = [await eng.info(record.id) for _ in range(5)]
+        assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
+        stored = await backend.store.get_state(record.id)
+        assert stored is not None and polled == [stored.info()] * 5
+        assert polled[0].status is TaskStatus.IN_PROGRESS and polled[0].progress is None
+        while True:  # the first report, once the progress writer stored it
+            await trio.sleep(0.05)
+            running = eng.runner.stored_record(record.id)
+            if running is not None and running.progress is not None:
+                break
+        before = dict(calls.count)
+        info = await eng.info(record.id)
+        assert calls.count == before
+        assert (info.progress, info.message) == (pytest.approx(1 / 3), "step 1")
+        stored = await backend.store.get_state(record.id)
+        assert stored is not None and info == stored.info()
+        eng.runner._dirty[record.id] = eng.runner.running[record.id]  # a report not stored yet
+        assert (await eng.info(record.id)) == info
+        assert calls.count["get_state"] == before["get_state"] + 2  # this read and the one above
+        assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+        assert eng.runner.stored_record(record.id) is None  # ended: the store says
+
+
+async def test_the_status_of_a_task_whose_report_is_being_stored_is_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the progress writer stores a report of a task running here, the
+    run's record is not yet what the store holds (it may already be, or not
+    at all): ``info()`` reads the store, as it did for every task before."""
+    backend = MemoryBackend()
+    gate = trio.Event()
+    transition = backend.store.transition
+    writing: list[str] = []
+
+    async def held(task: Any, **kwargs: Any) -> bool:
+        if task.status is TaskStatus.IN_PROGRESS:  # a report, not an end
+            writing.append(task.id)
+            await gate.wait()
+        return await transition(task, **kwargs)
+
+    backend.store.transition = held  # type: ignore[method-assign]
+    async with engine(backend) as eng:
+        record = await eng.submit("stepper", {"steps": 3})
+        while not writing:
+            await trio.sleep(0.1)
+        assert eng.runner.stored_record(record.id) is None
+        calls = count_calls(backend.store, "get_state")
+        info = await eng.info(record.id)
+        assert calls.count["get_state"] == 1 and info.progress is None  # what the store holds
+        gate.set()
+        await trio.sleep(0.1)
+        running = eng.runner.stored_record(record.id)
+        assert running is not None and running.progress == pytest.approx(1 / 3)
+        assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
+
+
 @svc.task
 async def text(size: int) -> str:
     return "x" * size
