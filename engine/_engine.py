@@ -898,10 +898,8 @@ class Engine:
         (:meth:`Runner.stored_record`), not read back: a client that polls
         the status of a running task (BentoML's does) costs a durable
         backend no transaction per poll."""
-        running = self.runner.stored_record(task_id)
-        if running is not None and not running.is_expired(self.core.now()):
-            await trio.lowlevel.checkpoint()
-            self.check_open()
+        running = await self._running_record(task_id)
+        if running is not None:
             return TaskInfo.from_record(running)
         stored = await self.load_stored(task_id, arguments=False)
         position = None
@@ -911,8 +909,23 @@ class Engine:
 
     async def status(self, task_id: str) -> TaskStatus:
         # The record is read (an unreadable one is reported), not its
-        # arguments; no TaskInfo is built for one status.
+        # arguments; no TaskInfo is built for one status.  A task running
+        # here is not read (see :meth:`info`).
+        running = await self._running_record(task_id)
+        if running is not None:
+            return running.status
         return (await self.load_stored(task_id, arguments=False)).without_args().status
+
+    async def _running_record(self, task_id: str) -> TaskRecord | None:
+        """The record of a task this engine is running, as it is stored
+        (:meth:`Runner.stored_record`), after a checkpoint; None, having
+        done nothing, when the store is to be read instead."""
+        running = self.runner.stored_record(task_id)
+        if running is None or running.is_expired(self.core.now()):
+            return None
+        await trio.lowlevel.checkpoint()
+        self.check_open()
+        return running
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.

@@ -451,8 +451,8 @@ async def test_a_status_waited_for_comes_with_the_end_not_from_the_store(
 async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read(
     clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
 ) -> None:
-    """``info()`` of a task this engine runs answers the run's record as
-    stored (what a poll of a running task's status asks, again and again;
+    """``info()`` and ``status()`` of a task this engine runs answer the
+    run's record as stored (what a poll of a running task's status asks, again and again;
     on diskcache, a trip to the database each).  While a report waits to be
     stored, or is being stored, the store is read instead; once stored, the
     record with it is answered."""
@@ -462,6 +462,7 @@ async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read
         await started(eng, record.id)
         calls = count_calls(backend.store, "get", "get_state", "get_many")
         polled = [await eng.info(record.id) for _ in range(5)]
+        assert await eng.status(record.id) is TaskStatus.IN_PROGRESS
         assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
         stored = await backend.store.get_state(record.id)
         assert stored is not None and polled == [stored.info()] * 5
