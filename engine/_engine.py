@@ -441,6 +441,22 @@ class Engine:
             raise TaskNotFound(task_id)
         return stored
 
+    async def load_state(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
+        """The live record for what reads its state (a status, a change), as
+        :meth:`StoredTask.without_args` gives it: a task this engine is
+        running is answered from its record as stored
+        (:meth:`Runner.stored_record`: a client that polls a running task's
+        status costs a durable backend no transaction per poll), any other
+        is read.  TaskNotFound as :meth:`load`."""
+        running = self.runner.stored_record(task_id)
+        if running is not None and not running.is_expired(self.core.now()):
+            if schedule:
+                await trio.lowlevel.checkpoint()
+            self.check_open()
+            return running
+        stored = await self.load_stored(task_id, schedule=schedule, arguments=False)
+        return stored.without_args()
+
     def definition(self, name: str) -> TaskDefinition:
         try:
             return self.definitions[name]
@@ -892,40 +908,18 @@ class Engine:
                 await store.delete_expired(stored.id, now)
 
     async def info(self, task_id: str) -> TaskInfo:
-        """The task's :class:`TaskInfo` (with its queue position while pending).
-
-        A task this engine is running is answered from its record as stored
-        (:meth:`Runner.stored_record`), not read back: a client that polls
-        the status of a running task (BentoML's does) costs a durable
-        backend no transaction per poll."""
-        running = await self._running_record(task_id)
-        if running is not None:
-            return TaskInfo.from_record(running)
-        stored = await self.load_stored(task_id, arguments=False)
+        """The task's :class:`TaskInfo` (with its queue position while pending;
+        a task running here is not read: :meth:`load_state`)."""
+        record = await self.load_state(task_id)
         position = None
-        if stored.status is PENDING:
+        if record.status is PENDING:
             position = await self.core.queue.position(task_id)
-        return stored.info(position=position)
+        return TaskInfo.from_record(record, position=position)
 
     async def status(self, task_id: str) -> TaskStatus:
         # The record is read (an unreadable one is reported), not its
-        # arguments; no TaskInfo is built for one status.  A task running
-        # here is not read (see :meth:`info`).
-        running = await self._running_record(task_id)
-        if running is not None:
-            return running.status
-        return (await self.load_stored(task_id, arguments=False)).without_args().status
-
-    async def _running_record(self, task_id: str) -> TaskRecord | None:
-        """The record of a task this engine is running, as it is stored
-        (:meth:`Runner.stored_record`), after a checkpoint; None, having
-        done nothing, when the store is to be read instead."""
-        running = self.runner.stored_record(task_id)
-        if running is None or running.is_expired(self.core.now()):
-            return None
-        await trio.lowlevel.checkpoint()
-        self.check_open()
-        return running
+        # arguments; no TaskInfo is built for one status.
+        return (await self.load_state(task_id)).status
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.

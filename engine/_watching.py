@@ -344,6 +344,11 @@ class Source(Protocol):
         """The live task as stored (its record not decoded); as :meth:`load`."""
         ...
 
+    async def load_state(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
+        """The live record without its arguments (unless at hand), read only
+        when the engine does not run the task; as :meth:`load`."""
+        ...
+
 
 def _differs(record: TaskRecord, seen: TaskInfo) -> bool:
     """Whether ``record`` changed in what :func:`next_change` follows."""
@@ -438,8 +443,8 @@ async def next_change(
     engine.watchers.listen(ids, listener)  # before reading, so no change slips between
     try:
         # Neither the arguments (which may be megabytes) nor their decoding:
-        # a TaskInfo has none.
-        record = (await engine.load_stored(task_id, arguments=False)).without_args()
+        # a TaskInfo has none; and no read of a task the engine runs.
+        record = await engine.load_state(task_id)
         if since is not None and not _differs(record, since):
             engine.expedite(ids)
         while since is not None and not _differs(record, since):
@@ -449,8 +454,7 @@ async def next_change(
                 raise TimeoutError(f"task {task_id} did not change in {timeout} s")
             await _wait_until(listener.event, deadline)
             listener.rearm()
-            stored = await engine.load_stored(task_id, schedule=False, arguments=False)
-            record = stored.without_args()
+            record = await engine.load_state(task_id, schedule=False)
         position = None
         if record.status is TaskStatus.PENDING:
             try:

@@ -451,11 +451,11 @@ async def test_a_status_waited_for_comes_with_the_end_not_from_the_store(
 async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read(
     clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
 ) -> None:
-    """``info()`` and ``status()`` of a task this engine runs answer the
-    run's record as stored (what a poll of a running task's status asks, again and again;
-    on diskcache, a trip to the database each).  While a report waits to be
-    stored, or is being stored, the store is read instead; once stored, the
-    record with it is answered."""
+    """``info()``, ``status()`` and ``next_change()`` of a task this engine
+    runs answer the run's record as stored (what a poll of a running task's
+    status asks, again and again; on diskcache, a trip to the database
+    each).  While a report waits to be stored, or is being stored, the store
+    is read instead; once stored, the record with it is answered."""
     backend = make_backend()
     async with engine(backend) as eng:
         record = await eng.submit("stepper", {"steps": 3})
@@ -478,9 +478,13 @@ async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read
         assert (info.progress, info.message) == (pytest.approx(1 / 3), "step 1")
         stored = await backend.store.get_state(record.id)
         assert stored is not None and info == stored.info()
+        before = dict(calls.count)
+        changed = await eng.next_change(record.id, info, timeout=5)  # an event stream's step
+        assert changed.message == "step 2" and calls.count == before
+        info = changed
         eng.runner._dirty[record.id] = eng.runner.running[record.id]  # a report not stored yet
         assert (await eng.info(record.id)) == info
-        assert calls.count["get_state"] == before["get_state"] + 2  # this read and the one above
+        assert calls.count["get_state"] == before["get_state"] + 1  # read, this time
         assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert eng.runner.stored_record(record.id) is None  # ended: the store says
 
