@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -22,16 +23,24 @@ async def nap(seconds: float) -> str:
     return "rested"
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """The app on the memory backend; tests take autojump_clock (pytest-trio reads
-    the clock from the test's own arguments)."""
+@asynccontextmanager
+async def serving(backend: errands.Backend | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app on ``backend`` (the memory backend by default)."""
     # stored times follow the mock clock
-    app = create_app(svc, max_wait=30, options=errands.EngineOptions(clock=trio_wall))
+    options = errands.EngineOptions(clock=trio_wall)
+    app = create_app(svc, backend=backend, max_wait=30, options=options)
     async with app.running():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             yield client
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the memory backend; tests take autojump_clock (pytest-trio reads
+    the clock from the test's own arguments)."""
+    async with serving() as client:
+        yield client
 
 
 async def test_long_poll_returns_when_the_task_ends(
@@ -81,20 +90,15 @@ async def test_a_long_polled_status_of_a_task_that_ends_meanwhile_reads_nothing(
     from tests.tools import count_calls
 
     backend = MemoryBackend()
-    app = create_app(
-        svc, backend=backend, max_wait=30, options=errands.EngineOptions(clock=trio_wall)
-    )
-    async with app.running():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
-            await client.get("/nap/status", params={"task_id": task_id})  # running by now
-            calls = count_calls(backend.store, "get", "get_state", "get_many")
-            held = await client.get("/nap/status", params={"task_id": task_id, "wait": 10})
-            assert held.status_code == 200 and held.json()["status"] == "success"
-            assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
-            after = await client.get("/nap/status", params={"task_id": task_id})
-            assert held.json() == after.json()
+    async with serving(backend) as client:
+        task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
+        await client.get("/nap/status", params={"task_id": task_id})  # running by now
+        calls = count_calls(backend.store, "get", "get_state", "get_many")
+        held = await client.get("/nap/status", params={"task_id": task_id, "wait": 10})
+        assert held.status_code == 200 and held.json()["status"] == "success"
+        assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
+        after = await client.get("/nap/status", params={"task_id": task_id})
+        assert held.json() == after.json()
 
 
 async def test_a_long_polled_get_of_a_small_result_reads_nothing(
@@ -108,18 +112,13 @@ async def test_a_long_polled_get_of_a_small_result_reads_nothing(
     from tests.tools import count_calls
 
     backend = MemoryBackend()
-    app = create_app(
-        svc, backend=backend, max_wait=30, options=errands.EngineOptions(clock=trio_wall)
-    )
-    async with app.running():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
-            bad = (await client.post("/nap/submit", json={"seconds": -1})).json()["task_id"]
-            calls = count_calls(backend.store, "get_with_results", "get_result", "get")
-            got = await client.get("/nap/get", params={"task_id": task_id, "wait": 10})
-            assert got.status_code == 200 and got.text == "rested"
-            assert calls.count == {"get_with_results": 0, "get_result": 0, "get": 0}
-            failed = await client.get("/nap/get", params={"task_id": bad, "wait": 10})
-            assert failed.status_code == 500 and "ValueError" in failed.text
-            assert calls.count["get_with_results"] == 1
+    async with serving(backend) as client:
+        task_id = (await client.post("/nap/submit", json={"seconds": 3})).json()["task_id"]
+        bad = (await client.post("/nap/submit", json={"seconds": -1})).json()["task_id"]
+        calls = count_calls(backend.store, "get_with_results", "get_result", "get")
+        got = await client.get("/nap/get", params={"task_id": task_id, "wait": 10})
+        assert got.status_code == 200 and got.text == "rested"
+        assert calls.count == {"get_with_results": 0, "get_result": 0, "get": 0}
+        failed = await client.get("/nap/get", params={"task_id": bad, "wait": 10})
+        assert failed.status_code == 500 and "ValueError" in failed.text
+        assert calls.count["get_with_results"] == 1
