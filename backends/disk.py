@@ -471,6 +471,14 @@ _LISTED_COLUMNS = (
 _IDS_PER_QUERY = 500
 
 
+def _state(conn: sqlite3.Connection, task_id: str) -> StoredTask | None:
+    """:meth:`DiskCacheStore.get_state`, on the database thread."""
+    row = conn.execute(
+        f"SELECT {_LISTED_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)
+    ).fetchone()
+    return None if row is None else _listed(row)
+
+
 def _rows_by_ids(
     conn: sqlite3.Connection, sql: str, ids: Sequence[str], *after: Any
 ) -> Iterator[tuple[Any, ...]]:
@@ -731,25 +739,25 @@ class DiskCacheQueue(Queue):
         """Exact while the task's name has at most :data:`EXACT_POSITIONS`
         waiting entries, or its positions are asked rarely; beyond, from its
         order (see :class:`_Order`), which may be a second old or more."""
+        return await self._db.run(lambda conn: self._position(conn, task_id), write=False)
 
-        def position(conn: sqlite3.Connection) -> int | None:
-            me = conn.execute(
-                "SELECT name, rank, seq FROM queue WHERE id = ? AND owner IS NULL", (task_id,)
-            ).fetchone()
-            if me is None:
-                return None
-            name, rank, seq = me
-            order = self._order(conn, name)
-            if order is not None:
-                return order.ahead_of(rank, seq)
-            row = conn.execute(
-                "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?"
-                " AND (rank < ? OR (rank = ? AND seq < ?))",
-                (name, rank, rank, seq),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._db.run(position, write=False)
+    def _position(self, conn: sqlite3.Connection, task_id: str) -> int | None:
+        """:meth:`position`, on the database thread."""
+        me = conn.execute(
+            "SELECT name, rank, seq FROM queue WHERE id = ? AND owner IS NULL", (task_id,)
+        ).fetchone()
+        if me is None:
+            return None
+        name, rank, seq = me
+        order = self._order(conn, name)
+        if order is not None:
+            return order.ahead_of(rank, seq)
+        row = conn.execute(
+            "SELECT COUNT(*) FROM queue WHERE owner IS NULL AND name = ?"
+            " AND (rank < ? OR (rank = ? AND seq < ?))",
+            (name, rank, rank, seq),
+        ).fetchone()
+        return int(row[0])
 
     def _order(self, conn: sqlite3.Connection, name: str) -> _Order | None:
         """``name``'s order while it serves, read again when it is too old,
@@ -1176,13 +1184,7 @@ class DiskCacheStore(Store):
         return await self._db.run(get, write=False)
 
     async def get_state(self, task_id: str) -> StoredTask | None:
-        def get_state(conn: sqlite3.Connection) -> StoredTask | None:
-            row = conn.execute(
-                f"SELECT {_LISTED_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)
-            ).fetchone()
-            return None if row is None else _listed(row)
-
-        return await self._db.run(get_state, write=False)
+        return await self._db.run(lambda conn: _state(conn, task_id), write=False)
 
     async def get_many(
         self, task_ids: Collection[str], *, arguments: bool = True
@@ -1746,6 +1748,19 @@ class DiskCacheBackend(Backend):
 
     def expedite(self) -> None:
         self._db.expedite()
+
+    async def state_and_position(self, task_id: str) -> tuple[StoredTask | None, int | None]:
+        """Both in one transaction (see :meth:`Backend.state_and_position`):
+        a status of a waiting task costs one trip to the database, not two."""
+        queue = self.queue
+
+        def read(conn: sqlite3.Connection) -> tuple[StoredTask | None, int | None]:
+            stored = _state(conn, task_id)
+            if stored is None or stored.status is not TaskStatus.PENDING:
+                return stored, None
+            return stored, queue._position(conn, task_id)
+
+        return await self._db.run(read, write=False)
 
     async def enqueue(
         self,

@@ -579,6 +579,20 @@ class Backend(abc.ABC):
                 )
         return answers
 
+    async def state_and_position(self, task_id: str) -> tuple[StoredTask | None, int | None]:
+        """What a status reads: the task as :meth:`Store.get_state` reads it
+        and, while it is ``pending``, its queue position as
+        :meth:`Queue.position` gives it (None otherwise, and when it is not
+        waiting in the queue).
+
+        The default makes the two calls; a backend that can answer both in
+        one (one transaction, one round trip) overrides it.
+        """
+        stored = await self.store.get_state(task_id)
+        if stored is None or stored.status is not TaskStatus.PENDING:
+            return stored, None
+        return stored, await self.queue.position(task_id)
+
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         """Start a claimed task: replace its ``pending`` record with ``task`` (its
         ``in_progress`` record) only while ``claim`` is still held, in one

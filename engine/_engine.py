@@ -427,35 +427,52 @@ class Engine:
         the id is malformed.  Without ``arguments``, a backend that keeps
         them apart does not read them (they may be megabytes): for what
         reads the status or :meth:`StoredTask.without_args` alone."""
+        await self._before_read(task_id, schedule)
+        store = self.core.store
+        stored = await (store.get(task_id) if arguments else store.get_state(task_id))
+        return self._live(task_id, stored)
+
+    async def load_state(
+        self, task_id: str, *, schedule: bool = True, position: bool = False
+    ) -> tuple[TaskRecord, int | None]:
+        """The live record for what reads its state (a status, a change), as
+        :meth:`StoredTask.without_args` gives it, and with ``position`` its
+        queue position while it waits (else None).  A task this engine is
+        running is answered from its record as stored
+        (:meth:`Runner.stored_record`: a client that polls a running task's
+        status costs a durable backend no transaction per poll); any other
+        is read, with its position in the same backend call
+        (:meth:`Backend.state_and_position`).  TaskNotFound as :meth:`load`."""
+        running = self.runner.stored_record(task_id)
+        if running is not None and not running.is_expired(self.core.now()):
+            if schedule:
+                await trio.lowlevel.checkpoint()
+            self.check_open()
+            return running, None
+        if not position:
+            stored = await self.load_stored(task_id, schedule=schedule, arguments=False)
+            return stored.without_args(), None
+        await self._before_read(task_id, schedule)
+        found, ahead = await self.backend.state_and_position(task_id)
+        return self._live(task_id, found).without_args(), ahead
+
+    async def _before_read(self, task_id: str, schedule: bool) -> None:
+        """What every read of one task checks first (TaskNotFound for a
+        malformed id, EngineClosed), after a schedule point if asked."""
         if schedule:
             await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
         self.check_open()
         if not is_task_id(task_id):
             raise TaskNotFound(task_id)
-        store = self.core.store
-        stored = await (store.get(task_id) if arguments else store.get_state(task_id))
+
+    def _live(self, task_id: str, stored: StoredTask | None) -> StoredTask:
+        """``stored`` if the task is there and not expired; else TaskNotFound."""
         if stored is None:
             raise TaskNotFound(task_id)
         expires_at = stored.expires_at
         if expires_at is not None and expires_at <= self.core.now():
             raise TaskNotFound(task_id)
         return stored
-
-    async def load_state(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
-        """The live record for what reads its state (a status, a change), as
-        :meth:`StoredTask.without_args` gives it: a task this engine is
-        running is answered from its record as stored
-        (:meth:`Runner.stored_record`: a client that polls a running task's
-        status costs a durable backend no transaction per poll), any other
-        is read.  TaskNotFound as :meth:`load`."""
-        running = self.runner.stored_record(task_id)
-        if running is not None and not running.is_expired(self.core.now()):
-            if schedule:
-                await trio.lowlevel.checkpoint()
-            self.check_open()
-            return running
-        stored = await self.load_stored(task_id, schedule=schedule, arguments=False)
-        return stored.without_args()
 
     def definition(self, name: str) -> TaskDefinition:
         try:
@@ -908,18 +925,17 @@ class Engine:
                 await store.delete_expired(stored.id, now)
 
     async def info(self, task_id: str) -> TaskInfo:
-        """The task's :class:`TaskInfo` (with its queue position while pending;
-        a task running here is not read: :meth:`load_state`)."""
-        record = await self.load_state(task_id)
-        position = None
-        if record.status is PENDING:
-            position = await self.core.queue.position(task_id)
+        """The task's :class:`TaskInfo` (with its queue position while pending,
+        read with its state in one backend call; a task running here is not
+        read: :meth:`load_state`)."""
+        record, position = await self.load_state(task_id, position=True)
         return TaskInfo.from_record(record, position=position)
 
     async def status(self, task_id: str) -> TaskStatus:
         # The record is read (an unreadable one is reported), not its
         # arguments; no TaskInfo is built for one status.
-        return (await self.load_state(task_id)).status
+        record, _ = await self.load_state(task_id)
+        return record.status
 
     async def result(self, task_id: str) -> Any:
         """The result decoded to the task's return type.

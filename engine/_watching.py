@@ -344,9 +344,12 @@ class Source(Protocol):
         """The live task as stored (its record not decoded); as :meth:`load`."""
         ...
 
-    async def load_state(self, task_id: str, *, schedule: bool = True) -> TaskRecord:
+    async def load_state(
+        self, task_id: str, *, schedule: bool = True, position: bool = False
+    ) -> tuple[TaskRecord, int | None]:
         """The live record without its arguments (unless at hand), read only
-        when the engine does not run the task; as :meth:`load`."""
+        when the engine does not run the task, and its queue position if
+        asked; as :meth:`load`."""
         ...
 
 
@@ -444,7 +447,7 @@ async def next_change(
     try:
         # Neither the arguments (which may be megabytes) nor their decoding:
         # a TaskInfo has none; and no read of a task the engine runs.
-        record = await engine.load_state(task_id)
+        record, _ = await engine.load_state(task_id)
         if since is not None and not _differs(record, since):
             engine.expedite(ids)
         while since is not None and not _differs(record, since):
@@ -454,7 +457,7 @@ async def next_change(
                 raise TimeoutError(f"task {task_id} did not change in {timeout} s")
             await _wait_until(listener.event, deadline)
             listener.rearm()
-            record = await engine.load_state(task_id, schedule=False)
+            record, _ = await engine.load_state(task_id, schedule=False)
         position = None
         if record.status is TaskStatus.PENDING:
             try:

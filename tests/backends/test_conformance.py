@@ -804,6 +804,28 @@ async def test_depth_and_position(backend: Backend) -> None:
     assert await q.position(new_task_id()) is None
 
 
+async def test_state_and_position_is_what_the_two_reads_give(backend: Backend) -> None:
+    """``Backend.state_and_position``: the task as ``get_state`` reads it and,
+    while it waits, its position as ``Queue.position`` gives it; no position
+    for a task that does not wait, nothing for one that is not there."""
+    tasks = [record() for _ in range(3)]
+    for rec in tasks:
+        assert await backend.enqueue(stored(rec), priority=0, not_before=0.0)
+    claim = await claim_one(backend)
+    assert claim is not None and claim.task_id == tasks[0].id
+    begun = attrs.evolve(tasks[0], status=TaskStatus.IN_PROGRESS, token=claim.token)
+    assert await backend.begin(stored(begun), claim=claim)
+    for rec in tasks:
+        found, position = await backend.state_and_position(rec.id)
+        state = await backend.store.get_state(rec.id)
+        assert found is not None and state is not None
+        assert (found.id, found.status, found.token) == (state.id, state.status, state.token)
+        assert found.without_args() == state.without_args()
+        assert position == await backend.queue.position(rec.id)
+    assert [(await backend.state_and_position(r.id))[1] for r in tasks] == [None, 0, 1]
+    assert await backend.state_and_position(new_task_id()) == (None, None)
+
+
 async def test_a_cancelled_call_changes_nothing_or_everything(backend: Backend) -> None:
     """Each call is atomic: cancelled at any point, it has happened fully or not at all."""
     rec = record()

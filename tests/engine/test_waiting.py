@@ -461,9 +461,11 @@ async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read
         record = await eng.submit("stepper", {"steps": 3})
         await started(eng, record.id)
         calls = count_calls(backend.store, "get", "get_state", "get_many")
+        reads = count_calls(backend, "state_and_position")
         polled = [await eng.info(record.id) for _ in range(5)]
         assert await eng.status(record.id) is TaskStatus.IN_PROGRESS
         assert calls.count == {"get": 0, "get_state": 0, "get_many": 0}
+        assert reads.count["state_and_position"] == 0
         stored = await backend.store.get_state(record.id)
         assert stored is not None and polled == [stored.info()] * 5
         assert polled[0].status is TaskStatus.IN_PROGRESS and polled[0].progress is None
@@ -484,9 +486,27 @@ async def test_the_status_of_a_task_running_here_is_its_stored_record_not_a_read
         info = changed
         eng.runner._dirty[record.id] = eng.runner.running[record.id]  # a report not stored yet
         assert (await eng.info(record.id)) == info
-        assert calls.count["get_state"] == before["get_state"] + 1  # read, this time
+        assert reads.count["state_and_position"] == 1  # read, this time
         assert await eng.wait(record.id, timeout=10) is TaskStatus.SUCCESS
         assert eng.runner.stored_record(record.id) is None  # ended: the store says
+
+
+async def test_the_status_of_a_waiting_task_is_one_backend_call(
+    clock: trio.testing.MockClock, kind: str, make_backend: Callable[[], Backend]
+) -> None:
+    """``info()`` of a task waiting in the queue reads its state and its
+    position in one backend call (``state_and_position``: on diskcache one
+    transaction, where it was two)."""
+    backend = make_backend()
+    async with engine(backend, workers=1) as eng:
+        first = await eng.submit("sleepy", {"seconds": 50})
+        waiting = await eng.submit("sleepy", {"seconds": 50})
+        await started(eng, first.id)
+        calls = count_calls(backend, "state_and_position")
+        info = await eng.info(waiting.id)
+        assert info.status is TaskStatus.PENDING and info.position == 0
+        assert calls.count["state_and_position"] == 1
+        assert info.position == await backend.queue.position(waiting.id)
 
 
 async def test_the_status_of_a_task_whose_report_is_being_stored_is_read(
