@@ -1561,6 +1561,23 @@ class RedisBackend(Backend):
             answers = await self._connection.script_staged("enqueue_many", args, staged)
         return [bool(a) for a in answers]
 
+    async def state_and_position(self, task_id: str) -> tuple[StoredTask | None, int | None]:
+        """Both in one pipeline (see :meth:`Backend.state_and_position`): a
+        status of a waiting task costs one round trip to Redis, not two."""
+        connection = self._connection
+        sha = connection.shas["position"]
+        key = self.store._key(task_id)
+
+        def add(pipe: Any) -> None:
+            pipe.hmget(key, _LISTED_FIELDS)
+            pipe.evalsha(sha, 1, connection.route, connection.prefix, task_id)
+
+        fields, at = await connection.call(add, 2, list)
+        stored = _stored(task_id, fields, read=False)
+        if stored is None or stored.status is not TaskStatus.PENDING or at is None:
+            return stored, None
+        return stored, int(at)
+
     async def begin(self, task: StoredTask, *, claim: Claim) -> bool:
         # Fenced: the record moves only while the claim is held, in one script.
         check_transition(TaskStatus.PENDING, task.status)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -320,3 +321,31 @@ async def test_a_batch_wait_reads_an_end_heard_of_once(redis_url: str) -> None:
             counts = await batch.wait(timeout=30)
         assert counts["success"] == 50
         assert calls.ids_read("get_many") <= 4 * 50, calls.first_args["get_many"]
+
+
+async def test_a_waiting_tasks_state_and_position_are_one_round_trip(redis_url: str) -> None:
+    """``state_and_position`` (what a status of a waiting task reads) sends
+    its two commands in one pipeline: one round trip to Redis, not two."""
+    backend, _, _ = backend_and_raw(redis_url)
+    await backend.open()
+    try:
+        ids = [new_task_id() for _ in range(2)]
+        for task_id in ids:
+            rec = TaskRecord(
+                id=task_id, name="add", args={}, status=TaskStatus.PENDING, created_at=time.time()
+            )
+            assert await backend.enqueue(StoredTask.from_record(rec), priority=0, not_before=0.0)
+        connection = backend._connection
+        sent = connection.call
+        trips: list[int] = []
+
+        async def counted(add: Any, count: int, read: Any) -> Any:
+            trips.append(count)
+            return await sent(add, count, read)
+
+        connection.call = counted  # type: ignore[method-assign]
+        found, position = await backend.state_and_position(ids[1])
+        assert found is not None and found.status is TaskStatus.PENDING and position == 1
+        assert trips == [2]  # one pipeline of two commands
+    finally:
+        await backend.aclose()
