@@ -427,7 +427,9 @@ class Engine:
         the id is malformed.  Without ``arguments``, a backend that keeps
         them apart does not read them (they may be megabytes): for what
         reads the status or :meth:`StoredTask.without_args` alone."""
-        await self._before_read(task_id, schedule)
+        if schedule:
+            await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
+        self._check_readable(task_id)
         store = self.core.store
         stored = await (store.get(task_id) if arguments else store.get_state(task_id))
         return self._live(task_id, stored)
@@ -452,15 +454,15 @@ class Engine:
         if not position:
             stored = await self.load_stored(task_id, schedule=schedule, arguments=False)
             return stored.without_args(), None
-        await self._before_read(task_id, schedule)
+        if schedule:
+            await trio.lowlevel.checkpoint()
+        self._check_readable(task_id)
         found, ahead = await self.backend.state_and_position(task_id)
         return self._live(task_id, found).without_args(), ahead
 
-    async def _before_read(self, task_id: str, schedule: bool) -> None:
-        """What every read of one task checks first (TaskNotFound for a
-        malformed id, EngineClosed), after a schedule point if asked."""
-        if schedule:
-            await trio.lowlevel.checkpoint()  # backends need not schedule; public calls do
+    def _check_readable(self, task_id: str) -> None:
+        """What every read of one task checks first: EngineClosed, and
+        TaskNotFound for a malformed id (no coroutine: loads are hot)."""
         self.check_open()
         if not is_task_id(task_id):
             raise TaskNotFound(task_id)
@@ -933,7 +935,8 @@ class Engine:
 
     async def status(self, task_id: str) -> TaskStatus:
         # The record is read (an unreadable one is reported), not its
-        # arguments; no TaskInfo is built for one status.
+        # arguments, unless this engine runs the task (load_state); no
+        # TaskInfo is built for one status.
         record, _ = await self.load_state(task_id)
         return record.status
 
