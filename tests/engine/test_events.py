@@ -3,6 +3,7 @@ and name as fields, and told to listeners."""
 
 from __future__ import annotations
 
+import linecache
 import logging
 
 import pytest
@@ -83,6 +84,40 @@ async def test_listeners_hear_every_event_and_logs_carry_the_task(
     assert [r.levelname for r in mine] == ["INFO", "INFO", "WARNING", "INFO", "INFO"]
     assert all(r.name == "errands.tasks" and r.task_name == "work" for r in mine)
     assert "retrying in" in mine[2].getMessage()
+
+
+async def test_task_lines_name_their_caller_without_a_stack_walk(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The INFO line of each submit, start and success: the file, line and
+    # function are where the engine logs it, as log.info gives them, but
+    # taken from the calling frame (Logger.findCaller's walk was a sixth
+    # of a line's cost: docs/performance.md).
+    walks: list[str] = []
+    monkeypatch.setattr(
+        logging.getLogger("errands.tasks"),
+        "findCaller",
+        lambda *args, **kwargs: walks.append("walk") or ("(unknown file)", 0, "?", None),
+    )
+    caplog.set_level(logging.INFO, logger="errands.tasks")
+    async with errands.open_engine(svc, clock=trio_wall) as client:
+        task = await client.work.submit(seconds=1)
+        await task.wait()
+        running = await client.work.submit(seconds=5)
+        await trio.sleep(1)
+        await running.cancel()
+        await running.wait()
+    mine = [r for r in caplog.records if getattr(r, "task_id", None) == task.id]
+    assert [r.funcName for r in mine] == ["submitted", "started", "ended"]
+    assert walks == []
+    for record in mine:
+        assert record.module == "_events" and record.pathname.endswith("_events.py")
+        assert "_line(" in linecache.getline(record.pathname, record.lineno)
+        assert record.levelno == logging.INFO and record.task_name == "work"
+    cancelled = [r for r in caplog.records if getattr(r, "task_id", None) == running.id]
+    assert cancelled[-1].getMessage().endswith("cancelled") and cancelled[-1].funcName == "ended"
 
 
 async def test_a_final_failure_is_an_error_line_with_its_traceback(
