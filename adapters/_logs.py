@@ -56,7 +56,8 @@ class TextFormatter(logging.Formatter):
             second = int(record.created)
             text = time.strftime(self.default_time_format, self.converter(record.created))
             self._second = (second, text)
-        record.asctime = f"{text},{int(record.msecs):03d}"
+        msec_format = self.default_msec_format
+        record.asctime = msec_format % (text, record.msecs) if msec_format else text
         return f"{record.asctime} {record.name} {record.levelname} {record.message}"
 
 

@@ -71,6 +71,19 @@ def test_text_lines_with_a_traceback_or_a_stack_are_the_standard_formatters() ->
     assert "ValueError: invalid literal" in lines[0] and lines[0].endswith("  here")
 
 
+def test_text_lines_follow_the_standard_formatters_time_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # UTC logs by the usual idiom, and another millisecond layout.
+    monkeypatch.setattr(logging.Formatter, "converter", time.gmtime)
+    monkeypatch.setattr(logging.Formatter, "default_msec_format", "%s.%03d")
+    ours, stock = TextFormatter(), logging.Formatter(LOG_FORMAT)
+    for created in EDGES:
+        assert ours.format(_record(created)) == stock.format(_record(created))
+    monkeypatch.setattr(logging.Formatter, "default_msec_format", None)
+    assert ours.format(_record(EDGES[5])) == stock.format(_record(EDGES[5]))
+
+
 def test_text_lines_make_the_time_of_day_once_a_second() -> None:
     formatter = TextFormatter()
     seconds: list[float] = []
