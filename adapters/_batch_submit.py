@@ -26,8 +26,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from errands import TaskDefinition
 from errands._batches import CHUNK, BatchWriter, is_batch_id
 
@@ -36,6 +34,7 @@ from ._batch_routes import owner
 from ._batch_wire import JSONL_TYPES, answer_head, encode_error, error_entry, task_entry
 from ._handlers import submit_options
 from ._protocol import HTTPError, errors_as_answers
+from ._scopes import move_on_after
 
 if TYPE_CHECKING:
     from ._bridge import EngineAccess
@@ -79,7 +78,7 @@ class _Lines:
     async def _chunk(self) -> bytes | None:
         if self.done:
             return None
-        with anyio.move_on_after(self._timeout) as timer:
+        with move_on_after(self._timeout) as timer:
             message = await self._receive()
         if timer.cancelled_caught:
             raise HTTPError(

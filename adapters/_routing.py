@@ -21,6 +21,7 @@ from ._dashboard import PAGE_PATHS, Dashboard
 from ._handlers import Handlers
 from ._options import HTTPOptions
 from ._protocol import HTTPError
+from ._scopes import move_on_after
 from ._security import OPEN_PATHS, Authenticator, HostAllowList, header
 from ._waiting import StreamedAnswer, wait_many
 
@@ -202,7 +203,7 @@ class Router:
         chunks: list[bytes] = []
         size = 0
         # A client that stalls half way through its body holds nothing for long.
-        with anyio.move_on_after(self.http.read_timeout) as timer:
+        with move_on_after(self.http.read_timeout) as timer:
             return await self._receive_body(receive, chunks, size, limit)
         assert timer.cancelled_caught
         raise HTTPError(408, f"the request body did not arrive within {self.http.read_timeout:g} s")

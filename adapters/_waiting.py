@@ -3,7 +3,8 @@
 * :class:`Holds` keeps the requests the app holds open (``?wait=`` long
   polls, event streams, ``POST /tasks/wait``) so that a drain answers them
   all at once: long polls and waits with the state of the moment, streams by
-  ending.  Scopes are anyio's, so this works under trio and asyncio servers.
+  ending.  Its scopes are of the request's loop (``_scopes``), so this works
+  under trio and asyncio servers.
 * :class:`EventStream` is ``GET /<route>/events?task_id=``: ``text/event-stream``
   with one ``status`` event at once, then one per change, ending after the
   final one.
@@ -26,7 +27,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import sniffio
 import trio
 
 from errands import EngineClosed, ErrandsError, Payload, TaskInfo, TaskNotFound, TaskStatus
@@ -34,6 +34,7 @@ from errands import EngineClosed, ErrandsError, Payload, TaskInfo, TaskNotFound,
 from ._answers import Answer, json_bytes, request_json, wait_seconds
 from ._batch_wire import JSONL_TYPES, inlinable, inline_result
 from ._protocol import HTTPError, errors_as_answers, info_to_json
+from ._scopes import Scope, under_trio
 
 if TYPE_CHECKING:
     from errands import Engine
@@ -82,7 +83,7 @@ class Holds:
         self.draining = False
         #: The most requests held at once; past it :meth:`hold` answers 503.
         self.limit = limit
-        self._holds: dict[anyio.CancelScope, Callable[[], None]] = {}
+        self._holds: dict[Scope, Callable[[], None]] = {}
 
     def __len__(self) -> int:
         """How many requests are held now."""
@@ -110,7 +111,7 @@ class Holds:
             )
 
     @contextmanager
-    def hold(self, *, checked: bool = False) -> Iterator[anyio.CancelScope]:
+    def hold(self, *, checked: bool = False) -> Iterator[Scope]:
         """A block that :meth:`drain` ends early (quietly: the code after the
         block runs and answers).  While draining, the block is cancelled at once.
 
@@ -120,10 +121,11 @@ class Holds:
         """
         if not checked:  # (an event stream checks before its answer starts)
             self.check_room()
-        scope = anyio.CancelScope()
+        trio_here = under_trio()
+        scope: Scope = trio.CancelScope() if trio_here else anyio.CancelScope()
         if self.draining:
             scope.cancel()
-        self._holds[scope] = _canceller(scope)
+        self._holds[scope] = _canceller(scope, trio_here)
         try:
             with scope:
                 yield scope
@@ -131,10 +133,11 @@ class Holds:
             del self._holds[scope]
 
 
-def _canceller(scope: anyio.CancelScope) -> Callable[[], None]:
-    """A function that cancels ``scope`` (made in the running loop) from any thread."""
+def _canceller(scope: Scope, trio_here: bool) -> Callable[[], None]:
+    """A function that cancels ``scope`` (made in the running loop, a trio
+    run when ``trio_here``) from any thread."""
     home = threading.get_ident()
-    if sniffio.current_async_library() == "trio":
+    if trio_here:
         token = trio.lowlevel.current_trio_token()
 
         def soon() -> None:
@@ -173,7 +176,7 @@ class StreamedAnswer:
         except OSError:  # some servers raise once the client has gone
             self._gone = True
 
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, scope: Scope) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         self._gone = True

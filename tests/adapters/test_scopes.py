@@ -1,0 +1,100 @@
+"""The cancel scopes a request enters (a body's read timeout, a long poll's
+hold): trio's own under trio, anyio's under asyncio, each doing its job
+under both loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import anyio
+import trio
+import trio.testing
+
+import errands
+from errands.adapters._scopes import move_on_after, under_trio
+from errands.adapters._waiting import Holds
+from errands.adapters.asgi import create_app
+
+svc = errands.Service("scopes")
+
+
+@svc.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def test_under_trio_a_request_takes_trios_own_scopes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    assert under_trio()
+    holds = Holds()
+    with holds.hold() as held:
+        assert type(held) is trio.CancelScope  # not anyio's wrapper of one
+        holds.drain()  # from this thread: at once
+        await trio.sleep(60)
+    assert held.cancelled_caught and len(holds) == 0
+    with move_on_after(5) as timer:
+        assert type(timer) is trio.CancelScope
+        await trio.sleep(60)
+    assert timer.cancelled_caught and trio.current_time() == 5  # the drain ended the first at 0
+
+
+async def test_under_trio_a_drain_from_another_thread_ends_a_hold() -> None:
+    holds = Holds()
+    with trio.fail_after(10), holds.hold() as held:
+        await trio.to_thread.run_sync(holds.drain)
+        await trio.sleep(30)
+    assert held.cancelled_caught
+
+
+def test_under_asyncio_a_request_takes_anyios_scopes() -> None:
+    async def main() -> tuple[Any, Any]:
+        assert not under_trio()
+        holds = Holds()
+        with holds.hold() as held:
+            assert isinstance(held, anyio.CancelScope)
+            drainer = threading.Thread(target=holds.drain)
+            drainer.start()
+            await asyncio.sleep(30)
+        drainer.join()
+        with move_on_after(0.01) as timer:
+            assert isinstance(timer, anyio.CancelScope)
+            await asyncio.sleep(30)
+        return held, timer
+
+    held, timer = asyncio.run(main())  # a hold the drain missed: 30 s, then the assert
+    assert held.cancelled_caught and timer.cancelled_caught
+
+
+def test_under_asyncio_a_body_that_stalls_gets_408() -> None:
+    app = create_app(svc, read_timeout=0.2)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/add/submit",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
+    }
+
+    async def main() -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = []
+        sent: list[bool] = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": b'{"a":', "more_body": True}
+            await asyncio.sleep(3600)
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            answer.append(message)
+
+        async with app.running():
+            await asyncio.wait_for(app(scope, receive, send), 10)
+        return answer
+
+    answer = asyncio.run(main())
+    assert answer[0]["status"] == 408
