@@ -114,7 +114,12 @@ def encode_error(exc: ErrandsError) -> bytes:
     answer = http_error(exc)
     if answer is None:  # not an error with an answer: an engine bug, not the item's fault
         raise exc
-    return json.dumps(answer.body, separators=(",", ":")).encode()
+    return _COMPACT.encode(answer.body).encode()
+
+
+#: Made once: ``json.dumps`` with options makes an encoder per call, and a
+#: results stream encodes a line per task.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------- summaries
@@ -241,8 +246,8 @@ def result_line(
         tail: JSON = {"result": None, "error": text}
         if data is not None and result_url is not None:
             tail["result_url"] = result_url
-        return json.dumps({**head, **tail}, separators=(",", ":")).encode() + b"\n"
-    start = json.dumps(head, separators=(",", ":")).encode()[:-1]
+        return _COMPACT.encode({**head, **tail}).encode() + b"\n"
+    start = _COMPACT.encode(head).encode()[:-1]
     end = json.dumps(text).encode()
     return b"".join((start, b',"result":', inline, b',"error":', end, b"}\n"))
 
@@ -262,6 +267,10 @@ def inlinable(media_type: str | None) -> bool:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: Made once (``json.loads`` with options makes a decoder per call).
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def inline_result(media_type: str, data: bytes) -> bytes | None:
@@ -284,7 +293,7 @@ def inline_result(media_type: str, data: bytes) -> bytes | None:
     if any(mark in data for mark in _LINE_BREAKS):
         return None
     try:
-        json.loads(text, parse_constant=_no_constant)
+        _STRICT.decode(text)
     except ValueError:
         return None
     return data

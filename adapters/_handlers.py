@@ -38,7 +38,6 @@ from ._options import HTTPOptions
 from ._protocol import (
     STATUS_NAMES,
     HTTPError,
-    errors_as_answers,
     http_error,
     info_to_json,
     status_name,
@@ -86,9 +85,16 @@ class Handlers:
     async def call(
         self, access: EngineAccess, afn: Callable[..., Awaitable[Any]], *args: Any
     ) -> Any:
-        """``afn(*args)`` where the engine runs; its errors raised as their answers."""
-        with errors_as_answers(bentoml_compat=self.bentoml_compat):
+        """``afn(*args)`` where the engine runs; its errors raised as their
+        answers (as :func:`errors_as_answers` does, without a generator's
+        context manager per request)."""
+        try:
             return await access.call(afn, *args)
+        except ErrandsError as exc:
+            answer = http_error(exc, bentoml_compat=self.bentoml_compat)
+            if answer is None:
+                raise
+            raise answer from None
 
     def _name(self, status: TaskStatus) -> str:
         return status_name(status, bentoml_compat=self.bentoml_compat)
