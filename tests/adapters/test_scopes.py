@@ -1,6 +1,6 @@
 """The cancel scopes a request enters (a body's read timeout, a long poll's
 hold): trio's own under trio, anyio's under asyncio, each doing its job
-under both loops."""
+under both loops (a stalled body's 408 under each: test_security.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,8 @@ import anyio
 import trio
 import trio.testing
 
-import errands
 from errands.adapters._scopes import move_on_after, under_trio
 from errands.adapters._waiting import Holds
-from errands.adapters.asgi import create_app
-
-svc = errands.Service("scopes")
-
-
-@svc.task
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 async def test_under_trio_a_request_takes_trios_own_scopes(
@@ -66,35 +57,3 @@ def test_under_asyncio_a_request_takes_anyios_scopes() -> None:
 
     held, timer = asyncio.run(main())  # a hold the drain missed: 30 s, then the assert
     assert held.cancelled_caught and timer.cancelled_caught
-
-
-def test_under_asyncio_a_body_that_stalls_gets_408() -> None:
-    app = create_app(svc, read_timeout=0.2)
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/add/submit",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
-    }
-
-    async def main() -> list[dict[str, Any]]:
-        answer: list[dict[str, Any]] = []
-        sent: list[bool] = []
-
-        async def receive() -> dict[str, Any]:
-            if not sent:
-                sent.append(True)
-                return {"type": "http.request", "body": b'{"a":', "more_body": True}
-            await asyncio.sleep(3600)
-            raise AssertionError
-
-        async def send(message: dict[str, Any]) -> None:
-            answer.append(message)
-
-        async with app.running():
-            await asyncio.wait_for(app(scope, receive, send), 10)
-        return answer
-
-    answer = asyncio.run(main())
-    assert answer[0]["status"] == 408

@@ -5,6 +5,7 @@ show (the token file, the non-loopback refusal, the clients and the CLI)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import textwrap
@@ -190,6 +191,16 @@ async def test_the_http_caps_answer_clearly() -> None:
             assert (await client.get("/readyz")).status_code == 200
 
 
+#: A submit whose body never arrives whole (see the two 408 tests).
+STALLED_SUBMIT: dict[str, Any] = {
+    "type": "http",
+    "method": "POST",
+    "path": "/add/submit",
+    "query_string": b"",
+    "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
+}
+
+
 async def test_a_body_that_stalls_gets_408() -> None:
     app = create_app(svc, read_timeout=0.2)
     async with app.running():
@@ -207,16 +218,34 @@ async def test_a_body_that_stalls_gets_408() -> None:
         async def send(message: dict[str, Any]) -> None:
             answer.append(message)
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/add/submit",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
-        }
         with trio.fail_after(5):
-            await app(scope, receive, send)
+            await app(dict(STALLED_SUBMIT), receive, send)
         assert answer[0]["status"] == 408
+
+
+def test_a_body_that_stalls_gets_408_under_asyncio() -> None:
+    # Under asyncio the read timeout is anyio's scope (trio's under trio).
+    app = create_app(svc, read_timeout=0.2)
+
+    async def main() -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = []
+        sent: list[bool] = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": b'{"a":', "more_body": True}
+            await asyncio.sleep(3600)
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            answer.append(message)
+
+        async with app.running():
+            await asyncio.wait_for(app(dict(STALLED_SUBMIT), receive, send), 10)
+        return answer
+
+    assert asyncio.run(main())[0]["status"] == 408
 
 
 async def test_hide_errors_sends_the_type_only() -> None:
