@@ -6,6 +6,7 @@ show (the token file, the non-loopback refusal, the clients and the CLI)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import textwrap
@@ -221,6 +222,37 @@ async def test_a_body_that_stalls_gets_408() -> None:
         with trio.fail_after(5):
             await app(dict(STALLED_SUBMIT), receive, send)
         assert answer[0]["status"] == 408
+
+
+async def test_json_lines_that_stall_end_the_batch_with_408() -> None:
+    app = create_app(svc, read_timeout=0.2)
+    async with app.running():
+        parts = [b'{"a": 1, "b": 2}\n', b'{"a": 3,']
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                return {"type": "http.request", "body": parts.pop(0), "more_body": True}
+            await trio.sleep_forever()
+            raise AssertionError
+
+        answer: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            answer.append(message)
+
+        scope = {
+            **STALLED_SUBMIT,
+            "path": "/add/submit_many",
+            "headers": [(b"content-type", b"application/x-ndjson"), (b"host", b"localhost")],
+        }
+        with trio.fail_after(5):
+            await app(scope, receive, send)
+    body = json.loads(b"".join(m.get("body", b"") for m in answer[1:]))
+    assert answer[0]["status"] == 408, body
+    assert "no part of the body arrived for 0.2 s" in body["error"]
+    # Lines are stored a chunk at a time: the one that came whole was not
+    # stored yet, and the answer says where to resume.
+    assert (body["accepted"], body["next_offset"]) == (0, 0)
 
 
 def test_a_body_that_stalls_gets_408_under_asyncio() -> None:
