@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import linecache
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 import errands
-from errands import EventKind, TaskStatus
+from errands import EventKind, TaskStatus, _events
 from tests.conftest import trio_wall
 
 svc = errands.Service("events")
@@ -118,6 +122,116 @@ async def test_task_lines_name_their_caller_without_a_stack_walk(
         assert record.levelno == logging.INFO and record.task_name == "work"
     cancelled = [r for r in caplog.records if getattr(r, "task_id", None) == running.id]
     assert cancelled[-1].getMessage().endswith("cancelled") and cancelled[-1].funcName == "ended"
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[_Kept]:
+    """The records of errands.tasks at INFO, kept as they come."""
+    logger = logging.getLogger("errands.tasks")
+    handler, level = _Kept(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _a_task_line(*args: Any) -> None:
+    # One call site for the quick record and the standard one.
+    _events._line("task " + "%s " * len(args), *args, fields={"task_id": "abc"})
+
+
+def _standard_factory_made(kept: _Kept, *args: Any) -> logging.LogRecord:
+    """The record of _a_task_line made by the standard factory itself."""
+    standard = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *a, **k: logging.LogRecord(*a, **k))
+    try:
+        _a_task_line(*args)
+    finally:
+        logging.setLogRecordFactory(standard)
+    return kept.records.pop()
+
+
+@pytest.mark.parametrize("now", [1_700_000_000.0, 1_700_000_000.9995, 1_764_600_000.123456])
+def test_task_line_records_are_the_standard_factorys_field_for_field(
+    kept: _Kept, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    # Task lines are made without LogRecord's constructor (a site's fixed
+    # fields are copied, docs/performance.md): each record must hold what
+    # the constructor would have put there, first at a site and after.
+    monkeypatch.setattr(time, "time", lambda: now)
+    monkeypatch.setattr(time, "time_ns", lambda: int(now * 1e9))
+    for args in [("work", "abc"), ("work", "abc"), (1, 2.5, None), ({"a": 1},), ()]:
+        _a_task_line(*args)
+        quick = kept.records.pop()
+        assert vars(quick) == vars(_standard_factory_made(kept, *args))
+        assert type(quick) is logging.LogRecord and quick.task_id == "abc"  # type: ignore[attr-defined]
+    renamed: list[logging.LogRecord] = []
+
+    def elsewhere() -> None:
+        threading.current_thread().name = "renamed"
+        _a_task_line()
+        renamed.append(kept.records.pop())
+        renamed.append(_standard_factory_made(kept))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert vars(renamed[0]) == vars(renamed[1]) and renamed[0].threadName == "renamed"
+    logging.addLevelName(logging.INFO, "NOTE")
+    try:
+        _a_task_line()
+        assert vars(kept.records.pop()) == vars(_standard_factory_made(kept))
+    finally:
+        logging.addLevelName(logging.INFO, "INFO")
+    monkeypatch.setattr(logging, "logThreads", False)
+    monkeypatch.setattr(logging, "logProcesses", False)
+    monkeypatch.setattr(logging, "logMultiprocessing", False)
+    _a_task_line()
+    assert vars(kept.records.pop()) == vars(_standard_factory_made(kept))
+
+
+def test_task_lines_do_not_construct_records_after_a_sites_first(
+    kept: _Kept, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _a_task_line()
+    made: list[object] = []
+    constructor = logging.LogRecord.__init__
+
+    def counted(self: logging.LogRecord, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        constructor(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.LogRecord, "__init__", counted)
+    for _ in range(3):
+        _a_task_line()
+    assert made == [] and len(kept.records) == 4
+
+
+def test_a_record_factory_of_ones_own_makes_every_task_line(
+    kept: _Kept, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standard = logging.getLogRecordFactory()
+
+    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = standard(*args, **kwargs)
+        record.request = "r-1"
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", tagged)
+    assert logging.getLogRecordFactory() is tagged
+    _a_task_line()
+    _a_task_line()
+    assert [r.request for r in kept.records] == ["r-1", "r-1"]  # type: ignore[attr-defined]
 
 
 async def test_a_final_failure_is_an_error_line_with_its_traceback(
