@@ -26,7 +26,6 @@ import outcome
 import trio
 
 from . import _records
-from ._backend import RunEnd
 from ._context import TaskContext, _reset_current, _set_current
 from ._convert import Payload, encode_result, pixel_limit, type_name
 from ._core import Core
@@ -249,8 +248,6 @@ class Runner:
         self._finish_takes_waited = _takes_keyword(core.backend.finish, "waited")
         #: ``Backend.finish_now`` where the backend finishes at once.
         self._finish_now = core.backend.finish_now if _finishes_now(core.backend) else None
-        #: ``Backend.finish_many`` where the backend stores ends together.
-        self._finish_many = core.backend.finish_many if _finishes_together(core.backend) else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -626,17 +623,15 @@ class Runner:
         path takes.
 
         It takes the runs of sync functions without a timeout, on a
-        volatile backend or one that stores ends together
-        (:attr:`Backend.finishes_together`); their arguments are decoded in
-        the thread, as on every path of a sync function.  Such a run's task
-        would only wait for its thread and then settle; here the thread's
-        return (or a stop: shutdown, a lost claim) queues the run, and one
-        settler task settles what is queued (:meth:`_settle_queued`), then
-        calls ``done(name)`` for each: one run after another where the
-        backend's writes do not wait, and the returned runs taken together
-        in one :meth:`Backend.finish_many` where they do (a durable end
-        waits for its commit: one after another, every end would wait for
-        the one before it).
+        volatile backend (their arguments are decoded in the thread, as on
+        every path of a sync function).  Such a
+        run's task would only wait for its thread and then settle; here the
+        thread's return (or a stop: shutdown, a lost claim) queues the run,
+        and one settler task settles what is queued, one run after another
+        (:meth:`_settle_queued`), then calls ``done(name)`` for each.  One
+        after another costs nothing where the backend's writes do not wait;
+        a durable backend's end of a run waits for its commit, so there each
+        run keeps its task and the ends of runs share commits.
         """
         definition = run.definition
         threaded = self._threaded.get(definition.name)
@@ -644,7 +639,7 @@ class Runner:
             threaded = self._threaded[definition.name] = not (
                 definition.is_async
                 or definition.options.timeout is not None
-                or not (self.core.backend.volatile or self._finish_many is not None)
+                or not self.core.backend.volatile
             )
         if not threaded or run.stop is not None:
             return False
@@ -692,9 +687,6 @@ class Runner:
         """Settle the queued runs (see :meth:`call_in_thread`), until none is left."""
         try:
             while self._to_settle:
-                if self._finish_many is not None:
-                    await self._settle_together()
-                    continue
                 run, result, done = self._to_settle.popleft()
                 try:
                     if not self._settle_now(run, result):
@@ -703,93 +695,6 @@ class Runner:
                     done(run.claim.name)
         finally:
             self._settler_busy = False
-
-    async def _settle_together(self) -> None:
-        """Settle every queued run: those that returned, in one
-        :meth:`Backend.finish_many` (one write, one commit); each other (a
-        stop, an exception, a retry) in a task of its own, as its own task
-        would have.  Ends that come meanwhile queue for the next round."""
-        assert self._spawn is not None and self._finish_many is not None
-        taken = list(self._to_settle)
-        self._to_settle.clear()
-        together: list[tuple[Run, _Ended, Callable[[str], None]]] = []
-        for run, result, done in taken:
-            ended = self._returned(run, result)
-            if ended is None:
-                self._spawn(self._settle_alone, run, result, done)
-            else:
-                together.append((run, ended, done))
-                self.settling.add(run.claim.task_id)  # a waiter that comes now expedites it
-        if not together:
-            return
-        watchers = self.core.watchers
-        ends = [
-            RunEnd(
-                StoredTask.from_record(ended.final),
-                ended.claim,
-                ended.payload,
-                watchers.waited(ended.claim.task_id),
-            )
-            for _, ended, _ in together
-        ]
-        health = self.core.health
-        try:
-            moved = await self._finish_many(ends)
-        except BackendError as exc:
-            # None was stored: each ends alone, with finish's retries.
-            health.fault("runner", exc)
-            for run, ended, done in together:
-                self._spawn(self._end_alone, run, ended, done)
-            return
-        if health.failing:
-            health.clear("runner")
-        for (run, ended, done), stored in zip(together, moved, strict=True):
-            claim = ended.claim
-            self.settling.discard(claim.task_id)
-            run.call = None
-            try:
-                self._told(
-                    claim, ended.record, ended.final, ended.payload, ended.error, None, stored
-                )
-            finally:
-                done(claim.name)
-
-    def _returned(self, run: Run, result: outcome.Outcome[Any] | None) -> _Ended | None:
-        """How a run that returned ends (success, or a result that does not
-        store: failure for good), as :meth:`_settle` would store it; None
-        for any other run (stopped, timed out, raised)."""
-        call = run.call
-        if (
-            run.stop is not None
-            or type(result) is not outcome.Value
-            or call is None
-            or call.timed_out
-        ):
-            return None
-        claim, record = run.claim, _reported(run)
-        stored = self._stored_value(run.definition, result.value)
-        payload, error = (None, stored) if isinstance(stored, TaskError) else (stored, None)
-        final = self._final(record, FAILURE if error is not None else SUCCESS, payload, error, None)
-        return _Ended(claim=claim, record=record, final=final, payload=payload, error=error)
-
-    async def _settle_alone(
-        self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
-    ) -> None:
-        try:
-            await self._settle(run, result)
-        finally:
-            done(run.claim.name)
-
-    async def _end_alone(self, run: Run, ended: _Ended, done: Callable[[str], None]) -> None:
-        """Store ``ended`` on its own, retried while storage fails (its
-        place in :meth:`Backend.finish_many` failed)."""
-        claim = ended.claim
-        try:
-            await self._finish(claim, ended.record, ended.payload, error=ended.error)
-        finally:
-            run.call = None
-            self.settling.discard(claim.task_id)
-            done(claim.name)
 
     async def _call_in_thread(
         self,
@@ -1173,31 +1078,6 @@ class Runner:
                     self._dirty.setdefault(task_id, run)
             if self._dirty:
                 self._progress_wake.set()
-
-
-def _finishes_together(backend: Any) -> bool:
-    """Whether the engine may call ``backend.finish_many`` for the ends of
-    runs: the backend says it stores them together, and no subclass
-    overrode ``finish`` alone after ``finish_many`` was written."""
-    if not backend.finishes_together:
-        return False
-    mro = type(backend).__mro__
-
-    def written_in(name: str) -> int:
-        return next(i for i, cls in enumerate(mro) if name in vars(cls))
-
-    return written_in("finish_many") <= written_in("finish")
-
-
-@attrs.frozen
-class _Ended:
-    """How a run that returned ends, before it is stored."""
-
-    claim: Claim
-    record: TaskRecord
-    final: TaskRecord
-    payload: Payload | None
-    error: TaskError | None
 
 
 def _finishes_now(backend: Any) -> bool:

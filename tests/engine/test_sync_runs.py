@@ -1,14 +1,11 @@
-"""Runs of sync functions have no trio task each, on a volatile backend and
-on one that stores the ends of runs together (``Backend.finishes_together``:
-the diskcache backend).
+"""Runs of sync functions on a volatile backend have no trio task each.
 
 Such a run's task would only wait for its worker thread and then settle, so
 the runner starts the thread from the dispatcher and one settler task per
-burst settles the runs whose threads returned (``Runner.call_in_thread``),
-on a durable backend in one ``Backend.finish_many`` for the runs that
-returned together.  These tests check that the path is taken, and that a
-run on it still does what any run does: fail alone on arguments that no
-longer read, and ride out storage faults while settling.  Cancelling and handing back runs on it
+burst settles the runs whose threads returned (``Runner.call_in_thread``).
+These tests check that the path is taken, and that a run on it still does
+what any run does: fail alone on arguments that no longer read, and ride
+out storage faults while settling.  Cancelling and handing back runs on it
 are in ``test_control.py`` and ``test_hand_back.py`` (their sync tasks run
 on the memory backend).  The real clock: worker threads are invisible to
 trio's autojump clock.
@@ -22,8 +19,8 @@ import attrs
 import trio
 
 import errands
-from errands import BackendError, TaskStatus
-from errands.backends import DiskCacheBackend, MemoryBackend
+from errands import TaskStatus
+from errands.backends import MemoryBackend
 
 from .faulty import FaultyBackend
 
@@ -98,67 +95,9 @@ async def test_sync_runs_on_the_memory_backend_have_no_task_each(tmp_path: Any) 
         assert await _count_run_tasks(client, "double", 50) == 0
         # Async runs keep theirs (they run on the loop, each in its own scope).
         assert await _count_run_tasks(client, "async_double", 50) == 50
-    # On the durable backend too: the ends that come together are stored together.
+    # On a durable backend each run keeps its task: the ends of runs share commits.
     async with errands.open_engine(svc, backend=f"diskcache://{tmp_path}") as client:
-        assert await _count_run_tasks(client, "double", 20) == 0
-        assert await _count_run_tasks(client, "async_double", 20) == 20
-
-
-class HeldEnds(DiskCacheBackend):
-    """The diskcache backend, its first ``finish_many`` held until released;
-    the size of each call kept."""
-
-    def __init__(self, directory: Any) -> None:
-        super().__init__(directory)
-        self.sizes: list[int] = []
-        self.release = trio.Event()
-        self.fail_first = False
-
-    async def finish_many(self, ends: Any) -> list[bool]:
-        self.sizes.append(len(ends))
-        if len(self.sizes) == 1:
-            await self.release.wait()
-            if self.fail_first:
-                raise BackendError("the disk is gone for a moment")
-        return await super().finish_many(ends)
-
-
-async def _ends_while_the_first_is_held(client: Any, backend: HeldEnds, n: int) -> list[Any]:
-    """Submit ``n`` sync runs, hold the first write of their ends until every
-    other end waits for the settler, then let it go."""
-    tasks = [await client.double.submit(n=i) for i in range(n)]
-    runner = client.engine.runner
-    with trio.fail_after(60):
-        while not backend.sizes or len(runner._to_settle) < n - backend.sizes[0]:
-            await trio.sleep(0.01)  # worker threads are invisible to trio's clocks
-    backend.release.set()
-    for task in tasks:
-        assert await task.wait(timeout=60) is TaskStatus.SUCCESS
-    assert [await task.get() for task in tasks] == [2 * i for i in range(n)]
-    return tasks
-
-
-async def test_ends_that_come_together_are_stored_in_one_write(tmp_path: Any) -> None:
-    backend = HeldEnds(tmp_path)
-    async with errands.open_engine(svc, backend=backend, workers=8) as client:
-        await _ends_while_the_first_is_held(client, backend, 8)
-        assert sum(backend.sizes) == 8 and len(backend.sizes) == 2, backend.sizes
-        assert client.engine.health.alive and client.engine.health.ready
-
-
-async def test_ends_stored_together_that_fail_are_stored_alone_when_storage_is_back(
-    tmp_path: Any,
-) -> None:
-    backend = HeldEnds(tmp_path)
-    backend.fail_first = True
-    async with errands.open_engine(svc, backend=backend, workers=8) as client:
-        await _ends_while_the_first_is_held(client, backend, 8)
-        assert backend.sizes[0] >= 1 and sum(backend.sizes) == 8, backend.sizes
-        assert client.engine.health.alive and client.engine.health.ready
-    # Stored for good: a new engine on the same directory finds every end.
-    async with errands.open_engine(svc, backend=f"diskcache://{tmp_path}") as client:
-        listed = await client.list(name="double")
-        assert len(listed) == 8 and all(t.status is TaskStatus.SUCCESS for t in listed)
+        assert await _count_run_tasks(client, "double", 20) == 20
 
 
 async def test_arguments_that_no_longer_read_fail_their_task_alone() -> None:
