@@ -62,7 +62,7 @@ from errands import (
     StoredTask,
     TaskStatus,
 )
-from errands._backend import NewestEnds, RunEnd, start_record
+from errands._backend import NewestEnds, start_record
 from errands._status import check_transition
 
 from ._database import Database, Flush, private_directory, private_file
@@ -1222,42 +1222,15 @@ class DiskCacheStore(Store):
         """:meth:`transition`, and ``then(conn)`` in the same transaction
         whether or not the record moved."""
         check_transition(expect, task.status)
+        data = task.state_data  # the arguments, written once, never change
         key = f"{task.id}:{task.token}"
         expedited = self._db.expedites
         inline = result is not None and len(result.data) < INLINE_RESULT_LIMIT
         if result is not None and not inline:
             # A large result goes to diskcache first, under this attempt's own
             # token; only the compare-and-set below makes it the task's result.
-            await self._in_thread(self._write_result, key, result, self._result_keep(task))
-        transition = self._transition_in(
-            task, expect=expect, token=token, result=result if inline else None, then=then
-        )
-        if flush is Flush.SOON and self._db.expedites != expedited:
-            # A waiter came while a large result was written: its expedite
-            # found nothing held yet, so this end is not to be held either.
-            flush = Flush.AWAITED
-        moved = await self._db.run(transition, flush=flush)
-        if not moved and result is not None and not inline:
-            await self._in_thread(self._results.delete, key)
-        return moved
-
-    @staticmethod
-    def _result_keep(task: StoredTask) -> float:
-        """Seconds a large result of ``task`` is kept in diskcache."""
-        return max((task.expires_at or 0.0) - time.time(), 0.0) + 3600.0
-
-    def _transition_in(
-        self,
-        task: StoredTask,
-        *,
-        expect: TaskStatus,
-        token: int | None,
-        result: Payload | None,
-        then: Callable[[sqlite3.Connection], object] | None,
-    ) -> Callable[[sqlite3.Connection], bool]:
-        """The database's part of :meth:`_transition` (``result``: one that
-        is stored in the row, or None), to run in a transaction."""
-        data = task.state_data  # the arguments, written once, never change
+            keep = max((task.expires_at or 0.0) - time.time(), 0.0) + 3600.0
+            await self._in_thread(self._write_result, key, result, keep)
 
         def transition(conn: sqlite3.Connection) -> bool:
             sql = (
@@ -1277,7 +1250,8 @@ class DiskCacheStore(Store):
                 sql += " AND token = ?"
                 params += (token,)
             moved = conn.execute(sql, params).rowcount == 1
-            if moved and result is not None:
+            if moved and inline:
+                assert result is not None
                 # Small results commit with the status change, in the same
                 # transaction (and the same group commit).
                 conn.execute(
@@ -1288,7 +1262,14 @@ class DiskCacheStore(Store):
                 then(conn)
             return moved
 
-        return transition
+        if flush is Flush.SOON and self._db.expedites != expedited:
+            # A waiter came while a large result was written: its expedite
+            # found nothing held yet, so this end is not to be held either.
+            flush = Flush.AWAITED
+        moved = await self._db.run(transition, flush=flush)
+        if not moved and result is not None and not inline:
+            await self._in_thread(self._results.delete, key)
+        return moved
 
     def _write_result(self, key: str, result: Payload, keep: float) -> None:
         # With durable_files, the disk fsyncs the value's file and folder
@@ -1530,21 +1511,6 @@ class DiskCacheStore(Store):
         return len(gone)
 
 
-def _ack_of(claim: Claim) -> Callable[[sqlite3.Connection], None]:
-    """The ack of a run's end, in the transaction that moves its record."""
-
-    def ack(conn: sqlite3.Connection) -> None:
-        # Unless the record was put back to pending meanwhile: the
-        # release that follows makes its entry wait again.
-        conn.execute(
-            "DELETE FROM queue WHERE id = ?1 AND token = ?2 AND owner IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = 'pending')",
-            (claim.task_id, claim.token),
-        )
-
-    return ack
-
-
 class DiskCacheBackend(Backend):
     """Tasks in a directory on this machine: durable, shared by its processes.
 
@@ -1757,6 +1723,16 @@ class DiskCacheBackend(Backend):
         waited: bool = False,
     ) -> bool:
         """Move the record and ack the claim in one transaction."""
+
+        def ack(conn: sqlite3.Connection) -> None:
+            # Unless the record was put back to pending meanwhile: the
+            # release that follows makes its entry wait again.
+            conn.execute(
+                "DELETE FROM queue WHERE id = ?1 AND token = ?2 AND owner IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = 'pending')",
+                (claim.task_id, claim.token),
+            )
+
         # SOON: durable before the runner hears back, sharing a submit's fsync
         # if one comes.  AWAITED (not held) when someone waits on it: the
         # submit that would share the commit is the waiter's next one, which
@@ -1766,55 +1742,9 @@ class DiskCacheBackend(Backend):
             expect=TaskStatus.IN_PROGRESS,
             token=claim.token,
             result=result,
-            then=_ack_of(claim),
+            then=ack,
             flush=Flush.AWAITED if waited else Flush.SOON,
         )
-
-    finishes_together = True
-
-    async def finish_many(self, ends: Sequence[RunEnd]) -> list[bool]:
-        """:meth:`finish` of each, all in one transaction: one database call
-        and one commit for the runs that ended together.  Large results go
-        to diskcache first (as :meth:`finish` writes them), and those of
-        records that did not move are deleted after."""
-        store = self.store
-        expedited = self._db.expedites
-        large: set[int] = set()
-        transitions = []
-        for index, end in enumerate(ends):
-            check_transition(TaskStatus.IN_PROGRESS, end.task.status)
-            result = end.result
-            if result is not None and len(result.data) >= INLINE_RESULT_LIMIT:
-                large.add(index)
-                key = f"{end.task.id}:{end.task.token}"
-                await store._in_thread(
-                    store._write_result, key, result, store._result_keep(end.task)
-                )
-                result = None
-            transitions.append(
-                store._transition_in(
-                    end.task,
-                    expect=TaskStatus.IN_PROGRESS,
-                    token=end.claim.token,
-                    result=result,
-                    then=_ack_of(end.claim),
-                )
-            )
-
-        def finish_all(conn: sqlite3.Connection) -> list[bool]:
-            return [transition(conn) for transition in transitions]
-
-        # AWAITED when someone waits on one of them, or came while a large
-        # result was written (see _transition); SOON otherwise (see finish).
-        waited = any(end.waited for end in ends) or (large and self._db.expedites != expedited)
-        moved: list[bool] = await self._db.run(
-            finish_all, flush=Flush.AWAITED if waited else Flush.SOON
-        )
-        for index in large:
-            if not moved[index]:
-                end = ends[index]
-                await store._in_thread(store._results.delete, f"{end.task.id}:{end.task.token}")
-        return moved
 
     def expedite(self) -> None:
         self._db.expedite()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._backend import Backend, Queue, Renewal, RunEnd, Store
+from ._backend import Backend, Queue, Renewal, Store
 from ._batches import BatchResult
 from ._client import AsyncBatch, AsyncClient, AsyncEndpoint, AsyncTask
 from ._context import TaskContext, current_task
@@ -79,7 +79,6 @@ __all__ = [
     "Queue",
     "RemoteError",
     "Renewal",
-    "RunEnd",
     "Service",
     "Store",
     "StoredTask",

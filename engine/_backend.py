@@ -43,7 +43,6 @@ import enum
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-import attrs
 import trio
 
 from ._convert import Payload
@@ -51,7 +50,7 @@ from ._errors import BackendError
 from ._model import Claim, StoredTask
 from ._status import TaskStatus, check_transition
 
-__all__ = ["Backend", "NewestEnds", "Queue", "Renewal", "RunEnd", "Store", "start_record"]
+__all__ = ["Backend", "NewestEnds", "Queue", "Renewal", "Store", "start_record"]
 
 #: Members read per step by :meth:`Store.batch_counts`'s default.
 _COUNT_CHUNK = 500
@@ -402,16 +401,6 @@ class Store(abc.ABC):
         return counts
 
 
-@attrs.frozen
-class RunEnd:
-    """One run's end for :meth:`Backend.finish_many`: :meth:`Backend.finish`'s arguments."""
-
-    task: StoredTask
-    claim: Claim
-    result: Payload | None = None
-    waited: bool = False
-
-
 class Backend(abc.ABC):
     """One queue and one store that share a storage, plus their lifecycle.
 
@@ -435,10 +424,6 @@ class Backend(abc.ABC):
     #: True when :meth:`finish_now` stores a run's end at once (the
     #: backends that implement it say so); the engine calls it only then.
     finishes_now: bool = False
-    #: True when :meth:`finish_many` stores the ends it is given in one
-    #: write (the backends that override it say so): the engine then ends
-    #: the runs of sync functions that return together in one call.
-    finishes_together: bool = False
     #: True when :meth:`enqueue_and_start` claims and starts (the backends
     #: that override it say so); the engine calls it only then.
     starts_on_enqueue: bool = False
@@ -728,26 +713,6 @@ class Backend(abc.ABC):
         now = None if moved else await self.store.get_state(claim.task_id)
         if now is None or now.status is not TaskStatus.PENDING:
             await self.queue.ack(claim.task_id, claim.token)
-        return moved
-
-    async def finish_many(self, ends: Sequence[RunEnd]) -> list[bool]:
-        """:meth:`finish` of each of ``ends``: whether each record moved, in
-        their order.  Each end is the arguments of one :meth:`finish`, and
-        ends as it would: one refused changes nothing of the others.
-
-        Called only where :attr:`finishes_together` is true, by a backend
-        that stores them in one write (one transaction, one commit), which
-        then either stores them all or raises ``BackendError`` having
-        stored none.  The default calls :meth:`finish` for each in turn.
-        """
-        moved = []
-        for end in ends:
-            if end.waited:
-                moved.append(
-                    await self.finish(end.task, claim=end.claim, result=end.result, waited=True)
-                )
-            else:
-                moved.append(await self.finish(end.task, claim=end.claim, result=end.result))
         return moved
 
     def finish_now(self, task: StoredTask, *, claim: Claim, result: Payload | None = None) -> bool:

@@ -16,7 +16,6 @@ from errands import (
     InvalidTransition,
     Payload,
     Renewal,
-    RunEnd,
     StoredTask,
     TaskStatus,
 )
@@ -66,7 +65,7 @@ async def claim_one(backend: Backend, name: str = "job", now: float = NOW, lease
 
 #: The two ways a run's end is stored: ``finish``, and ``finish_now`` where
 #: the backend says it finishes at once (``Backend.finishes_now``).
-ENDS = ["finish", "finish_now", "finish_many"]
+ENDS = ["finish", "finish_now"]
 
 
 async def end_run(
@@ -74,10 +73,6 @@ async def end_run(
 ) -> bool:
     """Store a run's end ``way``; a backend that does not finish at once
     refuses ``finish_now`` (and the end is then stored by ``finish``)."""
-    if way == "finish_many":
-        moved = await backend.finish_many([RunEnd(task, claim, result)])
-        assert len(moved) == 1
-        return moved[0]
     if way == "finish_now":
         if backend.finishes_now:
             return backend.finish_now(task, claim=claim, result=result)
@@ -1431,39 +1426,6 @@ async def test_finish_acks_even_when_the_record_moved_on(backend: Backend, way: 
     got = await backend.store.get(running.id)
     assert got is not None and got.status is F
     assert not await backend.queue.contains(running.id)  # acked all the same
-
-
-async def test_finish_many_ends_each_as_finish_would(backend: Backend) -> None:
-    """Ends stored together (one write where the backend says so): each
-    moves, saves its result (a large one too) and acks as :meth:`finish`
-    would; a refused one changes nothing of the others and keeps no result."""
-    runs = [await started(backend) for _ in range(4)]
-    (first, first_claim), (moved_on, moved_claim), (large, large_claim), (refused, stale) = runs
-    lost = attrs.evolve(moved_on, status=F, finished_at=NOW, expires_at=NOW + 60)
-    assert await backend.store.transition(stored(lost), expect=R, token=moved_claim.token)
-    cancelled = attrs.evolve(refused, status=C, finished_at=NOW, expires_at=NOW + 60)
-    assert await backend.store.transition(stored(cancelled), expect=R, token=stale.token)
-    big = Payload(media_type="application/json", data=b'"' + b"x" * 100_000 + b'"')
-    small = Payload(media_type="application/json", data=b"[3]")
-
-    def done(running: TaskRecord) -> StoredTask:
-        return stored(attrs.evolve(running, status=S, finished_at=NOW + 1, expires_at=NOW + 61))
-
-    ends = [
-        RunEnd(done(first), first_claim, small),
-        RunEnd(done(moved_on), moved_claim, None),
-        RunEnd(done(large), large_claim, big, waited=True),
-        RunEnd(done(refused), stale, big),
-    ]
-    assert await backend.finish_many(ends) == [True, False, True, False]
-    assert await backend.store.get_result(first.id) == small
-    assert await backend.store.get_result(large.id) == big
-    assert await backend.store.get_result(refused.id) is None
-    for running, status in [(first, S), (moved_on, F), (large, S), (refused, C)]:
-        got = await backend.store.get(running.id)
-        assert got is not None and got.status is status
-        assert not await backend.queue.contains(running.id)  # acked, moved or not
-    assert await backend.finish_many([]) == []
 
 
 async def test_delete_expired_deletes_only_an_expired_record(backend: Backend) -> None:
