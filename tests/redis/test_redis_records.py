@@ -310,17 +310,24 @@ async def test_a_batch_wait_reads_an_end_heard_of_once(redis_url: str) -> None:
     again at its first round, and the wait read each end again).  The
     waiter's poll interval is long: a poll round that hears nothing reads
     every watched task, by design, and on a busy machine one fell inside
-    the default 5 s (240 reads)."""
+    the default 5 s (240 reads).  A reconnect of the waiter's listener
+    (messages may have been lost) is followed by a read of every watched
+    task, by design: one more read per task for each (seen once in CI, 232
+    reads, with nothing to tell why; the count says now)."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     waiter = RedisBackend(redis_url, prefix=prefix, poll_interval=120.0)
     async with errands.open_engine(svc, backend=waiter, workers=0) as client:
+        reconnects: list[None] = []
+        heard = waiter._connection.on_reconnect
+        waiter._connection.on_reconnect = lambda: reconnects.append(heard())
         batch = await client.add.submit_many([{"a": i, "b": 1} for i in range(50)])
         calls = count_calls(waiter.store, "get_many")
         runner = RedisBackend(redis_url, prefix=prefix)
         async with errands.open_engine(svc, backend=runner):
             counts = await batch.wait(timeout=30)
         assert counts["success"] == 50
-        assert calls.ids_read("get_many") <= 4 * 50, calls.first_args["get_many"]
+        budget = 4 * 50 + 50 * len(reconnects)
+        assert calls.ids_read("get_many") <= budget, (len(reconnects), calls.first_args["get_many"])
 
 
 async def test_a_waiting_tasks_state_and_position_are_one_round_trip(redis_url: str) -> None:
