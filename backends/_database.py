@@ -151,7 +151,17 @@ class _TransactionLost(Exception):
 
 
 class _Call(Generic[T]):
-    __slots__ = ("answer", "committed", "done", "flush", "fn", "result", "token", "write")
+    __slots__ = (
+        "answer",
+        "callback",
+        "committed",
+        "done",
+        "flush",
+        "fn",
+        "result",
+        "token",
+        "write",
+    )
 
     def __init__(
         self,
@@ -160,17 +170,21 @@ class _Call(Generic[T]):
         flush: Flush,
         committed: Callable[[T], object] | None = None,
         answer: Callable[[outcome.Outcome[T]], object] | None = None,
+        callback: Callable[[outcome.Outcome[T]], object] | None = None,
     ) -> None:
         self.fn = fn
         self.write = write
         self.flush = flush if write else Flush.LAZY
         self.committed = committed
         self.result: outcome.Outcome[T] | None = None
-        #: Set for a call from a trio run (``token``: that run); a call from
-        #: another thread has ``answer`` instead, called on the database thread.
+        #: Set for a call from a trio run (``token``: that run), which waits
+        #: on ``done`` or, queued by :meth:`Database.call_soon`, hears back
+        #: through ``callback`` on that run's thread; a call from another
+        #: thread has ``answer`` instead, called on the database thread.
         self.answer = answer
+        self.callback = callback
         if answer is None:
-            self.done: trio.Event | None = trio.Event()
+            self.done: trio.Event | None = trio.Event() if callback is None else None
             self.token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
         else:
             self.done = self.token = None
@@ -294,6 +308,27 @@ class Database:
         await call.done.wait()
         assert call.result is not None
         return call.result.unwrap()
+
+    def call_soon(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        flush: Flush,
+        callback: Callable[[outcome.Outcome[T]], object],
+    ) -> None:
+        """From the trio run: queue the write ``fn(connection)`` as
+        :meth:`run` would, without a coroutine waiting for it; once its
+        transaction committed (and, for ``flush`` other than LAZY, is
+        durable) or failed, ``callback(outcome)`` is called on the run's
+        thread, with the calls :meth:`run` wakes: the value, or the
+        BackendError.  It must be quick; what it raises is logged.  If the
+        run has ended by then, it is not called (the write still happens).
+
+        Raises:
+            BackendError: at once, when the database is not open or its
+                thread has ended (then ``callback`` is never called).
+        """
+        self._queue(_Call(fn, True, flush, callback=callback))
 
     def call_from_thread(
         self,
@@ -609,5 +644,12 @@ def _ignore(result: outcome.Outcome[None]) -> None:
 
 def _wake_all(calls: list[_Call[Any]]) -> None:
     for call in calls:
-        assert call.done is not None
-        call.done.set()
+        if call.callback is None:
+            assert call.done is not None
+            call.done.set()
+            continue
+        assert call.result is not None
+        try:
+            call.callback(call.result)
+        except Exception:  # a bug: the other callers still hear back
+            log.exception("a callback of a database call failed")

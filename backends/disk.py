@@ -1222,15 +1222,36 @@ class DiskCacheStore(Store):
         """:meth:`transition`, and ``then(conn)`` in the same transaction
         whether or not the record moved."""
         check_transition(expect, task.status)
-        data = task.state_data  # the arguments, written once, never change
         key = f"{task.id}:{task.token}"
         expedited = self._db.expedites
-        inline = result is not None and len(result.data) < INLINE_RESULT_LIMIT
-        if result is not None and not inline:
+        inline = result is None or len(result.data) < INLINE_RESULT_LIMIT
+        if not inline:
             # A large result goes to diskcache first, under this attempt's own
             # token; only the compare-and-set below makes it the task's result.
+            assert result is not None
             keep = max((task.expires_at or 0.0) - time.time(), 0.0) + 3600.0
             await self._in_thread(self._write_result, key, result, keep)
+        transition = self._transition_write(task, expect, token, result if inline else None, then)
+        if flush is Flush.SOON and self._db.expedites != expedited:
+            # A waiter came while a large result was written: its expedite
+            # found nothing held yet, so this end is not to be held either.
+            flush = Flush.AWAITED
+        moved = await self._db.run(transition, flush=flush)
+        if not moved and not inline:
+            await self._in_thread(self._results.delete, key)
+        return moved
+
+    @staticmethod
+    def _transition_write(
+        task: StoredTask,
+        expect: TaskStatus,
+        token: int | None,
+        inline: Payload | None,
+        then: Callable[[sqlite3.Connection], object] | None,
+    ) -> Callable[[sqlite3.Connection], bool]:
+        """The write of :meth:`_transition` (``inline``: a small result,
+        stored with the record)."""
+        data = task.state_data  # the arguments, written once, never change
 
         def transition(conn: sqlite3.Connection) -> bool:
             sql = (
@@ -1250,26 +1271,18 @@ class DiskCacheStore(Store):
                 sql += " AND token = ?"
                 params += (token,)
             moved = conn.execute(sql, params).rowcount == 1
-            if moved and inline:
-                assert result is not None
+            if moved and inline is not None:
                 # Small results commit with the status change, in the same
                 # transaction (and the same group commit).
                 conn.execute(
                     "INSERT OR REPLACE INTO results (id, media_type, data) VALUES (?, ?, ?)",
-                    (task.id, result.media_type, result.data),
+                    (task.id, inline.media_type, inline.data),
                 )
             if then is not None:
                 then(conn)
             return moved
 
-        if flush is Flush.SOON and self._db.expedites != expedited:
-            # A waiter came while a large result was written: its expedite
-            # found nothing held yet, so this end is not to be held either.
-            flush = Flush.AWAITED
-        moved = await self._db.run(transition, flush=flush)
-        if not moved and result is not None and not inline:
-            await self._in_thread(self._results.delete, key)
-        return moved
+        return transition
 
     def _write_result(self, key: str, result: Payload, keep: float) -> None:
         # With durable_files, the disk fsyncs the value's file and folder
@@ -1511,6 +1524,21 @@ class DiskCacheStore(Store):
         return len(gone)
 
 
+def _acker(claim: Claim) -> Callable[[sqlite3.Connection], None]:
+    """The ack of a run's end, in its transaction: the claim's entry goes,
+    unless the record was put back to pending meanwhile (the release that
+    follows makes its entry wait again)."""
+
+    def ack(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM queue WHERE id = ?1 AND token = ?2 AND owner IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = 'pending')",
+            (claim.task_id, claim.token),
+        )
+
+    return ack
+
+
 class DiskCacheBackend(Backend):
     """Tasks in a directory on this machine: durable, shared by its processes.
 
@@ -1527,6 +1555,7 @@ class DiskCacheBackend(Backend):
     starts_on_enqueue = True
     reports_stored = True  # a submit's commit, on the database thread
     enqueues_from_threads = True  # on the database thread, without the engine's loop
+    finishes_soon = True  # a run's end queued for the database thread, answered after
 
     def __init__(
         self,
@@ -1723,16 +1752,6 @@ class DiskCacheBackend(Backend):
         waited: bool = False,
     ) -> bool:
         """Move the record and ack the claim in one transaction."""
-
-        def ack(conn: sqlite3.Connection) -> None:
-            # Unless the record was put back to pending meanwhile: the
-            # release that follows makes its entry wait again.
-            conn.execute(
-                "DELETE FROM queue WHERE id = ?1 AND token = ?2 AND owner IS NOT NULL"
-                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = 'pending')",
-                (claim.task_id, claim.token),
-            )
-
         # SOON: durable before the runner hears back, sharing a submit's fsync
         # if one comes.  AWAITED (not held) when someone waits on it: the
         # submit that would share the commit is the waiter's next one, which
@@ -1742,9 +1761,45 @@ class DiskCacheBackend(Backend):
             expect=TaskStatus.IN_PROGRESS,
             token=claim.token,
             result=result,
-            then=ack,
+            then=_acker(claim),
             flush=Flush.AWAITED if waited else Flush.SOON,
         )
+
+    def finish_soon(
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
+        answer: Callable[[bool | BackendError], object],
+    ) -> bool:
+        """:meth:`finish`'s one write, queued for the database thread now
+        (see :meth:`Backend.finish_soon`); a result stored apart is left to
+        :meth:`finish`, which writes its file first."""
+        if result is not None and len(result.data) >= INLINE_RESULT_LIMIT:
+            return False
+        check_transition(TaskStatus.IN_PROGRESS, task.status)
+        transition = DiskCacheStore._transition_write(
+            task, TaskStatus.IN_PROGRESS, claim.token, result, _acker(claim)
+        )
+
+        def stored(moved: outcome.Outcome[bool]) -> None:
+            if isinstance(moved, outcome.Error):
+                error = moved.error  # the database says BackendError
+                if not isinstance(error, BackendError):
+                    error = BackendError(f"ending task {task.id} failed: {error!r}")
+                answer(error)
+            else:
+                answer(moved.unwrap())
+
+        try:
+            self._db.call_soon(
+                transition, flush=Flush.AWAITED if waited else Flush.SOON, callback=stored
+            )
+        except BackendError:
+            return False  # not open: finish() says so, and is retried
+        return True
 
     def expedite(self) -> None:
         self._db.expedite()

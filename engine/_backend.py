@@ -424,6 +424,9 @@ class Backend(abc.ABC):
     #: True when :meth:`finish_now` stores a run's end at once (the
     #: backends that implement it say so); the engine calls it only then.
     finishes_now: bool = False
+    #: True when :meth:`finish_soon` begins a run's end without a coroutine
+    #: (the backends that implement it say so); the engine calls it only then.
+    finishes_soon: bool = False
     #: True when :meth:`enqueue_and_start` claims and starts (the backends
     #: that override it say so); the engine calls it only then.
     starts_on_enqueue: bool = False
@@ -725,6 +728,30 @@ class Backend(abc.ABC):
         :meth:`finish` and not this one keeps its :meth:`finish` called.
         The default raises ``NotImplementedError``."""
         raise NotImplementedError(f"{type(self).__name__} does not finish at once")
+
+    def finish_soon(
+        self,
+        task: StoredTask,
+        *,
+        claim: Claim,
+        result: Payload | None = None,
+        waited: bool = False,
+        answer: Callable[[bool | BackendError], object],
+    ) -> bool:
+        """:meth:`finish`, begun on the engine's thread without a coroutine:
+        the write is handed to storage now, and ``answer(moved)`` is called
+        later on the engine's thread once it is as durable as :meth:`finish`
+        would have made it before returning (``answer(error)`` with the
+        BackendError :meth:`finish` would have raised, if it failed).
+        ``answer`` must be quick.  Returns False, having done nothing, when
+        this end cannot be begun so (a result stored apart, storage not
+        open): the engine then calls :meth:`finish`.  The engine calls it
+        only where :attr:`finishes_soon` is true, so that a sync task's run
+        whose call returned ends without a trio task of its own waiting for
+        the write (``docs/performance.md``); a subclass that overrides
+        :meth:`finish` and not this one keeps its :meth:`finish` called.
+        The default raises ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not begin ends without a coroutine")
 
     def expedite(self) -> None:
         """Someone in this process began to wait on an end that this engine

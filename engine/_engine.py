@@ -263,6 +263,8 @@ class Engine:
                     finally:
                         self.core.stopping = True
                         self.runner.stop_all(Stop.SHUTDOWN)
+                        # Ends begun without a task of their own: waited for too.
+                        runners.start_soon(self.runner.ends_stored)
                         runners.cancel_scope.deadline = trio.current_time() + CLEANUP_SECONDS
                 keeper_nursery.cancel_scope.cancel()
         except BaseException as exc:

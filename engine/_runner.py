@@ -247,7 +247,18 @@ class Runner:
         #: before it existed does not: it is then not passed).
         self._finish_takes_waited = _takes_keyword(core.backend.finish, "waited")
         #: ``Backend.finish_now`` where the backend finishes at once.
-        self._finish_now = core.backend.finish_now if _finishes_now(core.backend) else None
+        backend = core.backend
+        self._finish_now = (
+            backend.finish_now if _overrides(backend, "finishes_now", "finish_now") else None
+        )
+        #: ``Backend.finish_soon`` where the backend begins ends so.
+        self._finish_soon = (
+            backend.finish_soon if _overrides(backend, "finishes_soon", "finish_soon") else None
+        )
+        #: Ends begun with ``finish_soon`` whose answer has not come yet, and
+        #: what :meth:`ends_stored` waits on.
+        self._ends_begun = 0
+        self._ends_stored: trio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -639,7 +650,7 @@ class Runner:
             threaded = self._threaded[definition.name] = not (
                 definition.is_async
                 or definition.options.timeout is not None
-                or not self.core.backend.volatile
+                or not (self.core.backend.volatile or self._finish_soon is not None)
             )
         if not threaded or run.stop is not None:
             return False
@@ -659,7 +670,8 @@ class Runner:
             if not call.thread_left:
                 call.wake = None
                 self._forget(call)
-                self._queue_settle(run, result, done)
+                if not self._settle_soon(run, result, done):
+                    self._queue_settle(run, result, done)
 
         def abandon() -> None:
             # Stopped for good (shutdown, lost claim): settled without
@@ -677,6 +689,12 @@ class Runner:
     def _queue_settle(
         self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
     ) -> None:
+        assert self._spawn is not None
+        if not self.core.backend.volatile:
+            # Each waits for its own writes: settled side by side, so that
+            # their ends share commits as the runs' tasks' ends do.
+            self._spawn(self._settle_alone, run, result, done)
+            return
         self._to_settle.append((run, result, done))
         if not self._settler_busy:
             assert self._spawn is not None
@@ -695,6 +713,102 @@ class Runner:
                     done(run.claim.name)
         finally:
             self._settler_busy = False
+
+    async def _settle_alone(
+        self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
+    ) -> None:
+        try:
+            await self._settle(run, result)
+        finally:
+            done(run.claim.name)
+
+    def _settle_soon(
+        self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
+    ) -> bool:
+        """Begin storing how the admitted ``run`` of :meth:`call_in_thread`
+        ended, without a coroutine: where the backend begins ends so
+        (``Backend.finish_soon``) and the call returned (not stopped).  The
+        backend's answer tells the end and calls ``done(name)``.  True when
+        begun here; False, having done nothing, otherwise (then the run is
+        settled as the others are).
+
+        A run's task would only wait for the write; here the loop hears of
+        the end once, when it is stored (``docs/performance.md``).  What is
+        stored is what :meth:`_settle` stores: success, or a result that does
+        not store failing the task for good."""
+        finish_soon = self._finish_soon
+        call = run.call
+        if (
+            finish_soon is None
+            or run.stop is not None
+            or type(result) is not outcome.Value
+            or call is None
+            or call.timed_out
+        ):
+            return False
+        claim, record = run.claim, _reported(run)
+        stored = self._stored_value(run.definition, result.value)
+        payload, error = (None, stored) if isinstance(stored, TaskError) else (stored, None)
+        ended = self._final(record, FAILURE if error is not None else SUCCESS, payload, error, None)
+        final = StoredTask.from_record(ended)
+        task_id = claim.task_id
+
+        def answer(moved: bool | BackendError) -> None:  # on the trio thread
+            if isinstance(moved, BackendError):
+                # Retried as ``_finish`` retries, by a task that then tells it.
+                assert self._spawn is not None
+                self._spawn(self._end_retried, claim, record, ended, payload, error, moved, done)
+                return
+            try:
+                health = self.core.health
+                if health.failing:
+                    health.clear("runner")
+                self._told(claim, record, ended, payload, error, None, moved)
+            finally:
+                self.settling.discard(task_id)
+                self._end_answered(done, claim.name)
+
+        waited = self.core.watchers.waited(task_id)
+        if not finish_soon(final, claim=claim, result=payload, waited=waited, answer=answer):
+            return False
+        self.settling.add(task_id)  # a waiter that comes now expedites its end
+        self._ends_begun += 1
+        run.call = None
+        return True
+
+    def _end_answered(self, done: Callable[[str], None], name: str) -> None:
+        """An end begun with ``finish_soon`` was told: its slot is free."""
+        try:
+            done(name)
+        finally:
+            self._ends_begun -= 1
+            if not self._ends_begun and self._ends_stored is not None:
+                self._ends_stored.set()
+
+    async def _end_retried(
+        self,
+        claim: Claim,
+        record: TaskRecord,
+        ended: TaskRecord,
+        payload: Payload | None,
+        error: TaskError | None,
+        exc: BackendError,
+        done: Callable[[str], None],
+    ) -> None:
+        try:
+            final = StoredTask.from_record(ended)
+            moved = await self._store_end_again(final, claim, payload, exc)
+            self._told(claim, record, ended, payload, error, None, moved)
+        finally:
+            self.settling.discard(claim.task_id)
+            self._end_answered(done, claim.name)
+
+    async def ends_stored(self) -> None:
+        """Return once every end begun with ``finish_soon`` was answered (the
+        engine waits for them as it waits for its runs' tasks)."""
+        while self._ends_begun:
+            event = self._ends_stored = trio.Event()
+            await event.wait()
 
     async def _call_in_thread(
         self,
@@ -886,22 +1000,31 @@ class Runner:
             # The first try is a plain await (see _storage), the retries below.
             stored_final = await self._store_end(final, claim, payload)
         except BackendError as exc:
-            health.fault("runner", exc)
-
-            async def finish_again() -> bool:
-                moved = await self._store_end(final, claim, payload)
-                if moved:
-                    return True
-                # The failed try may have moved the record before it failed
-                # (a backend that makes two calls of it).
-                now = await core.store.get(claim.task_id)
-                return now is not None and now.status is status and now.token == claim.token
-
-            stored_final = await health.retrying("runner", finish_again)
+            stored_final = await self._store_end_again(final, claim, payload, exc)
         else:
             if health.failing:
                 health.clear("runner")
         self._told(claim, record, done, payload, error, traceback, stored_final)
+
+    async def _store_end_again(
+        self, final: StoredTask, claim: Claim, payload: Payload | None, exc: BackendError
+    ) -> bool:
+        """The end's first write failed with ``exc``: reported, and retried
+        until storage answers; whether the record moved."""
+        core = self.core
+        health = core.health
+        health.fault("runner", exc)
+
+        async def finish_again() -> bool:
+            moved = await self._store_end(final, claim, payload)
+            if moved:
+                return True
+            # The failed try may have moved the record before it failed
+            # (a backend that makes two calls of it).
+            now = await core.store.get(claim.task_id)
+            return now is not None and now.status is final.status and now.token == claim.token
+
+        return await health.retrying("runner", finish_again)
 
     def _final(
         self,
@@ -1080,19 +1203,19 @@ class Runner:
                 self._progress_wake.set()
 
 
-def _finishes_now(backend: Any) -> bool:
-    """Whether the engine may call ``backend.finish_now`` for its ``finish``:
-    the backend says it finishes at once, and no subclass overrode
-    ``finish`` alone after ``finish_now`` was written (its ``finish`` is
-    then what runs, as it expects)."""
-    if not backend.finishes_now:
+def _overrides(backend: Any, flag: str, method: str) -> bool:
+    """Whether the engine may call ``backend.<method>`` (``finish_now``,
+    ``finish_soon``) for its ``finish``: the backend says so (its ``flag``),
+    and no subclass overrode ``finish`` alone after ``method`` was written
+    (its ``finish`` is then what runs, as it expects)."""
+    if not getattr(backend, flag):
         return False
     mro = type(backend).__mro__
 
     def written_in(name: str) -> int:
         return next(i for i, cls in enumerate(mro) if name in vars(cls))
 
-    return written_in("finish_now") <= written_in("finish")
+    return written_in(method) <= written_in("finish")
 
 
 def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:

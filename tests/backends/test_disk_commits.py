@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -210,6 +211,69 @@ async def test_committed_is_told_on_the_database_thread_once_durable(
     await db.run(_insert("b"), committed=raises)
     assert _rows(tmp_path / "t.db") == ["a", "b"]
     assert "a commit callback" in caplog.text
+
+
+async def test_call_soon_answers_on_the_trio_thread_once_durable(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``call_soon``: a write queued without a coroutine waiting; its
+    callback runs on the trio thread once the commit is fsynced, with the
+    call's outcome (an error as BackendError); held like ``run``'s writes
+    of the same flush; a callback that raises is logged, and the others are
+    still told."""
+    told: list[tuple[object, int, bool, list[str]]] = []
+    done = trio.Event()
+
+    def callback(result: outcome.Outcome[object]) -> None:
+        value: object = result.unwrap() if isinstance(result, outcome.Value) else result.error
+        told.append((value, threading.get_ident(), db.synced >= 1, _rows(tmp_path / "t.db")))
+        done.set()
+
+    def insert_and_answer(conn: sqlite3.Connection) -> str:
+        _insert("soon")(conn)
+        return "stored"
+
+    db.call_soon(insert_and_answer, flush=Flush.NOW, callback=callback)
+    with trio.fail_after(10):
+        await done.wait()
+    assert told == [("stored", threading.get_ident(), True, ["soon"])]
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise ValueError("no")
+
+    done = trio.Event()
+    db.call_soon(broken, flush=Flush.NOW, callback=callback)
+    with trio.fail_after(10):
+        await done.wait()
+    error = told[-1][0]
+    assert isinstance(error, BackendError) and isinstance(error.__cause__, ValueError)
+
+    # A SOON write is held for the next submit's commit, as with run().
+    await db.run(_insert("submit 1"))
+    await db.run(_insert("submit 2"))
+    before = db.commits
+    done = trio.Event()
+    db.call_soon(_insert("end"), flush=Flush.SOON, callback=callback)
+    with trio.fail_after(10):
+        while len(db._held) != 1:
+            await trio.sleep(0.001)
+    assert not done.is_set()
+    await db.run(_insert("submit 3"))
+    with trio.fail_after(10):
+        await done.wait()
+    assert db.commits - before == 1
+    assert "end" in told[-1][3]
+
+    def raises(result: object) -> None:
+        raise RuntimeError("a bug")
+
+    done = trio.Event()
+    db.call_soon(_insert("x"), flush=Flush.NOW, callback=raises)
+    db.call_soon(_insert("y"), flush=Flush.NOW, callback=callback)
+    with trio.fail_after(10):
+        await done.wait()
+    assert "a callback of a database call failed" in caplog.text
+    assert {"x", "y"} <= set(told[-1][3])
 
 
 # ---------------------------------------------------------------------- how a batch runs

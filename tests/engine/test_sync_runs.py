@@ -1,8 +1,10 @@
-"""Runs of sync functions on a volatile backend have no trio task each.
+"""Runs of sync functions without a timeout have no trio task each.
 
 Such a run's task would only wait for its worker thread and then settle, so
-the runner starts the thread from the dispatcher and one settler task per
-burst settles the runs whose threads returned (``Runner.call_in_thread``).
+the runner starts the thread from the dispatcher; on a volatile backend one
+settler task per burst settles the runs whose threads returned, and on the
+diskcache backend the end of each is queued for the database thread, which
+answers once it is stored (``Runner.call_in_thread``, ``Backend.finish_soon``).
 These tests check that the path is taken, and that a run on it still does
 what any run does: fail alone on arguments that no longer read, and ride
 out storage faults while settling.  Cancelling and handing back runs on it
@@ -13,14 +15,16 @@ trio's autojump clock.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 import errands
 from errands import TaskStatus
-from errands.backends import MemoryBackend
+from errands.backends import DiskCacheBackend, MemoryBackend
 
 from .faulty import FaultyBackend
 
@@ -95,9 +99,66 @@ async def test_sync_runs_on_the_memory_backend_have_no_task_each(tmp_path: Any) 
         assert await _count_run_tasks(client, "double", 50) == 0
         # Async runs keep theirs (they run on the loop, each in its own scope).
         assert await _count_run_tasks(client, "async_double", 50) == 50
-    # On a durable backend each run keeps its task: the ends of runs share commits.
+    # On the diskcache backend too: each end is queued for the database thread.
     async with errands.open_engine(svc, backend=f"diskcache://{tmp_path}") as client:
-        assert await _count_run_tasks(client, "double", 20) == 20
+        assert await _count_run_tasks(client, "double", 20) == 0
+        assert await _count_run_tasks(client, "async_double", 20) == 20
+
+
+class FlakyEnds(DiskCacheBackend):
+    """The diskcache backend whose first ``failures`` ends begun without a
+    coroutine fail in the database (a write that raises, as a disk I/O
+    error would)."""
+
+    failures = 3
+
+    def finish_soon(self, task: Any, **keywords: Any) -> bool:
+        if self.failures <= 0:
+            return super().finish_soon(task, **keywords)
+        self.failures -= 1
+        db: Any = self._db
+        real = db.call_soon
+
+        def call_soon(fn: Any, **options: Any) -> None:
+            def broken(conn: sqlite3.Connection) -> bool:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            real(broken, **options)
+
+        db.call_soon = call_soon
+        try:
+            return super().finish_soon(task, **keywords)
+        finally:
+            del db.call_soon
+
+
+async def test_ends_begun_without_a_task_ride_out_storage_faults(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An end queued for the database thread whose write fails is retried
+    (reported as a storage fault, then cleared), its slot held until it is
+    stored; nothing is lost, and no run gets a task of its own."""
+    backend = FlakyEnds(tmp_path)
+    async with errands.open_engine(svc, backend=backend, workers=4) as client:
+        assert await _count_run_tasks(client, "double", 12) == 0
+        assert backend.failures == 0
+        assert "storage fault in runner" in caplog.text
+        assert client.engine.health.alive and client.engine.health.ready
+
+
+async def test_the_engine_stops_once_ends_begun_without_a_task_are_stored(
+    tmp_path: Any,
+) -> None:
+    """Leaving the engine while ends are queued for the database thread: they
+    are stored before it stops (as the runs' tasks' ends are), and a new
+    engine finds every task ended."""
+    async with errands.open_engine(svc, backend=f"diskcache://{tmp_path}") as client:
+        ids = [(await client.double.submit(n=i)).id for i in range(30)]
+    async with errands.open_engine(svc, backend=f"diskcache://{tmp_path}") as client:
+        for i, task_id in enumerate(ids):
+            task = client.get_task(task_id)
+            assert await task.wait(timeout=60) is TaskStatus.SUCCESS
+            assert await task.get() == 2 * i
 
 
 async def test_arguments_that_no_longer_read_fail_their_task_alone() -> None:
