@@ -417,8 +417,13 @@ class Engine:
         start in its submit's write may still be held, for at most the
         database's ``max_hold`` each.)"""
         settling = self.runner.settling
-        if settling and any(task_id in settling for task_id in task_ids):
-            self.backend.expedite()
+        if not settling:
+            return
+        waited = self.runner.waited_ends  # written unheld already
+        for task_id in task_ids:
+            if task_id in settling and task_id not in waited:
+                self.backend.expedite()
+                return
 
     async def load_stored(
         self, task_id: str, *, schedule: bool = True, arguments: bool = True
@@ -1341,12 +1346,13 @@ class Engine:
                 except BaseException:
                     self._any_waiting = True  # nothing was learnt: the next round looks
                     raise
-                for claim, begun in claims:
-                    quotas[claim.name] -= 1
-                    # A slot this round counted on may be gone: a batcher's
-                    # round, or a submit from a thread that started a task
-                    # in its own write, took it while this claim was out.
-                    self._run_or_put_back(claim, begun, unreadable.get(claim.task_id))
+                with self.runner.burst():
+                    for claim, begun in claims:
+                        quotas[claim.name] -= 1
+                        # A slot this round counted on may be gone: a batcher's
+                        # round, or a submit from a thread that started a task
+                        # in its own write, took it while this claim was out.
+                        self._run_or_put_back(claim, begun, unreadable.get(claim.task_id))
             finally:
                 self._claiming = None
                 claiming.set()

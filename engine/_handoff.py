@@ -378,13 +378,14 @@ class Handoff:
         # reach this loop (the backend answers its calls in order).
         engine = self._engine
         ends = engine.core.watchers.ends
-        for record, ticket, started in items:
-            ends[record.id] = ticket
-            engine.accepted(record)
-            if started is None:
-                engine.wake_for(record.name)
-            else:
-                engine.adopt_started(record, *started)
+        with engine.runner.burst():
+            for record, ticket, started in items:
+                ends[record.id] = ticket
+                engine.accepted(record)
+                if started is None:
+                    engine.wake_for(record.name)
+                else:
+                    engine.adopt_started(record, *started)
 
     def _receive(self, items: list[_Item]) -> None:
         # On the trio thread, in a run_sync_soon callback: must not raise.

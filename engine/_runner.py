@@ -11,6 +11,7 @@ writer, which stores coalesced ``current_task().report()`` calls.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import enum
 import inspect
@@ -223,6 +224,10 @@ class Runner:
         self.running: dict[str, Run] = {}
         #: Tasks whose ends :meth:`_settle` is storing (their calls ended).
         self.settling: set[str] = set()
+        #: Those of them whose end was handed to storage as waited for
+        #: (``Backend.finish``'s ``waited``): not held back, so a waiter that
+        #: parks on one has nothing to expedite.
+        self.waited_ends: set[str] = set()
         self.bound: dict[str, Callable[..., Any]] = {}
         self.threads: WorkerThreads | None = None
         self._dirty: dict[str, Run] = {}
@@ -269,6 +274,13 @@ class Runner:
         self.threads = WorkerThreads()
         self._loop = (threading.get_ident(), trio.lowlevel.current_trio_token())
         self._spawn = spawn
+
+    def burst(self) -> contextlib.AbstractContextManager[None]:
+        """Runs started inside (a dispatch round's) start their worker
+        threads' jobs together when it ends (``WorkerThreads.burst``)."""
+        if self.threads is None:
+            return contextlib.nullcontext()
+        return self.threads.burst()
 
     def close(self) -> None:
         if self.threads is not None:
@@ -413,6 +425,7 @@ class Runner:
                 await self._finish(claim, begun.record, None, error=error)
             finally:
                 self.settling.discard(claim.task_id)
+                self.waited_ends.discard(claim.task_id)
             return None
         return await self._started(claim, begun.record)
 
@@ -766,12 +779,15 @@ class Runner:
                 self._told(claim, record, ended, payload, error, None, moved)
             finally:
                 self.settling.discard(task_id)
+                self.waited_ends.discard(task_id)
                 self._end_answered(done, claim.name)
 
         waited = self.core.watchers.waited(task_id)
         if not finish_soon(final, claim=claim, result=payload, waited=waited, answer=answer):
             return False
         self.settling.add(task_id)  # a waiter that comes now expedites its end
+        if waited:
+            self.waited_ends.add(task_id)
         self._ends_begun += 1
         run.call = None
         return True
@@ -801,6 +817,7 @@ class Runner:
             self._told(claim, record, ended, payload, error, None, moved)
         finally:
             self.settling.discard(claim.task_id)
+            self.waited_ends.discard(claim.task_id)
             self._end_answered(done, claim.name)
 
     async def ends_stored(self) -> None:
@@ -915,6 +932,7 @@ class Runner:
         finally:
             run.call = None
             self.settling.discard(task_id)
+            self.waited_ends.discard(task_id)
 
     def _stored_value(self, definition: TaskDefinition, value: Any) -> Payload | TaskError:
         """A returned ``value`` as it is stored; or, where it does not match
@@ -1004,6 +1022,8 @@ class Runner:
         else:
             if health.failing:
                 health.clear("runner")
+        finally:
+            self.waited_ends.discard(claim.task_id)
         self._told(claim, record, done, payload, error, traceback, stored_final)
 
     async def _store_end_again(
@@ -1087,6 +1107,8 @@ class Runner:
         if not self._finish_takes_waited:
             return backend.finish(final, claim=claim, result=payload)
         waited = self.core.watchers.waited(claim.task_id)
+        if waited:
+            self.waited_ends.add(claim.task_id)
         return backend.finish(final, claim=claim, result=payload, waited=waited)
 
     async def _fail_or_retry(

@@ -13,7 +13,11 @@ Idle threads are woken newest first (the one most likely still warm).
 
 Finished jobs pile up behind the lock and one ``TrioToken.run_sync_soon``
 callback hands all of them back to the loop: a busy pool wakes the loop
-once per batch, not once per task.
+once per batch, not once per task.  Jobs submitted in a :meth:`burst` (the
+runs one dispatch round starts) wake no thread until the burst is over, so
+that their results come back together, not a few at a time while the loop
+is still submitting (a thread woken by the first job runs each as soon as
+the loop lets go of the interpreter, at every line it logs).
 
 Measured in ``benchmarks/threadpath.py`` and ``docs/performance.md``.
 """
@@ -21,8 +25,9 @@ Measured in ``benchmarks/threadpath.py`` and ``docs/performance.md``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import outcome
@@ -60,6 +65,7 @@ class WorkerThreads:
         self._token = trio.lowlevel.current_trio_token()
         self._done: list[tuple[Deliver, outcome.Outcome[Any]]] = []
         self._flush_scheduled = False
+        self._bursts = 0  # bursts open (the trio thread's only)
 
     def submit(self, fn: Callable[[], Any], deliver: Deliver) -> None:
         """Run ``fn()`` in a worker thread; ``deliver(outcome)`` then runs on the trio thread.
@@ -68,9 +74,24 @@ class WorkerThreads:
         """
         with self._lock:
             self._jobs.append((fn, deliver))
-            start = self._looking == 0 and self._call_one()
+            start = self._looking == 0 and not self._bursts and self._call_one()
         if start:
             self._start()
+
+    @contextlib.contextmanager
+    def burst(self) -> Iterator[None]:
+        """Jobs submitted inside (on the trio thread) wake a thread only when
+        it ends, one wake-up for all of them."""
+        self._bursts += 1
+        try:
+            yield
+        finally:
+            self._bursts -= 1
+            if not self._bursts:
+                with self._lock:
+                    start = bool(self._jobs) and self._looking == 0 and self._call_one()
+                if start:
+                    self._start()
 
     def _call_one(self) -> bool:
         """Under the lock: get one more thread looking; True when one must

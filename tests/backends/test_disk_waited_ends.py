@@ -156,3 +156,29 @@ async def test_a_wait_that_comes_while_a_large_result_is_written_is_not_held(
     with trio.fail_after(20):
         assert await task.wait() is errands.TaskStatus.SUCCESS
     assert len(await task.get()) == 40_000
+
+
+async def test_a_waiter_on_ends_written_as_waited_for_expedites_nothing(
+    client: errands.AsyncClient,
+) -> None:
+    """``as_completed`` parks again after each group of ends; the ends under
+    way then were written as waited for (never held), so there is nothing to
+    expedite: no extra commit for each group (an ``expedite()`` is one)."""
+    backend = client.engine.backend
+    assert isinstance(backend, DiskCacheBackend)
+    gate.clear()
+    batch = await client.gated.submit_many([{}] * 40)
+    seen: list[int] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                async for done in errands.as_completed(batch.tasks):
+                    seen.append(await done.get())
+
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            assert all(client.engine.core.watchers.waited(t.id) for t in batch.tasks)
+            gate.set()
+    assert seen == [8] * 40
+    assert backend._db.expedites == 0

@@ -74,3 +74,37 @@ async def test_close_lets_idle_threads_end() -> None:
     for thread in before:
         thread.join(10)
     assert not any(t.is_alive() for t in before)
+
+
+async def test_jobs_of_a_burst_wake_a_thread_only_when_it_ends() -> None:
+    """Submitted in a burst (the runs one dispatch round starts), jobs wake no
+    thread until it ends: none runs while the loop is still submitting."""
+    pool = WorkerThreads()
+    try:
+        results: list[outcome.Outcome[object]] = []
+        done = trio.Event()
+
+        def deliver(result: outcome.Outcome[object]) -> None:
+            results.append(result)
+            if len(results) == 20:
+                done.set()
+
+        with pool.burst():
+            for i in range(20):
+                pool.submit(lambda i=i: i, deliver)
+                # No thread was started nor woken: none can run a job yet.
+                assert (pool._threads, pool._looking) == (0, 0)
+            with pool.burst():  # bursts nest: the outer one's end wakes
+                pool.submit(lambda: None, lambda result: None)
+            assert (pool._threads, pool._looking) == (0, 0)
+        assert pool._threads >= 1  # started as the burst ended
+        with trio.fail_after(30):
+            await done.wait()
+        assert sorted(r.unwrap() for r in results) == list(range(20))  # type: ignore[type-var]
+        # Outside a burst, a job wakes a thread at once, as before.
+        pool.close()
+        pool = WorkerThreads()
+        pool.submit(lambda: None, lambda result: None)
+        assert pool._threads == 1
+    finally:
+        pool.close()
