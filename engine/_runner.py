@@ -652,15 +652,19 @@ class Runner:
         path takes.
 
         It takes the runs of sync functions without a timeout, on a
-        volatile backend (their arguments are decoded in the thread, as on
-        every path of a sync function).  Such a
-        run's task would only wait for its thread and then settle; here the
-        thread's return (or a stop: shutdown, a lost claim) queues the run,
-        and one settler task settles what is queued, one run after another
-        (:meth:`_settle_queued`), then calls ``done(name)`` for each.  One
-        after another costs nothing where the backend's writes do not wait;
-        a durable backend's end of a run waits for its commit, so there each
-        run keeps its task and the ends of runs share commits.
+        volatile backend or one that begins ends without a coroutine
+        (``Backend.finish_soon``); their arguments are decoded in the
+        thread, as on every path of a sync function.  Such a run's task
+        would only wait for its thread and then settle.  Here, on a
+        volatile backend, the thread's return (or a stop: shutdown, a lost
+        claim) queues the run, and one settler task settles what is queued,
+        one run after another (:meth:`_settle_queued`), then calls
+        ``done(name)`` for each: one after another costs nothing where the
+        backend's writes do not wait.  Elsewhere a durable end waits for its
+        commit, so the thread's return hands the end to the backend at once
+        (:meth:`_settle_soon`), whose answer calls ``done(name)``, and the
+        ends of concurrent runs share commits; a stopped or failed run is
+        settled by a task of its own (:meth:`_settle_alone`).
         """
         definition = run.definition
         threaded = self._threaded.get(definition.name)
