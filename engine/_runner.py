@@ -759,19 +759,12 @@ class Runner:
         stored is what :meth:`_settle` stores: success, or a result that does
         not store failing the task for good."""
         finish_soon = self._finish_soon
-        call = run.call
-        if (
-            finish_soon is None
-            or run.stop is not None
-            or type(result) is not outcome.Value
-            or call is None
-            or call.timed_out
-        ):
+        if finish_soon is None:
             return False
-        claim, record = run.claim, _reported(run)
-        stored = self._stored_value(run.definition, result.value)
-        payload, error = (None, stored) if isinstance(stored, TaskError) else (stored, None)
-        ended = self._final(record, FAILURE if error is not None else SUCCESS, payload, error, None)
+        returned = self._returned(run, result)
+        if returned is None:
+            return False
+        claim, record, ended, payload, error = returned
         final = StoredTask.from_record(ended)
         task_id = claim.task_id
 
@@ -990,23 +983,38 @@ class Runner:
         stores: success, or a result that does not store failing the task
         for good."""
         finish_now = self._finish_now
-        call = run.call
-        if (
-            finish_now is None
-            or run.stop is not None
-            or type(result) is not outcome.Value
-            or call is None
-            or call.timed_out
-        ):
+        if finish_now is None:
             return False
-        claim, record = run.claim, _reported(run)
-        stored = self._stored_value(run.definition, result.value)
-        payload, error = (None, stored) if isinstance(stored, TaskError) else (stored, None)
-        done = self._final(record, FAILURE if error is not None else SUCCESS, payload, error, None)
+        returned = self._returned(run, result)
+        if returned is None:
+            return False
+        claim, record, done, payload, error = returned
         stored_final = finish_now(StoredTask.from_record(done), claim=claim, result=payload)
         run.call = None
         self._told(claim, record, done, payload, error, None, stored_final)
         return True
+
+    def _returned(
+        self, run: Run, result: outcome.Outcome[Any] | None
+    ) -> tuple[Claim, TaskRecord, TaskRecord, Payload | None, TaskError | None] | None:
+        """The end of a run whose call returned (not stopped, not timed out)
+        as :meth:`_settle_now` and :meth:`_settle_soon` store it: its claim,
+        its running record, its final record, and the payload and error to
+        store (success, or a result that does not store failing the task
+        for good); None for any other run."""
+        call = run.call
+        if (
+            run.stop is not None
+            or type(result) is not outcome.Value
+            or call is None
+            or call.timed_out
+        ):
+            return None
+        claim, record = run.claim, _reported(run)
+        stored = self._stored_value(run.definition, result.value)
+        payload, error = (None, stored) if isinstance(stored, TaskError) else (stored, None)
+        ended = self._final(record, FAILURE if error is not None else SUCCESS, payload, error, None)
+        return claim, record, ended, payload, error
 
     async def _finish(
         self,
