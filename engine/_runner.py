@@ -692,7 +692,7 @@ class Runner:
             if not call.thread_left:
                 call.wake = None
                 self._forget(call)
-                if not self._settle_soon(run, result, done):
+                if self._finish_soon is None or not self._settle_soon(run, result, done):
                     self._queue_settle(run, result, done)
 
         def abandon() -> None:
@@ -711,10 +711,10 @@ class Runner:
     def _queue_settle(
         self, run: Run, result: outcome.Outcome[Any] | None, done: Callable[[str], None]
     ) -> None:
-        assert self._spawn is not None
-        if not self.core.backend.volatile:
+        if self._finish_soon is not None:
             # Each waits for its own writes: settled side by side, so that
             # their ends share commits as the runs' tasks' ends do.
+            assert self._spawn is not None
             self._spawn(self._settle_alone, run, result, done)
             return
         self._to_settle.append((run, result, done))
