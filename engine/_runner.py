@@ -226,7 +226,9 @@ class Runner:
         self.settling: set[str] = set()
         #: Those of them whose end was handed to storage as waited for
         #: (``Backend.finish``'s ``waited``): not held back, so a waiter that
-        #: parks on one has nothing to expedite.
+        #: parks on one has nothing to expedite.  Added where an end is handed
+        #: over (:meth:`_store_end`, :meth:`_settle_soon`), dropped once it is
+        #: stored (:meth:`_finish`, the answer of :meth:`_settle_soon`).
         self.waited_ends: set[str] = set()
         self.bound: dict[str, Callable[..., Any]] = {}
         self.threads: WorkerThreads | None = None
@@ -430,7 +432,6 @@ class Runner:
                 await self._finish(claim, begun.record, None, error=error)
             finally:
                 self.settling.discard(claim.task_id)
-                self.waited_ends.discard(claim.task_id)
             return None
         return await self._started(claim, begun.record)
 
@@ -934,7 +935,6 @@ class Runner:
         finally:
             run.call = None
             self.settling.discard(task_id)
-            self.waited_ends.discard(task_id)
 
     def _stored_value(self, definition: TaskDefinition, value: Any) -> Payload | TaskError:
         """A returned ``value`` as it is stored; or, where it does not match
