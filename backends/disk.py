@@ -1843,11 +1843,12 @@ class DiskCacheBackend(Backend):
         not_before: float,
         rank: float | None,
         answer: Callable[[bool | BackendError], object],
+        then: Callable[[], object] | None = None,
     ) -> None:
         def enqueue(conn: sqlite3.Connection) -> bool:
             return _enqueue(conn, task, priority, not_before, rank)
 
-        self._db.call_from_thread(enqueue, _answering(answer))
+        self._db.call_from_thread(enqueue, _answering(answer), then)
 
     def enqueue_and_start_from_thread(
         self,
@@ -1862,6 +1863,7 @@ class DiskCacheBackend(Backend):
         answer: Callable[
             [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
         ],
+        then: Callable[[], object] | None = None,
     ) -> bool:
         if not self.queue.holds_owner_lock(owner):
             return False  # its first claim takes it, on the engine's loop
@@ -1871,7 +1873,7 @@ class DiskCacheBackend(Backend):
         ) -> tuple[bool, tuple[Claim, StoredTask | None] | None]:
             return _enqueue_and_start(conn, task, priority, rank, owner, now, lease_until, starting)
 
-        self._db.call_from_thread(enqueue, _answering(answer))
+        self._db.call_from_thread(enqueue, _answering(answer), then)
         return True
 
     async def enqueue_and_start(

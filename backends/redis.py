@@ -1526,6 +1526,7 @@ class RedisBackend(Backend):
         not_before: float,
         rank: float | None,
         answer: Callable[[bool | BackendError], object],
+        then: Callable[[], object] | None = None,
     ) -> None:
         # The record is encoded here, in the caller's thread; the script is
         # the one enqueue sends, in the I/O thread's next pipeline.
@@ -1535,6 +1536,8 @@ class RedisBackend(Backend):
 
         def answered(reply: Any) -> None:
             answer(reply if isinstance(reply, BackendError) else bool(reply))
+            if then is not None:
+                then()
 
         connection = self._connection
         connection.call_from_thread(*connection._staged("enqueue", args, staged), answered)

@@ -450,6 +450,7 @@ class Backend(abc.ABC):
         not_before: float,
         rank: float | None,
         answer: Callable[[bool | BackendError], object],
+        then: Callable[[], object] | None = None,
     ) -> None:
         """From any thread but the engine's loop: start :meth:`enqueue` of
         ``task`` and return without waiting.  ``answer`` is then called once,
@@ -457,8 +458,18 @@ class Backend(abc.ABC):
         (False: the id existed, nothing done), as soon as it is as durable as
         the backend promises, or with the BackendError that stopped the
         write (then nothing was stored).  It must be quick and must not
-        raise.  Raises BackendError at once (and ``answer`` is never called)
-        when the backend cannot take the write (it is closed).
+        raise.  Raises BackendError at once (and neither ``answer`` nor
+        ``then`` is ever called) when the backend cannot take the write (it
+        is closed).
+
+        ``then``, if given, is called once after ``answer``, from a thread of
+        the backend's, with the same rules: the engine tells its loop of the
+        write there, which it wants done soon but need not be done before
+        the submitter goes on.  A backend may call it right after ``answer``,
+        or a little later where that keeps the submitter's next write from
+        waiting (the diskcache backend runs it right before its next commit,
+        whose fsync leaves the interpreter free, or once it has nothing else
+        to do).
 
         Only backends that set ``enqueues_from_threads`` implement it.
         """
@@ -477,13 +488,14 @@ class Backend(abc.ABC):
         answer: Callable[
             [tuple[bool, tuple[Claim, StoredTask | None] | None] | BackendError], object
         ],
+        then: Callable[[], object] | None = None,
     ) -> bool:
         """:meth:`enqueue_and_start` as :meth:`enqueue_from_thread` starts
         :meth:`enqueue`: from any thread, without waiting; ``answer`` gets
-        what :meth:`enqueue_and_start` returns, or the BackendError.  False
-        (nothing done, ``answer`` never called) when it cannot be done here
-        now: then :meth:`enqueue_from_thread` can.  Raises as
-        :meth:`enqueue_from_thread`.  The default says False.
+        what :meth:`enqueue_and_start` returns, or the BackendError, and
+        ``then`` follows it as there.  False (nothing done, neither called)
+        when it cannot be done here now: then :meth:`enqueue_from_thread`
+        can.  Raises as :meth:`enqueue_from_thread`.  The default says False.
         """
         return False
 

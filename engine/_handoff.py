@@ -65,11 +65,19 @@ class Mailbox(Generic[T]):
         self._items: collections.deque[T] = collections.deque()
         self._scheduled = False
 
-    def put(self, item: T) -> None:
+    def put(self, item: T, *, wake: bool = True) -> None:
         """Hand ``item`` over (any thread).  Raises trio.RunFinishedError once
-        the trio run has ended."""
+        the trio run has ended.  With ``wake=False`` the trio run is not woken
+        for it: it is received with the next burst, at :meth:`wake`, or at
+        :meth:`deliver_now`, whichever comes first."""
         self._items.append(item)
-        if not self._scheduled:
+        if wake:
+            self.wake(quiet=False)
+
+    def wake(self, *, quiet: bool = True) -> None:
+        """Have the items put so far received soon (any thread); once the run
+        has ended, nothing (or trio.RunFinishedError, when not ``quiet``)."""
+        if not self._scheduled and self._items:
             # Two threads may both get here: the second burst finds nothing.
             # The receiving side clears the flag *before* taking the items,
             # so an item put after it took them schedules a new burst.
@@ -78,7 +86,8 @@ class Mailbox(Generic[T]):
                 self._token.run_sync_soon(self._deliver)
             except trio.RunFinishedError:
                 self._scheduled = False
-                raise
+                if not quiet:
+                    raise
 
     def _deliver(self) -> None:
         self._scheduled = False
@@ -252,13 +261,13 @@ class Handoff:
         unreadable: dict[str, str] = {}
 
         def answer(created: bool | BackendError, started: _Started | None = None) -> None:
-            # On the backend's thread.
+            # On the backend's thread.  The loop is woken for the task by
+            # ``stored.wake``, passed as the write's ``then``: the backend
+            # calls it when it slows the submitter's next write least; a
+            # call of this thread into the engine receives it before that.
             if created is True:
                 engine.core.health.clear("submit")
-                try:
-                    stored.put((record, ticket, started))
-                except trio.RunFinishedError:
-                    pass  # stored all the same: the next engine runs it
+                stored.put((record, ticket, started), wake=False)
                 reply.send(record, None)
                 return
             if not isinstance(created, BackendError):
@@ -299,6 +308,7 @@ class Handoff:
                         lease_until=now + engine.options.lease,
                         starting=engine.runner.starting(now, unreadable),
                         answer=answer_started,
+                        then=stored.wake,
                     )
                 finally:
                     if not starts:
@@ -310,6 +320,7 @@ class Handoff:
                     not_before=record.not_before or 0.0,
                     rank=rank,
                     answer=answer,
+                    then=stored.wake,
                 )
         except BackendError as exc:  # it takes no more writes: closed, or closing
             engine.check_accepting()
@@ -360,8 +371,9 @@ class Handoff:
 
     @property
     def unsettled(self) -> bool:
-        """Whether submits were handed over and are not stored yet."""
-        return self._busy > 0 or self._mailbox.pending
+        """Whether submits were handed over and are not stored yet, or were
+        stored by the backend and not taken in yet."""
+        return self._busy > 0 or self._mailbox.pending or self._stored.pending
 
     async def settle(self) -> None:
         """Store every submit handed over so far (what a call from a thread

@@ -439,23 +439,30 @@ async def test_enqueue_creates_and_queues_together(backend: Backend) -> None:
 
 async def _enqueue_from_thread(backend: Backend, task: StoredTask) -> object:
     """``enqueue_from_thread`` called from a plain thread, as a submit from a
-    script's thread makes it; what ``answer`` got (from the backend's thread)."""
-    answered = threading.Event()
+    script's thread makes it; what ``answer`` got (from the backend's thread).
+    ``then`` is called once, after ``answer``, from the backend's thread too."""
+    followed = threading.Event()
     got: list[object] = []
 
     def answer(created: object) -> None:
         got.append((created, threading.current_thread() is not caller))
-        answered.set()
+
+    def then() -> None:
+        got.append(("then", threading.current_thread() is not caller))
+        followed.set()
 
     def call() -> None:
-        backend.enqueue_from_thread(task, priority=0, not_before=0.0, rank=None, answer=answer)
+        backend.enqueue_from_thread(
+            task, priority=0, not_before=0.0, rank=None, answer=answer, then=then
+        )
 
     caller = threading.Thread(target=call)
     caller.start()
     await trio.to_thread.run_sync(caller.join)
-    assert await trio.to_thread.run_sync(answered.wait, 10)
-    [(created, elsewhere)] = got
-    assert elsewhere  # the backend's own thread, not the caller's
+    assert await trio.to_thread.run_sync(followed.wait, 10)
+    [(created, elsewhere), (then_, followed_elsewhere)] = got
+    assert then_ == "then"
+    assert elsewhere and followed_elsewhere  # the backend's own thread, not the caller's
     return created
 
 
