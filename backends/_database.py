@@ -56,7 +56,9 @@ nothing: one sequential submitter ran about 1,000 tasks/s, 1,250-1,350 with
 the follow-ups after its next write.  ``then`` waits only while the threads
 send their next write soon after an answer (twice their usual time, a
 moving average, at most ``MAX_FOLLOW``); a thread that submits and then
-waits for the task gets no such wait.
+waits for the task gets no such wait.  The run's end, once stored, is told
+to the loop the same way (a ``SOON`` write of :meth:`call_soon`: an end
+nobody waits on); an end someone waits on (``AWAITED``) is told at once.
 
 The database file and its ``-wal`` and ``-shm`` files are private (0600):
 SQLite gives the latter two the mode of the database file, which is created,
@@ -66,6 +68,7 @@ or tightened, before SQLite opens it.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
@@ -352,8 +355,11 @@ class Database:
         transaction committed (and, for ``flush`` other than LAZY, is
         durable) or failed, ``callback(outcome)`` is called on the run's
         thread, with the calls :meth:`run` wakes: the value, or the
-        BackendError.  It must be quick; what it raises is logged.  If the
-        run has ended by then, it is not called (the write still happens).
+        BackendError.  A ``SOON`` write's callback is called a little later,
+        as what follows an answer of :meth:`call_from_thread` is (before the
+        next commit, or once nothing else comes).  It must be quick; what it
+        raises is logged.  If the run has ended by then, it is not called
+        (the write still happens).
 
         Raises:
             BackendError: at once, when the database is not open or its
@@ -719,10 +725,17 @@ class Database:
         if followed:
             self._answered = time.monotonic()
         for token, calls in by_run.items():
-            try:
-                token.run_sync_soon(_wake_all, calls)
-            except trio.RunFinishedError:
-                pass  # that trio run is gone; nobody waits for these results
+            # A SOON write queued without a waiter (call_soon: a run's end
+            # nobody waits on) is told to its run as what follows an answer.
+            now: list[_Call[Any]] = []
+            later: list[_Call[Any]] = []
+            for call in calls:
+                soon = call.callback is not None and call.flush is Flush.SOON
+                (later if soon else now).append(call)
+            if later:
+                self._then.append(functools.partial(_wake_in, token, later))
+            if now:
+                _wake_in(token, now)
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
@@ -731,6 +744,13 @@ def _nothing(conn: sqlite3.Connection) -> None:
 
 def _ignore(result: outcome.Outcome[None]) -> None:
     pass
+
+
+def _wake_in(token: trio.lowlevel.TrioToken, calls: list[_Call[Any]]) -> None:
+    try:
+        token.run_sync_soon(_wake_all, calls)
+    except trio.RunFinishedError:
+        pass  # that trio run is gone; nobody waits for these results
 
 
 def _wake_all(calls: list[_Call[Any]]) -> None:

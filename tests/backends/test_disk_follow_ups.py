@@ -20,7 +20,7 @@ import outcome
 import pytest
 import trio
 
-from errands.backends._database import Database
+from errands.backends._database import Database, Flush
 
 pytestmark = pytest.mark.realtime
 
@@ -146,3 +146,62 @@ async def test_a_failed_write_is_answered_and_followed_too(
     assert log.order[-1] == "then c"
     assert {"answer broken", "answer c"} <= set(log.order)
     assert "what follows an answer of" in caplog.text
+
+
+async def test_a_stored_end_nobody_waits_on_is_told_as_what_follows(tmp_path: Path) -> None:
+    """``call_soon`` with ``Flush.SOON`` (a run's end nobody waits on): its
+    callback reaches the trio run only after the next write's statements,
+    right before that write's commit, not in between; with ``AWAITED``
+    (someone waits) at once."""
+    db = await _opened(tmp_path / "t.db")
+    log = _Log(db)
+    end_gate, c_gate = threading.Event(), threading.Event()
+    told = trio.Event()
+
+    def callback(result: outcome.Outcome[object]) -> None:
+        log.note("end told")
+        told.set()
+
+    async def seen(what: str) -> None:
+        with trio.fail_after(10):
+            while what not in log.order:
+                await trio.sleep(0.001)
+
+    try:
+        db.call_soon(log.write("end", end_gate), flush=Flush.SOON, callback=callback)
+        await seen("fn end")
+        db.call_from_thread(log.write("c", c_gate), log.answer("c"))
+        end_gate.set()
+        await seen("fn c")
+        await trio.sleep(0.05)  # were it told at its commit, it would be by now
+        assert not told.is_set()
+        c_gate.set()
+        with trio.fail_after(10):
+            await told.wait()
+        await seen("answer c")
+        assert log.order == ["fn end", "fn c", "end told", "answer c"] or log.order == [
+            "fn end",
+            "fn c",
+            "answer c",
+            "end told",
+        ]
+
+        # Waited on: told once committed, whatever comes next.
+        told = trio.Event()
+        end_gate.clear()
+        db.call_soon(log.write("waited", end_gate), flush=Flush.AWAITED, callback=callback)
+        await seen("fn waited")
+        c_gate.clear()
+        db.call_from_thread(log.write("d", c_gate), log.answer("d"))
+        end_gate.set()
+        await seen("fn d")
+        with trio.fail_after(10):
+            await told.wait()
+        assert "answer d" not in log.order
+        c_gate.set()
+        await seen("answer d")
+    finally:
+        end_gate.set()
+        c_gate.set()
+        with trio.fail_after(10):
+            await db.aclose()
